@@ -1,0 +1,595 @@
+//! The `Function` custom resource (`sluice.dev/v1alpha1`, short name `fn`).
+//!
+//! Every field documents its default; the same defaults apply whether the
+//! manifest is read by the local mode or admitted by the Kubernetes API
+//! server (the generated CRD carries them as schema defaults).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{ByteSize, Duration};
+
+/// API group of the `Function` resource.
+pub const GROUP: &str = "sluice.dev";
+/// API version of the `Function` resource.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "sluice.dev/v1alpha1";
+/// `kind` as written in manifests.
+pub const KIND: &str = "Function";
+
+/// Desired state of a function: where its component comes from, how it is
+/// triggered, and the limits it runs under.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+// Each printcolumn repeats `type_ = …`, which the lint mistakes for a
+// duplicated attribute.
+#[cfg_attr(feature = "crd", allow(clippy::duplicated_attributes))]
+#[cfg_attr(
+    feature = "crd",
+    derive(kube::CustomResource),
+    kube(
+        group = "sluice.dev",
+        version = "v1alpha1",
+        kind = "Function",
+        namespaced,
+        shortname = "fn",
+        status = "FunctionStatus",
+        scale(
+            spec_replicas_path = ".spec.scaling.minReplicas",
+            status_replicas_path = ".status.replicas"
+        ),
+        printcolumn(
+            name = "Ready",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        ),
+        printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+        printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queueDepth"),
+        printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// Where the WebAssembly component comes from. Exactly one source.
+    pub module: ModuleSource,
+    /// How the function is invoked besides its default route
+    /// `/fn/<namespace>/<name>/`. Default: no extra triggers.
+    #[serde(default)]
+    pub triggers: Triggers,
+    /// Longest an attempt may run before it fails as a timeout. Default: `30s`.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: Duration,
+    /// In-flight invocations per replica. Default: `64`.
+    #[serde(default = "defaults::concurrency")]
+    #[schemars(range(min = 1))]
+    pub concurrency: u32,
+    /// Retries for asynchronous and event invocations.
+    /// Default: 5 attempts, backoff from 1s doubling up to 1m.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where exhausted or poison invocations go.
+    /// Default: subject `sluice.dlq.<namespace>.<name>`.
+    #[serde(default)]
+    pub dead_letter: DeadLetter,
+    /// Queue-depth autoscaling. Default: 0 to 20 replicas, 16 queued per replica.
+    #[serde(default)]
+    pub scaling: Scaling,
+    /// Resource limits of each invocation. Default: 64Mi of memory.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Environment variables the component sees. Default: none.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// Origins (`scheme://host[:port]`) the component may call over
+    /// outbound HTTP. Default: none; every outbound request is refused.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Whether the function shares the runtime pool or gets its own
+    /// Deployment. Default: `pool`.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// The source of a function's component. Exactly one of `oci`, `url`,
+/// `configMap` and `file` is set; `url` requires `sha256`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "[has(self.oci), has(self.url), has(self.configMap), has(self.file)].exists_one(x, x)",
+        "message": "exactly one of oci, url, configMap or file must be set"
+    },
+    {
+        "rule": "!has(self.url) || has(self.sha256)",
+        "message": "url requires sha256"
+    }
+]))]
+pub struct ModuleSource {
+    /// OCI artifact reference holding the component, e.g. `ghcr.io/acme/hello:1.0.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<String>,
+    /// HTTP(S) URL of the component; requires `sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Hex SHA-256 digest the downloaded or read component must match.
+    /// Required with `url`, optional otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+    /// A key of a ConfigMap in the function's namespace (binaryData), for
+    /// small components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapKey>,
+    /// A path on the local disk, relative to the manifest. Local mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Which of the module sources a spec uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleKind {
+    Oci,
+    Url,
+    ConfigMap,
+    File,
+}
+
+impl ModuleSource {
+    /// The one source this module names, or an error naming the fields.
+    pub fn kind(&self) -> Result<ModuleKind, SpecError> {
+        let set: Vec<ModuleKind> = [
+            self.oci.as_ref().map(|_| ModuleKind::Oci),
+            self.url.as_ref().map(|_| ModuleKind::Url),
+            self.config_map.as_ref().map(|_| ModuleKind::ConfigMap),
+            self.file.as_ref().map(|_| ModuleKind::File),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [ModuleKind::Url] if self.sha256.is_none() => Err(SpecError::new(
+                "spec.module.sha256",
+                "is required with spec.module.url",
+            )),
+            [kind] => Ok(*kind),
+            [] => Err(SpecError::new(
+                "spec.module",
+                "names no source: set one of oci, url, configMap or file",
+            )),
+            _ => Err(SpecError::new(
+                "spec.module",
+                "names more than one source: set exactly one of oci, url, configMap or file",
+            )),
+        }
+    }
+}
+
+/// A key in a ConfigMap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapKey {
+    /// ConfigMap name, in the function's namespace.
+    pub name: String,
+    /// Key under `binaryData` (or `data`) holding the component.
+    pub key: String,
+}
+
+/// Extra ways to invoke a function.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Triggers {
+    /// An extra HTTP route. Default: none (the default route always exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTrigger>,
+    /// NATS subjects whose messages become CloudEvent invocations. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats: Vec<NatsTrigger>,
+}
+
+/// An extra HTTP route served by the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpTrigger {
+    /// Path prefix, starting with `/`, e.g. `/hello`. Requests under it
+    /// reach the function with the prefix stripped.
+    #[schemars(regex(pattern = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"))]
+    pub path: String,
+}
+
+/// A NATS subject whose messages invoke the function.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsTrigger {
+    /// Subject (wildcards allowed), e.g. `orders.created`.
+    #[schemars(length(min = 1))]
+    pub subject: String,
+}
+
+/// Retries for asynchronous and event invocations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. Default: `5`.
+    #[serde(default = "defaults::max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    /// Delay before each retry. Default: from `1s`, doubling, at most `1m`.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: defaults::max_attempts(),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the attempt after `failed_attempt` (1-based), or `None`
+    /// when no attempt is left. Delays double from `initial` up to `max`.
+    pub fn delay_after(&self, failed_attempt: u32) -> Option<std::time::Duration> {
+        if failed_attempt >= self.max_attempts {
+            return None;
+        }
+        let doublings = failed_attempt.saturating_sub(1).min(32);
+        let delay = self
+            .backoff
+            .initial
+            .0
+            .saturating_mul(1u32 << doublings.min(31));
+        Some(delay.min(self.backoff.max.0))
+    }
+}
+
+/// Exponential backoff between retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    /// First delay. Default: `1s`.
+    #[serde(default = "defaults::backoff_initial")]
+    pub initial: Duration,
+    /// Largest delay. Default: `1m`.
+    #[serde(default = "defaults::backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: defaults::backoff_initial(),
+            max: defaults::backoff_max(),
+        }
+    }
+}
+
+/// Where dead letters go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetter {
+    /// NATS subject. Default: `sluice.dlq.<namespace>.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// Queue-depth autoscaling bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scaling {
+    /// Fewest replicas. Default: `0` (scale to zero). `kubectl scale` sets it.
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// Most replicas. Default: `20`.
+    #[serde(default = "defaults::max_replicas")]
+    pub max_replicas: u32,
+    /// Queued invocations one replica is sized for. Default: `16`.
+    #[serde(default = "defaults::target_queue_depth")]
+    #[schemars(range(min = 1))]
+    pub target_queue_depth: u32,
+    /// How long demand must stay lower before scaling down. Default: `30s`.
+    #[serde(default = "defaults::scale_down_delay")]
+    pub scale_down_delay: Duration,
+    /// How long the queue must stay empty before scaling to zero. Default: `60s`.
+    #[serde(default = "defaults::scale_to_zero_after")]
+    pub scale_to_zero_after: Duration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            max_replicas: defaults::max_replicas(),
+            target_queue_depth: defaults::target_queue_depth(),
+            scale_down_delay: defaults::scale_down_delay(),
+            scale_to_zero_after: defaults::scale_to_zero_after(),
+        }
+    }
+}
+
+/// Per-invocation resource limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory an instance may hold. Default: `64Mi`.
+    #[serde(default = "defaults::memory")]
+    pub memory: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: defaults::memory(),
+        }
+    }
+}
+
+/// One environment variable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Value. Default: empty.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Where a function's instances run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Placement {
+    /// The shared runtime pool (default).
+    #[default]
+    Pool,
+    /// A Deployment of its own.
+    Dedicated,
+}
+
+/// Observed state of a function, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `ModuleReady`, `QueueReady` and `Scaled`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// `sha256-<hex>` of the resolved component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_digest: Option<String>,
+    /// URL of the function's default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Replicas running now.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Replicas the autoscaler asks for.
+    #[serde(default)]
+    pub desired_replicas: u32,
+    /// Invocations queued or in flight.
+    #[serde(default)]
+    pub queue_depth: u64,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `ModuleReady`, `QueueReady` or `Scaled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase word for the cause.
+    #[serde(default)]
+    pub reason: String,
+    /// What a person can do about it.
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time of the last status change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A spec problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {problem}")]
+pub struct SpecError {
+    /// Path of the offending field, e.g. `spec.module`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl FunctionSpec {
+    /// Checks what the schema cannot express; the first problem wins.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.module.kind()?;
+        if self.concurrency == 0 {
+            return Err(SpecError::new("spec.concurrency", "must be at least 1"));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(SpecError::new("spec.timeout", "must be longer than 0s"));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(SpecError::new(
+                "spec.retry.maxAttempts",
+                "must be at least 1",
+            ));
+        }
+        if self.retry.backoff.initial > self.retry.backoff.max {
+            return Err(SpecError::new(
+                "spec.retry.backoff.initial",
+                "must not exceed spec.retry.backoff.max",
+            ));
+        }
+        if self.scaling.min_replicas > self.scaling.max_replicas {
+            return Err(SpecError::new(
+                "spec.scaling.minReplicas",
+                "must not exceed spec.scaling.maxReplicas",
+            ));
+        }
+        if self.scaling.target_queue_depth == 0 {
+            return Err(SpecError::new(
+                "spec.scaling.targetQueueDepth",
+                "must be at least 1",
+            ));
+        }
+        if let Some(http) = &self.triggers.http
+            && (!http.path.starts_with('/') || http.path.starts_with("/fn/") || http.path == "/")
+        {
+            return Err(SpecError::new(
+                "spec.triggers.http.path",
+                "must start with / and may be neither / nor under the reserved /fn/",
+            ));
+        }
+        for (i, host) in self.allowed_outbound_hosts.iter().enumerate() {
+            if !(host.starts_with("http://") || host.starts_with("https://")) {
+                return Err(SpecError::new(
+                    format!("spec.allowedOutboundHosts[{i}]"),
+                    format!("{host:?} must be an origin like https://api.example.com"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+mod defaults {
+    use super::{ByteSize, Duration};
+
+    pub fn timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn concurrency() -> u32 {
+        64
+    }
+    pub fn max_attempts() -> u32 {
+        5
+    }
+    pub fn backoff_initial() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_replicas() -> u32 {
+        20
+    }
+    pub fn target_queue_depth() -> u32 {
+        16
+    }
+    pub fn scale_down_delay() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn scale_to_zero_after() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn memory() -> ByteSize {
+        ByteSize::mebibytes(64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> FunctionSpec {
+        serde_json::from_value(serde_json::json!({ "module": { "file": "x.wasm" } })).unwrap()
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_every_documented_default() {
+        let spec = minimal();
+        assert_eq!(spec.timeout, Duration::from_secs(30));
+        assert_eq!(spec.concurrency, 64);
+        assert_eq!(spec.retry.max_attempts, 5);
+        assert_eq!(spec.retry.backoff.initial, Duration::from_secs(1));
+        assert_eq!(spec.retry.backoff.max, Duration::from_secs(60));
+        assert_eq!(spec.scaling.min_replicas, 0);
+        assert_eq!(spec.scaling.max_replicas, 20);
+        assert_eq!(spec.scaling.target_queue_depth, 16);
+        assert_eq!(spec.scaling.scale_down_delay, Duration::from_secs(30));
+        assert_eq!(spec.scaling.scale_to_zero_after, Duration::from_secs(60));
+        assert_eq!(spec.limits.memory, ByteSize::mebibytes(64));
+        assert_eq!(spec.placement, Placement::Pool);
+        assert!(spec.env.is_empty() && spec.allowed_outbound_hosts.is_empty());
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_max_then_stop() {
+        let policy = RetryPolicy {
+            max_attempts: 6,
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(500),
+            },
+        };
+        let delays: Vec<_> = (1..=6)
+            .map(|n| policy.delay_after(n).map(|d| d.as_millis()))
+            .collect();
+        assert_eq!(
+            delays,
+            [Some(100), Some(200), Some(400), Some(500), Some(500), None]
+        );
+    }
+
+    #[test]
+    fn a_module_must_name_exactly_one_source() {
+        let mut spec = minimal();
+        spec.module.oci = Some("ghcr.io/a/b:1".into());
+        assert_eq!(spec.validate().unwrap_err().field, "spec.module");
+        spec.module = ModuleSource::default();
+        assert_eq!(spec.validate().unwrap_err().field, "spec.module");
+        spec.module.url = Some("https://x/y.wasm".into());
+        assert_eq!(spec.validate().unwrap_err().field, "spec.module.sha256");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        type Mutation = fn(&mut FunctionSpec);
+        let cases: [(Mutation, &str); 4] = [
+            (|s| s.concurrency = 0, "spec.concurrency"),
+            (|s| s.scaling.min_replicas = 50, "spec.scaling.minReplicas"),
+            (
+                |s| {
+                    s.triggers.http = Some(HttpTrigger {
+                        path: "/fn/x".into(),
+                    })
+                },
+                "spec.triggers.http.path",
+            ),
+            (
+                |s| s.allowed_outbound_hosts = vec!["api.example.com".into()],
+                "spec.allowedOutboundHosts[0]",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut spec = minimal();
+            mutate(&mut spec);
+            assert_eq!(spec.validate().unwrap_err().field, field);
+        }
+    }
+}

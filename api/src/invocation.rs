@@ -1,0 +1,445 @@
+//! The invocation wire format: one HTTP request to a function, as a list of
+//! headers plus the request body. The same encoding travels through the
+//! in-process queue and NATS JetStream, so it is defined once, here.
+//!
+//! Headers (all values text):
+//!
+//! | header | meaning |
+//! |---|---|
+//! | `Sluice-Version` | wire version, [`WIRE_VERSION`] |
+//! | `Sluice-Invocation-Id` | the invocation's id |
+//! | `Sluice-Function` | `<namespace>/<name>` |
+//! | `Sluice-Method`, `Sluice-Path`, `Sluice-Query` | the request line as the component sees it |
+//! | `Sluice-Forwarded-Prefix` | the route prefix the gateway stripped |
+//! | `Sluice-Deadline` | Unix time in milliseconds after which nobody waits |
+//! | `traceparent` | W3C trace context, when present |
+//! | `Sluice-H-<name>` | an HTTP header of the request, value as is |
+//! | `Sluice-Hb-<name>` | an HTTP header whose value is not text, base64 |
+//!
+//! A response uses `Sluice-Version`, `Sluice-Status` and the same header
+//! prefixes, with the response body as the body.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::names::FunctionRef;
+
+/// Version of the wire format this crate writes and reads.
+pub const WIRE_VERSION: &str = "1";
+
+pub const VERSION_HEADER: &str = "Sluice-Version";
+pub const ID_HEADER: &str = "Sluice-Invocation-Id";
+pub const FUNCTION_HEADER: &str = "Sluice-Function";
+pub const METHOD_HEADER: &str = "Sluice-Method";
+pub const PATH_HEADER: &str = "Sluice-Path";
+pub const QUERY_HEADER: &str = "Sluice-Query";
+pub const PREFIX_HEADER: &str = "Sluice-Forwarded-Prefix";
+pub const DEADLINE_HEADER: &str = "Sluice-Deadline";
+pub const STATUS_HEADER: &str = "Sluice-Status";
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+const HTTP_HEADER_PREFIX: &str = "Sluice-H-";
+const BINARY_HTTP_HEADER_PREFIX: &str = "Sluice-Hb-";
+
+/// A unique invocation id (a UUID in its hyphenated form).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InvocationId(String);
+
+/// Namespace for ids derived from idempotency keys (UUID v5).
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11");
+
+impl InvocationId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id an idempotency key always maps to for a function, so that a
+    /// retried submit names the same invocation on every backend.
+    pub fn for_idempotency_key(function: &FunctionRef, key: &str) -> Self {
+        let name = format!("{function}\n{key}");
+        Self(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string())
+    }
+
+    /// Parses an id from a URL or header; only UUIDs are ids.
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::try_parse(s)
+            .ok()
+            .map(|u| Self(u.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One HTTP request to one function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invocation {
+    pub id: InvocationId,
+    pub function: FunctionRef,
+    pub method: Method,
+    /// Path as the component sees it: starts with `/`, route prefix removed.
+    pub path: String,
+    /// Query string without the `?`, if any.
+    pub query: Option<String>,
+    /// The route prefix the gateway removed (`X-Forwarded-Prefix`).
+    pub forwarded_prefix: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// After this instant nobody waits for the outcome; a runtime that
+    /// receives the invocation later records it as expired, unrun.
+    pub deadline: SystemTime,
+    /// W3C `traceparent` of the caller's span.
+    pub traceparent: Option<String>,
+}
+
+impl Invocation {
+    /// `path?query`, as the component's request URI path.
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
+    /// Time left before the deadline; zero once it has passed.
+    pub fn time_left(&self) -> Duration {
+        self.deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Encodes the invocation as wire headers and a body.
+    pub fn to_wire(&self) -> (Vec<(String, String)>, Bytes) {
+        let mut out = vec![
+            (VERSION_HEADER.to_owned(), WIRE_VERSION.to_owned()),
+            (ID_HEADER.to_owned(), self.id.to_string()),
+            (FUNCTION_HEADER.to_owned(), self.function.to_string()),
+            (METHOD_HEADER.to_owned(), self.method.to_string()),
+            (PATH_HEADER.to_owned(), self.path.clone()),
+            (PREFIX_HEADER.to_owned(), self.forwarded_prefix.clone()),
+            (
+                DEADLINE_HEADER.to_owned(),
+                unix_millis(self.deadline).to_string(),
+            ),
+        ];
+        if let Some(query) = &self.query {
+            out.push((QUERY_HEADER.to_owned(), query.clone()));
+        }
+        if let Some(tp) = &self.traceparent {
+            out.push((TRACEPARENT_HEADER.to_owned(), tp.clone()));
+        }
+        encode_http_headers(&self.headers, &mut out);
+        (out, self.body.clone())
+    }
+
+    /// Decodes wire headers and a body; every problem names its header.
+    pub fn from_wire<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: Bytes,
+    ) -> Result<Self, WireError> {
+        let wire = WireHeaders::collect(headers)?;
+        let id = wire.required(ID_HEADER)?;
+        let id = InvocationId::parse(id).ok_or_else(|| WireError::invalid(ID_HEADER, id))?;
+        let function = wire.required(FUNCTION_HEADER)?;
+        let function = function
+            .parse()
+            .map_err(|_| WireError::invalid(FUNCTION_HEADER, function))?;
+        let method = wire.required(METHOD_HEADER)?;
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| WireError::invalid(METHOD_HEADER, method))?;
+        let path = wire.required(PATH_HEADER)?;
+        if !path.starts_with('/') {
+            return Err(WireError::invalid(PATH_HEADER, path));
+        }
+        let deadline = wire.required(DEADLINE_HEADER)?;
+        let deadline = deadline
+            .parse::<u64>()
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+            .map_err(|_| WireError::invalid(DEADLINE_HEADER, deadline))?;
+        Ok(Self {
+            id,
+            function,
+            method,
+            path: path.to_owned(),
+            query: wire.optional(QUERY_HEADER).map(str::to_owned),
+            forwarded_prefix: wire.optional(PREFIX_HEADER).unwrap_or_default().to_owned(),
+            traceparent: wire.optional(TRACEPARENT_HEADER).map(str::to_owned),
+            headers: wire.http_headers,
+            body,
+            deadline,
+        })
+    }
+}
+
+/// A function's HTTP response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvocationResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl InvocationResponse {
+    pub fn to_wire(&self) -> (Vec<(String, String)>, Bytes) {
+        let mut out = vec![
+            (VERSION_HEADER.to_owned(), WIRE_VERSION.to_owned()),
+            (STATUS_HEADER.to_owned(), self.status.as_u16().to_string()),
+        ];
+        encode_http_headers(&self.headers, &mut out);
+        (out, self.body.clone())
+    }
+
+    pub fn from_wire<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: Bytes,
+    ) -> Result<Self, WireError> {
+        let wire = WireHeaders::collect(headers)?;
+        let status = wire.required(STATUS_HEADER)?;
+        let status = status
+            .parse::<u16>()
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or_else(|| WireError::invalid(STATUS_HEADER, status))?;
+        Ok(Self {
+            status,
+            headers: wire.http_headers,
+            body,
+        })
+    }
+}
+
+/// A wire message that cannot be decoded. Such a message is poison: it is
+/// dead-lettered with this error as the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("missing header {0}")]
+    Missing(&'static str),
+    #[error("header {header} has an invalid value {value:?}")]
+    Invalid { header: String, value: String },
+    #[error("unsupported wire version {0:?}; this build reads version {WIRE_VERSION}")]
+    UnsupportedVersion(String),
+}
+
+impl WireError {
+    fn invalid(header: &str, value: &str) -> Self {
+        Self::Invalid {
+            header: header.to_owned(),
+            value: value.chars().take(200).collect(),
+        }
+    }
+}
+
+/// Wire headers split into Sluice's own and the carried HTTP headers.
+struct WireHeaders<'a> {
+    own: Vec<(&'a str, &'a str)>,
+    http_headers: HeaderMap,
+}
+
+impl<'a> WireHeaders<'a> {
+    fn collect(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, WireError> {
+        let mut own = Vec::new();
+        let mut http_headers = HeaderMap::new();
+        for (name, value) in headers {
+            let (http_name, header_value) =
+                if let Some(n) = strip_prefix_ci(name, BINARY_HTTP_HEADER_PREFIX) {
+                    let bytes = BASE64
+                        .decode(value)
+                        .map_err(|_| WireError::invalid(name, value))?;
+                    (n, HeaderValue::from_bytes(&bytes))
+                } else if let Some(n) = strip_prefix_ci(name, HTTP_HEADER_PREFIX) {
+                    (n, HeaderValue::from_str(value))
+                } else {
+                    own.push((name, value));
+                    continue;
+                };
+            let http_name = HeaderName::from_bytes(http_name.as_bytes())
+                .map_err(|_| WireError::invalid(name, value))?;
+            let header_value = header_value.map_err(|_| WireError::invalid(name, value))?;
+            http_headers.append(http_name, header_value);
+        }
+        let wire = Self { own, http_headers };
+        match wire.optional(VERSION_HEADER) {
+            Some(WIRE_VERSION) => Ok(wire),
+            Some(other) => Err(WireError::UnsupportedVersion(other.to_owned())),
+            None => Err(WireError::Missing(VERSION_HEADER)),
+        }
+    }
+
+    fn optional(&self, name: &str) -> Option<&'a str> {
+        self.own
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    fn required(&self, name: &'static str) -> Result<&'a str, WireError> {
+        self.optional(name).ok_or(WireError::Missing(name))
+    }
+}
+
+fn strip_prefix_ci<'s>(name: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = name.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &name[prefix.len()..])
+}
+
+fn encode_http_headers(headers: &HeaderMap, out: &mut Vec<(String, String)>) {
+    for (name, value) in headers {
+        match value.to_str() {
+            Ok(text) => out.push((format!("{HTTP_HEADER_PREFIX}{name}"), text.to_owned())),
+            Err(_) => out.push((
+                format!("{BINARY_HTTP_HEADER_PREFIX}{name}"),
+                BASE64.encode(value.as_bytes()),
+            )),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (zero before it).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Invocation {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/octet-stream".parse().unwrap());
+        headers.append("x-multi", "one".parse().unwrap());
+        headers.append("x-multi", "two".parse().unwrap());
+        headers.insert("x-latin1", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        Invocation {
+            id: InvocationId::random(),
+            function: "default/echo".parse().unwrap(),
+            method: Method::PUT,
+            path: "/a/b".into(),
+            query: Some("x=1&y=%20".into()),
+            forwarded_prefix: "/fn/default/echo".into(),
+            headers,
+            body: Bytes::from_static(b"\x00\x01\xffbinary"),
+            deadline: UNIX_EPOCH + Duration::from_millis(1_900_000_000_123),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
+
+    fn as_refs(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    #[test]
+    fn an_invocation_round_trips_through_the_wire() {
+        let inv = sample();
+        let (headers, body) = inv.to_wire();
+        let back = Invocation::from_wire(as_refs(&headers), body).unwrap();
+        assert_eq!(back, inv);
+    }
+
+    #[test]
+    fn a_response_round_trips_through_the_wire() {
+        let mut headers = HeaderMap::new();
+        headers.insert("set-cookie", "a=1".parse().unwrap());
+        headers.append("set-cookie", "b=2".parse().unwrap());
+        let resp = InvocationResponse {
+            status: StatusCode::IM_A_TEAPOT,
+            headers,
+            body: Bytes::from_static(b"short and stout"),
+        };
+        let (wire, body) = resp.to_wire();
+        assert_eq!(
+            InvocationResponse::from_wire(as_refs(&wire), body).unwrap(),
+            resp
+        );
+    }
+
+    #[test]
+    fn header_names_are_matched_case_insensitively() {
+        let (headers, body) = sample().to_wire();
+        let lowered: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v))
+            .collect();
+        assert_eq!(
+            Invocation::from_wire(as_refs(&lowered), body).unwrap(),
+            sample_with_id(&lowered)
+        );
+    }
+
+    fn sample_with_id(wire: &[(String, String)]) -> Invocation {
+        let mut inv = sample();
+        let id = wire
+            .iter()
+            .find(|(n, _)| n == "sluice-invocation-id")
+            .unwrap();
+        inv.id = InvocationId::parse(&id.1).unwrap();
+        inv
+    }
+
+    #[test]
+    fn broken_messages_name_what_is_wrong() {
+        let (headers, body) = sample().to_wire();
+        let without = |name: &str| -> Vec<(String, String)> {
+            headers.iter().filter(|(n, _)| n != name).cloned().collect()
+        };
+        let replace = |name: &str, value: &str| -> Vec<(String, String)> {
+            headers
+                .iter()
+                .map(|(n, v)| {
+                    if n == name {
+                        (n.clone(), value.into())
+                    } else {
+                        (n.clone(), v.clone())
+                    }
+                })
+                .collect()
+        };
+        let cases = [
+            (without(VERSION_HEADER), "missing header Sluice-Version"),
+            (
+                replace(VERSION_HEADER, "7"),
+                "unsupported wire version \"7\"",
+            ),
+            (without(PATH_HEADER), "missing header Sluice-Path"),
+            (
+                replace(PATH_HEADER, "no-slash"),
+                "header Sluice-Path has an invalid value",
+            ),
+            (replace(DEADLINE_HEADER, "soon"), "header Sluice-Deadline"),
+            (replace(FUNCTION_HEADER, "nope"), "header Sluice-Function"),
+            (replace(ID_HEADER, "42"), "header Sluice-Invocation-Id"),
+            (replace(METHOD_HEADER, "GE T"), "header Sluice-Method"),
+        ];
+        for (wire, expected) in cases {
+            let err = Invocation::from_wire(as_refs(&wire), body.clone()).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err} !~ {expected}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_map_to_stable_ids_per_function() {
+        let a: FunctionRef = "default/a".parse().unwrap();
+        let b: FunctionRef = "default/b".parse().unwrap();
+        let id = InvocationId::for_idempotency_key(&a, "order-7");
+        assert_eq!(id, InvocationId::for_idempotency_key(&a, "order-7"));
+        assert_ne!(id, InvocationId::for_idempotency_key(&a, "order-8"));
+        assert_ne!(id, InvocationId::for_idempotency_key(&b, "order-7"));
+        assert_eq!(InvocationId::parse(id.as_str()), Some(id));
+    }
+}

@@ -1,0 +1,142 @@
+//! Names of NATS subjects, streams, consumers and buckets, and the
+//! `<namespace>/<name>` reference to a function. One place, so that the
+//! gateway, runtime and operator always agree.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Stream holding queued invocations.
+pub const INVOCATION_STREAM: &str = "SLUICE_INVOCATIONS";
+/// Stream holding dead letters.
+pub const DEAD_LETTER_STREAM: &str = "SLUICE_DEAD_LETTERS";
+/// KV bucket of async invocation records.
+pub const RESULTS_BUCKET: &str = "sluice-results";
+/// KV bucket of resolved function specs, keyed `<ns>.<fn>`.
+pub const FUNCTIONS_BUCKET: &str = "sluice-functions";
+/// Object store of components, keyed `sha256-<hex>`.
+pub const MODULES_BUCKET: &str = "sluice-modules";
+
+/// A function's namespace and name, written `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FunctionRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A namespace or name that cannot be used in NATS subjects and URLs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a valid function reference: expected <namespace>/<name>, each a DNS label (lowercase letters, digits and '-', at most 63)"
+)]
+pub struct BadFunctionRef(String);
+
+/// Whether `s` is an RFC 1123 DNS label, as Kubernetes namespaces and
+/// Sluice function names must be. Dots are excluded because names become
+/// NATS subject tokens.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl FunctionRef {
+    pub fn new(namespace: &str, name: &str) -> Result<Self, BadFunctionRef> {
+        if is_dns_label(namespace) && is_dns_label(name) {
+            Ok(Self {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        } else {
+            Err(BadFunctionRef(format!("{namespace}/{name}")))
+        }
+    }
+
+    /// `sluice.invoke.<ns>.<fn>`: where the function's invocations queue.
+    pub fn invoke_subject(&self) -> String {
+        format!("sluice.invoke.{}.{}", self.namespace, self.name)
+    }
+
+    /// `sluice.dlq.<ns>.<fn>`: the default dead-letter subject.
+    pub fn dead_letter_subject(&self) -> String {
+        format!("sluice.dlq.{}.{}", self.namespace, self.name)
+    }
+
+    /// `<ns>.<fn>`: the function's key in the registry bucket.
+    pub fn registry_key(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+
+    /// Durable consumer name of the function on the invocation stream.
+    pub fn consumer_name(&self) -> String {
+        format!("fn-{}-{}", self.namespace, self.name)
+    }
+
+    /// The default HTTP route prefix, `/fn/<ns>/<fn>`.
+    pub fn route_prefix(&self) -> String {
+        format!("/fn/{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Key of a component in the modules bucket: `sha256-<hex>`.
+pub fn module_key(sha256_hex: &str) -> String {
+    format!("sha256-{sha256_hex}")
+}
+
+impl fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for FunctionRef {
+    type Err = BadFunctionRef;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (namespace, name) = s.split_once('/').ok_or_else(|| BadFunctionRef(s.into()))?;
+        Self::new(namespace, name)
+    }
+}
+
+impl TryFrom<String> for FunctionRef {
+    type Error = BadFunctionRef;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<FunctionRef> for String {
+    fn from(f: FunctionRef) -> Self {
+        f.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_nats_layout() {
+        let f: FunctionRef = "default/hello".parse().unwrap();
+        assert_eq!(f.invoke_subject(), "sluice.invoke.default.hello");
+        assert_eq!(f.dead_letter_subject(), "sluice.dlq.default.hello");
+        assert_eq!(f.registry_key(), "default.hello");
+        assert_eq!(f.route_prefix(), "/fn/default/hello");
+        assert_eq!(module_key("ab12"), "sha256-ab12");
+    }
+
+    #[test]
+    fn references_that_would_break_subjects_are_rejected() {
+        for bad in [
+            "hello", "a.b/c", "a/b.c", "a/*", "A/b", "/b", "a/", "a/-b", "a/b/c",
+        ] {
+            assert!(bad.parse::<FunctionRef>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The status document of an invocation, as `GET /invocations/<id>` answers
+//! it and as callbacks receive it.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use crate::invocation::{InvocationId, InvocationResponse};
+use crate::names::FunctionRef;
+
+/// Where an invocation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InvocationState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    DeadLettered,
+    Expired,
+}
+
+impl InvocationState {
+    /// Whether the invocation will change no more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::DeadLettered => "dead-lettered",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// A function's response as stored: headers folded to one value each
+/// (repeated values joined with `, `), body in base64.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    /// Base64 (standard alphabet, padded).
+    pub body: String,
+}
+
+impl From<&InvocationResponse> for StoredResponse {
+    fn from(resp: &InvocationResponse) -> Self {
+        let mut headers = BTreeMap::<String, String>::new();
+        for (name, value) in &resp.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            headers
+                .entry(name.to_string())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert_with(|| value.into_owned());
+        }
+        Self {
+            status: resp.status.as_u16(),
+            headers,
+            body: BASE64.encode(&resp.body),
+        }
+    }
+}
+
+impl StoredResponse {
+    /// The decoded body; `None` if the stored text is not base64.
+    pub fn body_bytes(&self) -> Option<Vec<u8>> {
+        BASE64.decode(&self.body).ok()
+    }
+}
+
+/// The status of one invocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub id: InvocationId,
+    pub function: FunctionRef,
+    pub state: InvocationState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The function's response, once it answered (even with an error status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<StoredResponse>,
+    /// Why the invocation failed, in words a person can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl InvocationRecord {
+    pub fn queued(id: InvocationId, function: FunctionRef) -> Self {
+        Self {
+            id,
+            function,
+            state: InvocationState::Queued,
+            attempts: 0,
+            response: None,
+            error: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    #[test]
+    fn records_serialize_with_the_documented_field_names() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        let response = InvocationResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"hi"),
+        };
+        let mut record = InvocationRecord::queued(
+            InvocationId::parse("6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11").unwrap(),
+            "default/hello".parse().unwrap(),
+        );
+        record.state = InvocationState::DeadLettered;
+        record.attempts = 3;
+        record.response = Some((&response).into());
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11",
+                "function": "default/hello",
+                "state": "dead-lettered",
+                "attempts": 3,
+                "response": { "status": 200, "headers": { "x-a": "1, 2" }, "body": "aGk=" }
+            })
+        );
+        let back: InvocationRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+    }
+}
