@@ -1,0 +1,134 @@
+//! The engine, built once per process, and its epoch ticker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_api::ByteSize;
+use tokio::sync::Semaphore;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::RuntimeError;
+use crate::cache::ComponentCache;
+use crate::host::Host;
+
+/// Process-wide runtime settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Instances that may exist at once across all functions; invocations
+    /// beyond it wait. Default: 256.
+    pub max_instances: u32,
+    /// The largest `limits.memory` a function may ask for. Default: 1Gi.
+    pub max_instance_memory: ByteSize,
+    /// How often running guests are interrupted to check their deadline and
+    /// let other tasks run. Default: 5ms.
+    pub epoch_tick: Duration,
+    /// Largest response body a function may send. Default: 6Mi.
+    pub max_response_body: usize,
+    /// Bytes of stdout/stderr kept per invocation and stream; the rest is
+    /// dropped with a note. Default: 64Ki.
+    pub max_log_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 256,
+            max_instance_memory: ByteSize(1 << 30),
+            epoch_tick: Duration::from_millis(5),
+            max_response_body: 6 << 20,
+            max_log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The engine, linker and component cache shared by every invocation.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<Host>,
+    pub(crate) cache: ComponentCache,
+    pub(crate) config: RuntimeConfig,
+    /// Bounds live instances to the pool's size, so that a burst waits
+    /// instead of failing to allocate.
+    pub(crate) instances: Semaphore,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and starts its epoch ticker thread, which stops
+    /// once the runtime is dropped.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            // Components built from Rust hold one core module with one
+            // memory; other toolchains add adapters and shims.
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_instance_memory.0 as usize)
+            .max_component_instance_size(4 << 20)
+            .max_core_instance_size(4 << 20)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .table_elements(100_000)
+            // Keep small pages warm so re-instantiation does not fault
+            // them in again; the rest is returned to the OS.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .async_stack_size(2 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(engine_error)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_error)?;
+
+        spawn_epoch_ticker(&engine, config.epoch_tick)
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                instances: Semaphore::new(config.max_instances as usize),
+                cache: ComponentCache::default(),
+                engine,
+                linker,
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+}
+
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Per-invocation host state: WASI and wasi-http contexts, the memory
+//! limiter, the outbound-HTTP policy and the log sink.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use sluice_api::InvocationId;
+use sluice_api::names::FunctionRef;
+use tokio::io::AsyncWrite;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// The `T` of every `Store<T>`: one per invocation.
+pub(crate) struct Host {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) outbound: OutboundPolicy,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Caps linear memory per instance and remembers whether the cap was hit,
+/// so that the failure can be named.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: usize,
+    pub(crate) refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.limit;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Outbound HTTP is refused unless the request's origin is listed in
+/// `spec.allowedOutboundHosts`.
+pub(crate) struct OutboundPolicy {
+    pub(crate) allowed: Arc<[String]>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return false;
+        };
+        let default_port = match scheme {
+            "http" => 80,
+            "https" => 443,
+            _ => return false,
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
+        self.allowed.iter().any(|origin| {
+            let Ok(allowed) = origin.parse::<http::Uri>() else {
+                return false;
+            };
+            let allowed_port = allowed.port_u16().unwrap_or(match allowed.scheme_str() {
+                Some("http") => 80,
+                _ => 443,
+            });
+            allowed.scheme_str() == Some(scheme)
+                && allowed
+                    .host()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(authority.host()))
+                && allowed_port == port
+        })
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        if !self.allows(request.uri()) {
+            tracing::info!(uri = %request.uri(), "outbound request denied: origin not in allowedOutboundHosts");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let default: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
+        default.send_request(request, options, fut)
+    }
+}
+
+/// Receives a guest's stdout or stderr and logs it line by line, tagged
+/// with the invocation, keeping at most `budget` bytes.
+#[derive(Clone)]
+pub(crate) struct LogSink {
+    inner: Arc<Mutex<LogBuffer>>,
+}
+
+struct LogBuffer {
+    stream: &'static str,
+    function: FunctionRef,
+    invocation: InvocationId,
+    pending: Vec<u8>,
+    budget: usize,
+    truncated: bool,
+}
+
+impl LogSink {
+    pub(crate) fn new(
+        stream: &'static str,
+        function: FunctionRef,
+        invocation: InvocationId,
+        budget: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogBuffer {
+                stream,
+                function,
+                invocation,
+                pending: Vec::new(),
+                budget,
+                truncated: false,
+            })),
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = bytes.len().min(buf.budget);
+        buf.budget -= keep;
+        buf.pending.extend_from_slice(&bytes[..keep]);
+        if keep < bytes.len() && !buf.truncated {
+            buf.truncated = true;
+            buf.emit_lines(true);
+            tracing::warn!(
+                function = %buf.function, invocation = %buf.invocation, stream = buf.stream,
+                "guest output over the per-invocation budget; the rest is dropped"
+            );
+        }
+        buf.emit_lines(false);
+    }
+
+    /// Logs what is left without a trailing newline.
+    pub(crate) fn flush_remaining(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .emit_lines(true);
+    }
+}
+
+impl LogBuffer {
+    fn emit_lines(&mut self, everything: bool) {
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+        if everything && !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        tracing::info!(
+            target: "sluice::guest",
+            function = %self.function,
+            invocation = %self.invocation,
+            stream = self.stream,
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}
+
+impl IsTerminal for LogSink {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogSink {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogSink {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LogSink {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        LogSink::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl AsyncWrite for LogSink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        LogSink::write(&self, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(origins: &[&str]) -> OutboundPolicy {
+        OutboundPolicy {
+            allowed: origins.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn outbound_requests_need_a_listed_origin() {
+        let p = policy(&["https://api.example.com", "http://127.0.0.1:8080"]);
+        for (uri, allowed) in [
+            ("https://api.example.com/v1", true),
+            ("https://API.example.com:443/", true),
+            ("http://api.example.com/", false),
+            ("https://api.example.com:8443/", false),
+            ("https://evil.example.com/", false),
+            ("http://127.0.0.1:8080/x", true),
+            ("http://127.0.0.1:8081/x", false),
+            ("/relative", false),
+        ] {
+            assert_eq!(p.allows(&uri.parse().unwrap()), allowed, "{uri}");
+        }
+        assert!(!policy(&[]).allows(&"https://api.example.com/".parse().unwrap()));
+    }
+}

@@ -1,0 +1,375 @@
+//! One invocation: a fresh store, instantiate, handle, collect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, header};
+use http_body_util::{BodyExt, Full, Limited};
+use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, Invocation, InvocationResponse};
+use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+use crate::RuntimeError;
+use crate::engine::Runtime;
+use crate::host::{Host, LogSink, MemoryLimiter, OutboundPolicy};
+use crate::outcome::{Failure, FailureKind, Outcome};
+
+/// The limits an invocation of a function runs under.
+#[derive(Clone, Debug)]
+pub struct FunctionLimits {
+    pub timeout: Duration,
+    pub memory: u64,
+}
+
+/// A function ready to be invoked: its component pre-instantiated and its
+/// spec resolved into what each store needs.
+#[derive(Clone)]
+pub struct PreparedFunction {
+    pub function: FunctionRef,
+    /// Hex SHA-256 of the component.
+    pub digest: String,
+    pub limits: FunctionLimits,
+    pre: ProxyPre<Host>,
+    env: Arc<[(String, String)]>,
+    allowed_outbound: Arc<[String]>,
+}
+
+impl std::fmt::Debug for PreparedFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedFunction")
+            .field("function", &self.function)
+            .field("digest", &self.digest)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Raised by the epoch callback when an attempt's time is up.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+struct DeadlineExceeded;
+
+impl Runtime {
+    /// Compiles (or finds in the cache) `wasm` and binds it to a spec.
+    /// Compilation is CPU-bound: call it from a blocking context.
+    pub fn prepare(
+        &self,
+        function: FunctionRef,
+        spec: &FunctionSpec,
+        wasm: &[u8],
+    ) -> Result<PreparedFunction, RuntimeError> {
+        let max = self.inner.config.max_instance_memory;
+        if spec.limits.memory > max {
+            return Err(RuntimeError::MemoryLimitTooLarge {
+                limit: spec.limits.memory.to_string(),
+                max: max.to_string(),
+            });
+        }
+        let (digest, pre) =
+            self.inner
+                .cache
+                .get_or_compile(&self.inner.engine, &self.inner.linker, wasm)?;
+        Ok(PreparedFunction {
+            function,
+            digest,
+            limits: FunctionLimits {
+                timeout: spec.timeout.0,
+                memory: spec.limits.memory.0,
+            },
+            pre,
+            env: spec
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            allowed_outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
+        })
+    }
+
+    /// Runs one attempt of `invocation`, bounded by the function's timeout
+    /// and the invocation's deadline, whichever comes first.
+    pub async fn invoke(&self, function: &PreparedFunction, invocation: &Invocation) -> Outcome {
+        let time_left = invocation.time_left();
+        if time_left.is_zero() {
+            return failed(
+                FailureKind::Expired,
+                "the caller's deadline passed before the invocation ran",
+            );
+        }
+        let budget = time_left.min(function.limits.timeout);
+        let deadline = Instant::now() + budget;
+        let Ok(_permit) = self.inner.instances.acquire().await else {
+            return failed(FailureKind::Internal, "the runtime is shutting down");
+        };
+        let stdout = LogSink::new(
+            "stdout",
+            function.function.clone(),
+            invocation.id.clone(),
+            self.inner.config.max_log_bytes,
+        );
+        let stderr = LogSink::new(
+            "stderr",
+            function.function.clone(),
+            invocation.id.clone(),
+            self.inner.config.max_log_bytes,
+        );
+        let outcome = match tokio::time::timeout_at(
+            deadline,
+            self.run(function, invocation, deadline, &stdout, &stderr),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => timed_out(budget, function.limits.timeout),
+        };
+        stdout.flush_remaining();
+        stderr.flush_remaining();
+        outcome
+    }
+
+    async fn run(
+        &self,
+        function: &PreparedFunction,
+        invocation: &Invocation,
+        deadline: Instant,
+        stdout: &LogSink,
+        stderr: &LogSink,
+    ) -> Outcome {
+        let wasi = WasiCtx::builder()
+            .envs(&function.env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let host = Host {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: usize::try_from(function.limits.memory).unwrap_or(usize::MAX),
+                refused: false,
+            },
+            outbound: OutboundPolicy {
+                allowed: function.allowed_outbound.clone(),
+            },
+        };
+        let mut store = Store::new(&self.inner.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        let deadline_std = deadline.into_std();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline_std {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                // Yield so a busy guest cannot starve the executor.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let request = match incoming_request(invocation) {
+            Ok(r) => r,
+            Err(e) => {
+                return failed(
+                    FailureKind::Internal,
+                    format!("cannot build the request: {e}"),
+                );
+            }
+        };
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let handles = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|req| {
+                let out = store.data_mut().http().new_response_outparam(sender)?;
+                Ok((req, out))
+            });
+        let (req, out) = match handles {
+            Ok(h) => h,
+            Err(e) => {
+                return failed(
+                    FailureKind::Internal,
+                    format!("cannot pass the request to the guest: {e:#}"),
+                );
+            }
+        };
+
+        let max_body = self.inner.config.max_response_body;
+        let collect = collect_response(receiver, max_body);
+        tokio::pin!(collect);
+        // Race the guest against the response: a complete response ends
+        // the attempt even if the guest lingers, and a guest that ends
+        // first (trap or not) releases the store, so the response side
+        // resolves too.
+        let (guest_result, early) = {
+            let guest = async {
+                let proxy = function.pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            tokio::pin!(guest);
+            tokio::select! {
+                collected = &mut collect => (Ok(()), Some(collected)),
+                result = &mut guest => (result, None),
+            }
+        };
+        let memory_refused = store.data().limiter.refused;
+        drop(store);
+        if let Err(e) = guest_result {
+            return Outcome::Failed(classify_trap(&e, memory_refused, function));
+        }
+        let collected = match early {
+            Some(collected) => collected,
+            None => collect.await,
+        };
+        match collected {
+            Some(Ok(response)) => Outcome::Responded(response),
+            Some(Err(failure)) => Outcome::Failed(failure),
+            None => failed(
+                FailureKind::NoResponse,
+                "the function returned without setting a response",
+            ),
+        }
+    }
+}
+
+type GuestResponse =
+    Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, ErrorCode>;
+
+/// The response the guest sets, with its body read up to `max_body`;
+/// `None` when the guest never set one.
+async fn collect_response(
+    receiver: tokio::sync::oneshot::Receiver<GuestResponse>,
+    max_body: usize,
+) -> Option<Result<InvocationResponse, Failure>> {
+    let response = match receiver.await.ok()? {
+        Ok(response) => response,
+        Err(code) => {
+            return Some(Err(Failure {
+                kind: FailureKind::Trap,
+                reason: format!("the function set an error response: {code:?}"),
+            }));
+        }
+    };
+    let (parts, body) = response.into_parts();
+    Some(match Limited::new(body, max_body).collect().await {
+        Ok(body) => Ok(InvocationResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure {
+            kind: FailureKind::ResponseTooLarge,
+            reason: format!("the response body is larger than {max_body} bytes"),
+        }),
+        Err(e) => Err(Failure {
+            kind: FailureKind::Trap,
+            reason: format!("the response body failed: {e}"),
+        }),
+    })
+}
+
+fn classify_trap(
+    e: &wasmtime::Error,
+    memory_refused: bool,
+    function: &PreparedFunction,
+) -> Failure {
+    if e.downcast_ref::<DeadlineExceeded>().is_some() {
+        return Failure {
+            kind: FailureKind::Timeout,
+            reason: format!(
+                "the function ran past its deadline ({} timeout)",
+                sluice_api::Duration(function.limits.timeout)
+            ),
+        };
+    }
+    if memory_refused {
+        return Failure {
+            kind: FailureKind::MemoryLimit,
+            reason: format!(
+                "the function exceeded its memory limit of {}",
+                sluice_api::ByteSize(function.limits.memory)
+            ),
+        };
+    }
+    let reason = match e.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => {
+            "the function overflowed its stack (unbounded recursion?)".to_owned()
+        }
+        Some(trap) => format!("the function trapped: {trap}"),
+        None => format!("the function failed: {e:#}"),
+    };
+    Failure {
+        kind: FailureKind::Trap,
+        reason,
+    }
+}
+
+fn timed_out(budget: Duration, timeout: Duration) -> Outcome {
+    let (budget, timeout) = (sluice_api::Duration(budget), sluice_api::Duration(timeout));
+    let reason = if budget == timeout {
+        format!("the function did not answer within its {timeout} timeout")
+    } else {
+        format!(
+            "the function did not answer before the invocation's deadline ({budget} were left of its {timeout} timeout)"
+        )
+    };
+    failed(FailureKind::Timeout, reason)
+}
+
+fn failed(kind: FailureKind, reason: impl Into<String>) -> Outcome {
+    Outcome::Failed(Failure {
+        kind,
+        reason: reason.into(),
+    })
+}
+
+/// The HTTP request the component sees: the stripped path, the caller's
+/// headers, plus `X-Forwarded-Prefix`, `X-Sluice-Invocation-Id` and
+/// `traceparent`.
+fn incoming_request(invocation: &Invocation) -> Result<Request<Full<Bytes>>, http::Error> {
+    let authority = invocation
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(invocation.path_and_query())
+        .build()?;
+    let mut request = Request::builder()
+        .method(invocation.method.clone())
+        .uri(uri)
+        .body(Full::new(invocation.body.clone()))?;
+    let headers = request.headers_mut();
+    headers.extend(invocation.headers.clone());
+    if let Ok(prefix) = HeaderValue::from_str(&invocation.forwarded_prefix) {
+        headers.insert("x-forwarded-prefix", prefix);
+    }
+    if let Ok(id) = HeaderValue::from_str(invocation.id.as_str()) {
+        headers.insert("x-sluice-invocation-id", id);
+    }
+    if let Some(tp) = invocation
+        .traceparent
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
+        headers.insert("traceparent", tp);
+    }
+    Ok(request)
+}

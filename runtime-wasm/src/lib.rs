@@ -1,0 +1,31 @@
+//! The Sluice WebAssembly runtime: executes `wasi:http/proxy` components,
+//! one fresh sandboxed instance per invocation.
+//!
+//! The [`Runtime`] builds one wasmtime engine (async, epoch interruption,
+//! pooling allocator), compiles each component once (cached by SHA-256) and
+//! pre-instantiates it; every invocation then gets a new store with the
+//! function's memory limit, deadline, environment, outbound-HTTP policy and
+//! a log sink tagged with the invocation id.
+
+mod cache;
+mod engine;
+mod host;
+mod invoke;
+mod outcome;
+
+pub use engine::{Runtime, RuntimeConfig};
+pub use invoke::{FunctionLimits, PreparedFunction};
+pub use outcome::{Failure, FailureKind, Outcome, Verdict};
+
+/// Why a component could not be made ready to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot configure the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    #[error("the component cannot run as a wasi:http/proxy function: {0}")]
+    NotAProxy(String),
+    #[error("limits.memory {limit} exceeds the runtime's largest instance memory {max}")]
+    MemoryLimitTooLarge { limit: String, max: String },
+}
