@@ -1,0 +1,103 @@
+//! The one place that maps gateway errors to HTTP statuses and JSON bodies.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use sluice_runtime::{Failure, FailureKind};
+
+/// Everything a request can fail with, each with the status a caller can
+/// act on.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no function {0} is deployed")]
+    UnknownFunction(String),
+    #[error("no invocation {0} is known (it may have expired)")]
+    UnknownInvocation(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{method} is not allowed here; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
+    #[error("the request body is larger than the {limit}-byte limit")]
+    BodyTooLarge { limit: usize },
+    #[error("the queue of {0} is full; retry later")]
+    QueueFull(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{}", .0.reason)]
+    FunctionFailed(Failure),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownFunction(_) | Self::UnknownInvocation(_) | Self::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::FunctionFailed(f) => match f.kind {
+                FailureKind::Timeout | FailureKind::Expired => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable, machine-readable word for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownFunction(_) => "unknown_function",
+            Self::UnknownInvocation(_) => "unknown_invocation",
+            Self::NoRoute(_) => "no_route",
+            Self::BadRequest(_) => "bad_request",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::QueueFull(_) => "queue_full",
+            Self::Timeout(_) => "timeout",
+            Self::FunctionFailed(f) => match f.kind {
+                FailureKind::Timeout | FailureKind::Expired => "timeout",
+                FailureKind::MemoryLimit => "memory_limit",
+                FailureKind::ResponseTooLarge => "response_too_large",
+                FailureKind::Trap | FailureKind::NoResponse => "function_failed",
+                FailureKind::Internal => "runtime_error",
+            },
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The JSON response: `{"error": <code>, "message": <sentence>}`.
+    pub fn into_response(self, invocation_id: Option<&str>) -> Response<Full<Bytes>> {
+        if self.status().is_server_error()
+            && !matches!(self, Self::FunctionFailed(_) | Self::Timeout(_))
+        {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        if let Some(id) = invocation_id {
+            body["invocationId"] = id.into();
+        }
+        json_response(self.status(), &body)
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

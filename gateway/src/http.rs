@@ -1,0 +1,346 @@
+//! The HTTP ingress: turns requests into invocations and answers with
+//! their outcome (see DESIGN.md, "Invocation paths").
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
+
+use crate::callback;
+use crate::error::{GatewayError, json_response};
+use crate::queue::{InvocationQueue, QueueError};
+use crate::routes::{Resolved, RouteConflict, RouteTable, resolve_default};
+
+/// Longest `?wait=` a status request may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Headers that belong to one connection and never reach a function.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// HTTP-facing settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger gets 413. Default: 1Mi.
+    pub max_request_body: usize,
+    /// How long an async invocation may take, retries included, before it
+    /// expires; also how long its record stays. Default: 1h.
+    pub async_deadline: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body: 1 << 20,
+            async_deadline: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The deployed functions, as the gateway routes them.
+#[derive(Debug, Default)]
+pub struct Registry {
+    specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
+    routes: RouteTable,
+}
+
+impl Registry {
+    pub fn new(specs: HashMap<FunctionRef, Arc<FunctionSpec>>) -> Result<Self, RouteConflict> {
+        let mut sorted: Vec<_> = specs.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let routes = RouteTable::new(
+            sorted
+                .into_iter()
+                .map(|(f, spec)| (f, spec.triggers.http.as_ref().map(|h| h.path.as_str()))),
+        )?;
+        Ok(Self { specs, routes })
+    }
+
+    pub fn get(&self, function: &FunctionRef) -> Option<&Arc<FunctionSpec>> {
+        self.specs.get(function)
+    }
+}
+
+/// The gateway's request handler.
+#[derive(Debug)]
+pub struct Gateway {
+    queue: Arc<dyn InvocationQueue>,
+    registry: RwLock<Arc<Registry>>,
+    config: HttpConfig,
+}
+
+impl Gateway {
+    pub fn new(queue: Arc<dyn InvocationQueue>, registry: Registry, config: HttpConfig) -> Self {
+        Self {
+            queue,
+            registry: RwLock::new(Arc::new(registry)),
+            config,
+        }
+    }
+
+    /// Replaces the routed functions (the registry changed).
+    pub fn set_registry(&self, registry: Registry) {
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+    }
+
+    fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        let result = if let Some(resolved) = resolve_default("/fn", &path) {
+            self.invoke_sync(resolved, request).await
+        } else if let Some(resolved) = resolve_default("/async/fn", &path) {
+            self.invoke_async(resolved, request).await
+        } else if let Some(id) = path.strip_prefix("/invocations/") {
+            self.invocation_status(id, &request).await
+        } else if let Some(function) = path.strip_prefix("/dead-letters/") {
+            self.dead_letters(function, &request).await
+        } else {
+            match self.registry().routes.resolve_custom(&path) {
+                Some(resolved) => self.invoke_sync(Ok(resolved), request).await,
+                None => Err((GatewayError::NoRoute(path), None)),
+            }
+        };
+        result.unwrap_or_else(|(error, id)| {
+            error.into_response(id.as_ref().map(InvocationId::as_str))
+        })
+    }
+
+    async fn invoke_sync(
+        &self,
+        resolved: Result<Resolved, String>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
+        let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
+        let deadline = SystemTime::now() + spec.timeout.0;
+        let invocation = self
+            .invocation(resolved, request, InvocationId::random(), deadline)
+            .await
+            .map_err(|e| (e, None))?;
+        let id = invocation.id.clone();
+        match self.queue.call(invocation).await {
+            Ok(Ok(response)) => Ok(function_response(response, &id)),
+            Ok(Err(failure)) => Err((GatewayError::FunctionFailed(failure), Some(id))),
+            Err(e) => Err((queue_error(e), Some(id))),
+        }
+    }
+
+    async fn invoke_async(
+        &self,
+        resolved: Result<Resolved, String>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
+        if request.method() != Method::POST {
+            return Err((
+                GatewayError::MethodNotAllowed {
+                    method: request.method().to_string(),
+                    allowed: "POST",
+                },
+                None,
+            ));
+        }
+        let (resolved, _) = self.function(resolved).map_err(|e| (e, None))?;
+        let callback = match request.headers().get("x-callback-url") {
+            None => None,
+            Some(value) => {
+                let url = value.to_str().unwrap_or_default().to_owned();
+                callback::validate_url(&url).map_err(|e| (GatewayError::BadRequest(e), None))?;
+                Some(url)
+            }
+        };
+        let id = match request.headers().get("idempotency-key") {
+            Some(key) => InvocationId::for_idempotency_key(
+                &resolved.function,
+                &String::from_utf8_lossy(key.as_bytes()),
+            ),
+            None => InvocationId::random(),
+        };
+        let deadline = SystemTime::now() + self.config.async_deadline;
+        let invocation = self
+            .invocation(resolved, request, id, deadline)
+            .await
+            .map_err(|e| (e, None))?;
+        let function = invocation.function.clone();
+        let submitted = self
+            .queue
+            .submit(invocation, callback)
+            .await
+            .map_err(|e| (queue_error(e), None))?;
+        let location = format!("/invocations/{}", submitted.id);
+        let mut response = json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "id": submitted.id,
+                "function": function,
+                "location": location,
+                "duplicate": submitted.duplicate,
+            }),
+        );
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Ok(response)
+    }
+
+    async fn invocation_status(
+        &self,
+        id: &str,
+        request: &Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
+        let unknown = || (GatewayError::UnknownInvocation(id.to_owned()), None);
+        let parsed = InvocationId::parse(id).ok_or_else(unknown)?;
+        let wait = match query_param(request.uri().query(), "wait") {
+            None => Duration::ZERO,
+            Some(text) => text
+                .parse::<sluice_api::Duration>()
+                .map(|d| d.0.min(MAX_WAIT))
+                .map_err(|e| (GatewayError::BadRequest(format!("wait: {e}")), None))?,
+        };
+        match self.queue.record(&parsed, wait).await {
+            Ok(Some(record)) => Ok(json_response(StatusCode::OK, &record)),
+            Ok(None) => Err(unknown()),
+            Err(e) => Err((queue_error(e), None)),
+        }
+    }
+
+    async fn dead_letters(
+        &self,
+        function: &str,
+        request: &Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
+        if request.method() != Method::GET {
+            return Err((
+                GatewayError::MethodNotAllowed {
+                    method: request.method().to_string(),
+                    allowed: "GET",
+                },
+                None,
+            ));
+        }
+        let function: FunctionRef = function
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| (GatewayError::UnknownFunction(function.to_owned()), None))?;
+        let letters = self
+            .queue
+            .dead_letters(&function)
+            .await
+            .map_err(|e| (queue_error(e), None))?;
+        Ok(json_response(StatusCode::OK, &letters))
+    }
+
+    fn function(
+        &self,
+        resolved: Result<Resolved, String>,
+    ) -> Result<(Resolved, Arc<FunctionSpec>), GatewayError> {
+        let resolved = resolved.map_err(GatewayError::UnknownFunction)?;
+        let spec = self
+            .registry()
+            .get(&resolved.function)
+            .cloned()
+            .ok_or_else(|| GatewayError::UnknownFunction(resolved.function.to_string()))?;
+        Ok((resolved, spec))
+    }
+
+    async fn invocation(
+        &self,
+        resolved: Resolved,
+        request: Request<Incoming>,
+        id: InvocationId,
+        deadline: SystemTime,
+    ) -> Result<Invocation, GatewayError> {
+        let (parts, body) = request.into_parts();
+        let limit = self.config.max_request_body;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            Err(e) => {
+                return Err(GatewayError::BadRequest(format!(
+                    "cannot read the request body: {e}"
+                )));
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let traceparent = headers
+            .remove("traceparent")
+            .and_then(|v| v.to_str().ok().map(str::to_owned));
+        Ok(Invocation {
+            id,
+            function: resolved.function,
+            method: parts.method,
+            path: resolved.rest,
+            query: parts.uri.query().map(str::to_owned),
+            forwarded_prefix: resolved.prefix,
+            headers,
+            body,
+            deadline,
+            traceparent,
+        })
+    }
+}
+
+fn function_response(response: InvocationResponse, id: &InvocationId) -> Response<Full<Bytes>> {
+    let mut out = Response::new(Full::new(response.body));
+    *out.status_mut() = response.status;
+    let mut headers = response.headers;
+    strip_hop_by_hop(&mut headers);
+    // The body was collected; hyper sets the length.
+    headers.remove(header::CONTENT_LENGTH);
+    *out.headers_mut() = headers;
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        out.headers_mut().insert("x-sluice-invocation-id", value);
+    }
+    out
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn queue_error(e: QueueError) -> GatewayError {
+    match e {
+        QueueError::UnknownFunction(f) => GatewayError::UnknownFunction(f.to_string()),
+        QueueError::Full(f) => GatewayError::QueueFull(f.to_string()),
+        QueueError::Unavailable(reason) => GatewayError::Unavailable(reason),
+    }
+}
+
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}

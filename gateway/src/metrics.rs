@@ -1,0 +1,127 @@
+//! Prometheus metrics of the gateway and its in-process queue. Label values
+//! are function references, so they grow with deployments, not traffic.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sluice_api::names::FunctionRef;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub function: String,
+    pub outcome: &'static str,
+}
+
+type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the gateway exports, under the `sluice_` prefix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<OutcomeLabels, Counter>,
+    duration: HistogramFamily,
+    queue_depth: Family<FunctionLabels, Gauge>,
+    retries: Family<FunctionLabels, Counter>,
+    dead_letters: Family<FunctionLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100µs to ~100s.
+    Histogram::new(exponential_buckets(0.0001, 2.5, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let invocations = Family::<OutcomeLabels, Counter>::default();
+        let duration = HistogramFamily::new_with_constructor(duration_histogram);
+        let queue_depth = Family::<FunctionLabels, Gauge>::default();
+        let retries = Family::<FunctionLabels, Counter>::default();
+        let dead_letters = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "invocation_attempts",
+            "Attempts at invocations, by function and outcome",
+            invocations.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Time from instantiation to collected response, per attempt",
+            duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Invocations queued, waiting for a retry, or running",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "retries",
+            "Attempts scheduled again after a retryable failure",
+            retries.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Invocations dead-lettered",
+            dead_letters.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            duration,
+            queue_depth,
+            retries,
+            dead_letters,
+        }
+    }
+}
+
+impl Metrics {
+    fn labels(function: &FunctionRef) -> FunctionLabels {
+        FunctionLabels {
+            function: function.to_string(),
+        }
+    }
+
+    pub fn attempt_finished(&self, function: &FunctionRef, outcome: &'static str, seconds: f64) {
+        self.invocations
+            .get_or_create(&OutcomeLabels {
+                function: function.to_string(),
+                outcome,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&Self::labels(function))
+            .observe(seconds);
+    }
+
+    pub fn set_queue_depth(&self, function: &FunctionRef, depth: i64) {
+        self.queue_depth
+            .get_or_create(&Self::labels(function))
+            .set(depth);
+    }
+
+    pub fn retried(&self, function: &FunctionRef) {
+        self.retries.get_or_create(&Self::labels(function)).inc();
+    }
+
+    pub fn dead_lettered(&self, function: &FunctionRef) {
+        self.dead_letters
+            .get_or_create(&Self::labels(function))
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,468 @@
+//! The in-process queue of local mode. It keeps the semantics of the
+//! JetStream backend: per-function concurrency, one attempt for sync calls,
+//! retries with exponential backoff for async ones (retryable failures
+//! only), dead letters with their reason, records kept for a TTL, and
+//! idempotent submits within a window.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sluice_api::invocation::unix_millis;
+use sluice_api::names::FunctionRef;
+use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, RetryPolicy};
+use sluice_runtime::{Failure, FailureKind, Outcome, PreparedFunction, Runtime, Verdict};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::{CallResult, DeadLetter, InvocationQueue, QueueError, Submitted};
+use crate::callback::Callbacks;
+use crate::metrics::Metrics;
+
+/// Settings of the in-process queue.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Invocations a function may have queued before submits get 429.
+    /// Default: 10000.
+    pub max_depth: usize,
+    /// How long finished records stay readable. Default: 1h.
+    pub results_ttl: Duration,
+    /// How long an idempotency key dedupes submits. Default: 2m (the
+    /// JetStream stream's duplicate window).
+    pub dedupe_window: Duration,
+    /// Dead letters kept per function, newest kept. Default: 1000.
+    pub dead_letter_capacity: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 10_000,
+            results_ttl: Duration::from_secs(3600),
+            dedupe_window: Duration::from_secs(120),
+            dead_letter_capacity: 1000,
+        }
+    }
+}
+
+/// A function as the queue serves it.
+#[derive(Debug, Clone)]
+pub struct QueuedFunction {
+    pub prepared: PreparedFunction,
+    pub retry: RetryPolicy,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemoryQueue {
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    runtime: Runtime,
+    config: QueueConfig,
+    metrics: Arc<Metrics>,
+    callbacks: Callbacks,
+    lanes: RwLock<HashMap<FunctionRef, Arc<Lane>>>,
+    records: Mutex<HashMap<InvocationId, RecordEntry>>,
+    dead_letters: Mutex<HashMap<FunctionRef, VecDeque<DeadLetter>>>,
+}
+
+#[derive(Debug)]
+struct RecordEntry {
+    record: watch::Sender<InvocationRecord>,
+    accepted: Instant,
+    /// Set once the record is final.
+    expires: Option<Instant>,
+}
+
+/// One function's queue.
+#[derive(Debug)]
+struct Lane {
+    function: QueuedFunction,
+    sender: mpsc::Sender<Job>,
+    /// Queued, waiting for a retry, or running.
+    depth: AtomicI64,
+}
+
+#[derive(Debug)]
+enum Job {
+    Call {
+        invocation: Box<Invocation>,
+        reply: oneshot::Sender<CallResult>,
+    },
+    Deliver {
+        invocation: Arc<Invocation>,
+        attempt: u32,
+        callback: Option<String>,
+    },
+}
+
+impl MemoryQueue {
+    pub fn new(runtime: Runtime, config: QueueConfig, metrics: Arc<Metrics>) -> Self {
+        let state = Arc::new(State {
+            runtime,
+            config,
+            metrics,
+            callbacks: Callbacks::default(),
+            lanes: RwLock::default(),
+            records: Mutex::default(),
+            dead_letters: Mutex::default(),
+        });
+        tokio::spawn(sweep_expired_records(Arc::downgrade(&state)));
+        Self { state }
+    }
+
+    /// Starts serving `function`, replacing an earlier version of it.
+    /// Work already queued for the earlier version finishes on it.
+    pub fn deploy(&self, function: QueuedFunction) {
+        let (sender, receiver) = mpsc::channel(self.state.config.max_depth.max(1));
+        let name = function.prepared.function.clone();
+        let lane = Arc::new(Lane {
+            function,
+            sender,
+            depth: AtomicI64::new(0),
+        });
+        tokio::spawn(dispatch(
+            Arc::downgrade(&self.state),
+            lane.clone(),
+            receiver,
+        ));
+        write(&self.state.lanes).insert(name, lane);
+    }
+
+    /// Stops taking work for `function`; what is queued still runs.
+    pub fn remove(&self, function: &FunctionRef) {
+        write(&self.state.lanes).remove(function);
+    }
+
+    fn lane(&self, function: &FunctionRef) -> Result<Arc<Lane>, QueueError> {
+        read(&self.state.lanes)
+            .get(function)
+            .cloned()
+            .ok_or_else(|| QueueError::UnknownFunction(function.clone()))
+    }
+}
+
+#[async_trait]
+impl InvocationQueue for MemoryQueue {
+    async fn call(&self, invocation: Invocation) -> Result<CallResult, QueueError> {
+        let lane = self.lane(&invocation.function)?;
+        let deadline = invocation.deadline;
+        let (reply, answer) = oneshot::channel();
+        lane.enqueue(
+            &self.state.metrics,
+            Job::Call {
+                invocation: Box::new(invocation),
+                reply,
+            },
+        )?;
+        let wait = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        // The worker answers at the deadline at the latest; the grace
+        // covers scheduling so its more precise reason wins.
+        match tokio::time::timeout(wait + Duration::from_millis(250), answer).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(QueueError::Unavailable("the queue shut down".into())),
+            Err(_) => Ok(Err(Failure {
+                kind: FailureKind::Timeout,
+                reason: "the invocation waited in the queue past its deadline".into(),
+            })),
+        }
+    }
+
+    async fn submit(
+        &self,
+        invocation: Invocation,
+        callback: Option<String>,
+    ) -> Result<Submitted, QueueError> {
+        let lane = self.lane(&invocation.function)?;
+        let id = invocation.id.clone();
+        {
+            let mut records = lock(&self.state.records);
+            if let Some(entry) = records.get(&id)
+                && entry.accepted.elapsed() < self.state.config.dedupe_window
+            {
+                return Ok(Submitted {
+                    id,
+                    duplicate: true,
+                });
+            }
+            records.insert(
+                id.clone(),
+                RecordEntry {
+                    record: watch::Sender::new(InvocationRecord::queued(
+                        id.clone(),
+                        invocation.function.clone(),
+                    )),
+                    accepted: Instant::now(),
+                    expires: None,
+                },
+            );
+        }
+        let job = Job::Deliver {
+            invocation: Arc::new(invocation),
+            attempt: 1,
+            callback,
+        };
+        if let Err(e) = lane.enqueue(&self.state.metrics, job) {
+            lock(&self.state.records).remove(&id);
+            return Err(e);
+        }
+        Ok(Submitted {
+            id,
+            duplicate: false,
+        })
+    }
+
+    async fn record(
+        &self,
+        id: &InvocationId,
+        wait: Duration,
+    ) -> Result<Option<InvocationRecord>, QueueError> {
+        let Some(mut updates) = lock(&self.state.records)
+            .get(id)
+            .map(|e| e.record.subscribe())
+        else {
+            return Ok(None);
+        };
+        if !wait.is_zero() {
+            // Whether the wait ends by timeout or by a final state, the
+            // current record is the answer.
+            let _ = tokio::time::timeout(wait, updates.wait_for(|r| r.state.is_final())).await;
+        }
+        let record = updates.borrow().clone();
+        Ok(Some(record))
+    }
+
+    async fn dead_letters(&self, function: &FunctionRef) -> Result<Vec<DeadLetter>, QueueError> {
+        self.lane(function)?;
+        Ok(lock(&self.state.dead_letters)
+            .get(function)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+impl Lane {
+    fn enqueue(&self, metrics: &Metrics, job: Job) -> Result<(), QueueError> {
+        self.sender.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                QueueError::Full(self.function.prepared.function.clone())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                QueueError::Unavailable("the queue shut down".into())
+            }
+        })?;
+        self.adjust_depth(metrics, 1);
+        Ok(())
+    }
+
+    fn adjust_depth(&self, metrics: &Metrics, delta: i64) {
+        let depth = self.depth.fetch_add(delta, Ordering::Relaxed) + delta;
+        metrics.set_queue_depth(&self.function.prepared.function, depth);
+    }
+}
+
+/// Takes a lane's jobs in order and runs up to `concurrency` at once.
+async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut jobs: mpsc::Receiver<Job>) {
+    let permits = Arc::new(Semaphore::new(lane.function.concurrency.max(1) as usize));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(state) = state.upgrade() else { return };
+        let lane = lane.clone();
+        tokio::spawn(async move {
+            run(&state, &lane, job).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
+    match job {
+        Job::Call { invocation, reply } => {
+            let outcome = attempt(state, lane, &invocation).await;
+            lane.adjust_depth(&state.metrics, -1);
+            // The caller may have given up; then nobody needs the answer.
+            let _ = reply.send(match outcome {
+                Outcome::Responded(response) => Ok(response),
+                Outcome::Failed(failure) => Err(failure),
+            });
+        }
+        Job::Deliver {
+            invocation,
+            attempt: number,
+            callback,
+        } => {
+            state.update(&invocation.id, |r| {
+                r.state = InvocationState::Running;
+                r.attempts = number;
+            });
+            let outcome = attempt(state, lane, &invocation).await;
+            settle(state, lane, invocation, number, callback, outcome);
+        }
+    }
+}
+
+async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome {
+    let started = Instant::now();
+    let outcome = state
+        .runtime
+        .invoke(&lane.function.prepared, invocation)
+        .await;
+    state.metrics.attempt_finished(
+        &invocation.function,
+        outcome.label(),
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(reason) = outcome.reason() {
+        tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
+    }
+    outcome
+}
+
+/// Decides what follows an async attempt: done, retry later, or dead letter.
+fn settle(
+    state: &Arc<State>,
+    lane: &Arc<Lane>,
+    invocation: Arc<Invocation>,
+    number: u32,
+    callback: Option<String>,
+    outcome: Outcome,
+) {
+    let verdict = outcome.verdict();
+    let reason = outcome.reason();
+    let response = match &outcome {
+        Outcome::Responded(r) => Some(r.into()),
+        Outcome::Failed(_) => None,
+    };
+    let final_state = match verdict {
+        Verdict::Success => InvocationState::Succeeded,
+        Verdict::Permanent if matches!(&outcome, Outcome::Failed(f) if f.kind == FailureKind::Expired) => {
+            InvocationState::Expired
+        }
+        Verdict::Permanent => InvocationState::Failed,
+        Verdict::Retryable => match lane.function.retry.delay_after(number) {
+            Some(delay) => {
+                state.update(&invocation.id, |r| {
+                    r.state = InvocationState::Queued;
+                    r.error.clone_from(&reason);
+                    r.response = response;
+                });
+                state.metrics.retried(&invocation.function);
+                schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
+                return;
+            }
+            None => InvocationState::DeadLettered,
+        },
+    };
+    let error = match final_state {
+        InvocationState::DeadLettered => Some(format!(
+            "gave up after {number} attempt{}: {}",
+            if number == 1 { "" } else { "s" },
+            reason.as_deref().unwrap_or("retryable failure")
+        )),
+        _ => reason,
+    };
+    if final_state == InvocationState::DeadLettered {
+        state.dead_letter(&invocation, number, error.clone().unwrap_or_default());
+    }
+    let expires = Instant::now() + state.config.results_ttl;
+    let record = state.finish(&invocation.id, expires, |r| {
+        r.state = final_state;
+        r.error = error;
+        r.response = response;
+    });
+    lane.adjust_depth(&state.metrics, -1);
+    if let (Some(url), Some(record)) = (callback, record) {
+        state.callbacks.deliver(url, record);
+    }
+}
+
+fn schedule_retry(
+    lane: Arc<Lane>,
+    invocation: Arc<Invocation>,
+    attempt: u32,
+    callback: Option<String>,
+    delay: Duration,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let job = Job::Deliver {
+            invocation,
+            attempt,
+            callback,
+        };
+        // A retry waits for room rather than failing: it was accepted once.
+        let _ = lane.sender.send(job).await;
+    });
+}
+
+impl State {
+    fn update(&self, id: &InvocationId, change: impl FnOnce(&mut InvocationRecord)) {
+        if let Some(entry) = lock(&self.records).get(id) {
+            entry.record.send_modify(change);
+        }
+    }
+
+    fn finish(
+        &self,
+        id: &InvocationId,
+        expires: Instant,
+        change: impl FnOnce(&mut InvocationRecord),
+    ) -> Option<InvocationRecord> {
+        let mut records = lock(&self.records);
+        let entry = records.get_mut(id)?;
+        entry.record.send_modify(change);
+        entry.expires = Some(expires);
+        Some(entry.record.borrow().clone())
+    }
+
+    fn dead_letter(&self, invocation: &Invocation, attempts: u32, reason: String) {
+        tracing::warn!(function = %invocation.function, invocation = %invocation.id, %reason, "dead-lettered");
+        self.metrics.dead_lettered(&invocation.function);
+        let mut all = lock(&self.dead_letters);
+        let list = all.entry(invocation.function.clone()).or_default();
+        if list.len() >= self.config.dead_letter_capacity {
+            list.pop_front();
+        }
+        list.push_back(DeadLetter {
+            id: invocation.id.clone(),
+            function: invocation.function.clone(),
+            reason,
+            attempts,
+            method: invocation.method.to_string(),
+            path: invocation.path_and_query(),
+            dead_lettered_at: unix_millis(SystemTime::now()),
+        });
+    }
+}
+
+async fn sweep_expired_records(state: Weak<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let now = Instant::now();
+        lock(&state.records).retain(|_, e| e.expires.is_none_or(|t| t > now));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here leaves the maps half-updated on panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,76 @@
+//! The invocation queue: what the HTTP and event paths hand invocations to.
+//! [`memory::MemoryQueue`] runs them in-process (local mode); a JetStream
+//! implementation with the same semantics puts them on NATS.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sluice_api::names::FunctionRef;
+use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationResponse};
+use sluice_runtime::Failure;
+
+/// What a synchronous call ends with: the function's response, or why
+/// there is none.
+pub type CallResult = Result<InvocationResponse, Failure>;
+
+/// An accepted asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: InvocationId,
+    /// The idempotency key named an invocation already accepted; nothing
+    /// new was queued.
+    pub duplicate: bool,
+}
+
+/// An invocation given up on, with why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: InvocationId,
+    pub function: FunctionRef,
+    pub reason: String,
+    pub attempts: u32,
+    pub method: String,
+    pub path: String,
+    /// Unix time in milliseconds.
+    pub dead_lettered_at: u64,
+}
+
+/// Why the queue could not take or answer a request.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("no function {0} is deployed")]
+    UnknownFunction(FunctionRef),
+    #[error("the queue of {0} is full")]
+    Full(FunctionRef),
+    #[error("the queue is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
+    /// Queues a synchronous invocation and waits for its single attempt.
+    async fn call(&self, invocation: Invocation) -> Result<CallResult, QueueError>;
+
+    /// Queues an asynchronous invocation, retried per the function's
+    /// policy; `callback` receives the final record.
+    async fn submit(
+        &self,
+        invocation: Invocation,
+        callback: Option<String>,
+    ) -> Result<Submitted, QueueError>;
+
+    /// The record of an invocation; with `wait`, waits up to that long for
+    /// it to reach a final state.
+    async fn record(
+        &self,
+        id: &InvocationId,
+        wait: Duration,
+    ) -> Result<Option<InvocationRecord>, QueueError>;
+
+    /// The function's dead letters, oldest first.
+    async fn dead_letters(&self, function: &FunctionRef) -> Result<Vec<DeadLetter>, QueueError>;
+}

@@ -1,0 +1,164 @@
+//! Which function a request path names, and what path the function sees.
+
+use std::collections::HashMap;
+
+use sluice_api::names::FunctionRef;
+
+/// The routes of the deployed functions: the default `/fn/<ns>/<name>`
+/// and any `triggers.http.path`.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    /// Custom prefixes, longest first so the most specific wins.
+    custom: Vec<(String, FunctionRef)>,
+}
+
+/// A request path resolved to a function.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub function: FunctionRef,
+    /// The prefix that was stripped (`X-Forwarded-Prefix`).
+    pub prefix: String,
+    /// What the function sees, always starting with `/`.
+    pub rest: String,
+}
+
+/// Why a set of routes cannot be served together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("spec.triggers.http.path {path} of {second} is already the route of {first}")]
+pub struct RouteConflict {
+    pub path: String,
+    pub first: FunctionRef,
+    pub second: FunctionRef,
+}
+
+impl RouteTable {
+    /// Builds the table from each function's custom path, if any.
+    pub fn new<'a>(
+        custom: impl IntoIterator<Item = (&'a FunctionRef, Option<&'a str>)>,
+    ) -> Result<Self, RouteConflict> {
+        let mut seen: HashMap<String, FunctionRef> = HashMap::new();
+        for (function, path) in custom {
+            let Some(path) = path else { continue };
+            let path = path.trim_end_matches('/').to_owned();
+            if let Some(first) = seen.get(&path) {
+                return Err(RouteConflict {
+                    path,
+                    first: first.clone(),
+                    second: function.clone(),
+                });
+            }
+            seen.insert(path, function.clone());
+        }
+        let mut custom: Vec<_> = seen.into_iter().collect();
+        custom.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(Self { custom })
+    }
+
+    /// Resolves a path under a custom trigger route.
+    pub fn resolve_custom(&self, path: &str) -> Option<Resolved> {
+        self.custom.iter().find_map(|(prefix, function)| {
+            let rest = strip_segment_prefix(path, prefix)?;
+            Some(Resolved {
+                function: function.clone(),
+                prefix: prefix.clone(),
+                rest,
+            })
+        })
+    }
+}
+
+/// Resolves `<base>/<ns>/<name>[/<rest>]`, for `base` `/fn` or `/async/fn`.
+/// `Err` carries the `ns/name` text when it is not a valid reference.
+pub fn resolve_default(base: &str, path: &str) -> Option<Result<Resolved, String>> {
+    let tail = path.strip_prefix(base)?.strip_prefix('/')?;
+    let mut parts = tail.splitn(3, '/');
+    let (namespace, name) = (parts.next()?, parts.next()?);
+    let rest = format!("/{}", parts.next().unwrap_or(""));
+    Some(match FunctionRef::new(namespace, name) {
+        Ok(function) => Ok(Resolved {
+            prefix: format!("{base}/{namespace}/{name}"),
+            function,
+            rest,
+        }),
+        Err(_) => Err(format!("{namespace}/{name}")),
+    })
+}
+
+/// `path` below `prefix` on a segment boundary, as the function sees it.
+fn strip_segment_prefix(path: &str, prefix: &str) -> Option<String> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("/".to_owned())
+    } else if rest.starts_with('/') {
+        Some(rest.to_owned())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> FunctionRef {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_routes_strip_the_function_prefix() {
+        let r = resolve_default("/fn", "/fn/default/echo/a/b")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.function, r.prefix.as_str(), r.rest.as_str()),
+            (f("default/echo"), "/fn/default/echo", "/a/b")
+        );
+        assert_eq!(
+            resolve_default("/fn", "/fn/default/echo")
+                .unwrap()
+                .unwrap()
+                .rest,
+            "/"
+        );
+        assert_eq!(
+            resolve_default("/fn", "/fn/default/echo/")
+                .unwrap()
+                .unwrap()
+                .rest,
+            "/"
+        );
+        assert_eq!(
+            resolve_default("/async/fn", "/async/fn/a/b/c")
+                .unwrap()
+                .unwrap()
+                .prefix,
+            "/async/fn/a/b"
+        );
+        assert_eq!(resolve_default("/fn", "/fn/default"), None);
+        assert_eq!(resolve_default("/fn", "/fnord/a/b"), None);
+        assert_eq!(resolve_default("/fn", "/fn/UP/x"), Some(Err("UP/x".into())));
+    }
+
+    #[test]
+    fn custom_routes_match_whole_segments_and_the_longest_wins() {
+        let a = f("default/a");
+        let b = f("default/b");
+        let table = RouteTable::new([(&a, Some("/api")), (&b, Some("/api/v2/"))]).unwrap();
+        assert_eq!(table.resolve_custom("/api/x").unwrap().function, a);
+        assert_eq!(table.resolve_custom("/api").unwrap().rest, "/");
+        let r = table.resolve_custom("/api/v2/x").unwrap();
+        assert_eq!(
+            (r.function, r.prefix.as_str(), r.rest.as_str()),
+            (b, "/api/v2", "/x")
+        );
+        assert_eq!(table.resolve_custom("/apix"), None);
+    }
+
+    #[test]
+    fn two_functions_cannot_share_a_route() {
+        let a = f("default/a");
+        let b = f("default/b");
+        let err = RouteTable::new([(&a, Some("/x")), (&b, Some("/x/"))]).unwrap_err();
+        assert_eq!(err.path, "/x");
+    }
+}

@@ -1,0 +1,154 @@
+use base64::Engine as _;
+use http::{Method, StatusCode};
+
+use crate::harness::{Recorder, TestGateway};
+
+fn functions(recorder: &Recorder) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: echo }}
+spec:
+  module: {{ file: "{{echo}}" }}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: counted }}
+spec:
+  module: {{ file: "{{misbehave}}" }}
+  allowedOutboundHosts: [ "{origin}" ]
+"#,
+        origin = recorder.origin()
+    )
+}
+
+#[tokio::test]
+async fn an_async_invocation_is_accepted_then_polled_to_its_stored_response() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(&functions(&recorder)).await;
+    let reply = gw
+        .send(Method::POST, "/async/fn/default/echo/x?k=v", &[], "payload")
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let location = reply.header("location").to_owned();
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/invocations/{id}"));
+
+    let record = gw.wait_final(&id).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(record["function"], "default/echo");
+    assert_eq!(record["attempts"], 1);
+    let response = &record["response"];
+    assert_eq!(response["status"], 200);
+    assert_eq!(response["headers"]["x-echo-path"], "/x?k=v");
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(response["body"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(body, b"payload");
+}
+
+#[tokio::test]
+async fn a_callback_receives_the_final_record_with_the_invocation_id() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(&functions(&recorder)).await;
+    let callback = format!("{}/done", recorder.origin());
+    let reply = gw
+        .send(
+            Method::POST,
+            "/async/fn/default/echo/",
+            &[("x-callback-url", &callback)],
+            "cb",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+
+    let delivered = recorder.wait_for("/done", 1).await;
+    assert_eq!(delivered[0].headers["x-sluice-invocation-id"], id.as_str());
+    let record: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(record["state"], "succeeded");
+    assert_eq!(record["response"]["body"], "Y2I=");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_runs_the_function_once() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(&functions(&recorder)).await;
+    let path = format!(
+        "/async/fn/default/counted/call?url={}/hit",
+        recorder.origin()
+    );
+    let first = gw
+        .send(Method::POST, &path, &[("idempotency-key", "order-42")], "")
+        .await;
+    let second = gw
+        .send(Method::POST, &path, &[("idempotency-key", "order-42")], "")
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(second.status, StatusCode::ACCEPTED);
+    assert_eq!(first.header("location"), second.header("location"));
+    assert_eq!(first.json()["duplicate"], false);
+    assert_eq!(second.json()["duplicate"], true);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(gw.wait_final(&id).await["state"], "succeeded");
+
+    // A different key is a different invocation.
+    let third = gw
+        .send(Method::POST, &path, &[("idempotency-key", "order-43")], "")
+        .await;
+    let third_id = third.json()["id"].as_str().unwrap().to_owned();
+    assert_ne!(third_id, id);
+    assert_eq!(gw.wait_final(&third_id).await["state"], "succeeded");
+    assert_eq!(
+        recorder.received("/hit").len(),
+        2,
+        "order-42 ran once, order-43 once"
+    );
+}
+
+#[tokio::test]
+async fn async_invocations_need_post_and_a_usable_callback_url() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(&functions(&recorder)).await;
+    let reply = gw.get("/async/fn/default/echo/").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.json()["error"], "method_not_allowed");
+    let reply = gw
+        .send(
+            Method::POST,
+            "/async/fn/default/echo/",
+            &[("x-callback-url", "not a url")],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-Callback-Url")
+    );
+}
+
+#[tokio::test]
+async fn unknown_invocations_are_404_and_bad_waits_400() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(&functions(&recorder)).await;
+    let reply = gw
+        .get("/invocations/6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11")
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["error"], "unknown_invocation");
+    assert_eq!(
+        gw.get("/invocations/nonsense").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reply = gw
+        .send(Method::POST, "/async/fn/default/echo/", &[], "")
+        .await;
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let reply = gw.get(&format!("/invocations/{id}?wait=forever")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}

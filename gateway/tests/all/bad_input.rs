@@ -1,0 +1,137 @@
+use http::{Method, StatusCode};
+
+use crate::harness::{Recorder, TestGateway};
+
+const FUNCTIONS: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: echo }
+spec:
+  module: { file: "{echo}" }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: misbehave }
+spec:
+  module: { file: "{misbehave}" }
+  timeout: 300ms
+"#;
+
+#[tokio::test]
+async fn an_unknown_function_gets_404_with_a_json_body() {
+    let gw = TestGateway::start(FUNCTIONS).await;
+    for path in ["/fn/default/nope", "/fn/default/nope/x", "/fn/BAD/name"] {
+        let reply = gw.get(path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.header("content-type"), "application/json");
+        assert_eq!(reply.json()["error"], "unknown_function", "{path}");
+    }
+    let reply = gw
+        .send(Method::POST, "/async/fn/default/nope/", &[], "")
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = gw.get("/somewhere/else").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["error"], "no_route");
+}
+
+#[tokio::test]
+async fn a_body_over_the_default_1mib_limit_gets_413() {
+    let gw = TestGateway::start(FUNCTIONS).await;
+    let at_limit = vec![7u8; 1 << 20];
+    let reply = gw
+        .send(Method::POST, "/fn/default/echo/", &[], at_limit)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let over = vec![7u8; (1 << 20) + 1];
+    let reply = gw
+        .send(Method::POST, "/fn/default/echo/", &[], over.clone())
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.json()["error"], "body_too_large");
+    let reply = gw
+        .send(Method::POST, "/async/fn/default/echo/", &[], over)
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn the_body_limit_is_configurable() {
+    let gw = TestGateway::start_with(FUNCTIONS, |c| c.http.max_request_body = 1024).await;
+    assert_eq!(
+        gw.send(Method::POST, "/fn/default/echo/", &[], vec![1u8; 1024])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = gw
+        .send(Method::POST, "/fn/default/echo/", &[], vec![1u8; 1025])
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reply.json()["message"].as_str().unwrap().contains("1024"));
+}
+
+#[tokio::test]
+async fn a_function_that_outlives_its_timeout_gets_504() {
+    let gw = TestGateway::start(FUNCTIONS).await;
+    // Blocked in a host call (sleep) and busy in guest code (loop): both cut.
+    for path in [
+        "/fn/default/misbehave/sleep/5000",
+        "/fn/default/misbehave/loop",
+    ] {
+        let reply = gw.get(path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{path}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.json()["error"], "timeout");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("timeout"),
+            "{}",
+            reply.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_over_the_limit_fails_with_502_and_a_reason() {
+    let gw = TestGateway::start_with(FUNCTIONS, |c| c.runtime.max_response_body = 64 << 10).await;
+    assert_eq!(
+        gw.get("/fn/default/misbehave/big/65536").await.status,
+        StatusCode::OK
+    );
+    let reply = gw.get("/fn/default/misbehave/big/65537").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.json()["error"], "response_too_large");
+}
+
+#[tokio::test]
+async fn outbound_http_is_refused_unless_the_origin_is_allowed() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(FUNCTIONS).await;
+    let reply = gw
+        .get(&format!(
+            "/fn/default/misbehave/call?url={}/x",
+            recorder.origin()
+        ))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::BAD_GATEWAY,
+        "the guest reports the refusal"
+    );
+    assert!(
+        reply.text().contains("HttpRequestDenied"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        recorder.received("/x").is_empty(),
+        "nothing left the sandbox"
+    );
+}
