@@ -32,6 +32,10 @@ const HOP_BY_HOP: [&str; 8] = [
     "http2-settings",
 ];
 
+/// A handler's answer; an error carries the invocation id when one was
+/// assigned, so the caller can look it up.
+type Handled = Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)>;
+
 /// HTTP-facing settings.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -129,7 +133,7 @@ impl Gateway {
         &self,
         resolved: Result<Resolved, String>,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
+    ) -> Handled {
         let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
         let deadline = SystemTime::now() + spec.timeout.0;
         let invocation = self
@@ -148,16 +152,8 @@ impl Gateway {
         &self,
         resolved: Result<Resolved, String>,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
-        if request.method() != Method::POST {
-            return Err((
-                GatewayError::MethodNotAllowed {
-                    method: request.method().to_string(),
-                    allowed: "POST",
-                },
-                None,
-            ));
-        }
+    ) -> Handled {
+        require_method(request.method(), Method::POST, "POST")?;
         let (resolved, _) = self.function(resolved).map_err(|e| (e, None))?;
         let callback = match request.headers().get("x-callback-url") {
             None => None,
@@ -201,11 +197,8 @@ impl Gateway {
         Ok(response)
     }
 
-    async fn invocation_status(
-        &self,
-        id: &str,
-        request: &Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
+    async fn invocation_status(&self, id: &str, request: &Request<Incoming>) -> Handled {
+        require_method(request.method(), Method::GET, "GET")?;
         let unknown = || (GatewayError::UnknownInvocation(id.to_owned()), None);
         let parsed = InvocationId::parse(id).ok_or_else(unknown)?;
         let wait = match query_param(request.uri().query(), "wait") {
@@ -222,20 +215,8 @@ impl Gateway {
         }
     }
 
-    async fn dead_letters(
-        &self,
-        function: &str,
-        request: &Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)> {
-        if request.method() != Method::GET {
-            return Err((
-                GatewayError::MethodNotAllowed {
-                    method: request.method().to_string(),
-                    allowed: "GET",
-                },
-                None,
-            ));
-        }
+    async fn dead_letters(&self, function: &str, request: &Request<Incoming>) -> Handled {
+        require_method(request.method(), Method::GET, "GET")?;
         let function: FunctionRef = function
             .trim_end_matches('/')
             .parse()
@@ -321,6 +302,23 @@ fn function_response(response: InvocationResponse, id: &InvocationId) -> Respons
         out.headers_mut().insert("x-sluice-invocation-id", value);
     }
     out
+}
+
+fn require_method(
+    method: &Method,
+    expected: Method,
+    allowed: &'static str,
+) -> Result<(), (GatewayError, Option<InvocationId>)> {
+    if *method == expected {
+        return Ok(());
+    }
+    Err((
+        GatewayError::MethodNotAllowed {
+            method: method.to_string(),
+            allowed,
+        },
+        None,
+    ))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
