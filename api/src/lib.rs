@@ -11,12 +11,14 @@ pub mod manifest;
 pub mod names;
 pub mod quantity;
 pub mod record;
+pub mod registry;
 
 pub use function::*;
 pub use invocation::{Invocation, InvocationId, InvocationResponse, WireError};
 pub use manifest::{FunctionManifest, ManifestError, parse_functions};
 pub use quantity::{ByteSize, Duration};
 pub use record::{InvocationRecord, InvocationState, StoredResponse};
+pub use registry::RegistryEntry;
 
 /// The `Function` CustomResourceDefinition as YAML, as committed in
 /// `crds/function.yaml`.

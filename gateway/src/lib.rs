@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod local;
 pub mod metrics;
+pub mod publish;
 pub mod queue;
 pub mod routes;
 pub mod server;

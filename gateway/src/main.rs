@@ -1,21 +1,43 @@
 //! `sluice-gateway`: the Sluice gateway binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use sluice_api::{ByteSize, Duration};
 use sluice_gateway::local::{self, LocalConfig};
+use sluice_gateway::publish::Publisher;
 
 /// Serve Sluice functions over HTTP.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish the Function manifests (*.yaml) of DIR and their components
+    /// to the NATS registry and module store.
+    Publish {
+        /// NATS server URL, e.g. nats://127.0.0.1:4222.
+        #[arg(long, env = "SLUICE_NATS_URL")]
+        nats: String,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Local mode: serve the Function manifests (*.yaml) in DIR, running
     /// them in this process.
     #[arg(long, value_name = "DIR")]
-    local: PathBuf,
+    local: Option<PathBuf>,
     /// Address for invocations.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_LISTEN")]
     listen: SocketAddr,
@@ -45,10 +67,35 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_tracing(args.log_json);
+    let cli = Cli::parse();
+    init_tracing(cli.serve.log_json);
+    match cli.command {
+        Some(Command::Publish { nats, dir }) => publish(&nats, &dir).await,
+        None => serve_local(cli.serve).await,
+    }
+}
 
-    let mut config = LocalConfig::new(&args.local);
+async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
+    let functions =
+        local::load_dir(dir).with_context(|| format!("cannot publish {}", dir.display()))?;
+    let publisher = Publisher::connect(nats).await?;
+    for function in &functions {
+        let published = publisher.publish(function).await?;
+        tracing::info!(
+            function = %published.function,
+            digest = %published.digest,
+            uploaded_module = published.uploaded_module,
+            "published"
+        );
+    }
+    Ok(())
+}
+
+async fn serve_local(args: Args) -> anyhow::Result<()> {
+    let Some(dir) = args.local.clone() else {
+        anyhow::bail!("nothing to serve: give --local <DIR> (NATS mode is not available yet)");
+    };
+    let mut config = LocalConfig::new(&dir);
     config.listen = args.listen;
     config.admin_listen = args.admin_listen;
     config.http.max_request_body =
@@ -62,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut gateway = local::start(config)
         .await
-        .with_context(|| format!("cannot start local mode from {}", args.local.display()))?;
+        .with_context(|| format!("cannot start local mode from {}", dir.display()))?;
     tracing::info!(
         addr = %gateway.addr,
         admin = %gateway.admin_addr,

@@ -6,6 +6,8 @@ mod harness;
 mod async_invocations;
 mod bad_input;
 mod hostile;
+mod nats;
+mod publish;
 mod retries;
 mod startup;
 mod sync_invocations;

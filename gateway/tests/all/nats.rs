@@ -1,0 +1,67 @@
+//! A real nats-server with JetStream on a random loopback port, one per
+//! test, stopped when dropped. `scripts/test.sh` installs the binary and
+//! names it in `SLUICE_NATS_SERVER`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("SLUICE_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(binary())
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "--http_port", "0"])
+            .arg("-sd")
+            .arg(dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); scripts/test.sh installs nats-server and sets SLUICE_NATS_SERVER",
+                    binary().display()
+                )
+            });
+        let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let started = Instant::now();
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = ports["nats"][0].as_str()
+            {
+                break url.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not start in 10s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
