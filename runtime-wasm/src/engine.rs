@@ -85,8 +85,11 @@ impl Runtime {
             .max_memories_per_component(4)
             .max_tables_per_component(8)
             .table_elements(100_000)
-            // Keep small pages warm so re-instantiation does not fault
-            // them in again; the rest is returned to the OS.
+            // Keep the hot start of each fiber stack, memory and table
+            // resident so re-instantiation does not fault it in again
+            // (measured: hello's median 121µs -> 81µs with the stack kept);
+            // the rest is returned to the OS.
+            .async_stack_keep_resident(32 << 10)
             .linear_memory_keep_resident(64 << 10)
             .table_keep_resident(16 << 10);
         let mut wasm = Config::new();
