@@ -15,7 +15,7 @@ if ! wasmtime --version 2>/dev/null | grep -q " $wasmtime_version"; then
   cargo install --locked --version "$wasmtime_version" wasmtime-cli
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
+cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 cargo build --locked --release -p sluice-gateway
 
 hello=examples/target/wasm32-wasip2/release/hello.wasm

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
-cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
+cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 exec cargo run --locked --release -p sluice-gateway -- --local examples "$@"

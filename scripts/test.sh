@@ -24,7 +24,7 @@ echo "== checking formatting"
 cargo fmt --all -- --check
 
 echo "== building the example components"
-cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
+cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 
 echo "== running the tests"
 cargo test --locked --workspace --all-features "$@"

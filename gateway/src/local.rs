@@ -185,7 +185,7 @@ fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, Loca
     let resolved = file.parent().unwrap_or(Path::new(".")).join(path);
     let wasm = std::fs::read(&resolved).map_err(|e| {
         let hint = if resolved.to_string_lossy().contains("wasm32-wasip2") {
-            " (build the examples first: cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml)"
+            " (build the examples first: scripts/local.sh does)"
         } else {
             ""
         };
