@@ -4,6 +4,9 @@
 # local mode serving examples/. Needs wrk (Debian) and wasmtime-cli 48.0.8
 # (installs both when missing). Usage: scripts/bench-http.sh [rounds] [seconds]
 set -euo pipefail
+# Backtrace capture on every error value costs ~15µs per invocation; measure
+# both servers as they run in production, without it.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-10}

@@ -189,7 +189,10 @@ fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, Loca
         } else {
             ""
         };
-        error("spec.module.file", format!("cannot read {}: {e}{hint}", resolved.display()))
+        error(
+            "spec.module.file",
+            format!("cannot read {}: {e}{hint}", resolved.display()),
+        )
     })?;
     if let Some(expected) = &module.sha256 {
         let actual = hex::encode(Sha256::digest(&wasm));

@@ -10,9 +10,14 @@ use sluice_api::{FunctionSpec, Invocation, InvocationId};
 use sluice_runtime::{Outcome, Runtime, RuntimeConfig};
 
 const WARMUP: usize = 2_000;
-const SAMPLES: usize = 20_000;
+/// Override with `SLUICE_BENCH_SAMPLES` (e.g. for a run under callgrind).
+const DEFAULT_SAMPLES: usize = 20_000;
 
 fn main() {
+    let samples_wanted: usize = std::env::var("SLUICE_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SAMPLES);
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,8 +43,8 @@ fn main() {
             deadline: SystemTime::now() + Duration::from_secs(3600),
             traceparent: None,
         };
-        let mut samples = Vec::with_capacity(SAMPLES);
-        for i in 0..WARMUP + SAMPLES {
+        let mut samples = Vec::with_capacity(samples_wanted);
+        for i in 0..WARMUP + samples_wanted {
             let started = Instant::now();
             let outcome = runtime.invoke(&function, &invocation).await;
             let elapsed = started.elapsed();
@@ -54,7 +59,7 @@ fn main() {
         samples.sort();
         let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
         println!(
-            "hello in-process (new store + instantiate + handle + collect), {SAMPLES} samples: \
+            "hello in-process (new store + instantiate + handle + collect), {samples_wanted} samples: \
              median {:.1} µs, p90 {:.1} µs, p99 {:.1} µs",
             at(0.5).as_secs_f64() * 1e6,
             at(0.9).as_secs_f64() * 1e6,
