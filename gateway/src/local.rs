@@ -60,6 +60,12 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {file}: {source}")]
+    ReadManifest {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no Function manifests (*.yaml, *.yml) in {0}")]
     NoFunctions(PathBuf),
     #[error("{file}: {source}")]
@@ -119,9 +125,9 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, LocalError> {
     let mut functions = Vec::new();
     let mut seen: HashMap<FunctionRef, PathBuf> = HashMap::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| LocalError::Manifest {
+        let text = std::fs::read_to_string(&file).map_err(|source| LocalError::ReadManifest {
             file: file.clone(),
-            source: sluice_api::ManifestError::Yaml(e.to_string()),
+            source,
         })?;
         let manifests = parse_functions(&text).map_err(|source| LocalError::Manifest {
             file: file.clone(),

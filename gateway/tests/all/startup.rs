@@ -107,3 +107,13 @@ fn the_binary_exits_non_zero_naming_the_file_and_field() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_manifest_is_named_as_unreadable_not_as_bad_yaml() {
+    let (_dir, error) = start_error(&[("latin1.yaml", b"name: caf\xe9\n")]).await;
+    assert!(
+        error.contains("cannot read") && error.contains("latin1.yaml"),
+        "{error}"
+    );
+    assert!(!error.contains("not valid YAML"), "{error}");
+}
