@@ -422,7 +422,28 @@ impl SpecError {
     }
 }
 
+/// Whether `subject` is a literal subject the dead-letter stream captures.
+fn is_dead_letter_subject(subject: &str) -> bool {
+    subject.strip_prefix("sluice.dlq.").is_some_and(|rest| {
+        rest.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    })
+}
+
 impl FunctionSpec {
+    /// Where the function's dead letters go: `spec.deadLetter.subject`, or
+    /// `sluice.dlq.<namespace>.<name>`.
+    pub fn dead_letter_subject(&self, function: &crate::names::FunctionRef) -> String {
+        self.dead_letter
+            .subject
+            .clone()
+            .unwrap_or_else(|| function.dead_letter_subject())
+    }
+
     /// Checks what the schema cannot express; the first problem wins.
     pub fn validate(&self) -> Result<(), SpecError> {
         self.module.kind()?;
@@ -462,6 +483,14 @@ impl FunctionSpec {
             return Err(SpecError::new(
                 "spec.triggers.http.path",
                 "must start with / and may be neither / nor under the reserved /fn/",
+            ));
+        }
+        if let Some(subject) = &self.dead_letter.subject
+            && !is_dead_letter_subject(subject)
+        {
+            return Err(SpecError::new(
+                "spec.deadLetter.subject",
+                "must be a NATS subject under sluice.dlq. (letters, digits, '-', '_' and dots; no wildcards), so that the SLUICE_DEAD_LETTERS stream keeps it",
             ));
         }
         for (i, host) in self.allowed_outbound_hosts.iter().enumerate() {
@@ -570,8 +599,16 @@ mod tests {
     #[test]
     fn invalid_values_name_their_field() {
         type Mutation = fn(&mut FunctionSpec);
-        let cases: [(Mutation, &str); 4] = [
+        let cases: [(Mutation, &str); 6] = [
             (|s| s.concurrency = 0, "spec.concurrency"),
+            (
+                |s| s.dead_letter.subject = Some("orders.failed".into()),
+                "spec.deadLetter.subject",
+            ),
+            (
+                |s| s.dead_letter.subject = Some("sluice.dlq.>".into()),
+                "spec.deadLetter.subject",
+            ),
             (|s| s.scaling.min_replicas = 50, "spec.scaling.minReplicas"),
             (
                 |s| {

@@ -43,6 +43,11 @@ pub const PREFIX_HEADER: &str = "Sluice-Forwarded-Prefix";
 pub const DEADLINE_HEADER: &str = "Sluice-Deadline";
 pub const STATUS_HEADER: &str = "Sluice-Status";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// On a queued synchronous invocation: the core NATS subject the single
+/// attempt's outcome is sent to.
+pub const REPLY_TO_HEADER: &str = "Sluice-Reply-To";
+/// On a queued asynchronous invocation: where the final record is posted.
+pub const CALLBACK_HEADER: &str = "Sluice-Callback-Url";
 const HTTP_HEADER_PREFIX: &str = "Sluice-H-";
 const BINARY_HTTP_HEADER_PREFIX: &str = "Sluice-Hb-";
 

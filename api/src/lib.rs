@@ -5,6 +5,7 @@
 //! The Kubernetes `CustomResource` derive sits behind the `crd` feature so
 //! that the gateway and runtime do not compile kube.
 
+pub mod dead_letter;
 pub mod function;
 pub mod invocation;
 pub mod manifest;
@@ -13,6 +14,7 @@ pub mod quantity;
 pub mod record;
 pub mod registry;
 
+pub use dead_letter::DeadLetter;
 pub use function::*;
 pub use invocation::{Invocation, InvocationId, InvocationResponse, WireError};
 pub use manifest::{FunctionManifest, ManifestError, parse_functions};

@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 
 /// Stream holding queued invocations.
 pub const INVOCATION_STREAM: &str = "SLUICE_INVOCATIONS";
+/// Subjects of the invocation stream.
+pub const INVOKE_SUBJECTS: &str = "sluice.invoke.>";
 /// Stream holding dead letters.
 pub const DEAD_LETTER_STREAM: &str = "SLUICE_DEAD_LETTERS";
+/// Subjects of the dead-letter stream.
+pub const DEAD_LETTER_SUBJECTS: &str = "sluice.dlq.>";
 /// KV bucket of async invocation records.
 pub const RESULTS_BUCKET: &str = "sluice-results";
 /// KV bucket of resolved function specs, keyed `<ns>.<fn>`.
@@ -60,6 +64,13 @@ impl FunctionRef {
     /// `sluice.invoke.<ns>.<fn>`: where the function's invocations queue.
     pub fn invoke_subject(&self) -> String {
         format!("sluice.invoke.{}.{}", self.namespace, self.name)
+    }
+
+    /// The function whose invocations queue on `subject`, if any.
+    pub fn from_invoke_subject(subject: &str) -> Option<Self> {
+        let rest = subject.strip_prefix("sluice.invoke.")?;
+        let (namespace, name) = rest.split_once('.')?;
+        Self::new(namespace, name).ok()
     }
 
     /// `sluice.dlq.<ns>.<fn>`: the default dead-letter subject.
@@ -126,6 +137,14 @@ mod tests {
         let f: FunctionRef = "default/hello".parse().unwrap();
         assert_eq!(f.invoke_subject(), "sluice.invoke.default.hello");
         assert_eq!(f.dead_letter_subject(), "sluice.dlq.default.hello");
+        assert_eq!(
+            FunctionRef::from_invoke_subject(&f.invoke_subject()),
+            Some(f.clone())
+        );
+        assert_eq!(
+            FunctionRef::from_invoke_subject("sluice.invoke.a.b.c"),
+            None
+        );
         assert_eq!(f.registry_key(), "default.hello");
         assert_eq!(f.route_prefix(), "/fn/default/hello");
         assert_eq!(module_key("ab12"), "sha256-ab12");

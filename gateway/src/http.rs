@@ -7,15 +7,19 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
 
-use crate::callback;
 use crate::error::{GatewayError, json_response};
 use crate::queue::{InvocationQueue, QueueError};
 use crate::routes::{Resolved, RouteConflict, RouteTable, resolve_default};
+
+/// Bytes of an oversized body read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 8 << 20;
+/// Longest an oversized body is read before answering 413.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Longest `?wait=` a status request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -159,7 +163,8 @@ impl Gateway {
             None => None,
             Some(value) => {
                 let url = value.to_str().unwrap_or_default().to_owned();
-                callback::validate_url(&url).map_err(|e| (GatewayError::BadRequest(e), None))?;
+                sluice_runtime::callback::validate_url(&url)
+                    .map_err(|e| (GatewayError::BadRequest(e), None))?;
                 Some(url)
             }
         };
@@ -221,9 +226,14 @@ impl Gateway {
             .trim_end_matches('/')
             .parse()
             .map_err(|_| (GatewayError::UnknownFunction(function.to_owned()), None))?;
+        let spec = self
+            .registry()
+            .get(&function)
+            .cloned()
+            .ok_or_else(|| (GatewayError::UnknownFunction(function.to_string()), None))?;
         let letters = self
             .queue
-            .dead_letters(&function)
+            .dead_letters(&function, &spec.dead_letter_subject(&function))
             .await
             .map_err(|e| (queue_error(e), None))?;
         Ok(json_response(StatusCode::OK, &letters))
@@ -250,26 +260,7 @@ impl Gateway {
         deadline: SystemTime,
     ) -> Result<Invocation, GatewayError> {
         let (parts, body) = request.into_parts();
-        let limit = self.config.max_request_body;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(GatewayError::BodyTooLarge { limit });
-        }
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(GatewayError::BodyTooLarge { limit });
-            }
-            Err(e) => {
-                return Err(GatewayError::BadRequest(format!(
-                    "cannot read the request body: {e}"
-                )));
-            }
-        };
+        let body = read_body(body, &parts.headers, self.config.max_request_body).await?;
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         let traceparent = headers
@@ -288,6 +279,44 @@ impl Gateway {
             traceparent,
         })
     }
+}
+
+/// Reads a request body of at most `limit` bytes. An oversized body is
+/// still read (and dropped) up to [`DRAIN_LIMIT`] or [`DRAIN_TIME`], so that
+/// the client finishes sending and reads the 413 instead of a reset.
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let too_large = GatewayError::BodyTooLarge { limit };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > (limit + DRAIN_LIMIT) as u64) {
+        return Err(too_large);
+    }
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| GatewayError::BadRequest(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= limit {
+            collected.extend_from_slice(&data);
+        } else if seen > limit + DRAIN_LIMIT || tokio::time::Instant::now() > drain_until {
+            return Err(too_large);
+        }
+    }
+    if seen > limit {
+        return Err(too_large);
+    }
+    Ok(collected.freeze())
 }
 
 fn function_response(response: InvocationResponse, id: &InvocationId) -> Response<Full<Bytes>> {

@@ -1,14 +1,14 @@
-//! The Sluice gateway: turns HTTP requests into invocations and hands them
-//! to a queue. In local mode (`sluice-gateway --local <dir>`) the queue is
-//! in-process and the WebAssembly runtime runs in the same process.
+//! The Sluice gateway: turns HTTP requests and NATS events into invocations
+//! and hands them to a queue. In local mode (`sluice-gateway --local <dir>`)
+//! the queue is in-process and the WebAssembly runtime runs in the same
+//! process; in NATS mode (`--nats URL`) invocations go onto JetStream for
+//! `sluice-runtime` processes.
 
-pub mod admin;
-pub mod callback;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod local;
-pub mod metrics;
-pub mod publish;
+pub mod nats;
 pub mod queue;
 pub mod routes;
-pub mod server;
+pub mod running;

@@ -12,16 +12,14 @@ use sluice_api::manifest::parse_functions;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionManifest, FunctionSpec, ModuleKind};
 use sluice_runtime::{Runtime, RuntimeConfig, RuntimeError};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use sluice_runtime::admin::Admin;
+use sluice_runtime::metrics::Metrics;
+
 use crate::http::{Gateway, HttpConfig, Registry};
-use crate::metrics::Metrics;
 use crate::queue::memory::{MemoryQueue, QueueConfig, QueuedFunction};
 use crate::routes::RouteConflict;
-use crate::server::serve;
+use crate::running::{ListenError, RunningGateway};
 
 /// Everything local mode needs to start.
 #[derive(Debug, Clone)]
@@ -91,12 +89,8 @@ pub enum LocalError {
     Route(#[from] RouteConflict),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// A function read from a manifest, with its component's bytes.
@@ -212,34 +206,9 @@ fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, Loca
     Ok(wasm)
 }
 
-/// A running local-mode gateway.
-#[derive(Debug)]
-pub struct LocalGateway {
-    pub addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub functions: Vec<FunctionRef>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl LocalGateway {
-    /// Stops accepting requests and waits for open ones to finish.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-
-    /// Waits until the gateway stops (it stops only by `shutdown`).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.task).await;
-    }
-}
-
 /// Loads the manifests, compiles every component, binds both listeners and
 /// starts serving.
-pub async fn start(config: LocalConfig) -> Result<LocalGateway, LocalError> {
+pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
     let dir = config.dir.clone();
     let runtime_config = config.runtime.clone();
     let (runtime, loaded) = tokio::task::spawn_blocking(move || -> Result<_, LocalError> {
@@ -273,10 +242,8 @@ pub async fn start(config: LocalConfig) -> Result<LocalGateway, LocalError> {
     let metrics = Arc::new(Metrics::default());
     let queue = MemoryQueue::new(runtime, config.queue.clone(), metrics.clone());
     let mut specs = HashMap::new();
-    let mut names = Vec::new();
     for (prepared, spec) in loaded {
         tracing::info!(function = %prepared.function, digest = %prepared.digest, "function ready");
-        names.push(prepared.function.clone());
         specs.insert(prepared.function.clone(), Arc::new(spec.clone()));
         queue.deploy(QueuedFunction {
             prepared,
@@ -286,62 +253,10 @@ pub async fn start(config: LocalConfig) -> Result<LocalGateway, LocalError> {
     }
     let registry = Registry::new(specs)?;
     let gateway = Arc::new(Gateway::new(Arc::new(queue), registry, config.http.clone()));
-
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| LocalError::Listen { addr, source })
-    };
-    let listener = bind(config.listen).await?;
-    let admin_listener = bind(config.admin_listen).await?;
-    let addr = listener.local_addr().map_err(|source| LocalError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| LocalError::Listen {
-            addr: config.admin_listen,
-            source,
-        })?;
     let admin = Arc::new(Admin {
         metrics,
         ready: Default::default(),
     });
     admin.ready.store(true, Ordering::Relaxed);
-
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let admin_task = tokio::spawn(serve(
-            admin_listener,
-            Arc::new(move |request| {
-                let response = admin.handle(&request);
-                async move { response }
-            }),
-            async {
-                let _ = admin_stopped.await;
-            },
-        ));
-        serve(
-            listener,
-            Arc::new(move |request| {
-                let gateway = gateway.clone();
-                async move { gateway.handle(request).await }
-            }),
-            async {
-                let _ = shutdown_rx.await;
-            },
-        )
-        .await;
-        let _ = stop_admin.send(());
-        let _ = admin_task.await;
-    });
-    Ok(LocalGateway {
-        addr,
-        admin_addr,
-        functions: names,
-        shutdown: Some(shutdown_tx),
-        task,
-    })
+    Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen).await?)
 }

@@ -7,7 +7,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::{ByteSize, Duration};
 use sluice_gateway::local::{self, LocalConfig};
-use sluice_gateway::publish::Publisher;
+use sluice_gateway::nats::{self, NatsConfig};
+use sluice_gateway::running::RunningGateway;
+use sluice_runtime::nats::layout::{Layout, LayoutConfig};
+use sluice_runtime::nats::publish::Publisher;
+use sluice_runtime::process::{init_tracing, shutdown_signal};
 
 /// Serve Sluice functions over HTTP.
 #[derive(Debug, Parser)]
@@ -36,8 +40,13 @@ enum Command {
 struct Args {
     /// Local mode: serve the Function manifests (*.yaml) in DIR, running
     /// them in this process.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "nats")]
     local: Option<PathBuf>,
+    /// NATS mode: route the functions of the registry on this NATS server
+    /// (e.g. nats://127.0.0.1:4222) and queue invocations on JetStream for
+    /// `sluice-runtime` processes.
+    #[arg(long, value_name = "URL", env = "SLUICE_NATS_URL")]
+    nats: Option<String>,
     /// Address for invocations.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_LISTEN")]
     listen: SocketAddr,
@@ -47,17 +56,19 @@ struct Args {
     /// Largest request body; larger gets 413.
     #[arg(long, default_value = "1Mi")]
     max_request_body: ByteSize,
-    /// Largest response body a function may send; larger fails with 502.
+    /// Local mode: largest response body a function may send; larger fails
+    /// with 502. (In NATS mode the runtime's flag of the same name.)
     #[arg(long, default_value = "6Mi")]
     max_response_body: ByteSize,
     /// How long async invocations may take, retries included, and how long
     /// their records stay readable.
     #[arg(long, default_value = "1h")]
     async_deadline: Duration,
-    /// Queued invocations per function before submits get 429.
+    /// Queued invocations per function before submits get 429 (in NATS
+    /// mode: applied when this gateway creates the invocation stream).
     #[arg(long, default_value_t = 10_000)]
     max_queue_depth: usize,
-    /// Instances alive at once across all functions.
+    /// Local mode: instances alive at once across all functions.
     #[arg(long, default_value_t = 256)]
     max_instances: u32,
     /// Log as JSON lines instead of text.
@@ -71,16 +82,18 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.serve.log_json);
     match cli.command {
         Some(Command::Publish { nats, dir }) => publish(&nats, &dir).await,
-        None => serve_local(cli.serve).await,
+        None => serve(cli.serve).await,
     }
 }
 
 async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
     let functions =
         local::load_dir(dir).with_context(|| format!("cannot publish {}", dir.display()))?;
-    let publisher = Publisher::connect(nats).await?;
-    for function in &functions {
-        let published = publisher.publish(function).await?;
+    let client = sluice_runtime::nats::connect(nats, "sluice-publish").await?;
+    let layout = Layout::ensure(client.clone(), &LayoutConfig::default()).await?;
+    let publisher = Publisher::new(layout);
+    for f in &functions {
+        let published = publisher.publish(&f.function, &f.spec, &f.wasm).await?;
         tracing::info!(
             function = %published.function,
             digest = %published.digest,
@@ -88,34 +101,48 @@ async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
             "published"
         );
     }
+    // Publishes are confirmed; make sure nothing else is left unsent.
+    client.flush().await.context("cannot flush to NATS")?;
     Ok(())
 }
 
-async fn serve_local(args: Args) -> anyhow::Result<()> {
-    let Some(dir) = args.local.clone() else {
-        anyhow::bail!("nothing to serve: give --local <DIR> (NATS mode is not available yet)");
-    };
-    let mut config = LocalConfig::new(&dir);
-    config.listen = args.listen;
-    config.admin_listen = args.admin_listen;
-    config.http.max_request_body =
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let max_request_body =
         usize::try_from(args.max_request_body.0).context("--max-request-body is too large")?;
-    config.http.async_deadline = args.async_deadline.0;
-    config.queue.results_ttl = args.async_deadline.0;
-    config.queue.max_depth = args.max_queue_depth;
-    config.runtime.max_response_body =
-        usize::try_from(args.max_response_body.0).context("--max-response-body is too large")?;
-    config.runtime.max_instances = args.max_instances;
+    let gateway = if let Some(url) = &args.nats {
+        let mut config = NatsConfig::new(url);
+        config.listen = args.listen;
+        config.admin_listen = args.admin_listen;
+        config.http.max_request_body = max_request_body;
+        config.http.async_deadline = args.async_deadline.0;
+        config.layout.results_ttl = args.async_deadline.0;
+        config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
+        nats::start(config)
+            .await
+            .with_context(|| format!("cannot start NATS mode on {url}"))?
+    } else if let Some(dir) = &args.local {
+        let mut config = LocalConfig::new(dir);
+        config.listen = args.listen;
+        config.admin_listen = args.admin_listen;
+        config.http.max_request_body = max_request_body;
+        config.http.async_deadline = args.async_deadline.0;
+        config.queue.results_ttl = args.async_deadline.0;
+        config.queue.max_depth = args.max_queue_depth;
+        config.runtime.max_response_body = usize::try_from(args.max_response_body.0)
+            .context("--max-response-body is too large")?;
+        config.runtime.max_instances = args.max_instances;
+        local::start(config)
+            .await
+            .with_context(|| format!("cannot start local mode from {}", dir.display()))?
+    } else {
+        anyhow::bail!("nothing to serve: give --local <DIR> or --nats <URL>");
+    };
+    run_until_signal(gateway).await;
+    Ok(())
+}
 
-    let mut gateway = local::start(config)
-        .await
-        .with_context(|| format!("cannot start local mode from {}", dir.display()))?;
-    tracing::info!(
-        addr = %gateway.addr,
-        admin = %gateway.admin_addr,
-        functions = ?gateway.functions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "serving"
-    );
+async fn run_until_signal(mut gateway: RunningGateway) {
+    tracing::info!(addr = %gateway.addr, admin = %gateway.admin_addr, "serving");
     tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down: finishing open requests");
@@ -123,39 +150,4 @@ async fn serve_local(args: Args) -> anyhow::Result<()> {
         }
         () = gateway.wait() => {}
     }
-    Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -26,21 +26,35 @@ impl ComponentCache {
         wasm: &[u8],
     ) -> Result<(String, ProxyPre<Host>), RuntimeError> {
         let digest = hex::encode(Sha256::digest(wasm));
-        if let Some(pre) = self.lock().get(&digest) {
-            return Ok((digest, pre.clone()));
+        if let Some(pre) = self.get(&digest) {
+            return Ok((digest, pre));
         }
         // Compile outside the lock: it takes a while and other functions
         // should not wait for it. Two racing compiles of one digest are
         // harmless; the first to finish is kept.
         let component = Component::new(engine, wasm)
             .map_err(|e| RuntimeError::NotAComponent(format!("{e:#}")))?;
+        let pre = self.insert(linker, &digest, &component)?;
+        Ok((digest, pre))
+    }
+
+    pub(crate) fn get(&self, digest: &str) -> Option<ProxyPre<Host>> {
+        self.lock().get(digest).cloned()
+    }
+
+    /// Pre-instantiates a compiled component and keeps it under `digest`.
+    pub(crate) fn insert(
+        &self,
+        linker: &Linker<Host>,
+        digest: &str,
+        component: &Component,
+    ) -> Result<ProxyPre<Host>, RuntimeError> {
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
         let pre =
             ProxyPre::new(instance_pre).map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
-        let pre = self.lock().entry(digest.clone()).or_insert(pre).clone();
-        Ok((digest, pre))
+        Ok(self.lock().entry(digest.to_owned()).or_insert(pre).clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProxyPre<Host>>> {

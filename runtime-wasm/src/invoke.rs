@@ -42,6 +42,12 @@ pub struct PreparedFunction {
     allowed_outbound: Arc<[String]>,
 }
 
+impl PreparedFunction {
+    pub(crate) fn component(&self) -> &wasmtime::component::Component {
+        self.pre.instance_pre().component()
+    }
+}
+
 impl std::fmt::Debug for PreparedFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedFunction")
@@ -49,6 +55,29 @@ impl std::fmt::Debug for PreparedFunction {
             .field("digest", &self.digest)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn bind(
+    function: FunctionRef,
+    spec: &FunctionSpec,
+    digest: String,
+    pre: ProxyPre<Host>,
+) -> PreparedFunction {
+    PreparedFunction {
+        function,
+        digest,
+        limits: FunctionLimits {
+            timeout: spec.timeout.0,
+            memory: spec.limits.memory.0,
+        },
+        pre,
+        env: spec
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        allowed_outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
     }
 }
 
@@ -66,6 +95,30 @@ impl Runtime {
         spec: &FunctionSpec,
         wasm: &[u8],
     ) -> Result<PreparedFunction, RuntimeError> {
+        self.check_limits(spec)?;
+        let (digest, pre) =
+            self.inner
+                .cache
+                .get_or_compile(&self.inner.engine, &self.inner.linker, wasm)?;
+        Ok(bind(function, spec, digest, pre))
+    }
+
+    /// Binds a component this process already compiled, if it did.
+    pub fn prepare_cached(
+        &self,
+        function: FunctionRef,
+        spec: &FunctionSpec,
+        digest: &str,
+    ) -> Result<Option<PreparedFunction>, RuntimeError> {
+        self.check_limits(spec)?;
+        Ok(self
+            .inner
+            .cache
+            .get(digest)
+            .map(|pre| bind(function, spec, digest.to_owned(), pre)))
+    }
+
+    pub(crate) fn check_limits(&self, spec: &FunctionSpec) -> Result<(), RuntimeError> {
         let max = self.inner.config.max_instance_memory;
         if spec.limits.memory > max {
             return Err(RuntimeError::MemoryLimitTooLarge {
@@ -73,25 +126,7 @@ impl Runtime {
                 max: max.to_string(),
             });
         }
-        let (digest, pre) =
-            self.inner
-                .cache
-                .get_or_compile(&self.inner.engine, &self.inner.linker, wasm)?;
-        Ok(PreparedFunction {
-            function,
-            digest,
-            limits: FunctionLimits {
-                timeout: spec.timeout.0,
-                memory: spec.limits.memory.0,
-            },
-            pre,
-            env: spec
-                .env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect(),
-            allowed_outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
-        })
+        Ok(())
     }
 
     /// Runs one attempt of `invocation`, bounded by the function's timeout

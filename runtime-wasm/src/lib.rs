@@ -6,16 +6,26 @@
 //! pre-instantiates it; every invocation then gets a new store with the
 //! function's memory limit, deadline, environment, outbound-HTTP policy and
 //! a log sink tagged with the invocation id.
+//!
+//! [`nats::node`] serves functions from the NATS registry and invocation
+//! stream; the `sluice-runtime` binary runs it.
 
+pub mod admin;
+mod artifacts;
 mod cache;
+pub mod callback;
 mod engine;
 mod host;
 mod invoke;
+pub mod metrics;
+pub mod nats;
 mod outcome;
+pub mod process;
+pub mod server;
 
 pub use engine::{Runtime, RuntimeConfig};
 pub use invoke::{FunctionLimits, PreparedFunction};
-pub use outcome::{Failure, FailureKind, Outcome, Verdict};
+pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up};
 
 /// Why a component could not be made ready to serve.
 #[derive(Debug, thiserror::Error)]

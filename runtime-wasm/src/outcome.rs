@@ -1,6 +1,8 @@
 //! What became of one attempt, and whether it should be retried.
 
-use sluice_api::InvocationResponse;
+use std::time::Duration;
+
+use sluice_api::{InvocationResponse, InvocationState, RetryPolicy, StoredResponse};
 
 /// The result of one attempt at an invocation.
 #[derive(Debug)]
@@ -48,7 +50,99 @@ pub enum Verdict {
     Retryable,
 }
 
+impl FailureKind {
+    /// The kind's name on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Expired => "expired",
+            Self::Trap => "trap",
+            Self::MemoryLimit => "memory_limit",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::NoResponse => "no_response",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Timeout,
+            Self::Expired,
+            Self::Trap,
+            Self::MemoryLimit,
+            Self::ResponseTooLarge,
+            Self::NoResponse,
+            Self::Internal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// What follows an asynchronous attempt. Both queue backends act on it, so
+/// they retry and give up alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Attempt again after `delay`.
+    Retry { delay: Duration, reason: String },
+    /// The invocation is over; `error` says why when it did not succeed.
+    Final {
+        state: InvocationState,
+        error: Option<String>,
+    },
+}
+
+impl Settlement {
+    pub fn is_dead_letter(&self) -> bool {
+        matches!(
+            self,
+            Self::Final {
+                state: InvocationState::DeadLettered,
+                ..
+            }
+        )
+    }
+}
+
 impl Outcome {
+    /// Decides what follows attempt number `attempt` (1-based) under `retry`.
+    pub fn settle(&self, attempt: u32, retry: &RetryPolicy) -> Settlement {
+        let reason = self.reason();
+        let state = match self.verdict() {
+            Verdict::Success => InvocationState::Succeeded,
+            Verdict::Permanent if matches!(self, Self::Failed(f) if f.kind == FailureKind::Expired) => {
+                InvocationState::Expired
+            }
+            Verdict::Permanent => InvocationState::Failed,
+            Verdict::Retryable => match retry.delay_after(attempt) {
+                Some(delay) => {
+                    return Settlement::Retry {
+                        delay,
+                        reason: reason.unwrap_or_default(),
+                    };
+                }
+                None => {
+                    return Settlement::Final {
+                        state: InvocationState::DeadLettered,
+                        error: Some(gave_up(attempt, reason.as_deref())),
+                    };
+                }
+            },
+        };
+        Settlement::Final {
+            state,
+            error: reason,
+        }
+    }
+
+    /// The response as an invocation record stores it, if there was one.
+    pub fn stored_response(&self) -> Option<StoredResponse> {
+        match self {
+            Self::Responded(r) => Some(r.into()),
+            Self::Failed(_) => None,
+        }
+    }
+
     pub fn verdict(&self) -> Verdict {
         match self {
             Self::Responded(r) if r.status.is_success() || r.status.is_redirection() => {
@@ -78,17 +172,18 @@ impl Outcome {
                 Verdict::Permanent => "client_error",
                 Verdict::Retryable => "server_error",
             },
-            Self::Failed(f) => match f.kind {
-                FailureKind::Timeout => "timeout",
-                FailureKind::Expired => "expired",
-                FailureKind::Trap => "trap",
-                FailureKind::MemoryLimit => "memory_limit",
-                FailureKind::ResponseTooLarge => "response_too_large",
-                FailureKind::NoResponse => "no_response",
-                FailureKind::Internal => "internal",
-            },
+            Self::Failed(f) => f.kind.as_str(),
         }
     }
+}
+
+/// The error of an invocation dead-lettered after `attempts` attempts.
+pub fn gave_up(attempts: u32, reason: Option<&str>) -> String {
+    format!(
+        "gave up after {attempts} attempt{}: {}",
+        if attempts == 1 { "" } else { "s" },
+        reason.unwrap_or("retryable failure")
+    )
 }
 
 #[cfg(test)]
@@ -130,5 +225,62 @@ mod tests {
             assert_eq!(failed(kind).verdict(), Verdict::Retryable, "{kind:?}");
         }
         assert_eq!(failed(FailureKind::Expired).verdict(), Verdict::Permanent);
+    }
+
+    #[test]
+    fn retryable_failures_are_retried_until_the_attempts_run_out() {
+        let retry: RetryPolicy = serde_json::from_value(serde_json::json!({
+            "maxAttempts": 3, "backoff": { "initial": "1s", "max": "10s" }
+        }))
+        .unwrap();
+        assert!(matches!(
+            responded(500).settle(1, &retry),
+            Settlement::Retry { delay, .. } if delay == Duration::from_secs(1)
+        ));
+        assert!(matches!(
+            failed(FailureKind::Trap).settle(2, &retry),
+            Settlement::Retry { delay, .. } if delay == Duration::from_secs(2)
+        ));
+        let last = responded(503).settle(3, &retry);
+        assert!(last.is_dead_letter(), "{last:?}");
+        assert!(
+            matches!(&last, Settlement::Final { error: Some(e), .. } if e.starts_with("gave up after 3 attempts"))
+        );
+        assert_eq!(
+            responded(404).settle(1, &retry),
+            Settlement::Final {
+                state: InvocationState::Failed,
+                error: Some("function answered 404 Not Found".into())
+            }
+        );
+        assert!(matches!(
+            failed(FailureKind::Expired).settle(1, &retry),
+            Settlement::Final {
+                state: InvocationState::Expired,
+                ..
+            }
+        ));
+        assert!(matches!(
+            responded(200).settle(1, &retry),
+            Settlement::Final {
+                state: InvocationState::Succeeded,
+                error: None
+            }
+        ));
+    }
+
+    #[test]
+    fn failure_kinds_round_trip_through_their_names() {
+        for kind in [
+            FailureKind::Timeout,
+            FailureKind::Expired,
+            FailureKind::Trap,
+            FailureKind::MemoryLimit,
+            FailureKind::ResponseTooLarge,
+            FailureKind::NoResponse,
+            FailureKind::Internal,
+        ] {
+            assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
+        }
     }
 }

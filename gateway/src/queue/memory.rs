@@ -10,16 +10,17 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use sluice_api::DeadLetter;
 use sluice_api::invocation::unix_millis;
 use sluice_api::names::FunctionRef;
 use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, RetryPolicy};
-use sluice_runtime::{Failure, FailureKind, Outcome, PreparedFunction, Runtime, Verdict};
+use sluice_runtime::callback::Callbacks;
+use sluice_runtime::metrics::Metrics;
+use sluice_runtime::{Failure, FailureKind, Outcome, PreparedFunction, Runtime, Settlement};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::{CallResult, DeadLetter, InvocationQueue, QueueError, Submitted};
-use crate::callback::Callbacks;
-use crate::metrics::Metrics;
+use super::{CallResult, InvocationQueue, QueueError, Submitted};
 
 /// Settings of the in-process queue.
 #[derive(Debug, Clone)]
@@ -239,8 +240,11 @@ impl InvocationQueue for MemoryQueue {
         Ok(Some(record))
     }
 
-    async fn dead_letters(&self, function: &FunctionRef) -> Result<Vec<DeadLetter>, QueueError> {
-        self.lane(function)?;
+    async fn dead_letters(
+        &self,
+        function: &FunctionRef,
+        _subject: &str,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
         Ok(lock(&self.state.dead_letters)
             .get(function)
             .map(|d| d.iter().cloned().collect())
@@ -327,7 +331,7 @@ async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome
     outcome
 }
 
-/// Decides what follows an async attempt: done, retry later, or dead letter.
+/// Acts on what follows an async attempt: done, retry later, or dead letter.
 fn settle(
     state: &Arc<State>,
     lane: &Arc<Lane>,
@@ -336,41 +340,23 @@ fn settle(
     callback: Option<String>,
     outcome: Outcome,
 ) {
-    let verdict = outcome.verdict();
-    let reason = outcome.reason();
-    let response = match &outcome {
-        Outcome::Responded(r) => Some(r.into()),
-        Outcome::Failed(_) => None,
-    };
-    let final_state = match verdict {
-        Verdict::Success => InvocationState::Succeeded,
-        Verdict::Permanent if matches!(&outcome, Outcome::Failed(f) if f.kind == FailureKind::Expired) => {
-            InvocationState::Expired
+    let response = outcome.stored_response();
+    let settlement = outcome.settle(number, &lane.function.retry);
+    let dead_letter = settlement.is_dead_letter();
+    let (final_state, error) = match settlement {
+        Settlement::Retry { delay, reason } => {
+            state.update(&invocation.id, |r| {
+                r.state = InvocationState::Queued;
+                r.error = Some(reason);
+                r.response = response;
+            });
+            state.metrics.retried(&invocation.function);
+            schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
+            return;
         }
-        Verdict::Permanent => InvocationState::Failed,
-        Verdict::Retryable => match lane.function.retry.delay_after(number) {
-            Some(delay) => {
-                state.update(&invocation.id, |r| {
-                    r.state = InvocationState::Queued;
-                    r.error.clone_from(&reason);
-                    r.response = response;
-                });
-                state.metrics.retried(&invocation.function);
-                schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
-                return;
-            }
-            None => InvocationState::DeadLettered,
-        },
+        Settlement::Final { state, error } => (state, error),
     };
-    let error = match final_state {
-        InvocationState::DeadLettered => Some(format!(
-            "gave up after {number} attempt{}: {}",
-            if number == 1 { "" } else { "s" },
-            reason.as_deref().unwrap_or("retryable failure")
-        )),
-        _ => reason,
-    };
-    if final_state == InvocationState::DeadLettered {
+    if dead_letter {
         state.dead_letter(&invocation, number, error.clone().unwrap_or_default());
     }
     let expires = Instant::now() + state.config.results_ttl;
@@ -433,12 +419,12 @@ impl State {
             list.pop_front();
         }
         list.push_back(DeadLetter {
-            id: invocation.id.clone(),
+            id: Some(invocation.id.clone()),
             function: invocation.function.clone(),
             reason,
             attempts,
-            method: invocation.method.to_string(),
-            path: invocation.path_and_query(),
+            method: Some(invocation.method.to_string()),
+            path: Some(invocation.path_and_query()),
             dead_lettered_at: unix_millis(SystemTime::now()),
         });
     }

@@ -1,15 +1,16 @@
 //! The invocation queue: what the HTTP and event paths hand invocations to.
-//! [`memory::MemoryQueue`] runs them in-process (local mode); a JetStream
-//! implementation with the same semantics puts them on NATS.
+//! [`memory::MemoryQueue`] runs them in-process (local mode);
+//! [`jetstream::JetStreamQueue`] puts them on NATS for runtimes to take,
+//! with the same semantics.
 
+pub mod jetstream;
 pub mod memory;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
 use sluice_api::names::FunctionRef;
-use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationResponse};
+use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord, InvocationResponse};
 use sluice_runtime::Failure;
 
 /// What a synchronous call ends with: the function's response, or why
@@ -23,20 +24,6 @@ pub struct Submitted {
     /// The idempotency key named an invocation already accepted; nothing
     /// new was queued.
     pub duplicate: bool,
-}
-
-/// An invocation given up on, with why.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub id: InvocationId,
-    pub function: FunctionRef,
-    pub reason: String,
-    pub attempts: u32,
-    pub method: String,
-    pub path: String,
-    /// Unix time in milliseconds.
-    pub dead_lettered_at: u64,
 }
 
 /// Why the queue could not take or answer a request.
@@ -71,6 +58,10 @@ pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
         wait: Duration,
     ) -> Result<Option<InvocationRecord>, QueueError>;
 
-    /// The function's dead letters, oldest first.
-    async fn dead_letters(&self, function: &FunctionRef) -> Result<Vec<DeadLetter>, QueueError>;
+    /// The dead letters of `function`, kept on `subject`, oldest first.
+    async fn dead_letters(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+    ) -> Result<Vec<DeadLetter>, QueueError>;
 }

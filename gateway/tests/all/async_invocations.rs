@@ -1,7 +1,7 @@
 use base64::Engine as _;
 use http::{Method, StatusCode};
 
-use crate::harness::{Recorder, TestGateway};
+use crate::harness::{Backend, Recorder, TestGateway, conformance};
 
 fn functions(recorder: &Recorder) -> String {
     format!(
@@ -23,10 +23,9 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn an_async_invocation_is_accepted_then_polled_to_its_stored_response() {
+async fn an_async_invocation_is_accepted_then_polled_to_its_stored_response(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&functions(&recorder)).await;
+    let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let reply = gw
         .send(Method::POST, "/async/fn/default/echo/x?k=v", &[], "payload")
         .await;
@@ -48,10 +47,9 @@ async fn an_async_invocation_is_accepted_then_polled_to_its_stored_response() {
     assert_eq!(body, b"payload");
 }
 
-#[tokio::test]
-async fn a_callback_receives_the_final_record_with_the_invocation_id() {
+async fn a_callback_receives_the_final_record_with_the_invocation_id(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&functions(&recorder)).await;
+    let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let callback = format!("{}/done", recorder.origin());
     let reply = gw
         .send(
@@ -72,10 +70,9 @@ async fn a_callback_receives_the_final_record_with_the_invocation_id() {
     assert_eq!(record["response"]["body"], "Y2I=");
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_twice_runs_the_function_once() {
+async fn the_same_idempotency_key_twice_runs_the_function_once(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&functions(&recorder)).await;
+    let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let path = format!(
         "/async/fn/default/counted/call?url={}/hit",
         recorder.origin()
@@ -108,10 +105,9 @@ async fn the_same_idempotency_key_twice_runs_the_function_once() {
     );
 }
 
-#[tokio::test]
-async fn async_invocations_need_post_and_a_usable_callback_url() {
+async fn async_invocations_need_post_and_a_usable_callback_url(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&functions(&recorder)).await;
+    let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let reply = gw.get("/async/fn/default/echo/").await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.json()["error"], "method_not_allowed");
@@ -132,10 +128,9 @@ async fn async_invocations_need_post_and_a_usable_callback_url() {
     );
 }
 
-#[tokio::test]
-async fn unknown_invocations_are_404_and_bad_waits_400() {
+async fn unknown_invocations_are_404_and_bad_waits_400(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&functions(&recorder)).await;
+    let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let reply = gw
         .get("/invocations/6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11")
         .await;
@@ -152,3 +147,11 @@ async fn unknown_invocations_are_404_and_bad_waits_400() {
     let reply = gw.get(&format!("/invocations/{id}?wait=forever")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
+
+conformance!(
+    an_async_invocation_is_accepted_then_polled_to_its_stored_response,
+    a_callback_receives_the_final_record_with_the_invocation_id,
+    the_same_idempotency_key_twice_runs_the_function_once,
+    async_invocations_need_post_and_a_usable_callback_url,
+    unknown_invocations_are_404_and_bad_waits_400,
+);

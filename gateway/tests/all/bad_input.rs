@@ -1,6 +1,6 @@
 use http::{Method, StatusCode};
 
-use crate::harness::{Recorder, TestGateway};
+use crate::harness::{Backend, Recorder, TestGateway, conformance};
 
 const FUNCTIONS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -17,9 +17,8 @@ spec:
   timeout: 300ms
 "#;
 
-#[tokio::test]
-async fn an_unknown_function_gets_404_with_a_json_body() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn an_unknown_function_gets_404_with_a_json_body(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     for path in ["/fn/default/nope", "/fn/default/nope/x", "/fn/BAD/name"] {
         let reply = gw.get(path).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
@@ -35,9 +34,8 @@ async fn an_unknown_function_gets_404_with_a_json_body() {
     assert_eq!(reply.json()["error"], "no_route");
 }
 
-#[tokio::test]
-async fn a_body_over_the_default_1mib_limit_gets_413() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn a_body_over_the_default_1mib_limit_gets_413(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     let at_limit = vec![7u8; 1 << 20];
     let reply = gw
         .send(Method::POST, "/fn/default/echo/", &[], at_limit)
@@ -71,9 +69,8 @@ async fn the_body_limit_is_configurable() {
     assert!(reply.json()["message"].as_str().unwrap().contains("1024"));
 }
 
-#[tokio::test]
-async fn a_function_that_outlives_its_timeout_gets_504() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn a_function_that_outlives_its_timeout_gets_504(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     // Blocked in a host call (sleep) and busy in guest code (loop): both cut.
     for path in [
         "/fn/default/misbehave/sleep/5000",
@@ -110,10 +107,9 @@ async fn a_response_over_the_limit_fails_with_502_and_a_reason() {
     assert_eq!(reply.json()["error"], "response_too_large");
 }
 
-#[tokio::test]
-async fn outbound_http_is_refused_unless_the_origin_is_allowed() {
+async fn outbound_http_is_refused_unless_the_origin_is_allowed(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(FUNCTIONS).await;
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     let reply = gw
         .get(&format!(
             "/fn/default/misbehave/call?url={}/x",
@@ -135,3 +131,10 @@ async fn outbound_http_is_refused_unless_the_origin_is_allowed() {
         "nothing left the sandbox"
     );
 }
+
+conformance!(
+    an_unknown_function_gets_404_with_a_json_body,
+    a_body_over_the_default_1mib_limit_gets_413,
+    a_function_that_outlives_its_timeout_gets_504,
+    outbound_http_is_refused_unless_the_origin_is_allowed,
+);

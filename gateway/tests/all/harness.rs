@@ -10,8 +10,105 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_gateway::local::{self, LocalConfig, LocalGateway};
+use sluice_api::names::FunctionRef;
+use sluice_gateway::local::{self, LocalConfig};
+use sluice_gateway::nats::{self as nats_mode, NatsConfig};
+use sluice_gateway::running::RunningGateway;
+use sluice_runtime::nats::layout::{Layout, LayoutConfig};
+use sluice_runtime::nats::node::{self, Node, NodeConfig};
+use sluice_runtime::nats::publish::Publisher;
 use tokio::net::TcpListener;
+
+use crate::nats::NatsServer;
+
+/// Which queue a test gateway runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Local mode: in-process queue and runtime.
+    Local,
+    /// NATS mode: a real nats-server, the gateway and a runtime node (in
+    /// this process) talking only through it.
+    Nats,
+}
+
+/// Runs each named `async fn(Backend)` once per backend: the conformance
+/// suite, same cases and same expected outcomes on both queues.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$case($crate::harness::Backend::Local).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$case($crate::harness::Backend::Nats).await
+            }
+        }
+    )*};
+}
+pub(crate) use conformance;
+
+/// The NATS side of a NATS-mode test gateway.
+pub struct NatsStack {
+    pub server: NatsServer,
+    pub node: Option<Node>,
+    pub publisher: Publisher,
+    pub layout: Layout,
+    _artifacts: tempfile::TempDir,
+}
+
+impl NatsStack {
+    /// Starts a nats-server and a runtime node serving its registry.
+    pub async fn start() -> Self {
+        let server = NatsServer::start();
+        let artifacts = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(&server.url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(artifacts.path().to_owned());
+        let node = node::start(config).await.expect("the runtime node starts");
+        let client = sluice_runtime::nats::connect(&server.url, "test-publisher")
+            .await
+            .unwrap();
+        let layout = Layout::ensure(client, &LayoutConfig::default())
+            .await
+            .unwrap();
+        Self {
+            server,
+            node: Some(node),
+            publisher: Publisher::new(layout.clone()),
+            layout,
+            _artifacts: artifacts,
+        }
+    }
+
+    pub async fn publish_dir(&self, dir: &std::path::Path) {
+        for f in local::load_dir(dir).expect("the manifests load") {
+            self.publisher
+                .publish(&f.function, &f.spec, &f.wasm)
+                .await
+                .expect("the function publishes");
+        }
+    }
+
+    /// Waits up to 30s until a runtime has opened `function`'s consumer.
+    pub async fn wait_serving(&self, function: &FunctionRef) {
+        let started = Instant::now();
+        while self
+            .layout
+            .invocations
+            .consumer_info(function.consumer_name())
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no runtime serves {function} after 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
 
 /// Manifests may say `{hello}`, `{echo}` or `{misbehave}` where a
 /// component path goes.
@@ -34,7 +131,8 @@ pub fn loopback_config(dir: &std::path::Path) -> LocalConfig {
 }
 
 pub struct TestGateway {
-    pub gateway: Option<LocalGateway>,
+    pub gateway: Option<RunningGateway>,
+    pub nats: Option<NatsStack>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -66,19 +164,58 @@ impl Reply {
     }
 }
 
+fn manifest_dir(manifests: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("functions.yaml"),
+        with_components(manifests),
+    )
+    .unwrap();
+    dir
+}
+
 impl TestGateway {
-    /// Starts a gateway serving `manifests` (see [`with_components`]).
-    pub async fn start(manifests: &str) -> Self {
-        Self::start_with(manifests, |_| {}).await
+    /// Starts a gateway serving `manifests` (see [`with_components`]) on
+    /// `backend`. In NATS mode it returns once the gateway routes every
+    /// function; invocations sent before a runtime pulls wait in the stream.
+    pub async fn start(backend: Backend, manifests: &str) -> Self {
+        match backend {
+            Backend::Local => Self::start_with(manifests, |_| {}).await,
+            Backend::Nats => {
+                let dir = manifest_dir(manifests);
+                let stack = NatsStack::start().await;
+                stack.publish_dir(dir.path()).await;
+                let gateway = Self::on_nats(stack, dir).await;
+                for f in local::load_dir(gateway._dir.path()).unwrap() {
+                    gateway.wait_routed(&f.function.to_string()).await;
+                    if let Some(stack) = &gateway.nats {
+                        stack.wait_serving(&f.function).await;
+                    }
+                }
+                gateway
+            }
+        }
     }
 
+    /// A NATS-mode gateway on `stack`'s server.
+    pub async fn on_nats(stack: NatsStack, dir: tempfile::TempDir) -> Self {
+        let mut config = NatsConfig::new(&stack.server.url);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let gateway = nats_mode::start(config).await.expect("gateway starts");
+        Self {
+            addr: gateway.addr,
+            admin: gateway.admin_addr,
+            gateway: Some(gateway),
+            nats: Some(stack),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _dir: dir,
+        }
+    }
+
+    /// A local-mode gateway with adjusted settings.
     pub async fn start_with(manifests: &str, configure: impl FnOnce(&mut LocalConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("functions.yaml"),
-            with_components(manifests),
-        )
-        .unwrap();
+        let dir = manifest_dir(manifests);
         let mut config = loopback_config(dir.path());
         configure(&mut config);
         let gateway = local::start(config).await.expect("gateway starts");
@@ -86,8 +223,21 @@ impl TestGateway {
             addr: gateway.addr,
             admin: gateway.admin_addr,
             gateway: Some(gateway),
+            nats: None,
             client: Client::builder(TokioExecutor::new()).build_http(),
             _dir: dir,
+        }
+    }
+
+    /// Waits up to 30s until the gateway routes `function` (`ns/name`).
+    pub async fn wait_routed(&self, function: &str) {
+        let started = Instant::now();
+        while self.get(&format!("/dead-letters/{function}")).await.status != StatusCode::OK {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{function} is not routed after 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -160,6 +310,9 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         if let Some(gateway) = self.gateway.take() {
             tokio::spawn(gateway.shutdown());
+        }
+        if let Some(node) = self.nats.as_mut().and_then(|n| n.node.take()) {
+            tokio::spawn(node.shutdown());
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::harness::TestGateway;
+use crate::harness::{Backend, TestGateway, conformance};
 
 const FUNCTIONS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -22,9 +22,8 @@ spec:
   limits: { memory: 16Mi }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_guests_fail_alone_while_hello_keeps_answering() {
-    let gw = std::sync::Arc::new(TestGateway::start(FUNCTIONS).await);
+async fn hostile_guests_fail_alone_while_hello_keeps_answering(backend: Backend) {
+    let gw = std::sync::Arc::new(TestGateway::start(backend, FUNCTIONS).await);
 
     let hostile = {
         let gw = gw.clone();
@@ -78,3 +77,5 @@ async fn hostile_guests_fail_alone_while_hello_keeps_answering() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "Hello from Sluice!\n");
 }
+
+conformance!(hostile_guests_fail_alone_while_hello_keeps_answering,);

@@ -1,5 +1,7 @@
-//! Integration tests of local mode: a real gateway on an ephemeral
-//! loopback port, real components built from `examples/`, real HTTP.
+//! Integration tests: real gateways on ephemeral loopback ports, real
+//! components built from `examples/`, real HTTP, and for NATS mode a real
+//! nats-server. Cases written as `async fn(Backend)` and listed in
+//! `conformance!` run on both queue backends.
 
 mod harness;
 

@@ -21,7 +21,11 @@ fn binary() -> PathBuf {
 impl NatsServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Room for a 1 MiB body plus headers, and for 6 MiB responses.
+        std::fs::write(dir.path().join("nats.conf"), "max_payload: 8MB\n").unwrap();
         let child = Command::new(binary())
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "--http_port", "0"])
             .arg("-sd")
             .arg(dir.path().join("store"))

@@ -6,7 +6,8 @@ use async_nats::jetstream;
 use sluice_api::RegistryEntry;
 use sluice_api::names::{FUNCTIONS_BUCKET, MODULES_BUCKET, module_key};
 use sluice_gateway::local::load_dir;
-use sluice_gateway::publish::Publisher;
+use sluice_runtime::nats::layout::{Layout, LayoutConfig};
+use sluice_runtime::nats::publish::Publisher;
 use tokio::io::AsyncReadExt as _;
 
 use crate::nats::NatsServer;
@@ -15,13 +16,27 @@ use crate::nats::NatsServer;
 async fn publishing_fills_the_registry_and_stores_each_module_once() {
     let nats = NatsServer::start();
     let functions = load_dir(sluice_examples::examples_dir()).unwrap();
-    let publisher = Publisher::connect(&nats.url).await.unwrap();
-    let first: Vec<_> =
-        futures::future::try_join_all(functions.iter().map(|f| publisher.publish(f)))
+    let client = sluice_runtime::nats::connect(&nats.url, "test")
+        .await
+        .unwrap();
+    let publisher = Publisher::new(
+        Layout::ensure(client, &LayoutConfig::default())
             .await
-            .unwrap();
+            .unwrap(),
+    );
+    let first: Vec<_> = futures::future::try_join_all(
+        functions
+            .iter()
+            .map(|f| publisher.publish(&f.function, &f.spec, &f.wasm)),
+    )
+    .await
+    .unwrap();
     assert!(first.iter().all(|p| p.uploaded_module), "{first:?}");
-    let again = publisher.publish(&functions[0]).await.unwrap();
+    let f = &functions[0];
+    let again = publisher
+        .publish(&f.function, &f.spec, &f.wasm)
+        .await
+        .unwrap();
     assert!(
         !again.uploaded_module,
         "a stored digest is not uploaded twice"

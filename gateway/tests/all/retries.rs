@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::harness::{Recorder, TestGateway};
+use crate::harness::{Backend, Recorder, TestGateway, conformance};
 
 fn flaky(recorder: &Recorder) -> String {
     format!(
@@ -19,10 +19,11 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn a_500_is_attempted_max_attempts_times_with_growing_delays_then_dead_lettered() {
+async fn a_500_is_attempted_max_attempts_times_with_growing_delays_then_dead_lettered(
+    backend: Backend,
+) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&flaky(&recorder)).await;
+    let gw = TestGateway::start(backend, &flaky(&recorder)).await;
     let path = format!(
         "/async/fn/default/flaky/call?url={}/attempt&status=500",
         recorder.origin()
@@ -62,10 +63,9 @@ async fn a_500_is_attempted_max_attempts_times_with_growing_delays_then_dead_let
     assert_eq!(letters[0]["method"], "POST");
 }
 
-#[tokio::test]
-async fn a_4xx_is_a_permanent_failure_and_not_retried() {
+async fn a_4xx_is_a_permanent_failure_and_not_retried(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&flaky(&recorder)).await;
+    let gw = TestGateway::start(backend, &flaky(&recorder)).await;
     let path = format!(
         "/async/fn/default/flaky/call?url={}/attempt&status=422",
         recorder.origin()
@@ -84,10 +84,9 @@ async fn a_4xx_is_a_permanent_failure_and_not_retried() {
     );
 }
 
-#[tokio::test]
-async fn a_sync_call_is_attempted_once_and_answers_what_the_function_said() {
+async fn a_sync_call_is_attempted_once_and_answers_what_the_function_said(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(&flaky(&recorder)).await;
+    let gw = TestGateway::start(backend, &flaky(&recorder)).await;
     let path = format!(
         "/fn/default/flaky/call?url={}/attempt&status=503",
         recorder.origin()
@@ -98,3 +97,9 @@ async fn a_sync_call_is_attempted_once_and_answers_what_the_function_said() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(recorder.received("/attempt").len(), 1);
 }
+
+conformance!(
+    a_500_is_attempted_max_attempts_times_with_growing_delays_then_dead_lettered,
+    a_4xx_is_a_permanent_failure_and_not_retried,
+    a_sync_call_is_attempted_once_and_answers_what_the_function_said,
+);

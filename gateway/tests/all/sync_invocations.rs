@@ -1,6 +1,6 @@
 use http::{Method, StatusCode};
 
-use crate::harness::{TestGateway, metric};
+use crate::harness::{Backend, TestGateway, conformance, metric};
 
 const FUNCTIONS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -18,9 +18,8 @@ spec:
   triggers: { http: { path: /echo-here } }
 "#;
 
-#[tokio::test]
-async fn hello_greets_with_the_environment_from_its_spec() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn hello_greets_with_the_environment_from_its_spec(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     let reply = gw.get("/fn/default/hello").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "Howdy from Sluice!\n");
@@ -28,9 +27,8 @@ async fn hello_greets_with_the_environment_from_its_spec() {
     assert_eq!(reply.header("x-sluice-invocation-id").len(), 36);
 }
 
-#[tokio::test]
-async fn echo_sees_the_stripped_path_query_headers_and_method() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn echo_sees_the_stripped_path_query_headers_and_method(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     let reply = gw
         .send(
             Method::PATCH,
@@ -55,9 +53,8 @@ async fn echo_sees_the_stripped_path_query_headers_and_method() {
     assert_eq!(reply.text(), "hi");
 }
 
-#[tokio::test]
-async fn echo_round_trips_a_binary_body_byte_for_byte() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn echo_round_trips_a_binary_body_byte_for_byte(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let reply = gw
         .send(
@@ -73,9 +70,8 @@ async fn echo_round_trips_a_binary_body_byte_for_byte() {
     assert!(reply.body == body, "the body came back changed");
 }
 
-#[tokio::test]
-async fn a_custom_trigger_path_reaches_its_function() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+async fn a_custom_trigger_path_reaches_its_function(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
     let reply = gw.get("/echo-here/deeper/still?q=1").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-echo-path"), "/deeper/still?q=1");
@@ -90,7 +86,7 @@ async fn a_custom_trigger_path_reaches_its_function() {
 
 #[tokio::test]
 async fn admin_endpoints_report_health_and_counted_invocations() {
-    let gw = TestGateway::start(FUNCTIONS).await;
+    let gw = TestGateway::start(Backend::Local, FUNCTIONS).await;
     for _ in 0..3 {
         assert_eq!(gw.get("/fn/default/hello").await.status, StatusCode::OK);
     }
@@ -114,3 +110,10 @@ async fn admin_endpoints_report_health_and_counted_invocations() {
         "{metrics}"
     );
 }
+
+conformance!(
+    hello_greets_with_the_environment_from_its_spec,
+    echo_sees_the_stripped_path_query_headers_and_method,
+    echo_round_trips_a_binary_body_byte_for_byte,
+    a_custom_trigger_path_reaches_its_function,
+);

@@ -1,5 +1,6 @@
-//! Prometheus metrics of the gateway and its in-process queue. Label values
-//! are function references, so they grow with deployments, not traffic.
+//! Prometheus metrics of the gateway, the queues and the runtime. Label
+//! values are function references, so they grow with deployments, not
+//! traffic.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +21,16 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ColdStartLabels {
+    pub function: String,
+    /// `fetched` (downloaded and compiled), `compiled` (bytes at hand,
+    /// compiled) or `precompiled` (loaded from the on-disk artifact).
+    pub source: &'static str,
+}
+
 type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+type ColdStartFamily = Family<ColdStartLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the gateway exports, under the `sluice_` prefix.
 #[derive(Debug)]
@@ -31,6 +41,8 @@ pub struct Metrics {
     queue_depth: Family<FunctionLabels, Gauge>,
     retries: Family<FunctionLabels, Counter>,
     dead_letters: Family<FunctionLabels, Counter>,
+    redeliveries: Family<FunctionLabels, Counter>,
+    cold_starts: ColdStartFamily,
 }
 
 fn duration_histogram() -> Histogram {
@@ -46,6 +58,8 @@ impl Default for Metrics {
         let queue_depth = Family::<FunctionLabels, Gauge>::default();
         let retries = Family::<FunctionLabels, Counter>::default();
         let dead_letters = Family::<FunctionLabels, Counter>::default();
+        let redeliveries = Family::<FunctionLabels, Counter>::default();
+        let cold_starts = ColdStartFamily::new_with_constructor(duration_histogram);
         registry.register(
             "invocation_attempts",
             "Attempts at invocations, by function and outcome",
@@ -58,7 +72,7 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_depth",
-            "Invocations queued, waiting for a retry, or running",
+            "Invocations queued, waiting for a retry, or running (on NATS: the consumer's pending plus ack-pending)",
             queue_depth.clone(),
         );
         registry.register(
@@ -71,8 +85,20 @@ impl Default for Metrics {
             "Invocations dead-lettered",
             dead_letters.clone(),
         );
+        registry.register(
+            "redeliveries",
+            "Invocation messages delivered again (a retry, or a runtime that stopped mid-attempt)",
+            redeliveries.clone(),
+        );
+        registry.register(
+            "cold_start_seconds",
+            "Time to make a component servable the first time this process sees its digest",
+            cold_starts.clone(),
+        );
         Self {
             registry,
+            redeliveries,
+            cold_starts,
             invocations,
             duration,
             queue_depth,
@@ -115,6 +141,21 @@ impl Metrics {
         self.dead_letters
             .get_or_create(&Self::labels(function))
             .inc();
+    }
+
+    pub fn redelivered(&self, function: &FunctionRef) {
+        self.redeliveries
+            .get_or_create(&Self::labels(function))
+            .inc();
+    }
+
+    pub fn cold_start(&self, function: &FunctionRef, source: &'static str, seconds: f64) {
+        self.cold_starts
+            .get_or_create(&ColdStartLabels {
+                function: function.to_string(),
+                source,
+            })
+            .observe(seconds);
     }
 
     /// The OpenMetrics text exposition.

@@ -1,0 +1,344 @@
+//! The event bridge: a NATS message on a function's trigger subject becomes
+//! an asynchronous CloudEvents 1.0 binary-mode invocation (`POST /`, `ce-*`
+//! headers, body = event data).
+//!
+//! Plain subjects are consumed in the queue group [`QUEUE_GROUP`], so N
+//! gateways enqueue each event once. A subject bound to a JetStream stream
+//! is consumed through a durable consumer shared by every gateway, and a
+//! message is acknowledged only after its invocation is stored; an event
+//! redelivered meanwhile maps to the same invocation id, so it runs once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use sha2::{Digest as _, Sha256};
+use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, Invocation, InvocationId};
+use tokio::task::JoinHandle;
+
+use crate::queue::InvocationQueue;
+
+/// Queue group of every gateway's plain-subject subscriptions.
+pub const QUEUE_GROUP: &str = "sluice-gateways";
+/// `ce-type` of an event whose message does not name one.
+pub const DEFAULT_EVENT_TYPE: &str = "dev.sluice.nats.message";
+
+/// Subscriptions of the trigger subjects of every routed function.
+#[derive(Debug)]
+pub struct EventBridge {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    queue: Arc<dyn InvocationQueue>,
+    /// How long an event's invocation may take, retries included.
+    deadline: Duration,
+    running: HashMap<(FunctionRef, String), JoinHandle<()>>,
+}
+
+impl EventBridge {
+    pub fn new(
+        client: async_nats::Client,
+        queue: Arc<dyn InvocationQueue>,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            js: jetstream::new(client.clone()),
+            client,
+            queue,
+            deadline,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Subscribes to the trigger subjects of `functions` and drops the
+    /// subscriptions of triggers that are gone.
+    pub fn update(&mut self, functions: &HashMap<FunctionRef, Arc<FunctionSpec>>) {
+        let wanted: HashSet<(FunctionRef, String)> = functions
+            .iter()
+            .flat_map(|(f, spec)| {
+                spec.triggers
+                    .nats
+                    .iter()
+                    .map(move |t| (f.clone(), t.subject.clone()))
+            })
+            .collect();
+        self.running.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                tracing::info!(function = %key.0, subject = %key.1, "event trigger removed");
+                task.abort();
+            }
+            keep
+        });
+        for key in wanted {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let source = Source {
+                client: self.client.clone(),
+                js: self.js.clone(),
+                queue: self.queue.clone(),
+                deadline: self.deadline,
+                function: key.0.clone(),
+                subject: key.1.clone(),
+            };
+            self.running.insert(key, tokio::spawn(source.run()));
+        }
+    }
+}
+
+impl Drop for EventBridge {
+    fn drop(&mut self) {
+        for task in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
+struct Source {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    queue: Arc<dyn InvocationQueue>,
+    deadline: Duration,
+    function: FunctionRef,
+    subject: String,
+}
+
+impl Source {
+    async fn run(self) {
+        tracing::info!(function = %self.function, subject = %self.subject, "consuming events");
+        loop {
+            let ended = match self.js.stream_by_subject(self.subject.as_str()).await {
+                Ok(stream) => self.consume_stream(&stream).await,
+                Err(_) => self.consume_plain().await,
+            };
+            tracing::warn!(function = %self.function, subject = %self.subject, reason = %ended, "event consumption stopped; resuming");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn consume_plain(&self) -> String {
+        let mut messages = match self
+            .client
+            .queue_subscribe(self.subject.clone(), QUEUE_GROUP.to_owned())
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => return e.to_string(),
+        };
+        while let Some(message) = messages.next().await {
+            let invocation = self.invocation(
+                message.headers.as_ref(),
+                message.payload,
+                &message.subject,
+                None,
+            );
+            if let Err(e) = self.queue.submit(invocation, None).await {
+                // Core NATS has no redelivery: the event is lost, say so.
+                tracing::error!(function = %self.function, subject = %self.subject, error = %e, "event dropped: cannot enqueue it");
+            }
+        }
+        "the subscription ended".into()
+    }
+
+    async fn consume_stream(&self, stream_name: &str) -> String {
+        let stream = match self.js.get_stream(stream_name).await {
+            Ok(stream) => stream,
+            Err(e) => return e.to_string(),
+        };
+        let name = self.consumer_name();
+        let consumer = match stream
+            .get_or_create_consumer::<consumer::pull::Config>(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!(
+                        "Sluice events of {} for {}",
+                        self.subject, self.function
+                    )),
+                    filter_subject: self.subject.clone(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(e) => return e.to_string(),
+        };
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(e) => return e.to_string(),
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => return e.to_string(),
+            };
+            let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let invocation = self.invocation(
+                message.headers.as_ref(),
+                message.payload.clone(),
+                &message.subject,
+                Some(format!("{stream_name}-{sequence}")),
+            );
+            let kind = match self.queue.submit(invocation, None).await {
+                Ok(_) => jetstream::AckKind::Ack,
+                Err(e) => {
+                    tracing::warn!(function = %self.function, subject = %self.subject, error = %e, "cannot enqueue an event; it will be redelivered");
+                    jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
+                }
+            };
+            if let Err(e) = message.ack_with(kind).await {
+                tracing::warn!(function = %self.function, error = %e, "cannot acknowledge an event");
+            }
+        }
+        "the consumer ended".into()
+    }
+
+    /// One durable consumer per function and subject, shared by gateways.
+    fn consumer_name(&self) -> String {
+        let hash = hex::encode(&Sha256::digest(self.subject.as_bytes())[..6]);
+        format!(
+            "sluice-events-{}-{}-{hash}",
+            self.function.namespace, self.function.name
+        )
+    }
+
+    fn invocation(
+        &self,
+        headers: Option<&async_nats::HeaderMap>,
+        body: Bytes,
+        subject: &str,
+        stream_id: Option<String>,
+    ) -> Invocation {
+        let info = self.client.server_info();
+        let server = format!("{}:{}", info.host, info.port);
+        let event = CloudEvent::from_message(headers, subject, &server, stream_id);
+        Invocation {
+            id: match &event.given_id {
+                Some(id) => InvocationId::for_idempotency_key(&self.function, id),
+                None => InvocationId::random(),
+            },
+            function: self.function.clone(),
+            method: Method::POST,
+            path: "/".into(),
+            query: None,
+            forwarded_prefix: String::new(),
+            headers: event.headers,
+            body,
+            deadline: SystemTime::now() + self.deadline,
+            traceparent: event.traceparent,
+        }
+    }
+}
+
+/// The HTTP headers of a CloudEvents binary-mode request for one message.
+#[derive(Debug)]
+pub struct CloudEvent {
+    pub headers: HeaderMap,
+    /// The id the publisher gave the event (`ce-id` or `Nats-Msg-Id`, or
+    /// the stream position), if any: it names the invocation, so the same
+    /// event delivered twice runs once.
+    pub given_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl CloudEvent {
+    /// Headers a message may set itself: `ce-*` overrides, plus
+    /// `content-type`; other headers are carried as they are.
+    pub fn from_message(
+        message_headers: Option<&async_nats::HeaderMap>,
+        subject: &str,
+        server: &str,
+        stream_id: Option<String>,
+    ) -> Self {
+        let mut headers = HeaderMap::new();
+        let mut traceparent = None;
+        let mut msg_id = None;
+        for (name, value) in sluice_runtime::nats::header_pairs(message_headers) {
+            let lower = name.to_ascii_lowercase();
+            if lower == "traceparent" {
+                traceparent = Some(value.to_owned());
+            } else if lower == "nats-msg-id" {
+                msg_id = Some(value.to_owned());
+            } else if lower.starts_with("nats-") {
+                // JetStream's own headers are not the event's.
+            } else if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(lower.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let given_id = headers
+            .get("ce-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or(msg_id)
+            .or(stream_id);
+        let id = given_id
+            .clone()
+            .unwrap_or_else(|| InvocationId::random().to_string());
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let defaults = [
+            ("ce-specversion", "1.0".to_owned()),
+            ("ce-id", id),
+            ("ce-source", format!("nats://{server}/{subject}")),
+            ("ce-type", DEFAULT_EVENT_TYPE.to_owned()),
+            ("ce-subject", subject.to_owned()),
+            ("ce-time", now),
+            ("content-type", "application/octet-stream".to_owned()),
+        ];
+        for (name, value) in defaults {
+            if !headers.contains_key(name)
+                && let Ok(value) = HeaderValue::from_str(&value)
+            {
+                headers.insert(name, value);
+            }
+        }
+        Self {
+            headers,
+            given_id,
+            traceparent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_message_gets_every_required_cloudevents_header() {
+        let event = CloudEvent::from_message(None, "orders.created", "127.0.0.1:4222", None);
+        let h = |n: &str| event.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h("ce-specversion"), "1.0");
+        assert_eq!(h("ce-source"), "nats://127.0.0.1:4222/orders.created");
+        assert_eq!(h("ce-subject"), "orders.created");
+        assert_eq!(h("ce-type"), DEFAULT_EVENT_TYPE);
+        assert_eq!(h("content-type"), "application/octet-stream");
+        assert!(InvocationId::parse(&h("ce-id")).is_some());
+        assert!(humantime::parse_rfc3339(&h("ce-time")).is_ok());
+        assert_eq!(event.given_id, None);
+    }
+
+    #[test]
+    fn the_publisher_may_name_the_event() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "order-17");
+        headers.insert("ce-type", "com.example.order.created");
+        headers.insert("Content-Type", "application/json");
+        let event = CloudEvent::from_message(Some(&headers), "orders.created", "h:1", None);
+        let h = |n: &str| event.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h("ce-id"), "order-17");
+        assert_eq!(h("ce-type"), "com.example.order.created");
+        assert_eq!(h("content-type"), "application/json");
+        assert_eq!(event.given_id.as_deref(), Some("order-17"));
+        assert!(event.headers.get("nats-msg-id").is_none());
+    }
+}

@@ -1,0 +1,181 @@
+//! NATS mode (`sluice-gateway --nats URL`): routes come from the registry
+//! bucket and follow its changes; invocations go onto JetStream for the
+//! runtimes; trigger subjects feed the event bridge.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{Entry, Operation};
+use futures::StreamExt as _;
+use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, RegistryEntry};
+use sluice_runtime::admin::Admin;
+use sluice_runtime::metrics::Metrics;
+use sluice_runtime::nats::NatsError;
+use sluice_runtime::nats::layout::{Layout, LayoutConfig};
+
+use crate::events::EventBridge;
+use crate::http::{Gateway, HttpConfig, Registry};
+use crate::queue::QueueError;
+use crate::queue::jetstream::JetStreamQueue;
+use crate::running::{ListenError, RunningGateway};
+
+/// Room an invocation's headers may need on top of its body.
+const PAYLOAD_HEADROOM: usize = 64 << 10;
+
+/// Everything NATS mode needs to start.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub nats_url: String,
+    /// Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Default: `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    pub http: HttpConfig,
+    pub layout: LayoutConfig,
+}
+
+impl NatsConfig {
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            http: HttpConfig::default(),
+            layout: LayoutConfig::default(),
+        }
+    }
+}
+
+/// Why NATS mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsModeError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// Connects, opens the layout, starts following the registry and serves.
+pub async fn start(config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
+    let client = sluice_runtime::nats::connect(&config.nats_url, "sluice-gateway").await?;
+    let layout = Layout::ensure(client.clone(), &config.layout).await?;
+    let max_payload = client.server_info().max_payload;
+    if config.http.max_request_body + PAYLOAD_HEADROOM > max_payload {
+        tracing::warn!(
+            max_payload,
+            max_request_body = config.http.max_request_body,
+            "the NATS server's max_payload leaves no room for the largest request body and its headers; such requests will get 503 (raise max_payload, e.g. to 8MB)"
+        );
+    }
+    let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
+    let gateway = Arc::new(Gateway::new(
+        queue.clone(),
+        Registry::default(),
+        config.http.clone(),
+    ));
+    let admin = Arc::new(Admin {
+        metrics: Arc::new(Metrics::default()),
+        ready: Default::default(),
+    });
+    let bridge = EventBridge::new(client, queue, config.http.async_deadline);
+    tokio::spawn(follow_registry(
+        layout,
+        Arc::downgrade(&gateway),
+        admin.clone(),
+        bridge,
+    ));
+    Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen).await?)
+}
+
+/// Keeps the gateway's routes and the event bridge in step with the
+/// registry until the gateway is gone. Ready once the first full view of
+/// the registry is applied.
+async fn follow_registry(
+    layout: Layout,
+    gateway: std::sync::Weak<Gateway>,
+    admin: Arc<Admin>,
+    mut bridge: EventBridge,
+) {
+    let mut functions: HashMap<FunctionRef, Arc<FunctionSpec>> = HashMap::new();
+    loop {
+        let mut watch = match layout.functions.watch_with_history(">").await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the registry; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut caught_up = false;
+        loop {
+            // An empty registry delivers nothing: a quiet watch is caught up.
+            let next = if caught_up {
+                watch.next().await
+            } else {
+                match tokio::time::timeout(Duration::from_millis(200), watch.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        caught_up = true;
+                        admin.ready.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            };
+            let entry = match next {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the registry watch failed; watching again");
+                    break;
+                }
+                None => break,
+            };
+            let pending = entry.delta;
+            apply(&mut functions, entry);
+            if pending == 0 {
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                match Registry::new(functions.clone()) {
+                    Ok(registry) => gateway.set_registry(registry),
+                    Err(e) => tracing::error!(error = %e, "registry change not applied"),
+                }
+                bridge.update(&functions);
+                caught_up = true;
+                admin.ready.store(true, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn apply(functions: &mut HashMap<FunctionRef, Arc<FunctionSpec>>, entry: Entry) {
+    let Some((namespace, name)) = entry.key.split_once('.') else {
+        return;
+    };
+    let Ok(function) = FunctionRef::new(namespace, name) else {
+        tracing::warn!(key = %entry.key, "ignoring a registry key that names no function");
+        return;
+    };
+    match entry.operation {
+        Operation::Delete | Operation::Purge => {
+            if functions.remove(&function).is_some() {
+                tracing::info!(%function, "function removed");
+            }
+        }
+        Operation::Put => match serde_json::from_slice::<RegistryEntry>(&entry.value) {
+            Ok(registered) => {
+                tracing::info!(%function, digest = %registered.module_digest, "function routed");
+                functions.insert(function, Arc::new(registered.spec));
+            }
+            Err(e) => {
+                tracing::error!(%function, error = %e, "the registry entry is not a valid Function; not routing it");
+            }
+        },
+    }
+}

@@ -1,0 +1,75 @@
+//! `sluice-runtime`: serves functions from the NATS registry, pulling their
+//! invocations from JetStream.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sluice_api::ByteSize;
+use sluice_api::names::FunctionRef;
+use sluice_runtime::nats::node::{self, NodeConfig};
+use sluice_runtime::process::{init_tracing, shutdown_signal};
+
+/// Run Sluice functions from NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// NATS server URL, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    nats: String,
+    /// Serve only this function (`namespace/name`, dedicated placement);
+    /// without it, every function in the registry (the pool).
+    #[arg(long, value_name = "NS/NAME")]
+    function: Option<FunctionRef>,
+    /// Where precompiled components are kept across restarts.
+    #[arg(long, env = "SLUICE_ARTIFACTS", default_value_os_t = default_artifacts())]
+    artifacts: PathBuf,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9091", env = "SLUICE_ADMIN_LISTEN")]
+    admin_listen: SocketAddr,
+    /// Largest response body a function may send; larger fails with 502.
+    #[arg(long, default_value = "6Mi")]
+    max_response_body: ByteSize,
+    /// Instances alive at once across all functions.
+    #[arg(long, default_value_t = 256)]
+    max_instances: u32,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn default_artifacts() -> PathBuf {
+    std::env::temp_dir().join("sluice-artifacts")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_json);
+    let mut config = NodeConfig::new(&args.nats);
+    config.function = args.function.clone();
+    config.artifacts = Some(args.artifacts.clone());
+    config.admin_listen = args.admin_listen;
+    config.runtime.max_response_body =
+        usize::try_from(args.max_response_body.0).context("--max-response-body is too large")?;
+    config.runtime.max_instances = args.max_instances;
+    let mut node = node::start(config)
+        .await
+        .with_context(|| format!("cannot start the runtime on {}", args.nats))?;
+    tracing::info!(
+        nats = %args.nats,
+        admin = %node.admin_addr,
+        serving = %args.function.as_ref().map_or("every function".to_owned(), ToString::to_string),
+        "runtime started"
+    );
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down: no more pulls, finishing held invocations");
+            node.shutdown().await;
+            tracing::info!("stopped");
+        }
+        () = node.wait() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! A runtime node (`sluice-runtime --nats URL`): watches the registry,
+//! loads each function's component by digest (from memory, the on-disk
+//! precompiled artifact, or the module store), and runs a worker per
+//! function on its durable consumer. Shutting down stops every worker's
+//! pulling and waits for what they hold: nothing in flight is lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{Entry, Operation};
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use sluice_api::RegistryEntry;
+use sluice_api::names::{FunctionRef, module_key};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::NatsError;
+use super::layout::{Layout, LayoutConfig};
+use super::worker::{Served, Shared, Worker};
+use crate::admin::Admin;
+use crate::callback::Callbacks;
+use crate::metrics::Metrics;
+use crate::server::serve;
+use crate::{PreparedFunction, Runtime, RuntimeConfig, RuntimeError};
+
+/// Everything a runtime node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub nats_url: String,
+    /// Serve only this function (dedicated placement); `None` serves every
+    /// function in the registry (the pool).
+    pub function: Option<FunctionRef>,
+    /// Where precompiled components are kept; `None` keeps none.
+    pub artifacts: Option<PathBuf>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin_listen: SocketAddr,
+    pub runtime: RuntimeConfig,
+    pub layout: LayoutConfig,
+}
+
+impl NodeConfig {
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            function: None,
+            artifacts: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            runtime: RuntimeConfig::default(),
+            layout: LayoutConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Stops pulling, finishes and acknowledges what is held, then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the node stops (it stops only by `shutdown`).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    let client = super::connect(&config.nats_url, "sluice-runtime").await?;
+    let layout = Layout::ensure(client.clone(), &config.layout).await?;
+    let runtime_config = config.runtime.clone();
+    let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
+        .await
+        .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
+    let metrics = Arc::new(Metrics::default());
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| NodeError::Listen {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    });
+    let shared = Arc::new(Shared {
+        runtime,
+        layout,
+        client,
+        metrics: metrics.clone(),
+        callbacks: Callbacks::default(),
+    });
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let node = NodeLoop {
+        shared,
+        only: config.function,
+        artifacts: config.artifacts,
+        workers: HashMap::new(),
+        admin: admin.clone(),
+    };
+    let task = tokio::spawn(async move {
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+        let admin_task = tokio::spawn(serve(
+            admin_listener,
+            Arc::new(move |request| {
+                let response = admin.handle(&request);
+                async move { response }
+            }),
+            async {
+                let _ = admin_stopped.await;
+            },
+        ));
+        node.run(shutdown_rx).await;
+        let _ = stop_admin.send(());
+        let _ = admin_task.await;
+    });
+    Ok(Node {
+        admin_addr,
+        metrics,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+struct NodeLoop {
+    shared: Arc<Shared>,
+    only: Option<FunctionRef>,
+    artifacts: Option<PathBuf>,
+    workers: HashMap<FunctionRef, (RegistryEntry, Worker)>,
+    admin: Arc<Admin>,
+}
+
+impl NodeLoop {
+    async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
+        'watching: loop {
+            // With history: the current entry of every function first (a
+            // deletion as a delete marker), then changes as they happen.
+            let watch = tokio::select! {
+                watch = self.shared.layout.functions.watch_with_history(">") => watch,
+                _ = &mut shutdown => break 'watching,
+            };
+            let mut watch = match watch {
+                Ok(watch) => watch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the registry; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = &mut shutdown => break 'watching,
+                    }
+                }
+            };
+            self.admin.ready.store(true, Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    entry = watch.next() => match entry {
+                        Some(Ok(entry)) => self.apply(entry).await,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "the registry watch failed; watching again");
+                            continue 'watching;
+                        }
+                        None => continue 'watching,
+                    },
+                    _ = &mut shutdown => break 'watching,
+                }
+            }
+        }
+        self.admin.ready.store(false, Ordering::Relaxed);
+        tracing::info!(
+            functions = self.workers.len(),
+            "draining: finishing held invocations"
+        );
+        let workers: Vec<_> = self.workers.drain().map(|(_, (_, w))| w).collect();
+        for worker in &workers {
+            worker.stop();
+        }
+        for worker in workers {
+            worker.join().await;
+        }
+    }
+
+    async fn apply(&mut self, entry: Entry) {
+        let Some(function) = key_function(&entry.key) else {
+            tracing::warn!(key = %entry.key, "ignoring a registry key that names no function");
+            return;
+        };
+        if self.only.as_ref().is_some_and(|only| *only != function) {
+            return;
+        }
+        match entry.operation {
+            Operation::Delete | Operation::Purge => {
+                if let Some((_, worker)) = self.workers.remove(&function) {
+                    tracing::info!(%function, "removed from the registry; stopping");
+                    worker.stop();
+                    tokio::spawn(worker.join());
+                }
+            }
+            Operation::Put => {
+                let registered: RegistryEntry = match serde_json::from_slice(&entry.value) {
+                    Ok(registered) => registered,
+                    Err(e) => {
+                        tracing::error!(%function, error = %e, "the registry entry is not a valid Function; not serving it");
+                        return;
+                    }
+                };
+                if self
+                    .workers
+                    .get(&function)
+                    .is_some_and(|(current, _)| *current == registered)
+                {
+                    return;
+                }
+                match self.load(&registered).await {
+                    Ok(prepared) => self.serve(registered, prepared).await,
+                    Err(e) => {
+                        tracing::error!(%function, digest = %registered.module_digest, error = %e, "cannot load the function; not serving it");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self, registered: RegistryEntry, prepared: PreparedFunction) {
+        let function = registered.function.clone();
+        let consumer = match self
+            .shared
+            .layout
+            .consumer(&function, &registered.spec)
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                tracing::error!(%function, error = %e, "cannot open the function's consumer; not serving it");
+                return;
+            }
+        };
+        let served = Arc::new(Served {
+            prepared,
+            spec: registered.spec.clone(),
+        });
+        tracing::info!(%function, digest = %registered.module_digest, "serving");
+        let worker = Worker::start(self.shared.clone(), served, consumer);
+        if let Some((_, old)) = self.workers.insert(function, (registered, worker)) {
+            // The old version finishes what it holds; the new one pulls.
+            old.stop();
+            tokio::spawn(old.join());
+        }
+    }
+
+    /// Makes the function's component servable: from this process's cache,
+    /// the precompiled artifact on disk, or the module store.
+    async fn load(&self, registered: &RegistryEntry) -> Result<PreparedFunction, String> {
+        let runtime = self.shared.runtime.clone();
+        let function = registered.function.clone();
+        let spec = registered.spec.clone();
+        let digest = registered.module_digest.clone();
+        if let Some(prepared) = runtime
+            .prepare_cached(function.clone(), &spec, &digest)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(prepared);
+        }
+        let started = Instant::now();
+        if let Some(dir) = self.artifacts.clone() {
+            let (runtime, function, spec, digest) = (
+                runtime.clone(),
+                function.clone(),
+                spec.clone(),
+                digest.clone(),
+            );
+            let precompiled = tokio::task::spawn_blocking(move || {
+                runtime.prepare_precompiled(function, &spec, &digest, &dir)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            if let Some(prepared) = precompiled {
+                self.cold_start(&registered.function, "precompiled", started);
+                return Ok(prepared);
+            }
+        }
+        let wasm = self.fetch(&digest).await?;
+        let artifacts = self.artifacts.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = runtime
+                .prepare(function, &spec, &wasm)
+                .map_err(|e| e.to_string())?;
+            if let Some(dir) = artifacts
+                && let Err(e) = runtime.save_precompiled(&prepared, &dir)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the precompiled component");
+            }
+            Ok::<_, String>(prepared)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.cold_start(&registered.function, "fetched", started);
+        Ok(prepared)
+    }
+
+    async fn fetch(&self, digest: &str) -> Result<Vec<u8>, String> {
+        let key = module_key(digest);
+        let mut object = self
+            .shared
+            .layout
+            .modules
+            .get(&key)
+            .await
+            .map_err(|e| format!("cannot fetch {key} from the module store: {e}"))?;
+        let mut wasm = Vec::new();
+        object
+            .read_to_end(&mut wasm)
+            .await
+            .map_err(|e| format!("cannot read {key} from the module store: {e}"))?;
+        let actual = hex::encode(Sha256::digest(&wasm));
+        if actual != digest {
+            return Err(format!("{key} in the module store has sha256 {actual}"));
+        }
+        Ok(wasm)
+    }
+
+    fn cold_start(&self, function: &FunctionRef, source: &'static str, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(%function, source, seconds, "cold start");
+        self.shared.metrics.cold_start(function, source, seconds);
+    }
+}
+
+/// `<ns>.<fn>` back to the function.
+fn key_function(key: &str) -> Option<FunctionRef> {
+    let (namespace, name) = key.split_once('.')?;
+    FunctionRef::new(namespace, name).ok()
+}

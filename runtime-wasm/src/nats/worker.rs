@@ -1,0 +1,407 @@
+//! Serving one function from its durable consumer: pull as many messages as
+//! there are free slots, run each, then reply, record, dead-letter or
+//! retry, and only then acknowledge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt as _;
+use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
+use sluice_api::{
+    DeadLetter, FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::header_pairs;
+use super::layout::Layout;
+use super::reply;
+use crate::callback::Callbacks;
+use crate::metrics::Metrics;
+use crate::outcome::{Outcome, Settlement};
+use crate::{PreparedFunction, Runtime};
+
+/// How long one pull waits for messages. It bounds how long a stopping
+/// worker keeps taking the messages it asked for.
+const PULL_EXPIRY: Duration = Duration::from_secs(1);
+
+/// What every worker of a node shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub runtime: Runtime,
+    pub layout: Layout,
+    pub client: async_nats::Client,
+    pub metrics: Arc<Metrics>,
+    pub callbacks: Callbacks,
+}
+
+/// A function as a worker serves it.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub prepared: PreparedFunction,
+    pub spec: FunctionSpec,
+}
+
+/// A running worker; stop it with [`Worker::stop`], then await [`Worker::join`].
+#[derive(Debug)]
+pub(crate) struct Worker {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(pull_loop(shared, served, consumer, stopped));
+        Self { stop, task }
+    }
+
+    /// Stops pulling; what was pulled still runs to its acknowledgement.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn pull_loop(
+    shared: Arc<Shared>,
+    served: Arc<Served>,
+    mut consumer: PullConsumer,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let function = &served.prepared.function;
+    let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
+    let mut running = JoinSet::new();
+    let depth = tokio::spawn(report_depth(shared.clone(), served.clone()));
+    loop {
+        while running.try_join_next().is_some() {}
+        // Wait for a free slot, then ask for as many messages as are free,
+        // so every message received has a slot and none waits unacked.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = stopped.wait_for(|stop| *stop) => break,
+        };
+        let Ok(slot) = slot else { break };
+        let free = slots.available_permits() + 1;
+        drop(slot);
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(PULL_EXPIRY)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(%function, error = %e, "cannot pull invocations; retrying");
+                if pause_or_stop(&mut stopped).await {
+                    break;
+                }
+                match shared.layout.consumer(function, &served.spec).await {
+                    Ok(fresh) => consumer = fresh,
+                    Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
+                }
+                continue;
+            }
+        };
+        // A batch is read to its end even when stopping: the server may
+        // already have sent what it holds for this pull.
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    running.spawn(handle(shared.clone(), served.clone(), message, slot));
+                }
+                Err(e) => {
+                    tracing::debug!(%function, error = %e, "pull ended early");
+                    break;
+                }
+            }
+        }
+    }
+    depth.abort();
+    while running.join_next().await.is_some() {}
+    tracing::info!(%function, "stopped serving");
+}
+
+/// Sleeps a little before a retry; true when the worker was told to stop.
+async fn pause_or_stop(stopped: &mut watch::Receiver<bool>) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), stopped.wait_for(|stop| *stop))
+        .await
+        .is_ok()
+}
+
+/// Publishes the consumer's depth (pending + ack-pending) every second.
+async fn report_depth(shared: Arc<Shared>, served: Arc<Served>) {
+    let function = &served.prepared.function;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Ok(info) = shared
+            .layout
+            .invocations
+            .consumer_info(function.consumer_name())
+            .await
+        {
+            let depth = info.num_pending as i64 + info.num_ack_pending as i64;
+            shared.metrics.set_queue_depth(function, depth);
+        }
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    served: Arc<Served>,
+    message: jetstream::Message,
+    _slot: OwnedSemaphorePermit,
+) {
+    let function = &served.prepared.function;
+    let delivered = message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+        .max(1);
+    if delivered > 1 {
+        shared.metrics.redelivered(function);
+    }
+    let pairs = header_pairs(message.headers.as_ref());
+    let header = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| (*v).to_owned())
+    };
+    let invocation = match Invocation::from_wire(pairs.iter().copied(), message.payload.clone()) {
+        Ok(invocation) if invocation.function == *function => invocation,
+        Ok(invocation) => {
+            let reason = format!(
+                "the message names function {} but was queued for {function}",
+                invocation.function
+            );
+            return poison(&shared, &served, &message, &reason, delivered).await;
+        }
+        Err(e) => {
+            let reason = format!("malformed invocation message: {e}");
+            return poison(&shared, &served, &message, &reason, delivered).await;
+        }
+    };
+
+    if let Some(inbox) = header(REPLY_TO_HEADER) {
+        // Synchronous: one attempt, whatever its outcome.
+        let outcome = attempt(&shared, &served, &invocation).await;
+        let (headers, body) = reply::encode(&outcome);
+        if let Err(e) = shared
+            .client
+            .publish_with_headers(inbox, headers, body)
+            .await
+        {
+            tracing::warn!(%function, invocation = %invocation.id, error = %e, "cannot send the reply");
+        }
+        return acknowledge(&message, AckKind::Ack, &invocation.id).await;
+    }
+
+    let retry = &served.spec.retry;
+    if delivered > retry.max_attempts {
+        // Runtimes stopped during the last attempt(s) and the message came back.
+        let error = format!(
+            "delivered {delivered} times but retry.maxAttempts is {}: the runtimes running it stopped before finishing",
+            retry.max_attempts
+        );
+        let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
+        record.state = InvocationState::DeadLettered;
+        record.attempts = delivered;
+        record.error = Some(error.clone());
+        return give_up(
+            &shared,
+            &served,
+            &message,
+            record,
+            &error,
+            header(CALLBACK_HEADER),
+        )
+        .await;
+    }
+
+    let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
+    record.state = InvocationState::Running;
+    record.attempts = delivered;
+    if let Err(e) = store(&shared, &record).await {
+        // Without its record the invocation would be invisible: try later.
+        tracing::warn!(%function, invocation = %invocation.id, error = %e, "cannot record the attempt; retrying later");
+        return acknowledge(
+            &message,
+            AckKind::Nak(Some(Duration::from_secs(1))),
+            &invocation.id,
+        )
+        .await;
+    }
+    let outcome = attempt(&shared, &served, &invocation).await;
+    record.response = outcome.stored_response();
+    match outcome.settle(delivered, retry) {
+        Settlement::Retry { delay, reason } => {
+            record.state = InvocationState::Queued;
+            record.error = Some(reason);
+            if let Err(e) = store(&shared, &record).await {
+                tracing::warn!(%function, invocation = %invocation.id, error = %e, "cannot record the retry");
+            }
+            shared.metrics.retried(function);
+            acknowledge(&message, AckKind::Nak(Some(delay)), &invocation.id).await;
+        }
+        Settlement::Final { state, error } => {
+            record.state = state;
+            record.error = error;
+            if state == InvocationState::DeadLettered {
+                let reason = record.error.clone().unwrap_or_default();
+                give_up(
+                    &shared,
+                    &served,
+                    &message,
+                    record,
+                    &reason,
+                    header(CALLBACK_HEADER),
+                )
+                .await;
+                return;
+            }
+            finish(&shared, &message, record, header(CALLBACK_HEADER)).await;
+        }
+    }
+}
+
+/// Runs one attempt and counts it.
+async fn attempt(shared: &Shared, served: &Served, invocation: &Invocation) -> Outcome {
+    let started = Instant::now();
+    let outcome = shared.runtime.invoke(&served.prepared, invocation).await;
+    shared.metrics.attempt_finished(
+        &invocation.function,
+        outcome.label(),
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(reason) = outcome.reason() {
+        tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
+    }
+    outcome
+}
+
+/// Dead-letters an async invocation, then records and acknowledges it.
+async fn give_up(
+    shared: &Shared,
+    served: &Served,
+    message: &jetstream::Message,
+    record: InvocationRecord,
+    reason: &str,
+    callback: Option<String>,
+) {
+    if let Err(e) = dead_letter(shared, served, message, reason, record.attempts).await {
+        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot dead-letter; retrying later");
+        return acknowledge(
+            message,
+            AckKind::Nak(Some(Duration::from_secs(1))),
+            &record.id,
+        )
+        .await;
+    }
+    finish(shared, message, record, callback).await;
+}
+
+/// Stores the final record, then acknowledges, then calls back: a crash in
+/// between runs the invocation again rather than losing it.
+async fn finish(
+    shared: &Shared,
+    message: &jetstream::Message,
+    record: InvocationRecord,
+    callback: Option<String>,
+) {
+    if let Err(e) = store(shared, &record).await {
+        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot store the result; retrying later");
+        return acknowledge(
+            message,
+            AckKind::Nak(Some(Duration::from_secs(1))),
+            &record.id,
+        )
+        .await;
+    }
+    acknowledge(message, AckKind::Ack, &record.id).await;
+    if let Some(url) = callback {
+        shared.callbacks.deliver(url, record);
+    }
+}
+
+/// A message that can never run: dead-letter it with the reason, drop it.
+async fn poison(
+    shared: &Shared,
+    served: &Served,
+    message: &jetstream::Message,
+    reason: &str,
+    delivered: u32,
+) {
+    let function = &served.prepared.function;
+    tracing::warn!(%function, subject = %message.subject, %reason, "dead-lettering a message that cannot run");
+    match dead_letter(shared, served, message, reason, delivered).await {
+        Ok(()) => {
+            if let Err(e) = message.double_ack_with(AckKind::Term).await {
+                tracing::warn!(%function, error = %e, "cannot drop a dead-lettered message");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%function, error = %e, "cannot dead-letter; retrying later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}
+
+/// Republishes the original message on the dead-letter subject, with why.
+async fn dead_letter(
+    shared: &Shared,
+    served: &Served,
+    message: &jetstream::Message,
+    reason: &str,
+    attempts: u32,
+) -> Result<(), String> {
+    let function = &served.prepared.function;
+    let mut headers = message.headers.clone().unwrap_or_default();
+    for (name, value) in DeadLetter::headers(reason, attempts, message.subject.as_str()) {
+        headers.insert(name, value.as_str());
+    }
+    let subject = served.spec.dead_letter_subject(function);
+    shared
+        .layout
+        .js
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    shared.metrics.dead_lettered(function);
+    tracing::warn!(%function, %reason, "dead-lettered");
+    Ok(())
+}
+
+async fn store(shared: &Shared, record: &InvocationRecord) -> Result<(), String> {
+    let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+    shared
+        .layout
+        .results
+        .put(record.id.as_str(), json.into())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Acknowledges and waits for the server to confirm, so that a runtime
+/// that exits after this has really handed the message back or off.
+async fn acknowledge(message: &jetstream::Message, kind: AckKind, id: &InvocationId) {
+    if let Err(e) = message.double_ack_with(kind).await {
+        tracing::warn!(invocation = %id, error = %e, "acknowledgement not confirmed; the message may be redelivered");
+    }
+}
