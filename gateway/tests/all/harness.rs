@@ -61,21 +61,26 @@ pub struct NatsStack {
 impl NatsStack {
     /// Starts a nats-server and a runtime node serving its registry.
     pub async fn start() -> Self {
+        let mut stack = Self::without_runtime(LayoutConfig::default()).await;
+        let mut config = NodeConfig::new(&stack.server.url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(stack._artifacts.path().to_owned());
+        stack.node = Some(node::start(config).await.expect("the runtime node starts"));
+        stack
+    }
+
+    /// Starts a nats-server and creates the layout with `layout`'s limits;
+    /// no runtime serves anything.
+    pub async fn without_runtime(layout: LayoutConfig) -> Self {
         let server = NatsServer::start();
         let artifacts = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::new(&server.url);
-        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.artifacts = Some(artifacts.path().to_owned());
-        let node = node::start(config).await.expect("the runtime node starts");
         let client = sluice_runtime::nats::connect(&server.url, "test-publisher")
             .await
             .unwrap();
-        let layout = Layout::ensure(client, &LayoutConfig::default())
-            .await
-            .unwrap();
+        let layout = Layout::ensure(client, &layout).await.unwrap();
         Self {
             server,
-            node: Some(node),
+            node: None,
             publisher: Publisher::new(layout.clone()),
             layout,
             _artifacts: artifacts,
@@ -194,6 +199,18 @@ impl TestGateway {
                 }
                 gateway
             }
+        }
+    }
+
+    /// A client of a gateway running elsewhere (another process).
+    pub fn remote(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            admin: addr,
+            gateway: None,
+            nats: None,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _dir: tempfile::tempdir().unwrap(),
         }
     }
 

@@ -7,6 +7,7 @@ mod harness;
 
 mod async_invocations;
 mod bad_input;
+mod distributed;
 mod hostile;
 mod nats;
 mod publish;

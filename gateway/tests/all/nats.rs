@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     pub url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 fn binary() -> PathBuf {
@@ -23,23 +24,7 @@ impl NatsServer {
         let dir = tempfile::tempdir().unwrap();
         // Room for a 1 MiB body plus headers, and for 6 MiB responses.
         std::fs::write(dir.path().join("nats.conf"), "max_payload: 8MB\n").unwrap();
-        let child = Command::new(binary())
-            .arg("-c")
-            .arg(dir.path().join("nats.conf"))
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "--http_port", "0"])
-            .arg("-sd")
-            .arg(dir.path().join("store"))
-            .arg("--ports_file_dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); scripts/test.sh installs nats-server and sets SLUICE_NATS_SERVER",
-                    binary().display()
-                )
-            });
+        let child = spawn(&dir, -1);
         let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
         let started = Instant::now();
         let url = loop {
@@ -55,17 +40,66 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
         Self {
-            child,
+            child: Some(child),
             url,
-            _dir: dir,
+            port,
+            dir,
+        }
+    }
+
+    /// Kills the server (SIGKILL): no goodbye to clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM: it flushes its file store)
+    /// and starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        self.child = Some(spawn(&self.dir, i32::from(self.port)));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not restart in 10s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
+fn spawn(dir: &tempfile::TempDir, port: i32) -> Child {
+    Command::new(binary())
+        .arg("-c")
+        .arg(dir.path().join("nats.conf"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js"])
+        .arg("-sd")
+        .arg(dir.path().join("store"))
+        .arg("--ports_file_dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); scripts/test.sh installs nats-server and sets SLUICE_NATS_SERVER",
+                binary().display()
+            )
+        })
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -1,0 +1,583 @@
+//! NATS mode as it is deployed: `sluice-gateway --nats` and `sluice-runtime`
+//! as separate processes around a real nats-server, with runtimes and the
+//! server killed, stopped and restarted under load.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use http::{Method, StatusCode};
+use sluice_api::InvocationId;
+use sluice_runtime::nats::layout::LayoutConfig;
+use tokio::sync::Mutex;
+
+use crate::harness::{NatsStack, TestGateway, with_components};
+use crate::nats::NatsServer;
+
+/// A child process, killed when dropped; its stderr goes to a log file.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+fn gateway_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice-gateway"))
+}
+
+/// `sluice-runtime` is built next to `sluice-gateway` (its package has
+/// integration tests, so `cargo test --workspace` builds it).
+fn runtime_binary() -> PathBuf {
+    let path = gateway_binary().with_file_name("sluice-runtime");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p sluice-runtime`",
+        path.display()
+    );
+    path
+}
+
+impl Process {
+    fn spawn(mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn runtime(nats: &str, dir: &Path, name: &str) -> Self {
+        let mut command = Command::new(runtime_binary());
+        command
+            .args([
+                "--nats",
+                nats,
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-json",
+            ])
+            .arg("--artifacts")
+            .arg(dir.join("artifacts"));
+        Self::spawn(command, dir.join(format!("{name}.log")))
+    }
+
+    /// Starts a gateway and returns it with the address it serves.
+    async fn gateway(nats: &str, dir: &Path) -> (Self, SocketAddr) {
+        let mut command = Command::new(gateway_binary());
+        command.args([
+            "--nats",
+            nats,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-json",
+        ]);
+        let process = Self::spawn(command, dir.join("gateway.log"));
+        let line = process.wait_for_log("\"serving\"").await;
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = json["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        (process, addr)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to 30s for a log line containing `needle`.
+    async fn wait_for_log(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no {needle} in {} after 30s:\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "still running after {limit:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const ECHO: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: echo }
+spec:
+  module: { file: "{echo}" }
+  triggers: { nats: [ { subject: orders.created } ] }
+"#;
+
+const HELLO: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: hello }
+spec:
+  module: { file: "{hello}" }
+"#;
+
+/// Sleeps `/sleep/<ms>`: long enough that a runtime always holds some.
+const SLOW: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: slow }
+spec:
+  module: { file: "{misbehave}" }
+  timeout: 2s
+  concurrency: 16
+"#;
+
+/// A folder holding `manifests` as a manifest file.
+fn manifests(manifests: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.yaml"), with_components(manifests)).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    stack.publish_dir(manifests(ECHO).path()).await;
+    let _a = Process::runtime(&stack.server.url, work.path(), "runtime-a");
+    let _b = Process::runtime(&stack.server.url, work.path(), "runtime-b");
+    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
+    let gw = TestGateway::remote(addr);
+    gw.wait_routed("default/echo").await;
+    stack.wait_serving(&"default/echo".parse().unwrap()).await;
+    // The gateway subscribes to trigger subjects once routed; give the
+    // subscription a moment to reach the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = async_nats::connect(&stack.server.url).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "order-17");
+    headers.insert("Content-Type", "application/json");
+    client
+        .publish_with_headers("orders.created", headers, r#"{"order":17}"#.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let id = InvocationId::for_idempotency_key(&"default/echo".parse().unwrap(), "order-17");
+    let record = wait_record(&gw, &id).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let seen = &record["response"]["headers"];
+    assert_eq!(seen["x-echo-method"], "POST", "{record}");
+    assert_eq!(seen["x-echo-path"], "/", "{record}");
+    assert_eq!(seen["x-echo-h-ce-specversion"], "1.0");
+    assert_eq!(seen["x-echo-h-ce-id"], "order-17");
+    assert_eq!(seen["x-echo-h-ce-type"], "dev.sluice.nats.message");
+    assert_eq!(seen["x-echo-h-ce-subject"], "orders.created");
+    let source = seen["x-echo-h-ce-source"].as_str().unwrap();
+    assert!(
+        source.starts_with("nats://127.0.0.1:") && source.ends_with("/orders.created"),
+        "{source}"
+    );
+    let time = seen["x-echo-h-ce-time"].as_str().unwrap();
+    assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+    assert_eq!(seen["x-echo-h-content-type"], "application/json");
+    let body = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        record["response"]["body"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body, br#"{"order":17}"#);
+
+    // A function published while everything runs becomes callable.
+    assert_eq!(
+        gw.get("/fn/default/hello").await.status,
+        StatusCode::NOT_FOUND
+    );
+    stack.publish_dir(manifests(HELLO).path()).await;
+    let started = Instant::now();
+    loop {
+        let reply = gw.get("/fn/default/hello").await;
+        if reply.status == StatusCode::OK {
+            assert_eq!(reply.text(), "Hello from Sluice!\n");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "hello not callable 30s after publishing: {} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the record of `id` until it is final; 404 while not yet accepted.
+async fn wait_record(gw: &TestGateway, id: &InvocationId) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let reply = gw.get(&format!("/invocations/{id}?wait=5s")).await;
+        if reply.status == StatusCode::OK {
+            let record = reply.json();
+            if !["queued", "running"].contains(&record["state"].as_str().unwrap()) {
+                return record;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{id} not final after 30s: {} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits `total` async invocations of `path` from 16 concurrent clients
+/// and returns the ids of those accepted (202). Requests refused while
+/// NATS is away are sent again; `during` runs once `trigger_at` are
+/// accepted. Gives up after 90s.
+async fn submit_all(
+    gw: Arc<TestGateway>,
+    path: &'static str,
+    total: usize,
+    trigger_at: usize,
+    during: impl FnOnce() + Send + 'static,
+) -> Vec<String> {
+    let accepted = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let issued = Arc::new(AtomicUsize::new(0));
+    let during = Arc::new(std::sync::Mutex::new(Some(during)));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (gw, accepted, issued, during) =
+                (gw.clone(), accepted.clone(), issued.clone(), during.clone());
+            tokio::spawn(async move {
+                while issued.fetch_add(1, Ordering::SeqCst) < total {
+                    loop {
+                        assert!(
+                            started.elapsed() < Duration::from_secs(90),
+                            "submitting took over 90s"
+                        );
+                        let reply = gw.send(Method::POST, path, &[], "").await;
+                        match reply.status {
+                            StatusCode::ACCEPTED => {
+                                let id = reply.json()["id"].as_str().unwrap().to_owned();
+                                let mut ids = accepted.lock().await;
+                                ids.push(id);
+                                if ids.len() == trigger_at {
+                                    let run = during.lock().unwrap().take();
+                                    if let Some(run) = run {
+                                        tokio::task::spawn_blocking(run);
+                                    }
+                                }
+                                break;
+                            }
+                            StatusCode::SERVICE_UNAVAILABLE => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            other => panic!("unexpected {other}: {}", reply.text()),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    Arc::try_unwrap(accepted).unwrap().into_inner()
+}
+
+/// Waits until every id is final and returns the records.
+async fn final_records(gw: &TestGateway, ids: &[String]) -> Vec<serde_json::Value> {
+    let mut records = Vec::with_capacity(ids.len());
+    for id in ids {
+        records.push(wait_record(gw, &InvocationId::parse(id).unwrap()).await);
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_a_runtime_is_killed() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    stack.publish_dir(manifests(SLOW).path()).await;
+    let victim = Process::runtime(&stack.server.url, work.path(), "runtime-a");
+    let _survivor = Process::runtime(&stack.server.url, work.path(), "runtime-b");
+    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
+    let gw = Arc::new(TestGateway::remote(addr));
+    gw.wait_routed("default/slow").await;
+    stack.wait_serving(&"default/slow".parse().unwrap()).await;
+
+    let pid = victim.child.id().to_string();
+    let ids = submit_all(
+        gw.clone(),
+        "/async/fn/default/slow/sleep/20",
+        2000,
+        700,
+        move || {
+            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        },
+    )
+    .await;
+    assert_eq!(ids.len(), 2000);
+    let records = final_records(&gw, &ids).await;
+    let distinct: HashSet<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        distinct.len(),
+        2000,
+        "every accepted invocation has a record"
+    );
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r["state"] != "succeeded")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} not succeeded, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+    // The kill really cut work short: what the victim held came back.
+    let redelivered = records
+        .iter()
+        .filter(|r| r["attempts"].as_u64() > Some(1))
+        .count();
+    assert!(
+        redelivered > 0,
+        "the killed runtime held nothing; the test proved nothing"
+    );
+    drop(victim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_nats_restarts() {
+    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    stack.publish_dir(manifests(SLOW).path()).await;
+    let _runtime = Process::runtime(&stack.server.url, work.path(), "runtime");
+    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
+    let gw = Arc::new(TestGateway::remote(addr));
+    gw.wait_routed("default/slow").await;
+    stack.wait_serving(&"default/slow".parse().unwrap()).await;
+
+    // The server is restarted from the test's thread pool while submits go on.
+    let server = Arc::new(std::sync::Mutex::new(std::mem::replace(
+        &mut stack.server,
+        NatsServer::start(),
+    )));
+    let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (server2, restarted2) = (server.clone(), restarted.clone());
+    let ids = submit_all(
+        gw.clone(),
+        "/async/fn/default/slow/sleep/5",
+        2000,
+        700,
+        move || {
+            server2.lock().unwrap().restart();
+            restarted2.store(true, Ordering::SeqCst);
+        },
+    )
+    .await;
+    assert!(restarted.load(Ordering::SeqCst), "the server was restarted");
+    assert_eq!(ids.len(), 2000);
+    let records = final_records(&gw, &ids).await;
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r["state"] != "succeeded")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} not succeeded, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_stopped_under_load_finishes_what_it_holds_and_exits_0() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    stack.publish_dir(manifests(SLOW).path()).await;
+    let mut stopped = Process::runtime(&stack.server.url, work.path(), "runtime-a");
+    let _other = Process::runtime(&stack.server.url, work.path(), "runtime-b");
+    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
+    let gw = Arc::new(TestGateway::remote(addr));
+    gw.wait_routed("default/slow").await;
+    stack.wait_serving(&"default/slow".parse().unwrap()).await;
+
+    let pid = stopped.child.id().to_string();
+    let ids = submit_all(
+        gw.clone(),
+        "/async/fn/default/slow/sleep/50",
+        600,
+        200,
+        move || {
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        },
+    )
+    .await;
+    let status = stopped.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit {status}:\n{}", stopped.log_text());
+    let records = final_records(&gw, &ids).await;
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r["state"] != "succeeded")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} not succeeded, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+    let redelivered: Vec<_> = records.iter().filter(|r| r["attempts"] != 1).collect();
+    assert!(
+        redelivered.is_empty(),
+        "{} redelivered because of the shutdown, e.g. {}",
+        redelivered.len(),
+        redelivered[0]
+    );
+    let log = stopped.log_text();
+    assert!(log.contains("draining"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_dead_lettered_with_its_reason_and_serving_goes_on() {
+    let gw = TestGateway::start(crate::harness::Backend::Nats, ECHO).await;
+    let stack = gw.nats.as_ref().unwrap();
+    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
+    js.publish("sluice.invoke.default.echo", "not an invocation".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let letters = loop {
+        let letters = gw.get("/dead-letters/default/echo").await.json();
+        if !letters.as_array().unwrap().is_empty() {
+            break letters;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.as_array().unwrap().len(), 1, "{letters}");
+    assert_eq!(
+        letters[0]["reason"],
+        "malformed invocation message: missing header Sluice-Version"
+    );
+    assert_eq!(letters[0]["function"], "default/echo");
+    assert!(letters[0].get("id").is_none(), "{letters}");
+    // The stored letter keeps the original body.
+    let dlq = js.get_stream("SLUICE_DEAD_LETTERS").await.unwrap();
+    let raw = dlq
+        .get_last_raw_message_by_subject("sluice.dlq.default.echo")
+        .await
+        .unwrap();
+    assert_eq!(raw.payload.as_ref(), b"not an invocation");
+
+    let reply = gw
+        .send(Method::POST, "/fn/default/echo/", &[], "still here")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_gets_429_nats_down_503_and_the_gateway_recovers_by_itself() {
+    let layout = LayoutConfig {
+        max_queue_depth: 3,
+        ..LayoutConfig::default()
+    };
+    let stack = NatsStack::without_runtime(layout).await;
+    let dir = manifests(HELLO);
+    stack.publish_dir(dir.path()).await;
+    let mut gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/hello").await;
+
+    // No runtime takes anything: the fourth queued invocation is refused.
+    for _ in 0..3 {
+        let reply = gw
+            .send(Method::POST, "/async/fn/default/hello", &[], "")
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    }
+    let full = gw
+        .send(Method::POST, "/async/fn/default/hello", &[], "")
+        .await;
+    assert_eq!(
+        full.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        full.text()
+    );
+    assert_eq!(full.json()["error"], "queue_full");
+
+    gw.nats.as_mut().unwrap().server.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for path in ["/async/fn/default/hello", "/fn/default/hello"] {
+        let down = gw.send(Method::POST, path, &[], "").await;
+        assert_eq!(
+            down.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            down.text()
+        );
+        assert_eq!(down.json()["error"], "unavailable");
+        assert!(down.json()["message"].as_str().unwrap().contains("NATS"));
+    }
+
+    gw.nats.as_mut().unwrap().server.restart();
+    let started = Instant::now();
+    loop {
+        // Back with the queue as it was (file storage): full again.
+        let reply = gw
+            .send(Method::POST, "/async/fn/default/hello", &[], "")
+            .await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the gateway did not recover within 20s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
