@@ -1,0 +1,219 @@
+//! NATS mode specifics (in one process, talking only through a real
+//! nats-server): following the registry, dedicated runtimes, precompiled
+//! cold starts, durable event consumption.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use http::StatusCode;
+use sluice_api::InvocationId;
+use sluice_api::names::FunctionRef;
+use sluice_runtime::nats::layout::LayoutConfig;
+use sluice_runtime::nats::node::{self, NodeConfig};
+
+use crate::harness::{Backend, NatsStack, TestGateway, metric, with_components};
+
+fn hello(greeting: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: hello }}
+spec:
+  module: {{ file: "{{hello}}" }}
+  env: [ {{ name: GREETING, value: {greeting} }} ]
+"#
+    )
+}
+
+const ECHO_ON_ORDERS: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: echo }
+spec:
+  module: { file: "{echo}" }
+  triggers: { nats: [ { subject: orders.created } ] }
+"#;
+
+/// Calls `path` until the answer satisfies `done`, for up to 30s.
+async fn eventually(gw: &TestGateway, path: &str, done: impl Fn(StatusCode, &str) -> bool) {
+    let started = Instant::now();
+    loop {
+        let reply = gw.get(path).await;
+        if done(reply.status, &reply.text()) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{path} still answers {} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn manifest_dir(manifests: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.yaml"), with_components(manifests)).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_and_removed_functions_take_effect_without_restart() {
+    let gw = TestGateway::start(Backend::Nats, &hello("One")).await;
+    assert_eq!(gw.get("/fn/default/hello").await.text(), "One from Sluice!\n");
+
+    let stack = gw.nats.as_ref().unwrap();
+    stack.publish_dir(manifest_dir(&hello("Two")).path()).await;
+    eventually(&gw, "/fn/default/hello", |s, t| {
+        s == StatusCode::OK && t == "Two from Sluice!\n"
+    })
+    .await;
+
+    stack
+        .publisher
+        .unpublish(&"default/hello".parse().unwrap())
+        .await
+        .unwrap();
+    eventually(&gw, "/fn/default/hello", |s, _| s == StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_runtime_serves_only_its_function() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let dir = manifest_dir(&format!("{}---{ECHO_ON_ORDERS}", hello("Hi")));
+    stack.publish_dir(dir.path()).await;
+    let mut config = NodeConfig::new(&stack.server.url);
+    config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.function = Some("default/echo".parse().unwrap());
+    let node = node::start(config).await.unwrap();
+    let echo: FunctionRef = "default/echo".parse().unwrap();
+    stack.wait_serving(&echo).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+    let reply = gw.get("/fn/default/echo/x").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-echo-path"), "/x");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hello_consumer = gw
+        .nats
+        .as_ref()
+        .unwrap()
+        .layout
+        .invocations
+        .consumer_info("fn-default-hello")
+        .await;
+    assert!(
+        hello_consumer.is_err(),
+        "the dedicated runtime opened hello's consumer"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = NodeConfig::new(&stack.server.url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(artifacts.path().to_owned());
+        config
+    };
+    stack.publish_dir(manifest_dir(&hello("Hi")).path()).await;
+    let hello: FunctionRef = "default/hello".parse().unwrap();
+
+    let first = node::start(config()).await.unwrap();
+    stack.wait_serving(&hello).await;
+    let cold_start = |text: &str, source: &str| {
+        metric(
+            text,
+            &format!(
+                r#"sluice_cold_start_seconds_count{{function="default/hello",source="{source}"}}"#
+            ),
+        )
+    };
+    let text = first.metrics.encode();
+    assert_eq!(cold_start(&text, "fetched"), 1.0, "{text}");
+    first.shutdown().await;
+
+    let second = node::start(config()).await.unwrap();
+    let started = Instant::now();
+    while cold_start(&second.metrics.encode(), "precompiled") < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            second.metrics.encode()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cold_start(&second.metrics.encode(), "fetched"), 0.0);
+    let gw = TestGateway::on_nats(stack, tempfile::tempdir().unwrap()).await;
+    gw.wait_routed("default/hello").await;
+    assert_eq!(gw.get("/fn/default/hello").await.text(), "Hi from Sluice!\n");
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_stored() {
+    let stack = NatsStack::start().await;
+    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = manifest_dir(ECHO_ON_ORDERS);
+    stack.publish_dir(dir.path()).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+
+    // Published before anything may be consuming: the stream keeps it.
+    js.publish("orders.created", "order 1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let id = InvocationId::for_idempotency_key(&"default/echo".parse().unwrap(), "ORDERS-1");
+    let started = Instant::now();
+    let record = loop {
+        let reply = gw.get(&format!("/invocations/{id}?wait=5s")).await;
+        if reply.status == StatusCode::OK && reply.json()["state"] == "succeeded" {
+            break reply.json();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["response"]["headers"]["x-echo-h-ce-id"], "ORDERS-1");
+    assert_eq!(
+        record["response"]["headers"]["x-echo-h-ce-subject"],
+        "orders.created"
+    );
+
+    let orders = js.get_stream("ORDERS").await.unwrap();
+    let mut names = orders.consumer_names();
+    let name = futures::StreamExt::next(&mut names)
+        .await
+        .expect("a durable consumer exists")
+        .unwrap();
+    assert!(name.starts_with("sluice-events-default-echo-"), "{name}");
+    let started = Instant::now();
+    loop {
+        let info = orders.consumer_info(&name).await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
