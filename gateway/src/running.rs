@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_runtime::admin::Admin;
-use sluice_runtime::server::serve;
+use sluice_runtime::server::{Service, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::http::Gateway;
 
@@ -26,8 +25,7 @@ pub struct ListenError {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    service: Service,
 }
 
 impl RunningGateway {
@@ -40,19 +38,11 @@ impl RunningGateway {
     ) -> Result<Self, ListenError> {
         let (listener, addr) = bind(listen).await?;
         let (admin_listener, admin_addr) = bind(admin_listen).await?;
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        let service = Service::spawn(|stop| async move {
             let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-            let admin_task = tokio::spawn(serve(
-                admin_listener,
-                Arc::new(move |request| {
-                    let response = admin.handle(&request);
-                    async move { response }
-                }),
-                async {
-                    let _ = admin_stopped.await;
-                },
-            ));
+            let admin_task = tokio::spawn(admin.serve(admin_listener, async {
+                let _ = admin_stopped.await;
+            }));
             serve(
                 listener,
                 Arc::new(move |request| {
@@ -60,7 +50,7 @@ impl RunningGateway {
                     async move { gateway.handle(request).await }
                 }),
                 async {
-                    let _ = shutdown_rx.await;
+                    let _ = stop.await;
                 },
             )
             .await;
@@ -70,22 +60,18 @@ impl RunningGateway {
         Ok(Self {
             addr,
             admin_addr,
-            shutdown: Some(shutdown_tx),
-            task,
+            service,
         })
     }
 
     /// Stops accepting requests and waits for open ones to finish.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
+    pub async fn shutdown(self) {
+        self.service.shutdown().await;
     }
 
     /// Waits until the gateway stops (it stops only by `shutdown`).
     pub async fn wait(&mut self) {
-        let _ = (&mut self.task).await;
+        self.service.wait().await;
     }
 }
 

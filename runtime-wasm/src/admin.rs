@@ -16,6 +16,23 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Serves the admin endpoints on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        crate::server::serve(
+            listener,
+            Arc::new(move |request| {
+                let response = self.handle(&request);
+                async move { response }
+            }),
+            shutdown,
+        )
+        .await;
+    }
+
     pub fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let (status, content_type, body) = match request.uri().path() {
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

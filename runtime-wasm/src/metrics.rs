@@ -115,6 +115,26 @@ impl Metrics {
         }
     }
 
+    /// Runs one attempt of `invocation`, counts it and logs why it failed.
+    pub async fn attempt(
+        &self,
+        runtime: &crate::Runtime,
+        function: &crate::PreparedFunction,
+        invocation: &sluice_api::Invocation,
+    ) -> crate::Outcome {
+        let started = std::time::Instant::now();
+        let outcome = runtime.invoke(function, invocation).await;
+        self.attempt_finished(
+            &invocation.function,
+            outcome.label(),
+            started.elapsed().as_secs_f64(),
+        );
+        if let Some(reason) = outcome.reason() {
+            tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
+        }
+        outcome
+    }
+
     pub fn attempt_finished(&self, function: &FunctionRef, outcome: &'static str, seconds: f64) {
         self.invocations
             .get_or_create(&OutcomeLabels {

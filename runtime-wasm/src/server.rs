@@ -53,3 +53,37 @@ where
     }
     graceful.shutdown().await;
 }
+
+/// A task that runs until told to stop, then finishes what it holds.
+#[derive(Debug)]
+pub struct Service {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Spawns `run`, which receives the stop signal.
+    pub fn spawn<F>(run: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (shutdown, stop) = tokio::sync::oneshot::channel();
+        Self {
+            shutdown: Some(shutdown),
+            task: tokio::spawn(run(stop)),
+        }
+    }
+
+    /// Tells the task to stop and waits until it has.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the task ends (it ends only by `shutdown`).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}

@@ -315,20 +315,10 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
 }
 
 async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome {
-    let started = Instant::now();
-    let outcome = state
-        .runtime
-        .invoke(&lane.function.prepared, invocation)
-        .await;
-    state.metrics.attempt_finished(
-        &invocation.function,
-        outcome.label(),
-        started.elapsed().as_secs_f64(),
-    );
-    if let Some(reason) = outcome.reason() {
-        tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
-    }
-    outcome
+    state
+        .metrics
+        .attempt(&state.runtime, &lane.function.prepared, invocation)
+        .await
 }
 
 /// Acts on what follows an async attempt: done, retry later, or dead letter.

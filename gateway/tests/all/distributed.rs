@@ -16,7 +16,7 @@ use sluice_api::InvocationId;
 use sluice_runtime::nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
-use crate::harness::{NatsStack, TestGateway, with_components};
+use crate::harness::{NatsStack, TestGateway, eventually, manifest_dir};
 use crate::nats::NatsServer;
 
 /// A child process, killed when dropped; its stderr goes to a log file.
@@ -94,35 +94,29 @@ impl Process {
 
     /// Waits up to 30s for a log line containing `needle`.
     async fn wait_for_log(&self, needle: &str) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(line) = self.log_text().lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no {needle} in {} after 30s:\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            &format!("{} has a line with {needle}", self.log.display()),
+            Duration::from_secs(30),
+            async || {
+                let text = self.log_text();
+                let line = text.lines().find(|l| l.contains(needle)).map(str::to_owned);
+                line.ok_or(text)
+            },
+        )
+        .await
     }
 
     /// Waits up to `limit` for the process to exit.
     async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "still running after {limit:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log = self.log.clone();
+        let child = &mut self.child;
+        eventually("the process exits", limit, async || {
+            child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| std::fs::read_to_string(&log).unwrap_or_default())
+        })
+        .await
     }
 }
 
@@ -161,29 +155,51 @@ spec:
   concurrency: 16
 "#;
 
-/// A folder holding `manifests` as a manifest file.
-fn manifests(manifests: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("f.yaml"), with_components(manifests)).unwrap();
-    dir
+/// A nats-server with `manifests` published, runtime processes and a
+/// gateway process, and a client of that gateway.
+struct Cluster {
+    stack: NatsStack,
+    runtimes: Vec<Process>,
+    _gateway: Process,
+    gw: Arc<TestGateway>,
+    _work: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `runtimes` runtimes and a gateway; returns once `function` is
+    /// routed and served.
+    async fn start(manifest: &str, runtimes: usize, function: &str) -> Self {
+        let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+        let work = tempfile::tempdir().unwrap();
+        stack.publish_dir(manifest_dir(manifest).path()).await;
+        let runtimes = (0..runtimes)
+            .map(|i| Process::runtime(&stack.server.url, work.path(), &format!("runtime-{i}")))
+            .collect();
+        let (gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
+        let gw = Arc::new(TestGateway::remote(addr));
+        gw.wait_routed(function).await;
+        stack.wait_serving(&function.parse().unwrap()).await;
+        Self {
+            stack,
+            runtimes,
+            _gateway: gateway,
+            gw,
+            _work: work,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
-    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
-    let work = tempfile::tempdir().unwrap();
-    stack.publish_dir(manifests(ECHO).path()).await;
-    let _a = Process::runtime(&stack.server.url, work.path(), "runtime-a");
-    let _b = Process::runtime(&stack.server.url, work.path(), "runtime-b");
-    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
-    let gw = TestGateway::remote(addr);
-    gw.wait_routed("default/echo").await;
-    stack.wait_serving(&"default/echo".parse().unwrap()).await;
+    let cluster = Cluster::start(ECHO, 2, "default/echo").await;
+    let gw = &cluster.gw;
     // The gateway subscribes to trigger subjects once routed; give the
     // subscription a moment to reach the server.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let client = async_nats::connect(&stack.server.url).await.unwrap();
+    let client = async_nats::connect(&cluster.stack.server.url)
+        .await
+        .unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "order-17");
     headers.insert("Content-Type", "application/json");
@@ -193,7 +209,7 @@ async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
         .unwrap();
     client.flush().await.unwrap();
     let id = InvocationId::for_idempotency_key(&"default/echo".parse().unwrap(), "order-17");
-    let record = wait_record(&gw, &id).await;
+    let record = gw.wait_record(id.as_str()).await;
     assert_eq!(record["state"], "succeeded", "{record}");
     let seen = &record["response"]["headers"];
     assert_eq!(seen["x-echo-method"], "POST", "{record}");
@@ -222,43 +238,11 @@ async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
         gw.get("/fn/default/hello").await.status,
         StatusCode::NOT_FOUND
     );
-    stack.publish_dir(manifests(HELLO).path()).await;
-    let started = Instant::now();
-    loop {
-        let reply = gw.get("/fn/default/hello").await;
-        if reply.status == StatusCode::OK {
-            assert_eq!(reply.text(), "Hello from Sluice!\n");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "hello not callable 30s after publishing: {} {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls the record of `id` until it is final; 404 while not yet accepted.
-async fn wait_record(gw: &TestGateway, id: &InvocationId) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let reply = gw.get(&format!("/invocations/{id}?wait=5s")).await;
-        if reply.status == StatusCode::OK {
-            let record = reply.json();
-            if !["queued", "running"].contains(&record["state"].as_str().unwrap()) {
-                return record;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{id} not final after 30s: {} {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.stack.publish_dir(manifest_dir(HELLO).path()).await;
+    let reply = gw
+        .wait_answer("/fn/default/hello", |r| r.status == StatusCode::OK)
+        .await;
+    assert_eq!(reply.text(), "Hello from Sluice!\n");
 }
 
 /// Submits `total` async invocations of `path` from 16 concurrent clients
@@ -317,44 +301,17 @@ async fn submit_all(
     Arc::try_unwrap(accepted).unwrap().into_inner()
 }
 
-/// Waits until every id is final and returns the records.
-async fn final_records(gw: &TestGateway, ids: &[String]) -> Vec<serde_json::Value> {
+/// Waits until every id is final, checks that each has its own record and
+/// succeeded, and returns the records.
+async fn all_succeeded(gw: &TestGateway, ids: &[String]) -> Vec<serde_json::Value> {
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
-        records.push(wait_record(gw, &InvocationId::parse(id).unwrap()).await);
+        records.push(gw.wait_record(id).await);
     }
-    records
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_accepted_invocation_is_lost_when_a_runtime_is_killed() {
-    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
-    let work = tempfile::tempdir().unwrap();
-    stack.publish_dir(manifests(SLOW).path()).await;
-    let victim = Process::runtime(&stack.server.url, work.path(), "runtime-a");
-    let _survivor = Process::runtime(&stack.server.url, work.path(), "runtime-b");
-    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
-    let gw = Arc::new(TestGateway::remote(addr));
-    gw.wait_routed("default/slow").await;
-    stack.wait_serving(&"default/slow".parse().unwrap()).await;
-
-    let pid = victim.child.id().to_string();
-    let ids = submit_all(
-        gw.clone(),
-        "/async/fn/default/slow/sleep/20",
-        2000,
-        700,
-        move || {
-            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-        },
-    )
-    .await;
-    assert_eq!(ids.len(), 2000);
-    let records = final_records(&gw, &ids).await;
-    let distinct: HashSet<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let distinct: HashSet<&str> = records.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(
         distinct.len(),
-        2000,
+        ids.len(),
         "every accepted invocation has a record"
     );
     let failed: Vec<_> = records
@@ -367,6 +324,26 @@ async fn no_accepted_invocation_is_lost_when_a_runtime_is_killed() {
         failed.len(),
         failed[0]
     );
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_a_runtime_is_killed() {
+    let cluster = Cluster::start(SLOW, 2, "default/slow").await;
+    let gw = cluster.gw.clone();
+    let pid = cluster.runtimes[0].child.id().to_string();
+    let ids = submit_all(
+        gw.clone(),
+        "/async/fn/default/slow/sleep/20",
+        2000,
+        700,
+        move || {
+            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        },
+    )
+    .await;
+    assert_eq!(ids.len(), 2000);
+    let records = all_succeeded(&gw, &ids).await;
     // The kill really cut work short: what the victim held came back.
     let redelivered = records
         .iter()
@@ -376,23 +353,15 @@ async fn no_accepted_invocation_is_lost_when_a_runtime_is_killed() {
         redelivered > 0,
         "the killed runtime held nothing; the test proved nothing"
     );
-    drop(victim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_accepted_invocation_is_lost_when_nats_restarts() {
-    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
-    let work = tempfile::tempdir().unwrap();
-    stack.publish_dir(manifests(SLOW).path()).await;
-    let _runtime = Process::runtime(&stack.server.url, work.path(), "runtime");
-    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
-    let gw = Arc::new(TestGateway::remote(addr));
-    gw.wait_routed("default/slow").await;
-    stack.wait_serving(&"default/slow".parse().unwrap()).await;
-
+    let mut cluster = Cluster::start(SLOW, 1, "default/slow").await;
+    let gw = cluster.gw.clone();
     // The server is restarted from the test's thread pool while submits go on.
     let server = Arc::new(std::sync::Mutex::new(std::mem::replace(
-        &mut stack.server,
+        &mut cluster.stack.server,
         NatsServer::start(),
     )));
     let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -410,31 +379,14 @@ async fn no_accepted_invocation_is_lost_when_nats_restarts() {
     .await;
     assert!(restarted.load(Ordering::SeqCst), "the server was restarted");
     assert_eq!(ids.len(), 2000);
-    let records = final_records(&gw, &ids).await;
-    let failed: Vec<_> = records
-        .iter()
-        .filter(|r| r["state"] != "succeeded")
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} not succeeded, e.g. {}",
-        failed.len(),
-        failed[0]
-    );
+    all_succeeded(&gw, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_stopped_under_load_finishes_what_it_holds_and_exits_0() {
-    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
-    let work = tempfile::tempdir().unwrap();
-    stack.publish_dir(manifests(SLOW).path()).await;
-    let mut stopped = Process::runtime(&stack.server.url, work.path(), "runtime-a");
-    let _other = Process::runtime(&stack.server.url, work.path(), "runtime-b");
-    let (_gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
-    let gw = Arc::new(TestGateway::remote(addr));
-    gw.wait_routed("default/slow").await;
-    stack.wait_serving(&"default/slow".parse().unwrap()).await;
-
+    let mut cluster = Cluster::start(SLOW, 2, "default/slow").await;
+    let gw = cluster.gw.clone();
+    let stopped = &mut cluster.runtimes[0];
     let pid = stopped.child.id().to_string();
     let ids = submit_all(
         gw.clone(),
@@ -448,17 +400,7 @@ async fn a_runtime_stopped_under_load_finishes_what_it_holds_and_exits_0() {
     .await;
     let status = stopped.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit {status}:\n{}", stopped.log_text());
-    let records = final_records(&gw, &ids).await;
-    let failed: Vec<_> = records
-        .iter()
-        .filter(|r| r["state"] != "succeeded")
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} not succeeded, e.g. {}",
-        failed.len(),
-        failed[0]
-    );
+    let records = all_succeeded(&gw, &ids).await;
     let redelivered: Vec<_> = records.iter().filter(|r| r["attempts"] != 1).collect();
     assert!(
         redelivered.is_empty(),
@@ -480,18 +422,12 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_serving_goes_o
         .unwrap()
         .await
         .unwrap();
-    let started = Instant::now();
-    let letters = loop {
-        let letters = gw.get("/dead-letters/default/echo").await.json();
-        if !letters.as_array().unwrap().is_empty() {
-            break letters;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "nothing dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let letters = gw
+        .wait_answer("/dead-letters/default/echo", |r| {
+            !r.json().as_array().unwrap().is_empty()
+        })
+        .await
+        .json();
     assert_eq!(letters.as_array().unwrap().len(), 1, "{letters}");
     assert_eq!(
         letters[0]["reason"],
@@ -521,7 +457,7 @@ async fn a_full_queue_gets_429_nats_down_503_and_the_gateway_recovers_by_itself(
         ..LayoutConfig::default()
     };
     let stack = NatsStack::without_runtime(layout).await;
-    let dir = manifests(HELLO);
+    let dir = manifest_dir(HELLO);
     stack.publish_dir(dir.path()).await;
     let mut gw = TestGateway::on_nats(stack, dir).await;
     gw.wait_routed("default/hello").await;
@@ -559,25 +495,20 @@ async fn a_full_queue_gets_429_nats_down_503_and_the_gateway_recovers_by_itself(
     }
 
     gw.nats.as_mut().unwrap().server.restart();
-    let started = Instant::now();
-    loop {
-        // Back with the queue as it was (file storage): full again.
-        let reply = gw
-            .send(Method::POST, "/async/fn/default/hello", &[], "")
-            .await;
-        if reply.status == StatusCode::TOO_MANY_REQUESTS {
-            break;
-        }
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            reply.text()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the gateway did not recover within 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Back with the queue as it was (file storage): full again.
+    eventually(
+        "the gateway reaches NATS again",
+        Duration::from_secs(20),
+        async || {
+            let reply = gw
+                .send(Method::POST, "/async/fn/default/hello", &[], "")
+                .await;
+            match reply.status {
+                StatusCode::TOO_MANY_REQUESTS => Ok(()),
+                StatusCode::SERVICE_UNAVAILABLE => Err(reply.text()),
+                other => panic!("unexpected {other}: {}", reply.text()),
+            }
+        },
+    )
+    .await;
 }

@@ -21,6 +21,26 @@ use tokio::net::TcpListener;
 
 use crate::nats::NatsServer;
 
+/// Calls `check` every 50ms until it succeeds, for at most `limit`; then
+/// fails naming `what` and the last state `check` reported.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                started.elapsed() < limit,
+                "{what}: not after {limit:?}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Which queue a test gateway runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -98,20 +118,19 @@ impl NatsStack {
 
     /// Waits up to 30s until a runtime has opened `function`'s consumer.
     pub async fn wait_serving(&self, function: &FunctionRef) {
-        let started = Instant::now();
-        while self
-            .layout
-            .invocations
-            .consumer_info(function.consumer_name())
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no runtime serves {function} after 30s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let consumers = &self.layout.invocations;
+        eventually(
+            &format!("a runtime serves {function}"),
+            Duration::from_secs(30),
+            async || {
+                consumers
+                    .consumer_info(function.consumer_name())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
     }
 }
 
@@ -169,7 +188,8 @@ impl Reply {
     }
 }
 
-fn manifest_dir(manifests: &str) -> tempfile::TempDir {
+/// A folder holding `manifests` (see [`with_components`]) as a manifest file.
+pub fn manifest_dir(manifests: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("functions.yaml"),
@@ -248,14 +268,40 @@ impl TestGateway {
 
     /// Waits up to 30s until the gateway routes `function` (`ns/name`).
     pub async fn wait_routed(&self, function: &str) {
-        let started = Instant::now();
-        while self.get(&format!("/dead-letters/{function}")).await.status != StatusCode::OK {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{function} is not routed after 30s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let path = format!("/dead-letters/{function}");
+        eventually(
+            &format!("the gateway routes {function}"),
+            Duration::from_secs(30),
+            async || match self.get(&path).await {
+                reply if reply.status == StatusCode::OK => Ok(()),
+                reply => Err(format!("{} {}", reply.status, reply.text())),
+            },
+        )
+        .await;
+    }
+
+    /// Waits up to 30s until `GET path` answers what `done` accepts.
+    pub async fn wait_answer(&self, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
+        eventually(
+            &format!("GET {path} gives the expected answer"),
+            Duration::from_secs(30),
+            async || match self.get(path).await {
+                reply if done(&reply) => Ok(reply),
+                reply => Err(format!("{} {}", reply.status, reply.text())),
+            },
+        )
+        .await
+    }
+
+    /// Waits up to 30s until the invocation `id` exists and is final; unlike
+    /// [`Self::wait_final`], a 404 (not accepted yet) is waited out.
+    pub async fn wait_record(&self, id: &str) -> serde_json::Value {
+        self.wait_answer(&format!("/invocations/{id}?wait=5s"), |reply| {
+            reply.status == StatusCode::OK
+                && !["queued", "running"].contains(&reply.json()["state"].as_str().unwrap_or(""))
+        })
+        .await
+        .json()
     }
 
     pub async fn send(

@@ -3,7 +3,7 @@
 //! cold starts, durable event consumption.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use http::StatusCode;
@@ -12,7 +12,7 @@ use sluice_api::names::FunctionRef;
 use sluice_runtime::nats::layout::LayoutConfig;
 use sluice_runtime::nats::node::{self, NodeConfig};
 
-use crate::harness::{Backend, NatsStack, TestGateway, metric, with_components};
+use crate::harness::{Backend, NatsStack, TestGateway, eventually, manifest_dir, metric};
 
 fn hello(greeting: &str) -> String {
     format!(
@@ -36,48 +36,26 @@ spec:
   triggers: { nats: [ { subject: orders.created } ] }
 "#;
 
-/// Calls `path` until the answer satisfies `done`, for up to 30s.
-async fn eventually(gw: &TestGateway, path: &str, done: impl Fn(StatusCode, &str) -> bool) {
-    let started = Instant::now();
-    loop {
-        let reply = gw.get(path).await;
-        if done(reply.status, &reply.text()) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{path} still answers {} {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn manifest_dir(manifests: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("f.yaml"), with_components(manifests)).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_and_removed_functions_take_effect_without_restart() {
     let gw = TestGateway::start(Backend::Nats, &hello("One")).await;
-    assert_eq!(gw.get("/fn/default/hello").await.text(), "One from Sluice!\n");
+    assert_eq!(
+        gw.get("/fn/default/hello").await.text(),
+        "One from Sluice!\n"
+    );
 
     let stack = gw.nats.as_ref().unwrap();
     stack.publish_dir(manifest_dir(&hello("Two")).path()).await;
-    eventually(&gw, "/fn/default/hello", |s, t| {
-        s == StatusCode::OK && t == "Two from Sluice!\n"
-    })
-    .await;
+    gw.wait_answer("/fn/default/hello", |r| r.text() == "Two from Sluice!\n")
+        .await;
 
     stack
         .publisher
         .unpublish(&"default/hello".parse().unwrap())
         .await
         .unwrap();
-    eventually(&gw, "/fn/default/hello", |s, _| s == StatusCode::NOT_FOUND).await;
+    gw.wait_answer("/fn/default/hello", |r| r.status == StatusCode::NOT_FOUND)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,19 +119,24 @@ async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
     first.shutdown().await;
 
     let second = node::start(config()).await.unwrap();
-    let started = Instant::now();
-    while cold_start(&second.metrics.encode(), "precompiled") < 1.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            second.metrics.encode()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the second runtime loads hello from disk",
+        Duration::from_secs(30),
+        async || {
+            let text = second.metrics.encode();
+            (cold_start(&text, "precompiled") == 1.0)
+                .then_some(())
+                .ok_or(text)
+        },
+    )
+    .await;
     assert_eq!(cold_start(&second.metrics.encode(), "fetched"), 0.0);
     let gw = TestGateway::on_nats(stack, tempfile::tempdir().unwrap()).await;
     gw.wait_routed("default/hello").await;
-    assert_eq!(gw.get("/fn/default/hello").await.text(), "Hi from Sluice!\n");
+    assert_eq!(
+        gw.get("/fn/default/hello").await.text(),
+        "Hi from Sluice!\n"
+    );
     second.shutdown().await;
 }
 
@@ -180,20 +163,8 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
         .await
         .unwrap();
     let id = InvocationId::for_idempotency_key(&"default/echo".parse().unwrap(), "ORDERS-1");
-    let started = Instant::now();
-    let record = loop {
-        let reply = gw.get(&format!("/invocations/{id}?wait=5s")).await;
-        if reply.status == StatusCode::OK && reply.json()["state"] == "succeeded" {
-            break reply.json();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let record = gw.wait_record(id.as_str()).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
     assert_eq!(record["response"]["headers"]["x-echo-h-ce-id"], "ORDERS-1");
     assert_eq!(
         record["response"]["headers"]["x-echo-h-ce-subject"],
@@ -207,13 +178,15 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
         .expect("a durable consumer exists")
         .unwrap();
     assert!(name.starts_with("sluice-events-default-echo-"), "{name}");
-    let started = Instant::now();
-    loop {
-        let info = orders.consumer_info(&name).await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the event is acknowledged",
+        Duration::from_secs(10),
+        async || {
+            let info = orders.consumer_info(&name).await.unwrap();
+            (info.num_pending == 0 && info.num_ack_pending == 0)
+                .then_some(())
+                .ok_or(format!("{info:?}"))
+        },
+    )
+    .await;
 }

@@ -19,7 +19,6 @@ use sluice_api::names::{FunctionRef, module_key};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::NatsError;
@@ -28,7 +27,7 @@ use super::worker::{Served, Shared, Worker};
 use crate::admin::Admin;
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::server::serve;
+use crate::server::Service;
 use crate::{PreparedFunction, Runtime, RuntimeConfig, RuntimeError};
 
 /// Everything a runtime node needs to start.
@@ -79,22 +78,18 @@ pub enum NodeError {
 pub struct Node {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    service: Service,
 }
 
 impl Node {
     /// Stops pulling, finishes and acknowledges what is held, then returns.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
+    pub async fn shutdown(self) {
+        self.service.shutdown().await;
     }
 
     /// Waits until the node stops (it stops only by `shutdown`).
     pub async fn wait(&mut self) {
-        let _ = (&mut self.task).await;
+        self.service.wait().await;
     }
 }
 
@@ -129,7 +124,6 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         metrics: metrics.clone(),
         callbacks: Callbacks::default(),
     });
-    let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let node = NodeLoop {
         shared,
         only: config.function,
@@ -137,27 +131,19 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         workers: HashMap::new(),
         admin: admin.clone(),
     };
-    let task = tokio::spawn(async move {
+    let service = Service::spawn(|stop| async move {
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let admin_task = tokio::spawn(serve(
-            admin_listener,
-            Arc::new(move |request| {
-                let response = admin.handle(&request);
-                async move { response }
-            }),
-            async {
-                let _ = admin_stopped.await;
-            },
-        ));
-        node.run(shutdown_rx).await;
+        let admin_task = tokio::spawn(admin.serve(admin_listener, async {
+            let _ = admin_stopped.await;
+        }));
+        node.run(stop).await;
         let _ = stop_admin.send(());
         let _ = admin_task.await;
     });
     Ok(Node {
         admin_addr,
         metrics,
-        shutdown: Some(shutdown_tx),
-        task,
+        service,
     })
 }
 
@@ -214,6 +200,10 @@ impl NodeLoop {
         }
         for worker in workers {
             worker.join().await;
+        }
+        // Acknowledgements are not confirmed one by one: send them all now.
+        if let Err(e) = self.shared.client.flush().await {
+            tracing::warn!(error = %e, "cannot flush the last acknowledgements; their messages will be redelivered");
         }
     }
 

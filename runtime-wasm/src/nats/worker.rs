@@ -9,12 +9,12 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
+use sluice_api::names::RESULTS_BUCKET;
 use sluice_api::{
     DeadLetter, FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 
 use super::header_pairs;
 use super::layout::Layout;
@@ -233,16 +233,7 @@ async fn handle(
     let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
     record.state = InvocationState::Running;
     record.attempts = delivered;
-    if let Err(e) = store(&shared, &record).await {
-        // Without its record the invocation would be invisible: try later.
-        tracing::warn!(%function, invocation = %invocation.id, error = %e, "cannot record the attempt; retrying later");
-        return acknowledge(
-            &message,
-            AckKind::Nak(Some(Duration::from_secs(1))),
-            &invocation.id,
-        )
-        .await;
-    }
+    announce(&shared, &record).await;
     let outcome = attempt(&shared, &served, &invocation).await;
     record.response = outcome.stored_response();
     match outcome.settle(delivered, retry) {
@@ -276,19 +267,11 @@ async fn handle(
     }
 }
 
-/// Runs one attempt and counts it.
 async fn attempt(shared: &Shared, served: &Served, invocation: &Invocation) -> Outcome {
-    let started = Instant::now();
-    let outcome = shared.runtime.invoke(&served.prepared, invocation).await;
-    shared.metrics.attempt_finished(
-        &invocation.function,
-        outcome.label(),
-        started.elapsed().as_secs_f64(),
-    );
-    if let Some(reason) = outcome.reason() {
-        tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
-    }
-    outcome
+    shared
+        .metrics
+        .attempt(&shared.runtime, &served.prepared, invocation)
+        .await
 }
 
 /// Dead-letters an async invocation, then records and acknowledges it.
@@ -347,7 +330,7 @@ async fn poison(
     tracing::warn!(%function, subject = %message.subject, %reason, "dead-lettering a message that cannot run");
     match dead_letter(shared, served, message, reason, delivered).await {
         Ok(()) => {
-            if let Err(e) = message.double_ack_with(AckKind::Term).await {
+            if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(%function, error = %e, "cannot drop a dead-lettered message");
             }
         }
@@ -398,10 +381,25 @@ async fn store(shared: &Shared, record: &InvocationRecord) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-/// Acknowledges and waits for the server to confirm, so that a runtime
-/// that exits after this has really handed the message back or off.
+/// Publishes a record that is not final without waiting for the store to
+/// confirm it: the attempt need not wait, and a lost update only delays
+/// what a caller sees until the final record, which is confirmed. Both go
+/// to the same stream over one connection, so they are stored in order.
+async fn announce(shared: &Shared, record: &InvocationRecord) {
+    let Ok(json) = serde_json::to_vec(record) else {
+        return;
+    };
+    let subject = format!("$KV.{RESULTS_BUCKET}.{}", record.id);
+    if let Err(e) = shared.layout.js.publish(subject, json.into()).await {
+        tracing::debug!(invocation = %record.id, error = %e, "cannot publish the running state");
+    }
+}
+
+/// Acknowledges without waiting for the server's confirmation (it costs a
+/// round trip per message); the node flushes its connection before it
+/// exits, so nothing it acknowledged is left unsent.
 async fn acknowledge(message: &jetstream::Message, kind: AckKind, id: &InvocationId) {
-    if let Err(e) = message.double_ack_with(kind).await {
-        tracing::warn!(invocation = %id, error = %e, "acknowledgement not confirmed; the message may be redelivered");
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(invocation = %id, error = %e, "cannot acknowledge; the message will be redelivered");
     }
 }
