@@ -129,26 +129,43 @@ impl Invocation {
 
     /// Encodes the invocation as wire headers and a body.
     pub fn to_wire(&self) -> (Vec<(String, String)>, Bytes) {
-        let mut out = vec![
-            (VERSION_HEADER.to_owned(), WIRE_VERSION.to_owned()),
-            (ID_HEADER.to_owned(), self.id.to_string()),
-            (FUNCTION_HEADER.to_owned(), self.function.to_string()),
-            (METHOD_HEADER.to_owned(), self.method.to_string()),
-            (PATH_HEADER.to_owned(), self.path.clone()),
-            (PREFIX_HEADER.to_owned(), self.forwarded_prefix.clone()),
-            (
-                DEADLINE_HEADER.to_owned(),
-                unix_millis(self.deadline).to_string(),
-            ),
-        ];
+        let mut out = Vec::new();
+        self.write_wire_headers(|name, value| out.push((name.to_owned(), value.to_owned())));
+        (out, self.body.clone())
+    }
+
+    /// Hands each wire header to `put`, in order: what [`Self::to_wire`]
+    /// returns, without collecting it first.
+    pub fn write_wire_headers(&self, mut put: impl FnMut(&str, &str)) {
+        put(VERSION_HEADER, WIRE_VERSION);
+        put(ID_HEADER, self.id.as_str());
+        put(FUNCTION_HEADER, &self.function.to_string());
+        put(METHOD_HEADER, self.method.as_str());
+        put(PATH_HEADER, &self.path);
+        put(PREFIX_HEADER, &self.forwarded_prefix);
+        put(DEADLINE_HEADER, &unix_millis(self.deadline).to_string());
         if let Some(query) = &self.query {
-            out.push((QUERY_HEADER.to_owned(), query.clone()));
+            put(QUERY_HEADER, query);
         }
         if let Some(tp) = &self.traceparent {
-            out.push((TRACEPARENT_HEADER.to_owned(), tp.clone()));
+            put(TRACEPARENT_HEADER, tp);
         }
-        encode_http_headers(&self.headers, &mut out);
-        (out, self.body.clone())
+        let mut name_buf = String::new();
+        for (name, value) in &self.headers {
+            name_buf.clear();
+            match value.to_str() {
+                Ok(text) => {
+                    name_buf.push_str(HTTP_HEADER_PREFIX);
+                    name_buf.push_str(name.as_str());
+                    put(&name_buf, text);
+                }
+                Err(_) => {
+                    name_buf.push_str(BINARY_HTTP_HEADER_PREFIX);
+                    name_buf.push_str(name.as_str());
+                    put(&name_buf, &BASE64.encode(value.as_bytes()));
+                }
+            }
+        }
     }
 
     /// Decodes wire headers and a body; every problem names its header.

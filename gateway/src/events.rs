@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -114,7 +115,11 @@ impl Source {
         loop {
             let ended = match self.js.stream_by_subject(self.subject.as_str()).await {
                 Ok(stream) => self.consume_stream(&stream).await,
-                Err(_) => self.consume_plain().await,
+                Err(e) if matches!(e.kind(), GetStreamByNameErrorKind::NotFound) => {
+                    self.consume_plain().await
+                }
+                // Unknown whether a stream holds the subject: ask again.
+                Err(e) => e.to_string(),
             };
             tracing::warn!(function = %self.function, subject = %self.subject, reason = %ended, "event consumption stopped; resuming");
             tokio::time::sleep(Duration::from_secs(1)).await;

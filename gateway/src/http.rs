@@ -189,12 +189,12 @@ impl Gateway {
         let location = format!("/invocations/{}", submitted.id);
         let mut response = json_response(
             StatusCode::ACCEPTED,
-            &serde_json::json!({
-                "id": submitted.id,
-                "function": function,
-                "location": location,
-                "duplicate": submitted.duplicate,
-            }),
+            &Accepted {
+                id: &submitted.id,
+                function: &function,
+                location: &location,
+                duplicate: submitted.duplicate,
+            },
         );
         if let Ok(value) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, value);
@@ -317,6 +317,15 @@ async fn read_body(
         return Err(too_large);
     }
     Ok(collected.freeze())
+}
+
+/// The body of a 202.
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    id: &'a InvocationId,
+    function: &'a FunctionRef,
+    location: &'a str,
+    duplicate: bool,
 }
 
 fn function_response(response: InvocationResponse, id: &InvocationId) -> Response<Full<Bytes>> {

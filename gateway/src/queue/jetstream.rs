@@ -92,15 +92,14 @@ impl JetStreamQueue {
         extra: &[(&'static str, &str)],
         message_id: Option<&str>,
     ) -> Result<bool, QueueError> {
-        let (pairs, body) = invocation.to_wire();
         let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in &pairs {
-            headers.append(name.as_str(), value.as_str());
-        }
+        invocation.write_wire_headers(|name, value| headers.append(name, value));
         for (name, value) in extra {
             headers.insert(*name, *value);
         }
-        let mut message = PublishMessage::build().payload(body).headers(headers);
+        let mut message = PublishMessage::build()
+            .payload(invocation.body.clone())
+            .headers(headers);
         if let Some(id) = message_id {
             message = message.message_id(id);
         }
