@@ -76,11 +76,6 @@ struct Args {
     log_json: bool,
 }
 
-// Every request allocates its headers, body and wire messages; glibc's
-// allocator was a tenth of the gateway's profile under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -43,10 +43,6 @@ fn default_artifacts() -> PathBuf {
     std::env::temp_dir().join("sluice-artifacts")
 }
 
-// Every invocation allocates its request, response and wire messages.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
