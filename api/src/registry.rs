@@ -19,6 +19,23 @@ pub struct RegistryEntry {
     pub module_digest: String,
 }
 
+impl RegistryEntry {
+    /// Reads the entry stored under `function`'s key, checked: it must name
+    /// that function and hold a valid spec.
+    pub fn parse(function: &FunctionRef, value: &[u8]) -> Result<Self, String> {
+        let entry: Self =
+            serde_json::from_slice(value).map_err(|e| format!("not a registry entry: {e}"))?;
+        if entry.function != *function {
+            return Err(format!(
+                "the entry under {function}'s key names {}",
+                entry.function
+            ));
+        }
+        entry.spec.validate().map_err(|e| e.to_string())?;
+        Ok(entry)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,8 +55,17 @@ mod tests {
         assert_eq!(json["function"], "default/hello");
         assert_eq!(json["spec"]["timeout"], "5s");
         assert_eq!(
-            serde_json::from_value::<RegistryEntry>(json).unwrap(),
+            serde_json::from_value::<RegistryEntry>(json.clone()).unwrap(),
             entry
         );
+        let bytes = serde_json::to_vec(&json).unwrap();
+        assert_eq!(RegistryEntry::parse(&entry.function, &bytes), Ok(entry));
+        let other = "default/other".parse().unwrap();
+        assert!(
+            RegistryEntry::parse(&other, &bytes)
+                .unwrap_err()
+                .contains("names default/hello")
+        );
+        assert!(RegistryEntry::parse(&other, b"{").is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! an asynchronous CloudEvents 1.0 binary-mode invocation (`POST /`, `ce-*`
 //! headers, body = event data).
 //!
-//! Plain subjects are consumed in the queue group [`QUEUE_GROUP`], so N
+//! Plain subjects are consumed in the function's [`queue_group`], so N
 //! gateways enqueue each event once. A subject bound to a JetStream stream
 //! is consumed through a durable consumer shared by every gateway, and a
 //! message is acknowledged only after its invocation is stored; an event
@@ -24,8 +24,12 @@ use tokio::task::JoinHandle;
 
 use crate::queue::InvocationQueue;
 
-/// Queue group of every gateway's plain-subject subscriptions.
-pub const QUEUE_GROUP: &str = "sluice-gateways";
+/// Queue group in which every gateway subscribes to a plain trigger
+/// subject for `function`: one per function, so that functions sharing a
+/// subject each get every event, and gateways share each function's.
+pub fn queue_group(function: &FunctionRef) -> String {
+    format!("sluice-events-{}-{}", function.namespace, function.name)
+}
 /// `ce-type` of an event whose message does not name one.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.sluice.nats.message";
 
@@ -129,7 +133,7 @@ impl Source {
     async fn consume_plain(&self) -> String {
         let mut messages = match self
             .client
-            .queue_subscribe(self.subject.clone(), QUEUE_GROUP.to_owned())
+            .queue_subscribe(self.subject.clone(), queue_group(&self.function))
             .await
         {
             Ok(messages) => messages,
@@ -167,6 +171,8 @@ impl Source {
                     )),
                     filter_subject: self.subject.clone(),
                     ack_policy: consumer::AckPolicy::Explicit,
+                    // A new trigger sees new events, not the stream's past.
+                    deliver_policy: consumer::DeliverPolicy::New,
                     ..Default::default()
                 },
             )
@@ -226,7 +232,7 @@ impl Source {
         let event = CloudEvent::from_message(headers, subject, &server, stream_id);
         Invocation {
             id: match &event.given_id {
-                Some(id) => InvocationId::for_idempotency_key(&self.function, id),
+                Some(id) => event_invocation_id(&self.function, subject, id),
                 None => InvocationId::random(),
             },
             function: self.function.clone(),
@@ -240,6 +246,13 @@ impl Source {
             traceparent: event.traceparent,
         }
     }
+}
+
+/// The invocation an event with a publisher-given id maps to: the same
+/// event delivered twice on one subject runs once; equal ids on other
+/// subjects are other events.
+pub fn event_invocation_id(function: &FunctionRef, subject: &str, event_id: &str) -> InvocationId {
+    InvocationId::for_idempotency_key(function, &format!("{subject}\n{event_id}"))
 }
 
 /// The HTTP headers of a CloudEvents binary-mode request for one message.

@@ -67,20 +67,38 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The functions of a local folder: a custom path claimed twice is an
+    /// error to fix before start-up.
     pub fn new(specs: HashMap<FunctionRef, Arc<FunctionSpec>>) -> Result<Self, RouteConflict> {
-        let mut sorted: Vec<_> = specs.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        let routes = RouteTable::new(
-            sorted
-                .into_iter()
-                .map(|(f, spec)| (f, spec.triggers.http.as_ref().map(|h| h.path.as_str()))),
-        )?;
+        let routes = RouteTable::new(custom_routes(&specs))?;
         Ok(Self { specs, routes })
+    }
+
+    /// The functions of a shared registry, which the gateway cannot refuse:
+    /// a custom path claimed twice stays with the first function in name
+    /// order, and the later claims are returned to be reported.
+    pub fn first_claim_wins(
+        specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
+    ) -> (Self, Vec<RouteConflict>) {
+        let (routes, conflicts) = RouteTable::first_claim_wins(custom_routes(&specs));
+        (Self { specs, routes }, conflicts)
     }
 
     pub fn get(&self, function: &FunctionRef) -> Option<&Arc<FunctionSpec>> {
         self.specs.get(function)
     }
+}
+
+/// Custom trigger paths, in function-name order.
+fn custom_routes(
+    specs: &HashMap<FunctionRef, Arc<FunctionSpec>>,
+) -> Vec<(&FunctionRef, Option<&str>)> {
+    let mut sorted: Vec<_> = specs
+        .iter()
+        .map(|(f, spec)| (f, spec.triggers.http.as_ref().map(|h| h.path.as_str())))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    sorted
 }
 
 /// The gateway's request handler.

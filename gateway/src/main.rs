@@ -137,17 +137,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("nothing to serve: give --local <DIR> or --nats <URL>");
     };
-    run_until_signal(gateway).await;
-    Ok(())
+    run_until_signal(gateway).await
 }
 
-async fn run_until_signal(mut gateway: RunningGateway) {
+async fn run_until_signal(mut gateway: RunningGateway) -> anyhow::Result<()> {
     tracing::info!(addr = %gateway.addr, admin = %gateway.admin_addr, "serving");
     tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down: finishing open requests");
             gateway.shutdown().await;
+            Ok(())
         }
-        () = gateway.wait() => {}
+        () = gateway.wait() => anyhow::bail!("the gateway stopped serving unexpectedly"),
     }
 }

@@ -141,10 +141,11 @@ async fn follow_registry(
                 let Some(gateway) = gateway.upgrade() else {
                     return;
                 };
-                match Registry::new(functions.clone()) {
-                    Ok(registry) => gateway.set_registry(registry),
-                    Err(e) => tracing::error!(error = %e, "registry change not applied"),
+                let (registry, conflicts) = Registry::first_claim_wins(functions.clone());
+                for conflict in conflicts {
+                    tracing::error!(error = %conflict, "custom route not applied");
                 }
+                gateway.set_registry(registry);
                 bridge.update(&functions);
                 caught_up = true;
                 admin.ready.store(true, Ordering::Relaxed);
@@ -168,13 +169,14 @@ fn apply(functions: &mut HashMap<FunctionRef, Arc<FunctionSpec>>, entry: Entry) 
                 tracing::info!(%function, "function removed");
             }
         }
-        Operation::Put => match serde_json::from_slice::<RegistryEntry>(&entry.value) {
+        Operation::Put => match RegistryEntry::parse(&function, &entry.value) {
             Ok(registered) => {
                 tracing::info!(%function, digest = %registered.module_digest, "function routed");
                 functions.insert(function, Arc::new(registered.spec));
             }
             Err(e) => {
-                tracing::error!(%function, error = %e, "the registry entry is not a valid Function; not routing it");
+                tracing::error!(%function, error = %e, "not routing an invalid registry entry");
+                functions.remove(&function);
             }
         },
     }

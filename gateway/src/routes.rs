@@ -36,22 +36,36 @@ impl RouteTable {
     pub fn new<'a>(
         custom: impl IntoIterator<Item = (&'a FunctionRef, Option<&'a str>)>,
     ) -> Result<Self, RouteConflict> {
+        let (table, mut conflicts) = Self::first_claim_wins(custom);
+        match conflicts.drain(..).next() {
+            Some(conflict) => Err(conflict),
+            None => Ok(table),
+        }
+    }
+
+    /// Like [`Self::new`], but a path claimed again stays with its first
+    /// claimant; the later claims are returned, to be reported.
+    pub fn first_claim_wins<'a>(
+        custom: impl IntoIterator<Item = (&'a FunctionRef, Option<&'a str>)>,
+    ) -> (Self, Vec<RouteConflict>) {
         let mut seen: HashMap<String, FunctionRef> = HashMap::new();
+        let mut conflicts = Vec::new();
         for (function, path) in custom {
             let Some(path) = path else { continue };
             let path = path.trim_end_matches('/').to_owned();
             if let Some(first) = seen.get(&path) {
-                return Err(RouteConflict {
+                conflicts.push(RouteConflict {
                     path,
                     first: first.clone(),
                     second: function.clone(),
                 });
+                continue;
             }
             seen.insert(path, function.clone());
         }
         let mut custom: Vec<_> = seen.into_iter().collect();
         custom.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        Ok(Self { custom })
+        (Self { custom }, conflicts)
     }
 
     /// Resolves a path under a custom trigger route.
@@ -160,5 +174,18 @@ mod tests {
         let b = f("default/b");
         let err = RouteTable::new([(&a, Some("/x")), (&b, Some("/x/"))]).unwrap_err();
         assert_eq!(err.path, "/x");
+    }
+
+    #[test]
+    fn a_shared_registry_keeps_the_first_claim_and_reports_the_rest() {
+        let a = f("default/a");
+        let b = f("default/b");
+        let c = f("default/c");
+        let (table, conflicts) =
+            RouteTable::first_claim_wins([(&a, Some("/x")), (&b, Some("/x")), (&c, Some("/y"))]);
+        assert_eq!(table.resolve_custom("/x/1").unwrap().function, a);
+        assert_eq!(table.resolve_custom("/y").unwrap().function, c);
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].second, b);
     }
 }

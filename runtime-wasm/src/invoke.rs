@@ -139,11 +139,14 @@ impl Runtime {
                 "the caller's deadline passed before the invocation ran",
             );
         }
-        let budget = time_left.min(function.limits.timeout);
-        let deadline = Instant::now() + budget;
+        // The timeout counts from when an instance is free, so a busy pool
+        // delays an attempt rather than cutting it short; the caller's
+        // deadline still bounds it.
         let Ok(_permit) = self.inner.instances.acquire().await else {
             return failed(FailureKind::Internal, "the runtime is shutting down");
         };
+        let budget = invocation.time_left().min(function.limits.timeout);
+        let deadline = Instant::now() + budget;
         let stdout = LogSink::new(
             "stdout",
             function.function.clone(),

@@ -68,8 +68,8 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down: no more pulls, finishing held invocations");
             node.shutdown().await;
             tracing::info!("stopped");
+            Ok(())
         }
-        () = node.wait() => {}
+        () = node.wait() => anyhow::bail!("the runtime stopped unexpectedly"),
     }
-    Ok(())
 }

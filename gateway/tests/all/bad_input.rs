@@ -84,13 +84,12 @@ async fn a_function_that_outlives_its_timeout_gets_504(backend: Backend) {
             reply.text()
         );
         assert_eq!(reply.json()["error"], "timeout");
+        // Cut at its timeout, or (on a busy machine, in NATS mode) taken
+        // from the queue only after the caller's deadline.
+        let message = reply.json()["message"].as_str().unwrap().to_owned();
         assert!(
-            reply.json()["message"]
-                .as_str()
-                .unwrap()
-                .contains("timeout"),
-            "{}",
-            reply.text()
+            message.contains("timeout") || message.contains("deadline"),
+            "{message}"
         );
     }
 }

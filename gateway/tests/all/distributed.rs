@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use http::{Method, StatusCode};
-use sluice_api::InvocationId;
+use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
@@ -172,13 +172,15 @@ impl Cluster {
         let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
         let work = tempfile::tempdir().unwrap();
         stack.publish_dir(manifest_dir(manifest).path()).await;
-        let runtimes = (0..runtimes)
+        let runtimes: Vec<Process> = (0..runtimes)
             .map(|i| Process::runtime(&stack.server.url, work.path(), &format!("runtime-{i}")))
             .collect();
         let (gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
         let gw = Arc::new(TestGateway::remote(addr));
         gw.wait_routed(function).await;
-        stack.wait_serving(&function.parse().unwrap()).await;
+        for runtime in &runtimes {
+            runtime.wait_for_log("\"message\":\"serving\"").await;
+        }
         Self {
             stack,
             runtimes,
@@ -193,22 +195,36 @@ impl Cluster {
 async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
     let cluster = Cluster::start(ECHO, 2, "default/echo").await;
     let gw = &cluster.gw;
-    // The gateway subscribes to trigger subjects once routed; give the
-    // subscription a moment to reach the server.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+    // Core NATS drops what nobody subscribes to yet, so the event is sent
+    // until it shows up; its id makes the copies one invocation.
     let client = async_nats::connect(&cluster.stack.server.url)
         .await
         .unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "order-17");
-    headers.insert("Content-Type", "application/json");
-    client
-        .publish_with_headers("orders.created", headers, r#"{"order":17}"#.into())
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let id = InvocationId::for_idempotency_key(&"default/echo".parse().unwrap(), "order-17");
+    let id = event_invocation_id(
+        &"default/echo".parse().unwrap(),
+        "orders.created",
+        "order-17",
+    );
+    eventually(
+        "the event is recorded",
+        Duration::from_secs(30),
+        async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "order-17");
+            headers.insert("Content-Type", "application/json");
+            client
+                .publish_with_headers("orders.created", headers, r#"{"order":17}"#.into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match gw.get(&format!("/invocations/{id}")).await {
+                reply if reply.status == StatusCode::OK => Ok(()),
+                reply => Err(format!("{} {}", reply.status, reply.text())),
+            }
+        },
+    )
+    .await;
     let record = gw.wait_record(id.as_str()).await;
     assert_eq!(record["state"], "succeeded", "{record}");
     let seen = &record["response"]["headers"];

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use http::StatusCode;
-use sluice_api::InvocationId;
 use sluice_api::names::FunctionRef;
+use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::layout::LayoutConfig;
 use sluice_runtime::nats::node::{self, NodeConfig};
 
@@ -156,22 +156,47 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
     let gw = TestGateway::on_nats(stack, dir).await;
     gw.wait_routed("default/echo").await;
 
-    // Published before anything may be consuming: the stream keeps it.
-    js.publish("orders.created", "order 1".into())
+    // Already in the stream before the trigger: a new trigger does not
+    // replay the past.
+    js.publish("orders.created", "old order".into())
         .await
         .unwrap()
         .await
         .unwrap();
-    let id = InvocationId::for_idempotency_key(&"default/echo".parse().unwrap(), "ORDERS-1");
+    let echo = "default/echo".parse().unwrap();
+    let orders = js.get_stream("ORDERS").await.unwrap();
+    eventually(
+        "the gateway opens the trigger's consumer",
+        Duration::from_secs(30),
+        async || {
+            let mut names = orders.consumer_names();
+            match futures::StreamExt::next(&mut names).await {
+                Some(Ok(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    js.publish("orders.created", "order 2".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let id = event_invocation_id(&echo, "orders.created", "ORDERS-2");
     let record = gw.wait_record(id.as_str()).await;
     assert_eq!(record["state"], "succeeded", "{record}");
-    assert_eq!(record["response"]["headers"]["x-echo-h-ce-id"], "ORDERS-1");
+    assert_eq!(record["response"]["headers"]["x-echo-h-ce-id"], "ORDERS-2");
+    let old = event_invocation_id(&echo, "orders.created", "ORDERS-1");
+    assert_eq!(
+        gw.get(&format!("/invocations/{old}")).await.status,
+        StatusCode::NOT_FOUND,
+        "an event from before the trigger ran"
+    );
     assert_eq!(
         record["response"]["headers"]["x-echo-h-ce-subject"],
         "orders.created"
     );
 
-    let orders = js.get_stream("ORDERS").await.unwrap();
     let mut names = orders.consumer_names();
     let name = futures::StreamExt::next(&mut names)
         .await
@@ -189,4 +214,47 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_functions_on_one_trigger_subject_each_get_every_event() {
+    let both = format!(
+        "{ECHO_ON_ORDERS}---{}",
+        ECHO_ON_ORDERS.replace("name: echo", "name: audit")
+    );
+    let gw = TestGateway::start(Backend::Nats, &both).await;
+    let client = async_nats::connect(&gw.nats.as_ref().unwrap().server.url)
+        .await
+        .unwrap();
+    let ids: Vec<_> = ["default/echo", "default/audit"]
+        .iter()
+        .map(|f| event_invocation_id(&f.parse().unwrap(), "orders.created", "order-1"))
+        .collect();
+    // Sent until both have it: a plain subject drops what arrives before
+    // the subscriptions; the event id makes the copies one invocation each.
+    eventually(
+        "both functions record the event",
+        Duration::from_secs(30),
+        async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "order-1");
+            client
+                .publish_with_headers("orders.created", headers, "order".into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for id in &ids {
+                let reply = gw.get(&format!("/invocations/{id}")).await;
+                if reply.status != StatusCode::OK {
+                    return Err(format!("{id}: {}", reply.status));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    for id in &ids {
+        assert_eq!(gw.wait_record(id.as_str()).await["state"], "succeeded");
+    }
 }

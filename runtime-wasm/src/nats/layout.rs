@@ -186,7 +186,8 @@ async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Stor
 }
 
 /// The durable pull consumer of one function (DESIGN.md: per-function
-/// consumer). Deliveries are not capped here: the runtime counts attempts
+/// consumer). Deliveries are not capped here (a departure from DESIGN.md,
+/// which bounds them by `retry.maxAttempts`): the runtime counts attempts
 /// against `retry.maxAttempts` and dead-letters the message itself, so a
 /// message is never left stranded in the work queue by a delivery limit.
 pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer::pull::Config {
@@ -195,10 +196,12 @@ pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer:
         description: Some(format!("Sluice invocations of {function}")),
         filter_subject: function.invoke_subject(),
         ack_policy: consumer::AckPolicy::Explicit,
-        max_ack_pending: i64::from(spec.concurrency),
+        // `concurrency` is per replica (each runtime also caps its own
+        // pulls at it); the consumer bounds the function as a whole.
+        max_ack_pending: i64::from(spec.concurrency) * i64::from(spec.scaling.max_replicas.max(1)),
         // Longer than an attempt can take, so a live runtime's messages are
         // never redelivered under it; a dead one's come back after this.
-        ack_wait: spec.timeout.0 + Duration::from_secs(5),
+        ack_wait: spec.timeout.0.saturating_add(Duration::from_secs(5)),
         max_deliver: -1,
         ..Default::default()
     }

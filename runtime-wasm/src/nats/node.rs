@@ -95,6 +95,18 @@ impl Node {
 
 pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let client = super::connect(&config.nats_url, "sluice-runtime").await?;
+    let mut config = config;
+    // A response travels as one NATS message, and is stored in its record
+    // as base64: both must fit the server's max_payload.
+    let fits = client.server_info().max_payload.saturating_sub(64 << 10) / 4 * 3;
+    if config.runtime.max_response_body > fits {
+        tracing::warn!(
+            max_payload = client.server_info().max_payload,
+            max_response_body = fits,
+            "lowering the response limit to what the NATS server's max_payload carries"
+        );
+        config.runtime.max_response_body = fits;
+    }
     let layout = Layout::ensure(client.clone(), &config.layout).await?;
     let runtime_config = config.runtime.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
@@ -129,6 +141,8 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         only: config.function,
         artifacts: config.artifacts,
         workers: HashMap::new(),
+        failed: HashMap::new(),
+        retired: Vec::new(),
         admin: admin.clone(),
     };
     let service = Service::spawn(|stop| async move {
@@ -152,11 +166,21 @@ struct NodeLoop {
     only: Option<FunctionRef>,
     artifacts: Option<PathBuf>,
     workers: HashMap<FunctionRef, (RegistryEntry, Worker)>,
+    /// Entries that could not be served yet (module store or consumer
+    /// unreachable, say); tried again every [`RETRY_EVERY`].
+    failed: HashMap<FunctionRef, RegistryEntry>,
+    /// Replaced or removed workers finishing what they hold.
+    retired: Vec<Worker>,
     admin: Arc<Admin>,
 }
 
+/// How often entries that failed to load are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
 impl NodeLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'watching: loop {
             // With history: the current entry of every function first (a
             // deletion as a delete marker), then changes as they happen.
@@ -185,6 +209,7 @@ impl NodeLoop {
                         }
                         None => continue 'watching,
                     },
+                    _ = retry.tick() => self.retry_failed().await,
                     _ = &mut shutdown => break 'watching,
                 }
             }
@@ -194,7 +219,8 @@ impl NodeLoop {
             functions = self.workers.len(),
             "draining: finishing held invocations"
         );
-        let workers: Vec<_> = self.workers.drain().map(|(_, (_, w))| w).collect();
+        let mut workers: Vec<_> = self.workers.drain().map(|(_, (_, w))| w).collect();
+        workers.append(&mut self.retired);
         for worker in &workers {
             worker.stop();
         }
@@ -217,51 +243,60 @@ impl NodeLoop {
         }
         match entry.operation {
             Operation::Delete | Operation::Purge => {
+                self.failed.remove(&function);
                 if let Some((_, worker)) = self.workers.remove(&function) {
                     tracing::info!(%function, "removed from the registry; stopping");
-                    worker.stop();
-                    tokio::spawn(worker.join());
+                    self.retire(worker);
                 }
             }
-            Operation::Put => {
-                let registered: RegistryEntry = match serde_json::from_slice(&entry.value) {
-                    Ok(registered) => registered,
-                    Err(e) => {
-                        tracing::error!(%function, error = %e, "the registry entry is not a valid Function; not serving it");
-                        return;
-                    }
-                };
-                if self
-                    .workers
-                    .get(&function)
-                    .is_some_and(|(current, _)| *current == registered)
-                {
-                    return;
+            Operation::Put => match RegistryEntry::parse(&function, &entry.value) {
+                Ok(registered) => self.deploy(registered).await,
+                Err(e) => {
+                    tracing::error!(%function, error = %e, "not serving an invalid registry entry");
                 }
-                match self.load(&registered).await {
-                    Ok(prepared) => self.serve(registered, prepared).await,
-                    Err(e) => {
-                        tracing::error!(%function, digest = %registered.module_digest, error = %e, "cannot load the function; not serving it");
-                    }
-                }
-            }
+            },
         }
     }
 
-    async fn serve(&mut self, registered: RegistryEntry, prepared: PreparedFunction) {
+    async fn retry_failed(&mut self) {
+        let failed: Vec<_> = self.failed.drain().map(|(_, entry)| entry).collect();
+        for registered in failed {
+            self.deploy(registered).await;
+        }
+    }
+
+    /// Serves `registered`, replacing the version served so far; on failure
+    /// it is tried again later.
+    async fn deploy(&mut self, registered: RegistryEntry) {
         let function = registered.function.clone();
-        let consumer = match self
-            .shared
-            .layout
-            .consumer(&function, &registered.spec)
-            .await
+        if self
+            .workers
+            .get(&function)
+            .is_some_and(|(current, _)| *current == registered)
         {
-            Ok(consumer) => consumer,
+            return;
+        }
+        let consumer = match self.load(&registered).await {
+            Ok(prepared) => match self
+                .shared
+                .layout
+                .consumer(&function, &registered.spec)
+                .await
+            {
+                Ok(consumer) => Ok((prepared, consumer)),
+                Err(e) => Err(format!("cannot open the function's consumer: {e}")),
+            },
+            Err(e) => Err(format!("cannot load the function: {e}")),
+        };
+        let (prepared, consumer) = match consumer {
+            Ok(ready) => ready,
             Err(e) => {
-                tracing::error!(%function, error = %e, "cannot open the function's consumer; not serving it");
+                tracing::error!(%function, digest = %registered.module_digest, error = %e, "not serving it yet; trying again in {RETRY_EVERY:?}");
+                self.failed.insert(function, registered);
                 return;
             }
         };
+        self.failed.remove(&function);
         let served = Arc::new(Served {
             prepared,
             spec: registered.spec.clone(),
@@ -270,9 +305,14 @@ impl NodeLoop {
         let worker = Worker::start(self.shared.clone(), served, consumer);
         if let Some((_, old)) = self.workers.insert(function, (registered, worker)) {
             // The old version finishes what it holds; the new one pulls.
-            old.stop();
-            tokio::spawn(old.join());
+            self.retire(old);
         }
+    }
+
+    fn retire(&mut self, worker: Worker) {
+        worker.stop();
+        self.retired.retain(|w| !w.is_finished());
+        self.retired.push(worker);
     }
 
     /// Makes the function's component servable: from this process's cache,

@@ -67,6 +67,10 @@ impl Worker {
     pub async fn join(self) {
         let _ = self.task.await;
     }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
 }
 
 async fn pull_loop(
@@ -96,34 +100,38 @@ async fn pull_loop(
             .expires(PULL_EXPIRY)
             .messages()
             .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(%function, error = %e, "cannot pull invocations; retrying");
-                if pause_or_stop(&mut stopped).await {
-                    break;
+        let pulled = match batch {
+            Ok(mut batch) => {
+                // A batch is read to its end even when stopping: the server
+                // may already have sent what it holds for this pull.
+                let mut ended = Ok(());
+                while let Some(message) = batch.next().await {
+                    match message {
+                        Ok(message) => {
+                            let Ok(slot) = slots.clone().acquire_owned().await else {
+                                break;
+                            };
+                            running.spawn(handle(shared.clone(), served.clone(), message, slot));
+                        }
+                        Err(e) => {
+                            ended = Err(e.to_string());
+                            break;
+                        }
+                    }
                 }
-                match shared.layout.consumer(function, &served.spec).await {
-                    Ok(fresh) => consumer = fresh,
-                    Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
-                }
-                continue;
+                ended
             }
+            Err(e) => Err(e.to_string()),
         };
-        // A batch is read to its end even when stopping: the server may
-        // already have sent what it holds for this pull.
-        while let Some(message) = batch.next().await {
-            match message {
-                Ok(message) => {
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        break;
-                    };
-                    running.spawn(handle(shared.clone(), served.clone(), message, slot));
-                }
-                Err(e) => {
-                    tracing::debug!(%function, error = %e, "pull ended early");
-                    break;
-                }
+        if let Err(e) = pulled {
+            // NATS away, or the consumer deleted: pause, open it again.
+            tracing::warn!(%function, error = %e, "pulling invocations failed; retrying");
+            if pause_or_stop(&mut stopped).await {
+                break;
+            }
+            match shared.layout.consumer(function, &served.spec).await {
+                Ok(fresh) => consumer = fresh,
+                Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
             }
         }
     }
