@@ -10,6 +10,7 @@ use sluice_gateway::local::{self, LocalConfig};
 use sluice_gateway::nats::{self, NatsConfig};
 use sluice_gateway::running::RunningGateway;
 use sluice_runtime::nats::layout::{Layout, LayoutConfig};
+use sluice_runtime::nats::node::{self, NodeConfig};
 use sluice_runtime::nats::publish::Publisher;
 use sluice_runtime::process::{init_tracing, shutdown_signal};
 
@@ -40,7 +41,9 @@ enum Command {
 struct Args {
     /// Local mode: serve the Function manifests (*.yaml) in DIR, running
     /// them in this process.
-    #[arg(long, value_name = "DIR", conflicts_with = "nats")]
+    /// With --nats, the functions are published to that server and run in
+    /// this process, queued on NATS.
+    #[arg(long, value_name = "DIR")]
     local: Option<PathBuf>,
     /// NATS mode: route the functions of the registry on this NATS server
     /// (e.g. nats://127.0.0.1:4222) and queue invocations on JetStream for
@@ -109,6 +112,7 @@ async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let max_request_body =
         usize::try_from(args.max_request_body.0).context("--max-request-body is too large")?;
+    let mut runtime = None;
     let gateway = if let Some(url) = &args.nats {
         let mut config = NatsConfig::new(url);
         config.listen = args.listen;
@@ -117,9 +121,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         config.http.async_deadline = args.async_deadline.0;
         config.layout.results_ttl = args.async_deadline.0;
         config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
-        nats::start(config)
+        let gateway = nats::start(config)
             .await
-            .with_context(|| format!("cannot start NATS mode on {url}"))?
+            .with_context(|| format!("cannot start NATS mode on {url}"))?;
+        if let Some(dir) = &args.local {
+            // Local mode on NATS: this folder's functions, run in this
+            // process, queued on a real server.
+            publish(url, dir).await?;
+            let mut config = NodeConfig::new(url);
+            config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            config.artifacts = Some(std::env::temp_dir().join("sluice-artifacts"));
+            config.runtime.max_response_body = usize::try_from(args.max_response_body.0)
+                .context("--max-response-body is too large")?;
+            config.runtime.max_instances = args.max_instances;
+            let node = node::start(config)
+                .await
+                .with_context(|| format!("cannot start the runtime on {url}"))?;
+            tracing::info!(admin = %node.admin_addr, "running the functions in this process");
+            runtime = Some(node);
+        }
+        gateway
     } else if let Some(dir) = &args.local {
         let mut config = LocalConfig::new(dir);
         config.listen = args.listen;
@@ -137,7 +158,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("nothing to serve: give --local <DIR> or --nats <URL>");
     };
-    run_until_signal(gateway).await
+    let result = run_until_signal(gateway).await;
+    if let Some(node) = runtime {
+        node.shutdown().await;
+    }
+    result
 }
 
 async fn run_until_signal(mut gateway: RunningGateway) -> anyhow::Result<()> {

@@ -19,6 +19,9 @@ use tokio::sync::Mutex;
 use crate::harness::{NatsStack, TestGateway, eventually, manifest_dir};
 use crate::nats::NatsServer;
 
+/// The gateway's JSON log line with the address it serves.
+const GATEWAY_SERVING: &str = r#""message":"serving","addr""#;
+
 /// A child process, killed when dropped; its stderr goes to a log file.
 struct Process {
     child: Child,
@@ -82,7 +85,7 @@ impl Process {
             "--log-json",
         ]);
         let process = Self::spawn(command, dir.join("gateway.log"));
-        let line = process.wait_for_log("\"serving\"").await;
+        let line = process.wait_for_log(GATEWAY_SERVING).await;
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
         let addr = json["fields"]["addr"].as_str().unwrap().parse().unwrap();
         (process, addr)
@@ -527,4 +530,34 @@ async fn a_full_queue_gets_429_nats_down_503_and_the_gateway_recovers_by_itself(
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_on_nats_runs_a_folder_in_one_process_queued_on_the_server() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = manifest_dir(HELLO);
+    let mut command = Command::new(gateway_binary());
+    command
+        .args(["--nats", &nats.url, "--local"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-json",
+        ]);
+    let gateway = Process::spawn(command, work.path().join("gateway.log"));
+    let line = gateway.wait_for_log(GATEWAY_SERVING).await;
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let gw = TestGateway::remote(json["fields"]["addr"].as_str().unwrap().parse().unwrap());
+    let reply = gw
+        .wait_answer("/fn/default/hello", |r| r.status == StatusCode::OK)
+        .await;
+    assert_eq!(reply.text(), "Hello from Sluice!\n");
+    // It went through the server: the function's consumer exists there.
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let stream = js.get_stream("SLUICE_INVOCATIONS").await.unwrap();
+    assert!(stream.consumer_info("fn-default-hello").await.is_ok());
 }
