@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::{ByteSize, Duration};
+use sluice_gateway::http::HttpConfig;
 use sluice_gateway::local::{self, LocalConfig};
 use sluice_gateway::nats::{self, NatsConfig};
 use sluice_gateway::running::RunningGateway;
+use sluice_runtime::RuntimeConfig;
 use sluice_runtime::nats::layout::{Layout, LayoutConfig};
 use sluice_runtime::nats::node::{self, NodeConfig};
 use sluice_runtime::nats::publish::Publisher;
@@ -110,15 +112,23 @@ async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let max_request_body =
-        usize::try_from(args.max_request_body.0).context("--max-request-body is too large")?;
+    let http = HttpConfig {
+        max_request_body: usize::try_from(args.max_request_body.0)
+            .context("--max-request-body is too large")?,
+        async_deadline: args.async_deadline.0,
+    };
+    let runtime_config = RuntimeConfig {
+        max_response_body: usize::try_from(args.max_response_body.0)
+            .context("--max-response-body is too large")?,
+        max_instances: args.max_instances,
+        ..RuntimeConfig::default()
+    };
     let mut runtime = None;
     let gateway = if let Some(url) = &args.nats {
         let mut config = NatsConfig::new(url);
         config.listen = args.listen;
         config.admin_listen = args.admin_listen;
-        config.http.max_request_body = max_request_body;
-        config.http.async_deadline = args.async_deadline.0;
+        config.http = http;
         config.layout.results_ttl = args.async_deadline.0;
         config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
         let gateway = nats::start(config)
@@ -131,9 +141,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let mut config = NodeConfig::new(url);
             config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
             config.artifacts = Some(std::env::temp_dir().join("sluice-artifacts"));
-            config.runtime.max_response_body = usize::try_from(args.max_response_body.0)
-                .context("--max-response-body is too large")?;
-            config.runtime.max_instances = args.max_instances;
+            config.runtime = runtime_config;
             let node = node::start(config)
                 .await
                 .with_context(|| format!("cannot start the runtime on {url}"))?;
@@ -145,13 +153,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let mut config = LocalConfig::new(dir);
         config.listen = args.listen;
         config.admin_listen = args.admin_listen;
-        config.http.max_request_body = max_request_body;
-        config.http.async_deadline = args.async_deadline.0;
+        config.http = http;
         config.queue.results_ttl = args.async_deadline.0;
         config.queue.max_depth = args.max_queue_depth;
-        config.runtime.max_response_body = usize::try_from(args.max_response_body.0)
-            .context("--max-response-body is too large")?;
-        config.runtime.max_instances = args.max_instances;
+        config.runtime = runtime_config;
         local::start(config)
             .await
             .with_context(|| format!("cannot start local mode from {}", dir.display()))?

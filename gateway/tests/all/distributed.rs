@@ -16,7 +16,7 @@ use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
-use crate::harness::{NatsStack, TestGateway, eventually, manifest_dir};
+use crate::harness::{ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir};
 use crate::nats::NatsServer;
 
 /// The gateway's JSON log line with the address it serves.
@@ -130,15 +130,6 @@ impl Drop for Process {
     }
 }
 
-const ECHO: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: echo }
-spec:
-  module: { file: "{echo}" }
-  triggers: { nats: [ { subject: orders.created } ] }
-"#;
-
 const HELLO: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: Function
@@ -196,7 +187,7 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
-    let cluster = Cluster::start(ECHO, 2, "default/echo").await;
+    let cluster = Cluster::start(ECHO_ON_ORDERS, 2, "default/echo").await;
     let gw = &cluster.gw;
     // Core NATS drops what nobody subscribes to yet, so the event is sent
     // until it shows up; its id makes the copies one invocation.
@@ -433,7 +424,7 @@ async fn a_runtime_stopped_under_load_finishes_what_it_holds_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_message_is_dead_lettered_with_its_reason_and_serving_goes_on() {
-    let gw = TestGateway::start(crate::harness::Backend::Nats, ECHO).await;
+    let gw = TestGateway::start(crate::harness::Backend::Nats, ECHO_ON_ORDERS).await;
     let stack = gw.nats.as_ref().unwrap();
     let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
     js.publish("sluice.invoke.default.echo", "not an invocation".into())

@@ -41,6 +41,16 @@ pub async fn eventually<T>(
     }
 }
 
+/// `echo`, also triggered by NATS messages on `orders.created`.
+pub const ECHO_ON_ORDERS: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: echo }
+spec:
+  module: { file: "{echo}" }
+  triggers: { nats: [ { subject: orders.created } ] }
+"#;
+
 /// Which queue a test gateway runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -12,7 +12,9 @@ use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::layout::LayoutConfig;
 use sluice_runtime::nats::node::{self, NodeConfig};
 
-use crate::harness::{Backend, NatsStack, TestGateway, eventually, manifest_dir, metric};
+use crate::harness::{
+    Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir, metric,
+};
 
 fn hello(greeting: &str) -> String {
     format!(
@@ -26,15 +28,6 @@ spec:
 "#
     )
 }
-
-const ECHO_ON_ORDERS: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: echo }
-spec:
-  module: { file: "{echo}" }
-  triggers: { nats: [ { subject: orders.created } ] }
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_and_removed_functions_take_effect_without_restart() {
@@ -151,18 +144,18 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
     })
     .await
     .unwrap();
-    let dir = manifest_dir(ECHO_ON_ORDERS);
-    stack.publish_dir(dir.path()).await;
-    let gw = TestGateway::on_nats(stack, dir).await;
-    gw.wait_routed("default/echo").await;
-
-    // Already in the stream before the trigger: a new trigger does not
-    // replay the past.
+    // Already in the stream before the trigger exists: a new trigger does
+    // not replay the past.
     js.publish("orders.created", "old order".into())
         .await
         .unwrap()
         .await
         .unwrap();
+    let dir = manifest_dir(ECHO_ON_ORDERS);
+    stack.publish_dir(dir.path()).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+
     let echo = "default/echo".parse().unwrap();
     let orders = js.get_stream("ORDERS").await.unwrap();
     eventually(
