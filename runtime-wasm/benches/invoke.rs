@@ -1,17 +1,29 @@
 //! In-process invocation cost of `hello`: new store + instantiate + handle +
-//! collect, measured one at a time. Run with
+//! collect, one at a time, for Sluice's runtime and for a peer: a bare
+//! wasmtime host with the pooling allocator's defaults and nothing else (no
+//! limits, deadline, log capture or outbound policy). The two run in
+//! alternating blocks so that machine noise lands on both. Run with
 //! `cargo bench -p sluice-runtime --bench invoke`.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
+use http_body_util::{BodyExt, Full};
 use sluice_api::{FunctionSpec, Invocation, InvocationId};
-use sluice_runtime::{Outcome, Runtime, RuntimeConfig};
+use sluice_runtime::{Outcome, PreparedFunction, Runtime, RuntimeConfig};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 const WARMUP: usize = 2_000;
-/// Override with `SLUICE_BENCH_SAMPLES` (e.g. for a run under callgrind).
+/// Samples per host; override with `SLUICE_BENCH_SAMPLES` (e.g. for a run
+/// under callgrind).
 const DEFAULT_SAMPLES: usize = 20_000;
+const BLOCK: usize = 1_000;
 
 fn main() {
     let samples_wanted: usize = std::env::var("SLUICE_BENCH_SAMPLES")
@@ -23,13 +35,64 @@ fn main() {
         .build()
         .unwrap();
     tokio.block_on(async {
-        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
         let wasm = std::fs::read(sluice_examples::component("hello")).unwrap();
+        let sluice = SluiceHost::new(&wasm);
+        let bare = BareHost::new(&wasm);
+        let mut sluice_samples = Vec::with_capacity(samples_wanted);
+        let mut bare_samples = Vec::with_capacity(samples_wanted);
+        for _ in 0..WARMUP {
+            sluice.invoke().await;
+            bare.invoke().await;
+        }
+        while sluice_samples.len() < samples_wanted {
+            let block = BLOCK.min(samples_wanted - sluice_samples.len());
+            for _ in 0..block {
+                let started = Instant::now();
+                sluice.invoke().await;
+                sluice_samples.push(started.elapsed());
+            }
+            for _ in 0..block {
+                let started = Instant::now();
+                bare.invoke().await;
+                bare_samples.push(started.elapsed());
+            }
+        }
+        println!("hello in-process: new store + instantiate + handle + collect, {samples_wanted} samples each");
+        let sluice_median = report("sluice runtime", &mut sluice_samples);
+        let bare_median = report("bare pooled wasmtime host", &mut bare_samples);
+        println!("median ratio sluice / bare: {:.2}", sluice_median / bare_median);
+    });
+}
+
+/// Prints the quantiles; returns the median in µs.
+fn report(name: &str, samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    let at = |q: f64| {
+        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6
+    };
+    println!(
+        "  {name:<26} median {:>6.1} µs, p90 {:>6.1} µs, p99 {:>6.1} µs",
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+    at(0.5)
+}
+
+struct SluiceHost {
+    runtime: Runtime,
+    function: PreparedFunction,
+    invocation: Invocation,
+}
+
+impl SluiceHost {
+    fn new(wasm: &[u8]) -> Self {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
         let spec: FunctionSpec =
             serde_json::from_value(serde_json::json!({ "module": { "file": "hello.wasm" } }))
                 .unwrap();
         let function = runtime
-            .prepare("default/hello".parse().unwrap(), &spec, &wasm)
+            .prepare("default/hello".parse().unwrap(), &spec, wasm)
             .unwrap();
         let invocation = Invocation {
             id: InvocationId::random(),
@@ -43,27 +106,100 @@ fn main() {
             deadline: SystemTime::now() + Duration::from_secs(3600),
             traceparent: None,
         };
-        let mut samples = Vec::with_capacity(samples_wanted);
-        for i in 0..WARMUP + samples_wanted {
-            let started = Instant::now();
-            let outcome = runtime.invoke(&function, &invocation).await;
-            let elapsed = started.elapsed();
-            match outcome {
-                Outcome::Responded(r) if r.status == 200 => {}
-                other => panic!("hello failed: {other:?}"),
-            }
-            if i >= WARMUP {
-                samples.push(elapsed);
-            }
+        Self {
+            runtime,
+            function,
+            invocation,
         }
-        samples.sort();
-        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        println!(
-            "hello in-process (new store + instantiate + handle + collect), {samples_wanted} samples: \
-             median {:.1} µs, p90 {:.1} µs, p99 {:.1} µs",
-            at(0.5).as_secs_f64() * 1e6,
-            at(0.9).as_secs_f64() * 1e6,
-            at(0.99).as_secs_f64() * 1e6,
+    }
+
+    async fn invoke(&self) {
+        match self.runtime.invoke(&self.function, &self.invocation).await {
+            Outcome::Responded(r) if r.status == 200 => {}
+            other => panic!("hello failed: {other:?}"),
+        }
+    }
+}
+
+struct BareState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for BareState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+/// What a host gets from wasmtime with no tuning: async, the pooling
+/// allocator with its default limits, a fresh default context per request.
+struct BareHost {
+    engine: Engine,
+    pre: ProxyPre<BareState>,
+}
+
+impl BareHost {
+    fn new(wasm: &[u8]) -> Self {
+        let mut config = Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
+        let engine = Engine::new(&config).unwrap();
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
+        let component = Component::new(&engine, wasm).unwrap();
+        let pre = ProxyPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        Self { engine, pre }
+    }
+
+    async fn invoke(&self) {
+        let mut store = Store::new(
+            &self.engine,
+            BareState {
+                wasi: WasiCtx::builder().build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+            },
         );
-    });
+        let request = http::Request::builder()
+            .uri("http://localhost/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .unwrap();
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .unwrap();
+        let proxy = self.pre.instantiate_async(&mut store).await.unwrap();
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, req, out)
+            .await
+            .unwrap();
+        let response = receiver.await.unwrap().unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+    }
 }
