@@ -9,6 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_api::InvocationRecord;
+use tokio_util::task::TaskTracker;
 
 /// Attempts per callback, with 1s, 2s, … between them.
 const ATTEMPTS: u32 = 3;
@@ -33,24 +34,39 @@ pub fn validate_url(url: &str) -> Result<http::Uri, String> {
 }
 
 /// Posts records to callback URLs, retrying failed deliveries a few times.
+/// Deliveries run in the background; [`Callbacks::drain`] waits for them
+/// before the process exits, since the record's message is already acked
+/// and nothing would send it again.
 #[derive(Clone, Debug)]
 pub struct Callbacks {
     client: Client<HttpConnector, Full<Bytes>>,
+    deliveries: TaskTracker,
 }
 
 impl Default for Callbacks {
     fn default() -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            deliveries: TaskTracker::new(),
         }
     }
 }
 
 impl Callbacks {
+    /// Waits up to `grace` for deliveries in flight, retries included.
+    /// Returns how many were still unfinished and are given up.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.deliveries.close();
+        match tokio::time::timeout(grace, self.deliveries.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.deliveries.len(),
+        }
+    }
+
     /// Delivers `record` to `url` in the background.
     pub fn deliver(&self, url: String, record: InvocationRecord) {
         let client = self.client.clone();
-        tokio::spawn(async move {
+        self.deliveries.spawn(async move {
             let Ok(uri) = validate_url(&url) else { return };
             let body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
             for attempt in 1..=ATTEMPTS {

@@ -16,7 +16,9 @@ use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
-use crate::harness::{ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir};
+use crate::harness::{
+    ECHO_ON_ORDERS, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually, manifest_dir,
+};
 use crate::nats::NatsServer;
 
 /// The gateway's JSON log line with the address it serves.
@@ -420,6 +422,46 @@ async fn a_runtime_stopped_under_load_finishes_what_it_holds_and_exits_0() {
     );
     let log = stopped.log_text();
     assert!(log.contains("draining"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_runtime_still_retries_the_callbacks_of_what_it_finished() {
+    let recorder = Recorder::start().await;
+    let mut cluster = Cluster::start(ECHO_ON_ORDERS, 1, "default/echo").await;
+    let callback = format!("{}{REFUSED_TWICE}done", recorder.origin());
+    let reply = cluster
+        .gw
+        .send(
+            Method::POST,
+            "/async/fn/default/echo/",
+            &[("x-callback-url", &callback)],
+            "cb",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("{REFUSED_TWICE}done");
+    // The first two deliveries are refused; retries come 1s and 2s apart,
+    // and the runtime is told to stop right after the first (it would
+    // otherwise be gone in about a second).
+    recorder.wait_for(&path, 1).await;
+    let runtime = &mut cluster.runtimes[0];
+    Command::new("kill")
+        .args(["-TERM", &runtime.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = runtime.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit {status}:\n{}", runtime.log_text());
+    let delivered = recorder.received(&path);
+    assert_eq!(
+        delivered.len(),
+        3,
+        "the refused callback is retried until delivered before the runtime exits:\n{}",
+        runtime.log_text()
+    );
+    let record: serde_json::Value = serde_json::from_slice(&delivered[2].body).unwrap();
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(record["state"], "succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

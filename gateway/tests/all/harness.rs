@@ -399,7 +399,12 @@ pub struct Recorded {
     pub body: Bytes,
 }
 
-/// An HTTP server on loopback that records every request and answers 200.
+/// The first two requests to a path under this prefix get 503, later ones
+/// 200.
+pub const REFUSED_TWICE: &str = "/refused-twice/";
+
+/// An HTTP server on loopback that records every request and answers 200
+/// (see [`REFUSED_TWICE`]).
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
@@ -427,15 +432,24 @@ impl Recorder {
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
-                                log.lock().unwrap().push(Recorded {
+                                let path = parts.uri.path().to_owned();
+                                let mut log = log.lock().unwrap();
+                                let seen = log.iter().filter(|r| r.path == path).count();
+                                let status = if seen < 2 && path.starts_with(REFUSED_TWICE) {
+                                    StatusCode::SERVICE_UNAVAILABLE
+                                } else {
+                                    StatusCode::OK
+                                };
+                                log.push(Recorded {
                                     at,
-                                    path: parts.uri.path().to_owned(),
+                                    path,
                                     headers: parts.headers,
                                     body,
                                 });
-                                Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                    Bytes::from_static(b"ok"),
-                                )))
+                                let mut response =
+                                    Response::new(Full::new(Bytes::from_static(b"ok")));
+                                *response.status_mut() = status;
+                                Ok::<_, std::convert::Infallible>(response)
                             }
                         });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -176,6 +176,9 @@ struct NodeLoop {
 
 /// How often entries that failed to load are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// How long a stopping runtime keeps delivering callbacks of invocations it
+/// finished: within Kubernetes' default 30s termination grace period.
+const CALLBACK_GRACE: Duration = Duration::from_secs(20);
 
 impl NodeLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
@@ -230,6 +233,13 @@ impl NodeLoop {
         // Acknowledgements are not confirmed one by one: send them all now.
         if let Err(e) = self.shared.client.flush().await {
             tracing::warn!(error = %e, "cannot flush the last acknowledgements; their messages will be redelivered");
+        }
+        let abandoned = self.shared.callbacks.drain(CALLBACK_GRACE).await;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "callbacks still failing after {CALLBACK_GRACE:?} are given up; their records stay in sluice-results"
+            );
         }
     }
 
