@@ -7,6 +7,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use std::hash::{Hash as _, Hasher as _};
+
+use crate::InvocationId;
 use crate::quantity::{ByteSize, Duration};
 
 /// API group of the `Function` resource.
@@ -218,7 +221,9 @@ pub struct RetryPolicy {
     #[serde(default = "defaults::max_attempts")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,
-    /// Delay before each retry. Default: from `1s`, doubling, at most `1m`.
+    /// Delay before each retry. Default: from `1s`, doubling, at most `1m`;
+    /// each delay is cut by up to a quarter at random, so that invocations
+    /// that failed together do not retry together.
     #[serde(default)]
     pub backoff: Backoff,
 }
@@ -233,9 +238,27 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Delay before the attempt after `failed_attempt` (1-based), or `None`
-    /// when no attempt is left. Delays double from `initial` up to `max`.
-    pub fn delay_after(&self, failed_attempt: u32) -> Option<std::time::Duration> {
+    /// Delay before the attempt after `failed_attempt` (1-based) of
+    /// invocation `id`, or `None` when no attempt is left: the backoff
+    /// ([`Self::backoff_after`]) shortened by up to a quarter. The cut is
+    /// drawn from the id and the attempt, so invocations that failed
+    /// together (a dependency down) do not all retry together, and asking
+    /// again for the same attempt gives the same delay.
+    pub fn delay_after(
+        &self,
+        failed_attempt: u32,
+        id: &InvocationId,
+    ) -> Option<std::time::Duration> {
+        let backoff = self.backoff_after(failed_attempt)?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        (id, failed_attempt).hash(&mut hasher);
+        let cut = (hasher.finish() % 1024) as f64 / 1024.0 * 0.25;
+        Some(backoff.mul_f64(1.0 - cut))
+    }
+
+    /// The backoff before the attempt after `failed_attempt`, before
+    /// jitter: doubling from `initial` up to `max`.
+    pub fn backoff_after(&self, failed_attempt: u32) -> Option<std::time::Duration> {
         if failed_attempt >= self.max_attempts {
             return None;
         }
@@ -577,12 +600,41 @@ mod tests {
             },
         };
         let delays: Vec<_> = (1..=6)
-            .map(|n| policy.delay_after(n).map(|d| d.as_millis()))
+            .map(|n| policy.backoff_after(n).map(|d| d.as_millis()))
             .collect();
         assert_eq!(
             delays,
             [Some(100), Some(200), Some(400), Some(500), Some(500), None]
         );
+    }
+
+    #[test]
+    fn retry_delays_are_cut_by_up_to_a_quarter_depending_on_the_invocation() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(10),
+            },
+        };
+        let ids: Vec<_> = (0..200).map(|_| InvocationId::random()).collect();
+        let first: Vec<_> = ids
+            .iter()
+            .map(|id| policy.delay_after(1, id).unwrap())
+            .collect();
+        for (id, delay) in ids.iter().zip(&first) {
+            assert!(
+                (std::time::Duration::from_millis(750)..=std::time::Duration::from_secs(1))
+                    .contains(delay),
+                "{delay:?}"
+            );
+            assert_eq!(policy.delay_after(1, id), Some(*delay), "stable");
+            let second = policy.delay_after(2, id).unwrap();
+            assert!(second > *delay, "still growing: {delay:?} then {second:?}");
+        }
+        let distinct: std::collections::HashSet<_> = first.iter().collect();
+        assert!(distinct.len() > 100, "{} distinct delays", distinct.len());
+        assert_eq!(policy.delay_after(3, &ids[0]), None);
     }
 
     #[test]

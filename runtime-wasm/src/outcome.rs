@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sluice_api::{InvocationResponse, InvocationState, RetryPolicy, StoredResponse};
+use sluice_api::{InvocationId, InvocationResponse, InvocationState, RetryPolicy, StoredResponse};
 
 /// The result of one attempt at an invocation.
 #[derive(Debug)]
@@ -105,8 +105,9 @@ impl Settlement {
 }
 
 impl Outcome {
-    /// Decides what follows attempt number `attempt` (1-based) under `retry`.
-    pub fn settle(&self, attempt: u32, retry: &RetryPolicy) -> Settlement {
+    /// Decides what follows attempt number `attempt` (1-based) of
+    /// invocation `id` under `retry`.
+    pub fn settle(&self, id: &InvocationId, attempt: u32, retry: &RetryPolicy) -> Settlement {
         let reason = self.reason();
         let state = match self.verdict() {
             Verdict::Success => InvocationState::Succeeded,
@@ -114,7 +115,7 @@ impl Outcome {
                 InvocationState::Expired
             }
             Verdict::Permanent => InvocationState::Failed,
-            Verdict::Retryable => match retry.delay_after(attempt) {
+            Verdict::Retryable => match retry.delay_after(attempt, id) {
                 Some(delay) => {
                     return Settlement::Retry {
                         delay,
@@ -233,35 +234,36 @@ mod tests {
             "maxAttempts": 3, "backoff": { "initial": "1s", "max": "10s" }
         }))
         .unwrap();
+        let id = InvocationId::random();
         assert!(matches!(
-            responded(500).settle(1, &retry),
-            Settlement::Retry { delay, .. } if delay == Duration::from_secs(1)
+            responded(500).settle(&id, 1, &retry),
+            Settlement::Retry { delay, .. } if Some(delay) == retry.delay_after(1, &id)
         ));
         assert!(matches!(
-            failed(FailureKind::Trap).settle(2, &retry),
-            Settlement::Retry { delay, .. } if delay == Duration::from_secs(2)
+            failed(FailureKind::Trap).settle(&id, 2, &retry),
+            Settlement::Retry { delay, .. } if Some(delay) == retry.delay_after(2, &id)
         ));
-        let last = responded(503).settle(3, &retry);
+        let last = responded(503).settle(&id, 3, &retry);
         assert!(last.is_dead_letter(), "{last:?}");
         assert!(
             matches!(&last, Settlement::Final { error: Some(e), .. } if e.starts_with("gave up after 3 attempts"))
         );
         assert_eq!(
-            responded(404).settle(1, &retry),
+            responded(404).settle(&id, 1, &retry),
             Settlement::Final {
                 state: InvocationState::Failed,
                 error: Some("function answered 404 Not Found".into())
             }
         );
         assert!(matches!(
-            failed(FailureKind::Expired).settle(1, &retry),
+            failed(FailureKind::Expired).settle(&id, 1, &retry),
             Settlement::Final {
                 state: InvocationState::Expired,
                 ..
             }
         ));
         assert!(matches!(
-            responded(200).settle(1, &retry),
+            responded(200).settle(&id, 1, &retry),
             Settlement::Final {
                 state: InvocationState::Succeeded,
                 error: None

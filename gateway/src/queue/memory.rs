@@ -331,7 +331,7 @@ fn settle(
     outcome: Outcome,
 ) {
     let response = outcome.stored_response();
-    let settlement = outcome.settle(number, &lane.function.retry);
+    let settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
     let dead_letter = settlement.is_dead_letter();
     let (final_state, error) = match settlement {
         Settlement::Retry { delay, reason } => {

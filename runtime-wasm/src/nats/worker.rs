@@ -244,7 +244,7 @@ async fn handle(
     announce(&shared, &record).await;
     let outcome = attempt(&shared, &served, &invocation).await;
     record.response = outcome.stored_response();
-    match outcome.settle(delivered, retry) {
+    match outcome.settle(&invocation.id, delivered, retry) {
         Settlement::Retry { delay, reason } => {
             record.state = InvocationState::Queued;
             record.error = Some(reason);
