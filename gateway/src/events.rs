@@ -3,7 +3,9 @@
 //! headers, body = event data).
 //!
 //! Plain subjects are consumed in the function's [`queue_group`], so N
-//! gateways enqueue each event once. A subject bound to a JetStream stream
+//! gateways enqueue each event once; an event that cannot be queued (the
+//! function's queue is full) goes to its dead letters with the reason, since
+//! core NATS will not deliver it again. A subject bound to a JetStream stream
 //! is consumed through a durable consumer shared by every gateway, and a
 //! message is acknowledged only after its invocation is stored; an event
 //! redelivered meanwhile maps to the same invocation id, so it runs once.
@@ -41,7 +43,16 @@ pub struct EventBridge {
     queue: Arc<dyn InvocationQueue>,
     /// How long an event's invocation may take, retries included.
     deadline: Duration,
-    running: HashMap<(FunctionRef, String), JoinHandle<()>>,
+    running: HashMap<Trigger, JoinHandle<()>>,
+}
+
+/// One function's subscription to one subject.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Trigger {
+    function: FunctionRef,
+    subject: String,
+    /// Where events that cannot be queued go.
+    dead_letter_subject: String,
 }
 
 impl EventBridge {
@@ -62,19 +73,21 @@ impl EventBridge {
     /// Subscribes to the trigger subjects of `functions` and drops the
     /// subscriptions of triggers that are gone.
     pub fn update(&mut self, functions: &HashMap<FunctionRef, Arc<FunctionSpec>>) {
-        let wanted: HashSet<(FunctionRef, String)> = functions
+        let wanted: HashSet<Trigger> = functions
             .iter()
             .flat_map(|(f, spec)| {
-                spec.triggers
-                    .nats
-                    .iter()
-                    .map(move |t| (f.clone(), t.subject.clone()))
+                let dead_letter_subject = spec.dead_letter_subject(f);
+                spec.triggers.nats.iter().map(move |t| Trigger {
+                    function: f.clone(),
+                    subject: t.subject.clone(),
+                    dead_letter_subject: dead_letter_subject.clone(),
+                })
             })
             .collect();
         self.running.retain(|key, task| {
             let keep = wanted.contains(key);
             if !keep {
-                tracing::info!(function = %key.0, subject = %key.1, "event trigger removed");
+                tracing::info!(function = %key.function, subject = %key.subject, "event trigger removed");
                 task.abort();
             }
             keep
@@ -88,8 +101,7 @@ impl EventBridge {
                 js: self.js.clone(),
                 queue: self.queue.clone(),
                 deadline: self.deadline,
-                function: key.0.clone(),
-                subject: key.1.clone(),
+                trigger: key.clone(),
             };
             self.running.insert(key, tokio::spawn(source.run()));
         }
@@ -109,15 +121,18 @@ struct Source {
     js: jetstream::Context,
     queue: Arc<dyn InvocationQueue>,
     deadline: Duration,
-    function: FunctionRef,
-    subject: String,
+    trigger: Trigger,
 }
 
 impl Source {
     async fn run(self) {
-        tracing::info!(function = %self.function, subject = %self.subject, "consuming events");
+        tracing::info!(function = %self.trigger.function, subject = %self.trigger.subject, "consuming events");
         loop {
-            let ended = match self.js.stream_by_subject(self.subject.as_str()).await {
+            let ended = match self
+                .js
+                .stream_by_subject(self.trigger.subject.as_str())
+                .await
+            {
                 Ok(stream) => self.consume_stream(&stream).await,
                 Err(e) if matches!(e.kind(), GetStreamByNameErrorKind::NotFound) => {
                     self.consume_plain().await
@@ -125,7 +140,7 @@ impl Source {
                 // Unknown whether a stream holds the subject: ask again.
                 Err(e) => e.to_string(),
             };
-            tracing::warn!(function = %self.function, subject = %self.subject, reason = %ended, "event consumption stopped; resuming");
+            tracing::warn!(function = %self.trigger.function, subject = %self.trigger.subject, reason = %ended, "event consumption stopped; resuming");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -133,7 +148,10 @@ impl Source {
     async fn consume_plain(&self) -> String {
         let mut messages = match self
             .client
-            .queue_subscribe(self.subject.clone(), queue_group(&self.function))
+            .queue_subscribe(
+                self.trigger.subject.clone(),
+                queue_group(&self.trigger.function),
+            )
             .await
         {
             Ok(messages) => messages,
@@ -146,9 +164,28 @@ impl Source {
                 &message.subject,
                 None,
             );
-            if let Err(e) = self.queue.submit(invocation, None).await {
-                // Core NATS has no redelivery: the event is lost, say so.
-                tracing::error!(function = %self.function, subject = %self.subject, error = %e, "event dropped: cannot enqueue it");
+            let Err(e) = self.queue.submit(invocation.clone(), None).await else {
+                continue;
+            };
+            // Core NATS has no redelivery: the dead letter is the event's
+            // only copy left.
+            let Trigger {
+                function,
+                subject,
+                dead_letter_subject,
+            } = &self.trigger;
+            let reason = format!("the event could not be queued: {e}");
+            match self
+                .queue
+                .dead_letter(&invocation, dead_letter_subject, &reason)
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(%function, %subject, invocation = %invocation.id, %reason, "event dead-lettered")
+                }
+                Err(dead) => {
+                    tracing::error!(%function, %subject, invocation = %invocation.id, %reason, error = %dead, "event dropped: it can be neither queued nor dead-lettered")
+                }
             }
         }
         "the subscription ended".into()
@@ -167,9 +204,9 @@ impl Source {
                     durable_name: Some(name.clone()),
                     description: Some(format!(
                         "Sluice events of {} for {}",
-                        self.subject, self.function
+                        self.trigger.subject, self.trigger.function
                     )),
-                    filter_subject: self.subject.clone(),
+                    filter_subject: self.trigger.subject.clone(),
                     ack_policy: consumer::AckPolicy::Explicit,
                     // A new trigger sees new events, not the stream's past.
                     deliver_policy: consumer::DeliverPolicy::New,
@@ -200,12 +237,12 @@ impl Source {
             let kind = match self.queue.submit(invocation, None).await {
                 Ok(_) => jetstream::AckKind::Ack,
                 Err(e) => {
-                    tracing::warn!(function = %self.function, subject = %self.subject, error = %e, "cannot enqueue an event; it will be redelivered");
+                    tracing::warn!(function = %self.trigger.function, subject = %self.trigger.subject, error = %e, "cannot enqueue an event; it will be redelivered");
                     jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
                 }
             };
             if let Err(e) = message.ack_with(kind).await {
-                tracing::warn!(function = %self.function, error = %e, "cannot acknowledge an event");
+                tracing::warn!(function = %self.trigger.function, error = %e, "cannot acknowledge an event");
             }
         }
         "the consumer ended".into()
@@ -213,10 +250,10 @@ impl Source {
 
     /// One durable consumer per function and subject, shared by gateways.
     fn consumer_name(&self) -> String {
-        let hash = hex::encode(&Sha256::digest(self.subject.as_bytes())[..6]);
+        let hash = hex::encode(&Sha256::digest(self.trigger.subject.as_bytes())[..6]);
         format!(
             "sluice-events-{}-{}-{hash}",
-            self.function.namespace, self.function.name
+            self.trigger.function.namespace, self.trigger.function.name
         )
     }
 
@@ -232,10 +269,10 @@ impl Source {
         let event = CloudEvent::from_message(headers, subject, &server, stream_id);
         Invocation {
             id: match &event.given_id {
-                Some(id) => event_invocation_id(&self.function, subject, id),
+                Some(id) => event_invocation_id(&self.trigger.function, subject, id),
                 None => InvocationId::random(),
             },
-            function: self.function.clone(),
+            function: self.trigger.function.clone(),
             method: Method::POST,
             path: "/".into(),
             query: None,

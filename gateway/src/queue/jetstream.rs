@@ -17,7 +17,7 @@ use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::names::FunctionRef;
 use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord};
 use sluice_runtime::nats::layout::Layout;
-use sluice_runtime::nats::reply;
+use sluice_runtime::nats::{header_pairs, reply};
 use sluice_runtime::{Failure, FailureKind};
 use tokio::sync::oneshot;
 
@@ -242,6 +242,33 @@ impl InvocationQueue for JetStreamQueue {
         Ok(Some(record))
     }
 
+    async fn dead_letter(
+        &self,
+        invocation: &Invocation,
+        subject: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.check_connected()?;
+        // The message a runtime would have dead-lettered: the invocation as
+        // queued, plus why.
+        let mut headers = async_nats::HeaderMap::new();
+        invocation.write_wire_headers(|name, value| headers.append(name, value));
+        let original_subject = invocation.function.invoke_subject();
+        for (name, value) in DeadLetter::headers(reason, 0, &original_subject) {
+            headers.insert(name, value.as_str());
+        }
+        let refused =
+            |e: &dyn std::fmt::Display| QueueError::Unavailable(format!("cannot dead-letter: {e}"));
+        self.layout
+            .js
+            .publish_with_headers(subject.to_owned(), headers, invocation.body.clone())
+            .await
+            .map_err(|e| refused(&e))?
+            .await
+            .map_err(|e| refused(&e))?;
+        Ok(())
+    }
+
     async fn dead_letters(
         &self,
         function: &FunctionRef,
@@ -276,15 +303,10 @@ impl InvocationQueue for JetStreamQueue {
                 }
             };
             next = message.sequence + 1;
-            let pairs: Vec<(&str, &str)> = message
-                .headers
-                .iter()
-                .flat_map(|(name, values)| {
-                    let name: &str = name.as_ref();
-                    values.iter().map(move |v| (name, v.as_str()))
-                })
-                .collect();
-            letters.push(DeadLetter::from_headers(function.clone(), pairs));
+            letters.push(DeadLetter::from_headers(
+                function.clone(),
+                header_pairs(Some(&message.headers)),
+            ));
         }
         Ok(letters)
     }

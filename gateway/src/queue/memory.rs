@@ -240,6 +240,16 @@ impl InvocationQueue for MemoryQueue {
         Ok(Some(record))
     }
 
+    async fn dead_letter(
+        &self,
+        invocation: &Invocation,
+        _subject: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.state.dead_letter(invocation, 0, reason.to_owned());
+        Ok(())
+    }
+
     async fn dead_letters(
         &self,
         function: &FunctionRef,

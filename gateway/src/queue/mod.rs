@@ -58,6 +58,16 @@ pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
         wait: Duration,
     ) -> Result<Option<InvocationRecord>, QueueError>;
 
+    /// Keeps an invocation that could not be queued as a dead letter on
+    /// `subject`, with `reason`: for an event, which core NATS cannot
+    /// redeliver, this is the only copy left.
+    async fn dead_letter(
+        &self,
+        invocation: &Invocation,
+        subject: &str,
+        reason: &str,
+    ) -> Result<(), QueueError>;
+
     /// The dead letters of `function`, kept on `subject`, oldest first.
     async fn dead_letters(
         &self,

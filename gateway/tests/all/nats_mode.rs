@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use http::StatusCode;
+use sluice_api::Invocation;
 use sluice_api::names::FunctionRef;
 use sluice_gateway::events::event_invocation_id;
+use sluice_runtime::nats::header_pairs;
 use sluice_runtime::nats::layout::LayoutConfig;
 use sluice_runtime::nats::node::{self, NodeConfig};
 
@@ -250,4 +252,77 @@ async fn two_functions_on_one_trigger_subject_each_get_every_event() {
     for id in &ids {
         assert_eq!(gw.wait_record(id.as_str()).await["state"], "succeeded");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_be_queued_is_dead_lettered_with_its_data() {
+    let stack = NatsStack::without_runtime(LayoutConfig {
+        max_queue_depth: 1,
+        ..LayoutConfig::default()
+    })
+    .await;
+    let dir = manifest_dir(ECHO_ON_ORDERS);
+    stack.publish_dir(dir.path()).await;
+    let url = stack.server.url.clone();
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+    // No runtime consumes: one queued invocation fills echo's queue.
+    let filler = gw
+        .send(http::Method::POST, "/async/fn/default/echo/", &[], "")
+        .await;
+    assert_eq!(filler.status, StatusCode::ACCEPTED, "{}", filler.text());
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let function: FunctionRef = "default/echo".parse().unwrap();
+    let id = event_invocation_id(&function, "orders.created", "order-9");
+    // Sent until it shows up: a plain subject drops what arrives before
+    // the gateway subscribes.
+    let letters = eventually(
+        "the event is dead-lettered",
+        Duration::from_secs(30),
+        async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("ce-id", "order-9");
+            client
+                .publish_with_headers("orders.created", headers, "order nine".into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let letters = gw.get("/dead-letters/default/echo").await.json();
+            match letters.as_array() {
+                Some(list) if !list.is_empty() => Ok(letters),
+                _ => Err(letters.to_string()),
+            }
+        },
+    )
+    .await;
+    let letter = &letters[0];
+    assert_eq!(letter["id"], id.as_str(), "{letters}");
+    assert_eq!(letter["method"], "POST");
+    assert_eq!(letter["path"], "/");
+    assert_eq!(letter["attempts"], 0);
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("could not be queued") && reason.contains("is full"),
+        "{reason}"
+    );
+
+    // The dead letter keeps the event itself: its data and CloudEvents
+    // headers.
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("SLUICE_DEAD_LETTERS").await.unwrap();
+    let message = stream
+        .get_last_raw_message_by_subject("sluice.dlq.default.echo")
+        .await
+        .unwrap();
+    let event = Invocation::from_wire(
+        header_pairs(Some(&message.headers)),
+        message.payload.clone(),
+    )
+    .unwrap();
+    assert_eq!(event.id, id);
+    assert_eq!(event.body.as_ref(), b"order nine");
+    assert_eq!(event.headers["ce-id"], "order-9");
+    assert_eq!(event.headers["ce-subject"], "orders.created");
 }
