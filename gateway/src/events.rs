@@ -22,7 +22,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationId};
+use sluice_runtime::telemetry;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::queue::InvocationQueue;
 
@@ -158,13 +160,15 @@ impl Source {
             Err(e) => return e.to_string(),
         };
         while let Some(message) = messages.next().await {
-            let invocation = self.invocation(
+            let mut invocation = self.invocation(
                 message.headers.as_ref(),
                 message.payload,
                 &message.subject,
                 None,
             );
-            let Err(e) = self.queue.submit(invocation.clone(), None).await else {
+            let span = telemetry::gateway_span(&mut invocation);
+            let submitted = self.queue.submit(invocation.clone(), None);
+            let Err(e) = submitted.instrument(span).await else {
                 continue;
             };
             // Core NATS has no redelivery: the dead letter is the event's
@@ -228,13 +232,14 @@ impl Source {
                 Err(e) => return e.to_string(),
             };
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let invocation = self.invocation(
+            let mut invocation = self.invocation(
                 message.headers.as_ref(),
                 message.payload.clone(),
                 &message.subject,
                 Some(format!("{stream_name}-{sequence}")),
             );
-            let kind = match self.queue.submit(invocation, None).await {
+            let span = telemetry::gateway_span(&mut invocation);
+            let kind = match self.queue.submit(invocation, None).instrument(span).await {
                 Ok(_) => jetstream::AckKind::Ack,
                 Err(e) => {
                     tracing::warn!(function = %self.trigger.function, subject = %self.trigger.subject, error = %e, "cannot enqueue an event; it will be redelivered");

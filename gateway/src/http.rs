@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
+use sluice_runtime::telemetry;
+use tracing::Instrument as _;
 
 use crate::error::{GatewayError, json_response};
 use crate::queue::{InvocationQueue, QueueError};
@@ -158,12 +160,13 @@ impl Gateway {
     ) -> Handled {
         let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
         let deadline = SystemTime::now() + spec.timeout.0;
-        let invocation = self
+        let mut invocation = self
             .invocation(resolved, request, InvocationId::random(), deadline)
             .await
             .map_err(|e| (e, None))?;
         let id = invocation.id.clone();
-        match self.queue.call(invocation).await {
+        let span = telemetry::gateway_span(&mut invocation);
+        match self.queue.call(invocation).instrument(span).await {
             Ok(Ok(response)) => Ok(function_response(response, &id)),
             Ok(Err(failure)) => Err((GatewayError::FunctionFailed(failure), Some(id))),
             Err(e) => Err((queue_error(e), Some(id))),
@@ -194,14 +197,16 @@ impl Gateway {
             None => InvocationId::random(),
         };
         let deadline = SystemTime::now() + self.config.async_deadline;
-        let invocation = self
+        let mut invocation = self
             .invocation(resolved, request, id, deadline)
             .await
             .map_err(|e| (e, None))?;
         let function = invocation.function.clone();
+        let span = telemetry::gateway_span(&mut invocation);
         let submitted = self
             .queue
             .submit(invocation, callback)
+            .instrument(span)
             .await
             .map_err(|e| (queue_error(e), None))?;
         let location = format!("/invocations/{}", submitted.id);

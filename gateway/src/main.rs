@@ -14,7 +14,8 @@ use sluice_runtime::RuntimeConfig;
 use sluice_runtime::nats::layout::{Layout, LayoutConfig};
 use sluice_runtime::nats::node::{self, NodeConfig};
 use sluice_runtime::nats::publish::Publisher;
-use sluice_runtime::process::{init_tracing, shutdown_signal};
+use sluice_runtime::process::shutdown_signal;
+use sluice_runtime::telemetry::Telemetry;
 
 /// Serve Sluice functions over HTTP.
 #[derive(Debug, Parser)]
@@ -84,11 +85,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.serve.log_json);
-    match cli.command {
+    let telemetry = Telemetry::init("sluice-gateway", cli.serve.log_json)?;
+    let result = match cli.command {
         Some(Command::Publish { nats, dir }) => publish(&nats, &dir).await,
         None => serve(cli.serve).await,
-    }
+    };
+    telemetry.shutdown().await;
+    result
 }
 
 async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {

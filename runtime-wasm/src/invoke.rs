@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationResponse};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
@@ -21,6 +22,7 @@ use crate::RuntimeError;
 use crate::engine::Runtime;
 use crate::host::{Host, LogSink, MemoryLimiter, OutboundPolicy};
 use crate::outcome::{Failure, FailureKind, Outcome};
+use crate::telemetry;
 
 /// The limits an invocation of a function runs under.
 #[derive(Clone, Debug)]
@@ -159,17 +161,30 @@ impl Runtime {
             invocation.id.clone(),
             self.inner.config.max_log_bytes,
         );
-        let outcome = match tokio::time::timeout_at(
+        let (span, traceparent) = telemetry::attempt_span(invocation);
+        let attempt = self.run(
+            function,
+            invocation,
+            traceparent.as_deref(),
             deadline,
-            self.run(function, invocation, deadline, &stdout, &stderr),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => timed_out(budget, function.limits.timeout),
-        };
+            &stdout,
+            &stderr,
+        );
+        let outcome =
+            match tokio::time::timeout_at(deadline, attempt.instrument(span.clone())).await {
+                Ok(outcome) => outcome,
+                Err(_) => timed_out(budget, function.limits.timeout),
+            };
         stdout.flush_remaining();
         stderr.flush_remaining();
+        if !span.is_disabled() {
+            match &outcome {
+                Outcome::Responded(r) => span.record("sluice.outcome", r.status.as_u16()),
+                Outcome::Failed(f) => span
+                    .record("sluice.outcome", f.kind.as_str())
+                    .record("otel.status_code", "error"),
+            };
+        }
         outcome
     }
 
@@ -177,6 +192,7 @@ impl Runtime {
         &self,
         function: &PreparedFunction,
         invocation: &Invocation,
+        traceparent: Option<&str>,
         deadline: Instant,
         stdout: &LogSink,
         stderr: &LogSink,
@@ -214,7 +230,7 @@ impl Runtime {
             }
         });
 
-        let request = match incoming_request(invocation) {
+        let request = match incoming_request(invocation, traceparent) {
             Ok(r) => r,
             Err(e) => {
                 return failed(
@@ -377,7 +393,10 @@ fn failed(kind: FailureKind, reason: impl Into<String>) -> Outcome {
 /// The HTTP request the component sees: the stripped path, the caller's
 /// headers, plus `X-Forwarded-Prefix`, `X-Sluice-Invocation-Id` and
 /// `traceparent`.
-fn incoming_request(invocation: &Invocation) -> Result<Request<Full<Bytes>>, http::Error> {
+fn incoming_request(
+    invocation: &Invocation,
+    traceparent: Option<&str>,
+) -> Result<Request<Full<Bytes>>, http::Error> {
     let authority = invocation
         .headers
         .get(header::HOST)
@@ -402,11 +421,7 @@ fn incoming_request(invocation: &Invocation) -> Result<Request<Full<Bytes>>, htt
     if let Ok(id) = HeaderValue::from_str(invocation.id.as_str()) {
         headers.insert("x-sluice-invocation-id", id);
     }
-    if let Some(tp) = invocation
-        .traceparent
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
+    if let Some(tp) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
         headers.insert("traceparent", tp);
     }
     Ok(request)

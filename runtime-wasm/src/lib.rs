@@ -22,6 +22,7 @@ pub mod nats;
 mod outcome;
 pub mod process;
 pub mod server;
+pub mod telemetry;
 
 pub use engine::{Runtime, RuntimeConfig};
 pub use invoke::{FunctionLimits, PreparedFunction};

@@ -9,7 +9,8 @@ use clap::Parser;
 use sluice_api::ByteSize;
 use sluice_api::names::FunctionRef;
 use sluice_runtime::nats::node::{self, NodeConfig};
-use sluice_runtime::process::{init_tracing, shutdown_signal};
+use sluice_runtime::process::shutdown_signal;
+use sluice_runtime::telemetry::Telemetry;
 
 /// Run Sluice functions from NATS JetStream.
 #[derive(Debug, Parser)]
@@ -46,7 +47,7 @@ fn default_artifacts() -> PathBuf {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_json);
+    let telemetry = Telemetry::init("sluice-runtime", args.log_json)?;
     let mut config = NodeConfig::new(&args.nats);
     config.function = args.function.clone();
     config.artifacts = Some(args.artifacts.clone());
@@ -63,13 +64,15 @@ async fn main() -> anyhow::Result<()> {
         serving = %args.function.as_ref().map_or("every function".to_owned(), ToString::to_string),
         "runtime started"
     );
-    tokio::select! {
+    let result = tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down: no more pulls, finishing held invocations");
             node.shutdown().await;
             tracing::info!("stopped");
             Ok(())
         }
-        () = node.wait() => anyhow::bail!("the runtime stopped unexpectedly"),
-    }
+        () = node.wait() => Err(anyhow::anyhow!("the runtime stopped unexpectedly")),
+    };
+    telemetry.shutdown().await;
+    result
 }

@@ -1,19 +1,5 @@
-//! What both binaries (`sluice-gateway`, `sluice-runtime`) do the same way:
-//! logging and waiting for the signal to stop.
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON.
-pub fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
+//! How both binaries (`sluice-gateway`, `sluice-runtime`) learn to stop.
+//! Their logs and traces are set up by [`crate::telemetry`].
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -59,9 +59,10 @@ impl Process {
         Self { child, log }
     }
 
-    fn runtime(nats: &str, dir: &Path, name: &str) -> Self {
+    fn runtime(nats: &str, dir: &Path, name: &str, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(runtime_binary());
         command
+            .envs(env.iter().copied())
             .args([
                 "--nats",
                 nats,
@@ -75,9 +76,9 @@ impl Process {
     }
 
     /// Starts a gateway and returns it with the address it serves.
-    async fn gateway(nats: &str, dir: &Path) -> (Self, SocketAddr) {
+    async fn gateway(nats: &str, dir: &Path, env: &[(&str, &str)]) -> (Self, SocketAddr) {
         let mut command = Command::new(gateway_binary());
-        command.args([
+        command.envs(env.iter().copied()).args([
             "--nats",
             nats,
             "--listen",
@@ -165,13 +166,26 @@ impl Cluster {
     /// Starts `runtimes` runtimes and a gateway; returns once `function` is
     /// routed and served.
     async fn start(manifest: &str, runtimes: usize, function: &str) -> Self {
+        Self::start_with_env(manifest, runtimes, function, &[]).await
+    }
+
+    /// The same, with `env` set for every process.
+    async fn start_with_env(
+        manifest: &str,
+        runtimes: usize,
+        function: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
         let work = tempfile::tempdir().unwrap();
         stack.publish_dir(manifest_dir(manifest).path()).await;
         let runtimes: Vec<Process> = (0..runtimes)
-            .map(|i| Process::runtime(&stack.server.url, work.path(), &format!("runtime-{i}")))
+            .map(|i| {
+                let name = format!("runtime-{i}");
+                Process::runtime(&stack.server.url, work.path(), &name, env)
+            })
             .collect();
-        let (gateway, addr) = Process::gateway(&stack.server.url, work.path()).await;
+        let (gateway, addr) = Process::gateway(&stack.server.url, work.path(), env).await;
         let gw = Arc::new(TestGateway::remote(addr));
         gw.wait_routed(function).await;
         for runtime in &runtimes {
@@ -593,4 +607,135 @@ async fn local_mode_on_nats_runs_a_folder_in_one_process_queued_on_the_server() 
     let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     let stream = js.get_stream("SLUICE_INVOCATIONS").await.unwrap();
     assert!(stream.consumer_info("fn-default-hello").await.is_ok());
+}
+
+/// A span as an OTLP collector received it.
+#[derive(Clone, Debug)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+}
+
+/// An OTLP/HTTP trace collector on loopback that keeps every span.
+struct Collector {
+    addr: SocketAddr,
+    spans: Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        use http_body_util::{BodyExt as _, Full};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        use prost::Message as _;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans: Arc<std::sync::Mutex<Vec<ExportedSpan>>> = Arc::default();
+        let kept = spans.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let kept = kept.clone();
+                            async move {
+                                let body = request.into_body().collect().await.unwrap().to_bytes();
+                                let export = ExportTraceServiceRequest::decode(body).unwrap();
+                                for resource in export.resource_spans {
+                                    let service = resource
+                                        .resource
+                                        .iter()
+                                        .flat_map(|r| &r.attributes)
+                                        .find(|a| a.key == "service.name")
+                                        .and_then(|a| a.value.as_ref()?.value.as_ref())
+                                        .map(|v| match v {
+                                            Value::StringValue(s) => s.clone(),
+                                            other => format!("{other:?}"),
+                                        })
+                                        .unwrap_or_default();
+                                    for span in
+                                        resource.scope_spans.into_iter().flat_map(|s| s.spans)
+                                    {
+                                        kept.lock().unwrap().push(ExportedSpan {
+                                            service: service.clone(),
+                                            name: span.name,
+                                            trace_id: hex::encode(span.trace_id),
+                                            span_id: hex::encode(span.span_id),
+                                            parent_span_id: hex::encode(span.parent_span_id),
+                                        });
+                                    }
+                                }
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                    bytes::Bytes::new(),
+                                )))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, spans }
+    }
+
+    fn span(&self, service: &str, name: &str, trace_id: &str) -> Result<ExportedSpan, String> {
+        let spans = self.spans.lock().unwrap();
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name == name && s.trace_id == trace_id)
+            .cloned()
+            .ok_or_else(|| format!("no {service} span {name:?} in trace {trace_id}: {spans:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_runs_from_the_caller_through_gateway_and_runtime_into_the_function() {
+    let collector = Collector::start().await;
+    let endpoint = format!("http://{}", collector.addr);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let cluster = Cluster::start_with_env(ECHO_ON_ORDERS, 1, "default/echo", &env).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let reply = cluster
+        .gw
+        .send(
+            Method::GET,
+            "/fn/default/echo/traced",
+            &[("traceparent", &format!("00-{trace_id}-{caller_span}-01"))],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = reply.header("x-echo-h-traceparent").to_owned();
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{seen}");
+    assert_eq!(parts[1], trace_id, "the function is in the caller's trace");
+
+    let (gateway, attempt) = eventually(
+        "both spans are exported",
+        Duration::from_secs(20),
+        async || {
+            Ok((
+                collector.span("sluice-gateway", "invocation", trace_id)?,
+                collector.span("sluice-runtime", "attempt", trace_id)?,
+            ))
+        },
+    )
+    .await;
+    assert_eq!(gateway.parent_span_id, caller_span, "{gateway:?}");
+    assert_eq!(attempt.parent_span_id, gateway.span_id, "{attempt:?}");
+    assert_eq!(
+        parts[2], attempt.span_id,
+        "the function's parent is the attempt"
+    );
 }
