@@ -1,13 +1,16 @@
 //! Delivers finished invocation records to `X-Callback-Url`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::{ClientConfig, RootCertStore};
 use sluice_api::InvocationRecord;
 use tokio_util::task::TaskTracker;
 
@@ -23,14 +26,60 @@ pub fn validate_url(url: &str) -> Result<http::Uri, String> {
         .parse()
         .map_err(|_| format!("X-Callback-Url {url:?} is not a URL"))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => Err(format!(
-            "X-Callback-Url {url:?}: https callbacks are not supported yet; use http"
-        )),
+        (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err(format!(
-            "X-Callback-Url {url:?} must be an absolute http:// URL"
+            "X-Callback-Url {url:?} must be an absolute http:// or https:// URL"
         )),
     }
+}
+
+/// The certificate authorities https callbacks are checked against: the
+/// system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for
+/// OpenSSL), or Mozilla's bundled roots where the system has none, as in a
+/// distroless image.
+fn trusted_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "skipping unreadable CA certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        tracing::warn!(ignored, "skipping CA certificates rustls cannot use");
+    }
+    if added == 0 {
+        tracing::info!("no system CA certificates; trusting Mozilla's roots for https callbacks");
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+fn client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let tls =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring implements the default TLS versions")
+            .with_root_certificates(trusted_roots())
+            .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// hyper's client errors say only "client error (Connect)"; the reason a
+/// receiver was unreachable, such as its certificate, is in their sources.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Posts records to callback URLs, retrying failed deliveries a few times.
@@ -39,14 +88,14 @@ pub fn validate_url(url: &str) -> Result<http::Uri, String> {
 /// and nothing would send it again.
 #[derive(Clone, Debug)]
 pub struct Callbacks {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     deliveries: TaskTracker,
 }
 
 impl Default for Callbacks {
     fn default() -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: client(),
             deliveries: TaskTracker::new(),
         }
     }
@@ -80,7 +129,7 @@ impl Callbacks {
                 let error = match tokio::time::timeout(TIMEOUT, client.request(request)).await {
                     Ok(Ok(resp)) if resp.status().is_success() => return,
                     Ok(Ok(resp)) => format!("receiver answered {}", resp.status()),
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => with_causes(&e),
                     Err(_) => format!("no answer within {TIMEOUT:?}"),
                 };
                 tracing::warn!(invocation = %record.id, %url, attempt, %error, "callback delivery failed");

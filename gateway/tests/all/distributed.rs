@@ -479,6 +479,51 @@ async fn a_stopping_runtime_still_retries_the_callbacks_of_what_it_finished() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_callbacks_reach_receivers_whose_ca_is_trusted_and_no_others() {
+    let (trusted, ca) = Recorder::start_tls().await;
+    let (untrusted, _) = Recorder::start_tls().await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let cluster = Cluster::start_with_env(
+        ECHO_ON_ORDERS,
+        1,
+        "default/echo",
+        &[("SSL_CERT_FILE", ca_file)],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for receiver in [&trusted, &untrusted] {
+        let callback = format!("{}/done", receiver.origin());
+        assert!(callback.starts_with("https://127.0.0.1:"), "{callback}");
+        let reply = cluster
+            .gw
+            .send(
+                Method::POST,
+                "/async/fn/default/echo/",
+                &[("x-callback-url", &callback)],
+                "over tls",
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+
+    let delivered = trusted.wait_for("/done", 1).await;
+    let record: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert_eq!(record["id"], ids[0].as_str());
+    assert_eq!(record["state"], "succeeded");
+    let runtime = &cluster.runtimes[0];
+    let refused = runtime.wait_for_log(&ids[1]).await;
+    assert!(
+        refused.contains("callback delivery failed") && refused.contains("certificate"),
+        "{refused}"
+    );
+    assert!(untrusted.received("/done").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_message_is_dead_lettered_with_its_reason_and_serving_goes_on() {
     let gw = TestGateway::start(crate::harness::Backend::Nats, ECHO_ON_ORDERS).await;
     let stack = gw.nats.as_ref().unwrap();

@@ -408,61 +408,65 @@ pub const REFUSED_TWICE: &str = "/refused-twice/";
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
+    scheme: &'static str,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
 }
 
 impl Recorder {
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// The same over TLS, with a certificate for 127.0.0.1 from a CA of its
+    /// own; returns it with that CA's certificate (PEM).
+    pub async fn start_tls() -> (Self, String) {
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(ca.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ca.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::serve(Some(acceptor)).await, ca.cert.pem())
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let log = requests.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let log = log.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let log = log.clone();
-                            async move {
-                                let at = Instant::now();
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let path = parts.uri.path().to_owned();
-                                let mut log = log.lock().unwrap();
-                                let seen = log.iter().filter(|r| r.path == path).count();
-                                let status = if seen < 2 && path.starts_with(REFUSED_TWICE) {
-                                    StatusCode::SERVICE_UNAVAILABLE
-                                } else {
-                                    StatusCode::OK
-                                };
-                                log.push(Recorded {
-                                    at,
-                                    path,
-                                    headers: parts.headers,
-                                    body,
-                                });
-                                let mut response =
-                                    Response::new(Full::new(Bytes::from_static(b"ok")));
-                                *response.status_mut() = status;
-                                Ok::<_, std::convert::Infallible>(response)
+                    match tls {
+                        None => record_connection(stream, log).await,
+                        // A client that refuses the certificate ends here.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                record_connection(stream, log).await;
                             }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        }
+                    }
                 });
             }
         });
-        Self { addr, requests }
+        Self {
+            addr,
+            scheme,
+            requests,
+        }
     }
 
     pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn received(&self, path: &str) -> Vec<Recorded> {
@@ -491,6 +495,44 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+async fn record_connection(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    log: Arc<Mutex<Vec<Recorded>>>,
+) {
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            let at = Instant::now();
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let path = parts.uri.path().to_owned();
+            let mut log = log.lock().unwrap();
+            let seen = log.iter().filter(|r| r.path == path).count();
+            let status = if seen < 2 && path.starts_with(REFUSED_TWICE) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            log.push(Recorded {
+                at,
+                path,
+                headers: parts.headers,
+                body,
+            });
+            let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+            *response.status_mut() = status;
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Counts metric samples by their full name-and-labels line prefix.
