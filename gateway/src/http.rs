@@ -120,6 +120,12 @@ impl Gateway {
         }
     }
 
+    /// Waits up to `grace` for the invocations this process holds; returns
+    /// how many are given up (see [`InvocationQueue::drain`]).
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.queue.drain(grace).await
+    }
+
     /// Replaces the routed functions (the registry changed).
     pub fn set_registry(&self, registry: Registry) {
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);

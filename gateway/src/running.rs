@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_runtime::admin::Admin;
 use sluice_runtime::server::{Service, serve};
@@ -20,11 +21,17 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
+/// How long a stopping gateway waits for the invocations only it holds (in
+/// local mode) after the last request: below Kubernetes' default 30s
+/// termination grace period.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(25);
+
 /// A gateway serving requests.
 #[derive(Debug)]
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    gateway: Arc<Gateway>,
     service: Service,
 }
 
@@ -38,6 +45,7 @@ impl RunningGateway {
     ) -> Result<Self, ListenError> {
         let (listener, addr) = bind(listen).await?;
         let (admin_listener, admin_addr) = bind(admin_listen).await?;
+        let handler = gateway.clone();
         let service = Service::spawn(|stop| async move {
             let (stop_admin, admin_stopped) = oneshot::channel::<()>();
             let admin_task = tokio::spawn(admin.serve(admin_listener, async {
@@ -46,8 +54,8 @@ impl RunningGateway {
             serve(
                 listener,
                 Arc::new(move |request| {
-                    let gateway = gateway.clone();
-                    async move { gateway.handle(request).await }
+                    let handler = handler.clone();
+                    async move { handler.handle(request).await }
                 }),
                 async {
                     let _ = stop.await;
@@ -60,13 +68,23 @@ impl RunningGateway {
         Ok(Self {
             addr,
             admin_addr,
+            gateway,
             service,
         })
     }
 
-    /// Stops accepting requests and waits for open ones to finish.
+    /// Stops accepting requests, waits for open ones to finish, then for
+    /// the accepted invocations only this process holds, up to
+    /// [`DRAIN_GRACE`].
     pub async fn shutdown(self) {
         self.service.shutdown().await;
+        let abandoned = self.gateway.drain(DRAIN_GRACE).await;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "accepted invocations or their callbacks unfinished after {DRAIN_GRACE:?} are given up"
+            );
+        }
     }
 
     /// Waits until the gateway stops (it stops only by `shutdown`).

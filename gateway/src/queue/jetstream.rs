@@ -269,6 +269,12 @@ impl InvocationQueue for JetStreamQueue {
         Ok(())
     }
 
+    /// Nothing to wait for: what was accepted is on the stream, and the
+    /// runtimes run it.
+    async fn drain(&self, _grace: Duration) -> usize {
+        0
+    }
+
     async fn dead_letters(
         &self,
         function: &FunctionRef,

@@ -135,9 +135,12 @@ impl MemoryQueue {
         write(&self.state.lanes).insert(name, lane);
     }
 
-    /// Stops taking work for `function`; what is queued still runs.
-    pub fn remove(&self, function: &FunctionRef) {
-        write(&self.state.lanes).remove(function);
+    /// Invocations queued, waiting for a retry, or running.
+    fn held(&self) -> usize {
+        read(&self.state.lanes)
+            .values()
+            .map(|lane| usize::try_from(lane.depth.load(Ordering::Relaxed)).unwrap_or(0))
+            .sum()
     }
 
     fn lane(&self, function: &FunctionRef) -> Result<Arc<Lane>, QueueError> {
@@ -250,6 +253,24 @@ impl InvocationQueue for MemoryQueue {
         Ok(())
     }
 
+    async fn drain(&self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        let mut held = self.held();
+        if held > 0 {
+            tracing::info!(held, "finishing accepted invocations");
+        }
+        while held > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+            held = self.held();
+        }
+        let callbacks = self
+            .state
+            .callbacks
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        held + callbacks
+    }
+
     async fn dead_letters(
         &self,
         function: &FunctionRef,
@@ -261,6 +282,9 @@ impl InvocationQueue for MemoryQueue {
             .unwrap_or_default())
     }
 }
+
+/// How often a draining queue looks whether it is empty.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 impl Lane {
     fn enqueue(&self, metrics: &Metrics, job: Job) -> Result<(), QueueError> {

@@ -68,6 +68,12 @@ pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
         reason: &str,
     ) -> Result<(), QueueError>;
 
+    /// Waits up to `grace` for the accepted invocations only this process
+    /// holds (queued, waiting for a retry, running, or delivering their
+    /// callback) to finish, and returns how many are given up. A stopping
+    /// gateway calls it once no more requests come in.
+    async fn drain(&self, grace: Duration) -> usize;
+
     /// The dead letters of `function`, kept on `subject`, oldest first.
     async fn dead_letters(
         &self,

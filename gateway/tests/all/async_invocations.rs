@@ -155,3 +155,42 @@ conformance!(
     async_invocations_need_post_and_a_usable_callback_url,
     unknown_invocations_are_404_and_bad_waits_400,
 );
+
+/// Local mode holds accepted invocations only in memory: a stopping gateway
+/// runs them, and delivers their callbacks, before it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_local_gateway_finishes_what_it_accepted() {
+    let recorder = Recorder::start().await;
+    let mut gw = TestGateway::start(
+        Backend::Local,
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: slow }
+spec:
+  module: { file: "{misbehave}" }
+  concurrency: 1
+"#,
+    )
+    .await;
+    let accepted = 4;
+    for i in 0..accepted {
+        let callback = format!("{}/done/{i}", recorder.origin());
+        let reply = gw
+            .send(
+                Method::POST,
+                "/async/fn/default/slow/sleep/150",
+                &[("x-callback-url", &callback)],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    }
+    gw.gateway.take().unwrap().shutdown().await;
+    for i in 0..accepted {
+        let delivered = recorder.received(&format!("/done/{i}"));
+        assert_eq!(delivered.len(), 1, "callback {i} of {accepted}");
+        let record: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
+        assert_eq!(record["state"], "succeeded", "{record}");
+    }
+}
