@@ -23,7 +23,8 @@ use sha2::{Digest as _, Sha256};
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationId};
 use sluice_runtime::telemetry;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::queue::InvocationQueue;
@@ -45,7 +46,12 @@ pub struct EventBridge {
     queue: Arc<dyn InvocationQueue>,
     /// How long an event's invocation may take, retries included.
     deadline: Duration,
-    running: HashMap<Trigger, JoinHandle<()>>,
+    /// Each trigger's consumer stops when its token is cancelled, after
+    /// queueing the events it already received.
+    running: HashMap<Trigger, CancellationToken>,
+    consumers: TaskTracker,
+    /// Parent of every trigger's token.
+    stop: CancellationToken,
 }
 
 /// One function's subscription to one subject.
@@ -69,7 +75,17 @@ impl EventBridge {
             queue,
             deadline,
             running: HashMap::new(),
+            consumers: TaskTracker::new(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Stops every trigger's consumer and waits for them to queue the
+    /// events they already received.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.consumers.close();
+        self.consumers.wait().await;
     }
 
     /// Subscribes to the trigger subjects of `functions` and drops the
@@ -86,11 +102,11 @@ impl EventBridge {
                 })
             })
             .collect();
-        self.running.retain(|key, task| {
+        self.running.retain(|key, stop| {
             let keep = wanted.contains(key);
             if !keep {
                 tracing::info!(function = %key.function, subject = %key.subject, "event trigger removed");
-                task.abort();
+                stop.cancel();
             }
             keep
         });
@@ -105,16 +121,16 @@ impl EventBridge {
                 deadline: self.deadline,
                 trigger: key.clone(),
             };
-            self.running.insert(key, tokio::spawn(source.run()));
+            let stop = self.stop.child_token();
+            self.consumers.spawn(source.run(stop.clone()));
+            self.running.insert(key, stop);
         }
     }
 }
 
 impl Drop for EventBridge {
     fn drop(&mut self) {
-        for task in self.running.values() {
-            task.abort();
-        }
+        self.stop.cancel();
     }
 }
 
@@ -127,75 +143,109 @@ struct Source {
 }
 
 impl Source {
-    async fn run(self) {
-        tracing::info!(function = %self.trigger.function, subject = %self.trigger.subject, "consuming events");
+    async fn run(self, stop: CancellationToken) {
+        let Trigger {
+            function, subject, ..
+        } = &self.trigger;
+        tracing::info!(%function, %subject, "consuming events");
         loop {
-            let ended = match self
-                .js
-                .stream_by_subject(self.trigger.subject.as_str())
-                .await
-            {
-                Ok(stream) => self.consume_stream(&stream).await,
+            let lookup = tokio::select! {
+                lookup = self.js.stream_by_subject(subject.as_str()) => lookup,
+                () = stop.cancelled() => break,
+            };
+            let ended = match lookup {
+                Ok(stream) => self.consume_stream(&stream, &stop).await,
                 Err(e) if matches!(e.kind(), GetStreamByNameErrorKind::NotFound) => {
-                    self.consume_plain().await
+                    self.consume_plain(&stop).await
                 }
                 // Unknown whether a stream holds the subject: ask again.
                 Err(e) => e.to_string(),
             };
-            tracing::warn!(function = %self.trigger.function, subject = %self.trigger.subject, reason = %ended, "event consumption stopped; resuming");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if stop.is_cancelled() {
+                break;
+            }
+            tracing::warn!(%function, %subject, reason = %ended, "event consumption stopped; resuming");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => break,
+            }
         }
+        tracing::info!(%function, %subject, "stopped consuming events");
     }
 
-    async fn consume_plain(&self) -> String {
-        let mut messages = match self
-            .client
-            .queue_subscribe(
+    /// Takes the subject's messages in the function's queue group. When
+    /// told to stop it unsubscribes, and still queues what the server had
+    /// already sent: core NATS would not send it again.
+    async fn consume_plain(&self, stop: &CancellationToken) -> String {
+        let subscribed = tokio::select! {
+            subscribed = self.client.queue_subscribe(
                 self.trigger.subject.clone(),
                 queue_group(&self.trigger.function),
-            )
-            .await
-        {
+            ) => subscribed,
+            () = stop.cancelled() => return "stopped".into(),
+        };
+        let mut messages = match subscribed {
             Ok(messages) => messages,
             Err(e) => return e.to_string(),
         };
-        while let Some(message) = messages.next().await {
-            let mut invocation = self.invocation(
-                message.headers.as_ref(),
-                message.payload,
-                &message.subject,
-                None,
-            );
-            let span = telemetry::gateway_span(&mut invocation);
-            let submitted = self.queue.submit(invocation.clone(), None);
-            let Err(e) = submitted.instrument(span).await else {
-                continue;
+        let mut draining = false;
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                () = stop.cancelled(), if !draining => {
+                    draining = true;
+                    if let Err(e) = messages.drain().await {
+                        return format!("cannot unsubscribe: {e}");
+                    }
+                    continue;
+                }
             };
-            // Core NATS has no redelivery: the dead letter is the event's
-            // only copy left.
-            let Trigger {
-                function,
-                subject,
-                dead_letter_subject,
-            } = &self.trigger;
-            let reason = format!("the event could not be queued: {e}");
-            match self
-                .queue
-                .dead_letter(&invocation, dead_letter_subject, &reason)
-                .await
-            {
-                Ok(()) => {
-                    tracing::warn!(%function, %subject, invocation = %invocation.id, %reason, "event dead-lettered")
-                }
-                Err(dead) => {
-                    tracing::error!(%function, %subject, invocation = %invocation.id, %reason, error = %dead, "event dropped: it can be neither queued nor dead-lettered")
-                }
-            }
+            let Some(message) = message else { break };
+            self.queue_plain_event(message).await;
         }
         "the subscription ended".into()
     }
 
-    async fn consume_stream(&self, stream_name: &str) -> String {
+    /// Queues one event from a plain subject, or dead-letters it when it
+    /// cannot be queued.
+    async fn queue_plain_event(&self, message: async_nats::Message) {
+        let mut invocation = self.invocation(
+            message.headers.as_ref(),
+            message.payload,
+            &message.subject,
+            None,
+        );
+        let span = telemetry::gateway_span(&mut invocation);
+        let submitted = self.queue.submit(invocation.clone(), None);
+        let Err(e) = submitted.instrument(span).await else {
+            return;
+        };
+        // Core NATS has no redelivery: the dead letter is the event's only
+        // copy left.
+        let Trigger {
+            function,
+            subject,
+            dead_letter_subject,
+        } = &self.trigger;
+        let reason = format!("the event could not be queued: {e}");
+        match self
+            .queue
+            .dead_letter(&invocation, dead_letter_subject, &reason)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(%function, %subject, invocation = %invocation.id, %reason, "event dead-lettered")
+            }
+            Err(dead) => {
+                tracing::error!(%function, %subject, invocation = %invocation.id, %reason, error = %dead, "event dropped: it can be neither queued nor dead-lettered")
+            }
+        }
+    }
+
+    /// Takes the subject's messages from a durable consumer, acknowledging
+    /// each once queued. When told to stop it just stops: what it received
+    /// and did not acknowledge is delivered again, to another gateway.
+    async fn consume_stream(&self, stream_name: &str, stop: &CancellationToken) -> String {
         let stream = match self.js.get_stream(stream_name).await {
             Ok(stream) => stream,
             Err(e) => return e.to_string(),
@@ -226,10 +276,15 @@ impl Source {
             Ok(messages) => messages,
             Err(e) => return e.to_string(),
         };
-        while let Some(message) = messages.next().await {
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                () = stop.cancelled() => return "stopped".into(),
+            };
             let message = match message {
-                Ok(message) => message,
-                Err(e) => return e.to_string(),
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return e.to_string(),
+                None => break,
             };
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
             let mut invocation = self.invocation(

@@ -84,23 +84,31 @@ pub async fn start(config: NatsConfig) -> Result<RunningGateway, NatsModeError> 
         ready: Default::default(),
     });
     let bridge = EventBridge::new(client, queue, config.http.async_deadline);
-    tokio::spawn(follow_registry(
-        layout,
-        Arc::downgrade(&gateway),
+    let running = RunningGateway::start(
+        gateway.clone(),
         admin.clone(),
-        bridge,
-    ));
-    Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen).await?)
+        config.listen,
+        config.admin_listen,
+    )
+    .await?;
+    running.spawn_companion(|stop| async move {
+        let mut bridge = bridge;
+        tokio::select! {
+            () = follow_registry(&layout, &gateway, &admin, &mut bridge) => {}
+            () = stop.cancelled() => {}
+        }
+        bridge.shutdown().await;
+    });
+    Ok(running)
 }
 
 /// Keeps the gateway's routes and the event bridge in step with the
-/// registry until the gateway is gone. Ready once the first full view of
-/// the registry is applied.
+/// registry. Ready once the first full view of the registry is applied.
 async fn follow_registry(
-    layout: Layout,
-    gateway: std::sync::Weak<Gateway>,
-    admin: Arc<Admin>,
-    mut bridge: EventBridge,
+    layout: &Layout,
+    gateway: &Gateway,
+    admin: &Admin,
+    bridge: &mut EventBridge,
 ) {
     let mut functions: HashMap<FunctionRef, Arc<FunctionSpec>> = HashMap::new();
     loop {
@@ -138,9 +146,6 @@ async fn follow_registry(
             let pending = entry.delta;
             apply(&mut functions, entry);
             if pending == 0 {
-                let Some(gateway) = gateway.upgrade() else {
-                    return;
-                };
                 let (registry, conflicts) = Registry::first_claim_wins(functions.clone());
                 for conflict in conflicts {
                     tracing::error!(error = %conflict, "custom route not applied");

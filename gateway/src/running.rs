@@ -9,6 +9,9 @@ use sluice_runtime::admin::Admin;
 use sluice_runtime::server::{Service, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::http::Gateway;
 
@@ -21,9 +24,9 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
-/// How long a stopping gateway waits for the invocations only it holds (in
-/// local mode) after the last request: below Kubernetes' default 30s
-/// termination grace period.
+/// How long a stopping gateway waits, after the last request, for its
+/// companions to finish and for the invocations only it holds (in local
+/// mode): below Kubernetes' default 30s termination grace period.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(25);
 
 /// A gateway serving requests.
@@ -33,6 +36,11 @@ pub struct RunningGateway {
     pub admin_addr: SocketAddr,
     gateway: Arc<Gateway>,
     service: Service,
+    /// Told to stop when the gateway stops taking requests.
+    stop_companions: CancellationToken,
+    companions: TaskTracker,
+    /// Stops the companions of a gateway dropped without `shutdown`.
+    _companions_guard: DropGuard,
 }
 
 impl RunningGateway {
@@ -46,6 +54,7 @@ impl RunningGateway {
         let (listener, addr) = bind(listen).await?;
         let (admin_listener, admin_addr) = bind(admin_listen).await?;
         let handler = gateway.clone();
+        let stop_companions = CancellationToken::new();
         let service = Service::spawn(|stop| async move {
             let (stop_admin, admin_stopped) = oneshot::channel::<()>();
             let admin_task = tokio::spawn(admin.serve(admin_listener, async {
@@ -70,15 +79,44 @@ impl RunningGateway {
             admin_addr,
             gateway,
             service,
+            _companions_guard: stop_companions.clone().drop_guard(),
+            stop_companions,
+            companions: TaskTracker::new(),
         })
     }
 
-    /// Stops accepting requests, waits for open ones to finish, then for
-    /// the accepted invocations only this process holds, up to
-    /// [`DRAIN_GRACE`].
+    /// Runs `companion` (e.g. the event bridge) beside the server. It gets
+    /// a token cancelled when the gateway stops taking requests, and
+    /// [`RunningGateway::shutdown`] waits for it to return.
+    pub fn spawn_companion<F>(&self, companion: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.companions
+            .spawn(companion(self.stop_companions.clone()));
+    }
+
+    /// Stops taking requests and events, waits for open requests, then,
+    /// up to [`DRAIN_GRACE`], for the companions and for the accepted
+    /// invocations only this process holds.
     pub async fn shutdown(self) {
+        self.stop_companions.cancel();
         self.service.shutdown().await;
-        let abandoned = self.gateway.drain(DRAIN_GRACE).await;
+        let deadline = Instant::now() + DRAIN_GRACE;
+        self.companions.close();
+        if tokio::time::timeout_at(deadline, self.companions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                busy = self.companions.len(),
+                "event consumers still busy after {DRAIN_GRACE:?} are stopped"
+            );
+        }
+        let abandoned = self
+            .gateway
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await;
         if abandoned > 0 {
             tracing::warn!(
                 abandoned,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use http::StatusCode;
 use sluice_api::Invocation;
-use sluice_api::names::FunctionRef;
+use sluice_api::names::{FunctionRef, INVOCATION_STREAM};
 use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::header_pairs;
 use sluice_runtime::nats::layout::LayoutConfig;
@@ -325,4 +325,56 @@ async fn an_event_that_cannot_be_queued_is_dead_lettered_with_its_data() {
     assert_eq!(event.body.as_ref(), b"order nine");
     assert_eq!(event.headers["ce-id"], "order-9");
     assert_eq!(event.headers["ce-subject"], "orders.created");
+}
+
+/// Core NATS does not send an event twice: a stopping gateway unsubscribes
+/// and still queues every event the server had sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_queues_the_plain_events_it_already_received() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let dir = manifest_dir(ECHO_ON_ORDERS);
+    stack.publish_dir(dir.path()).await;
+    let url = stack.server.url.clone();
+    let mut gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let publish = async |event_id: String| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("ce-id", event_id.as_str());
+        client
+            .publish_with_headers("orders.created", headers, "order".into())
+            .await
+            .unwrap();
+    };
+    let function: FunctionRef = "default/echo".parse().unwrap();
+    let probe = event_invocation_id(&function, "orders.created", "probe");
+    eventually(
+        "the gateway consumes events",
+        Duration::from_secs(30),
+        async || {
+            publish("probe".to_owned()).await;
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let reply = gw.get(&format!("/invocations/{probe}")).await;
+            match reply.status {
+                StatusCode::OK => Ok(()),
+                _ => Err(reply.text()),
+            }
+        },
+    )
+    .await;
+
+    let burst = 300;
+    for i in 0..burst {
+        publish(format!("burst-{i}")).await;
+    }
+    // Once flushed, the server has routed every event to the gateway's
+    // subscription, ahead of the unsubscribe that shutdown sends.
+    client.flush().await.unwrap();
+    gw.gateway.take().unwrap().shutdown().await;
+
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(INVOCATION_STREAM).await.unwrap();
+    let queued = stream.info().await.unwrap().state.messages;
+    assert_eq!(queued, 1 + burst, "the probe and every event of the burst");
 }
