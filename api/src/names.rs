@@ -85,7 +85,14 @@ impl FunctionRef {
 
     /// Durable consumer name of the function on the invocation stream.
     pub fn consumer_name(&self) -> String {
-        format!("fn-{}-{}", self.namespace, self.name)
+        format!("fn_{}", self.unique_token())
+    }
+
+    /// `<ns>_<fn>`: distinct for distinct functions (`_` is in no DNS
+    /// label, unlike `-`: `team-a/orders` and `team/a-orders`), and valid in
+    /// consumer, queue group and stream names.
+    pub fn unique_token(&self) -> String {
+        format!("{}_{}", self.namespace, self.name)
     }
 
     /// The default HTTP route prefix, `/fn/<ns>/<fn>`.
@@ -131,6 +138,14 @@ impl From<FunctionRef> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_whose_names_join_alike_get_distinct_consumers() {
+        let a = FunctionRef::new("team-a", "orders").unwrap();
+        let b = FunctionRef::new("team", "a-orders").unwrap();
+        assert_ne!(a.consumer_name(), b.consumer_name());
+        assert_eq!(a.consumer_name(), "fn_team-a_orders");
+    }
 
     #[test]
     fn names_follow_the_nats_layout() {

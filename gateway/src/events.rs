@@ -33,7 +33,7 @@ use crate::queue::InvocationQueue;
 /// subject for `function`: one per function, so that functions sharing a
 /// subject each get every event, and gateways share each function's.
 pub fn queue_group(function: &FunctionRef) -> String {
-    format!("sluice-events-{}-{}", function.namespace, function.name)
+    format!("sluice-events_{}", function.unique_token())
 }
 /// `ce-type` of an event whose message does not name one.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.sluice.nats.message";
@@ -312,8 +312,8 @@ impl Source {
     fn consumer_name(&self) -> String {
         let hash = hex::encode(&Sha256::digest(self.trigger.subject.as_bytes())[..6]);
         format!(
-            "sluice-events-{}-{}-{hash}",
-            self.trigger.function.namespace, self.trigger.function.name
+            "sluice-events_{}_{hash}",
+            self.trigger.function.unique_token()
         )
     }
 

@@ -142,6 +142,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             // process, queued on a real server.
             publish(url, dir).await?;
             let mut config = NodeConfig::new(url);
+            config.pool_serves_dedicated = true;
             config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
             config.artifacts = Some(std::env::temp_dir().join("sluice-artifacts"));
             config.runtime = runtime_config;

@@ -311,10 +311,10 @@ async fn collect_response(
     let response = match receiver.await.ok()? {
         Ok(response) => response,
         Err(code) => {
-            return Some(Err(Failure {
-                kind: FailureKind::Trap,
-                reason: format!("the function set an error response: {code:?}"),
-            }));
+            return Some(Err(Failure::new(
+                FailureKind::Trap,
+                format!("the function set an error response: {code:?}"),
+            )));
         }
     };
     let (parts, body) = response.into_parts();
@@ -328,10 +328,10 @@ async fn collect_response(
             kind: FailureKind::ResponseTooLarge,
             reason: format!("the response body is larger than {max_body} bytes"),
         }),
-        Err(e) => Err(Failure {
-            kind: FailureKind::Trap,
-            reason: format!("the response body failed: {e}"),
-        }),
+        Err(e) => Err(Failure::new(
+            FailureKind::Trap,
+            format!("the response body failed: {e}"),
+        )),
     })
 }
 
@@ -365,10 +365,7 @@ fn classify_trap(
         Some(trap) => format!("the function trapped: {trap}"),
         None => format!("the function failed: {e:#}"),
     };
-    Failure {
-        kind: FailureKind::Trap,
-        reason,
-    }
+    Failure::new(FailureKind::Trap, reason)
 }
 
 fn timed_out(budget: Duration, timeout: Duration) -> Outcome {
@@ -384,10 +381,7 @@ fn timed_out(budget: Duration, timeout: Duration) -> Outcome {
 }
 
 fn failed(kind: FailureKind, reason: impl Into<String>) -> Outcome {
-    Outcome::Failed(Failure {
-        kind,
-        reason: reason.into(),
-    })
+    Outcome::Failed(Failure::new(kind, reason))
 }
 
 /// The HTTP request the component sees: the stripped path, the caller's

@@ -21,6 +21,27 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// Longest reason kept: a guest chooses parts of it (its error code's
+/// text), and a reason travels in logs, replies, records and dead letters.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+impl Failure {
+    /// A failure whose reason is cut to [`MAX_REASON_BYTES`].
+    pub fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_BYTES {
+            let total = reason.len();
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push_str(&format!("… ({} more bytes cut)", total - end));
+        }
+        Self { kind, reason }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// The attempt outlived the function's timeout or the caller's deadline.
@@ -190,6 +211,23 @@ pub fn gave_up(attempts: u32, reason: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary() {
+        let failure = Failure::new(FailureKind::Trap, "é".repeat(MAX_REASON_BYTES));
+        assert!(
+            failure.reason.len() < MAX_REASON_BYTES + 32,
+            "{}",
+            failure.reason.len()
+        );
+        assert!(
+            failure.reason.ends_with("… (1024 more bytes cut)"),
+            "{}",
+            &failure.reason[1000..]
+        );
+        let short = Failure::new(FailureKind::Trap, "short");
+        assert_eq!(short.reason, "short");
+    }
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
 

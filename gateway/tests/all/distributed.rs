@@ -651,7 +651,7 @@ async fn local_mode_on_nats_runs_a_folder_in_one_process_queued_on_the_server() 
     // It went through the server: the function's consumer exists there.
     let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     let stream = js.get_stream("SLUICE_INVOCATIONS").await.unwrap();
-    assert!(stream.consumer_info("fn-default-hello").await.is_ok());
+    assert!(stream.consumer_info("fn_default_hello").await.is_ok());
 }
 
 /// A span as an OTLP collector received it.

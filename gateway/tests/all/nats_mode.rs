@@ -77,13 +77,46 @@ async fn a_dedicated_runtime_serves_only_its_function() {
         .unwrap()
         .layout
         .invocations
-        .consumer_info("fn-default-hello")
+        .consumer_info(
+            "default/hello"
+                .parse::<FunctionRef>()
+                .unwrap()
+                .consumer_name(),
+        )
         .await;
     assert!(
         hello_consumer.is_err(),
         "the dedicated runtime opened hello's consumer"
     );
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_runtime_leaves_dedicated_functions_to_their_own() {
+    let dedicated_echo = ECHO_ON_ORDERS.replace(
+        "module: { file: \"{echo}\" }",
+        "module: { file: \"{echo}\" }\n  placement: dedicated",
+    );
+    let dir = manifest_dir(&format!("{}---{dedicated_echo}", hello("Hi")));
+    let stack = NatsStack::start().await;
+    stack.publish_dir(dir.path()).await;
+    let hello: FunctionRef = "default/hello".parse().unwrap();
+    let echo: FunctionRef = "default/echo".parse().unwrap();
+    stack.wait_serving(&hello).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+    assert_eq!(gw.get("/fn/default/hello/").await.status, StatusCode::OK);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let layout = &gw.nats.as_ref().unwrap().layout;
+    assert!(
+        layout
+            .invocations
+            .consumer_info(echo.consumer_name())
+            .await
+            .is_err(),
+        "the pool runtime opened the dedicated function's consumer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +230,7 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
         .await
         .expect("a durable consumer exists")
         .unwrap();
-    assert!(name.starts_with("sluice-events-default-echo-"), "{name}");
+    assert!(name.starts_with("sluice-events_default_echo_"), "{name}");
     eventually(
         "the event is acknowledged",
         Duration::from_secs(10),

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{Entry, Operation};
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
-use sluice_api::RegistryEntry;
 use sluice_api::names::{FunctionRef, module_key};
+use sluice_api::{FunctionSpec, Placement, RegistryEntry};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -35,8 +35,11 @@ use crate::{PreparedFunction, Runtime, RuntimeConfig, RuntimeError};
 pub struct NodeConfig {
     pub nats_url: String,
     /// Serve only this function (dedicated placement); `None` serves every
-    /// function in the registry (the pool).
+    /// function of the pool.
     pub function: Option<FunctionRef>,
+    /// Without `function`, serve `placement: dedicated` functions too, as
+    /// local mode does: its one process runs everything. Default: false.
+    pub pool_serves_dedicated: bool,
     /// Where precompiled components are kept; `None` keeps none.
     pub artifacts: Option<PathBuf>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -50,6 +53,7 @@ impl NodeConfig {
         Self {
             nats_url: nats_url.into(),
             function: None,
+            pool_serves_dedicated: false,
             artifacts: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             runtime: RuntimeConfig::default(),
@@ -139,6 +143,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let node = NodeLoop {
         shared,
         only: config.function,
+        pool_serves_dedicated: config.pool_serves_dedicated,
         artifacts: config.artifacts,
         workers: HashMap::new(),
         failed: HashMap::new(),
@@ -164,6 +169,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
 struct NodeLoop {
     shared: Arc<Shared>,
     only: Option<FunctionRef>,
+    pool_serves_dedicated: bool,
     artifacts: Option<PathBuf>,
     workers: HashMap<FunctionRef, (RegistryEntry, Worker)>,
     /// Entries that could not be served yet (module store or consumer
@@ -253,18 +259,32 @@ impl NodeLoop {
         }
         match entry.operation {
             Operation::Delete | Operation::Purge => {
-                self.failed.remove(&function);
-                if let Some((_, worker)) = self.workers.remove(&function) {
-                    tracing::info!(%function, "removed from the registry; stopping");
-                    self.retire(worker);
-                }
+                self.stop_serving(&function, "removed from the registry; stopping");
             }
             Operation::Put => match RegistryEntry::parse(&function, &entry.value) {
+                Ok(registered) if !self.serves(&registered.spec) => self.stop_serving(
+                    &function,
+                    "placement: dedicated; leaving it to its own runtime",
+                ),
                 Ok(registered) => self.deploy(registered).await,
                 Err(e) => {
                     tracing::error!(%function, error = %e, "not serving an invalid registry entry");
                 }
             },
+        }
+    }
+
+    /// Whether this node serves a function of the pool it was not started
+    /// for (`--function` picks its one function before this).
+    fn serves(&self, spec: &FunctionSpec) -> bool {
+        self.only.is_some() || self.pool_serves_dedicated || spec.placement == Placement::Pool
+    }
+
+    fn stop_serving(&mut self, function: &FunctionRef, why: &str) {
+        self.failed.remove(function);
+        if let Some((_, worker)) = self.workers.remove(function) {
+            tracing::info!(%function, "{why}");
+            self.retire(worker);
         }
     }
 
