@@ -62,16 +62,21 @@ pub enum NatsModeError {
 }
 
 /// Connects, opens the layout, starts following the registry and serves.
-pub async fn start(config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
+pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
     let client = sluice_runtime::nats::connect(&config.nats_url, "sluice-gateway").await?;
     let layout = Layout::ensure(client.clone(), &config.layout).await?;
+    // An invocation is one message: a body that fits the limit but not the
+    // server would fail to queue (503), so the limit shrinks to what fits
+    // and such a body gets 413.
     let max_payload = client.server_info().max_payload;
-    if config.http.max_request_body + PAYLOAD_HEADROOM > max_payload {
+    let fits = max_payload.saturating_sub(PAYLOAD_HEADROOM);
+    if config.http.max_request_body > fits {
         tracing::warn!(
             max_payload,
-            max_request_body = config.http.max_request_body,
-            "the NATS server's max_payload leaves no room for the largest request body and its headers; such requests will get 503 (raise max_payload, e.g. to 8MB)"
+            max_request_body = fits,
+            "lowering the request limit to what the NATS server's max_payload carries with headers (raise max_payload, e.g. to 8MB)"
         );
+        config.http.max_request_body = fits;
     }
     let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
     let gateway = Arc::new(Gateway::new(

@@ -102,7 +102,11 @@ impl NatsStack {
     /// Starts a nats-server and creates the layout with `layout`'s limits;
     /// no runtime serves anything.
     pub async fn without_runtime(layout: LayoutConfig) -> Self {
-        let server = NatsServer::start();
+        Self::on_server(NatsServer::start(), layout).await
+    }
+
+    /// The same on `server`.
+    pub async fn on_server(server: NatsServer, layout: LayoutConfig) -> Self {
         let artifacts = tempfile::tempdir().unwrap();
         let client = sluice_runtime::nats::connect(&server.url, "test-publisher")
             .await

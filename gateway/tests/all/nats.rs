@@ -21,9 +21,14 @@ fn binary() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
         // Room for a 1 MiB body plus headers, and for 6 MiB responses.
-        std::fs::write(dir.path().join("nats.conf"), "max_payload: 8MB\n").unwrap();
+        Self::with_config("max_payload: 8MB\n")
+    }
+
+    /// A server with `config` as its configuration file.
+    pub fn with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nats.conf"), config).unwrap();
         let child = spawn(&dir, -1);
         let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
         let started = Instant::now();

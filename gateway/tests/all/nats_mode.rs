@@ -17,6 +17,7 @@ use sluice_runtime::nats::node::{self, NodeConfig};
 use crate::harness::{
     Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir, metric,
 };
+use crate::nats::NatsServer;
 
 fn hello(greeting: &str) -> String {
     format!(
@@ -410,4 +411,35 @@ async fn a_stopping_gateway_queues_the_plain_events_it_already_received() {
     let mut stream = js.get_stream(INVOCATION_STREAM).await.unwrap();
     let queued = stream.info().await.unwrap().state.messages;
     assert_eq!(queued, 1 + burst, "the probe and every event of the burst");
+}
+
+/// An invocation is one NATS message: on a server with the default 1 MB
+/// max_payload, a body that cannot fit with its headers gets 413, not 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_limit_shrinks_to_what_the_servers_max_payload_carries() {
+    let stack = NatsStack::on_server(NatsServer::with_config(""), LayoutConfig::default()).await;
+    let dir = manifest_dir(ECHO_ON_ORDERS);
+    stack.publish_dir(dir.path()).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/echo").await;
+    let at_default_limit = "x".repeat(1 << 20);
+    let reply = gw
+        .send(
+            http::Method::POST,
+            "/async/fn/default/echo/",
+            &[],
+            at_default_limit,
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text()
+    );
+    let fits = "x".repeat(512 << 10);
+    let reply = gw
+        .send(http::Method::POST, "/async/fn/default/echo/", &[], fits)
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
 }
