@@ -69,7 +69,7 @@ pub struct FunctionSpec {
     pub timeout: Duration,
     /// In-flight invocations per replica. Default: `64`.
     #[serde(default = "defaults::concurrency")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub concurrency: u32,
     /// Retries for asynchronous and event invocations.
     /// Default: 5 attempts, backoff from 1s doubling up to 1m.
@@ -197,12 +197,35 @@ pub struct Triggers {
 /// An extra HTTP route served by the gateway.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.path != '/' && !['/fn', '/async/fn', '/invocations', '/dead-letters'].exists(r, self.path == r || self.path.startsWith(r + '/'))",
+        "message": "path may be neither / nor under the gateway's own /fn, /async/fn, /invocations and /dead-letters"
+    }
+]))]
 pub struct HttpTrigger {
     /// Path prefix, starting with `/`, e.g. `/hello`. Requests under it
     /// reach the function with the prefix stripped.
-    #[schemars(regex(pattern = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"))]
+    // The length bound also keeps the CEL rule's estimated cost low.
+    #[schemars(
+        regex(pattern = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"),
+        length(max = 1024)
+    )]
     pub path: String,
 }
+
+/// Paths the gateway serves itself; no custom route may sit on or under
+/// them.
+pub const RESERVED_PATHS: [&str; 4] = ["/fn", "/async/fn", "/invocations", "/dead-letters"];
+
+/// Longest `timeout`, backoff and scaling delay: a day is past any sane
+/// value, and keeps deadlines and NATS durations (nanoseconds in an i64)
+/// far from overflowing.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most in-flight invocations per replica.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Most replicas of a function.
+pub const MAX_REPLICAS: u32 = 1_000;
 
 /// A NATS subject whose messages invoke the function.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -311,6 +334,7 @@ pub struct Scaling {
     pub min_replicas: u32,
     /// Most replicas. Default: `20`.
     #[serde(default = "defaults::max_replicas")]
+    #[schemars(range(max = 1000))]
     pub max_replicas: u32,
     /// Queued invocations one replica is sized for. Default: `16`.
     #[serde(default = "defaults::target_queue_depth")]
@@ -470,8 +494,34 @@ impl FunctionSpec {
     /// Checks what the schema cannot express; the first problem wins.
     pub fn validate(&self) -> Result<(), SpecError> {
         self.module.kind()?;
-        if self.concurrency == 0 {
-            return Err(SpecError::new("spec.concurrency", "must be at least 1"));
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(SpecError::new(
+                "spec.concurrency",
+                format!("must be from 1 to {MAX_CONCURRENCY}"),
+            ));
+        }
+        if self.scaling.max_replicas > MAX_REPLICAS {
+            return Err(SpecError::new(
+                "spec.scaling.maxReplicas",
+                format!("must be at most {MAX_REPLICAS}"),
+            ));
+        }
+        for (field, duration) in [
+            ("spec.timeout", self.timeout),
+            ("spec.retry.backoff.initial", self.retry.backoff.initial),
+            ("spec.retry.backoff.max", self.retry.backoff.max),
+            ("spec.scaling.scaleDownDelay", self.scaling.scale_down_delay),
+            (
+                "spec.scaling.scaleToZeroAfter",
+                self.scaling.scale_to_zero_after,
+            ),
+        ] {
+            if duration.0 > MAX_DURATION {
+                return Err(SpecError::new(
+                    field,
+                    format!("must be at most {}", Duration(MAX_DURATION)),
+                ));
+            }
         }
         if self.timeout.0.is_zero() {
             return Err(SpecError::new("spec.timeout", "must be longer than 0s"));
@@ -501,11 +551,20 @@ impl FunctionSpec {
             ));
         }
         if let Some(http) = &self.triggers.http
-            && (!http.path.starts_with('/') || http.path.starts_with("/fn/") || http.path == "/")
+            && (!http.path.starts_with('/')
+                || http.path == "/"
+                || RESERVED_PATHS.iter().any(|reserved| {
+                    http.path
+                        .strip_prefix(reserved)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                }))
         {
             return Err(SpecError::new(
                 "spec.triggers.http.path",
-                "must start with / and may be neither / nor under the reserved /fn/",
+                format!(
+                    "must start with / and may be neither / nor on or under the gateway's own {}",
+                    RESERVED_PATHS.join(", ")
+                ),
             ));
         }
         if let Some(subject) = &self.dead_letter.subject
@@ -651,8 +710,29 @@ mod tests {
     #[test]
     fn invalid_values_name_their_field() {
         type Mutation = fn(&mut FunctionSpec);
-        let cases: [(Mutation, &str); 6] = [
+        let cases: [(Mutation, &str); 11] = [
             (|s| s.concurrency = 0, "spec.concurrency"),
+            (|s| s.concurrency = 10_001, "spec.concurrency"),
+            (
+                |s| s.scaling.max_replicas = 5_000,
+                "spec.scaling.maxReplicas",
+            ),
+            (
+                |s| s.timeout = Duration(std::time::Duration::from_secs(u64::MAX)),
+                "spec.timeout",
+            ),
+            (
+                |s| s.retry.backoff.max = Duration(std::time::Duration::from_secs(25 * 3600)),
+                "spec.retry.backoff.max",
+            ),
+            (
+                |s| {
+                    s.triggers.http = Some(HttpTrigger {
+                        path: "/invocations".into(),
+                    })
+                },
+                "spec.triggers.http.path",
+            ),
             (
                 |s| s.dead_letter.subject = Some("orders.failed".into()),
                 "spec.deadLetter.subject",
