@@ -147,7 +147,14 @@ impl Runtime {
         let Ok(_permit) = self.inner.instances.acquire().await else {
             return failed(FailureKind::Internal, "the runtime is shutting down");
         };
-        let budget = invocation.time_left().min(function.limits.timeout);
+        let time_left = invocation.time_left();
+        if time_left.is_zero() {
+            return failed(
+                FailureKind::Expired,
+                "the caller's deadline passed while the invocation waited for a free instance",
+            );
+        }
+        let budget = time_left.min(function.limits.timeout);
         let deadline = Instant::now() + budget;
         let stdout = LogSink::new(
             "stdout",

@@ -443,3 +443,58 @@ async fn the_request_limit_shrinks_to_what_the_servers_max_payload_carries() {
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
 }
+
+/// A message waiting for a free instance is reported in progress, so the
+/// server does not deliver it again after `ack_wait` (timeout + 5s) while a
+/// runtime still holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_waiting_for_an_instance_are_not_delivered_twice() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let dir = manifest_dir(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: slow }
+spec:
+  module: { file: "{misbehave}" }
+  timeout: 1s
+  concurrency: 10
+"#,
+    );
+    stack.publish_dir(dir.path()).await;
+    let mut config = NodeConfig::new(&stack.server.url);
+    config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // One instance at a time: the tenth waits about 7s, past ack_wait (6s).
+    config.runtime.max_instances = 1;
+    let node = node::start(config).await.unwrap();
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/slow").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let reply = gw
+            .send(
+                http::Method::POST,
+                "/async/fn/default/slow/sleep/800",
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let record = gw.wait_final(id).await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+        assert_eq!(record["attempts"], 1, "{record}");
+    }
+    let metrics = TestGateway::remote(node.admin_addr)
+        .get("/metrics")
+        .await
+        .text();
+    let redelivered = metric(
+        &metrics,
+        r#"sluice_redeliveries_total{function="default/slow"}"#,
+    );
+    assert_eq!(redelivered, 0.0, "{metrics}");
+    node.shutdown().await;
+}

@@ -190,6 +190,14 @@ async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Stor
 /// which bounds them by `retry.maxAttempts`): the runtime counts attempts
 /// against `retry.maxAttempts` and dead-letters the message itself, so a
 /// message is never left stranded in the work queue by a delivery limit.
+/// How long a runtime may hold a message unacknowledged: longer than an
+/// attempt can take, so a live runtime's messages are not redelivered under
+/// it (waiting for a free instance is covered by progress acks); a dead
+/// one's come back after this.
+pub fn ack_wait(spec: &FunctionSpec) -> Duration {
+    spec.timeout.0.saturating_add(Duration::from_secs(5))
+}
+
 pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(function.consumer_name()),
@@ -199,9 +207,7 @@ pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer:
         // `concurrency` is per replica (each runtime also caps its own
         // pulls at it); the consumer bounds the function as a whole.
         max_ack_pending: i64::from(spec.concurrency) * i64::from(spec.scaling.max_replicas.max(1)),
-        // Longer than an attempt can take, so a live runtime's messages are
-        // never redelivered under it; a dead one's come back after this.
-        ack_wait: spec.timeout.0.saturating_add(Duration::from_secs(5)),
+        ack_wait: ack_wait(spec),
         max_deliver: -1,
         ..Default::default()
     }

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::header_pairs;
-use super::layout::Layout;
+use super::layout::{Layout, ack_wait};
 use super::reply;
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
@@ -204,7 +204,7 @@ async fn handle(
 
     if let Some(inbox) = header(REPLY_TO_HEADER) {
         // Synchronous: one attempt, whatever its outcome.
-        let outcome = attempt(&shared, &served, &invocation).await;
+        let outcome = attempt(&shared, &served, &invocation, &message).await;
         let (headers, body) = reply::encode(&outcome);
         if let Err(e) = shared
             .client
@@ -242,7 +242,7 @@ async fn handle(
     record.state = InvocationState::Running;
     record.attempts = delivered;
     announce(&shared, &record).await;
-    let outcome = attempt(&shared, &served, &invocation).await;
+    let outcome = attempt(&shared, &served, &invocation, &message).await;
     record.response = outcome.stored_response();
     match outcome.settle(&invocation.id, delivered, retry) {
         Settlement::Retry { delay, reason } => {
@@ -275,11 +275,32 @@ async fn handle(
     }
 }
 
-async fn attempt(shared: &Shared, served: &Served, invocation: &Invocation) -> Outcome {
-    shared
+/// Runs one attempt of the invocation `message` holds. Meanwhile the server
+/// is told every half `ack_wait` that the message is in progress: the
+/// attempt may first wait for a free instance, which its timeout does not
+/// count, and the server must not deliver the message again under it.
+async fn attempt(
+    shared: &Shared,
+    served: &Served,
+    invocation: &Invocation,
+    message: &jetstream::Message,
+) -> Outcome {
+    let attempt = shared
         .metrics
-        .attempt(&shared.runtime, &served.prepared, invocation)
-        .await
+        .attempt(&shared.runtime, &served.prepared, invocation);
+    let mut attempt = std::pin::pin!(attempt);
+    let every = ack_wait(&served.spec) / 2;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            outcome = &mut attempt => return outcome,
+            _ = progress.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(invocation = %invocation.id, error = %e, "cannot report progress");
+                }
+            }
+        }
+    }
 }
 
 /// Dead-letters an async invocation, then records and acknowledges it.
