@@ -24,6 +24,8 @@ pub enum GatewayError {
     },
     #[error("the request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {}", sluice_api::Duration(*.0))]
+    RequestTimeout(std::time::Duration),
     #[error("the queue of {0} is full; retry later")]
     QueueFull(String),
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl GatewayError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::FunctionFailed(f) => match f.kind {
@@ -62,6 +65,7 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::QueueFull(_) => "queue_full",
             Self::Timeout(_) => "timeout",
             Self::FunctionFailed(f) => match f.kind {
@@ -86,7 +90,13 @@ impl GatewayError {
         if let Some(id) = invocation_id {
             body["invocationId"] = id.into();
         }
-        json_response(self.status(), &body)
+        let mut response = json_response(self.status(), &body);
+        if let Self::MethodNotAllowed { allowed, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        response
     }
 }
 

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::http::HOP_BY_HOP;
 use crate::queue::InvocationQueue;
 
 /// Queue group in which every gateway subscribes to a plain trigger
@@ -328,7 +329,7 @@ impl Source {
         let server = format!("{}:{}", info.host, info.port);
         let event = CloudEvent::from_message(headers, subject, &server, stream_id);
         Invocation {
-            id: match &event.given_id {
+            id: match &event.identity {
                 Some(id) => event_invocation_id(&self.trigger.function, subject, id),
                 None => InvocationId::random(),
             },
@@ -345,27 +346,30 @@ impl Source {
     }
 }
 
-/// The invocation an event with a publisher-given id maps to: the same
-/// event delivered twice on one subject runs once; equal ids on other
-/// subjects are other events.
-pub fn event_invocation_id(function: &FunctionRef, subject: &str, event_id: &str) -> InvocationId {
-    InvocationId::for_idempotency_key(function, &format!("{subject}\n{event_id}"))
+/// The invocation an event the publisher named maps to (`identity`, see
+/// [`CloudEvent::identity`]): the same event delivered twice on one subject
+/// runs once; equal ids on other subjects are other events.
+pub fn event_invocation_id(function: &FunctionRef, subject: &str, identity: &str) -> InvocationId {
+    InvocationId::for_idempotency_key(function, &format!("{subject}\n{identity}"))
 }
 
 /// The HTTP headers of a CloudEvents binary-mode request for one message.
 #[derive(Debug)]
 pub struct CloudEvent {
     pub headers: HeaderMap,
-    /// The id the publisher gave the event (`ce-id` or `Nats-Msg-Id`, or
-    /// the stream position), if any: it names the invocation, so the same
-    /// event delivered twice runs once.
-    pub given_id: Option<String>,
+    /// What names the event, when the publisher named it: its id (`ce-id`
+    /// or `Nats-Msg-Id`, or the stream position), after its `ce-source`
+    /// when the publisher set one, since CloudEvents ids are unique only
+    /// per source. It names the invocation, so the same event delivered
+    /// twice runs once.
+    pub identity: Option<String>,
     pub traceparent: Option<String>,
 }
 
 impl CloudEvent {
     /// Headers a message may set itself: `ce-*` overrides, plus
-    /// `content-type`; other headers are carried as they are.
+    /// `content-type`; other headers are carried as they are, except the
+    /// connection and framing headers of HTTP, which are the gateway's.
     pub fn from_message(
         message_headers: Option<&async_nats::HeaderMap>,
         subject: &str,
@@ -381,8 +385,13 @@ impl CloudEvent {
                 traceparent = Some(value.to_owned());
             } else if lower == "nats-msg-id" {
                 msg_id = Some(value.to_owned());
-            } else if lower.starts_with("nats-") {
-                // JetStream's own headers are not the event's.
+            } else if lower.starts_with("nats-")
+                || HOP_BY_HOP.contains(&lower.as_str())
+                || lower == "content-length"
+                || lower == "host"
+            {
+                // JetStream's own headers are not the event's, nor may it
+                // frame the request the function sees.
             } else if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(lower.as_bytes()),
                 HeaderValue::from_str(value),
@@ -390,15 +399,21 @@ impl CloudEvent {
                 headers.append(n, v);
             }
         }
-        let given_id = headers
-            .get("ce-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or(msg_id)
+        let given = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let given_id = given("ce-id")
+            .or(msg_id.filter(|id| !id.is_empty()))
             .or(stream_id);
-        let id = given_id
-            .clone()
-            .unwrap_or_else(|| InvocationId::random().to_string());
+        let identity = given_id.as_ref().map(|id| match given("ce-source") {
+            Some(source) => format!("{source}\n{id}"),
+            None => id.clone(),
+        });
+        let id = given_id.unwrap_or_else(|| InvocationId::random().to_string());
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let defaults = [
             ("ce-specversion", "1.0".to_owned()),
@@ -418,7 +433,7 @@ impl CloudEvent {
         }
         Self {
             headers,
-            given_id,
+            identity,
             traceparent,
         }
     }
@@ -439,7 +454,7 @@ mod tests {
         assert_eq!(h("content-type"), "application/octet-stream");
         assert!(InvocationId::parse(&h("ce-id")).is_some());
         assert!(humantime::parse_rfc3339(&h("ce-time")).is_ok());
-        assert_eq!(event.given_id, None);
+        assert_eq!(event.identity, None);
     }
 
     #[test]
@@ -453,7 +468,30 @@ mod tests {
         assert_eq!(h("ce-id"), "order-17");
         assert_eq!(h("ce-type"), "com.example.order.created");
         assert_eq!(h("content-type"), "application/json");
-        assert_eq!(event.given_id.as_deref(), Some("order-17"));
+        assert_eq!(event.identity.as_deref(), Some("order-17"));
         assert!(event.headers.get("nats-msg-id").is_none());
+    }
+
+    #[test]
+    fn an_event_is_named_by_its_source_and_id_and_cannot_frame_the_request() {
+        let event = |source: Option<&str>, id: &str| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("ce-id", id);
+            if let Some(source) = source {
+                headers.insert("ce-source", source);
+            }
+            headers.insert("Content-Length", "999");
+            headers.insert("Transfer-Encoding", "chunked");
+            headers.insert("Host", "elsewhere");
+            CloudEvent::from_message(Some(&headers), "orders.created", "h:1", None)
+        };
+        let a = event(Some("/shop/a"), "1");
+        let b = event(Some("/shop/b"), "1");
+        assert_ne!(a.identity, b.identity, "equal ids from two sources");
+        assert_eq!(a.identity, event(Some("/shop/a"), "1").identity);
+        assert_eq!(event(None, "").identity, None, "an empty id names nothing");
+        for name in ["content-length", "transfer-encoding", "host"] {
+            assert!(a.headers.get(name).is_none(), "{name}");
+        }
     }
 }

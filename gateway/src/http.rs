@@ -27,7 +27,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Headers that belong to one connection and never reach a function.
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -50,6 +50,10 @@ pub struct HttpConfig {
     /// How long an async invocation may take, retries included, before it
     /// expires; also how long its record stays. Default: 1h.
     pub async_deadline: Duration,
+    /// Longest a client may take to send a request body; slower gets 408.
+    /// A client trickling bytes would otherwise hold its connection and
+    /// buffer forever. Default: 60s (1 MiB at 17 KiB/s).
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -57,6 +61,7 @@ impl Default for HttpConfig {
         Self {
             max_request_body: 1 << 20,
             async_deadline: Duration::from_secs(3600),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -165,9 +170,8 @@ impl Gateway {
         request: Request<Incoming>,
     ) -> Handled {
         let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
-        let deadline = SystemTime::now() + spec.timeout.0;
         let mut invocation = self
-            .invocation(resolved, request, InvocationId::random(), deadline)
+            .invocation(resolved, request, InvocationId::random(), spec.timeout.0)
             .await
             .map_err(|e| (e, None))?;
         let id = invocation.id.clone();
@@ -202,9 +206,8 @@ impl Gateway {
             ),
             None => InvocationId::random(),
         };
-        let deadline = SystemTime::now() + self.config.async_deadline;
         let mut invocation = self
-            .invocation(resolved, request, id, deadline)
+            .invocation(resolved, request, id, self.config.async_deadline)
             .await
             .map_err(|e| (e, None))?;
         let function = invocation.function.clone();
@@ -286,10 +289,18 @@ impl Gateway {
         resolved: Resolved,
         request: Request<Incoming>,
         id: InvocationId,
-        deadline: SystemTime,
+        budget: Duration,
     ) -> Result<Invocation, GatewayError> {
         let (parts, body) = request.into_parts();
-        let body = read_body(body, &parts.headers, self.config.max_request_body).await?;
+        let body = tokio::time::timeout(
+            self.config.body_timeout,
+            read_body(body, &parts.headers, self.config.max_request_body),
+        )
+        .await
+        .map_err(|_| GatewayError::RequestTimeout(self.config.body_timeout))??;
+        // The budget starts once the request is in: a slow upload does not
+        // eat the function's time.
+        let deadline = SystemTime::now() + budget;
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         let traceparent = headers

@@ -119,6 +119,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_request_body: usize::try_from(args.max_request_body.0)
             .context("--max-request-body is too large")?,
         async_deadline: args.async_deadline.0,
+        ..HttpConfig::default()
     };
     let runtime_config = RuntimeConfig {
         max_response_body: usize::try_from(args.max_response_body.0)

@@ -110,6 +110,7 @@ async fn async_invocations_need_post_and_a_usable_callback_url(backend: Backend)
     let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let reply = gw.get("/async/fn/default/echo/").await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.header("allow"), "POST");
     assert_eq!(reply.json()["error"], "method_not_allowed");
     let reply = gw
         .send(

@@ -53,6 +53,35 @@ async fn a_body_over_the_default_1mib_limit_gets_413(backend: Backend) {
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+/// A client that stops sending its body gets 408 when the body timeout
+/// passes, and its connection is not held.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let gw = TestGateway::start_with(FUNCTIONS, |c| {
+        c.http.body_timeout = std::time::Duration::from_millis(300)
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /fn/default/echo/ HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nten bytes!",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the gateway answers and closes")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
 #[tokio::test]
 async fn the_body_limit_is_configurable() {
     let gw = TestGateway::start_with(FUNCTIONS, |c| c.http.max_request_body = 1024).await;
