@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sluice_runtime::admin::Admin;
@@ -35,6 +36,7 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
     service: Service,
     /// Told to stop when the gateway stops taking requests.
     stop_companions: CancellationToken,
@@ -54,10 +56,11 @@ impl RunningGateway {
         let (listener, addr) = bind(listen).await?;
         let (admin_listener, admin_addr) = bind(admin_listen).await?;
         let handler = gateway.clone();
+        let admin_server = admin.clone();
         let stop_companions = CancellationToken::new();
         let service = Service::spawn(|stop| async move {
             let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-            let admin_task = tokio::spawn(admin.serve(admin_listener, async {
+            let admin_task = tokio::spawn(admin_server.serve(admin_listener, async {
                 let _ = admin_stopped.await;
             }));
             serve(
@@ -78,6 +81,7 @@ impl RunningGateway {
             addr,
             admin_addr,
             gateway,
+            admin,
             service,
             _companions_guard: stop_companions.clone().drop_guard(),
             stop_companions,
@@ -100,6 +104,8 @@ impl RunningGateway {
     /// up to [`DRAIN_GRACE`], for the companions and for the accepted
     /// invocations only this process holds.
     pub async fn shutdown(self) {
+        // Load balancers stop sending new requests here meanwhile.
+        self.admin.ready.store(false, Ordering::Relaxed);
         self.stop_companions.cancel();
         self.service.shutdown().await;
         let deadline = Instant::now() + DRAIN_GRACE;

@@ -35,6 +35,9 @@ pub struct QueueConfig {
     pub dedupe_window: Duration,
     /// Dead letters kept per function, newest kept. Default: 1000.
     pub dead_letter_capacity: usize,
+    /// Finished records kept before their TTL; past it the oldest go
+    /// first. Default: 10000.
+    pub max_finished_records: usize,
 }
 
 impl Default for QueueConfig {
@@ -44,6 +47,7 @@ impl Default for QueueConfig {
             results_ttl: Duration::from_secs(3600),
             dedupe_window: Duration::from_secs(120),
             dead_letter_capacity: 1000,
+            max_finished_records: 10_000,
         }
     }
 }
@@ -186,37 +190,33 @@ impl InvocationQueue for MemoryQueue {
     ) -> Result<Submitted, QueueError> {
         let lane = self.lane(&invocation.function)?;
         let id = invocation.id.clone();
+        // The record and the job go in under one lock: a duplicate submit
+        // must never see a record whose job then fails to queue.
+        let mut records = lock(&self.state.records);
+        if let Some(entry) = records.get(&id)
+            && entry.accepted.elapsed() < self.state.config.dedupe_window
         {
-            let mut records = lock(&self.state.records);
-            if let Some(entry) = records.get(&id)
-                && entry.accepted.elapsed() < self.state.config.dedupe_window
-            {
-                return Ok(Submitted {
-                    id,
-                    duplicate: true,
-                });
-            }
-            records.insert(
-                id.clone(),
-                RecordEntry {
-                    record: watch::Sender::new(InvocationRecord::queued(
-                        id.clone(),
-                        invocation.function.clone(),
-                    )),
-                    accepted: Instant::now(),
-                    expires: None,
-                },
-            );
+            return Ok(Submitted {
+                id,
+                duplicate: true,
+            });
         }
+        let record = InvocationRecord::queued(id.clone(), invocation.function.clone());
         let job = Job::Deliver {
             invocation: Arc::new(invocation),
             attempt: 1,
             callback,
         };
-        if let Err(e) = lane.enqueue(&self.state.metrics, job) {
-            lock(&self.state.records).remove(&id);
-            return Err(e);
-        }
+        lane.enqueue(&self.state.metrics, job)?;
+        records.insert(
+            id.clone(),
+            RecordEntry {
+                record: watch::Sender::new(record),
+                accepted: Instant::now(),
+                expires: None,
+            },
+        );
+        drop(records);
         Ok(Submitted {
             id,
             duplicate: false,
@@ -454,13 +454,32 @@ impl State {
     }
 }
 
+/// Drops expired records every second, and the oldest finished ones past
+/// `max_finished_records`: each may hold a response of megabytes.
 async fn sweep_expired_records(state: Weak<State>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Some(state) = state.upgrade() else { return };
         let now = Instant::now();
-        lock(&state.records).retain(|_, e| e.expires.is_none_or(|t| t > now));
+        let mut records = lock(&state.records);
+        records.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        if records.len() <= state.config.max_finished_records {
+            continue;
+        }
+        let mut finished: Vec<(Instant, InvocationId)> = records
+            .iter()
+            .filter_map(|(id, e)| Some((e.expires?, id.clone())))
+            .collect();
+        let excess = finished
+            .len()
+            .saturating_sub(state.config.max_finished_records);
+        if excess > 0 {
+            finished.select_nth_unstable(excess - 1);
+            for (_, id) in &finished[..excess] {
+                records.remove(id);
+            }
+        }
     }
 }
 

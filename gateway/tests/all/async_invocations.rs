@@ -195,3 +195,36 @@ spec:
         assert_eq!(record["state"], "succeeded", "{record}");
     }
 }
+
+/// Local mode keeps records in memory: past `max_finished_records` the
+/// oldest finished ones go before their TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_keeps_at_most_max_finished_records() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start_with(&functions(&recorder), |c| {
+        c.queue.max_finished_records = 2;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let reply = gw
+            .send(Method::POST, "/async/fn/default/echo/", &[], "r")
+            .await;
+        let id = reply.json()["id"].as_str().unwrap().to_owned();
+        assert_eq!(gw.wait_final(&id).await["state"], "succeeded");
+        ids.push(id);
+    }
+    let oldest = format!("/invocations/{}", ids[0]);
+    gw.wait_answer(&oldest, |r| r.status == StatusCode::NOT_FOUND)
+        .await;
+    assert_eq!(
+        gw.get(&format!("/invocations/{}", ids[1])).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for id in &ids[2..] {
+        assert_eq!(
+            gw.get(&format!("/invocations/{id}")).await.status,
+            StatusCode::OK
+        );
+    }
+}
