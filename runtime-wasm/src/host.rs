@@ -45,22 +45,39 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Caps linear memory per instance and remembers whether the cap was hit,
-/// so that the failure can be named.
+/// Caps the linear memory of an instance, all its memories together (a
+/// component may hold several), and remembers whether the cap was hit, so
+/// that the failure can be named.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
     pub(crate) limit: usize,
+    /// Bytes of linear memory the instance holds so far.
+    pub(crate) used: usize,
     pub(crate) refused: bool,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: 0,
+            refused: false,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.limit;
+        let total = (self.used - current.min(self.used)).saturating_add(desired);
+        let allowed = total <= self.limit;
+        if allowed {
+            self.used = total;
+        }
         self.refused |= !allowed;
         Ok(allowed)
     }
@@ -279,6 +296,20 @@ impl AsyncWrite for LogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_limit_covers_every_memory_of_the_instance() {
+        let mut limiter = MemoryLimiter::new(100);
+        assert!(limiter.memory_growing(0, 60, None).unwrap());
+        assert!(
+            !limiter.memory_growing(0, 60, None).unwrap(),
+            "a second memory"
+        );
+        assert!(limiter.refused);
+        assert!(limiter.memory_growing(0, 40, None).unwrap());
+        assert!(!limiter.memory_growing(60, 61, None).unwrap());
+        assert_eq!(limiter.used, 100);
+    }
 
     fn policy(origins: &[&str]) -> OutboundPolicy {
         OutboundPolicy {

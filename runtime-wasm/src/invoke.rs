@@ -212,14 +212,19 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        // Host-side state a guest creates (fields, streams, pollables) is
+        // not linear memory: these bounds keep header maps under 64 MiB.
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         let host = Host {
             wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: usize::try_from(function.limits.memory).unwrap_or(usize::MAX),
-                refused: false,
-            },
+            http,
+            table,
+            limiter: MemoryLimiter::new(
+                usize::try_from(function.limits.memory).unwrap_or(usize::MAX),
+            ),
             outbound: OutboundPolicy {
                 allowed: function.allowed_outbound.clone(),
             },
@@ -305,6 +310,12 @@ impl Runtime {
         }
     }
 }
+
+/// Most host resources (header maps, streams, pollables…) one instance
+/// may hold at once; wasmtime's default is a million.
+const MAX_HOST_RESOURCES: usize = 1024;
+/// Largest header map a guest may build, names and values together.
+const MAX_FIELDS_BYTES: usize = 64 << 10;
 
 type GuestResponse =
     Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, ErrorCode>;

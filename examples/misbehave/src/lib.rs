@@ -7,6 +7,7 @@
 //! | `/loop` | spins forever (cut at the function's timeout) |
 //! | `/bomb` | allocates until memory runs out (refused at `limits.memory`) |
 //! | `/recurse` | recurses without end (a stack-overflow trap) |
+//! | `/hoard` | makes header maps of 16 KiB without end: host memory, outside its own |
 //! | `/status/<code>` | answers with that status |
 //! | `/sleep/<ms>` | sleeps, then answers 200 |
 //! | `/big/<bytes>` | answers with a body of that many bytes |
@@ -35,6 +36,7 @@ impl Guest for Misbehave {
         match verb {
             "loop" => spin(),
             "bomb" => bomb(),
+            "hoard" => hoard(),
             "recurse" => {
                 let depth = recurse(std::hint::black_box(1));
                 respond(response_out, 200, depth.to_string().as_bytes());
@@ -72,6 +74,18 @@ impl Guest for Misbehave {
             }
             _ => respond(response_out, 404, b"unknown misbehaviour\n"),
         }
+    }
+}
+
+/// Each header map lives in the host, not in the guest's linear memory,
+/// so `limits.memory` does not see it.
+fn hoard() -> ! {
+    let value = vec![b'x'; 16 << 10];
+    let mut kept = Vec::new();
+    loop {
+        let fields = Fields::new();
+        let _ = fields.append("x-hoard", &value);
+        kept.push(fields);
     }
 }
 

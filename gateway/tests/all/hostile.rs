@@ -18,7 +18,7 @@ kind: Function
 metadata: { name: hostile }
 spec:
   module: { file: "{misbehave}" }
-  timeout: 1s
+  timeout: 2s
   limits: { memory: 16Mi }
 "#;
 
@@ -30,7 +30,7 @@ async fn hostile_guests_fail_alone_while_hello_keeps_answering(backend: Backend)
         tokio::spawn(async move {
             let mut replies = Vec::new();
             for _ in 0..2 {
-                for path in ["loop", "bomb", "recurse"] {
+                for path in ["loop", "bomb", "recurse", "hoard"] {
                     let reply = gw.get(&format!("/fn/default/hostile/{path}")).await;
                     replies.push((path, reply.status, reply.json()));
                 }
@@ -59,6 +59,13 @@ async fn hostile_guests_fail_alone_while_hello_keeps_answering(backend: Backend)
                 StatusCode::BAD_GATEWAY,
                 "memory_limit",
                 "memory limit of 16Mi",
+            ),
+            // Header maps live in the host: their bound is a trap, before
+            // the timeout and long before the host runs out of memory.
+            "hoard" => (
+                StatusCode::BAD_GATEWAY,
+                "function_failed",
+                "resource table has no free keys",
             ),
             // Rust guests keep their stack in linear memory, so unbounded
             // recursion usually ends in an out-of-bounds access rather than
