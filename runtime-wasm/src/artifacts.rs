@@ -4,6 +4,10 @@
 //! Artifacts live in `<dir>/<engine>/<digest>.cwasm`, where `<engine>`
 //! hashes everything that makes compiled code compatible (wasmtime version,
 //! target, settings): a runtime never loads code another engine built.
+//!
+//! Loading an artifact runs its machine code, so a runtime loads only from
+//! directories and files that it owns and nobody else may write
+//! ([`private`]); it creates them so.
 
 use std::hash::{Hash as _, Hasher as _};
 use std::io::Write as _;
@@ -44,6 +48,10 @@ impl Runtime {
         if !path.is_file() {
             return Ok(None);
         }
+        if let Err(e) = private(dir, &path) {
+            tracing::warn!(path = %path.display(), error = %e, "not loading a precompiled component others could have written; compiling instead");
+            return Ok(None);
+        }
         let component = match load(&self.inner.engine, &path) {
             Ok(component) => component,
             Err(e) => {
@@ -71,7 +79,8 @@ impl Runtime {
             .serialize()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let parent = path.parent().unwrap_or(dir);
-        std::fs::create_dir_all(parent)?;
+        create_private_dir(parent)?;
+        private(dir, parent).map_err(std::io::Error::other)?;
         let mut file = tempfile::NamedTempFile::new_in(parent)?;
         file.write_all(&bytes)?;
         file.persist(&path).map_err(|e| e.error)?;
@@ -79,12 +88,85 @@ impl Runtime {
     }
 }
 
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Checks that `dir` and everything from it down to `path` belong to this
+/// process's user and are writable by nobody else.
+#[cfg(unix)]
+fn private(dir: &Path, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    let below = path.strip_prefix(dir).map_err(|e| e.to_string())?;
+    let mut checked = dir.to_path_buf();
+    let mut chain = vec![checked.clone()];
+    for part in below {
+        checked.push(part);
+        chain.push(checked.clone());
+    }
+    for path in chain {
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.uid() != me {
+            return Err(format!("{} belongs to user {}", path.display(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!("others may write {}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private(_dir: &Path, _path: &Path) -> Result<(), String> {
+    Ok(())
+}
+
 #[allow(unsafe_code)]
 fn load(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
     // SAFETY: wasmtime requires that the file was produced by
     // `Component::serialize` of a compatible engine and not altered since.
-    // Only this runtime writes into its artifact directory (atomically, from
-    // `serialize`), the path is keyed by the engine's compatibility hash, and
-    // wasmtime itself rejects files whose header names another engine.
+    // Only this runtime's user may write the file and the directories above
+    // it (checked by `private` before each load), the runtime writes it
+    // atomically from `serialize`, the path is keyed by the engine's
+    // compatibility hash, and wasmtime itself rejects files whose header
+    // names another engine.
     unsafe { Component::deserialize_file(engine, path) }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn artifacts_load_only_from_what_nobody_else_may_write() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("artifacts");
+        let engine = dir.join("0123456789abcdef");
+        create_private_dir(&engine).unwrap();
+        let file = engine.join("digest.cwasm");
+        std::fs::write(&file, b"code").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        private(&dir, &file).unwrap();
+
+        std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = private(&dir, &file).unwrap_err();
+        assert!(error.contains("others may write"), "{error}");
+        std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(private(&dir, &file).is_err());
+    }
 }

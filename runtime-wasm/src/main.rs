@@ -23,7 +23,9 @@ struct Args {
     /// without it, every function in the registry (the pool).
     #[arg(long, value_name = "NS/NAME")]
     function: Option<FunctionRef>,
-    /// Where precompiled components are kept across restarts.
+    /// Where precompiled components are kept across restarts. Created
+    /// private (0700) when missing; loaded from only while it and its
+    /// contents belong to this user and nobody else may write them.
     #[arg(long, env = "SLUICE_ARTIFACTS", default_value_os_t = default_artifacts())]
     artifacts: PathBuf,
     /// Address for /healthz, /readyz and /metrics.
