@@ -50,6 +50,7 @@ impl GatewayError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::FunctionFailed(f) => match f.kind {
                 FailureKind::Timeout | FailureKind::Expired => StatusCode::GATEWAY_TIMEOUT,
+                FailureKind::BadInvocation => StatusCode::BAD_REQUEST,
                 _ => StatusCode::BAD_GATEWAY,
             },
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -73,6 +74,7 @@ impl GatewayError {
                 FailureKind::MemoryLimit => "memory_limit",
                 FailureKind::ResponseTooLarge => "response_too_large",
                 FailureKind::Trap | FailureKind::NoResponse => "function_failed",
+                FailureKind::BadInvocation => "bad_invocation",
                 FailureKind::Internal => "runtime_error",
             },
             Self::Unavailable(_) => "unavailable",

@@ -246,8 +246,8 @@ impl Runtime {
             Ok(r) => r,
             Err(e) => {
                 return failed(
-                    FailureKind::Internal,
-                    format!("cannot build the request: {e}"),
+                    FailureKind::BadInvocation,
+                    format!("the invocation is not a valid HTTP request: {e}"),
                 );
             }
         };

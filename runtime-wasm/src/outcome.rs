@@ -56,6 +56,9 @@ pub enum FailureKind {
     ResponseTooLarge,
     /// The guest returned without setting a response.
     NoResponse,
+    /// The invocation cannot be made into an HTTP request (a message from
+    /// elsewhere than a gateway); no attempt can succeed.
+    BadInvocation,
     /// The host failed to run the guest (for example, instantiation failed).
     Internal,
 }
@@ -65,7 +68,7 @@ pub enum FailureKind {
 pub enum Verdict {
     /// 2xx or 3xx: done.
     Success,
-    /// 4xx or expired: retrying cannot help.
+    /// 4xx, expired or a bad invocation: retrying cannot help.
     Permanent,
     /// 5xx, trap, timeout, limit hit: another attempt may succeed.
     Retryable,
@@ -81,6 +84,7 @@ impl FailureKind {
             Self::MemoryLimit => "memory_limit",
             Self::ResponseTooLarge => "response_too_large",
             Self::NoResponse => "no_response",
+            Self::BadInvocation => "bad_invocation",
             Self::Internal => "internal",
         }
     }
@@ -93,6 +97,7 @@ impl FailureKind {
             Self::MemoryLimit,
             Self::ResponseTooLarge,
             Self::NoResponse,
+            Self::BadInvocation,
             Self::Internal,
         ]
         .into_iter()
@@ -172,7 +177,11 @@ impl Outcome {
             }
             Self::Responded(r) if r.status.is_client_error() => Verdict::Permanent,
             Self::Responded(_) => Verdict::Retryable,
-            Self::Failed(f) if f.kind == FailureKind::Expired => Verdict::Permanent,
+            Self::Failed(f)
+                if matches!(f.kind, FailureKind::Expired | FailureKind::BadInvocation) =>
+            {
+                Verdict::Permanent
+            }
             Self::Failed(_) => Verdict::Retryable,
         }
     }
@@ -264,6 +273,10 @@ mod tests {
             assert_eq!(failed(kind).verdict(), Verdict::Retryable, "{kind:?}");
         }
         assert_eq!(failed(FailureKind::Expired).verdict(), Verdict::Permanent);
+        assert_eq!(
+            failed(FailureKind::BadInvocation).verdict(),
+            Verdict::Permanent
+        );
     }
 
     #[test]
