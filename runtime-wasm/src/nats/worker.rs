@@ -329,17 +329,33 @@ async fn give_up(
 async fn finish(
     shared: &Shared,
     message: &jetstream::Message,
-    record: InvocationRecord,
+    mut record: InvocationRecord,
     callback: Option<String>,
 ) {
     if let Err(e) = store(shared, &record).await {
-        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot store the result; retrying later");
-        return acknowledge(
-            message,
-            AckKind::Nak(Some(Duration::from_secs(1))),
-            &record.id,
-        )
-        .await;
+        // A response the store refuses (its headers pushed the record past
+        // max_payload) must not run the invocation again: keep the outcome
+        // without it. When the store is away, this fails too.
+        let without_response = record.response.is_some().then(|| InvocationRecord {
+            response: None,
+            error: Some(format!("the response could not be recorded: {e}")),
+            ..record.clone()
+        });
+        match without_response {
+            Some(trimmed) if store(shared, &trimmed).await.is_ok() => {
+                tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "recorded the outcome without the response");
+                record = trimmed;
+            }
+            _ => {
+                tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot store the result; retrying later");
+                return acknowledge(
+                    message,
+                    AckKind::Nak(Some(Duration::from_secs(1))),
+                    &record.id,
+                )
+                .await;
+            }
+        }
     }
     acknowledge(message, AckKind::Ack, &record.id).await;
     if let Some(url) = callback {
