@@ -18,6 +18,7 @@ use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 use sluice_api::names::FunctionRef;
@@ -36,6 +37,9 @@ use crate::queue::InvocationQueue;
 pub fn queue_group(function: &FunctionRef) -> String {
     format!("sluice-events_{}", function.unique_token())
 }
+/// Events of one plain-subject trigger being queued at once.
+const MAX_QUEUEING: usize = 64;
+
 /// `ce-type` of an event whose message does not name one.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.sluice.nats.message";
 
@@ -189,22 +193,30 @@ impl Source {
             Ok(messages) => messages,
             Err(e) => return e.to_string(),
         };
+        // Events are queued several at once: one after another, a
+        // subscription could take only one per round trip to JetStream, and
+        // core NATS drops what a slow subscriber leaves waiting.
+        let mut queueing = FuturesUnordered::new();
         let mut draining = false;
+        let mut ended = "the subscription ended".to_owned();
         loop {
-            let message = tokio::select! {
-                message = messages.next() => message,
+            tokio::select! {
+                message = messages.next(), if queueing.len() < MAX_QUEUEING => match message {
+                    Some(message) => queueing.push(self.queue_plain_event(message)),
+                    None => break,
+                },
+                Some(()) = queueing.next() => {}
                 () = stop.cancelled(), if !draining => {
                     draining = true;
                     if let Err(e) = messages.drain().await {
-                        return format!("cannot unsubscribe: {e}");
+                        ended = format!("cannot unsubscribe: {e}");
+                        break;
                     }
-                    continue;
                 }
-            };
-            let Some(message) = message else { break };
-            self.queue_plain_event(message).await;
+            }
         }
-        "the subscription ended".into()
+        while queueing.next().await.is_some() {}
+        ended
     }
 
     /// Queues one event from a plain subject, or dead-letters it when it
