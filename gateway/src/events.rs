@@ -53,10 +53,17 @@ pub struct EventBridge {
     deadline: Duration,
     /// Each trigger's consumer stops when its token is cancelled, after
     /// queueing the events it already received.
-    running: HashMap<Trigger, CancellationToken>,
+    running: HashMap<Trigger, Running>,
     consumers: TaskTracker,
     /// Parent of every trigger's token.
     stop: CancellationToken,
+}
+
+/// A trigger's consumer task and what stops it.
+#[derive(Debug)]
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// One function's subscription to one subject.
@@ -107,14 +114,33 @@ impl EventBridge {
                 })
             })
             .collect();
-        self.running.retain(|key, stop| {
-            let keep = wanted.contains(key);
-            if !keep {
-                tracing::info!(function = %key.function, subject = %key.subject, "event trigger removed");
-                stop.cancel();
+        let gone: Vec<Trigger> = self
+            .running
+            .keys()
+            .filter(|key| !wanted.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            let Some(running) = self.running.remove(&key) else {
+                continue;
+            };
+            tracing::info!(function = %key.function, subject = %key.subject, "event trigger removed");
+            running.stop.cancel();
+            // A trigger that only changed its dead-letter subject keeps its
+            // durable consumer, and with it its place in the stream.
+            if !wanted
+                .iter()
+                .any(|w| w.function == key.function && w.subject == key.subject)
+            {
+                let js = self.js.clone();
+                self.consumers.spawn(async move {
+                    // Only once the consumer task is done, or it could
+                    // create the consumer again.
+                    let _ = running.task.await;
+                    forget_stream_consumer(js, key).await;
+                });
             }
-            keep
-        });
+        }
         for key in wanted {
             if self.running.contains_key(&key) {
                 continue;
@@ -127,8 +153,36 @@ impl EventBridge {
                 trigger: key.clone(),
             };
             let stop = self.stop.child_token();
-            self.consumers.spawn(source.run(stop.clone()));
-            self.running.insert(key, stop);
+            let task = self.consumers.spawn(source.run(stop.clone()));
+            self.running.insert(key, Running { stop, task });
+        }
+    }
+}
+
+/// One durable consumer per function and subject, shared by gateways.
+fn stream_consumer_name(trigger: &Trigger) -> String {
+    let hash = hex::encode(&Sha256::digest(trigger.subject.as_bytes())[..6]);
+    format!("sluice-events_{}_{hash}", trigger.function.unique_token())
+}
+
+/// Deletes the durable consumer of a trigger that is gone, if its subject
+/// is on a stream: left behind, it would hold messages of an
+/// interest-retention stream forever, and a trigger added again later would
+/// replay everything since.
+async fn forget_stream_consumer(js: jetstream::Context, trigger: Trigger) {
+    let Ok(stream) = js.stream_by_subject(trigger.subject.as_str()).await else {
+        return;
+    };
+    let name = stream_consumer_name(&trigger);
+    match js.get_stream(&stream).await {
+        Ok(stream) => match stream.delete_consumer(&name).await {
+            Ok(_) => {
+                tracing::info!(function = %trigger.function, subject = %trigger.subject, consumer = %name, "deleted the removed trigger's consumer")
+            }
+            Err(e) => tracing::debug!(consumer = %name, error = %e, "no consumer to delete"),
+        },
+        Err(e) => {
+            tracing::warn!(consumer = %name, error = %e, "cannot delete the removed trigger's consumer")
         }
     }
 }
@@ -263,7 +317,7 @@ impl Source {
             Ok(stream) => stream,
             Err(e) => return e.to_string(),
         };
-        let name = self.consumer_name();
+        let name = stream_consumer_name(&self.trigger);
         let consumer = match stream
             .get_or_create_consumer::<consumer::pull::Config>(
                 &name,
@@ -319,15 +373,6 @@ impl Source {
             }
         }
         "the consumer ended".into()
-    }
-
-    /// One durable consumer per function and subject, shared by gateways.
-    fn consumer_name(&self) -> String {
-        let hash = hex::encode(&Sha256::digest(self.trigger.subject.as_bytes())[..6]);
-        format!(
-            "sluice-events_{}_{hash}",
-            self.trigger.function.unique_token()
-        )
     }
 
     fn invocation(

@@ -243,6 +243,24 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
         },
     )
     .await;
+
+    // A removed trigger takes its durable consumer along.
+    gw.nats
+        .as_ref()
+        .unwrap()
+        .publisher
+        .unpublish(&echo)
+        .await
+        .unwrap();
+    eventually(
+        "the removed trigger's consumer is deleted",
+        Duration::from_secs(10),
+        async || match orders.consumer_info(&name).await {
+            Err(_) => Ok(()),
+            Ok(info) => Err(format!("{info:?}")),
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
