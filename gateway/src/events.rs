@@ -234,7 +234,7 @@ impl Source {
 
     /// Takes the subject's messages in the function's queue group. When
     /// told to stop it unsubscribes, and still queues what the server had
-    /// already sent: core NATS would not send it again.
+    /// already routed to it: core NATS would not send it again.
     async fn consume_plain(&self, stop: &CancellationToken) -> String {
         let subscribed = tokio::select! {
             subscribed = self.client.queue_subscribe(
@@ -262,6 +262,15 @@ impl Source {
                 Some(()) = queueing.next() => {}
                 () = stop.cancelled(), if !draining => {
                     draining = true;
+                    // async-nats forgets a drained subscription once its
+                    // UNSUB is written, dropping messages still on the
+                    // wire: a round trip first brings in all the server
+                    // routed to it so far. What it routes in the instant
+                    // between is lost (use a stream-bound subject where
+                    // that matters).
+                    if let Err(e) = self.client.flush().await {
+                        tracing::warn!(error = %e, "cannot flush before unsubscribing");
+                    }
                     if let Err(e) = messages.drain().await {
                         ended = format!("cannot unsubscribe: {e}");
                         break;

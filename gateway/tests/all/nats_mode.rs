@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use http::StatusCode;
 use sluice_api::Invocation;
-use sluice_api::names::{FunctionRef, INVOCATION_STREAM};
+use sluice_api::names::{DEAD_LETTER_STREAM, FunctionRef, INVOCATION_STREAM};
 use sluice_gateway::events::event_invocation_id;
 use sluice_runtime::nats::header_pairs;
 use sluice_runtime::nats::layout::LayoutConfig;
@@ -428,7 +428,13 @@ async fn a_stopping_gateway_queues_the_plain_events_it_already_received() {
     let js = jetstream::new(client);
     let mut stream = js.get_stream(INVOCATION_STREAM).await.unwrap();
     let queued = stream.info().await.unwrap().state.messages;
-    assert_eq!(queued, 1 + burst, "the probe and every event of the burst");
+    let mut dead_letters = js.get_stream(DEAD_LETTER_STREAM).await.unwrap();
+    let dead = dead_letters.info().await.unwrap().state.messages;
+    assert_eq!(
+        (queued, dead),
+        (1 + burst, 0),
+        "the probe and every event of the burst queued, none dead-lettered"
+    );
 }
 
 /// An invocation is one NATS message: on a server with the default 1 MB
