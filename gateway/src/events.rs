@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationId};
+use sluice_runtime::nats::round_trip;
 use sluice_runtime::telemetry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -268,8 +269,8 @@ impl Source {
                     // routed to it so far. What it routes in the instant
                     // between is lost (use a stream-bound subject where
                     // that matters).
-                    if let Err(e) = self.client.flush().await {
-                        tracing::warn!(error = %e, "cannot flush before unsubscribing");
+                    if let Err(e) = round_trip(&self.client, Duration::from_secs(5)).await {
+                        tracing::warn!(error = %e, "no round trip to NATS before unsubscribing");
                     }
                     if let Err(e) = messages.drain().await {
                         ended = format!("cannot unsubscribe: {e}");

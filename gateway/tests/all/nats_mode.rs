@@ -10,9 +10,9 @@ use http::StatusCode;
 use sluice_api::Invocation;
 use sluice_api::names::{DEAD_LETTER_STREAM, FunctionRef, INVOCATION_STREAM};
 use sluice_gateway::events::event_invocation_id;
-use sluice_runtime::nats::header_pairs;
 use sluice_runtime::nats::layout::LayoutConfig;
 use sluice_runtime::nats::node::{self, NodeConfig};
+use sluice_runtime::nats::{header_pairs, round_trip};
 
 use crate::harness::{
     Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir, metric,
@@ -420,9 +420,9 @@ async fn a_stopping_gateway_queues_the_plain_events_it_already_received() {
     for i in 0..burst {
         publish(format!("burst-{i}")).await;
     }
-    // Once flushed, the server has routed every event to the gateway's
-    // subscription, ahead of the unsubscribe that shutdown sends.
-    client.flush().await.unwrap();
+    // After a round trip the server has routed every event to the
+    // gateway's subscription, ahead of the unsubscribe that shutdown sends.
+    round_trip(&client, Duration::from_secs(10)).await.unwrap();
     gw.gateway.take().unwrap().shutdown().await;
 
     let js = jetstream::new(client);

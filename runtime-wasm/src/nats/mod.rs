@@ -38,6 +38,27 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         })
 }
 
+/// Waits until the server has processed everything this client sent so
+/// far, and this client has received everything the server routed to it
+/// before that: a message to a fresh inbox of its own comes back after
+/// both. (`Client::flush` only writes the socket.)
+pub async fn round_trip(client: &async_nats::Client, limit: Duration) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(limit, futures::StreamExt::next(&mut echo)).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed".into()),
+        Err(_) => Err(format!("no answer from the server within {limit:?}")),
+    }
+}
+
 /// Header name/value pairs of a NATS message, for the wire decoders.
 pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(&str, &str)> {
     let Some(headers) = headers else {

@@ -236,9 +236,10 @@ impl NodeLoop {
         for worker in workers {
             worker.join().await;
         }
-        // Acknowledgements are not confirmed one by one: send them all now.
-        if let Err(e) = self.shared.client.flush().await {
-            tracing::warn!(error = %e, "cannot flush the last acknowledgements; their messages will be redelivered");
+        // Acknowledgements are not confirmed one by one: make sure the
+        // server has them all before the connection goes.
+        if let Err(e) = super::round_trip(&self.shared.client, Duration::from_secs(5)).await {
+            tracing::warn!(error = %e, "the last acknowledgements may not have arrived; their messages will be redelivered");
         }
         let abandoned = self.shared.callbacks.drain(CALLBACK_GRACE).await;
         if abandoned > 0 {
