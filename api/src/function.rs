@@ -69,7 +69,7 @@ pub struct FunctionSpec {
     pub timeout: Duration,
     /// In-flight invocations per replica. Default: `64`.
     #[serde(default = "defaults::concurrency")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = 1, max = MAX_CONCURRENCY))]
     pub concurrency: u32,
     /// Retries for asynchronous and event invocations.
     /// Default: 5 attempts, backoff from 1s doubling up to 1m.
@@ -334,7 +334,7 @@ pub struct Scaling {
     pub min_replicas: u32,
     /// Most replicas. Default: `20`.
     #[serde(default = "defaults::max_replicas")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(max = MAX_REPLICAS))]
     pub max_replicas: u32,
     /// Queued invocations one replica is sized for. Default: `16`.
     #[serde(default = "defaults::target_queue_depth")]
@@ -705,6 +705,14 @@ mod tests {
         assert_eq!(spec.validate().unwrap_err().field, "spec.module");
         spec.module.url = Some("https://x/y.wasm".into());
         assert_eq!(spec.validate().unwrap_err().field, "spec.module.sha256");
+    }
+
+    #[test]
+    fn the_crds_route_rule_reserves_what_validation_reserves() {
+        let schema = serde_json::to_string(&schemars::schema_for!(HttpTrigger)).unwrap();
+        for reserved in RESERVED_PATHS {
+            assert!(schema.contains(&format!("'{reserved}'")), "{reserved}");
+        }
     }
 
     #[test]

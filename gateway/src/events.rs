@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::http::HOP_BY_HOP;
 use crate::queue::InvocationQueue;
 
 /// Queue group in which every gateway subscribes to a plain trigger
@@ -175,16 +174,11 @@ async fn forget_stream_consumer(js: jetstream::Context, trigger: Trigger) {
         return;
     };
     let name = stream_consumer_name(&trigger);
-    match js.get_stream(&stream).await {
-        Ok(stream) => match stream.delete_consumer(&name).await {
-            Ok(_) => {
-                tracing::info!(function = %trigger.function, subject = %trigger.subject, consumer = %name, "deleted the removed trigger's consumer")
-            }
-            Err(e) => tracing::debug!(consumer = %name, error = %e, "no consumer to delete"),
-        },
-        Err(e) => {
-            tracing::warn!(consumer = %name, error = %e, "cannot delete the removed trigger's consumer")
+    match js.delete_consumer_from_stream(&name, &stream).await {
+        Ok(_) => {
+            tracing::info!(function = %trigger.function, subject = %trigger.subject, consumer = %name, "deleted the removed trigger's consumer")
         }
+        Err(e) => tracing::debug!(consumer = %name, error = %e, "no consumer deleted"),
     }
 }
 
@@ -435,8 +429,8 @@ pub struct CloudEvent {
 
 impl CloudEvent {
     /// Headers a message may set itself: `ce-*` overrides, plus
-    /// `content-type`; other headers are carried as they are, except the
-    /// connection and framing headers of HTTP, which are the gateway's.
+    /// `content-type`; other headers are carried as they are (the runtime
+    /// frames the request the function sees).
     pub fn from_message(
         message_headers: Option<&async_nats::HeaderMap>,
         subject: &str,
@@ -452,13 +446,8 @@ impl CloudEvent {
                 traceparent = Some(value.to_owned());
             } else if lower == "nats-msg-id" {
                 msg_id = Some(value.to_owned());
-            } else if lower.starts_with("nats-")
-                || HOP_BY_HOP.contains(&lower.as_str())
-                || lower == "content-length"
-                || lower == "host"
-            {
-                // JetStream's own headers are not the event's, nor may it
-                // frame the request the function sees.
+            } else if lower.starts_with("nats-") {
+                // JetStream's own headers are not the event's.
             } else if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(lower.as_bytes()),
                 HeaderValue::from_str(value),
@@ -540,16 +529,13 @@ mod tests {
     }
 
     #[test]
-    fn an_event_is_named_by_its_source_and_id_and_cannot_frame_the_request() {
+    fn an_event_is_named_by_its_source_and_id() {
         let event = |source: Option<&str>, id: &str| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("ce-id", id);
             if let Some(source) = source {
                 headers.insert("ce-source", source);
             }
-            headers.insert("Content-Length", "999");
-            headers.insert("Transfer-Encoding", "chunked");
-            headers.insert("Host", "elsewhere");
             CloudEvent::from_message(Some(&headers), "orders.created", "h:1", None)
         };
         let a = event(Some("/shop/a"), "1");
@@ -557,8 +543,5 @@ mod tests {
         assert_ne!(a.identity, b.identity, "equal ids from two sources");
         assert_eq!(a.identity, event(Some("/shop/a"), "1").identity);
         assert_eq!(event(None, "").identity, None, "an empty id names nothing");
-        for name in ["content-length", "transfer-encoding", "host"] {
-            assert!(a.headers.get(name).is_none(), "{name}");
-        }
     }
 }

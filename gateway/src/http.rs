@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use sluice_api::invocation::strip_hop_by_hop;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
 use sluice_runtime::telemetry;
@@ -25,18 +26,6 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Longest `?wait=` a status request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
-
-/// Headers that belong to one connection and never reach a function.
-pub(crate) const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
 
 /// A handler's answer; an error carries the invocation id when one was
 /// assigned, so the caller can look it up.
@@ -397,12 +386,6 @@ fn require_method(
         },
         None,
     ))
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 fn queue_error(e: QueueError) -> GatewayError {

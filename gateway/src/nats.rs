@@ -14,17 +14,14 @@ use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, RegistryEntry};
 use sluice_runtime::admin::Admin;
 use sluice_runtime::metrics::Metrics;
-use sluice_runtime::nats::NatsError;
 use sluice_runtime::nats::layout::{Layout, LayoutConfig};
+use sluice_runtime::nats::{NatsError, PAYLOAD_HEADROOM};
 
 use crate::events::EventBridge;
 use crate::http::{Gateway, HttpConfig, Registry};
 use crate::queue::QueueError;
 use crate::queue::jetstream::JetStreamQueue;
 use crate::running::{ListenError, RunningGateway};
-
-/// Room an invocation's headers may need on top of its body.
-const PAYLOAD_HEADROOM: usize = 64 << 10;
 
 /// Everything NATS mode needs to start.
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! Delivers finished invocation records to `X-Callback-Url`.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,15 +54,19 @@ fn trusted_roots() -> RootCertStore {
     roots
 }
 
+/// Reading and parsing the system's CA certificates takes milliseconds:
+/// done once per process, however many queues deliver callbacks.
+static TLS: LazyLock<ClientConfig> = LazyLock::new(|| {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring implements the default TLS versions")
+        .with_root_certificates(trusted_roots())
+        .with_no_client_auth()
+});
+
 fn client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let tls =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring implements the default TLS versions")
-            .with_root_certificates(trusted_roots())
-            .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(TLS.clone())
         .https_or_http()
         .enable_http1()
         .build();

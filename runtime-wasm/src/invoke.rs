@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
+use sluice_api::invocation::strip_hop_by_hop;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Invocation, InvocationResponse};
 use tokio::time::Instant;
@@ -134,25 +135,25 @@ impl Runtime {
     /// Runs one attempt of `invocation`, bounded by the function's timeout
     /// and the invocation's deadline, whichever comes first.
     pub async fn invoke(&self, function: &PreparedFunction, invocation: &Invocation) -> Outcome {
-        let time_left = invocation.time_left();
-        if time_left.is_zero() {
-            return failed(
-                FailureKind::Expired,
-                "the caller's deadline passed before the invocation ran",
-            );
-        }
         // The timeout counts from when an instance is free, so a busy pool
         // delays an attempt rather than cutting it short; the caller's
-        // deadline still bounds it.
-        let Ok(_permit) = self.inner.instances.acquire().await else {
-            return failed(FailureKind::Internal, "the runtime is shutting down");
+        // deadline still bounds the wait.
+        let expired = || {
+            failed(
+                FailureKind::Expired,
+                "the caller's deadline passed before the invocation ran",
+            )
         };
+        let permit = tokio::time::timeout(invocation.time_left(), self.inner.instances.acquire());
+        let _permit = match permit.await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return failed(FailureKind::Internal, "the runtime is shutting down"),
+            Err(_) => return expired(),
+        };
+        // A free instance is taken even at the deadline: check it again.
         let time_left = invocation.time_left();
         if time_left.is_zero() {
-            return failed(
-                FailureKind::Expired,
-                "the caller's deadline passed while the invocation waited for a free instance",
-            );
+            return expired();
         }
         let budget = time_left.min(function.limits.timeout);
         let deadline = Instant::now() + budget;
@@ -168,11 +169,13 @@ impl Runtime {
             invocation.id.clone(),
             self.inner.config.max_log_bytes,
         );
-        let (span, traceparent) = telemetry::attempt_span(invocation);
+        let (span, own_traceparent) = telemetry::attempt_span(invocation);
         let attempt = self.run(
             function,
             invocation,
-            traceparent.as_deref(),
+            own_traceparent
+                .as_deref()
+                .or(invocation.traceparent.as_deref()),
             deadline,
             &stdout,
             &stderr,
@@ -427,6 +430,12 @@ fn incoming_request(
         .body(Full::new(invocation.body.clone()))?;
     let headers = request.headers_mut();
     headers.extend(invocation.headers.clone());
+    // An invocation may come from any NATS publisher, not only a gateway:
+    // the request is framed here, by its body.
+    strip_hop_by_hop(headers);
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, invocation.body.len().into());
+    }
     if let Ok(prefix) = HeaderValue::from_str(&invocation.forwarded_prefix) {
         headers.insert("x-forwarded-prefix", prefix);
     }
@@ -437,4 +446,42 @@ fn incoming_request(
         headers.insert("traceparent", tp);
     }
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use sluice_api::InvocationId;
+
+    use super::*;
+
+    #[test]
+    fn the_request_is_framed_by_its_body_not_by_the_invocations_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-length", "999".parse().unwrap());
+        headers.insert("transfer-encoding", "chunked".parse().unwrap());
+        headers.insert("connection", "x-private".parse().unwrap());
+        headers.insert("x-private", "secret".parse().unwrap());
+        headers.insert("x-kept", "yes".parse().unwrap());
+        let invocation = Invocation {
+            id: InvocationId::random(),
+            function: "default/echo".parse().unwrap(),
+            method: http::Method::POST,
+            path: "/".into(),
+            query: None,
+            forwarded_prefix: String::new(),
+            headers,
+            body: Bytes::from_static(b"four"),
+            deadline: SystemTime::now(),
+            traceparent: None,
+        };
+        let request = incoming_request(&invocation, None).unwrap();
+        let h = request.headers();
+        assert_eq!(h["content-length"], "4");
+        assert_eq!(h["x-kept"], "yes");
+        for gone in ["transfer-encoding", "connection", "x-private"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+    }
 }

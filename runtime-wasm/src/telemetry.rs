@@ -183,8 +183,8 @@ pub fn gateway_span(invocation: &mut Invocation) -> Span {
     span
 }
 
-/// The runtime's span of one attempt, and the `traceparent` the function
-/// gets: the span's, or the invocation's when no span is exported.
+/// The runtime's span of one attempt, and its own `traceparent` when it is
+/// exported (the function gets that one, else the invocation's).
 pub fn attempt_span(invocation: &Invocation) -> (Span, Option<String>) {
     let span = tracing::info_span!(
         target: SPAN_TARGET,
@@ -195,9 +195,8 @@ pub fn attempt_span(invocation: &Invocation) -> (Span, Option<String>) {
         sluice.invocation_id = %invocation.id,
         sluice.outcome = tracing::field::Empty,
     );
-    let traceparent = continue_trace(&span, invocation.traceparent.as_deref())
-        .or_else(|| invocation.traceparent.clone());
-    (span, traceparent)
+    let own = continue_trace(&span, invocation.traceparent.as_deref());
+    (span, own)
 }
 
 /// Makes `span` a child of `traceparent` (if any) and returns the span's

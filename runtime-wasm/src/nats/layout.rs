@@ -185,11 +185,6 @@ async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Stor
         .map_err(|e| layout_error(&bucket, e))
 }
 
-/// The durable pull consumer of one function (DESIGN.md: per-function
-/// consumer). Deliveries are not capped here (a departure from DESIGN.md,
-/// which bounds them by `retry.maxAttempts`): the runtime counts attempts
-/// against `retry.maxAttempts` and dead-letters the message itself, so a
-/// message is never left stranded in the work queue by a delivery limit.
 /// How long a runtime may hold a message unacknowledged: longer than an
 /// attempt can take, so a live runtime's messages are not redelivered under
 /// it (waiting for a free instance is covered by progress acks); a dead
@@ -198,6 +193,11 @@ pub fn ack_wait(spec: &FunctionSpec) -> Duration {
     spec.timeout.0.saturating_add(Duration::from_secs(5))
 }
 
+/// The durable pull consumer of one function (DESIGN.md: per-function
+/// consumer). Deliveries are not capped here (a departure from DESIGN.md,
+/// which bounds them by `retry.maxAttempts`): the runtime counts attempts
+/// against `retry.maxAttempts` and dead-letters the message itself, so a
+/// message is never left stranded in the work queue by a delivery limit.
 pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(function.consumer_name()),

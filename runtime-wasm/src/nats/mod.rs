@@ -10,6 +10,10 @@ mod worker;
 
 use std::time::Duration;
 
+/// Room a message needs on top of its body for headers and framing; a body
+/// limit is at most the server's `max_payload` less this.
+pub const PAYLOAD_HEADROOM: usize = 64 << 10;
+
 /// Why talking to NATS failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {

@@ -102,7 +102,12 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let mut config = config;
     // A response travels as one NATS message, and is stored in its record
     // as base64: both must fit the server's max_payload.
-    let fits = client.server_info().max_payload.saturating_sub(64 << 10) / 4 * 3;
+    let fits = client
+        .server_info()
+        .max_payload
+        .saturating_sub(super::PAYLOAD_HEADROOM)
+        / 4
+        * 3;
     if config.runtime.max_response_body > fits {
         tracing::warn!(
             max_payload = client.server_info().max_payload,

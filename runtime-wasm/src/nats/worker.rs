@@ -16,6 +16,7 @@ use sluice_api::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::PAYLOAD_HEADROOM;
 use super::header_pairs;
 use super::layout::{Layout, ack_wait};
 use super::reply;
@@ -329,33 +330,18 @@ async fn give_up(
 async fn finish(
     shared: &Shared,
     message: &jetstream::Message,
-    mut record: InvocationRecord,
+    record: InvocationRecord,
     callback: Option<String>,
 ) {
-    if let Err(e) = store(shared, &record).await {
-        // A response the store refuses (its headers pushed the record past
-        // max_payload) must not run the invocation again: keep the outcome
-        // without it. When the store is away, this fails too.
-        let without_response = record.response.is_some().then(|| InvocationRecord {
-            response: None,
-            error: Some(format!("the response could not be recorded: {e}")),
-            ..record.clone()
-        });
-        match without_response {
-            Some(trimmed) if store(shared, &trimmed).await.is_ok() => {
-                tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "recorded the outcome without the response");
-                record = trimmed;
-            }
-            _ => {
-                tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot store the result; retrying later");
-                return acknowledge(
-                    message,
-                    AckKind::Nak(Some(Duration::from_secs(1))),
-                    &record.id,
-                )
-                .await;
-            }
-        }
+    let (record, json) = storable(record, shared.client.server_info().max_payload);
+    if let Err(e) = store_json(shared, &record.id, json).await {
+        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot store the result; retrying later");
+        return acknowledge(
+            message,
+            AckKind::Nak(Some(Duration::from_secs(1))),
+            &record.id,
+        )
+        .await;
     }
     acknowledge(message, AckKind::Ack, &record.id).await;
     if let Some(url) = callback {
@@ -415,12 +401,44 @@ async fn dead_letter(
     Ok(())
 }
 
+/// `record` and its JSON, without the response when the record would not
+/// fit one NATS message (headers at the response limit can push it over):
+/// storing it must not fail, or the invocation would run again.
+fn storable(record: InvocationRecord, max_payload: usize) -> (InvocationRecord, Vec<u8>) {
+    let json = serde_json::to_vec(&record).unwrap_or_default();
+    let Some(response) = &record.response else {
+        return (record, json);
+    };
+    if json.len() <= max_payload.saturating_sub(PAYLOAD_HEADROOM) {
+        return (record, json);
+    }
+    let error = format!(
+        "the response ({} status, {} bytes as a record) is larger than the results store takes",
+        response.status,
+        json.len()
+    );
+    let record = InvocationRecord {
+        response: None,
+        error: Some(match record.error {
+            Some(earlier) => format!("{earlier}; {error}"),
+            None => error,
+        }),
+        ..record
+    };
+    let json = serde_json::to_vec(&record).unwrap_or_default();
+    (record, json)
+}
+
 async fn store(shared: &Shared, record: &InvocationRecord) -> Result<(), String> {
     let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+    store_json(shared, &record.id, json).await
+}
+
+async fn store_json(shared: &Shared, id: &InvocationId, json: Vec<u8>) -> Result<(), String> {
     shared
         .layout
         .results
-        .put(record.id.as_str(), json.into())
+        .put(id.as_str(), json.into())
         .await
         .map(drop)
         .map_err(|e| e.to_string())
@@ -446,5 +464,38 @@ async fn announce(shared: &Shared, record: &InvocationRecord) {
 async fn acknowledge(message: &jetstream::Message, kind: AckKind, id: &InvocationId) {
     if let Err(e) = message.ack_with(kind).await {
         tracing::warn!(invocation = %id, error = %e, "cannot acknowledge; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_api::StoredResponse;
+
+    use super::*;
+
+    #[test]
+    fn a_record_too_large_to_store_keeps_its_outcome_without_the_response() {
+        let mut record =
+            InvocationRecord::queued(InvocationId::random(), "default/echo".parse().unwrap());
+        record.state = InvocationState::Succeeded;
+        record.response = Some(StoredResponse {
+            status: 200,
+            headers: [("x-big".to_owned(), "v".repeat(100 << 10))].into(),
+            body: "Ym9keQ==".into(),
+        });
+        let (kept, json) = storable(record.clone(), 1 << 20);
+        assert_eq!(kept, record);
+        assert_eq!(json, serde_json::to_vec(&record).unwrap());
+
+        let (trimmed, json) = storable(record, 128 << 10);
+        assert_eq!(trimmed.state, InvocationState::Succeeded);
+        assert!(trimmed.response.is_none());
+        assert!(
+            trimmed
+                .error
+                .unwrap()
+                .contains("larger than the results store takes")
+        );
+        assert!(json.len() < 1024);
     }
 }
