@@ -51,16 +51,13 @@ async fn a_callback_receives_the_final_record_with_the_invocation_id(backend: Ba
     let recorder = Recorder::start().await;
     let gw = TestGateway::start(backend, &functions(&recorder)).await;
     let callback = format!("{}/done", recorder.origin());
-    let reply = gw
-        .send(
-            Method::POST,
+    let id = gw
+        .submit(
             "/async/fn/default/echo/",
             &[("x-callback-url", &callback)],
             "cb",
         )
         .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED);
-    let id = reply.json()["id"].as_str().unwrap().to_owned();
 
     let delivered = recorder.wait_for("/done", 1).await;
     assert_eq!(delivered[0].headers["x-sluice-invocation-id"], id.as_str());
@@ -177,15 +174,12 @@ spec:
     let accepted = 4;
     for i in 0..accepted {
         let callback = format!("{}/done/{i}", recorder.origin());
-        let reply = gw
-            .send(
-                Method::POST,
-                "/async/fn/default/slow/sleep/150",
-                &[("x-callback-url", &callback)],
-                "",
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        gw.submit(
+            "/async/fn/default/slow/sleep/150",
+            &[("x-callback-url", &callback)],
+            "",
+        )
+        .await;
     }
     gw.gateway.take().unwrap().shutdown().await;
     for i in 0..accepted {
@@ -207,10 +201,7 @@ async fn local_mode_keeps_at_most_max_finished_records() {
     .await;
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let reply = gw
-            .send(Method::POST, "/async/fn/default/echo/", &[], "r")
-            .await;
-        let id = reply.json()["id"].as_str().unwrap().to_owned();
+        let id = gw.submit("/async/fn/default/echo/", &[], "r").await;
         assert_eq!(gw.wait_final(&id).await["state"], "succeeded");
         ids.push(id);
     }

@@ -443,17 +443,14 @@ async fn a_stopping_runtime_still_retries_the_callbacks_of_what_it_finished() {
     let recorder = Recorder::start().await;
     let mut cluster = Cluster::start(ECHO_ON_ORDERS, 1, "default/echo").await;
     let callback = format!("{}{REFUSED_TWICE}done", recorder.origin());
-    let reply = cluster
+    let id = cluster
         .gw
-        .send(
-            Method::POST,
+        .submit(
             "/async/fn/default/echo/",
             &[("x-callback-url", &callback)],
             "cb",
         )
         .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED);
-    let id = reply.json()["id"].as_str().unwrap().to_owned();
     let path = format!("{REFUSED_TWICE}done");
     // The first two deliveries are refused; retries come 1s and 2s apart,
     // and the runtime is told to stop right after the first (it would
@@ -497,17 +494,15 @@ async fn https_callbacks_reach_receivers_whose_ca_is_trusted_and_no_others() {
     for receiver in [&trusted, &untrusted] {
         let callback = format!("{}/done", receiver.origin());
         assert!(callback.starts_with("https://127.0.0.1:"), "{callback}");
-        let reply = cluster
+        let id = cluster
             .gw
-            .send(
-                Method::POST,
+            .submit(
                 "/async/fn/default/echo/",
                 &[("x-callback-url", &callback)],
                 "over tls",
             )
             .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
-        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+        ids.push(id);
     }
 
     let delivered = trusted.wait_for("/done", 1).await;

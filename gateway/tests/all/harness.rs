@@ -328,6 +328,16 @@ impl TestGateway {
         self.send_to(self.addr, method, path, headers, body).await
     }
 
+    /// POSTs an asynchronous invocation to `path`, checks the 202 and
+    /// returns the invocation id.
+    pub async fn submit(&self, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+        let reply = self
+            .send(Method::POST, path, headers, body.to_owned())
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        reply.json()["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn admin_get(&self, path: &str) -> Reply {
         self.send_to(self.admin, Method::GET, path, &[], Bytes::new())
             .await

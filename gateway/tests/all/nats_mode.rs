@@ -495,16 +495,7 @@ spec:
     gw.wait_routed("default/slow").await;
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let reply = gw
-            .send(
-                http::Method::POST,
-                "/async/fn/default/slow/sleep/800",
-                &[],
-                "",
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
-        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+        ids.push(gw.submit("/async/fn/default/slow/sleep/800", &[], "").await);
     }
     for id in &ids {
         let record = gw.wait_final(id).await;
