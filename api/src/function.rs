@@ -78,7 +78,7 @@ pub struct FunctionSpec {
     /// Where exhausted or poison invocations go.
     /// Default: subject `sluice.dlq.<namespace>.<name>`.
     #[serde(default)]
-    pub dead_letter: DeadLetter,
+    pub dead_letter: DeadLetterPolicy,
     /// Queue-depth autoscaling. Default: 0 to 20 replicas, 16 queued per replica.
     #[serde(default)]
     pub scaling: Scaling,
@@ -319,7 +319,7 @@ impl Default for Backoff {
 /// Where dead letters go.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DeadLetter {
+pub struct DeadLetterPolicy {
     /// NATS subject. Default: `sluice.dlq.<namespace>.<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -471,14 +471,16 @@ impl SpecError {
 
 /// Whether `subject` is a literal subject the dead-letter stream captures.
 fn is_dead_letter_subject(subject: &str) -> bool {
-    subject.strip_prefix("sluice.dlq.").is_some_and(|rest| {
-        rest.split('.').all(|token| {
-            !token.is_empty()
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    subject
+        .strip_prefix(crate::names::DEAD_LETTER_SUBJECT_PREFIX)
+        .is_some_and(|rest| {
+            rest.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
         })
-    })
 }
 
 impl FunctionSpec {

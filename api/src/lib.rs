@@ -1,23 +1,29 @@
 //! Types shared by every Sluice part, free of I/O: the `Function` custom
-//! resource, the invocation wire format, invocation records, and the names of
-//! NATS subjects, streams and buckets.
+//! resource, the invocation wire format, invocation records and their
+//! transitions, attempt outcomes and the pure retry decision, component
+//! digests, and the names of NATS subjects, streams and buckets.
 //!
 //! The Kubernetes `CustomResource` derive sits behind the `crd` feature so
 //! that the gateway and runtime do not compile kube.
 
+pub mod callback;
 pub mod dead_letter;
+pub mod digest;
 pub mod function;
 pub mod invocation;
 pub mod manifest;
 pub mod names;
+pub mod outcome;
 pub mod quantity;
 pub mod record;
 pub mod registry;
 
 pub use dead_letter::DeadLetter;
+pub use digest::ModuleDigest;
 pub use function::*;
 pub use invocation::{Invocation, InvocationId, InvocationResponse, WireError};
 pub use manifest::{FunctionManifest, ManifestError, parse_functions};
+pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up};
 pub use quantity::{ByteSize, Duration};
 pub use record::{InvocationRecord, InvocationState, StoredResponse};
 pub use registry::RegistryEntry;

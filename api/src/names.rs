@@ -6,21 +6,36 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::invocation::InvocationId;
 
 /// Stream holding queued invocations.
 pub const INVOCATION_STREAM: &str = "SLUICE_INVOCATIONS";
 /// Subjects of the invocation stream.
 pub const INVOKE_SUBJECTS: &str = "sluice.invoke.>";
+/// What every invocation subject starts with.
+pub const INVOKE_SUBJECT_PREFIX: &str = "sluice.invoke.";
 /// Stream holding dead letters.
 pub const DEAD_LETTER_STREAM: &str = "SLUICE_DEAD_LETTERS";
 /// Subjects of the dead-letter stream.
 pub const DEAD_LETTER_SUBJECTS: &str = "sluice.dlq.>";
+/// What every dead-letter subject starts with, so that the dead-letter
+/// stream keeps it.
+pub const DEAD_LETTER_SUBJECT_PREFIX: &str = "sluice.dlq.";
 /// KV bucket of async invocation records.
 pub const RESULTS_BUCKET: &str = "sluice-results";
 /// KV bucket of resolved function specs, keyed `<ns>.<fn>`.
 pub const FUNCTIONS_BUCKET: &str = "sluice-functions";
-/// Object store of components, keyed `sha256-<hex>`.
+/// Object store of components, keyed `sha256-<hex>`
+/// ([`crate::ModuleDigest::object_key`]).
 pub const MODULES_BUCKET: &str = "sluice-modules";
+
+/// The subject a record of the results bucket is written on: a record can
+/// be published without waiting for the store's answer.
+pub fn result_subject(id: &InvocationId) -> String {
+    format!("$KV.{RESULTS_BUCKET}.{id}")
+}
 
 /// A function's namespace and name, written `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -36,6 +51,13 @@ pub struct FunctionRef {
     "{0:?} is not a valid function reference: expected <namespace>/<name>, each a DNS label (lowercase letters, digits and '-', at most 63)"
 )]
 pub struct BadFunctionRef(String);
+
+impl BadFunctionRef {
+    /// The text that is not a reference.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Whether `s` is an RFC 1123 DNS label, as Kubernetes namespaces and
 /// Sluice function names must be. Dots are excluded because names become
@@ -63,19 +85,30 @@ impl FunctionRef {
 
     /// `sluice.invoke.<ns>.<fn>`: where the function's invocations queue.
     pub fn invoke_subject(&self) -> String {
-        format!("sluice.invoke.{}.{}", self.namespace, self.name)
+        format!("{INVOKE_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
     }
 
     /// The function whose invocations queue on `subject`, if any.
     pub fn from_invoke_subject(subject: &str) -> Option<Self> {
-        let rest = subject.strip_prefix("sluice.invoke.")?;
-        let (namespace, name) = rest.split_once('.')?;
+        Self::from_dotted(subject.strip_prefix(INVOKE_SUBJECT_PREFIX)?)
+    }
+
+    /// The function whose registry key is `key` (`<ns>.<fn>`), if any.
+    pub fn from_registry_key(key: &str) -> Option<Self> {
+        Self::from_dotted(key)
+    }
+
+    fn from_dotted(s: &str) -> Option<Self> {
+        let (namespace, name) = s.split_once('.')?;
         Self::new(namespace, name).ok()
     }
 
     /// `sluice.dlq.<ns>.<fn>`: the default dead-letter subject.
     pub fn dead_letter_subject(&self) -> String {
-        format!("sluice.dlq.{}.{}", self.namespace, self.name)
+        format!(
+            "{DEAD_LETTER_SUBJECT_PREFIX}{}.{}",
+            self.namespace, self.name
+        )
     }
 
     /// `<ns>.<fn>`: the function's key in the registry bucket.
@@ -86,6 +119,23 @@ impl FunctionRef {
     /// Durable consumer name of the function on the invocation stream.
     pub fn consumer_name(&self) -> String {
         format!("fn_{}", self.unique_token())
+    }
+
+    /// Queue group in which every gateway subscribes to a plain trigger
+    /// subject for this function: one per function, so that functions
+    /// sharing a subject each get every event, and gateways share each
+    /// function's.
+    pub fn event_queue_group(&self) -> String {
+        format!("sluice-events_{}", self.unique_token())
+    }
+
+    /// Durable consumer, shared by every gateway, through which this
+    /// function's trigger on `subject` reads a subject bound to a stream.
+    /// Subjects may hold characters consumer names may not, so a hash of
+    /// the subject tells triggers apart.
+    pub fn event_consumer_name(&self, subject: &str) -> String {
+        let hash = hex::encode(&Sha256::digest(subject.as_bytes())[..6]);
+        format!("sluice-events_{}_{hash}", self.unique_token())
     }
 
     /// `<ns>_<fn>`: distinct for distinct functions (`_` is in no DNS
@@ -99,11 +149,6 @@ impl FunctionRef {
     pub fn route_prefix(&self) -> String {
         format!("/fn/{}/{}", self.namespace, self.name)
     }
-}
-
-/// Key of a component in the modules bucket: `sha256-<hex>`.
-pub fn module_key(sha256_hex: &str) -> String {
-    format!("sha256-{sha256_hex}")
 }
 
 impl fmt::Display for FunctionRef {
@@ -161,8 +206,18 @@ mod tests {
             None
         );
         assert_eq!(f.registry_key(), "default.hello");
+        assert_eq!(
+            FunctionRef::from_registry_key("default.hello"),
+            Some(f.clone())
+        );
+        assert_eq!(FunctionRef::from_registry_key("default"), None);
         assert_eq!(f.route_prefix(), "/fn/default/hello");
-        assert_eq!(module_key("ab12"), "sha256-ab12");
+        assert_eq!(f.event_queue_group(), "sluice-events_default_hello");
+        let on_a = f.event_consumer_name("orders.a");
+        assert!(on_a.starts_with("sluice-events_default_hello_"), "{on_a}");
+        assert_ne!(on_a, f.event_consumer_name("orders.b"));
+        let id = InvocationId::random();
+        assert_eq!(result_subject(&id), format!("$KV.sluice-results.{id}"));
     }
 
     #[test]

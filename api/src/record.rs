@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::invocation::{InvocationId, InvocationResponse};
 use crate::names::FunctionRef;
+use crate::outcome::{Outcome, Settlement};
 
 /// Where an invocation is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,6 +106,44 @@ impl InvocationRecord {
             error: None,
         }
     }
+
+    /// Attempt number `attempt` (1-based) has begun.
+    pub fn running(&mut self, attempt: u32) {
+        self.state = InvocationState::Running;
+        self.attempts = attempt;
+    }
+
+    /// The last attempt failed and another follows: queued again, with why
+    /// and what the function answered, if it did.
+    pub fn retrying(&mut self, reason: String, response: Option<StoredResponse>) {
+        self.state = InvocationState::Queued;
+        self.error = Some(reason);
+        self.response = response;
+    }
+
+    /// The invocation is over: `state` is final, `error` says why when it
+    /// did not succeed.
+    pub fn settled(
+        &mut self,
+        state: InvocationState,
+        error: Option<String>,
+        response: Option<StoredResponse>,
+    ) {
+        debug_assert!(state.is_final(), "{state:?} is not final");
+        self.state = state;
+        self.error = error;
+        self.response = response;
+    }
+
+    /// Applies what followed an attempt: [`Self::retrying`] or
+    /// [`Self::settled`], keeping the outcome's response either way.
+    pub fn after_attempt(&mut self, outcome: &Outcome, settlement: &Settlement) {
+        let response = outcome.stored_response();
+        match settlement {
+            Settlement::Retry { reason, .. } => self.retrying(reason.clone(), response),
+            Settlement::Final { state, error } => self.settled(*state, error.clone(), response),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +182,44 @@ mod tests {
         );
         let back: InvocationRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_record_moves_from_queued_through_retries_to_its_end() {
+        use crate::outcome::{Failure, FailureKind};
+        let id = InvocationId::random();
+        let mut record = InvocationRecord::queued(id.clone(), "default/echo".parse().unwrap());
+        assert_eq!(record.state, InvocationState::Queued);
+        record.running(1);
+        assert_eq!(
+            (record.state, record.attempts),
+            (InvocationState::Running, 1)
+        );
+
+        let failed = Outcome::Failed(Failure::new(FailureKind::Trap, "boom"));
+        let retry = Settlement::Retry {
+            delay: std::time::Duration::from_secs(1),
+            reason: "boom".into(),
+        };
+        record.after_attempt(&failed, &retry);
+        assert_eq!(record.state, InvocationState::Queued);
+        assert_eq!(record.error.as_deref(), Some("boom"));
+        assert_eq!(record.attempts, 1, "a retry is counted when it starts");
+
+        record.running(2);
+        let answered = Outcome::Responded(InvocationResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"hi"),
+        });
+        let done = Settlement::Final {
+            state: InvocationState::Succeeded,
+            error: None,
+        };
+        record.after_attempt(&answered, &done);
+        assert_eq!(record.state, InvocationState::Succeeded);
+        assert_eq!(record.error, None, "an earlier attempt's reason is gone");
+        assert_eq!(record.attempts, 2);
+        assert_eq!(record.response.unwrap().body_bytes().unwrap(), b"hi");
     }
 }

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::function::FunctionSpec;
+use crate::digest::ModuleDigest;
+use crate::function::{FunctionSpec, SpecError};
 use crate::names::FunctionRef;
 
 /// One function as published to the registry, under
@@ -14,24 +15,37 @@ use crate::names::FunctionRef;
 pub struct RegistryEntry {
     pub function: FunctionRef,
     pub spec: FunctionSpec,
-    /// Hex SHA-256 of the component; its object is
-    /// [`crate::names::module_key`] of it.
-    pub module_digest: String,
+    /// The component; its object in the module store is
+    /// [`ModuleDigest::object_key`].
+    pub module_digest: ModuleDigest,
+}
+
+/// Why a stored registry entry cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryEntryError {
+    #[error("not a registry entry: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("the entry under {key}'s key names {named}")]
+    WrongFunction {
+        key: FunctionRef,
+        named: FunctionRef,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
 }
 
 impl RegistryEntry {
     /// Reads the entry stored under `function`'s key, checked: it must name
     /// that function and hold a valid spec.
-    pub fn parse(function: &FunctionRef, value: &[u8]) -> Result<Self, String> {
-        let entry: Self =
-            serde_json::from_slice(value).map_err(|e| format!("not a registry entry: {e}"))?;
+    pub fn parse(function: &FunctionRef, value: &[u8]) -> Result<Self, RegistryEntryError> {
+        let entry: Self = serde_json::from_slice(value).map_err(RegistryEntryError::Json)?;
         if entry.function != *function {
-            return Err(format!(
-                "the entry under {function}'s key names {}",
-                entry.function
-            ));
+            return Err(RegistryEntryError::WrongFunction {
+                key: function.clone(),
+                named: entry.function,
+            });
         }
-        entry.spec.validate().map_err(|e| e.to_string())?;
+        entry.spec.validate()?;
         Ok(entry)
     }
 }
@@ -49,7 +63,7 @@ mod tests {
         let entry = RegistryEntry {
             function: "default/hello".parse().unwrap(),
             spec,
-            module_digest: "ab".repeat(32),
+            module_digest: ModuleDigest::of(b"component"),
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["function"], "default/hello");
@@ -59,11 +73,15 @@ mod tests {
             entry
         );
         let bytes = serde_json::to_vec(&json).unwrap();
-        assert_eq!(RegistryEntry::parse(&entry.function, &bytes), Ok(entry));
+        assert_eq!(
+            RegistryEntry::parse(&entry.function, &bytes).unwrap(),
+            entry
+        );
         let other = "default/other".parse().unwrap();
         assert!(
             RegistryEntry::parse(&other, &bytes)
                 .unwrap_err()
+                .to_string()
                 .contains("names default/hello")
         );
         assert!(RegistryEntry::parse(&other, b"{").is_err());

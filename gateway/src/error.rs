@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use sluice_runtime::{Failure, FailureKind};
+use sluice_api::{Failure, FailureKind};
 
 /// Everything a request can fail with, each with the status a caller can
 /// act on.

@@ -1,7 +1,6 @@
 //! The HTTP ingress: turns requests into invocations and answers with
-//! their outcome (see DESIGN.md, "Invocation paths").
+//! their outcome (see the README, "Try it", for every path).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -10,14 +9,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_api::invocation::strip_hop_by_hop;
-use sluice_api::names::FunctionRef;
+use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
-use sluice_runtime::telemetry;
+use sluice_serve::telemetry;
 use tracing::Instrument as _;
 
 use crate::error::{GatewayError, json_response};
+use crate::metrics::{Metrics, RouteKind};
 use crate::queue::{InvocationQueue, QueueError};
-use crate::routes::{Resolved, RouteConflict, RouteTable, resolve_default};
+use crate::routes::{Resolved, RoutedFunctions, resolve_default};
 
 /// Bytes of an oversized body read and dropped before answering 413.
 const DRAIN_LIMIT: usize = 8 << 20;
@@ -30,6 +30,11 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// A handler's answer; an error carries the invocation id when one was
 /// assigned, so the caller can look it up.
 type Handled = Result<Response<Full<Bytes>>, (GatewayError, Option<InvocationId>)>;
+
+/// Default of [`HttpConfig::max_request_body`]: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
+/// Default of [`HttpConfig::async_deadline`]: 1 hour.
+pub const DEFAULT_ASYNC_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// HTTP-facing settings.
 #[derive(Debug, Clone)]
@@ -48,69 +53,34 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            max_request_body: 1 << 20,
-            async_deadline: Duration::from_secs(3600),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            async_deadline: DEFAULT_ASYNC_DEADLINE,
             body_timeout: Duration::from_secs(60),
         }
     }
-}
-
-/// The deployed functions, as the gateway routes them.
-#[derive(Debug, Default)]
-pub struct Registry {
-    specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
-    routes: RouteTable,
-}
-
-impl Registry {
-    /// The functions of a local folder: a custom path claimed twice is an
-    /// error to fix before start-up.
-    pub fn new(specs: HashMap<FunctionRef, Arc<FunctionSpec>>) -> Result<Self, RouteConflict> {
-        let routes = RouteTable::new(custom_routes(&specs))?;
-        Ok(Self { specs, routes })
-    }
-
-    /// The functions of a shared registry, which the gateway cannot refuse:
-    /// a custom path claimed twice stays with the first function in name
-    /// order, and the later claims are returned to be reported.
-    pub fn first_claim_wins(
-        specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
-    ) -> (Self, Vec<RouteConflict>) {
-        let (routes, conflicts) = RouteTable::first_claim_wins(custom_routes(&specs));
-        (Self { specs, routes }, conflicts)
-    }
-
-    pub fn get(&self, function: &FunctionRef) -> Option<&Arc<FunctionSpec>> {
-        self.specs.get(function)
-    }
-}
-
-/// Custom trigger paths, in function-name order.
-fn custom_routes(
-    specs: &HashMap<FunctionRef, Arc<FunctionSpec>>,
-) -> Vec<(&FunctionRef, Option<&str>)> {
-    let mut sorted: Vec<_> = specs
-        .iter()
-        .map(|(f, spec)| (f, spec.triggers.http.as_ref().map(|h| h.path.as_str())))
-        .collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    sorted
 }
 
 /// The gateway's request handler.
 #[derive(Debug)]
 pub struct Gateway {
     queue: Arc<dyn InvocationQueue>,
-    registry: RwLock<Arc<Registry>>,
+    functions: RwLock<Arc<RoutedFunctions>>,
     config: HttpConfig,
+    metrics: Metrics,
 }
 
 impl Gateway {
-    pub fn new(queue: Arc<dyn InvocationQueue>, registry: Registry, config: HttpConfig) -> Self {
+    pub fn new(
+        queue: Arc<dyn InvocationQueue>,
+        functions: RoutedFunctions,
+        config: HttpConfig,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             queue,
-            registry: RwLock::new(Arc::new(registry)),
+            functions: RwLock::new(Arc::new(functions)),
             config,
+            metrics,
         }
     }
 
@@ -121,12 +91,12 @@ impl Gateway {
     }
 
     /// Replaces the routed functions (the registry changed).
-    pub fn set_registry(&self, registry: Registry) {
-        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+    pub fn set_functions(&self, functions: RoutedFunctions) {
+        *self.functions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(functions);
     }
 
-    fn registry(&self) -> Arc<Registry> {
-        self.registry
+    fn functions(&self) -> Arc<RoutedFunctions> {
+        self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -134,28 +104,43 @@ impl Gateway {
 
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
-        let result = if let Some(resolved) = resolve_default("/fn", &path) {
-            self.invoke_sync(resolved, request).await
+        let (kind, result) = if let Some(resolved) = resolve_default("/fn", &path) {
+            (RouteKind::Sync, self.invoke_sync(resolved, request).await)
         } else if let Some(resolved) = resolve_default("/async/fn", &path) {
-            self.invoke_async(resolved, request).await
+            (RouteKind::Async, self.invoke_async(resolved, request).await)
         } else if let Some(id) = path.strip_prefix("/invocations/") {
-            self.invocation_status(id, &request).await
+            (
+                RouteKind::Status,
+                self.invocation_status(id, &request).await,
+            )
         } else if let Some(function) = path.strip_prefix("/dead-letters/") {
-            self.dead_letters(function, &request).await
+            (
+                RouteKind::DeadLetters,
+                self.dead_letters(function, &request).await,
+            )
         } else {
-            match self.registry().routes.resolve_custom(&path) {
-                Some(resolved) => self.invoke_sync(Ok(resolved), request).await,
-                None => Err((GatewayError::NoRoute(path), None)),
+            match self.functions().resolve_custom(&path) {
+                Some(resolved) => (
+                    RouteKind::Sync,
+                    self.invoke_sync(Ok(resolved), request).await,
+                ),
+                None => (
+                    RouteKind::Unrouted,
+                    Err((GatewayError::NoRoute(path), None)),
+                ),
             }
         };
-        result.unwrap_or_else(|(error, id)| {
+        let response = result.unwrap_or_else(|(error, id)| {
+            self.metrics.refused(error.code());
             error.into_response(id.as_ref().map(InvocationId::as_str))
-        })
+        });
+        self.metrics.answered(kind, response.status());
+        response
     }
 
     async fn invoke_sync(
         &self,
-        resolved: Result<Resolved, String>,
+        resolved: Result<Resolved, BadFunctionRef>,
         request: Request<Incoming>,
     ) -> Handled {
         let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
@@ -174,7 +159,7 @@ impl Gateway {
 
     async fn invoke_async(
         &self,
-        resolved: Result<Resolved, String>,
+        resolved: Result<Resolved, BadFunctionRef>,
         request: Request<Incoming>,
     ) -> Handled {
         require_method(request.method(), Method::POST, "POST")?;
@@ -183,7 +168,7 @@ impl Gateway {
             None => None,
             Some(value) => {
                 let url = value.to_str().unwrap_or_default().to_owned();
-                sluice_runtime::callback::validate_url(&url)
+                sluice_api::callback::validate_url(&url)
                     .map_err(|e| (GatewayError::BadRequest(e), None))?;
                 Some(url)
             }
@@ -248,7 +233,7 @@ impl Gateway {
             .parse()
             .map_err(|_| (GatewayError::UnknownFunction(function.to_owned()), None))?;
         let spec = self
-            .registry()
+            .functions()
             .get(&function)
             .cloned()
             .ok_or_else(|| (GatewayError::UnknownFunction(function.to_string()), None))?;
@@ -262,11 +247,11 @@ impl Gateway {
 
     fn function(
         &self,
-        resolved: Result<Resolved, String>,
+        resolved: Result<Resolved, BadFunctionRef>,
     ) -> Result<(Resolved, Arc<FunctionSpec>), GatewayError> {
-        let resolved = resolved.map_err(GatewayError::UnknownFunction)?;
+        let resolved = resolved.map_err(|e| GatewayError::UnknownFunction(e.text().to_owned()))?;
         let spec = self
-            .registry()
+            .functions()
             .get(&resolved.function)
             .cloned()
             .ok_or_else(|| GatewayError::UnknownFunction(resolved.function.to_string()))?;

@@ -3,33 +3,32 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use sha2::{Digest as _, Sha256};
-use sluice_api::manifest::parse_functions;
+use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
-use sluice_api::{FunctionManifest, FunctionSpec, ModuleKind};
 use sluice_runtime::{Runtime, RuntimeConfig, RuntimeError};
+use sluice_serve::Admin;
 
-use sluice_runtime::admin::Admin;
-use sluice_runtime::metrics::Metrics;
+pub use crate::manifests::{LocalFunction, ManifestsError, load_dir};
 
-use crate::http::{Gateway, HttpConfig, Registry};
+use crate::http::{Gateway, HttpConfig};
+use crate::metrics::Metrics;
 use crate::queue::memory::{MemoryQueue, QueueConfig, QueuedFunction};
-use crate::routes::RouteConflict;
-use crate::running::{ListenError, RunningGateway};
+use crate::routes::{RouteConflict, RoutedFunctions};
+use crate::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, RunningGateway};
 
 /// Everything local mode needs to start.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     /// Folder whose `*.yaml`/`*.yml` files hold Function manifests.
     pub dir: PathBuf,
-    /// Where invocations are served. Default: `127.0.0.1:8080`.
+    /// Where invocations are served. Default: [`DEFAULT_LISTEN`]
+    /// (`127.0.0.1:8080`).
     pub listen: SocketAddr,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
-    /// Default: `127.0.0.1:9090`.
+    /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
+    /// [`DEFAULT_ADMIN_LISTEN`] (`127.0.0.1:9090`).
     pub admin_listen: SocketAddr,
     pub http: HttpConfig,
     pub queue: QueueConfig,
@@ -40,8 +39,8 @@ impl LocalConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            listen: DEFAULT_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
             http: HttpConfig::default(),
             queue: QueueConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -52,26 +51,8 @@ impl LocalConfig {
 /// Why local mode could not start. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("cannot read the manifest folder {dir}: {source}")]
-    ReadDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read {file}: {source}")]
-    ReadManifest {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no Function manifests (*.yaml, *.yml) in {0}")]
-    NoFunctions(PathBuf),
-    #[error("{file}: {source}")]
-    Manifest {
-        file: PathBuf,
-        #[source]
-        source: sluice_api::ManifestError,
-    },
+    #[error(transparent)]
+    Manifests(#[from] ManifestsError),
     #[error("{file}: {function}: {field}: {problem}")]
     Module {
         file: PathBuf,
@@ -79,131 +60,12 @@ pub enum LocalError {
         field: &'static str,
         problem: String,
     },
-    #[error("{file}: {function} is already defined in {first}")]
-    Duplicate {
-        file: PathBuf,
-        function: FunctionRef,
-        first: PathBuf,
-    },
     #[error(transparent)]
     Route(#[from] RouteConflict),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Listen(#[from] ListenError),
-}
-
-/// A function read from a manifest, with its component's bytes.
-#[derive(Debug)]
-pub struct LocalFunction {
-    pub file: PathBuf,
-    pub function: FunctionRef,
-    pub spec: FunctionSpec,
-    pub wasm: Vec<u8>,
-}
-
-/// Reads every Function manifest in `dir` and the components they name.
-pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, LocalError> {
-    let read_dir = |source| LocalError::ReadDir {
-        dir: dir.to_owned(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
-    let mut functions = Vec::new();
-    let mut seen: HashMap<FunctionRef, PathBuf> = HashMap::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| LocalError::ReadManifest {
-            file: file.clone(),
-            source,
-        })?;
-        let manifests = parse_functions(&text).map_err(|source| LocalError::Manifest {
-            file: file.clone(),
-            source,
-        })?;
-        for manifest in manifests {
-            let function = manifest.function_ref();
-            if let Some(first) = seen.get(&function) {
-                return Err(LocalError::Duplicate {
-                    file,
-                    function,
-                    first: first.clone(),
-                });
-            }
-            seen.insert(function.clone(), file.clone());
-            let wasm = read_module(&file, &manifest)?;
-            functions.push(LocalFunction {
-                file: file.clone(),
-                function,
-                spec: manifest.spec,
-                wasm,
-            });
-        }
-    }
-    if functions.is_empty() {
-        return Err(LocalError::NoFunctions(dir.to_owned()));
-    }
-    Ok(functions)
-}
-
-fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, LocalError> {
-    let module = &manifest.spec.module;
-    let error = |field: &'static str, problem: String| LocalError::Module {
-        file: file.to_owned(),
-        function: manifest.function_ref(),
-        field,
-        problem,
-    };
-    let path = match module.kind() {
-        Ok(ModuleKind::File) => module.file.as_deref().unwrap_or_default(),
-        Ok(ModuleKind::Oci) => {
-            return Err(error(
-                "spec.module.oci",
-                "is not available in local mode; use spec.module.file".into(),
-            ));
-        }
-        Ok(ModuleKind::Url) => {
-            return Err(error(
-                "spec.module.url",
-                "is not available in local mode; use spec.module.file".into(),
-            ));
-        }
-        Ok(ModuleKind::ConfigMap) => {
-            return Err(error(
-                "spec.module.configMap",
-                "is not available in local mode; use spec.module.file".into(),
-            ));
-        }
-        Err(e) => return Err(error("spec.module", e.problem)),
-    };
-    let resolved = file.parent().unwrap_or(Path::new(".")).join(path);
-    let wasm = std::fs::read(&resolved).map_err(|e| {
-        let hint = if resolved.to_string_lossy().contains("wasm32-wasip2") {
-            " (build the examples first: scripts/local.sh does)"
-        } else {
-            ""
-        };
-        error(
-            "spec.module.file",
-            format!("cannot read {}: {e}{hint}", resolved.display()),
-        )
-    })?;
-    if let Some(expected) = &module.sha256 {
-        let actual = hex::encode(Sha256::digest(&wasm));
-        if &actual != expected {
-            return Err(error(
-                "spec.module.sha256",
-                format!("{} has sha256 {actual}, not {expected}", resolved.display()),
-            ));
-        }
-    }
-    Ok(wasm)
 }
 
 /// Loads the manifests, compiles every component, binds both listeners and
@@ -239,8 +101,15 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
     .await
     .map_err(|e| LocalError::Runtime(RuntimeError::Engine(format!("loader task failed: {e}"))))??;
 
-    let metrics = Arc::new(Metrics::default());
-    let queue = MemoryQueue::new(runtime, config.queue.clone(), metrics.clone());
+    let mut registry = Registry::with_prefix("sluice");
+    let metrics = Metrics::register(&mut registry);
+    let runtime_metrics = sluice_runtime::metrics::Metrics::register(&mut registry);
+    let queue = MemoryQueue::new(
+        runtime,
+        config.queue.clone(),
+        metrics.clone(),
+        runtime_metrics,
+    );
     let mut specs = HashMap::new();
     for (prepared, spec) in loaded {
         tracing::info!(function = %prepared.function, digest = %prepared.digest, "function ready");
@@ -251,12 +120,14 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
             concurrency: spec.concurrency,
         });
     }
-    let registry = Registry::new(specs)?;
-    let gateway = Arc::new(Gateway::new(Arc::new(queue), registry, config.http.clone()));
-    let admin = Arc::new(Admin {
+    let functions = RoutedFunctions::new(specs)?;
+    let gateway = Arc::new(Gateway::new(
+        Arc::new(queue),
+        functions,
+        config.http.clone(),
         metrics,
-        ready: Default::default(),
-    });
-    admin.ready.store(true, Ordering::Relaxed);
+    ));
+    let admin = Arc::new(Admin::new(registry));
+    admin.set_ready(true);
     Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen).await?)
 }

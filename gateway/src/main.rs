@@ -6,16 +6,21 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::{ByteSize, Duration};
-use sluice_gateway::http::HttpConfig;
-use sluice_gateway::local::{self, LocalConfig};
+use sluice_gateway::http::{DEFAULT_ASYNC_DEADLINE, DEFAULT_MAX_REQUEST_BODY, HttpConfig};
+use sluice_gateway::manifests;
 use sluice_gateway::nats::{self, NatsConfig};
-use sluice_gateway::running::RunningGateway;
-use sluice_runtime::RuntimeConfig;
-use sluice_runtime::nats::layout::{Layout, LayoutConfig};
-use sluice_runtime::nats::node::{self, NodeConfig};
-use sluice_runtime::nats::publish::Publisher;
-use sluice_runtime::process::shutdown_signal;
-use sluice_runtime::telemetry::Telemetry;
+use sluice_gateway::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, RunningGateway};
+use sluice_nats::layout::{DEFAULT_MAX_QUEUE_DEPTH, Layout, LayoutConfig};
+use sluice_nats::publish::Publisher;
+use sluice_serve::shutdown_signal;
+use sluice_serve::telemetry::Telemetry;
+
+/// Defaults of the runtime's settings, for the flags of local mode; the
+/// same as `sluice-runtime`'s.
+#[cfg(feature = "local")]
+fn runtime_defaults() -> sluice_runtime::RuntimeConfig {
+    sluice_runtime::RuntimeConfig::default()
+}
 
 /// Serve Sluice functions over HTTP.
 #[derive(Debug, Parser)]
@@ -54,28 +59,30 @@ struct Args {
     #[arg(long, value_name = "URL", env = "SLUICE_NATS_URL")]
     nats: Option<String>,
     /// Address for invocations.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_LISTEN")]
+    #[arg(long, default_value_t = DEFAULT_LISTEN, env = "SLUICE_LISTEN")]
     listen: SocketAddr,
     /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "127.0.0.1:9090", env = "SLUICE_ADMIN_LISTEN")]
+    #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
     /// Largest request body; larger gets 413.
-    #[arg(long, default_value = "1Mi")]
+    #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_REQUEST_BODY as u64))]
     max_request_body: ByteSize,
     /// Local mode: largest response body a function may send; larger fails
     /// with 502. (In NATS mode the runtime's flag of the same name.)
-    #[arg(long, default_value = "6Mi")]
+    #[cfg(feature = "local")]
+    #[arg(long, default_value_t = ByteSize(runtime_defaults().max_response_body as u64))]
     max_response_body: ByteSize,
     /// How long async invocations may take, retries included, and how long
     /// their records stay readable.
-    #[arg(long, default_value = "1h")]
+    #[arg(long, default_value_t = Duration(DEFAULT_ASYNC_DEADLINE))]
     async_deadline: Duration,
     /// Queued invocations per function before submits get 429 (in NATS
     /// mode: applied when this gateway creates the invocation stream).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = DEFAULT_MAX_QUEUE_DEPTH as usize)]
     max_queue_depth: usize,
     /// Local mode: instances alive at once across all functions.
-    #[arg(long, default_value_t = 256)]
+    #[cfg(feature = "local")]
+    #[arg(long, default_value_t = runtime_defaults().max_instances)]
     max_instances: u32,
     /// Log as JSON lines instead of text.
     #[arg(long)]
@@ -96,8 +103,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
     let functions =
-        local::load_dir(dir).with_context(|| format!("cannot publish {}", dir.display()))?;
-    let client = sluice_runtime::nats::connect(nats, "sluice-publish").await?;
+        manifests::load_dir(dir).with_context(|| format!("cannot publish {}", dir.display()))?;
+    let client = sluice_nats::connect(nats, "sluice-publish").await?;
     let layout = Layout::ensure(client.clone(), &LayoutConfig::default()).await?;
     let publisher = Publisher::new(layout);
     for f in &functions {
@@ -121,58 +128,120 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         async_deadline: args.async_deadline.0,
         ..HttpConfig::default()
     };
-    let runtime_config = RuntimeConfig {
-        max_response_body: usize::try_from(args.max_response_body.0)
-            .context("--max-response-body is too large")?,
-        max_instances: args.max_instances,
-        ..RuntimeConfig::default()
+    #[cfg(not(feature = "local"))]
+    if args.local.is_some() {
+        anyhow::bail!(local::WITHOUT);
+    }
+    let Some(url) = &args.nats else {
+        let Some(dir) = &args.local else {
+            anyhow::bail!("nothing to serve: give --local <DIR> or --nats <URL>");
+        };
+        return run_until_signal(local::start(&args, dir, http).await?).await;
     };
-    let mut runtime = None;
-    let gateway = if let Some(url) = &args.nats {
-        let mut config = NatsConfig::new(url);
-        config.listen = args.listen;
-        config.admin_listen = args.admin_listen;
-        config.http = http;
-        config.layout.results_ttl = args.async_deadline.0;
-        config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
-        let gateway = nats::start(config)
-            .await
-            .with_context(|| format!("cannot start NATS mode on {url}"))?;
-        if let Some(dir) = &args.local {
-            // Local mode on NATS: this folder's functions, run in this
-            // process, queued on a real server.
-            publish(url, dir).await?;
-            let mut config = NodeConfig::new(url);
-            config.pool_serves_dedicated = true;
-            config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-            config.artifacts = Some(std::env::temp_dir().join("sluice-artifacts"));
-            config.runtime = runtime_config;
-            let node = node::start(config)
-                .await
-                .with_context(|| format!("cannot start the runtime on {url}"))?;
-            tracing::info!(admin = %node.admin_addr, "running the functions in this process");
-            runtime = Some(node);
-        }
-        gateway
-    } else if let Some(dir) = &args.local {
+    let mut config = NatsConfig::new(url);
+    config.listen = args.listen;
+    config.admin_listen = args.admin_listen;
+    config.http = http;
+    config.layout.results_ttl = args.async_deadline.0;
+    config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
+    let gateway = nats::start(config)
+        .await
+        .with_context(|| format!("cannot start NATS mode on {url}"))?;
+    let Some(dir) = &args.local else {
+        return run_until_signal(gateway).await;
+    };
+    // Local mode on NATS: this folder's functions, run in this process,
+    // queued on a real server.
+    publish(url, dir).await?;
+    let node = local::start_node(&args, url).await?;
+    let result = run_until_signal(gateway).await;
+    node.shutdown().await;
+    result
+}
+
+/// Local mode, which runs functions in this process.
+#[cfg(feature = "local")]
+mod local {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use anyhow::Context as _;
+    use sluice_gateway::http::HttpConfig;
+    use sluice_gateway::local::{self, LocalConfig};
+    use sluice_gateway::running::RunningGateway;
+    use sluice_runtime::RuntimeConfig;
+    use sluice_runtime::node::{self, Node, NodeConfig, default_artifacts_dir};
+
+    use super::Args;
+
+    fn runtime_config(args: &Args) -> anyhow::Result<RuntimeConfig> {
+        Ok(RuntimeConfig {
+            max_response_body: usize::try_from(args.max_response_body.0)
+                .context("--max-response-body is too large")?,
+            max_instances: args.max_instances,
+            ..RuntimeConfig::default()
+        })
+    }
+
+    /// Serves `dir` with the in-process queue.
+    pub async fn start(
+        args: &Args,
+        dir: &Path,
+        http: HttpConfig,
+    ) -> anyhow::Result<RunningGateway> {
         let mut config = LocalConfig::new(dir);
         config.listen = args.listen;
         config.admin_listen = args.admin_listen;
         config.http = http;
         config.queue.results_ttl = args.async_deadline.0;
         config.queue.max_depth = args.max_queue_depth;
-        config.runtime = runtime_config;
+        config.runtime = runtime_config(args)?;
         local::start(config)
             .await
-            .with_context(|| format!("cannot start local mode from {}", dir.display()))?
-    } else {
-        anyhow::bail!("nothing to serve: give --local <DIR> or --nats <URL>");
-    };
-    let result = run_until_signal(gateway).await;
-    if let Some(node) = runtime {
-        node.shutdown().await;
+            .with_context(|| format!("cannot start local mode from {}", dir.display()))
     }
-    result
+
+    /// A runtime node in this process serving every published function.
+    pub async fn start_node(args: &Args, url: &str) -> anyhow::Result<Node> {
+        let mut config = NodeConfig::new(url);
+        config.pool_serves_dedicated = true;
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(default_artifacts_dir());
+        config.runtime = runtime_config(args)?;
+        let node = node::start(config)
+            .await
+            .with_context(|| format!("cannot start the runtime on {url}"))?;
+        tracing::info!(admin = %node.admin_addr, "running the functions in this process");
+        Ok(node)
+    }
+}
+
+/// Built without local mode: `--local` is refused with the reason.
+#[cfg(not(feature = "local"))]
+mod local {
+    use std::path::Path;
+
+    use sluice_gateway::http::HttpConfig;
+    use sluice_gateway::running::RunningGateway;
+
+    use super::Args;
+
+    pub const WITHOUT: &str =
+        "--local needs local mode, which this sluice-gateway was built without (feature `local`)";
+
+    pub async fn start(_: &Args, _: &Path, _: HttpConfig) -> anyhow::Result<RunningGateway> {
+        anyhow::bail!(WITHOUT)
+    }
+
+    pub struct Node;
+
+    impl Node {
+        pub async fn shutdown(self) {}
+    }
+
+    pub async fn start_node(_: &Args, _: &str) -> anyhow::Result<Node> {
+        anyhow::bail!(WITHOUT)
+    }
 }
 
 async fn run_until_signal(mut gateway: RunningGateway) -> anyhow::Result<()> {

@@ -5,31 +5,35 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Entry, Operation};
-use futures::StreamExt as _;
+use prometheus_client::registry::Registry;
+use sluice_api::FunctionSpec;
 use sluice_api::names::FunctionRef;
-use sluice_api::{FunctionSpec, RegistryEntry};
-use sluice_runtime::admin::Admin;
-use sluice_runtime::metrics::Metrics;
-use sluice_runtime::nats::layout::{Layout, LayoutConfig};
-use sluice_runtime::nats::{NatsError, PAYLOAD_HEADROOM};
+use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
+use sluice_nats::{NatsError, PAYLOAD_HEADROOM};
+use sluice_serve::Admin;
 
 use crate::events::EventBridge;
-use crate::http::{Gateway, HttpConfig, Registry};
+use crate::http::{Gateway, HttpConfig};
+use crate::metrics::Metrics;
 use crate::queue::QueueError;
 use crate::queue::jetstream::JetStreamQueue;
-use crate::running::{ListenError, RunningGateway};
+use crate::routes::RoutedFunctions;
+use crate::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, RunningGateway};
+
+/// How often the gateway reads its functions' queue depth (one paged
+/// listing of the invocation stream's consumers), until the operator does.
+const DEPTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything NATS mode needs to start.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
     pub nats_url: String,
-    /// Default: `127.0.0.1:8080`.
+    /// Default: [`DEFAULT_LISTEN`] (`127.0.0.1:8080`).
     pub listen: SocketAddr,
-    /// Default: `127.0.0.1:9090`.
+    /// Default: [`DEFAULT_ADMIN_LISTEN`] (`127.0.0.1:9090`).
     pub admin_listen: SocketAddr,
     pub http: HttpConfig,
     pub layout: LayoutConfig,
@@ -39,8 +43,8 @@ impl NatsConfig {
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            listen: DEFAULT_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
             http: HttpConfig::default(),
             layout: LayoutConfig::default(),
         }
@@ -60,7 +64,7 @@ pub enum NatsModeError {
 
 /// Connects, opens the layout, starts following the registry and serves.
 pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
-    let client = sluice_runtime::nats::connect(&config.nats_url, "sluice-gateway").await?;
+    let client = sluice_nats::connect(&config.nats_url, "sluice-gateway").await?;
     let layout = Layout::ensure(client.clone(), &config.layout).await?;
     // An invocation is one message: a body that fits the limit but not the
     // server would fail to queue (503), so the limit shrinks to what fits
@@ -75,17 +79,17 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
         );
         config.http.max_request_body = fits;
     }
+    let mut registry = Registry::with_prefix("sluice");
+    let metrics = Metrics::register(&mut registry);
     let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
     let gateway = Arc::new(Gateway::new(
         queue.clone(),
-        Registry::default(),
+        RoutedFunctions::default(),
         config.http.clone(),
+        metrics.clone(),
     ));
-    let admin = Arc::new(Admin {
-        metrics: Arc::new(Metrics::default()),
-        ready: Default::default(),
-    });
-    let bridge = EventBridge::new(client, queue, config.http.async_deadline);
+    let admin = Arc::new(Admin::new(registry));
+    let bridge = EventBridge::new(client, queue, metrics.clone(), config.http.async_deadline);
     let running = RunningGateway::start(
         gateway.clone(),
         admin.clone(),
@@ -93,10 +97,13 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
         config.admin_listen,
     )
     .await?;
+    let watcher = RegistryWatcher::new(layout.functions.clone());
+    let depth_layout = layout.clone();
     running.spawn_companion(|stop| async move {
         let mut bridge = bridge;
         tokio::select! {
-            () = follow_registry(&layout, &gateway, &admin, &mut bridge) => {}
+            () = follow_registry(watcher, &gateway, &admin, &mut bridge) => {}
+            () = read_queue_depths(&depth_layout, &metrics) => {}
             () = stop.cancelled() => {}
         }
         bridge.shutdown().await;
@@ -105,86 +112,62 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
 }
 
 /// Keeps the gateway's routes and the event bridge in step with the
-/// registry. Ready once the first full view of the registry is applied.
+/// registry, applying changes in batches (when no more are known to be
+/// pending). Ready once the first full view of the registry is applied.
 async fn follow_registry(
-    layout: &Layout,
+    mut watcher: RegistryWatcher,
     gateway: &Gateway,
     admin: &Admin,
     bridge: &mut EventBridge,
 ) {
     let mut functions: HashMap<FunctionRef, Arc<FunctionSpec>> = HashMap::new();
     loop {
-        let mut watch = match layout.functions.watch_with_history(">").await {
-            Ok(watch) => watch,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the registry; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let event = watcher.next().await;
+        let pending = event.pending();
+        match event {
+            RegistryEvent::Put { entry, .. } => {
+                tracing::info!(function = %entry.function, digest = %entry.module_digest, "function routed");
+                functions.insert(entry.function, Arc::new(entry.spec));
             }
-        };
-        let mut caught_up = false;
-        loop {
-            // An empty registry delivers nothing: a quiet watch is caught up.
-            let next = if caught_up {
-                watch.next().await
-            } else {
-                match tokio::time::timeout(Duration::from_millis(200), watch.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        caught_up = true;
-                        admin.ready.store(true, Ordering::Relaxed);
-                        continue;
-                    }
+            RegistryEvent::Removed { function, .. } => {
+                if functions.remove(&function).is_some() {
+                    tracing::info!(%function, "function removed");
                 }
-            };
-            let entry = match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the registry watch failed; watching again");
-                    break;
-                }
-                None => break,
-            };
-            let pending = entry.delta;
-            apply(&mut functions, entry);
-            if pending == 0 {
-                let (registry, conflicts) = Registry::first_claim_wins(functions.clone());
-                for conflict in conflicts {
-                    tracing::error!(error = %conflict, "custom route not applied");
-                }
-                gateway.set_registry(registry);
-                bridge.update(&functions);
-                caught_up = true;
-                admin.ready.store(true, Ordering::Relaxed);
             }
+            RegistryEvent::CaughtUp => admin.set_ready(true),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if pending == 0 {
+            let (routed, conflicts) = RoutedFunctions::first_claim_wins(functions.clone());
+            for conflict in conflicts {
+                tracing::error!(error = %conflict, "custom route not applied");
+            }
+            gateway.set_functions(routed);
+            bridge.update(&functions);
+        }
     }
 }
 
-fn apply(functions: &mut HashMap<FunctionRef, Arc<FunctionSpec>>, entry: Entry) {
-    let Some((namespace, name)) = entry.key.split_once('.') else {
-        return;
-    };
-    let Ok(function) = FunctionRef::new(namespace, name) else {
-        tracing::warn!(key = %entry.key, "ignoring a registry key that names no function");
-        return;
-    };
-    match entry.operation {
-        Operation::Delete | Operation::Purge => {
-            if functions.remove(&function).is_some() {
-                tracing::info!(%function, "function removed");
-            }
-        }
-        Operation::Put => match RegistryEntry::parse(&function, &entry.value) {
-            Ok(registered) => {
-                tracing::info!(%function, digest = %registered.module_digest, "function routed");
-                functions.insert(function, Arc::new(registered.spec));
-            }
+/// Reports every function's queue depth each [`DEPTH_EVERY`], from one
+/// paged listing of the invocation stream's consumers.
+async fn read_queue_depths(layout: &Layout, metrics: &Metrics) {
+    let mut known: HashMap<FunctionRef, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(DEPTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let depths = match sluice_nats::depth::queue_depths(&layout.invocations).await {
+            Ok(depths) => depths,
             Err(e) => {
-                tracing::error!(%function, error = %e, "not routing an invalid registry entry");
-                functions.remove(&function);
+                tracing::debug!(error = %e, "cannot read queue depths");
+                continue;
             }
-        },
+        };
+        for function in known.keys().filter(|f| !depths.contains_key(*f)) {
+            metrics.forget_queue_depth(function);
+        }
+        for (function, depth) in &depths {
+            metrics.set_queue_depth(function, i64::try_from(*depth).unwrap_or(i64::MAX));
+        }
+        known = depths;
     }
 }

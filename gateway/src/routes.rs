@@ -1,8 +1,57 @@
 //! Which function a request path names, and what path the function sees.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use sluice_api::names::FunctionRef;
+use sluice_api::FunctionSpec;
+use sluice_api::names::{BadFunctionRef, FunctionRef};
+
+/// The functions the gateway routes to, with their routes.
+#[derive(Debug, Default)]
+pub struct RoutedFunctions {
+    specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
+    routes: RouteTable,
+}
+
+impl RoutedFunctions {
+    /// The functions of a local folder: a custom path claimed twice is an
+    /// error to fix before start-up.
+    pub fn new(specs: HashMap<FunctionRef, Arc<FunctionSpec>>) -> Result<Self, RouteConflict> {
+        let routes = RouteTable::new(custom_routes(&specs))?;
+        Ok(Self { specs, routes })
+    }
+
+    /// The functions of a shared registry, which the gateway cannot refuse:
+    /// a custom path claimed twice stays with the first function in name
+    /// order, and the later claims are returned to be reported.
+    pub fn first_claim_wins(
+        specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
+    ) -> (Self, Vec<RouteConflict>) {
+        let (routes, conflicts) = RouteTable::first_claim_wins(custom_routes(&specs));
+        (Self { specs, routes }, conflicts)
+    }
+
+    pub fn get(&self, function: &FunctionRef) -> Option<&Arc<FunctionSpec>> {
+        self.specs.get(function)
+    }
+
+    /// Resolves a path under a custom trigger route.
+    pub fn resolve_custom(&self, path: &str) -> Option<Resolved> {
+        self.routes.resolve_custom(path)
+    }
+}
+
+/// Custom trigger paths, in function-name order.
+fn custom_routes(
+    specs: &HashMap<FunctionRef, Arc<FunctionSpec>>,
+) -> Vec<(&FunctionRef, Option<&str>)> {
+    let mut sorted: Vec<_> = specs
+        .iter()
+        .map(|(f, spec)| (f, spec.triggers.http.as_ref().map(|h| h.path.as_str())))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    sorted
+}
 
 /// The routes of the deployed functions: the default `/fn/<ns>/<name>`
 /// and any `triggers.http.path`.
@@ -82,20 +131,17 @@ impl RouteTable {
 }
 
 /// Resolves `<base>/<ns>/<name>[/<rest>]`, for `base` `/fn` or `/async/fn`.
-/// `Err` carries the `ns/name` text when it is not a valid reference.
-pub fn resolve_default(base: &str, path: &str) -> Option<Result<Resolved, String>> {
+/// `Err` when the `ns/name` part is not a valid reference.
+pub fn resolve_default(base: &str, path: &str) -> Option<Result<Resolved, BadFunctionRef>> {
     let tail = path.strip_prefix(base)?.strip_prefix('/')?;
     let mut parts = tail.splitn(3, '/');
     let (namespace, name) = (parts.next()?, parts.next()?);
     let rest = format!("/{}", parts.next().unwrap_or(""));
-    Some(match FunctionRef::new(namespace, name) {
-        Ok(function) => Ok(Resolved {
-            prefix: format!("{base}/{namespace}/{name}"),
-            function,
-            rest,
-        }),
-        Err(_) => Err(format!("{namespace}/{name}")),
-    })
+    Some(FunctionRef::new(namespace, name).map(|function| Resolved {
+        prefix: format!("{base}/{namespace}/{name}"),
+        function,
+        rest,
+    }))
 }
 
 /// `path` below `prefix` on a segment boundary, as the function sees it.
@@ -150,7 +196,10 @@ mod tests {
         );
         assert_eq!(resolve_default("/fn", "/fn/default"), None);
         assert_eq!(resolve_default("/fn", "/fnord/a/b"), None);
-        assert_eq!(resolve_default("/fn", "/fn/UP/x"), Some(Err("UP/x".into())));
+        assert_eq!(
+            resolve_default("/fn", "/fn/UP/x").map(|r| r.map_err(|e| e.text().to_owned())),
+            Some(Err("UP/x".into()))
+        );
     }
 
     #[test]

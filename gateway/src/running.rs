@@ -1,13 +1,11 @@
 //! Serving a [`Gateway`] and its admin endpoints until told to stop; the
 //! same for local and NATS mode.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sluice_runtime::admin::Admin;
-use sluice_runtime::server::{Service, serve};
+use sluice_serve::{Admin, Service, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -15,6 +13,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::http::Gateway;
+
+/// Default address for invocations (`--listen`).
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// Default address for `/healthz`, `/readyz` and `/metrics`
+/// (`--admin-listen`).
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +109,7 @@ impl RunningGateway {
     /// invocations only this process holds.
     pub async fn shutdown(self) {
         // Load balancers stop sending new requests here meanwhile.
-        self.admin.ready.store(false, Ordering::Relaxed);
+        self.admin.set_ready(false);
         self.stop_companions.cancel();
         self.service.shutdown().await;
         let deadline = Instant::now() + DRAIN_GRACE;

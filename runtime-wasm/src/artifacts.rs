@@ -13,8 +13,8 @@ use std::hash::{Hash as _, Hasher as _};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use sluice_api::FunctionSpec;
 use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, ModuleDigest};
 use wasmtime::component::Component;
 
 use crate::RuntimeError;
@@ -23,7 +23,7 @@ use crate::invoke::{PreparedFunction, bind};
 
 impl Runtime {
     /// Where the artifact of `digest` lives under `dir`.
-    pub fn artifact_path(&self, dir: &Path, digest: &str) -> PathBuf {
+    pub fn artifact_path(&self, dir: &Path, digest: &ModuleDigest) -> PathBuf {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.inner
             .engine
@@ -40,7 +40,7 @@ impl Runtime {
         &self,
         function: FunctionRef,
         spec: &FunctionSpec,
-        digest: &str,
+        digest: &ModuleDigest,
         dir: &Path,
     ) -> Result<Option<PreparedFunction>, RuntimeError> {
         self.check_limits(spec)?;
@@ -64,7 +64,7 @@ impl Runtime {
             .inner
             .cache
             .insert(&self.inner.linker, digest, &component)?;
-        Ok(Some(bind(function, spec, digest.to_owned(), pre)))
+        Ok(Some(bind(function, spec, digest.clone(), pre)))
     }
 
     /// Saves the compiled code of `prepared` under `dir`, atomically, so a
@@ -102,13 +102,33 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// Why a path is not private enough to load machine code from.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotPrivate {
+    #[error("{} is not under {}", path.display(), dir.display())]
+    Outside { path: PathBuf, dir: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} belongs to user {owner}", path.display())]
+    Owner { path: PathBuf, owner: u32 },
+    #[error("others may write {}", path.display())]
+    Writable { path: PathBuf },
+}
+
 /// Checks that `dir` and everything from it down to `path` belong to this
 /// process's user and are writable by nobody else.
 #[cfg(unix)]
-fn private(dir: &Path, path: &Path) -> Result<(), String> {
+fn private(dir: &Path, path: &Path) -> Result<(), NotPrivate> {
     use std::os::unix::fs::MetadataExt as _;
     let me = rustix::process::geteuid().as_raw();
-    let below = path.strip_prefix(dir).map_err(|e| e.to_string())?;
+    let below = path.strip_prefix(dir).map_err(|_| NotPrivate::Outside {
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+    })?;
     let mut checked = dir.to_path_buf();
     let mut chain = vec![checked.clone()];
     for part in below {
@@ -116,20 +136,25 @@ fn private(dir: &Path, path: &Path) -> Result<(), String> {
         chain.push(checked.clone());
     }
     for path in chain {
-        let meta =
-            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| NotPrivate::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
         if meta.uid() != me {
-            return Err(format!("{} belongs to user {}", path.display(), meta.uid()));
+            return Err(NotPrivate::Owner {
+                path,
+                owner: meta.uid(),
+            });
         }
         if meta.mode() & 0o022 != 0 {
-            return Err(format!("others may write {}", path.display()));
+            return Err(NotPrivate::Writable { path });
         }
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn private(_dir: &Path, _path: &Path) -> Result<(), String> {
+fn private(_dir: &Path, _path: &Path) -> Result<(), NotPrivate> {
     Ok(())
 }
 
@@ -163,7 +188,7 @@ mod tests {
         private(&dir, &file).unwrap();
 
         std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let error = private(&dir, &file).unwrap_err();
+        let error = private(&dir, &file).unwrap_err().to_string();
         assert!(error.contains("others may write"), "{error}");
         std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sha2::{Digest as _, Sha256};
+use sluice_api::ModuleDigest;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -13,19 +13,19 @@ use crate::host::Host;
 
 #[derive(Default)]
 pub(crate) struct ComponentCache {
-    by_digest: Mutex<HashMap<String, ProxyPre<Host>>>,
+    by_digest: Mutex<HashMap<ModuleDigest, ProxyPre<Host>>>,
 }
 
 impl ComponentCache {
     /// The pre-instantiated component for `wasm`, compiling it on first
-    /// sight. Returns its hex SHA-256 too.
+    /// sight. Returns its digest too.
     pub(crate) fn get_or_compile(
         &self,
         engine: &Engine,
         linker: &Linker<Host>,
         wasm: &[u8],
-    ) -> Result<(String, ProxyPre<Host>), RuntimeError> {
-        let digest = hex::encode(Sha256::digest(wasm));
+    ) -> Result<(ModuleDigest, ProxyPre<Host>), RuntimeError> {
+        let digest = ModuleDigest::of(wasm);
         if let Some(pre) = self.get(&digest) {
             return Ok((digest, pre));
         }
@@ -38,7 +38,7 @@ impl ComponentCache {
         Ok((digest, pre))
     }
 
-    pub(crate) fn get(&self, digest: &str) -> Option<ProxyPre<Host>> {
+    pub(crate) fn get(&self, digest: &ModuleDigest) -> Option<ProxyPre<Host>> {
         self.lock().get(digest).cloned()
     }
 
@@ -46,7 +46,7 @@ impl ComponentCache {
     pub(crate) fn insert(
         &self,
         linker: &Linker<Host>,
-        digest: &str,
+        digest: &ModuleDigest,
         component: &Component,
     ) -> Result<ProxyPre<Host>, RuntimeError> {
         let instance_pre = linker
@@ -54,10 +54,10 @@ impl ComponentCache {
             .map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
         let pre =
             ProxyPre::new(instance_pre).map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
-        Ok(self.lock().entry(digest.to_owned()).or_insert(pre).clone())
+        Ok(self.lock().entry(digest.clone()).or_insert(pre).clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProxyPre<Host>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ModuleDigest, ProxyPre<Host>>> {
         // The map holds no invariant a panicking holder could break.
         self.by_digest
             .lock()

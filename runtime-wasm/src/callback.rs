@@ -12,26 +12,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::{ClientConfig, RootCertStore};
 use sluice_api::InvocationRecord;
+use sluice_api::callback::validate_url;
 use tokio_util::task::TaskTracker;
 
 /// Attempts per callback, with 1s, 2s, … between them.
 const ATTEMPTS: u32 = 3;
 /// Longest a callback receiver may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Checks a callback URL when the invocation is submitted, so that a bad
-/// one is a 400 rather than a silent loss later.
-pub fn validate_url(url: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("X-Callback-Url {url:?} is not a URL"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err(format!(
-            "X-Callback-Url {url:?} must be an absolute http:// or https:// URL"
-        )),
-    }
-}
 
 /// The certificate authorities https callbacks are checked against: the
 /// system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for

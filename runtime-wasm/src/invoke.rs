@@ -1,4 +1,5 @@
-//! One invocation: a fresh store, instantiate, handle, collect.
+//! One attempt at an invocation: a fresh store, instantiate, handle,
+//! collect; and [`Runtime::attempt`], which also counts and logs it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,10 @@ use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
 use sluice_api::invocation::strip_hop_by_hop;
 use sluice_api::names::FunctionRef;
-use sluice_api::{FunctionSpec, Invocation, InvocationResponse};
+use sluice_api::{
+    Failure, FailureKind, FunctionSpec, Invocation, InvocationResponse, ModuleDigest, Outcome,
+};
+use sluice_serve::telemetry;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 use wasmtime::component::ResourceTable;
@@ -22,8 +26,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use crate::RuntimeError;
 use crate::engine::Runtime;
 use crate::host::{Host, LogSink, MemoryLimiter, OutboundPolicy};
-use crate::outcome::{Failure, FailureKind, Outcome};
-use crate::telemetry;
+use crate::metrics::Metrics;
 
 /// The limits an invocation of a function runs under.
 #[derive(Clone, Debug)]
@@ -37,8 +40,7 @@ pub struct FunctionLimits {
 #[derive(Clone)]
 pub struct PreparedFunction {
     pub function: FunctionRef,
-    /// Hex SHA-256 of the component.
-    pub digest: String,
+    pub digest: ModuleDigest,
     pub limits: FunctionLimits,
     pre: ProxyPre<Host>,
     env: Arc<[(String, String)]>,
@@ -64,7 +66,7 @@ impl std::fmt::Debug for PreparedFunction {
 pub(crate) fn bind(
     function: FunctionRef,
     spec: &FunctionSpec,
-    digest: String,
+    digest: ModuleDigest,
     pre: ProxyPre<Host>,
 ) -> PreparedFunction {
     PreparedFunction {
@@ -111,14 +113,14 @@ impl Runtime {
         &self,
         function: FunctionRef,
         spec: &FunctionSpec,
-        digest: &str,
+        digest: &ModuleDigest,
     ) -> Result<Option<PreparedFunction>, RuntimeError> {
         self.check_limits(spec)?;
         Ok(self
             .inner
             .cache
             .get(digest)
-            .map(|pre| bind(function, spec, digest.to_owned(), pre)))
+            .map(|pre| bind(function, spec, digest.clone(), pre)))
     }
 
     pub(crate) fn check_limits(&self, spec: &FunctionSpec) -> Result<(), RuntimeError> {
@@ -130,6 +132,27 @@ impl Runtime {
             });
         }
         Ok(())
+    }
+
+    /// Runs one attempt of `invocation` ([`Runtime::invoke`]), counts it in
+    /// `metrics` and logs why it failed, if it did.
+    pub async fn attempt(
+        &self,
+        function: &PreparedFunction,
+        invocation: &Invocation,
+        metrics: &Metrics,
+    ) -> Outcome {
+        let started = std::time::Instant::now();
+        let outcome = self.invoke(function, invocation).await;
+        metrics.attempt_finished(
+            &invocation.function,
+            outcome.label(),
+            started.elapsed().as_secs_f64(),
+        );
+        if let Some(reason) = outcome.reason() {
+            tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
+        }
+        outcome
     }
 
     /// Runs one attempt of `invocation`, bounded by the function's timeout
@@ -207,6 +230,29 @@ impl Runtime {
         stdout: &LogSink,
         stderr: &LogSink,
     ) -> Outcome {
+        let request = match incoming_request(invocation, traceparent) {
+            Ok(r) => r,
+            Err(e) => {
+                return failed(
+                    FailureKind::BadInvocation,
+                    format!("the invocation is not a valid HTTP request: {e}"),
+                );
+            }
+        };
+        let store = self.new_store(function, deadline, stdout, stderr);
+        self.exchange(function, store, request).await
+    }
+
+    /// A fresh store for one attempt: the function's environment, memory
+    /// limit, outbound policy and log sinks, host resources bounded, and an
+    /// epoch callback that ends the guest at `deadline`.
+    fn new_store(
+        &self,
+        function: &PreparedFunction,
+        deadline: Instant,
+        stdout: &LogSink,
+        stderr: &LogSink,
+    ) -> Store<Host> {
         let wasi = WasiCtx::builder()
             .envs(&function.env)
             .stdout(stdout.clone())
@@ -244,16 +290,17 @@ impl Runtime {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        store
+    }
 
-        let request = match incoming_request(invocation, traceparent) {
-            Ok(r) => r,
-            Err(e) => {
-                return failed(
-                    FailureKind::BadInvocation,
-                    format!("the invocation is not a valid HTTP request: {e}"),
-                );
-            }
-        };
+    /// Hands `request` to a new instance in `store` and collects its
+    /// response, racing the guest against the response.
+    async fn exchange(
+        &self,
+        function: &PreparedFunction,
+        mut store: Store<Host>,
+        request: Request<Full<Bytes>>,
+    ) -> Outcome {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let handles = store
             .data_mut()

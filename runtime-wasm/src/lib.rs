@@ -2,15 +2,18 @@
 //! one fresh sandboxed instance per invocation.
 //!
 //! The [`Runtime`] builds one wasmtime engine (async, epoch interruption,
-//! pooling allocator), compiles each component once (cached by SHA-256) and
-//! pre-instantiates it; every invocation then gets a new store with the
-//! function's memory limit, deadline, environment, outbound-HTTP policy and
-//! a log sink tagged with the invocation id.
+//! pooling allocator), compiles each component once (cached by its
+//! [`sluice_api::ModuleDigest`]) and pre-instantiates it; every invocation
+//! then gets a new store with the function's memory limit, deadline,
+//! environment, outbound-HTTP policy and a log sink tagged with the
+//! invocation id. [`Runtime::attempt`] runs one attempt and counts it in
+//! [`metrics::Metrics`]; what follows it (retry, dead letter) is decided by
+//! [`sluice_api::Outcome::settle`].
 //!
-//! [`nats::node`] serves functions from the NATS registry and invocation
-//! stream; the `sluice-runtime` binary runs it.
+//! [`node`] serves functions from the NATS registry and invocation stream;
+//! the `sluice-runtime` binary runs it. [`callback`] delivers finished
+//! records to `X-Callback-Url`, for both queues.
 
-pub mod admin;
 mod artifacts;
 mod cache;
 pub mod callback;
@@ -18,15 +21,10 @@ mod engine;
 mod host;
 mod invoke;
 pub mod metrics;
-pub mod nats;
-mod outcome;
-pub mod process;
-pub mod server;
-pub mod telemetry;
+pub mod node;
 
 pub use engine::{Runtime, RuntimeConfig};
 pub use invoke::{FunctionLimits, PreparedFunction};
-pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up};
 
 /// Why a component could not be made ready to serve.
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use sluice_api::ByteSize;
 use sluice_api::names::FunctionRef;
-use sluice_runtime::nats::node::{self, NodeConfig};
-use sluice_runtime::process::shutdown_signal;
-use sluice_runtime::telemetry::Telemetry;
+use sluice_runtime::RuntimeConfig;
+use sluice_runtime::node::{self, DEFAULT_ADMIN_LISTEN, NodeConfig, default_artifacts_dir};
+use sluice_serve::shutdown_signal;
+use sluice_serve::telemetry::Telemetry;
 
 /// Run Sluice functions from NATS JetStream.
 #[derive(Debug, Parser)]
@@ -26,24 +27,20 @@ struct Args {
     /// Where precompiled components are kept across restarts. Created
     /// private (0700) when missing; loaded from only while it and its
     /// contents belong to this user and nobody else may write them.
-    #[arg(long, env = "SLUICE_ARTIFACTS", default_value_os_t = default_artifacts())]
+    #[arg(long, env = "SLUICE_ARTIFACTS", default_value_os_t = default_artifacts_dir())]
     artifacts: PathBuf,
     /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "127.0.0.1:9091", env = "SLUICE_ADMIN_LISTEN")]
+    #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
     /// Largest response body a function may send; larger fails with 502.
-    #[arg(long, default_value = "6Mi")]
+    #[arg(long, default_value_t = ByteSize(RuntimeConfig::default().max_response_body as u64))]
     max_response_body: ByteSize,
     /// Instances alive at once across all functions.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = RuntimeConfig::default().max_instances)]
     max_instances: u32,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
-}
-
-fn default_artifacts() -> PathBuf {
-    std::env::temp_dir().join("sluice-artifacts")
 }
 
 #[tokio::main]

@@ -1,11 +1,10 @@
-//! Prometheus metrics of the gateway, the queues and the runtime. Label
-//! values are function references, so they grow with deployments, not
-//! traffic.
+//! The runtime's Prometheus metrics: attempts and their duration, retries,
+//! dead letters, redeliveries and cold starts, by function. Label values are
+//! function references, so they grow with deployments, not traffic.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
@@ -32,13 +31,13 @@ pub struct ColdStartLabels {
 type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
 type ColdStartFamily = Family<ColdStartLabels, Histogram, fn() -> Histogram>;
 
-/// Every metric the gateway exports, under the `sluice_` prefix.
-#[derive(Debug)]
+/// What the runtime counts, registered under the registry's prefix
+/// (`sluice_` in every binary). Both queues count through it: the runtime
+/// node on NATS, and the in-process queue of local mode.
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Registry,
     invocations: Family<OutcomeLabels, Counter>,
     duration: HistogramFamily,
-    queue_depth: Family<FunctionLabels, Gauge>,
     retries: Family<FunctionLabels, Counter>,
     dead_letters: Family<FunctionLabels, Counter>,
     redeliveries: Family<FunctionLabels, Counter>,
@@ -50,89 +49,54 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 16))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("sluice");
-        let invocations = Family::<OutcomeLabels, Counter>::default();
-        let duration = HistogramFamily::new_with_constructor(duration_histogram);
-        let queue_depth = Family::<FunctionLabels, Gauge>::default();
-        let retries = Family::<FunctionLabels, Counter>::default();
-        let dead_letters = Family::<FunctionLabels, Counter>::default();
-        let redeliveries = Family::<FunctionLabels, Counter>::default();
-        let cold_starts = ColdStartFamily::new_with_constructor(duration_histogram);
+impl Metrics {
+    /// Creates the runtime's metric families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            invocations: Family::default(),
+            duration: HistogramFamily::new_with_constructor(duration_histogram),
+            retries: Family::default(),
+            dead_letters: Family::default(),
+            redeliveries: Family::default(),
+            cold_starts: ColdStartFamily::new_with_constructor(duration_histogram),
+        };
         registry.register(
             "invocation_attempts",
             "Attempts at invocations, by function and outcome",
-            invocations.clone(),
+            metrics.invocations.clone(),
         );
         registry.register(
             "invocation_duration_seconds",
             "Time from instantiation to collected response, per attempt",
-            duration.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Invocations queued, waiting for a retry, or running (on NATS: the consumer's pending plus ack-pending)",
-            queue_depth.clone(),
+            metrics.duration.clone(),
         );
         registry.register(
             "retries",
             "Attempts scheduled again after a retryable failure",
-            retries.clone(),
+            metrics.retries.clone(),
         );
         registry.register(
             "dead_letters",
             "Invocations dead-lettered",
-            dead_letters.clone(),
+            metrics.dead_letters.clone(),
         );
         registry.register(
             "redeliveries",
             "Invocation messages delivered again (a retry, or a runtime that stopped mid-attempt)",
-            redeliveries.clone(),
+            metrics.redeliveries.clone(),
         );
         registry.register(
             "cold_start_seconds",
             "Time to make a component servable the first time this process sees its digest",
-            cold_starts.clone(),
+            metrics.cold_starts.clone(),
         );
-        Self {
-            registry,
-            redeliveries,
-            cold_starts,
-            invocations,
-            duration,
-            queue_depth,
-            retries,
-            dead_letters,
-        }
+        metrics
     }
-}
 
-impl Metrics {
     fn labels(function: &FunctionRef) -> FunctionLabels {
         FunctionLabels {
             function: function.to_string(),
         }
-    }
-
-    /// Runs one attempt of `invocation`, counts it and logs why it failed.
-    pub async fn attempt(
-        &self,
-        runtime: &crate::Runtime,
-        function: &crate::PreparedFunction,
-        invocation: &sluice_api::Invocation,
-    ) -> crate::Outcome {
-        let started = std::time::Instant::now();
-        let outcome = runtime.invoke(function, invocation).await;
-        self.attempt_finished(
-            &invocation.function,
-            outcome.label(),
-            started.elapsed().as_secs_f64(),
-        );
-        if let Some(reason) = outcome.reason() {
-            tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
-        }
-        outcome
     }
 
     pub fn attempt_finished(&self, function: &FunctionRef, outcome: &'static str, seconds: f64) {
@@ -145,12 +109,6 @@ impl Metrics {
         self.duration
             .get_or_create(&Self::labels(function))
             .observe(seconds);
-    }
-
-    pub fn set_queue_depth(&self, function: &FunctionRef, depth: i64) {
-        self.queue_depth
-            .get_or_create(&Self::labels(function))
-            .set(depth);
     }
 
     pub fn retried(&self, function: &FunctionRef) {
@@ -176,13 +134,5 @@ impl Metrics {
                 source,
             })
             .observe(seconds);
-    }
-
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
     }
 }

@@ -1,5 +1,5 @@
 //! The JetStream queue: invocations go onto `SLUICE_INVOCATIONS` for any
-//! runtime to take (see `sluice_runtime::nats`). Synchronous calls carry a
+//! runtime to take (see `sluice_runtime::node`). Synchronous calls carry a
 //! reply subject under this gateway's inbox; asynchronous ones get a record
 //! in `sluice-results` and an id that doubles as `Nats-Msg-Id`, so a retried
 //! submit with the same `Idempotency-Key` is stored once.
@@ -16,9 +16,10 @@ use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::names::FunctionRef;
 use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord};
-use sluice_runtime::nats::layout::Layout;
-use sluice_runtime::nats::{header_pairs, reply};
-use sluice_runtime::{Failure, FailureKind};
+use sluice_api::{Failure, FailureKind};
+use sluice_nats::dead_letter::{self, GivenUp};
+use sluice_nats::layout::Layout;
+use sluice_nats::reply;
 use tokio::sync::oneshot;
 
 use super::{CallResult, InvocationQueue, QueueError, Submitted};
@@ -253,20 +254,19 @@ impl InvocationQueue for JetStreamQueue {
         // queued, plus why.
         let mut headers = async_nats::HeaderMap::new();
         invocation.write_wire_headers(|name, value| headers.append(name, value));
-        let original_subject = invocation.function.invoke_subject();
-        for (name, value) in DeadLetter::headers(reason, 0, &original_subject) {
-            headers.insert(name, value.as_str());
-        }
-        let refused =
-            |e: &dyn std::fmt::Display| QueueError::Unavailable(format!("cannot dead-letter: {e}"));
-        self.layout
-            .js
-            .publish_with_headers(subject.to_owned(), headers, invocation.body.clone())
-            .await
-            .map_err(|e| refused(&e))?
-            .await
-            .map_err(|e| refused(&e))?;
-        Ok(())
+        dead_letter::publish(
+            &self.layout.js,
+            subject,
+            headers,
+            invocation.body.clone(),
+            GivenUp {
+                reason,
+                attempts: 0,
+                original_subject: &invocation.function.invoke_subject(),
+            },
+        )
+        .await
+        .map_err(|e| QueueError::Unavailable(format!("cannot dead-letter: {e}")))
     }
 
     /// Nothing to wait for: what was accepted is on the stream, and the
@@ -281,40 +281,14 @@ impl InvocationQueue for JetStreamQueue {
         subject: &str,
     ) -> Result<Vec<DeadLetter>, QueueError> {
         self.check_connected()?;
-        let mut letters = Vec::new();
-        let mut next = 1;
-        while letters.len() < MAX_DEAD_LETTERS {
-            let message = match self
-                .layout
-                .dead_letters
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.to_owned())
-                .send()
-                .await
-            {
-                Ok(message) => message,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) => {
-                    return Err(QueueError::Unavailable(format!(
-                        "cannot read the dead letters: {e}"
-                    )));
-                }
-            };
-            next = message.sequence + 1;
-            letters.push(DeadLetter::from_headers(
-                function.clone(),
-                header_pairs(Some(&message.headers)),
-            ));
-        }
-        Ok(letters)
+        dead_letter::list(
+            &self.layout.dead_letters,
+            function,
+            subject,
+            MAX_DEAD_LETTERS,
+        )
+        .await
+        .map_err(|e| QueueError::Unavailable(e.to_string()))
     }
 }
 

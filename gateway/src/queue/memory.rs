@@ -13,14 +13,17 @@ use async_trait::async_trait;
 use sluice_api::DeadLetter;
 use sluice_api::invocation::unix_millis;
 use sluice_api::names::FunctionRef;
-use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, RetryPolicy};
+use sluice_api::{
+    Failure, FailureKind, Invocation, InvocationId, InvocationRecord, Outcome, RetryPolicy,
+    Settlement,
+};
 use sluice_runtime::callback::Callbacks;
-use sluice_runtime::metrics::Metrics;
-use sluice_runtime::{Failure, FailureKind, Outcome, PreparedFunction, Runtime, Settlement};
+use sluice_runtime::{PreparedFunction, Runtime};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::{CallResult, InvocationQueue, QueueError, Submitted};
+use crate::metrics::Metrics;
 
 /// Settings of the in-process queue.
 #[derive(Debug, Clone)]
@@ -69,7 +72,10 @@ pub struct MemoryQueue {
 struct State {
     runtime: Runtime,
     config: QueueConfig,
-    metrics: Arc<Metrics>,
+    /// The gateway's: queue depth.
+    metrics: Metrics,
+    /// The runtime's: attempts, retries, dead letters.
+    runtime_metrics: sluice_runtime::metrics::Metrics,
     callbacks: Callbacks,
     lanes: RwLock<HashMap<FunctionRef, Arc<Lane>>>,
     records: Mutex<HashMap<InvocationId, RecordEntry>>,
@@ -107,11 +113,17 @@ enum Job {
 }
 
 impl MemoryQueue {
-    pub fn new(runtime: Runtime, config: QueueConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        config: QueueConfig,
+        metrics: Metrics,
+        runtime_metrics: sluice_runtime::metrics::Metrics,
+    ) -> Self {
         let state = Arc::new(State {
             runtime,
             config,
             metrics,
+            runtime_metrics,
             callbacks: Callbacks::default(),
             lanes: RwLock::default(),
             records: Mutex::default(),
@@ -338,10 +350,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
             attempt: number,
             callback,
         } => {
-            state.update(&invocation.id, |r| {
-                r.state = InvocationState::Running;
-                r.attempts = number;
-            });
+            state.update(&invocation.id, |r| r.running(number));
             let outcome = attempt(state, lane, &invocation).await;
             settle(state, lane, invocation, number, callback, outcome);
         }
@@ -350,8 +359,8 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
 
 async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome {
     state
-        .metrics
-        .attempt(&state.runtime, &lane.function.prepared, invocation)
+        .runtime
+        .attempt(&lane.function.prepared, invocation, &state.runtime_metrics)
         .await
 }
 
@@ -364,30 +373,24 @@ fn settle(
     callback: Option<String>,
     outcome: Outcome,
 ) {
-    let response = outcome.stored_response();
     let settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
-    let dead_letter = settlement.is_dead_letter();
-    let (final_state, error) = match settlement {
-        Settlement::Retry { delay, reason } => {
-            state.update(&invocation.id, |r| {
-                r.state = InvocationState::Queued;
-                r.error = Some(reason);
-                r.response = response;
-            });
-            state.metrics.retried(&invocation.function);
-            schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
-            return;
-        }
-        Settlement::Final { state, error } => (state, error),
-    };
-    if dead_letter {
-        state.dead_letter(&invocation, number, error.clone().unwrap_or_default());
+    if let Settlement::Retry { delay, .. } = settlement {
+        state.update(&invocation.id, |r| r.after_attempt(&outcome, &settlement));
+        state.runtime_metrics.retried(&invocation.function);
+        schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
+        return;
+    }
+    if let Settlement::Final {
+        error: Some(reason),
+        ..
+    } = &settlement
+        && settlement.is_dead_letter()
+    {
+        state.dead_letter(&invocation, number, reason.clone());
     }
     let expires = Instant::now() + state.config.results_ttl;
     let record = state.finish(&invocation.id, expires, |r| {
-        r.state = final_state;
-        r.error = error;
-        r.response = response;
+        r.after_attempt(&outcome, &settlement);
     });
     lane.adjust_depth(&state.metrics, -1);
     if let (Some(url), Some(record)) = (callback, record) {
@@ -436,7 +439,7 @@ impl State {
 
     fn dead_letter(&self, invocation: &Invocation, attempts: u32, reason: String) {
         tracing::warn!(function = %invocation.function, invocation = %invocation.id, %reason, "dead-lettered");
-        self.metrics.dead_lettered(&invocation.function);
+        self.runtime_metrics.dead_lettered(&invocation.function);
         let mut all = lock(&self.dead_letters);
         let list = all.entry(invocation.function.clone()).or_default();
         if list.len() >= self.config.dead_letter_capacity {

@@ -4,14 +4,15 @@
 //! with the same semantics.
 
 pub mod jetstream;
+#[cfg(feature = "local")]
 pub mod memory;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sluice_api::Failure;
 use sluice_api::names::FunctionRef;
 use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord, InvocationResponse};
-use sluice_runtime::Failure;
 
 /// What a synchronous call ends with: the function's response, or why
 /// there is none.

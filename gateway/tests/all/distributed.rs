@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use http::{Method, StatusCode};
 use sluice_gateway::events::event_invocation_id;
-use sluice_runtime::nats::layout::LayoutConfig;
+use sluice_nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
 use crate::harness::{

@@ -14,9 +14,9 @@ use sluice_api::names::FunctionRef;
 use sluice_gateway::local::{self, LocalConfig};
 use sluice_gateway::nats::{self as nats_mode, NatsConfig};
 use sluice_gateway::running::RunningGateway;
-use sluice_runtime::nats::layout::{Layout, LayoutConfig};
-use sluice_runtime::nats::node::{self, Node, NodeConfig};
-use sluice_runtime::nats::publish::Publisher;
+use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_nats::publish::Publisher;
+use sluice_runtime::node::{self, Node, NodeConfig};
 use tokio::net::TcpListener;
 
 use crate::nats::NatsServer;
@@ -108,7 +108,7 @@ impl NatsStack {
     /// The same on `server`.
     pub async fn on_server(server: NatsServer, layout: LayoutConfig) -> Self {
         let artifacts = tempfile::tempdir().unwrap();
-        let client = sluice_runtime::nats::connect(&server.url, "test-publisher")
+        let client = sluice_nats::connect(&server.url, "test-publisher")
             .await
             .unwrap();
         let layout = Layout::ensure(client, &layout).await.unwrap();

@@ -10,9 +10,9 @@ use http::StatusCode;
 use sluice_api::Invocation;
 use sluice_api::names::{DEAD_LETTER_STREAM, FunctionRef, INVOCATION_STREAM};
 use sluice_gateway::events::event_invocation_id;
-use sluice_runtime::nats::layout::LayoutConfig;
-use sluice_runtime::nats::node::{self, NodeConfig};
-use sluice_runtime::nats::{header_pairs, round_trip};
+use sluice_nats::layout::LayoutConfig;
+use sluice_nats::{header_pairs, round_trip};
+use sluice_runtime::node::{self, NodeConfig};
 
 use crate::harness::{
     Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir, metric,
@@ -143,7 +143,7 @@ async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
             ),
         )
     };
-    let text = first.metrics.encode();
+    let text = first.metrics_text();
     assert_eq!(cold_start(&text, "fetched"), 1.0, "{text}");
     first.shutdown().await;
 
@@ -152,14 +152,14 @@ async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
         "the second runtime loads hello from disk",
         Duration::from_secs(30),
         async || {
-            let text = second.metrics.encode();
+            let text = second.metrics_text();
             (cold_start(&text, "precompiled") == 1.0)
                 .then_some(())
                 .ok_or(text)
         },
     )
     .await;
-    assert_eq!(cold_start(&second.metrics.encode(), "fetched"), 0.0);
+    assert_eq!(cold_start(&second.metrics_text(), "fetched"), 0.0);
     let gw = TestGateway::on_nats(stack, tempfile::tempdir().unwrap()).await;
     gw.wait_routed("default/hello").await;
     assert_eq!(

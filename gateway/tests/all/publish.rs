@@ -4,10 +4,10 @@ use std::process::Command;
 
 use async_nats::jetstream;
 use sluice_api::RegistryEntry;
-use sluice_api::names::{FUNCTIONS_BUCKET, MODULES_BUCKET, module_key};
+use sluice_api::names::{FUNCTIONS_BUCKET, MODULES_BUCKET};
 use sluice_gateway::local::load_dir;
-use sluice_runtime::nats::layout::{Layout, LayoutConfig};
-use sluice_runtime::nats::publish::Publisher;
+use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_nats::publish::Publisher;
 use tokio::io::AsyncReadExt as _;
 
 use crate::nats::NatsServer;
@@ -16,9 +16,7 @@ use crate::nats::NatsServer;
 async fn publishing_fills_the_registry_and_stores_each_module_once() {
     let nats = NatsServer::start();
     let functions = load_dir(sluice_examples::examples_dir()).unwrap();
-    let client = sluice_runtime::nats::connect(&nats.url, "test")
-        .await
-        .unwrap();
+    let client = sluice_nats::connect(&nats.url, "test").await.unwrap();
     let publisher = Publisher::new(
         Layout::ensure(client, &LayoutConfig::default())
             .await
@@ -57,7 +55,7 @@ async fn publishing_fills_the_registry_and_stores_each_module_once() {
         assert_eq!(entry.spec, function.spec);
         let mut stored = Vec::new();
         modules
-            .get(module_key(&entry.module_digest))
+            .get(entry.module_digest.object_key())
             .await
             .unwrap()
             .read_to_end(&mut stored)

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use sluice_api::invocation::{VERSION_HEADER, WIRE_VERSION};
 use sluice_api::{InvocationResponse, WireError};
 
-use crate::outcome::{Failure, FailureKind, Outcome};
+use sluice_api::{Failure, FailureKind, Outcome};
 
 pub const FAILURE_HEADER: &str = "Sluice-Failure";
 
@@ -35,7 +35,7 @@ pub fn decode(
     headers: Option<&async_nats::HeaderMap>,
     body: Bytes,
 ) -> Result<InvocationResponse, Failure> {
-    let pairs = super::header_pairs(headers);
+    let pairs = crate::header_pairs(headers);
     if let Some((_, kind)) = pairs
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(FAILURE_HEADER))

@@ -1,14 +1,20 @@
-//! Sluice on NATS: the JetStream layout of DESIGN.md ("NATS layout"), the
-//! publisher that fills the registry, and the runtime node that serves
-//! functions from it.
+//! Sluice on NATS, for every part that talks to it (gateway, runtime,
+//! operator): connecting, the JetStream layout of streams, buckets and
+//! consumers ([`layout`]), filling the registry and module store
+//! ([`publish`]), following the registry ([`registry`]), the reply to a
+//! synchronous invocation ([`reply`]), dead letters ([`dead_letter`]) and
+//! queue depth ([`depth`]). It links neither wasmtime nor an HTTP server.
 
+pub mod dead_letter;
+pub mod depth;
 pub mod layout;
-pub mod node;
 pub mod publish;
+pub mod registry;
 pub mod reply;
-mod worker;
 
 use std::time::Duration;
+
+pub use layout::{Layout, LayoutConfig};
 
 /// Room a message needs on top of its body for headers and framing; a body
 /// limit is at most the server's `max_payload` less this.
@@ -23,8 +29,12 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("cannot set up {what}: {reason}")]
-    Layout { what: String, reason: String },
+    #[error("cannot set up {what}: {source}")]
+    Layout {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Connects to `url`, naming the process to the server, and keeps
@@ -42,24 +52,40 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         })
 }
 
+/// Why a [`round_trip`] did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundTripError {
+    #[error("cannot subscribe to an inbox: {0}")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("cannot publish to an inbox: {0}")]
+    Publish(#[source] async_nats::PublishError),
+    #[error("the connection closed")]
+    Closed,
+    #[error("no answer from the server within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// Waits until the server has processed everything this client sent so
 /// far, and this client has received everything the server routed to it
 /// before that: a message to a fresh inbox of its own comes back after
 /// both. (`Client::flush` only writes the socket.)
-pub async fn round_trip(client: &async_nats::Client, limit: Duration) -> Result<(), String> {
+pub async fn round_trip(
+    client: &async_nats::Client,
+    limit: Duration,
+) -> Result<(), RoundTripError> {
     let inbox = client.new_inbox();
     let mut echo = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RoundTripError::Subscribe)?;
     client
         .publish(inbox, bytes::Bytes::new())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RoundTripError::Publish)?;
     match tokio::time::timeout(limit, futures::StreamExt::next(&mut echo)).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("the connection closed".into()),
-        Err(_) => Err(format!("no answer from the server within {limit:?}")),
+        Ok(None) => Err(RoundTripError::Closed),
+        Err(_) => Err(RoundTripError::TimedOut(limit)),
     }
 }
 

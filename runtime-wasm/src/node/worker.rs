@@ -6,23 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
-use sluice_api::names::RESULTS_BUCKET;
+use sluice_api::names::result_subject;
 use sluice_api::{
-    DeadLetter, FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState,
+    FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState, Outcome, Settlement,
 };
+use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
+use sluice_nats::layout::{Layout, ack_wait};
+use sluice_nats::{PAYLOAD_HEADROOM, header_pairs, reply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::PAYLOAD_HEADROOM;
-use super::header_pairs;
-use super::layout::{Layout, ack_wait};
-use super::reply;
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, Settlement};
 use crate::{PreparedFunction, Runtime};
 
 /// How long one pull waits for messages. It bounds how long a stopping
@@ -35,7 +33,7 @@ pub(crate) struct Shared {
     pub runtime: Runtime,
     pub layout: Layout,
     pub client: async_nats::Client,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     pub callbacks: Callbacks,
 }
 
@@ -83,7 +81,6 @@ async fn pull_loop(
     let function = &served.prepared.function;
     let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
     let mut running = JoinSet::new();
-    let depth = tokio::spawn(report_depth(shared.clone(), served.clone()));
     loop {
         while running.try_join_next().is_some() {}
         // Wait for a free slot, then ask for as many messages as are free,
@@ -136,7 +133,6 @@ async fn pull_loop(
             }
         }
     }
-    depth.abort();
     while running.join_next().await.is_some() {}
     tracing::info!(%function, "stopped serving");
 }
@@ -148,39 +144,57 @@ async fn pause_or_stop(stopped: &mut watch::Receiver<bool>) -> bool {
         .is_ok()
 }
 
-/// Publishes the consumer's depth (pending + ack-pending) every second.
-async fn report_depth(shared: Arc<Shared>, served: Arc<Served>) {
-    let function = &served.prepared.function;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Ok(info) = shared
-            .layout
-            .invocations
-            .consumer_info(function.consumer_name())
-            .await
-        {
-            let depth = info.num_pending as i64 + info.num_ack_pending as i64;
-            shared.metrics.set_queue_depth(function, depth);
-        }
-    }
-}
-
+/// Takes one message to its acknowledgement.
 async fn handle(
     shared: Arc<Shared>,
     served: Arc<Served>,
     message: jetstream::Message,
     _slot: OwnedSemaphorePermit,
 ) {
-    let function = &served.prepared.function;
     let delivered = message
         .info()
         .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
         .unwrap_or(1)
         .max(1);
     if delivered > 1 {
-        shared.metrics.redelivered(function);
+        shared.metrics.redelivered(&served.prepared.function);
     }
+    let Some(received) = decode(&shared, &served, &message, delivered).await else {
+        return;
+    };
+    match received.reply_to {
+        Some(inbox) => run_sync(&shared, &served, &message, &received.invocation, inbox).await,
+        None => {
+            run_async(
+                &shared,
+                &served,
+                &message,
+                &received.invocation,
+                received.callback,
+                delivered,
+            )
+            .await;
+        }
+    }
+}
+
+/// An invocation as the message carries it, with where its outcome goes.
+struct Received {
+    invocation: Invocation,
+    /// A synchronous caller's inbox.
+    reply_to: Option<String>,
+    callback: Option<String>,
+}
+
+/// The invocation `message` holds; a message that can never run is
+/// dead-lettered as poison instead (`None`).
+async fn decode(
+    shared: &Shared,
+    served: &Served,
+    message: &jetstream::Message,
+    delivered: u32,
+) -> Option<Received> {
+    let function = &served.prepared.function;
     let pairs = header_pairs(message.headers.as_ref());
     let header = |name: &str| {
         pairs
@@ -188,91 +202,85 @@ async fn handle(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| (*v).to_owned())
     };
-    let invocation = match Invocation::from_wire(pairs.iter().copied(), message.payload.clone()) {
-        Ok(invocation) if invocation.function == *function => invocation,
-        Ok(invocation) => {
-            let reason = format!(
-                "the message names function {} but was queued for {function}",
-                invocation.function
-            );
-            return poison(&shared, &served, &message, &reason, delivered).await;
+    let reason = match Invocation::from_wire(pairs.iter().copied(), message.payload.clone()) {
+        Ok(invocation) if invocation.function == *function => {
+            return Some(Received {
+                reply_to: header(REPLY_TO_HEADER),
+                callback: header(CALLBACK_HEADER),
+                invocation,
+            });
         }
-        Err(e) => {
-            let reason = format!("malformed invocation message: {e}");
-            return poison(&shared, &served, &message, &reason, delivered).await;
-        }
+        Ok(invocation) => format!(
+            "the message names function {} but was queued for {function}",
+            invocation.function
+        ),
+        Err(e) => format!("malformed invocation message: {e}"),
     };
+    poison(shared, served, message, &reason, delivered).await;
+    None
+}
 
-    if let Some(inbox) = header(REPLY_TO_HEADER) {
-        // Synchronous: one attempt, whatever its outcome.
-        let outcome = attempt(&shared, &served, &invocation, &message).await;
-        let (headers, body) = reply::encode(&outcome);
-        if let Err(e) = shared
-            .client
-            .publish_with_headers(inbox, headers, body)
-            .await
-        {
-            tracing::warn!(%function, invocation = %invocation.id, error = %e, "cannot send the reply");
-        }
-        return acknowledge(&message, AckKind::Ack, &invocation.id).await;
+/// A synchronous invocation: one attempt, whatever its outcome, answered
+/// on the caller's inbox.
+async fn run_sync(
+    shared: &Shared,
+    served: &Served,
+    message: &jetstream::Message,
+    invocation: &Invocation,
+    inbox: String,
+) {
+    let outcome = attempt(shared, served, invocation, message).await;
+    let (headers, body) = reply::encode(&outcome);
+    if let Err(e) = shared
+        .client
+        .publish_with_headers(inbox, headers, body)
+        .await
+    {
+        tracing::warn!(function = %invocation.function, invocation = %invocation.id, error = %e, "cannot send the reply");
     }
+    acknowledge(message, AckKind::Ack, &invocation.id).await;
+}
 
+/// An asynchronous invocation: an attempt, then a retry later, or its final
+/// record (and dead letter, when given up on).
+async fn run_async(
+    shared: &Shared,
+    served: &Served,
+    message: &jetstream::Message,
+    invocation: &Invocation,
+    callback: Option<String>,
+    delivered: u32,
+) {
+    let function = &invocation.function;
     let retry = &served.spec.retry;
+    let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
     if delivered > retry.max_attempts {
         // Runtimes stopped during the last attempt(s) and the message came back.
         let error = format!(
             "delivered {delivered} times but retry.maxAttempts is {}: the runtimes running it stopped before finishing",
             retry.max_attempts
         );
-        let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
-        record.state = InvocationState::DeadLettered;
         record.attempts = delivered;
-        record.error = Some(error.clone());
-        return give_up(
-            &shared,
-            &served,
-            &message,
-            record,
-            &error,
-            header(CALLBACK_HEADER),
-        )
-        .await;
+        record.settled(InvocationState::DeadLettered, Some(error), None);
+        return give_up(shared, served, message, record, callback).await;
     }
-
-    let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
-    record.state = InvocationState::Running;
-    record.attempts = delivered;
-    announce(&shared, &record).await;
-    let outcome = attempt(&shared, &served, &invocation, &message).await;
-    record.response = outcome.stored_response();
-    match outcome.settle(&invocation.id, delivered, retry) {
-        Settlement::Retry { delay, reason } => {
-            record.state = InvocationState::Queued;
-            record.error = Some(reason);
-            if let Err(e) = store(&shared, &record).await {
+    record.running(delivered);
+    announce(shared, &record).await;
+    let outcome = attempt(shared, served, invocation, message).await;
+    let settlement = outcome.settle(&invocation.id, delivered, retry);
+    record.after_attempt(&outcome, &settlement);
+    match settlement {
+        Settlement::Retry { delay, .. } => {
+            if let Err(e) = store(shared, &record).await {
                 tracing::warn!(%function, invocation = %invocation.id, error = %e, "cannot record the retry");
             }
             shared.metrics.retried(function);
-            acknowledge(&message, AckKind::Nak(Some(delay)), &invocation.id).await;
+            acknowledge(message, AckKind::Nak(Some(delay)), &invocation.id).await;
         }
-        Settlement::Final { state, error } => {
-            record.state = state;
-            record.error = error;
-            if state == InvocationState::DeadLettered {
-                let reason = record.error.clone().unwrap_or_default();
-                give_up(
-                    &shared,
-                    &served,
-                    &message,
-                    record,
-                    &reason,
-                    header(CALLBACK_HEADER),
-                )
-                .await;
-                return;
-            }
-            finish(&shared, &message, record, header(CALLBACK_HEADER)).await;
+        Settlement::Final { state, .. } if state == InvocationState::DeadLettered => {
+            give_up(shared, served, message, record, callback).await;
         }
+        Settlement::Final { .. } => finish(shared, message, record, callback).await,
     }
 }
 
@@ -287,8 +295,8 @@ async fn attempt(
     message: &jetstream::Message,
 ) -> Outcome {
     let attempt = shared
-        .metrics
-        .attempt(&shared.runtime, &served.prepared, invocation);
+        .runtime
+        .attempt(&served.prepared, invocation, &shared.metrics);
     let mut attempt = std::pin::pin!(attempt);
     let every = ack_wait(&served.spec) / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -310,9 +318,9 @@ async fn give_up(
     served: &Served,
     message: &jetstream::Message,
     record: InvocationRecord,
-    reason: &str,
     callback: Option<String>,
 ) {
+    let reason = record.error.as_deref().unwrap_or_default();
     if let Err(e) = dead_letter(shared, served, message, reason, record.attempts).await {
         tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot dead-letter; retrying later");
         return acknowledge(
@@ -381,21 +389,20 @@ async fn dead_letter(
     message: &jetstream::Message,
     reason: &str,
     attempts: u32,
-) -> Result<(), String> {
+) -> Result<(), DeadLetterError> {
     let function = &served.prepared.function;
-    let mut headers = message.headers.clone().unwrap_or_default();
-    for (name, value) in DeadLetter::headers(reason, attempts, message.subject.as_str()) {
-        headers.insert(name, value.as_str());
-    }
-    let subject = served.spec.dead_letter_subject(function);
-    shared
-        .layout
-        .js
-        .publish_with_headers(subject, headers, message.payload.clone())
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+    dead_letter::publish(
+        &shared.layout.js,
+        &served.spec.dead_letter_subject(function),
+        message.headers.clone().unwrap_or_default(),
+        message.payload.clone(),
+        GivenUp {
+            reason,
+            attempts,
+            original_subject: message.subject.as_str(),
+        },
+    )
+    .await?;
     shared.metrics.dead_lettered(function);
     tracing::warn!(%function, %reason, "dead-lettered");
     Ok(())
@@ -429,19 +436,19 @@ fn storable(record: InvocationRecord, max_payload: usize) -> (InvocationRecord, 
     (record, json)
 }
 
-async fn store(shared: &Shared, record: &InvocationRecord) -> Result<(), String> {
-    let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+async fn store(shared: &Shared, record: &InvocationRecord) -> Result<(), kv::PutError> {
+    // A record always serializes: its fields are strings and numbers.
+    let json = serde_json::to_vec(record).unwrap_or_default();
     store_json(shared, &record.id, json).await
 }
 
-async fn store_json(shared: &Shared, id: &InvocationId, json: Vec<u8>) -> Result<(), String> {
+async fn store_json(shared: &Shared, id: &InvocationId, json: Vec<u8>) -> Result<(), kv::PutError> {
     shared
         .layout
         .results
         .put(id.as_str(), json.into())
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 /// Publishes a record that is not final without waiting for the store to
@@ -452,8 +459,12 @@ async fn announce(shared: &Shared, record: &InvocationRecord) {
     let Ok(json) = serde_json::to_vec(record) else {
         return;
     };
-    let subject = format!("$KV.{RESULTS_BUCKET}.{}", record.id);
-    if let Err(e) = shared.layout.js.publish(subject, json.into()).await {
+    if let Err(e) = shared
+        .layout
+        .js
+        .publish(result_subject(&record.id), json.into())
+        .await
+    {
         tracing::debug!(invocation = %record.id, error = %e, "cannot publish the running state");
     }
 }

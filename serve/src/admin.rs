@@ -6,16 +6,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
+use prometheus_client::registry::Registry;
 
-use crate::metrics::Metrics;
-
+/// What a process's admin port serves: `/healthz` (always 200 while the
+/// process serves), `/readyz` (200 once [`Admin::set_ready`], else 503)
+/// and `/metrics` (the registry in the OpenMetrics text format).
 #[derive(Debug)]
 pub struct Admin {
-    pub metrics: Arc<Metrics>,
-    pub ready: AtomicBool,
+    registry: Registry,
+    ready: AtomicBool,
 }
 
 impl Admin {
+    /// Serves `registry`'s metrics; not ready until told.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The OpenMetrics text exposition of the registry.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
     /// Serves the admin endpoints on `listener` until `shutdown` resolves.
     pub async fn serve(
         self: Arc<Self>,
@@ -36,9 +63,7 @@ impl Admin {
     pub fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let (status, content_type, body) = match request.uri().path() {
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => {
-                (StatusCode::OK, "text/plain", "ready\n".to_owned())
-            }
+            "/readyz" if self.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -47,7 +72,7 @@ impl Admin {
             "/metrics" => (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
+                self.encode_metrics(),
             ),
             _ => (
                 StatusCode::NOT_FOUND,

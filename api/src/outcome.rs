@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use sluice_api::{InvocationId, InvocationResponse, InvocationState, RetryPolicy, StoredResponse};
+use crate::function::RetryPolicy;
+use crate::invocation::{InvocationId, InvocationResponse};
+use crate::record::{InvocationState, StoredResponse};
 
 /// The result of one attempt at an invocation.
 #[derive(Debug)]

@@ -1,39 +1,52 @@
-//! The streams, buckets and consumers of DESIGN.md's NATS layout, created
-//! when missing by whichever part starts first. Existing ones are used as
+//! The streams, buckets and consumers of Sluice's NATS layout (README,
+//! "NATS mode"), created when missing by whichever part starts first. Existing ones are used as
 //! they are: changing a stream's limits is an operator's decision.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
-use sluice_api::FunctionSpec;
 use sluice_api::names::{
     DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, FUNCTIONS_BUCKET, FunctionRef, INVOCATION_STREAM,
     INVOKE_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
 };
+use sluice_api::{FunctionSpec, ModuleDigest};
 
-use super::NatsError;
+use crate::NatsError;
+
+/// Default of [`LayoutConfig::max_queue_depth`].
+pub const DEFAULT_MAX_QUEUE_DEPTH: i64 = 10_000;
+/// Default of [`LayoutConfig::duplicate_window`]: 2 minutes, JetStream's own.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Default of [`LayoutConfig::results_ttl`]: 1 hour.
+pub const DEFAULT_RESULTS_TTL: Duration = Duration::from_secs(3600);
+/// Default of [`LayoutConfig::dead_letters_per_subject`].
+pub const DEFAULT_DEAD_LETTERS_PER_SUBJECT: i64 = 1000;
 
 /// Limits applied when the layout is created.
 #[derive(Debug, Clone)]
 pub struct LayoutConfig {
     /// Invocations a function may have queued; publishing beyond it is
-    /// refused (the gateway answers 429). Default: 10000.
+    /// refused (the gateway answers 429). Default:
+    /// [`DEFAULT_MAX_QUEUE_DEPTH`] (10000).
     pub max_queue_depth: i64,
-    /// How long `Nats-Msg-Id` (from `Idempotency-Key`) dedupes. Default: 2m.
+    /// How long `Nats-Msg-Id` (from `Idempotency-Key`) dedupes. Default:
+    /// [`DEFAULT_DUPLICATE_WINDOW`] (2m).
     pub duplicate_window: Duration,
-    /// How long invocation records stay in `sluice-results`. Default: 1h.
+    /// How long invocation records stay in `sluice-results`. Default:
+    /// [`DEFAULT_RESULTS_TTL`] (1h).
     pub results_ttl: Duration,
-    /// Dead letters kept per subject, newest kept. Default: 1000.
+    /// Dead letters kept per subject, newest kept. Default:
+    /// [`DEFAULT_DEAD_LETTERS_PER_SUBJECT`] (1000).
     pub dead_letters_per_subject: i64,
 }
 
 impl Default for LayoutConfig {
     fn default() -> Self {
         Self {
-            max_queue_depth: 10_000,
-            duplicate_window: Duration::from_secs(120),
-            results_ttl: Duration::from_secs(3600),
-            dead_letters_per_subject: 1000,
+            max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            results_ttl: DEFAULT_RESULTS_TTL,
+            dead_letters_per_subject: DEFAULT_DEAD_LETTERS_PER_SUBJECT,
         }
     }
 }
@@ -55,10 +68,10 @@ impl std::fmt::Debug for Layout {
     }
 }
 
-fn layout_error(what: &str, e: impl std::fmt::Display) -> NatsError {
+fn layout_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> NatsError {
     NatsError::Layout {
         what: what.to_owned(),
-        reason: e.to_string(),
+        source: Box::new(e),
     }
 }
 
@@ -175,6 +188,46 @@ impl Layout {
     }
 }
 
+/// Why a component could not be fetched from the module store.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot fetch {key} from the module store: {source}")]
+    Get {
+        key: String,
+        #[source]
+        source: object_store::GetError,
+    },
+    #[error("cannot read {key} from the module store: {source}")]
+    Read {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key} in the module store has sha256 {actual}")]
+    Corrupt { key: String, actual: ModuleDigest },
+}
+
+impl Layout {
+    /// The component named `digest`, checked against it.
+    pub async fn fetch_module(&self, digest: &ModuleDigest) -> Result<Vec<u8>, FetchError> {
+        use tokio::io::AsyncReadExt as _;
+        let key = digest.object_key();
+        let mut object = match self.modules.get(&key).await {
+            Ok(object) => object,
+            Err(source) => return Err(FetchError::Get { key, source }),
+        };
+        let mut wasm = Vec::new();
+        if let Err(source) = object.read_to_end(&mut wasm).await {
+            return Err(FetchError::Read { key, source });
+        }
+        let actual = ModuleDigest::of(&wasm);
+        if actual != *digest {
+            return Err(FetchError::Corrupt { key, actual });
+        }
+        Ok(wasm)
+    }
+}
+
 async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, NatsError> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
@@ -193,9 +246,8 @@ pub fn ack_wait(spec: &FunctionSpec) -> Duration {
     spec.timeout.0.saturating_add(Duration::from_secs(5))
 }
 
-/// The durable pull consumer of one function (DESIGN.md: per-function
-/// consumer). Deliveries are not capped here (a departure from DESIGN.md,
-/// which bounds them by `retry.maxAttempts`): the runtime counts attempts
+/// The durable pull consumer of one function. Deliveries are not capped
+/// here (by `retry.maxAttempts`, as one might expect): the runtime counts attempts
 /// against `retry.maxAttempts` and dead-letters the message itself, so a
 /// message is never left stranded in the work queue by a delivery limit.
 pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer::pull::Config {

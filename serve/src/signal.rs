@@ -1,5 +1,4 @@
-//! How both binaries (`sluice-gateway`, `sluice-runtime`) learn to stop.
-//! Their logs and traces are set up by [`crate::telemetry`].
+//! How a Sluice binary learns to stop.
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -1,34 +1,43 @@
-//! A runtime node (`sluice-runtime --nats URL`): watches the registry,
+//! A runtime node (`sluice-runtime --nats URL`): follows the registry,
 //! loads each function's component by digest (from memory, the on-disk
 //! precompiled artifact, or the module store), and runs a worker per
 //! function on its durable consumer. Shutting down stops every worker's
 //! pulling and waits for what they hold: nothing in flight is lost.
 
+mod worker;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Entry, Operation};
-use futures::StreamExt as _;
-use sha2::{Digest as _, Sha256};
-use sluice_api::names::{FunctionRef, module_key};
+use prometheus_client::registry::Registry;
+use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Placement, RegistryEntry};
-use tokio::io::AsyncReadExt as _;
+use sluice_nats::layout::{FetchError, Layout, LayoutConfig};
+use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
+use sluice_nats::{NatsError, PAYLOAD_HEADROOM};
+use sluice_serve::{Admin, Service};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::NatsError;
-use super::layout::{Layout, LayoutConfig};
-use super::worker::{Served, Shared, Worker};
-use crate::admin::Admin;
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::server::Service;
 use crate::{PreparedFunction, Runtime, RuntimeConfig, RuntimeError};
+use worker::{Served, Shared, Worker};
+
+/// Default of [`NodeConfig::admin_listen`] (and `sluice-runtime
+/// --admin-listen`): beside the gateway's 9090.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
+
+/// Default folder of precompiled components: `sluice-artifacts` in the
+/// system's temporary directory.
+pub fn default_artifacts_dir() -> PathBuf {
+    std::env::temp_dir().join("sluice-artifacts")
+}
 
 /// Everything a runtime node needs to start.
 #[derive(Debug, Clone)]
@@ -42,7 +51,8 @@ pub struct NodeConfig {
     pub pool_serves_dedicated: bool,
     /// Where precompiled components are kept; `None` keeps none.
     pub artifacts: Option<PathBuf>,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
+    /// [`DEFAULT_ADMIN_LISTEN`].
     pub admin_listen: SocketAddr,
     pub runtime: RuntimeConfig,
     pub layout: LayoutConfig,
@@ -55,7 +65,7 @@ impl NodeConfig {
             function: None,
             pool_serves_dedicated: false,
             artifacts: None,
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
             layout: LayoutConfig::default(),
         }
@@ -81,11 +91,16 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct Node {
     pub admin_addr: SocketAddr,
-    pub metrics: Arc<Metrics>,
+    admin: Arc<Admin>,
     service: Service,
 }
 
 impl Node {
+    /// What `/metrics` answers now.
+    pub fn metrics_text(&self) -> String {
+        self.admin.encode_metrics()
+    }
+
     /// Stops pulling, finishes and acknowledges what is held, then returns.
     pub async fn shutdown(self) {
         self.service.shutdown().await;
@@ -98,14 +113,14 @@ impl Node {
 }
 
 pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-    let client = super::connect(&config.nats_url, "sluice-runtime").await?;
+    let client = sluice_nats::connect(&config.nats_url, "sluice-runtime").await?;
     let mut config = config;
     // A response travels as one NATS message, and is stored in its record
     // as base64: both must fit the server's max_payload.
     let fits = client
         .server_info()
         .max_payload
-        .saturating_sub(super::PAYLOAD_HEADROOM)
+        .saturating_sub(PAYLOAD_HEADROOM)
         / 4
         * 3;
     if config.runtime.max_response_body > fits {
@@ -121,7 +136,8 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await
         .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
-    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::with_prefix("sluice");
+    let metrics = Metrics::register(&mut registry);
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| NodeError::Listen {
@@ -134,15 +150,13 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             addr: config.admin_listen,
             source,
         })?;
-    let admin = Arc::new(Admin {
-        metrics: metrics.clone(),
-        ready: Default::default(),
-    });
+    let admin = Arc::new(Admin::new(registry));
+    let watcher = RegistryWatcher::new(layout.functions.clone());
     let shared = Arc::new(Shared {
         runtime,
         layout,
         client,
-        metrics: metrics.clone(),
+        metrics,
         callbacks: Callbacks::default(),
     });
     let node = NodeLoop {
@@ -155,18 +169,19 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         retired: Vec::new(),
         admin: admin.clone(),
     };
+    let served_admin = admin.clone();
     let service = Service::spawn(|stop| async move {
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let admin_task = tokio::spawn(admin.serve(admin_listener, async {
+        let admin_task = tokio::spawn(served_admin.serve(admin_listener, async {
             let _ = admin_stopped.await;
         }));
-        node.run(stop).await;
+        node.run(watcher, stop).await;
         let _ = stop_admin.send(());
         let _ = admin_task.await;
     });
     Ok(Node {
         admin_addr,
-        metrics,
+        admin,
         service,
     })
 }
@@ -192,43 +207,17 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 const CALLBACK_GRACE: Duration = Duration::from_secs(20);
 
 impl NodeLoop {
-    async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
+    async fn run(mut self, mut watcher: RegistryWatcher, mut shutdown: oneshot::Receiver<()>) {
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        'watching: loop {
-            // With history: the current entry of every function first (a
-            // deletion as a delete marker), then changes as they happen.
-            let watch = tokio::select! {
-                watch = self.shared.layout.functions.watch_with_history(">") => watch,
-                _ = &mut shutdown => break 'watching,
-            };
-            let mut watch = match watch {
-                Ok(watch) => watch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the registry; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = &mut shutdown => break 'watching,
-                    }
-                }
-            };
-            self.admin.ready.store(true, Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    entry = watch.next() => match entry {
-                        Some(Ok(entry)) => self.apply(entry).await,
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "the registry watch failed; watching again");
-                            continue 'watching;
-                        }
-                        None => continue 'watching,
-                    },
-                    _ = retry.tick() => self.retry_failed().await,
-                    _ = &mut shutdown => break 'watching,
-                }
+        loop {
+            tokio::select! {
+                event = watcher.next() => self.apply(event).await,
+                _ = retry.tick() => self.retry_failed().await,
+                _ = &mut shutdown => break,
             }
         }
-        self.admin.ready.store(false, Ordering::Relaxed);
+        self.admin.set_ready(false);
         tracing::info!(
             functions = self.workers.len(),
             "draining: finishing held invocations"
@@ -243,7 +232,7 @@ impl NodeLoop {
         }
         // Acknowledgements are not confirmed one by one: make sure the
         // server has them all before the connection goes.
-        if let Err(e) = super::round_trip(&self.shared.client, Duration::from_secs(5)).await {
+        if let Err(e) = sluice_nats::round_trip(&self.shared.client, Duration::from_secs(5)).await {
             tracing::warn!(error = %e, "the last acknowledgements may not have arrived; their messages will be redelivered");
         }
         let abandoned = self.shared.callbacks.drain(CALLBACK_GRACE).await;
@@ -255,29 +244,28 @@ impl NodeLoop {
         }
     }
 
-    async fn apply(&mut self, entry: Entry) {
-        let Some(function) = key_function(&entry.key) else {
-            tracing::warn!(key = %entry.key, "ignoring a registry key that names no function");
-            return;
-        };
-        if self.only.as_ref().is_some_and(|only| *only != function) {
-            return;
-        }
-        match entry.operation {
-            Operation::Delete | Operation::Purge => {
-                self.stop_serving(&function, "removed from the registry; stopping");
-            }
-            Operation::Put => match RegistryEntry::parse(&function, &entry.value) {
-                Ok(registered) if !self.serves(&registered.spec) => self.stop_serving(
-                    &function,
-                    "placement: dedicated; leaving it to its own runtime",
-                ),
-                Ok(registered) => self.deploy(registered).await,
-                Err(e) => {
-                    tracing::error!(%function, error = %e, "not serving an invalid registry entry");
+    async fn apply(&mut self, event: RegistryEvent) {
+        match event {
+            // Ready once every function registered at start is served or
+            // known to have failed (and is being retried).
+            RegistryEvent::CaughtUp => self.admin.set_ready(true),
+            RegistryEvent::Removed { function, .. } => {
+                if self.wanted(&function) {
+                    self.stop_serving(&function, "removed from the registry; stopping");
                 }
-            },
+            }
+            RegistryEvent::Put { entry, .. } if !self.wanted(&entry.function) => {}
+            RegistryEvent::Put { entry, .. } if !self.serves(&entry.spec) => self.stop_serving(
+                &entry.function,
+                "placement: dedicated; leaving it to its own runtime",
+            ),
+            RegistryEvent::Put { entry, .. } => self.deploy(entry).await,
         }
+    }
+
+    /// Whether this node may serve `function` at all (`--function` names one).
+    fn wanted(&self, function: &FunctionRef) -> bool {
+        self.only.as_ref().is_none_or(|only| only == function)
     }
 
     /// Whether this node serves a function of the pool it was not started
@@ -312,19 +300,17 @@ impl NodeLoop {
         {
             return;
         }
-        let consumer = match self.load(&registered).await {
-            Ok(prepared) => match self
+        let ready = async {
+            let prepared = self.load(&registered).await?;
+            let consumer = self
                 .shared
                 .layout
                 .consumer(&function, &registered.spec)
                 .await
-            {
-                Ok(consumer) => Ok((prepared, consumer)),
-                Err(e) => Err(format!("cannot open the function's consumer: {e}")),
-            },
-            Err(e) => Err(format!("cannot load the function: {e}")),
+                .map_err(LoadError::Consumer)?;
+            Ok::<_, LoadError>((prepared, consumer))
         };
-        let (prepared, consumer) = match consumer {
+        let (prepared, consumer) = match ready.await {
             Ok(ready) => ready,
             Err(e) => {
                 tracing::error!(%function, digest = %registered.module_digest, error = %e, "not serving it yet; trying again in {RETRY_EVERY:?}");
@@ -353,15 +339,12 @@ impl NodeLoop {
 
     /// Makes the function's component servable: from this process's cache,
     /// the precompiled artifact on disk, or the module store.
-    async fn load(&self, registered: &RegistryEntry) -> Result<PreparedFunction, String> {
+    async fn load(&self, registered: &RegistryEntry) -> Result<PreparedFunction, LoadError> {
         let runtime = self.shared.runtime.clone();
         let function = registered.function.clone();
         let spec = registered.spec.clone();
         let digest = registered.module_digest.clone();
-        if let Some(prepared) = runtime
-            .prepare_cached(function.clone(), &spec, &digest)
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(prepared) = runtime.prepare_cached(function.clone(), &spec, &digest)? {
             return Ok(prepared);
         }
         let started = Instant::now();
@@ -375,52 +358,26 @@ impl NodeLoop {
             let precompiled = tokio::task::spawn_blocking(move || {
                 runtime.prepare_precompiled(function, &spec, &digest, &dir)
             })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .await??;
             if let Some(prepared) = precompiled {
                 self.cold_start(&registered.function, "precompiled", started);
                 return Ok(prepared);
             }
         }
-        let wasm = self.fetch(&digest).await?;
+        let wasm = self.shared.layout.fetch_module(&digest).await?;
         let artifacts = self.artifacts.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = runtime
-                .prepare(function, &spec, &wasm)
-                .map_err(|e| e.to_string())?;
+            let prepared = runtime.prepare(function, &spec, &wasm)?;
             if let Some(dir) = artifacts
                 && let Err(e) = runtime.save_precompiled(&prepared, &dir)
             {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the precompiled component");
             }
-            Ok::<_, String>(prepared)
+            Ok::<_, RuntimeError>(prepared)
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         self.cold_start(&registered.function, "fetched", started);
         Ok(prepared)
-    }
-
-    async fn fetch(&self, digest: &str) -> Result<Vec<u8>, String> {
-        let key = module_key(digest);
-        let mut object = self
-            .shared
-            .layout
-            .modules
-            .get(&key)
-            .await
-            .map_err(|e| format!("cannot fetch {key} from the module store: {e}"))?;
-        let mut wasm = Vec::new();
-        object
-            .read_to_end(&mut wasm)
-            .await
-            .map_err(|e| format!("cannot read {key} from the module store: {e}"))?;
-        let actual = hex::encode(Sha256::digest(&wasm));
-        if actual != digest {
-            return Err(format!("{key} in the module store has sha256 {actual}"));
-        }
-        Ok(wasm)
     }
 
     fn cold_start(&self, function: &FunctionRef, source: &'static str, started: Instant) {
@@ -430,8 +387,15 @@ impl NodeLoop {
     }
 }
 
-/// `<ns>.<fn>` back to the function.
-fn key_function(key: &str) -> Option<FunctionRef> {
-    let (namespace, name) = key.split_once('.')?;
-    FunctionRef::new(namespace, name).ok()
+/// Why a registered function could not be made servable.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the loading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("cannot open the function's consumer: {0}")]
+    Consumer(#[source] NatsError),
 }

@@ -1,0 +1,163 @@
+//! Reading a folder of Function manifests and the components they name
+//! (`module.file`): local mode serves them, `sluice-gateway publish` puts
+//! them on NATS.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sluice_api::manifest::parse_functions;
+use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionManifest, FunctionSpec, ModuleDigest, ModuleKind};
+
+/// Why a folder's functions could not be read. Every variant names the
+/// file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestsError {
+    #[error("cannot read the manifest folder {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {file}: {source}")]
+    ReadManifest {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no Function manifests (*.yaml, *.yml) in {0}")]
+    NoFunctions(PathBuf),
+    #[error("{file}: {source}")]
+    Manifest {
+        file: PathBuf,
+        #[source]
+        source: sluice_api::ManifestError,
+    },
+    #[error("{file}: {function}: {field}: {problem}")]
+    Module {
+        file: PathBuf,
+        function: FunctionRef,
+        field: &'static str,
+        problem: String,
+    },
+    #[error("{file}: {function} is already defined in {first}")]
+    Duplicate {
+        file: PathBuf,
+        function: FunctionRef,
+        first: PathBuf,
+    },
+}
+
+/// A function read from a manifest, with its component's bytes.
+#[derive(Debug)]
+pub struct LocalFunction {
+    pub file: PathBuf,
+    pub function: FunctionRef,
+    pub spec: FunctionSpec,
+    pub wasm: Vec<u8>,
+}
+
+/// Reads every Function manifest in `dir` and the components they name.
+pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
+    let read_dir = |source| ManifestsError::ReadDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    let mut functions = Vec::new();
+    let mut seen: HashMap<FunctionRef, PathBuf> = HashMap::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).map_err(|source| ManifestsError::ReadManifest {
+                file: file.clone(),
+                source,
+            })?;
+        let manifests = parse_functions(&text).map_err(|source| ManifestsError::Manifest {
+            file: file.clone(),
+            source,
+        })?;
+        for manifest in manifests {
+            let function = manifest.function_ref();
+            if let Some(first) = seen.get(&function) {
+                return Err(ManifestsError::Duplicate {
+                    file,
+                    function,
+                    first: first.clone(),
+                });
+            }
+            seen.insert(function.clone(), file.clone());
+            let wasm = read_module(&file, &manifest)?;
+            functions.push(LocalFunction {
+                file: file.clone(),
+                function,
+                spec: manifest.spec,
+                wasm,
+            });
+        }
+    }
+    if functions.is_empty() {
+        return Err(ManifestsError::NoFunctions(dir.to_owned()));
+    }
+    Ok(functions)
+}
+
+fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, ManifestsError> {
+    let module = &manifest.spec.module;
+    let error = |field: &'static str, problem: String| ManifestsError::Module {
+        file: file.to_owned(),
+        function: manifest.function_ref(),
+        field,
+        problem,
+    };
+    let path = match module.kind() {
+        Ok(ModuleKind::File) => module.file.as_deref().unwrap_or_default(),
+        Ok(ModuleKind::Oci) => {
+            return Err(error(
+                "spec.module.oci",
+                "is not available in local mode; use spec.module.file".into(),
+            ));
+        }
+        Ok(ModuleKind::Url) => {
+            return Err(error(
+                "spec.module.url",
+                "is not available in local mode; use spec.module.file".into(),
+            ));
+        }
+        Ok(ModuleKind::ConfigMap) => {
+            return Err(error(
+                "spec.module.configMap",
+                "is not available in local mode; use spec.module.file".into(),
+            ));
+        }
+        Err(e) => return Err(error("spec.module", e.problem)),
+    };
+    let resolved = file.parent().unwrap_or(Path::new(".")).join(path);
+    let wasm = std::fs::read(&resolved).map_err(|e| {
+        let hint = if resolved.to_string_lossy().contains("wasm32-wasip2") {
+            " (build the examples first: scripts/local.sh does)"
+        } else {
+            ""
+        };
+        error(
+            "spec.module.file",
+            format!("cannot read {}: {e}{hint}", resolved.display()),
+        )
+    })?;
+    if let Some(expected) = &module.sha256 {
+        let actual = ModuleDigest::of(&wasm);
+        if actual.as_str() != expected {
+            return Err(error(
+                "spec.module.sha256",
+                format!("{} has sha256 {actual}, not {expected}", resolved.display()),
+            ));
+        }
+    }
+    Ok(wasm)
+}

@@ -1,0 +1,145 @@
+//! The gateway's Prometheus metrics: requests by route kind and status,
+//! refusals by error code, events queued and dead-lettered by function, and
+//! queue depth by function. Label values come from fixed sets or from
+//! function references, so they grow with deployments, not traffic.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sluice_api::names::FunctionRef;
+
+/// Which of the gateway's paths a request took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `/fn/<ns>/<name>/…` or a custom `triggers.http.path`.
+    Sync,
+    /// `/async/fn/<ns>/<name>/…`.
+    Async,
+    /// `/invocations/<id>`.
+    Status,
+    /// `/dead-letters/<ns>/<name>`.
+    DeadLetters,
+    /// Anything else (answered 404).
+    Unrouted,
+}
+
+impl RouteKind {
+    /// The label value: `sync`, `async`, `status`, `dead_letters`, `unrouted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Async => "async",
+            Self::Status => "status",
+            Self::DeadLetters => "dead_letters",
+            Self::Unrouted => "unrouted",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// [`RouteKind::as_str`].
+    pub route: &'static str,
+    /// The HTTP status answered, e.g. `200`.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The stable code of the JSON error body (`unknown_function`,
+    /// `body_too_large`, …).
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+}
+
+/// What the gateway counts, registered under the registry's prefix
+/// (`sluice_`).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    events_queued: Family<FunctionLabels, Counter>,
+    events_dead_lettered: Family<FunctionLabels, Counter>,
+    queue_depth: Family<FunctionLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the gateway's metric families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route kind and HTTP status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "Requests answered with a JSON error, by its code",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "events_queued",
+            "NATS trigger events queued as invocations, by function",
+            metrics.events_queued.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "NATS trigger events that could not be queued and were dead-lettered, by function",
+            metrics.events_dead_lettered.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Invocations queued, waiting for a retry, or running (on NATS: the consumer's pending plus ack-pending)",
+            metrics.queue_depth.clone(),
+        );
+        metrics
+    }
+
+    fn labels(function: &FunctionRef) -> FunctionLabels {
+        FunctionLabels {
+            function: function.to_string(),
+        }
+    }
+
+    pub fn answered(&self, route: RouteKind, status: http::StatusCode) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.as_str(),
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, code: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { code }).inc();
+    }
+
+    pub fn event_queued(&self, function: &FunctionRef) {
+        self.events_queued
+            .get_or_create(&Self::labels(function))
+            .inc();
+    }
+
+    pub fn event_dead_lettered(&self, function: &FunctionRef) {
+        self.events_dead_lettered
+            .get_or_create(&Self::labels(function))
+            .inc();
+    }
+
+    pub fn set_queue_depth(&self, function: &FunctionRef, depth: i64) {
+        self.queue_depth
+            .get_or_create(&Self::labels(function))
+            .set(depth);
+    }
+
+    /// Stops reporting the depth of a function that is gone.
+    pub fn forget_queue_depth(&self, function: &FunctionRef) {
+        self.queue_depth.remove(&Self::labels(function));
+    }
+}

@@ -1,0 +1,14 @@
+//! What every Sluice binary (gateway, runtime, operator) serves with: the
+//! HTTP/1.1 server loop with graceful shutdown ([`server`]), the admin
+//! endpoints `/healthz`, `/readyz` and `/metrics` over a Prometheus
+//! registry ([`admin`]), the shutdown signal ([`signal`]), and logs and
+//! OpenTelemetry traces ([`telemetry`]). It links neither NATS nor wasmtime.
+
+pub mod admin;
+pub mod server;
+pub mod signal;
+pub mod telemetry;
+
+pub use admin::Admin;
+pub use server::{Service, serve};
+pub use signal::shutdown_signal;
