@@ -17,6 +17,22 @@ fi
 echo "== checking formatting"
 cargo fmt --all -- --check
 
+echo "== linting"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+# The NATS-mode gateway links no wasmtime: it must build, lint-clean,
+# without local mode.
+cargo clippy --locked -p sluice-gateway --no-default-features -- -D warnings
+for crate in sluice-api sluice-nats sluice-serve; do
+  if cargo tree --locked -p "$crate" -e normal | grep -q wasmtime; then
+    echo "$crate depends on wasmtime" >&2
+    exit 1
+  fi
+done
+if cargo tree --locked -p sluice-gateway --no-default-features -e normal | grep -q wasmtime; then
+  echo "sluice-gateway without local mode depends on wasmtime" >&2
+  exit 1
+fi
+
 echo "== building the example components"
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 

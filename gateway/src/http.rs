@@ -169,7 +169,7 @@ impl Gateway {
             Some(value) => {
                 let url = value.to_str().unwrap_or_default().to_owned();
                 sluice_api::callback::validate_url(&url)
-                    .map_err(|e| (GatewayError::BadRequest(e), None))?;
+                    .map_err(|e| (GatewayError::BadRequest(e.to_string()), None))?;
                 Some(url)
             }
         };

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use sluice_api::names::FunctionRef;
 use sluice_runtime::{Runtime, RuntimeConfig, RuntimeError};
 use sluice_serve::Admin;
 
@@ -53,13 +52,6 @@ impl LocalConfig {
 pub enum LocalError {
     #[error(transparent)]
     Manifests(#[from] ManifestsError),
-    #[error("{file}: {function}: {field}: {problem}")]
-    Module {
-        file: PathBuf,
-        function: FunctionRef,
-        field: &'static str,
-        problem: String,
-    },
     #[error(transparent)]
     Route(#[from] RouteConflict),
     #[error(transparent)]
@@ -87,12 +79,12 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
                         }
                         _ => ("spec.module.file", e.to_string()),
                     };
-                    LocalError::Module {
+                    LocalError::Manifests(ManifestsError::Module {
                         file: f.file.clone(),
                         function: f.function.clone(),
                         field,
                         problem,
-                    }
+                    })
                 })?;
             prepared.push((ready, f.spec));
         }

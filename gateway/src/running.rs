@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use sluice_serve::{Admin, Service, serve};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -63,10 +62,7 @@ impl RunningGateway {
         let admin_server = admin.clone();
         let stop_companions = CancellationToken::new();
         let service = Service::spawn(|stop| async move {
-            let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-            let admin_task = tokio::spawn(admin_server.serve(admin_listener, async {
-                let _ = admin_stopped.await;
-            }));
+            let admin_service = admin_server.spawn(admin_listener);
             serve(
                 listener,
                 Arc::new(move |request| {
@@ -78,8 +74,7 @@ impl RunningGateway {
                 },
             )
             .await;
-            let _ = stop_admin.send(());
-            let _ = admin_task.await;
+            admin_service.shutdown().await;
         });
         Ok(Self {
             addr,

@@ -15,7 +15,7 @@ pub enum RegistryEvent {
     /// A function's current entry, checked: it names the function of its
     /// key and holds a valid spec.
     Put {
-        entry: RegistryEntry,
+        entry: Box<RegistryEntry>,
         /// Changes known to follow this one; 0 when the watcher is up to
         /// date with the bucket (a good moment to apply a batch).
         pending: u64,
@@ -157,7 +157,10 @@ fn interpret(entry: Entry) -> Option<RegistryEvent> {
     Some(match entry.operation {
         Operation::Delete | Operation::Purge => RegistryEvent::Removed { function, pending },
         Operation::Put => match RegistryEntry::parse(&function, &entry.value) {
-            Ok(entry) => RegistryEvent::Put { entry, pending },
+            Ok(entry) => RegistryEvent::Put {
+                entry: Box::new(entry),
+                pending,
+            },
             Err(e) => {
                 tracing::error!(%function, error = %e, "ignoring an invalid registry entry: its function is not served");
                 RegistryEvent::Removed { function, pending }

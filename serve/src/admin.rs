@@ -43,6 +43,17 @@ impl Admin {
         out
     }
 
+    /// Serves the admin endpoints on `listener` in the background until the
+    /// returned service is shut down.
+    pub fn spawn(self: Arc<Self>, listener: tokio::net::TcpListener) -> crate::Service {
+        crate::Service::spawn(|stop| async move {
+            self.serve(listener, async {
+                let _ = stop.await;
+            })
+            .await;
+        })
+    }
+
     /// Serves the admin endpoints on `listener` until `shutdown` resolves.
     pub async fn serve(
         self: Arc<Self>,

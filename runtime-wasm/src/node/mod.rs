@@ -169,15 +169,10 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         retired: Vec::new(),
         admin: admin.clone(),
     };
-    let served_admin = admin.clone();
+    let admin_service = admin.clone().spawn(admin_listener);
     let service = Service::spawn(|stop| async move {
-        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let admin_task = tokio::spawn(served_admin.serve(admin_listener, async {
-            let _ = admin_stopped.await;
-        }));
         node.run(watcher, stop).await;
-        let _ = stop_admin.send(());
-        let _ = admin_task.await;
+        admin_service.shutdown().await;
     });
     Ok(Node {
         admin_addr,
@@ -259,7 +254,7 @@ impl NodeLoop {
                 &entry.function,
                 "placement: dedicated; leaving it to its own runtime",
             ),
-            RegistryEvent::Put { entry, .. } => self.deploy(entry).await,
+            RegistryEvent::Put { entry, .. } => self.deploy(*entry).await,
         }
     }
 

@@ -277,7 +277,10 @@ async fn run_async(
             shared.metrics.retried(function);
             acknowledge(message, AckKind::Nak(Some(delay)), &invocation.id).await;
         }
-        Settlement::Final { state, .. } if state == InvocationState::DeadLettered => {
+        Settlement::Final {
+            state: InvocationState::DeadLettered,
+            ..
+        } => {
             give_up(shared, served, message, record, callback).await;
         }
         Settlement::Final { .. } => finish(shared, message, record, callback).await,

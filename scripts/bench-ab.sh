@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# A/B benchmark: this tree against an earlier commit, run alternately in one
+# sitting so the machine's drift hits both alike. Builds both in release
+# (the base in a temporary git worktree, sharing this tree's target dir so
+# dependencies compile once), then for each round and each build, in
+# alternating order:
+#   - local mode, sync `hello` (wrk on loopback);
+#   - NATS mode, sync `hello` (gateway + one runtime + nats-server);
+#   - NATS mode, async accept rate (202s per second);
+# and finally the in-process invoke bench of each tree, alternately.
+# Usage: scripts/bench-ab.sh BASE_REV [rounds] [seconds]
+set -euo pipefail
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+cd "$(dirname "$0")/.."
+base_rev=${1:?usage: scripts/bench-ab.sh BASE_REV [rounds] [seconds]}
+rounds=${2:-3}
+seconds=${3:-8}
+connections=${CONNECTIONS:-16}
+root=$PWD
+target=${CARGO_TARGET_DIR:-$root/target}
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+. scripts/nats-server.sh
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  git -C "$root" worktree remove --force "$work/base-tree" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+build() { # tree name
+  (cd "$1" && CARGO_TARGET_DIR=$target cargo build --locked --release -p sluice-gateway -p sluice-runtime)
+  mkdir -p "$work/$2"
+  cp "$target/release/sluice-gateway" "$target/release/sluice-runtime" "$work/$2/"
+}
+git worktree add --detach "$work/base-tree" "$base_rev" >/dev/null
+build "$work/base-tree" base
+build "$root" new
+
+hello=$root/examples/target/wasm32-wasip2/release/hello.wasm
+mkdir "$work/functions"
+cat > "$work/functions/hello.yaml" <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: hello }
+spec:
+  module: { file: $hello }
+YAML
+
+wait_for() { for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+stop() { for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+rps() { wrk -t1 -c"$connections" -d"${seconds}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+
+declare -A results
+record() { results[$1]="${results[$1]:-} $2"; }
+
+local_round() { # build
+  RUST_LOG=warn "$work/$1/sluice-gateway" --local "$work/functions" --listen 127.0.0.1:18182 --admin-listen 127.0.0.1:19192 >"$work/$1-local.log" 2>&1 &
+  local gw=$!
+  wait_for http://127.0.0.1:19192/readyz
+  record "$1 local-sync" "$(rps http://127.0.0.1:18182/fn/default/hello/)"
+  stop "$gw"
+}
+
+nats_round() { # build
+  rm -rf "$work/js"
+  echo "max_payload: 8MB" > "$work/nats.conf"
+  "$SLUICE_NATS_SERVER" -c "$work/nats.conf" -a 127.0.0.1 -p 14322 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+  local nats=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14322) 2>/dev/null && break; sleep 0.1; done
+  local url=nats://127.0.0.1:14322
+  RUST_LOG=warn "$work/$1/sluice-gateway" --nats "$url" --max-queue-depth 1000000 --listen 127.0.0.1:18183 --admin-listen 127.0.0.1:19193 >"$work/$1-gateway.log" 2>&1 &
+  local gw=$!
+  wait_for http://127.0.0.1:19193/healthz
+  "$work/$1/sluice-gateway" publish --nats "$url" "$work/functions" >"$work/$1-publish.log" 2>&1
+  RUST_LOG=warn "$work/$1/sluice-runtime" --nats "$url" --artifacts "$work/artifacts" --admin-listen 127.0.0.1:19194 >"$work/$1-runtime.log" 2>&1 &
+  local rt=$!
+  for _ in $(seq 300); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18183/fn/default/hello/)" = 200 ] && break; sleep 0.1; done
+  record "$1 nats-sync" "$(rps http://127.0.0.1:18183/fn/default/hello/)"
+  stop "$rt"
+  record "$1 nats-accept" "$(rps -s "$work/post.lua" http://127.0.0.1:18183/async/fn/default/hello/)"
+  stop "$gw" "$nats"
+}
+printf 'wrk.method = "POST"\nwrk.body = "x"\n' > "$work/post.lua"
+
+for round in $(seq "$rounds"); do
+  order="base new"; [ $((round % 2)) = 0 ] && order="new base"
+  for b in $order; do
+    echo "== round $round: $b"
+    local_round "$b"
+    nats_round "$b"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo
+echo "requests per second, median of $rounds rounds of ${seconds}s (each round's values in brackets)"
+printf '%-12s %-28s %-28s %s\n' what "base $base_rev" "new $(git rev-parse --short HEAD)" "new/base"
+for what in local-sync nats-sync nats-accept; do
+  b=$(echo "${results[base $what]}" | median); n=$(echo "${results[new $what]}" | median)
+  printf '%-12s %-28s %-28s %s\n' "$what" "$b [${results[base $what]# }]" "$n [${results[new $what]# }]" "$(awk -v n="$n" -v b="$b" 'BEGIN {printf "%.3f", n / b}')"
+done
+
+echo
+echo "== in-process invoke bench, alternately (median µs as the bench prints it)"
+for round in 1 2; do
+  for tree in "$work/base-tree" "$root"; do
+    echo "-- $(basename "$tree") round $round"
+    (cd "$tree" && CARGO_TARGET_DIR=$target cargo bench --locked -p sluice-runtime --bench invoke 2>/dev/null | tail -6)
+  done
+done
