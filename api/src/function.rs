@@ -38,8 +38,9 @@ pub const KIND: &str = "Function";
         shortname = "fn",
         status = "FunctionStatus",
         scale(
-            spec_replicas_path = ".spec.scaling.minReplicas",
-            status_replicas_path = ".status.replicas"
+            spec_replicas_path = ".spec.replicas",
+            status_replicas_path = ".status.replicas",
+            label_selector_path = ".status.selector"
         ),
         printcolumn(
             name = "Ready",
@@ -96,6 +97,12 @@ pub struct FunctionSpec {
     /// Deployment. Default: `pool`.
     #[serde(default)]
     pub placement: Placement,
+    /// Replicas pinned by hand (`kubectl scale fn/NAME --replicas=N` sets
+    /// it): autoscaling is off for the function while it is set. Default:
+    /// unset (autoscaled within `scaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_REPLICAS))]
+    pub replicas: Option<u32>,
 }
 
 /// The source of a function's component. Exactly one of `oci`, `url`,
@@ -110,12 +117,25 @@ pub struct FunctionSpec {
     {
         "rule": "!has(self.url) || has(self.sha256)",
         "message": "url requires sha256"
+    },
+    {
+        "rule": "!has(self.pullSecret) || has(self.oci)",
+        "message": "pullSecret applies to oci only"
     }
 ]))]
 pub struct ModuleSource {
-    /// OCI artifact reference holding the component, e.g. `ghcr.io/acme/hello:1.0.0`.
+    /// OCI artifact reference holding the component, by tag or digest,
+    /// e.g. `ghcr.io/acme/hello:1.0.0` (the CNCF Wasm OCI artifact layout:
+    /// config `application/vnd.wasm.config.v0+json`, one `application/wasm`
+    /// layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub oci: Option<String>,
+    /// With `oci`: a Secret in the function's namespace of type
+    /// `kubernetes.io/dockerconfigjson` (as for `imagePullSecrets`) holding
+    /// the registry's credentials. Default: pull anonymously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
     /// HTTP(S) URL of the component; requires `sha256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -159,6 +179,9 @@ impl ModuleSource {
                 "spec.module.sha256",
                 "is required with spec.module.url",
             )),
+            [kind] if *kind != ModuleKind::Oci && self.pull_secret.is_some() => Err(
+                SpecError::new("spec.module.pullSecret", "applies to spec.module.oci only"),
+            ),
             [kind] => Ok(*kind),
             [] => Err(SpecError::new(
                 "spec.module",
@@ -407,10 +430,12 @@ pub struct FunctionStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `ModuleReady`, `QueueReady` and `Scaled`.
+    /// `Ready`, `ModuleReady`, `QueueReady` and `Active`, one of each type
+    /// (a map list keyed by `type`, so server-side apply merges them).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// `sha256-<hex>` of the resolved component.
+    /// `sha256:<hex>` of the resolved component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_digest: Option<String>,
     /// URL of the function's default route.
@@ -425,13 +450,17 @@ pub struct FunctionStatus {
     /// Invocations queued or in flight.
     #[serde(default)]
     pub queue_depth: u64,
+    /// Label selector of the function's runtime pods, for the scale
+    /// subresource (an HPA or KEDA reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// A status condition, shaped like `metav1.Condition`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Ready`, `ModuleReady`, `QueueReady` or `Scaled`.
+    /// `Ready`, `ModuleReady`, `QueueReady` or `Active`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
@@ -500,6 +529,12 @@ impl FunctionSpec {
             return Err(SpecError::new(
                 "spec.concurrency",
                 format!("must be from 1 to {MAX_CONCURRENCY}"),
+            ));
+        }
+        if self.replicas.is_some_and(|r| r > MAX_REPLICAS) {
+            return Err(SpecError::new(
+                "spec.replicas",
+                format!("must be at most {MAX_REPLICAS}"),
             ));
         }
         if self.scaling.max_replicas > MAX_REPLICAS {
@@ -707,6 +742,12 @@ mod tests {
         assert_eq!(spec.validate().unwrap_err().field, "spec.module");
         spec.module.url = Some("https://x/y.wasm".into());
         assert_eq!(spec.validate().unwrap_err().field, "spec.module.sha256");
+        spec.module.sha256 = Some("ab".repeat(32));
+        spec.module.pull_secret = Some("registry".into());
+        assert_eq!(spec.validate().unwrap_err().field, "spec.module.pullSecret");
+        spec.module.url = None;
+        spec.module.oci = Some("ghcr.io/a/b:1".into());
+        assert_eq!(spec.validate(), Ok(()));
     }
 
     #[test]
@@ -720,7 +761,8 @@ mod tests {
     #[test]
     fn invalid_values_name_their_field() {
         type Mutation = fn(&mut FunctionSpec);
-        let cases: [(Mutation, &str); 11] = [
+        let cases: [(Mutation, &str); 12] = [
+            (|s| s.replicas = Some(1_001), "spec.replicas"),
             (|s| s.concurrency = 0, "spec.concurrency"),
             (|s| s.concurrency = 10_001, "spec.concurrency"),
             (
