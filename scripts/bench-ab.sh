@@ -33,14 +33,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-build() { # tree name
-  (cd "$1" && CARGO_TARGET_DIR=$target cargo build --locked --release -p sluice-gateway -p sluice-runtime)
+build() { # tree name target-dir
+  (cd "$1" && CARGO_TARGET_DIR=$3 cargo build --locked --release -p sluice-gateway -p sluice-runtime)
   mkdir -p "$work/$2"
-  cp "$target/release/sluice-gateway" "$target/release/sluice-runtime" "$work/$2/"
+  cp "$3/release/sluice-gateway" "$3/release/sluice-runtime" "$work/$2/"
+  local bench
+  bench=$(cd "$1" && CARGO_TARGET_DIR=$3 cargo bench --locked --no-run -p sluice-runtime --bench invoke --message-format json 2>/dev/null \
+    | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "invoke"][-1])')
+  cp "$bench" "$work/$2/invoke-bench"
 }
 git worktree add --detach "$work/base-tree" "$base_rev" >/dev/null
-build "$work/base-tree" base
-build "$root" new
+# The base builds in a copy of this tree's release dir: its dependencies
+# are reused, and cargo names both trees' workspace crates alike, so one
+# dir would let one tree's build take the other's artifacts.
+build "$root" new "$target"
+mkdir -p "$work/base-target"
+cp -a "$target/release" "$work/base-target/"
+build "$work/base-tree" base "$work/base-target"
 
 hello=$root/examples/target/wasm32-wasip2/release/hello.wasm
 mkdir "$work/functions"
@@ -107,10 +116,10 @@ for what in local-sync nats-sync nats-accept; do
 done
 
 echo
-echo "== in-process invoke bench, alternately (median µs as the bench prints it)"
+echo "== in-process invoke bench, alternately (each prints its medians)"
 for round in 1 2; do
-  for tree in "$work/base-tree" "$root"; do
-    echo "-- $(basename "$tree") round $round"
-    (cd "$tree" && CARGO_TARGET_DIR=$target cargo bench --locked -p sluice-runtime --bench invoke 2>/dev/null | tail -6)
+  for b in base new; do
+    echo "-- $b, round $round"
+    "$work/$b/invoke-bench" --bench 2>/dev/null | tail -4
   done
 done
