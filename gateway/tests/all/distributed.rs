@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use crate::harness::{
     ECHO_ON_ORDERS, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually, manifest_dir,
 };
-use crate::nats::NatsServer;
+use sluice_testing::NatsServer;
 
 /// The gateway's JSON log line with the address it serves.
 const GATEWAY_SERVING: &str = r#""message":"serving","addr""#;

@@ -19,7 +19,7 @@ use sluice_nats::publish::Publisher;
 use sluice_runtime::node::{self, Node, NodeConfig};
 use tokio::net::TcpListener;
 
-use crate::nats::NatsServer;
+use sluice_testing::NatsServer;
 
 /// Calls `check` every 50ms until it succeeds, for at most `limit`; then
 /// fails naming `what` and the last state `check` reported.

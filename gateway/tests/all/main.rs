@@ -9,7 +9,6 @@ mod async_invocations;
 mod bad_input;
 mod distributed;
 mod hostile;
-mod nats;
 mod nats_mode;
 mod publish;
 mod retries;

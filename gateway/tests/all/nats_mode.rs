@@ -17,7 +17,7 @@ use sluice_runtime::node::{self, NodeConfig};
 use crate::harness::{
     Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir, metric,
 };
-use crate::nats::NatsServer;
+use sluice_testing::NatsServer;
 
 fn hello(greeting: &str) -> String {
     format!(

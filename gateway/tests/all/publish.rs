@@ -10,7 +10,7 @@ use sluice_nats::layout::{Layout, LayoutConfig};
 use sluice_nats::publish::Publisher;
 use tokio::io::AsyncReadExt as _;
 
-use crate::nats::NatsServer;
+use sluice_testing::NatsServer;
 
 #[tokio::test]
 async fn publishing_fills_the_registry_and_stores_each_module_once() {

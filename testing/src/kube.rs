@@ -1,0 +1,171 @@
+//! A real Kubernetes control plane (etcd, kube-apiserver with RBAC,
+//! kube-controller-manager) on loopback ports, one per test, stopped when
+//! dropped. There is no kubelet: pods stay Pending, controllers run.
+//!
+//! The binaries are built from pinned Go modules by `scripts/k8s/tools.sh`
+//! (which `scripts/test.sh` runs) and named in `SLUICE_KUBE_BIN`;
+//! `scripts/k8s/control-plane.sh` starts and stops them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A control plane for one test.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    /// The admin kubeconfig (group `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// The folder of `kubectl`, `helm` and the servers.
+    pub bin: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+}
+
+fn script(name: &str) -> PathBuf {
+    crate::repo_root().join("scripts/k8s").join(name)
+}
+
+/// `SLUICE_KUBE_BIN`, or what `tools.sh --cached-only` names.
+fn kube_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SLUICE_KUBE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let output = Command::new(script("tools.sh"))
+        .arg("--cached-only")
+        .output()
+        .expect("cannot run scripts/k8s/tools.sh");
+    assert!(
+        output.status.success(),
+        "the Kubernetes binaries are not built: run scripts/test.sh, or scripts/k8s/tools.sh once\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("SLUICE_KUBE_BIN="))
+        .map(PathBuf::from)
+        .expect("tools.sh named no SLUICE_KUBE_BIN")
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager and waits
+    /// until they serve (about 4 s).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let bin = kube_bin();
+        let output = Command::new(script("control-plane.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .env("SLUICE_KUBE_BIN", &bin)
+            .env("SLUICE_KUBE_OWNER_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run scripts/k8s/control-plane.sh");
+        assert!(
+            output.status.success(),
+            "the control plane did not start:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let env: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self {
+            kubeconfig: dir.path().join("kubeconfig"),
+            server: env.get("SLUICE_KUBE_SERVER").cloned().unwrap_or_default(),
+            bin,
+            dir,
+        }
+    }
+
+    /// The folder holding the control plane's files and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `kubectl` against this control plane, as its admin.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command.env("KUBECONFIG", &self.kubeconfig);
+        command
+    }
+
+    /// Runs `kubectl args…`, feeding `stdin`; its output, whatever it is.
+    pub fn kubectl_with(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run kubectl");
+        let mut input = child.stdin.take().expect("kubectl's stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .expect("cannot write to kubectl");
+        drop(input);
+        child.wait_with_output().expect("kubectl did not finish")
+    }
+
+    /// Runs `kubectl args…` and returns its stdout; panics with its stderr
+    /// when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl_with(args, "");
+        assert!(
+            output.status.success(),
+            "kubectl {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` of `yaml`; its output, whatever it is.
+    pub fn apply(&self, yaml: &str) -> Output {
+        self.kubectl_with(&["apply", "-f", "-"], yaml)
+    }
+
+    /// A kubeconfig for ServiceAccount `namespace/name`, authenticated by
+    /// a token the API server issues (TokenRequest), to run a process with
+    /// exactly that account's permissions.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=2h"]);
+        let ca = self.dir().join("pki/ca.crt");
+        let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
+        let config = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {{ server: {server}, certificate-authority: {ca} }}
+users:
+- name: {name}
+  user: {{ token: {token} }}
+contexts:
+- name: test
+  context: {{ cluster: test, user: {name}, namespace: {namespace} }}
+current-context: test
+",
+            server = self.server,
+            ca = ca.display(),
+            token = token.trim(),
+        );
+        std::fs::write(&path, config).expect("cannot write a kubeconfig");
+        path
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(script("control-plane.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,22 @@
+//! Test support shared by Sluice's integration tests: real servers,
+//! started on loopback for one test and stopped when dropped. Nothing here
+//! ships.
+//!
+//! - [`NatsServer`]: `nats-server` with JetStream (`SLUICE_NATS_SERVER`,
+//!   installed by `scripts/nats-server.sh`).
+//! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
+//!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`).
+
+mod kube;
+mod nats;
+
+pub use kube::ControlPlane;
+pub use nats::NatsServer;
+
+/// The repository's root folder.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
