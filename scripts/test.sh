@@ -13,6 +13,15 @@ fi
 # server on a random loopback port and stops it.
 . scripts/nats-server.sh
 "$SLUICE_NATS_SERVER" --version
+# docker-registry (Debian's package) for the operator's OCI tests; each test
+# starts its own registry on a random loopback port and stops it.
+. scripts/oci-registry.sh
+"$SLUICE_DOCKER_REGISTRY" --version
+# A Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager),
+# kubectl and helm for the operator's tests, built from pinned Go modules
+# (scripts/k8s/) and cached outside the clone: about 12 minutes the first
+# time on a machine, then nothing. Each test starts its own on loopback.
+. scripts/k8s/tools.sh
 
 echo "== checking formatting"
 cargo fmt --all -- --check

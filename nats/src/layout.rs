@@ -188,6 +188,30 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Deletes the function's durable consumer, with what it held; false
+    /// when there was none.
+    pub async fn delete_consumer(&self, function: &FunctionRef) -> Result<bool, NatsError> {
+        match self
+            .invocations
+            .delete_consumer(&function.consumer_name())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    stream::ConsumerErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(layout_error(&format!("the consumer of {function}"), e)),
+        }
+    }
+}
+
 /// Why a component could not be fetched from the module store.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

@@ -1,0 +1,542 @@
+//! The Function controller: one `reconcile`, wrapped in kube-runtime's
+//! finalizer, and one `error_policy`.
+//!
+//! Applying a Function validates its spec, resolves its module (checked to
+//! be a `wasi:http` component), stores the component in `sluice-modules`
+//! once per digest, writes the registry entry gateways and runtimes follow,
+//! ensures the function's JetStream consumer, owns the Deployment of a
+//! dedicated function, and reports all of it in the status conditions and
+//! in Events. Deleting one removes its registry entry and consumer; its
+//! Deployment goes with it by owner reference.
+//!
+//! What the cluster holds is the truth: a restarted operator recomputes
+//! everything from the Functions, ConfigMaps and NATS, and a Function
+//! deleted while it was down still has its finalizer, so it is cleaned up
+//! when the operator returns.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
+use kube::{Client, Resource as _, ResourceExt as _};
+use sluice_api::names::FunctionRef;
+use sluice_api::{Function, FunctionSpec, FunctionStatus, Placement, RegistryEntry};
+use sluice_nats::Layout;
+use sluice_nats::publish::Publisher;
+
+use crate::conditions::{self, MODULE_READY, Observed, QUEUE_READY, Status};
+use crate::metrics::Metrics;
+use crate::module::{Fetched, ModuleFetcher};
+use crate::resources::{self, MANAGED_BY, RuntimeTemplate};
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+/// Held on every Function until its registry entry and consumer are gone.
+pub const FINALIZER: &str = "sluice.dev/cleanup";
+
+/// How soon a Function is looked at again after a failure that may pass by
+/// itself (NATS away, a registry or URL unreachable).
+const RETRY_TRANSIENT: Duration = Duration::from_secs(10);
+/// How often a Function is looked at again in any case: an OCI tag may
+/// have moved, and a lost NATS entry is restored.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// The operator's settings that shape what it writes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The gateway's external base URL; `status.url` is it plus
+    /// `/fn/<namespace>/<name>/`.
+    pub gateway_url: String,
+    /// How dedicated runtimes run.
+    pub runtime: RuntimeTemplate,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub layout: Layout,
+    pub publisher: Publisher,
+    pub fetcher: ModuleFetcher,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reconcile failed; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Function has no namespace")]
+    NoNamespace,
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("cannot remove {function} from NATS: {source}")]
+    Cleanup {
+        function: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Finalizer(Box<finalizer::Error<Error>>),
+}
+
+/// Runs the controller until `shutdown` resolves: Functions (filtered by
+/// generation, so the operator's own status writes do not loop), the
+/// ConfigMaps they name, and the Deployments they own.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let functions: Api<Function> = Api::all(ctx.client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(functions, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        );
+    // Only their metadata: which ConfigMap changed is all a mapper needs.
+    let config_maps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let store = reader.clone();
+    let controller = Controller::for_stream(stream, reader)
+        .owns(
+            Api::<Deployment>::all(ctx.client.clone()),
+            watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
+        )
+        .watches_stream(config_maps, move |config_map| {
+            // The Functions whose module is in this ConfigMap.
+            let namespace = config_map.namespace();
+            let name = config_map.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|f| {
+                    f.namespace() == namespace
+                        && f.spec
+                            .module
+                            .config_map
+                            .as_ref()
+                            .is_some_and(|c| c.name == name)
+                })
+                .map(|f| ObjectRef::from_obj(&*f))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown);
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+/// Reconciles one Function: [`apply`] or [`cleanup`] under the finalizer.
+pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = function.namespace().ok_or(Error::NoNamespace)?;
+    let name = function.name_any();
+    let api: Api<Function> = Api::namespaced(ctx.client.clone(), &namespace);
+    let outcome = finalizer(&api, FINALIZER, function, |event| async {
+        match event {
+            finalizer::Event::Apply(f) => apply(&f, &ctx).await,
+            finalizer::Event::Cleanup(f) => {
+                cleanup(&f, &ctx).await.map(|()| Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let seconds = started.elapsed().as_secs_f64();
+    if let Ok(function) = FunctionRef::new(&namespace, &name)
+        && outcome.is_err()
+    {
+        ctx.metrics.reconciled(&function, seconds, Err(()));
+    }
+    outcome
+}
+
+/// Backs off a Function whose reconcile failed.
+pub fn error_policy(function: Arc<Function>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(
+        function = %format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any()),
+        error = %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(RETRY_TRANSIENT)
+}
+
+/// What resolving and registering a Function came to.
+struct Outcome {
+    module: Observed,
+    queue: Observed,
+    digest: Option<sluice_api::ModuleDigest>,
+    /// The registry entry was written (it changed).
+    published: bool,
+    requeue: Duration,
+}
+
+async fn apply(function: &Function, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = function.namespace().ok_or(Error::NoNamespace)?;
+    let name = function.name_any();
+    let generation = function.metadata.generation;
+    let reference = FunctionRef::new(&namespace, &name);
+    let outcome = match &reference {
+        Err(e) => invalid(format!(
+            "metadata.name: {e}; Sluice function names are DNS labels (no dots), as they name NATS subjects"
+        )),
+        Ok(reference) => match function.spec.validate() {
+            Err(e) => invalid(e.to_string()),
+            Ok(()) => resolve(reference, &function.spec, ctx).await,
+        },
+    };
+    let (replicas, selector) = match &reference {
+        Ok(reference) if outcome.module.reason != "InvalidSpec" => {
+            ensure_placement(function, reference, ctx).await?
+        }
+        _ => (0, None),
+    };
+    let ready = conditions::ready(&outcome.module, &outcome.queue);
+    let current = function.status.clone().unwrap_or_default();
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let status = FunctionStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(
+            &current.conditions,
+            &[ready.clone(), outcome.module.clone(), outcome.queue.clone()],
+            generation,
+            &now,
+        ),
+        module_digest: outcome
+            .digest
+            .as_ref()
+            .map(|d| format!("sha256:{d}"))
+            .or(current.module_digest.clone()),
+        url: Some(format!(
+            "{}/fn/{namespace}/{name}/",
+            ctx.settings.gateway_url.trim_end_matches('/')
+        )),
+        replicas,
+        desired_replicas: current.desired_replicas,
+        queue_depth: current.queue_depth,
+        selector,
+    };
+    let api: Api<Function> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": sluice_api::API_VERSION,
+        "kind": sluice_api::KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    report(function, &current, &ready, &outcome, ctx).await;
+    if let Ok(reference) = &reference {
+        let is_ready = ready.status == Status::True;
+        ctx.metrics.reconciled(
+            reference,
+            started.elapsed().as_secs_f64(),
+            Ok((is_ready, (!is_ready).then_some(ready.reason.as_str()))),
+        );
+    }
+    Ok(Action::requeue(outcome.requeue))
+}
+
+fn invalid(message: String) -> Outcome {
+    Outcome {
+        module: Observed::new(MODULE_READY, Status::False, "InvalidSpec", message),
+        queue: Observed::new(
+            QUEUE_READY,
+            Status::Unknown,
+            "InvalidSpec",
+            "waiting for a valid spec",
+        ),
+        digest: None,
+        published: false,
+        // Only a change of the spec can fix it.
+        requeue: RESYNC,
+    }
+}
+
+/// Resolves the module, then registers the function with NATS.
+async fn resolve(function: &FunctionRef, spec: &FunctionSpec, ctx: &Context) -> Outcome {
+    let fetched = match ctx
+        .fetcher
+        .fetch(&ctx.client, &function.namespace, &spec.module)
+        .await
+    {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            return Outcome {
+                module: Observed::new(MODULE_READY, Status::False, e.reason(), e.to_string()),
+                queue: Observed::new(
+                    QUEUE_READY,
+                    Status::Unknown,
+                    "WaitingForModule",
+                    "the function is registered once its module resolves",
+                ),
+                digest: None,
+                published: false,
+                requeue: if e.is_transient() {
+                    RETRY_TRANSIENT
+                } else {
+                    RESYNC
+                },
+            };
+        }
+    };
+    let module = Observed::new(
+        MODULE_READY,
+        Status::True,
+        "Resolved",
+        format!("{} (sha256:{})", fetched.origin, fetched.digest),
+    );
+    match register(function, spec, &fetched, ctx).await {
+        Ok(published) => Outcome {
+            module,
+            queue: Observed::new(
+                QUEUE_READY,
+                Status::True,
+                "Registered",
+                format!(
+                    "registered in sluice-functions; invocations queue on {}",
+                    function.invoke_subject()
+                ),
+            ),
+            digest: Some(fetched.digest),
+            published,
+            requeue: RESYNC,
+        },
+        Err(e) => Outcome {
+            module,
+            queue: Observed::new(
+                QUEUE_READY,
+                Status::False,
+                "NatsUnavailable",
+                format!("{e}; retrying in {}s", RETRY_TRANSIENT.as_secs()),
+            ),
+            digest: Some(fetched.digest),
+            published: false,
+            requeue: RETRY_TRANSIENT,
+        },
+    }
+}
+
+/// Why a function could not be registered with NATS.
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error(transparent)]
+    Publish(#[from] sluice_nats::publish::PublishError),
+    #[error(transparent)]
+    Nats(#[from] sluice_nats::NatsError),
+    #[error("cannot read the registry entry of {function}: {source}")]
+    Read {
+        function: FunctionRef,
+        #[source]
+        source: async_nats::jetstream::kv::EntryError,
+    },
+}
+
+/// Writes the registry entry (and the component, once per digest) unless
+/// the registry already holds exactly this entry, then ensures the
+/// consumer. True when the entry was written.
+async fn register(
+    function: &FunctionRef,
+    spec: &FunctionSpec,
+    fetched: &Fetched,
+    ctx: &Context,
+) -> Result<bool, RegisterError> {
+    let wanted = RegistryEntry {
+        function: function.clone(),
+        spec: spec.clone(),
+        module_digest: fetched.digest.clone(),
+    };
+    let current = ctx
+        .layout
+        .functions
+        .get(function.registry_key())
+        .await
+        .map_err(|source| RegisterError::Read {
+            function: function.clone(),
+            source,
+        })?
+        .and_then(|bytes| RegistryEntry::parse(function, &bytes).ok());
+    let changed = current.as_ref() != Some(&wanted);
+    if changed {
+        // The consumer first: a runtime that sees the entry finds it.
+        ctx.layout.consumer(function, spec).await?;
+        ctx.publisher.publish(function, spec, &fetched.wasm).await?;
+    } else {
+        ctx.layout.consumer(function, spec).await?;
+    }
+    Ok(changed)
+}
+
+/// Applies the dedicated Deployment of a `placement: dedicated` function,
+/// or deletes the one a formerly dedicated function left. Returns the
+/// replicas its Deployment reports and its pods' selector.
+async fn ensure_placement(
+    function: &Function,
+    reference: &FunctionRef,
+    ctx: &Context,
+) -> Result<(u32, Option<String>), Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &reference.namespace);
+    let name = resources::dedicated_name(reference);
+    if function.spec.placement != Placement::Dedicated {
+        match deployments.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {
+                tracing::info!(function = %reference, deployment = %name, "placement: pool; deleted the dedicated Deployment");
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+        return Ok((0, None));
+    }
+    let owner = function
+        .controller_owner_ref(&())
+        .ok_or(Error::NoNamespace)?;
+    let deployment = resources::dedicated_deployment(reference, owner, &ctx.settings.runtime);
+    let applied = deployments
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    let replicas = applied
+        .status
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0);
+    Ok((replicas, Some(resources::dedicated_selector(reference))))
+}
+
+/// Publishes Events for what changed: readiness or its reason, a newly
+/// resolved module, a registry write.
+async fn report(
+    function: &Function,
+    previous: &FunctionStatus,
+    ready: &Observed,
+    outcome: &Outcome,
+    ctx: &Context,
+) {
+    let was = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY);
+    let changed = was.is_none_or(|c| c.status != ready.status.as_str() || c.reason != ready.reason);
+    let mut events = Vec::new();
+    if changed {
+        events.push(Event {
+            type_: if ready.status == Status::True {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: ready.reason.clone(),
+            note: Some(truncate(&ready.message)),
+            action: "Reconcile".into(),
+            secondary: None,
+        });
+    }
+    if outcome.published {
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: "Published".into(),
+            note: Some(truncate(&format!(
+                "registered with module sha256:{}",
+                outcome
+                    .digest
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string)
+            ))),
+            action: "Publish".into(),
+            secondary: None,
+        });
+    }
+    let reference = function.object_ref(&());
+    for event in events {
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason = %event.reason, "cannot record an Event");
+        }
+    }
+}
+
+/// Event notes are at most 1 kB.
+fn truncate(text: &str) -> String {
+    if text.len() <= 1000 {
+        return text.to_owned();
+    }
+    let mut end = 1000;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Removes a deleted Function from NATS: its registry entry (gateways and
+/// runtimes stop serving it) and its consumer, with what it still held.
+async fn cleanup(function: &Function, ctx: &Context) -> Result<(), Error> {
+    let namespace = function.namespace().ok_or(Error::NoNamespace)?;
+    let name = function.name_any();
+    let Ok(reference) = FunctionRef::new(&namespace, &name) else {
+        // Never registered: its name cannot name one.
+        return Ok(());
+    };
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Cleanup {
+        function: reference.to_string(),
+        source,
+    };
+    ctx.publisher
+        .unpublish(&reference)
+        .await
+        .map_err(|e| failed(Box::new(e)))?;
+    ctx.layout
+        .delete_consumer(&reference)
+        .await
+        .map_err(|e| failed(Box::new(e)))?;
+    ctx.metrics.removed(&reference);
+    tracing::info!(function = %reference, "removed from the registry and its queue");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Removed".into(),
+        note: Some("removed from the registry; its queue and consumer are deleted".into()),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &function.object_ref(&()))
+        .await
+    {
+        tracing::debug!(error = %e, "cannot record the removal");
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager),
+//! so that of several operator replicas exactly one reconciles. A standby
+//! waits; when the leader stops it releases the Lease and a standby takes
+//! over at once; when it dies, a standby takes over once the Lease expires
+//! (its duration).
+//!
+//! A leader that loses its Lease (the API server unreachable for longer
+//! than the duration, say) stops with an error rather than reconcile on:
+//! another replica may already be leading, and the process is restarted as
+//! a standby.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::oneshot;
+
+use crate::controller::{self, Context};
+
+/// Where and how replicas elect their leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderElection {
+    /// Namespace of the Lease (the operator's own).
+    pub namespace: String,
+    /// Name of the Lease. Default: `sluice-operator`.
+    pub lease_name: String,
+    /// How long a Lease holds without renewal; a leader renews it a third
+    /// of this before it ends. Default: [`crate::DEFAULT_LEASE_DURATION`]
+    /// (15 s). At least 2 s.
+    pub duration: Duration,
+}
+
+/// Why leading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("cannot take part in leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        namespace: String,
+        name: String,
+        #[source]
+        source: LeaseManagerError,
+    },
+    #[error("lost the leadership (Lease {namespace}/{name}); stopping so another replica leads")]
+    Lost { namespace: String, name: String },
+}
+
+/// Waits to lead, then runs the controller until `shutdown` (releasing the
+/// Lease) or until the leadership is lost (an error).
+pub async fn run_as_leader(
+    client: Client,
+    election: &LeaderElection,
+    identity: &str,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), LeaderError> {
+    let seconds = election.duration.as_secs().max(2);
+    let manager = LeaseManagerBuilder::new(client, &election.lease_name)
+        .with_namespace(&election.namespace)
+        .with_identity(identity)
+        .with_duration(seconds)
+        .with_grace((seconds / 3).max(1))
+        .with_field_manager("sluice-operator-lease")
+        .build()
+        .await
+        .map_err(|source| LeaderError::Lease {
+            namespace: election.namespace.clone(),
+            name: election.lease_name.clone(),
+            source,
+        })?;
+    let (mut leading, lease_task) = manager.watch().await;
+    let lost = || LeaderError::Lost {
+        namespace: election.namespace.clone(),
+        name: election.lease_name.clone(),
+    };
+    tokio::pin!(shutdown);
+    tracing::info!(lease = %format!("{}/{}", election.namespace, election.lease_name), %identity, "waiting to lead");
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() {
+                return Err(lost());
+            },
+            () = &mut shutdown => {
+                drop(leading);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(%identity, "leading: reconciling");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut reconciling = tokio::spawn(controller::run(ctx, async {
+        let _ = stopped.await;
+    }));
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        () = until_lost(&mut leading) => Err(lost()),
+        _ = &mut reconciling => Ok(()),
+    };
+    let _ = stop.send(());
+    let _ = reconciling.await;
+    // Closing the channel releases the Lease, so a standby leads at once.
+    drop(leading);
+    let _ = lease_task.await;
+    result
+}
+
+async fn until_lost(leading: &mut tokio::sync::watch::Receiver<bool>) {
+    while *leading.borrow_and_update() {
+        if leading.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `sluice-operator`: reconciles Function resources into NATS and runtime
+//! Deployments; `sluice-operator crd` prints the Function CRD.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice_api::ByteSize;
+use sluice_operator::module::{DEFAULT_MAX_MODULE_BYTES, FetcherConfig};
+use sluice_operator::resources::RuntimeTemplate;
+use sluice_operator::{DEFAULT_LEASE_DURATION, LeaderElection, OperatorConfig, Settings};
+use sluice_serve::shutdown_signal;
+use sluice_serve::telemetry::Telemetry;
+
+/// Run the Sluice operator.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the Function CustomResourceDefinition (YAML), as in crds/.
+    Crd,
+}
+
+#[derive(Debug, clap::Args)]
+struct Args {
+    /// NATS server URL, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    nats: Option<String>,
+    /// The gateway's external base URL; each Function's status.url is it
+    /// plus /fn/<namespace>/<name>/.
+    #[arg(
+        long,
+        env = "SLUICE_GATEWAY_URL",
+        default_value = "http://localhost:8080"
+    )]
+    gateway_url: String,
+    /// Image of sluice-runtime for dedicated functions' Deployments.
+    #[arg(
+        long,
+        env = "SLUICE_RUNTIME_IMAGE",
+        default_value = concat!("ghcr.io/sluice-dev/sluice-runtime:", env!("CARGO_PKG_VERSION"))
+    )]
+    runtime_image: String,
+    /// NATS URL as runtime pods reach it. Default: --nats.
+    #[arg(long, env = "SLUICE_RUNTIME_NATS_URL")]
+    runtime_nats_url: Option<String>,
+    /// CPU request of each dedicated runtime.
+    #[arg(long, default_value = "100m")]
+    runtime_cpu_request: String,
+    /// Memory request of each dedicated runtime.
+    #[arg(long, default_value = "128Mi")]
+    runtime_memory_request: String,
+    /// Memory limit of each dedicated runtime.
+    #[arg(long, default_value = "1Gi")]
+    runtime_memory_limit: String,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9092")]
+    admin_listen: SocketAddr,
+    /// Elect one leader among replicas on a Lease (turn off only when one
+    /// replica runs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long a dead leader's Lease holds before a standby takes over.
+    #[arg(long, default_value_t = sluice_api::Duration(DEFAULT_LEASE_DURATION))]
+    lease_duration: sluice_api::Duration,
+    /// Largest module accepted from a URL, an OCI registry or a ConfigMap.
+    #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_MODULE_BYTES as u64))]
+    max_module_size: ByteSize,
+    /// A registry (host:port) reached over plain HTTP rather than HTTPS,
+    /// e.g. one on loopback for tests. Repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!(
+            "{}",
+            sluice_api::crd_yaml().context("cannot render the CRD")?
+        );
+        return Ok(());
+    }
+    let args = cli.run;
+    let telemetry = Telemetry::init("sluice-operator", args.log_json)?;
+    let result = run(args).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let nats = args
+        .nats
+        .context("--nats (or SLUICE_NATS_URL) is required: the NATS server the operator registers functions on")?;
+    let client = kube::Client::try_default().await.context(
+        "cannot set up a Kubernetes client (in a pod, or with KUBECONFIG / ~/.kube/config)",
+    )?;
+    let identity = identity();
+    let config = OperatorConfig {
+        settings: Settings {
+            gateway_url: args.gateway_url,
+            runtime: RuntimeTemplate {
+                image: args.runtime_image,
+                nats_url: args.runtime_nats_url.unwrap_or_else(|| nats.clone()),
+                cpu_request: args.runtime_cpu_request,
+                memory_request: args.runtime_memory_request,
+                memory_limit: args.runtime_memory_limit,
+            },
+        },
+        nats_url: nats.clone(),
+        admin_listen: args.admin_listen,
+        leader_election: args.leader_elect.then(|| LeaderElection {
+            namespace: args.lease_namespace,
+            lease_name: "sluice-operator".into(),
+            duration: args.lease_duration.0.max(Duration::from_secs(2)),
+        }),
+        fetcher: FetcherConfig {
+            max_module_bytes: usize::try_from(args.max_module_size.0)
+                .context("--max-module-size is too large")?,
+            insecure_registries: args.insecure_registry,
+        },
+        identity: identity.clone(),
+    };
+    tracing::info!(%nats, %identity, admin = %config.admin_listen, "operator starting");
+    sluice_operator::run(client, config, shutdown_signal())
+        .await
+        .context("the operator stopped")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// This replica's name in Events and the Lease: the pod's name, or the
+/// host's with the process id.
+fn identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        return pod;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sluice-operator".into());
+    format!("{host}-{}", std::process::id())
+}

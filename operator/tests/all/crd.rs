@@ -1,0 +1,63 @@
+//! The committed CRD as the API server sees it: accepted, applied without
+//! warnings, and refusing bad Functions at `kubectl apply` with the
+//! schema's or the CEL rule's words.
+
+use crate::support::{Sluice, example};
+
+#[test]
+fn the_crd_is_accepted_and_every_example_applies_without_a_warning() {
+    let sluice = Sluice::start();
+    for name in ["hello", "echo", "misbehave"] {
+        let warnings = sluice.apply(&example(name));
+        assert!(
+            !warnings.to_lowercase().contains("warning"),
+            "{name}: {warnings}"
+        );
+    }
+    let names = sluice
+        .cluster
+        .kubectl_ok(&["get", "fn", "-n", "default", "-o", "name"]);
+    assert_eq!(
+        names.lines().count(),
+        3,
+        "the short name lists the three: {names}"
+    );
+}
+
+#[test]
+fn bad_functions_are_refused_at_apply_time_naming_the_problem() {
+    let sluice = Sluice::start();
+    let function = |spec: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: bad, namespace: default }}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            "  module: { configMap: { name: a, key: b } }\n  concurrency: lots\n",
+            "spec.concurrency",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  placement: sideways\n",
+            "spec.placement",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b }, oci: example.com/a:1 }\n",
+            "exactly one of oci, url, configMap or file must be set",
+        ),
+        (
+            "  module: { url: https://example.com/a.wasm }\n",
+            "url requires sha256",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  triggers: { http: { path: /invocations/x } }\n",
+            "path may be neither",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let output = sluice.cluster.apply(&function(spec));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted:\n{spec}");
+        assert!(stderr.contains(expected), "{spec}\n{stderr}");
+    }
+}

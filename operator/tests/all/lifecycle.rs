@@ -1,0 +1,243 @@
+//! A Function's life under the operator: applied, resolved, Ready, served
+//! by real gateway and runtime processes, changed, broken, fixed, deleted.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::support::{Sluice, component, eventually, example, http_get, wait_answer};
+
+#[test]
+fn a_configmap_function_becomes_ready_is_served_and_follows_its_changes() {
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &[]);
+    let (_gateway, gateway) = sluice.gateway();
+    let _runtime = sluice.runtime();
+
+    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
+    sluice.apply(&example("hello"));
+    sluice.cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "fn/hello",
+        "-n",
+        "default",
+        "--timeout=60s",
+    ]);
+    let table = sluice
+        .cluster
+        .kubectl_ok(&["get", "fn", "hello", "-n", "default"]);
+    for column in ["READY", "REPLICAS", "QUEUE", "URL", "AGE", "True"] {
+        assert!(table.contains(column), "{column} missing:\n{table}");
+    }
+    assert!(
+        table.contains("http://gateway.test:8080/fn/default/hello/"),
+        "{table}"
+    );
+    wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
+    wait_answer(gateway, "/hello", 200, "Hello from Sluice!");
+
+    // A new env value is served without restarting anything.
+    sluice.apply(&example("hello").replace("value: Hello", "value: Hola"));
+    wait_answer(gateway, "/fn/default/hello/", 200, "Hola from Sluice!");
+
+    // So is a new component in the ConfigMap: echo now answers there.
+    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("echo"));
+    eventually(
+        "the ConfigMap's new component served",
+        Duration::from_secs(60),
+        || {
+            let (status, body) = http_get(gateway, "/fn/default/hello/")?;
+            (status == 200 && !body.contains("from Sluice")).then_some(())
+        },
+    );
+    let digest = sluice.cluster.kubectl_ok(&[
+        "get",
+        "fn",
+        "hello",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.status.moduleDigest}",
+    ]);
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let reasons = sluice.event_reasons("default", "hello");
+    assert!(reasons.iter().any(|r| r == "Ready"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "Published"), "{reasons:?}");
+}
+
+/// Serves `body` at every path of a loopback port, for a bounded number of
+/// requests, from a thread of its own.
+fn serve_file(body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}/hello.wasm")
+}
+
+#[test]
+fn module_problems_show_in_conditions_and_events_until_fixed() {
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &[]);
+    let (_gateway, gateway) = sluice.gateway();
+    let function = |name: &str, module: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: {name}, namespace: default }}\nspec:\n  module: {module}\n"
+        )
+    };
+
+    // A ConfigMap that does not exist yet.
+    sluice.apply(&function(
+        "late",
+        "{ configMap: { name: late-wasm, key: m.wasm } }",
+    ));
+    let message = sluice.wait_ready("default", "late", "False", "ConfigMapNotFound");
+    assert!(message.contains("late-wasm"), "{message}");
+    sluice.config_map("default", "late-wasm", "m.wasm", &component("hello"));
+    sluice.wait_ready("default", "late", "True", "Ready");
+
+    // Bytes that are not a component.
+    let junk = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(junk.path(), b"#!/bin/sh\necho not wasm\n").expect("junk written");
+    sluice.config_map("default", "junk-wasm", "m.wasm", junk.path());
+    sluice.apply(&function(
+        "junk",
+        "{ configMap: { name: junk-wasm, key: m.wasm } }",
+    ));
+    sluice.wait_ready("default", "junk", "False", "NotAComponent");
+
+    // A URL whose bytes do not match the digest: nothing is registered.
+    let wasm = std::fs::read(component("hello")).expect("the hello component");
+    let url = serve_file(wasm.clone());
+    let wrong = "0".repeat(64);
+    sluice.apply(&function(
+        "fetched",
+        &format!("{{ url: \"{url}\", sha256: \"{wrong}\" }}"),
+    ));
+    let message = sluice.wait_ready("default", "fetched", "False", "ModuleDigestMismatch");
+    assert!(message.contains(&wrong), "{message}");
+    assert_eq!(
+        http_get(gateway, "/fn/default/fetched/").map(|(s, _)| s),
+        Some(404),
+        "a function whose module does not match is not routed"
+    );
+    let right = sluice_api::ModuleDigest::of(&wasm).to_string();
+    sluice.apply(&function(
+        "fetched",
+        &format!("{{ url: \"{url}\", sha256: \"{right}\" }}"),
+    ));
+    sluice.wait_ready("default", "fetched", "True", "Ready");
+
+    for (name, reason) in [
+        ("late", "ConfigMapNotFound"),
+        ("junk", "NotAComponent"),
+        ("fetched", "ModuleDigestMismatch"),
+        ("late", "Ready"),
+    ] {
+        let reasons = sluice.event_reasons("default", name);
+        assert!(reasons.iter().any(|r| r == reason), "{name}: {reasons:?}");
+    }
+}
+
+#[test]
+fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything() {
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &[]);
+    let (_gateway, gateway) = sluice.gateway();
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    sluice.apply(&example("misbehave"));
+    sluice.wait_ready("default", "misbehave", "True", "Ready");
+
+    let deployment: serde_json::Value = serde_json::from_str(&sluice.cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        "misbehave-runtime",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]))
+    .expect("the Deployment as JSON");
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "Function"
+    );
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["name"],
+        "misbehave"
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["args"][1], "default/misbehave");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let selector = sluice.cluster.kubectl_ok(&[
+        "get",
+        "fn",
+        "misbehave",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.status.selector}",
+    ]);
+    assert!(
+        selector.contains("sluice.dev/function=misbehave"),
+        "{selector}"
+    );
+    // Routed (no runtime serves it here, so the call times out), not unknown.
+    wait_answer(gateway, "/fn/default/misbehave/status/200", 504, "timeout");
+
+    sluice.cluster.kubectl_ok(&[
+        "delete",
+        "fn",
+        "misbehave",
+        "-n",
+        "default",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    eventually(
+        "the Deployment garbage-collected",
+        Duration::from_secs(60),
+        || {
+            let output = sluice.cluster.kubectl_with(
+                &["get", "deployment", "misbehave-runtime", "-n", "default"],
+                "",
+            );
+            (!output.status.success()).then_some(())
+        },
+    );
+    wait_answer(
+        gateway,
+        "/fn/default/misbehave/status/200",
+        404,
+        "unknown_function",
+    );
+    let consumer = tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(async {
+            let client = async_nats::connect(&sluice.nats.url).await.expect("NATS");
+            let js = async_nats::jetstream::new(client);
+            let stream = js
+                .get_stream(sluice_api::names::INVOCATION_STREAM)
+                .await
+                .expect("the invocation stream");
+            stream.consumer_info("fn_default_misbehave").await.is_ok()
+        });
+    assert!(!consumer, "the function's consumer is deleted with it");
+}

@@ -1,0 +1,10 @@
+//! The operator against a real control plane (etcd, kube-apiserver with
+//! RBAC, kube-controller-manager) and a real nats-server, with real gateway
+//! and runtime processes: no mocks. `scripts/test.sh` builds the control
+//! plane's binaries (`scripts/k8s/tools.sh`) and installs nats-server.
+
+mod crd;
+mod lifecycle;
+mod module;
+mod resilience;
+mod support;

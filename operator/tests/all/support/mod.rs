@@ -1,0 +1,373 @@
+//! The operator's integration harness: a real control plane and
+//! nats-server per test, the CRD and the operator's RBAC applied from the
+//! repository, the operator run as a process under its ServiceAccount (so
+//! a missing permission fails a test), and real gateway and runtime
+//! processes to invoke what it registers. Everything listens on loopback.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_testing::{ControlPlane, NatsServer, repo_root};
+
+pub mod http;
+pub mod registry;
+
+/// Namespace of the operator's ServiceAccount and Lease.
+pub const OPERATOR_NAMESPACE: &str = "sluice-system";
+
+/// Control planes running at once in this test binary: each holds an
+/// etcd, an API server and a controller-manager on a 2-core machine.
+const CONCURRENT_CLUSTERS: usize = 2;
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static FREED: Condvar = Condvar::new();
+
+/// A place among [`CONCURRENT_CLUSTERS`], given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Self {
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        while *running >= CONCURRENT_CLUSTERS {
+            running = FREED.wait(running).unwrap_or_else(|p| p.into_inner());
+        }
+        *running += 1;
+        Self
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        FREED.notify_one();
+    }
+}
+
+/// Polls `check` until it gives `Some`, at most `limit`; panics naming
+/// `what` otherwise.
+pub fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process, killed when dropped; its stderr goes to a log file.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("a log file");
+        let child = command
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("cannot start a Sluice binary");
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    let operator = PathBuf::from(env!("CARGO_BIN_EXE_sluice-operator"));
+    if name == "sluice-operator" {
+        return operator;
+    }
+    // Built beside it: their packages have integration tests, so
+    // `cargo test --workspace` builds them.
+    let path = operator.with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p sluice-gateway -p sluice-runtime`",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A cluster with Sluice's CRD and RBAC, and a NATS server, for one test.
+pub struct Sluice {
+    pub cluster: ControlPlane,
+    pub nats: NatsServer,
+    /// The operator's ServiceAccount kubeconfig.
+    operator_kubeconfig: PathBuf,
+    logs: tempfile::TempDir,
+    _slot: Slot,
+}
+
+impl Sluice {
+    pub fn start() -> Self {
+        let slot = Slot::take();
+        let cluster = ControlPlane::start();
+        let nats = NatsServer::start();
+        let crd = repo_root().join("crds/function.yaml");
+        cluster.kubectl_ok(&["apply", "--server-side", "-f", &crd.display().to_string()]);
+        cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/functions.sluice.dev",
+            "--timeout=60s",
+        ]);
+        let rbac = repo_root().join("charts/sluice/files/operator-rbac.yaml");
+        cluster.kubectl_ok(&["apply", "-f", &rbac.display().to_string()]);
+        let bindings = format!(
+            "apiVersion: v1
+kind: Namespace
+metadata: {{ name: {OPERATOR_NAMESPACE} }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: sluice-operator, namespace: {OPERATOR_NAMESPACE} }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{ name: sluice-operator }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sluice-operator }}
+subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {OPERATOR_NAMESPACE} }} ]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{ name: sluice-operator-leader-election, namespace: {OPERATOR_NAMESPACE} }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sluice-operator-leader-election }}
+subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {OPERATOR_NAMESPACE} }} ]
+"
+        );
+        let applied = cluster.apply(&bindings);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        let operator_kubeconfig =
+            cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, "sluice-operator");
+        Self {
+            cluster,
+            nats,
+            operator_kubeconfig,
+            logs: tempfile::tempdir().expect("a temporary folder"),
+            _slot: slot,
+        }
+    }
+
+    /// Starts `sluice-operator` as its ServiceAccount, with a short Lease
+    /// (`lease` seconds) so that takeovers are quick, plus `extra` flags.
+    pub fn operator(&self, name: &str, lease: u64, extra: &[&str]) -> Process {
+        let mut command = Command::new(binary("sluice-operator"));
+        command
+            .env("KUBECONFIG", &self.operator_kubeconfig)
+            .env("POD_NAME", name)
+            .args(["--nats", &self.nats.url])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--lease-namespace", OPERATOR_NAMESPACE])
+            .args(["--lease-duration", &format!("{lease}s")])
+            .args(["--gateway-url", "http://gateway.test:8080"])
+            .args(["--runtime-image", "registry.test/sluice-runtime:test"])
+            .args(extra);
+        Process::spawn(command, self.logs.path().join(format!("{name}.log")))
+    }
+
+    /// Starts a NATS-mode gateway; returns it and its invocation address.
+    pub fn gateway(&self) -> (Process, SocketAddr) {
+        let port = free_port();
+        let mut command = Command::new(binary("sluice-gateway"));
+        command
+            .args(["--nats", &self.nats.url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0"]);
+        let process = Process::spawn(command, self.logs.path().join("gateway.log"));
+        (process, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Starts a pool runtime (every pool function).
+    pub fn runtime(&self) -> Process {
+        let mut command = Command::new(binary("sluice-runtime"));
+        command
+            .args(["--nats", &self.nats.url])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .arg("--artifacts")
+            .arg(self.logs.path().join("artifacts"));
+        Process::spawn(command, self.logs.path().join("runtime.log"))
+    }
+
+    /// `kubectl create configmap NAME --from-file=KEY=PATH` in `namespace`.
+    pub fn config_map(&self, namespace: &str, name: &str, key: &str, file: &Path) {
+        let from = format!("--from-file={key}={}", file.display());
+        let yaml = self.cluster.kubectl_ok(&[
+            "create",
+            "configmap",
+            name,
+            "-n",
+            namespace,
+            &from,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]);
+        let applied = self.cluster.kubectl_with(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &yaml,
+        );
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+
+    /// `kubectl apply` of a manifest; panics with kubectl's words when it
+    /// is refused. Returns kubectl's stderr (warnings).
+    pub fn apply(&self, yaml: &str) -> String {
+        let output = self.cluster.apply(yaml);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl apply refused it:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// A condition of Function `namespace/name`: (status, reason, message).
+    pub fn condition(
+        &self,
+        namespace: &str,
+        name: &str,
+        type_: &str,
+    ) -> Option<(String, String, String)> {
+        let output = self
+            .cluster
+            .kubectl_with(&["get", "fn", name, "-n", namespace, "-o", "json"], "");
+        let function: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        let condition = function["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)?
+            .clone();
+        Some((
+            condition["status"].as_str()?.to_owned(),
+            condition["reason"].as_str()?.to_owned(),
+            condition["message"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    /// Waits until Function `namespace/name`'s Ready is `status` with
+    /// `reason`; returns its message.
+    pub fn wait_ready(&self, namespace: &str, name: &str, status: &str, reason: &str) -> String {
+        eventually(
+            &format!("{namespace}/{name} Ready={status} ({reason})"),
+            Duration::from_secs(60),
+            || {
+                let (s, r, m) = self.condition(namespace, name, "Ready")?;
+                (s == status && r == reason).then_some(m)
+            },
+        )
+    }
+
+    /// The reasons of the Events about Function `namespace/name`.
+    pub fn event_reasons(&self, namespace: &str, name: &str) -> Vec<String> {
+        let output = self.cluster.kubectl_with(
+            &["get", "events.events.k8s.io", "-n", namespace, "-o", "json"],
+            "",
+        );
+        let events: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        events["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|e| {
+                        e["regarding"]["kind"] == "Function" && e["regarding"]["name"] == name
+                    })
+                    .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Waits until `GET path` answers `status` with a body containing `text`.
+pub fn wait_answer(addr: SocketAddr, path: &str, status: u16, text: &str) -> String {
+    eventually(
+        &format!("GET {path} answering {status} with {text:?}"),
+        Duration::from_secs(60),
+        || {
+            let (s, body) = http_get(addr, path)?;
+            (s == status && body.contains(text)).then_some(body)
+        },
+    )
+}
+
+/// A component built from the examples, as a file.
+pub fn component(name: &str) -> PathBuf {
+    sluice_examples::component(name)
+}
+
+/// A cluster manifest from `examples/cluster/`.
+pub fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        repo_root()
+            .join("examples/cluster")
+            .join(format!("{name}.yaml")),
+    )
+    .expect("an example manifest")
+}
