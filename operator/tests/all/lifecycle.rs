@@ -241,3 +241,35 @@ fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything()
         });
     assert!(!consumer, "the function's consumer is deleted with it");
 }
+
+#[test]
+fn an_oci_component_resolves_by_tag_to_its_digest_and_is_served() {
+    let registry = crate::support::registry::Registry::start();
+    let wasm = std::fs::read(component("hello")).expect("the hello component");
+    tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(registry.push_component("sluice/hello:1.0.0", &wasm));
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &["--insecure-registry", &registry.host]);
+    let (_gateway, gateway) = sluice.gateway();
+    let _runtime = sluice.runtime();
+    let reference = registry.reference("sluice/hello:1.0.0");
+    sluice.apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: from-oci, namespace: default }}\nspec:\n  module: {{ oci: \"{reference}\" }}\n"
+    ));
+    sluice.wait_ready("default", "from-oci", "True", "Ready");
+    let digest = sluice.cluster.kubectl_ok(&[
+        "get",
+        "fn",
+        "from-oci",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.status.moduleDigest}",
+    ]);
+    assert_eq!(
+        digest,
+        format!("sha256:{}", sluice_api::ModuleDigest::of(&wasm))
+    );
+    wait_answer(gateway, "/fn/default/from-oci/", 200, "Hello from Sluice!");
+}

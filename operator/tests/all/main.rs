@@ -7,4 +7,5 @@ mod crd;
 mod lifecycle;
 mod module;
 mod resilience;
+mod startup;
 mod support;

@@ -88,6 +88,13 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The exit code once the process has exited (`-1` for a signal).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -192,13 +199,16 @@ subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {OPERATOR
     }
 
     /// Starts `sluice-operator` as its ServiceAccount, with a short Lease
-    /// (`lease` seconds) so that takeovers are quick, plus `extra` flags.
+    /// (`lease` seconds) so that takeovers are quick, plus `extra` flags
+    /// (`--nats` among them replaces this test's server).
     pub fn operator(&self, name: &str, lease: u64, extra: &[&str]) -> Process {
         let mut command = Command::new(binary("sluice-operator"));
+        if !extra.contains(&"--nats") {
+            command.args(["--nats", &self.nats.url]);
+        }
         command
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("POD_NAME", name)
-            .args(["--nats", &self.nats.url])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--lease-namespace", OPERATOR_NAMESPACE])
             .args(["--lease-duration", &format!("{lease}s")])
