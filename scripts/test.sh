@@ -20,8 +20,12 @@ fi
 # A Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager),
 # kubectl and helm for the operator's tests, built from pinned Go modules
 # (scripts/k8s/) and cached outside the clone: about 12 minutes the first
-# time on a machine, then nothing. Each test starts its own on loopback.
-. scripts/k8s/tools.sh
+# time on a machine, then nothing. It builds (at low priority) while Rust
+# compiles, which leaves a core idle in its serial stretches. Each test
+# starts its own control plane on loopback.
+mkdir -p .sluice
+scripts/k8s/tools.sh > .sluice/k8s-tools.out 2> .sluice/k8s-tools.log &
+k8s_tools=$!
 
 echo "== checking formatting"
 cargo fmt --all -- --check
@@ -44,6 +48,16 @@ fi
 
 echo "== building the example components"
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
+
+echo "== waiting for the Kubernetes test binaries"
+if ! wait "$k8s_tools"; then
+  cat .sluice/k8s-tools.log >&2
+  echo "scripts/k8s/tools.sh failed (log above)" >&2
+  exit 1
+fi
+SLUICE_KUBE_BIN=$(sed -n 's/^SLUICE_KUBE_BIN=//p' .sluice/k8s-tools.out | tail -1)
+export SLUICE_KUBE_BIN
+"$SLUICE_KUBE_BIN/kubectl" version --client
 
 echo "== running the tests"
 cargo test --locked --workspace --all-features "$@"

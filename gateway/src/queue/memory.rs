@@ -22,10 +22,13 @@ use sluice_runtime::{PreparedFunction, Runtime};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use sluice_nats::layout;
+
 use super::{CallResult, InvocationQueue, QueueError, Submitted};
 use crate::metrics::Metrics;
 
-/// Settings of the in-process queue.
+/// Settings of the in-process queue; its defaults are those of the
+/// JetStream layout, so both queues behave alike.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     /// Invocations a function may have queued before submits get 429.
@@ -46,10 +49,11 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            max_depth: 10_000,
-            results_ttl: Duration::from_secs(3600),
-            dedupe_window: Duration::from_secs(120),
-            dead_letter_capacity: 1000,
+            max_depth: usize::try_from(layout::DEFAULT_MAX_QUEUE_DEPTH).unwrap_or(usize::MAX),
+            results_ttl: layout::DEFAULT_RESULTS_TTL,
+            dedupe_window: layout::DEFAULT_DUPLICATE_WINDOW,
+            dead_letter_capacity: usize::try_from(layout::DEFAULT_DEAD_LETTERS_PER_SUBJECT)
+                .unwrap_or(usize::MAX),
             max_finished_records: 10_000,
         }
     }

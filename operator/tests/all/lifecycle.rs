@@ -51,15 +51,7 @@ fn a_configmap_function_becomes_ready_is_served_and_follows_its_changes() {
             (status == 200 && !body.contains("from Sluice")).then_some(())
         },
     );
-    let digest = sluice.cluster.kubectl_ok(&[
-        "get",
-        "fn",
-        "hello",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.status.moduleDigest}",
-    ]);
+    let digest = sluice.field("default", "hello", "{.status.moduleDigest}");
     assert!(digest.starts_with("sha256:"), "{digest}");
     let reasons = sluice.event_reasons("default", "hello");
     assert!(reasons.iter().any(|r| r == "Ready"), "{reasons:?}");
@@ -186,15 +178,7 @@ fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything()
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["args"][1], "default/misbehave");
     assert_eq!(pod["automountServiceAccountToken"], false);
-    let selector = sluice.cluster.kubectl_ok(&[
-        "get",
-        "fn",
-        "misbehave",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.status.selector}",
-    ]);
+    let selector = sluice.field("default", "misbehave", "{.status.selector}");
     assert!(
         selector.contains("sluice.dev/function=misbehave"),
         "{selector}"
@@ -258,15 +242,7 @@ fn an_oci_component_resolves_by_tag_to_its_digest_and_is_served() {
         "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: from-oci, namespace: default }}\nspec:\n  module: {{ oci: \"{reference}\" }}\n"
     ));
     sluice.wait_ready("default", "from-oci", "True", "Ready");
-    let digest = sluice.cluster.kubectl_ok(&[
-        "get",
-        "fn",
-        "from-oci",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.status.moduleDigest}",
-    ]);
+    let digest = sluice.field("default", "from-oci", "{.status.moduleDigest}");
     assert_eq!(
         digest,
         format!("sha256:{}", sluice_api::ModuleDigest::of(&wasm))

@@ -41,15 +41,7 @@ fn a_killed_operator_converges_on_restart_and_cleans_up_what_was_deleted_meanwhi
         .cluster
         .kubectl_ok(&["delete", "fn", "hello", "-n", "default", "--wait=false"]);
     sluice.apply(&example("echo"));
-    let deleting = sluice.cluster.kubectl_ok(&[
-        "get",
-        "fn",
-        "hello",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.metadata.deletionTimestamp}",
-    ]);
+    let deleting = sluice.field("default", "hello", "{.metadata.deletionTimestamp}");
     assert!(!deleting.is_empty(), "hello waits for its cleanup");
 
     let _second = sluice.operator("op-2", 3, &[]);

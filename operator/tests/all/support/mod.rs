@@ -278,6 +278,14 @@ subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {OPERATOR
         stderr
     }
 
+    /// A field of Function `namespace/name`, by a kubectl JSONPath such as
+    /// `{.status.moduleDigest}`; empty when unset.
+    pub fn field(&self, namespace: &str, name: &str, path: &str) -> String {
+        let jsonpath = format!("jsonpath={path}");
+        self.cluster
+            .kubectl_ok(&["get", "fn", name, "-n", namespace, "-o", &jsonpath])
+    }
+
     /// A condition of Function `namespace/name`: (status, reason, message).
     pub fn condition(
         &self,
