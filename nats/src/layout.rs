@@ -189,8 +189,47 @@ impl Layout {
 }
 
 impl Layout {
-    /// Deletes the function's durable consumer, with what it held; false
-    /// when there was none.
+    /// Whether the module store holds the component `digest` (an object
+    /// that was deleted does not count: its info outlives it).
+    pub async fn has_module(&self, digest: &ModuleDigest) -> Result<bool, NatsError> {
+        match self.modules.info(digest.object_key()).await {
+            Ok(info) => Ok(!info.deleted),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(layout_error(
+                &format!("{} in {MODULES_BUCKET}", digest.object_key()),
+                e,
+            )),
+        }
+    }
+
+    /// The function's durable consumer if it exists; never creates it (a
+    /// runtime recovering from a failed pull must not bring back the
+    /// consumer of a function deleted meanwhile).
+    pub async fn existing_consumer(
+        &self,
+        function: &FunctionRef,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        self.invocations
+            .get_consumer::<consumer::pull::Config>(&function.consumer_name())
+            .await
+            .map_err(|source| NatsError::Layout {
+                what: format!("the consumer of {function}"),
+                source,
+            })
+    }
+
+    /// Deletes the function's invocations still queued: a function deleted
+    /// and created again must not run its predecessor's.
+    pub async fn purge_invocations(&self, function: &FunctionRef) -> Result<u64, NatsError> {
+        self.invocations
+            .purge()
+            .filter(function.invoke_subject())
+            .await
+            .map(|purged| purged.purged)
+            .map_err(|e| layout_error(&format!("the queue of {function}"), e))
+    }
+
+    /// Deletes the function's durable consumer; false when there was none.
     pub async fn delete_consumer(&self, function: &FunctionRef) -> Result<bool, NatsError> {
         match self
             .invocations

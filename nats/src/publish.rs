@@ -85,16 +85,14 @@ impl Publisher {
     /// Stores `wasm` under its digest unless the store holds it already;
     /// true when it was uploaded.
     async fn store_module(&self, digest: &ModuleDigest, wasm: &[u8]) -> Result<bool, Cause> {
-        let key = digest.object_key();
-        let modules = &self.layout.modules;
-        match modules.info(&key).await {
-            Ok(_) => Ok(false),
-            Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => {
-                modules.put(key.as_str(), &mut &wasm[..]).await?;
-                Ok(true)
-            }
-            Err(e) => Err(e.into()),
+        if self.layout.has_module(digest).await? {
+            return Ok(false);
         }
+        self.layout
+            .modules
+            .put(digest.object_key().as_str(), &mut &wasm[..])
+            .await?;
+        Ok(true)
     }
 
     async fn put_entry(&self, entry: &RegistryEntry) -> Result<(), Cause> {

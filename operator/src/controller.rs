@@ -22,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -46,6 +46,9 @@ pub const FINALIZER: &str = "sluice.dev/cleanup";
 /// How soon a Function is looked at again after a failure that may pass by
 /// itself (NATS away, a registry or URL unreachable).
 const RETRY_TRANSIENT: Duration = Duration::from_secs(10);
+/// Reconciles running at once: each may hold a module of up to
+/// `--max-module-size` in memory while it checks and stores it.
+const RECONCILE_CONCURRENCY: u16 = 8;
 /// How often a Function is looked at again in any case: an OCI tag may
 /// have moved, and a lost NATS entry is restored.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -141,6 +144,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 .map(|f| ObjectRef::from_obj(&*f))
                 .collect::<Vec<_>>()
         })
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown);
     controller
         .run(reconcile, error_policy, ctx)
@@ -212,37 +216,55 @@ async fn apply(function: &Function, ctx: &Context) -> Result<Action, Error> {
             Ok(()) => resolve(reference, &function.spec, ctx).await,
         },
     };
-    let (replicas, selector) = match &reference {
+    let mut outcome = outcome;
+    let selector = match &reference {
         Ok(reference) if outcome.module.reason != "InvalidSpec" => {
-            ensure_placement(function, reference, ctx).await?
+            match ensure_placement(function, reference, ctx).await? {
+                Ok(selector) => selector,
+                Err(failed) => {
+                    outcome.queue = failed;
+                    outcome.requeue = RETRY_TRANSIENT;
+                    None
+                }
+            }
         }
-        _ => (0, None),
+        _ => None,
     };
     let ready = conditions::ready(&outcome.module, &outcome.queue);
     let current = function.status.clone().unwrap_or_default();
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let status = FunctionStatus {
-        observed_generation: generation,
-        conditions: conditions::merge(
-            &current.conditions,
-            &[ready.clone(), outcome.module.clone(), outcome.queue.clone()],
-            generation,
-            &now,
-        ),
-        module_digest: outcome
-            .digest
-            .as_ref()
-            .map(|d| format!("sha256:{d}"))
-            .or(current.module_digest.clone()),
-        url: Some(format!(
+    // Only the fields this reconcile decides: the conditions list is a map
+    // keyed by type, so others' conditions (the autoscaler's Active) and
+    // fields (replicas, queueDepth) are left to their writers.
+    let conditions = conditions::merge(
+        &current.conditions,
+        &[ready.clone(), outcome.module.clone(), outcome.queue.clone()],
+        generation,
+        &now,
+    );
+    let own = [conditions::READY, MODULE_READY, QUEUE_READY];
+    let module_digest = outcome
+        .digest
+        .as_ref()
+        .map(|d| format!("sha256:{d}"))
+        .or(current.module_digest.clone());
+    let mut status = serde_json::json!({
+        "observedGeneration": generation,
+        "conditions": conditions
+            .iter()
+            .filter(|c| own.contains(&c.type_.as_str()))
+            .collect::<Vec<_>>(),
+        "url": format!(
             "{}/fn/{namespace}/{name}/",
             ctx.settings.gateway_url.trim_end_matches('/')
-        )),
-        replicas,
-        desired_replicas: current.desired_replicas,
-        queue_depth: current.queue_depth,
-        selector,
-    };
+        ),
+    });
+    if let Some(digest) = module_digest {
+        status["moduleDigest"] = digest.into();
+    }
+    if let Some(selector) = selector {
+        status["selector"] = selector.into();
+    }
     let api: Api<Function> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = serde_json::json!({
         "apiVersion": sluice_api::API_VERSION,
@@ -388,54 +410,91 @@ async fn register(
         })?
         .and_then(|bytes| RegistryEntry::parse(function, &bytes).ok());
     let changed = current.as_ref() != Some(&wanted);
-    if changed {
-        // The consumer first: a runtime that sees the entry finds it.
-        ctx.layout.consumer(function, spec).await?;
+    // The consumer first: a runtime that sees the entry finds it.
+    ctx.layout.consumer(function, spec).await?;
+    // An unchanged entry whose module left the store (deleted by hand, a
+    // lost stream) is published again, module first.
+    if changed || !ctx.layout.has_module(&fetched.digest).await? {
         ctx.publisher.publish(function, spec, &fetched.wasm).await?;
-    } else {
-        ctx.layout.consumer(function, spec).await?;
     }
     Ok(changed)
 }
 
 /// Applies the dedicated Deployment of a `placement: dedicated` function,
-/// or deletes the one a formerly dedicated function left. Returns the
-/// replicas its Deployment reports and its pods' selector.
+/// or deletes the one a formerly dedicated function left; returns its
+/// pods' selector, or the condition that says why placement failed. A
+/// Deployment of that name the Function does not control is never taken
+/// over nor deleted.
 async fn ensure_placement(
     function: &Function,
     reference: &FunctionRef,
     ctx: &Context,
-) -> Result<(u32, Option<String>), Error> {
+) -> Result<Result<Option<String>, Observed>, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &reference.namespace);
     let name = resources::dedicated_name(reference);
+    let uid = function.metadata.uid.clone().unwrap_or_default();
+    let existing = deployments.get_opt(&name).await.map_err(Error::Kube)?;
+    let ours = existing.as_ref().is_some_and(|d| {
+        d.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
+    });
     if function.spec.placement != Placement::Dedicated {
-        match deployments.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {
-                tracing::info!(function = %reference, deployment = %name, "placement: pool; deleted the dedicated Deployment");
+        if ours {
+            let only_ours = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: existing.and_then(|d| d.metadata.uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match deployments.delete(&name, &only_ours).await {
+                Ok(_) => {
+                    tracing::info!(function = %reference, deployment = %name, "placement: pool; deleted the dedicated Deployment");
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(Error::Kube(e)),
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(Error::Kube(e)),
         }
-        return Ok((0, None));
+        return Ok(Ok(None));
+    }
+    if existing.is_some() && !ours {
+        return Ok(Err(Observed::new(
+            QUEUE_READY,
+            Status::False,
+            "PlacementConflict",
+            format!(
+                "a Deployment {name} this Function does not own already exists in {}; rename or delete it, or rename the Function",
+                reference.namespace
+            ),
+        )));
     }
     let owner = function
         .controller_owner_ref(&())
         .ok_or(Error::NoNamespace)?;
     let deployment = resources::dedicated_deployment(reference, owner, &ctx.settings.runtime);
-    let applied = deployments
+    match deployments
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&deployment),
         )
         .await
-        .map_err(Error::Kube)?;
-    let replicas = applied
-        .status
-        .and_then(|s| s.replicas)
-        .and_then(|r| u32::try_from(r).ok())
-        .unwrap_or(0);
-    Ok((replicas, Some(resources::dedicated_selector(reference))))
+    {
+        Ok(_) => Ok(Ok(Some(resources::dedicated_selector(reference)))),
+        // Refused as invalid (a bad resource quantity in the operator's
+        // settings, say): the Function's status says so.
+        Err(kube::Error::Api(e)) if e.code == 422 => Ok(Err(Observed::new(
+            QUEUE_READY,
+            Status::False,
+            "PlacementFailed",
+            format!(
+                "the API server refused the Deployment {name}: {}",
+                e.message
+            ),
+        ))),
+        Err(e) => Err(Error::Kube(e)),
+    }
 }
 
 /// Publishes Events for what changed: readiness or its reason, a newly
@@ -522,12 +581,24 @@ async fn cleanup(function: &Function, ctx: &Context) -> Result<(), Error> {
         .delete_consumer(&reference)
         .await
         .map_err(|e| failed(Box::new(e)))?;
+    // A work queue keeps its messages without consumers: a Function created
+    // again under the name must not run these.
+    let purged = ctx
+        .layout
+        .purge_invocations(&reference)
+        .await
+        .map_err(|e| failed(Box::new(e)))?;
+    if purged > 0 {
+        tracing::info!(function = %reference, purged, "dropped the invocations still queued");
+    }
     ctx.metrics.removed(&reference);
     tracing::info!(function = %reference, "removed from the registry and its queue");
     let event = Event {
         type_: EventType::Normal,
         reason: "Removed".into(),
-        note: Some("removed from the registry; its queue and consumer are deleted".into()),
+        note: Some(
+            "removed from the registry; its consumer and queued invocations are deleted".into(),
+        ),
         action: "Cleanup".into(),
         secondary: None,
     };

@@ -4,10 +4,11 @@
 //! over at once; when it dies, a standby takes over once the Lease expires
 //! (its duration).
 //!
-//! A leader that loses its Lease (the API server unreachable for longer
-//! than the duration, say) stops with an error rather than reconcile on:
-//! another replica may already be leading, and the process is restarted as
-//! a standby.
+//! A leader that learns it lost its Lease stops at once, reconciles in
+//! flight aborted, with an error: another replica may already be leading,
+//! and the process is restarted as a standby. (kube-lease-manager learns of
+//! a loss only from the API server: while that is unreachable a leader
+//! cannot tell, and neither can it write to Kubernetes.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,10 @@ pub async fn run_as_leader(
         () = until_lost(&mut leading) => Err(lost()),
         _ = &mut reconciling => Ok(()),
     };
+    if result.is_err() {
+        // Another replica may lead already: no reconcile may go on writing.
+        reconciling.abort();
+    }
     let _ = stop.send(());
     let _ = reconciling.await;
     // Closing the channel releases the Lease, so a standby leads at once.

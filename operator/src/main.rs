@@ -68,9 +68,10 @@ struct Args {
     /// replica runs).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// Namespace of the leader-election Lease (the operator's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
+    /// Namespace of the leader-election Lease. Default: the operator's own
+    /// (its ServiceAccount's in a pod, else the kubeconfig context's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// How long a dead leader's Lease holds before a standby takes over.
     #[arg(long, default_value_t = sluice_api::Duration(DEFAULT_LEASE_DURATION))]
     lease_duration: sluice_api::Duration,
@@ -125,7 +126,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nats_url: nats.clone(),
         admin_listen: args.admin_listen,
         leader_election: args.leader_elect.then(|| LeaderElection {
-            namespace: args.lease_namespace,
+            namespace: args
+                .lease_namespace
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
             lease_name: "sluice-operator".into(),
             duration: args.lease_duration.0.max(Duration::from_secs(2)),
         }),

@@ -185,6 +185,14 @@ fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything()
     );
     // Routed (no runtime serves it here, so the call times out), not unknown.
     wait_answer(gateway, "/fn/default/misbehave/status/200", 504, "timeout");
+    // Queued for a runtime that never comes: deleting the Function drops
+    // these, or a Function created again under the name would run them.
+    for _ in 0..3 {
+        let (status, _) =
+            crate::support::http_post(gateway, "/async/fn/default/misbehave/status/200")
+                .expect("the gateway answers");
+        assert_eq!(status, 202);
+    }
 
     sluice.cluster.kubectl_ok(&[
         "delete",
@@ -224,6 +232,56 @@ fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything()
             stream.consumer_info("fn_default_misbehave").await.is_ok()
         });
     assert!(!consumer, "the function's consumer is deleted with it");
+    let queued = tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(async {
+            let client = async_nats::connect(&sluice.nats.url).await.expect("NATS");
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js
+                .get_stream(sluice_api::names::INVOCATION_STREAM)
+                .await
+                .expect("the invocation stream");
+            stream.info().await.expect("its info").state.messages
+        });
+    assert_eq!(
+        queued, 0,
+        "the function's queued invocations are dropped with it"
+    );
+}
+
+#[test]
+fn a_deployment_the_function_does_not_own_is_neither_taken_over_nor_deleted() {
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &[]);
+    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
+    sluice.cluster.kubectl_ok(&[
+        "create",
+        "deployment",
+        "taken-runtime",
+        "-n",
+        "default",
+        "--image=registry.test/someone-else:1",
+    ]);
+    let taken = |placement: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: taken, namespace: default }}\nspec:\n  module: {{ configMap: {{ name: hello-wasm, key: hello.wasm }} }}\n  placement: {placement}\n"
+        )
+    };
+    sluice.apply(&taken("dedicated"));
+    let message = sluice.wait_ready("default", "taken", "False", "PlacementConflict");
+    assert!(message.contains("taken-runtime"), "{message}");
+    sluice.apply(&taken("pool"));
+    sluice.wait_ready("default", "taken", "True", "Ready");
+    let image = sluice.cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        "taken-runtime",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "registry.test/someone-else:1", "left as it was");
 }
 
 #[test]

@@ -127,7 +127,9 @@ async fn pull_loop(
             if pause_or_stop(&mut stopped).await {
                 break;
             }
-            match shared.layout.consumer(function, &served.spec).await {
+            // Only an existing consumer: if the function was deleted, the
+            // node stops this worker when the registry says so.
+            match shared.layout.existing_consumer(function).await {
                 Ok(fresh) => consumer = fresh,
                 Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
             }
