@@ -9,6 +9,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Namespace of the operator's ServiceAccount and Lease that
+/// [`ControlPlane::install_sluice`] creates.
+pub const SLUICE_NAMESPACE: &str = "sluice-system";
 
 /// A control plane for one test.
 #[derive(Debug)]
@@ -83,6 +88,85 @@ impl ControlPlane {
     /// The folder holding the control plane's files and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The process id of a running component (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`), from the pid file `control-plane.sh`
+    /// keeps, e.g. to read its CPU time and memory in `/proc`.
+    pub fn pid(&self, component: &str) -> Option<u32> {
+        std::fs::read_to_string(self.dir().join(format!("{component}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Installs what the operator needs from the repository, as the Helm
+    /// chart would: the Function CRD (server-side apply, waited until
+    /// Established) and the operator's RBAC
+    /// (`charts/sluice/files/operator-rbac.yaml`) bound to the
+    /// ServiceAccount `sluice-operator` in [`SLUICE_NAMESPACE`]. Returns
+    /// that ServiceAccount's kubeconfig, to run the operator with exactly
+    /// its permissions (so a missing one fails).
+    pub fn install_sluice(&self) -> PathBuf {
+        let crd = crate::repo_root().join("crds/function.yaml");
+        self.kubectl_ok(&["apply", "--server-side", "-f", &crd.display().to_string()]);
+        // `kubectl wait` fails at once instead of waiting while the CRD has
+        // no status.conditions yet (".status.conditions accessor error:
+        // <nil> is of the type <nil>"), which a loaded API server can take
+        // a moment to write; so it is asked again until it says yes.
+        let started = Instant::now();
+        loop {
+            let waited = self.kubectl_with(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/functions.sluice.dev",
+                    "--timeout=60s",
+                ],
+                "",
+            );
+            if waited.status.success() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the Function CRD was not Established in 60s:\n{}",
+                String::from_utf8_lossy(&waited.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let rbac = crate::repo_root().join("charts/sluice/files/operator-rbac.yaml");
+        self.kubectl_ok(&["apply", "-f", &rbac.display().to_string()]);
+        let bindings = format!(
+            "apiVersion: v1
+kind: Namespace
+metadata: {{ name: {SLUICE_NAMESPACE} }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: sluice-operator, namespace: {SLUICE_NAMESPACE} }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{ name: sluice-operator }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sluice-operator }}
+subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {SLUICE_NAMESPACE} }} ]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{ name: sluice-operator-leader-election, namespace: {SLUICE_NAMESPACE} }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sluice-operator-leader-election }}
+subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {SLUICE_NAMESPACE} }} ]
+"
+        );
+        let applied = self.apply(&bindings);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        self.service_account_kubeconfig(SLUICE_NAMESPACE, "sluice-operator")
     }
 
     /// `kubectl` against this control plane, as its admin.

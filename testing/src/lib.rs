@@ -10,7 +10,7 @@
 mod kube;
 mod nats;
 
-pub use kube::ControlPlane;
+pub use kube::{ControlPlane, SLUICE_NAMESPACE};
 pub use nats::NatsServer;
 
 /// The repository's root folder.

@@ -55,6 +55,11 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id while it runs, e.g. to read its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL): no goodbye to clients.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -11,13 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_testing::{ControlPlane, NatsServer, repo_root};
+use sluice_testing::{ControlPlane, NatsServer, SLUICE_NAMESPACE, repo_root};
 
 pub mod http;
 pub mod registry;
 
 /// Namespace of the operator's ServiceAccount and Lease.
-pub const OPERATOR_NAMESPACE: &str = "sluice-system";
+pub const OPERATOR_NAMESPACE: &str = SLUICE_NAMESPACE;
 
 /// Control planes running at once in this test binary: each holds an
 /// etcd, an API server and a controller-manager on a 2-core machine.
@@ -149,46 +149,7 @@ impl Sluice {
         let slot = Slot::take();
         let cluster = ControlPlane::start();
         let nats = NatsServer::start();
-        let crd = repo_root().join("crds/function.yaml");
-        cluster.kubectl_ok(&["apply", "--server-side", "-f", &crd.display().to_string()]);
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/functions.sluice.dev",
-            "--timeout=60s",
-        ]);
-        let rbac = repo_root().join("charts/sluice/files/operator-rbac.yaml");
-        cluster.kubectl_ok(&["apply", "-f", &rbac.display().to_string()]);
-        let bindings = format!(
-            "apiVersion: v1
-kind: Namespace
-metadata: {{ name: {OPERATOR_NAMESPACE} }}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{ name: sluice-operator, namespace: {OPERATOR_NAMESPACE} }}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{ name: sluice-operator }}
-roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sluice-operator }}
-subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {OPERATOR_NAMESPACE} }} ]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{ name: sluice-operator-leader-election, namespace: {OPERATOR_NAMESPACE} }}
-roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sluice-operator-leader-election }}
-subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {OPERATOR_NAMESPACE} }} ]
-"
-        );
-        let applied = cluster.apply(&bindings);
-        assert!(
-            applied.status.success(),
-            "{}",
-            String::from_utf8_lossy(&applied.stderr)
-        );
-        let operator_kubeconfig =
-            cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, "sluice-operator");
+        let operator_kubeconfig = cluster.install_sluice();
         Self {
             cluster,
             nats,
