@@ -56,7 +56,21 @@ impl Publisher {
         spec: &FunctionSpec,
         wasm: &[u8],
     ) -> Result<Published, PublishError> {
-        let digest = ModuleDigest::of(wasm);
+        self.publish_digested(function, spec, &ModuleDigest::of(wasm), wasm)
+            .await
+    }
+
+    /// [`Publisher::publish`] for a caller that already holds the digest of
+    /// `wasm` (the operator checked it when it fetched the module): a module
+    /// of up to tens of MiB is not hashed twice.
+    pub async fn publish_digested(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+        wasm: &[u8],
+    ) -> Result<Published, PublishError> {
+        let digest = digest.clone();
         let uploaded_module =
             self.store_module(&digest, wasm)
                 .await

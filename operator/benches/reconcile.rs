@@ -36,8 +36,7 @@
 //! plane's watchdog).
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -455,7 +454,9 @@ impl Operator {
     /// NATS and checked the CRD).
     async fn wait_ready(&self) {
         let started = Instant::now();
-        while http_get(self.admin, "/readyz").is_none_or(|(status, _)| status != 200) {
+        while sluice_testing::http::get(self.admin, "/readyz")
+            .is_none_or(|(status, _)| status != 200)
+        {
             if started.elapsed() > Duration::from_secs(60) {
                 self.fail("the operator did not become ready in 60s");
             }
@@ -479,7 +480,7 @@ impl Operator {
 
     /// Its reconcile counters, from `/metrics`.
     fn metrics(&self) -> Reconciles {
-        let (_, text) = http_get(self.admin, "/metrics").unwrap_or_default();
+        let (_, text) = sluice_testing::http::get(self.admin, "/metrics").unwrap_or_default();
         let value = |name: &str| {
             text.lines()
                 .filter(|l| l.starts_with(name))
@@ -515,23 +516,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-/// A plain HTTP/1.1 GET on loopback: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
 
 /// The operator's reconciles (of a Function's spec, not the finalizer's

@@ -415,7 +415,9 @@ async fn register(
     // An unchanged entry whose module left the store (deleted by hand, a
     // lost stream) is published again, module first.
     if changed || !ctx.layout.has_module(&fetched.digest).await? {
-        ctx.publisher.publish(function, spec, &fetched.wasm).await?;
+        ctx.publisher
+            .publish_digested(function, spec, &fetched.digest, &fetched.wasm)
+            .await?;
     }
     Ok(changed)
 }

@@ -6,7 +6,9 @@
 //!   installed by `scripts/nats-server.sh`).
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
 //!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`).
+//! - [`http`]: a plain HTTP/1.1 client for loopback servers.
 
+pub mod http;
 mod kube;
 mod nats;
 

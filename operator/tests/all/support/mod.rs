@@ -4,8 +4,7 @@
 //! a missing permission fails a test), and real gateway and runtime
 //! processes to invoke what it registers. Everything listens on loopback.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex};
@@ -305,38 +304,7 @@ impl Sluice {
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback: (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    )
-}
-
-/// Sends `head` (a request without a body) and reads the whole answer.
-fn request(addr: SocketAddr, head: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    stream.write_all(head.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-/// A plain HTTP/1.1 POST with an empty body on loopback: (status, body).
-pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    request(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    )
-}
+pub use sluice_testing::http::{get as http_get, post as http_post};
 
 /// Waits until `GET path` answers `status` with a body containing `text`.
 pub fn wait_answer(addr: SocketAddr, path: &str, status: u16, text: &str) -> String {
