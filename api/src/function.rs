@@ -352,7 +352,7 @@ pub struct DeadLetterPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Scaling {
-    /// Fewest replicas. Default: `0` (scale to zero). `kubectl scale` sets it.
+    /// Fewest replicas. Default: `0` (scale to zero).
     #[serde(default)]
     pub min_replicas: u32,
     /// Most replicas. Default: `20`.
