@@ -282,6 +282,15 @@ pub fn decide(
     }
 }
 
+/// Replicas of a runtime pool that serves several functions: the sum of
+/// what each wants (each decided by [`decide`] with its own spec and
+/// history, so delays and pins apply per function), clamped to the pool's
+/// `min..=max`.
+pub fn pool_replicas(wanted: impl IntoIterator<Item = u32>, min: u32, max: u32) -> u32 {
+    let sum = wanted.into_iter().fold(0u32, u32::saturating_add);
+    sum.clamp(min, max.max(min))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,6 +515,26 @@ mod tests {
         assert_eq!((held.replicas, held.reason), (5, Reason::ScaleDownDelay));
         let down = decide(&scaling, None, depth(0), &mut history, secs(30));
         assert_eq!((down.replicas, down.reason), (1, Reason::Idle));
+    }
+
+    #[test]
+    fn pools_sum_their_functions_within_bounds() {
+        let cases: [(&[u32], u32, u32, u32); 6] = [
+            (&[3, 2], 0, 10, 5),
+            (&[], 0, 10, 0),
+            (&[0, 0], 1, 10, 1),
+            (&[8, 8], 0, 10, 10),
+            (&[u32::MAX, 1], 0, 20, 20),
+            // A max below the min is read as the min.
+            (&[4], 3, 2, 3),
+        ];
+        for (wanted, min, max, replicas) in cases {
+            assert_eq!(
+                pool_replicas(wanted.iter().copied(), min, max),
+                replicas,
+                "{wanted:?} in {min}..={max}"
+            );
+        }
     }
 
     #[test]

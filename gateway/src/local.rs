@@ -95,6 +95,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
 
     let mut registry = Registry::with_prefix("sluice");
     let metrics = Metrics::register(&mut registry);
+    metrics.register_queue_depth(&mut registry);
     let runtime_metrics = sluice_runtime::metrics::Metrics::register(&mut registry);
     let queue = MemoryQueue::new(
         runtime,

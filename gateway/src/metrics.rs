@@ -93,12 +93,17 @@ impl Metrics {
             "NATS trigger events that could not be queued and were dead-lettered, by function",
             metrics.events_dead_lettered.clone(),
         );
+        metrics
+    }
+
+    /// Also reports `sluice_queue_depth` from the in-process queue (local
+    /// mode). On NATS the operator is its one reader.
+    pub fn register_queue_depth(&self, registry: &mut Registry) {
         registry.register(
             "queue_depth",
-            "Invocations queued, waiting for a retry, or running (on NATS: the consumer's pending plus ack-pending)",
-            metrics.queue_depth.clone(),
+            "Invocations queued, waiting for a retry, or running",
+            self.queue_depth.clone(),
         );
-        metrics
     }
 
     fn labels(function: &FunctionRef) -> FunctionLabels {
@@ -136,10 +141,5 @@ impl Metrics {
         self.queue_depth
             .get_or_create(&Self::labels(function))
             .set(depth);
-    }
-
-    /// Stops reporting the depth of a function that is gone.
-    pub fn forget_queue_depth(&self, function: &FunctionRef) {
-        self.queue_depth.remove(&Self::labels(function));
     }
 }

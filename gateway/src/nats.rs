@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use sluice_api::FunctionSpec;
@@ -22,10 +21,6 @@ use crate::queue::QueueError;
 use crate::queue::jetstream::JetStreamQueue;
 use crate::routes::RoutedFunctions;
 use crate::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, RunningGateway};
-
-/// How often the gateway reads its functions' queue depth (one paged
-/// listing of the invocation stream's consumers), until the operator does.
-const DEPTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything NATS mode needs to start.
 #[derive(Debug, Clone)]
@@ -98,12 +93,10 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
     )
     .await?;
     let watcher = RegistryWatcher::new(layout.functions.clone());
-    let depth_layout = layout.clone();
     running.spawn_companion(|stop| async move {
         let mut bridge = bridge;
         tokio::select! {
             () = follow_registry(watcher, &gateway, &admin, &mut bridge) => {}
-            () = read_queue_depths(&depth_layout, &metrics) => {}
             () = stop.cancelled() => {}
         }
         bridge.shutdown().await;
@@ -144,30 +137,5 @@ async fn follow_registry(
             gateway.set_functions(routed);
             bridge.update(&functions);
         }
-    }
-}
-
-/// Reports every function's queue depth each [`DEPTH_EVERY`], from one
-/// paged listing of the invocation stream's consumers.
-async fn read_queue_depths(layout: &Layout, metrics: &Metrics) {
-    let mut known: HashMap<FunctionRef, u64> = HashMap::new();
-    let mut tick = tokio::time::interval(DEPTH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let depths = match sluice_nats::depth::queue_depths(&layout.invocations).await {
-            Ok(depths) => depths,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read queue depths");
-                continue;
-            }
-        };
-        for function in known.keys().filter(|f| !depths.contains_key(*f)) {
-            metrics.forget_queue_depth(function);
-        }
-        for (function, depth) in &depths {
-            metrics.set_queue_depth(function, i64::try_from(*depth).unwrap_or(i64::MAX));
-        }
-        known = depths;
     }
 }

@@ -61,11 +61,15 @@ pub struct Settings {
     pub gateway_url: String,
     /// How dedicated runtimes run.
     pub runtime: RuntimeTemplate,
+    /// How runtimes are scaled.
+    pub autoscaling: crate::autoscaler::AutoscalerConfig,
 }
 
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
+    /// The connection `layout` is on, for the autoscaler's subscriptions.
+    pub nats: async_nats::Client,
     pub layout: Layout,
     pub publisher: Publisher,
     pub fetcher: ModuleFetcher,

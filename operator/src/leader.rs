@@ -17,7 +17,7 @@ use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::oneshot;
 
-use crate::controller::{self, Context};
+use crate::controller::Context;
 
 /// Where and how replicas elect their leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub enum LeaderError {
     Lost { namespace: String, name: String },
 }
 
-/// Waits to lead, then runs the controller until `shutdown` (releasing the
+/// Waits to lead, then reconciles and scales ([`crate::lead`]) until `shutdown` (releasing the
 /// Lease) or until the leadership is lost (an error).
 pub async fn run_as_leader(
     client: Client,
@@ -90,7 +90,7 @@ pub async fn run_as_leader(
     }
     tracing::info!(%identity, "leading: reconciling");
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut reconciling = tokio::spawn(controller::run(ctx, async {
+    let mut reconciling = tokio::spawn(crate::lead(ctx, async {
         let _ = stopped.await;
     }));
     let result = tokio::select! {

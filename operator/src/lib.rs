@@ -6,9 +6,12 @@
 //! the registry entry that gateways and runtimes follow, ensures the
 //! function's JetStream consumer, owns the Deployment of a dedicated
 //! function ([`resources`]), and reports in status conditions
-//! ([`conditions`]), Events and metrics ([`metrics`]). Replicas elect one
-//! leader on a `coordination.k8s.io` Lease ([`leader`]).
+//! ([`conditions`]), Events and metrics ([`metrics`]). The [`autoscaler`]
+//! sizes runtime Deployments from queue depth, down to zero and back.
+//! Replicas elect one leader on a `coordination.k8s.io` Lease
+//! ([`leader`]); only the leader reconciles and scales.
 
+pub mod autoscaler;
 pub mod conditions;
 pub mod controller;
 pub mod leader;
@@ -82,7 +85,7 @@ pub async fn run(
 ) -> Result<(), OperatorError> {
     check_crd(&client).await?;
     let nats = sluice_nats::connect(&config.nats_url, "sluice-operator").await?;
-    let layout = Layout::ensure(nats, &LayoutConfig::default()).await?;
+    let layout = Layout::ensure(nats.clone(), &LayoutConfig::default()).await?;
     let mut registry = Registry::with_prefix("sluice");
     let metrics = metrics::Metrics::register(&mut registry);
     let admin = Arc::new(Admin::new(registry));
@@ -109,11 +112,12 @@ pub async fn run(
         settings: config.settings.clone(),
         metrics,
         client: client.clone(),
+        nats,
     });
     let result = match &config.leader_election {
         None => {
             tracing::info!("reconciling (no leader election)");
-            controller::run(ctx, shutdown).await;
+            lead(ctx, shutdown).await;
             Ok(())
         }
         Some(election) => leader::run_as_leader(client, election, &config.identity, ctx, shutdown)
@@ -123,6 +127,20 @@ pub async fn run(
     admin.set_ready(false);
     admin_service.shutdown().await;
     result
+}
+
+/// The leader's work until `shutdown`: reconciling Functions and scaling
+/// their runtimes.
+pub async fn lead(
+    ctx: Arc<controller::Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::FutureExt as _;
+    let shutdown = shutdown.shared();
+    tokio::join!(
+        controller::run(ctx.clone(), shutdown.clone()),
+        autoscaler::run(ctx, shutdown),
+    );
 }
 
 /// Fails with a hint when the Function CRD is missing or the operator may

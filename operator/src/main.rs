@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::ByteSize;
+use sluice_operator::autoscaler::{AutoscalerConfig, DEFAULT_INTERVAL, PoolTarget};
 use sluice_operator::module::{DEFAULT_MAX_MODULE_BYTES, FetcherConfig};
 use sluice_operator::resources::RuntimeTemplate;
 use sluice_operator::{DEFAULT_LEASE_DURATION, LeaderElection, OperatorConfig, Settings};
@@ -61,6 +62,22 @@ struct Args {
     /// Memory limit of each dedicated runtime.
     #[arg(long, default_value = "1Gi")]
     runtime_memory_limit: String,
+    /// How often the autoscaler reads every function's queue depth and
+    /// decides replicas. A first invocation at zero replicas is acted on at
+    /// once, without waiting for it.
+    #[arg(long, default_value_t = sluice_api::Duration(DEFAULT_INTERVAL))]
+    autoscale_interval: sluice_api::Duration,
+    /// The runtime pool's Deployment (`namespace/name`), scaled on the
+    /// demand summed over its functions. Unset: the pool is sized outside
+    /// Sluice.
+    #[arg(long, value_name = "NS/NAME")]
+    pool_deployment: Option<String>,
+    /// Fewest replicas of the pool Deployment.
+    #[arg(long, default_value_t = 0)]
+    pool_min_replicas: u32,
+    /// Most replicas of the pool Deployment.
+    #[arg(long, default_value_t = 20)]
+    pool_max_replicas: u32,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9092")]
     admin_listen: SocketAddr,
@@ -112,6 +129,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "cannot set up a Kubernetes client (in a pod, or with KUBECONFIG / ~/.kube/config)",
     )?;
     let identity = identity();
+    let pool = match &args.pool_deployment {
+        None => None,
+        Some(pool) => {
+            let (namespace, name) = pool
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+                .with_context(|| format!("--pool-deployment {pool:?}: expected namespace/name"))?;
+            anyhow::ensure!(
+                args.pool_min_replicas <= args.pool_max_replicas,
+                "--pool-min-replicas ({}) exceeds --pool-max-replicas ({})",
+                args.pool_min_replicas,
+                args.pool_max_replicas
+            );
+            Some(PoolTarget {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                min_replicas: args.pool_min_replicas,
+                max_replicas: args.pool_max_replicas,
+            })
+        }
+    };
+    anyhow::ensure!(
+        !args.autoscale_interval.0.is_zero(),
+        "--autoscale-interval must be above zero"
+    );
     let config = OperatorConfig {
         settings: Settings {
             gateway_url: args.gateway_url,
@@ -121,6 +163,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cpu_request: args.runtime_cpu_request,
                 memory_request: args.runtime_memory_request,
                 memory_limit: args.runtime_memory_limit,
+            },
+            autoscaling: AutoscalerConfig {
+                interval: args.autoscale_interval.0,
+                pool,
             },
         },
         nats_url: nats.clone(),

@@ -1,6 +1,8 @@
 //! The operator's Prometheus metrics: reconciles and their duration,
-//! failures by condition reason, and functions by Ready state. Label values
-//! come from fixed sets (results, reasons, `true`/`false`).
+//! failures by condition reason, and functions by Ready state; and the
+//! autoscaler's decisions, replicas and queue depths. Label values come
+//! from fixed sets (results, reasons, `true`/`false`, directions, triggers)
+//! or name a function (`namespace/name`), removed when it is deleted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,25 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    /// `tick` (the periodic read of every queue) or `wake` (a first
+    /// invocation reached a function at zero).
+    pub trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    /// `namespace/name`.
+    pub function: String,
+}
+
 /// What the operator counts, registered under the registry's prefix
 /// (`sluice_`).
 #[derive(Debug, Clone)]
@@ -40,6 +61,20 @@ pub struct Metrics {
     duration: Histogram,
     functions: Family<ReadyLabels, Gauge>,
     readiness: Arc<Mutex<HashMap<FunctionRef, bool>>>,
+    /// The autoscaler's.
+    pub autoscaler: AutoscalerMetrics,
+}
+
+/// What the autoscaler reports.
+#[derive(Debug, Clone)]
+pub struct AutoscalerMetrics {
+    decisions: Family<DirectionLabels, Counter>,
+    latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
+    ticks: Histogram,
+    tick_failures: Counter,
+    desired: Family<FunctionLabels, Gauge>,
+    replicas: Family<FunctionLabels, Gauge>,
+    queue_depth: Family<FunctionLabels, Gauge>,
 }
 
 impl Metrics {
@@ -52,6 +87,15 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             functions: Family::default(),
             readiness: Arc::default(),
+            autoscaler: AutoscalerMetrics {
+                decisions: Family::default(),
+                latency: Family::new_with_constructor(latency_histogram),
+                ticks: latency_histogram(),
+                tick_failures: Counter::default(),
+                desired: Family::default(),
+                replicas: Family::default(),
+                queue_depth: Family::default(),
+            },
         };
         registry.register(
             "operator_reconciles",
@@ -72,6 +116,42 @@ impl Metrics {
             "operator_functions",
             "Functions this operator reconciled, by their Ready condition",
             metrics.functions.clone(),
+        );
+        let autoscaler = &metrics.autoscaler;
+        registry.register(
+            "autoscaler_decisions",
+            "Changes of a function's desired replicas, by direction",
+            autoscaler.decisions.clone(),
+        );
+        registry.register(
+            "autoscaler_decision_latency_seconds",
+            "From seeing demand (a queue read, or a first invocation at zero) to the scale written, by trigger",
+            autoscaler.latency.clone(),
+        );
+        registry.register(
+            "autoscaler_tick_duration_seconds",
+            "Time one autoscaler tick took: reading every queue, deciding, writing",
+            autoscaler.ticks.clone(),
+        );
+        registry.register(
+            "autoscaler_tick_failures",
+            "Ticks that could not read the queues (NATS unreachable); no decision was made",
+            autoscaler.tick_failures.clone(),
+        );
+        registry.register(
+            "autoscaler_desired_replicas",
+            "Replicas the autoscaler wants for a function",
+            autoscaler.desired.clone(),
+        );
+        registry.register(
+            "autoscaler_replicas",
+            "Replicas running for a function (its Deployment's, or the pool's)",
+            autoscaler.replicas.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Invocations of a function queued or running (the consumer's pending plus ack-pending)",
+            autoscaler.queue_depth.clone(),
         );
         metrics
     }
@@ -124,5 +204,71 @@ impl Metrics {
                 .get_or_create(&ReadyLabels { ready: label })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// 100µs to ~6.5s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+impl AutoscalerMetrics {
+    fn labels(function: &FunctionRef) -> FunctionLabels {
+        FunctionLabels {
+            function: function.to_string(),
+        }
+    }
+
+    /// A decision for `function`: what it saw and wants, and its direction
+    /// when it changed the desired replicas.
+    pub fn decided(
+        &self,
+        function: &FunctionRef,
+        depth: u64,
+        desired: u32,
+        direction: Option<sluice_api::autoscale::Direction>,
+    ) {
+        let labels = Self::labels(function);
+        self.queue_depth
+            .get_or_create(&labels)
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.desired.get_or_create(&labels).set(i64::from(desired));
+        if let Some(direction) = direction {
+            self.decisions
+                .get_or_create(&DirectionLabels {
+                    direction: direction.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Replicas running for `function` now.
+    pub fn running(&self, function: &FunctionRef, replicas: u32) {
+        self.replicas
+            .get_or_create(&Self::labels(function))
+            .set(i64::from(replicas));
+    }
+
+    /// A scale was written `seconds` after the demand behind it was seen.
+    pub fn scaled(&self, trigger: &'static str, seconds: f64) {
+        self.latency
+            .get_or_create(&TriggerLabels { trigger })
+            .observe(seconds);
+    }
+
+    /// A tick ended; `read` is false when the queues could not be read.
+    pub fn ticked(&self, seconds: f64, read: bool) {
+        self.ticks.observe(seconds);
+        if !read {
+            self.tick_failures.inc();
+        }
+    }
+
+    /// `function` is gone: its series go too.
+    pub fn forget(&self, function: &FunctionRef) {
+        let labels = Self::labels(function);
+        self.queue_depth.remove(&labels);
+        self.desired.remove(&labels);
+        self.replicas.remove(&labels);
     }
 }

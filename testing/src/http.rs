@@ -6,20 +6,28 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+/// How long an answer may take to come by default.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_within(addr, path, READ_TIMEOUT)
+}
+
+/// A GET whose answer may take up to `wait` (a synchronous invocation that
+/// waits for a runtime to start, a long poll).
+pub fn get_within(addr: SocketAddr, path: &str, wait: Duration) -> Option<(u16, String)> {
     request(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        wait,
     )
 }
 
 /// Sends `head` (a request without a body) and reads the whole answer.
-fn request(addr: SocketAddr, head: &str) -> Option<(u16, String)> {
+fn request(addr: SocketAddr, head: &str, wait: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
     stream.write_all(head.as_bytes()).ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
@@ -36,5 +44,6 @@ pub fn post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         &format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         ),
+        READ_TIMEOUT,
     )
 }

@@ -6,13 +6,17 @@
 //!   installed by `scripts/nats-server.sh`).
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
 //!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`).
+//! - [`Kubelet`]: real `sluice-runtime` processes for the runtime
+//!   Deployments of a control plane (which has no kubelet).
 //! - [`http`]: a plain HTTP/1.1 client for loopback servers.
 
 pub mod http;
 mod kube;
+mod kubelet;
 mod nats;
 
 pub use kube::{ControlPlane, SLUICE_NAMESPACE};
+pub use kubelet::Kubelet;
 pub use nats::NatsServer;
 
 /// The repository's root folder.

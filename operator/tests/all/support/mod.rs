@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_testing::{ControlPlane, NatsServer, SLUICE_NAMESPACE, repo_root};
+use sluice_testing::{ControlPlane, Kubelet, NatsServer, SLUICE_NAMESPACE, repo_root};
 
 pub mod http;
 pub mod registry;
@@ -63,6 +63,8 @@ pub fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Opt
 pub struct Process {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Where it serves `/metrics`, when the harness chose it.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Process {
@@ -79,6 +81,7 @@ impl Process {
         Self {
             child: Some(child),
             log,
+            admin: None,
         }
     }
 
@@ -166,16 +169,19 @@ impl Sluice {
         if !extra.contains(&"--nats") {
             command.args(["--nats", &self.nats.url]);
         }
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         command
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("POD_NAME", name)
-            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", &admin.to_string()])
             .args(["--lease-namespace", OPERATOR_NAMESPACE])
             .args(["--lease-duration", &format!("{lease}s")])
             .args(["--gateway-url", "http://gateway.test:8080"])
             .args(["--runtime-image", "registry.test/sluice-runtime:test"])
             .args(extra);
-        Process::spawn(command, self.logs.path().join(format!("{name}.log")))
+        let mut process = Process::spawn(command, self.logs.path().join(format!("{name}.log")));
+        process.admin = Some(admin);
+        process
     }
 
     /// Starts a NATS-mode gateway; returns it and its invocation address.
@@ -188,6 +194,22 @@ impl Sluice {
             .args(["--admin-listen", "127.0.0.1:0"]);
         let process = Process::spawn(command, self.logs.path().join("gateway.log"));
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Plays the kubelet for the runtime Deployments (the operator's
+    /// dedicated ones, and any other labelled
+    /// `app.kubernetes.io/name=sluice-runtime`): real `sluice-runtime`
+    /// processes, each serving `start_delay` after it is asked for.
+    pub fn kubelet(&self, start_delay: Duration) -> Kubelet {
+        let dir = self.logs.path().join("kubelet");
+        std::fs::create_dir_all(&dir).expect("a kubelet folder");
+        Kubelet::start(
+            &self.cluster,
+            "app.kubernetes.io/name=sluice-runtime",
+            &binary("sluice-runtime"),
+            start_delay,
+            &dir,
+        )
     }
 
     /// Starts a pool runtime (every pool function).
@@ -304,7 +326,7 @@ impl Sluice {
     }
 }
 
-pub use sluice_testing::http::{get as http_get, post as http_post};
+pub use sluice_testing::http::{get as http_get, get_within as http_get_within, post as http_post};
 
 /// Waits until `GET path` answers `status` with a body containing `text`.
 pub fn wait_answer(addr: SocketAddr, path: &str, status: u16, text: &str) -> String {

@@ -1,0 +1,819 @@
+//! The autoscaler: sizes runtime Deployments from queue depth, down to zero
+//! and back, with the pure rule of [`sluice_api::autoscale`].
+//!
+//! It is the one reader of queue depth. Every tick (default 1 s) it lists
+//! the invocation stream's consumers page by page (JetStream's
+//! `CONSUMER.LIST`, 256 a page: a few requests per tick however many
+//! functions there are), decides each function's replicas, and writes:
+//! - the scale of a dedicated function's Deployment, or of the runtime
+//!   pool's (named in the operator's settings) from the sum over its
+//!   functions, through the `scale` subresource with its own field manager
+//!   (`sluice-autoscaler`), so neither Helm nor the operator's own apply of
+//!   the Deployment (which sets no `replicas`) takes the field back;
+//! - the Function's `status.replicas`, `desiredReplicas`, `queueDepth` and
+//!   its `Active` condition, when they change (`queueDepth` alone at most
+//!   every 5 s);
+//! - an Event for each change of desired replicas, with the reason.
+//!
+//! While a function is at zero it holds a core NATS subscription on the
+//! function's invocation subject ([`Waker`]): the first invocation wakes it
+//! at once instead of at the next tick. The stream keeps the invocation
+//! meanwhile, so nothing is lost while a runtime starts.
+//!
+//! What it remembers is only what delays need (each function's
+//! [`History`]); after a restart (or a change of leader) each function
+//! resumes from the replicas it is found running with, so nothing dips.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Resource as _, ResourceExt as _};
+use sluice_api::autoscale::{self, Decision, History, Observation};
+use sluice_api::names::FunctionRef;
+use sluice_api::{Condition, Function, Placement};
+use tokio::sync::mpsc;
+
+use crate::conditions::{self, Observed, Status};
+use crate::controller::Context;
+use crate::resources::{self, MANAGED_BY};
+
+/// The field manager of the autoscaler's writes (scales and its status
+/// fields), apart from the operator's so that neither takes the other's.
+pub const FIELD_MANAGER: &str = "sluice-autoscaler";
+/// The condition the autoscaler keeps: `True` while the function's runtimes
+/// are scaled above zero. Not part of `Ready`.
+pub const ACTIVE: &str = "Active";
+/// Default of `--autoscale-interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a changing `status.queueDepth` alone is written.
+const DEPTH_STATUS_EVERY: Duration = Duration::from_secs(5);
+/// Writes to the API server in flight at once within one tick.
+const WRITES_AT_ONCE: usize = 16;
+
+/// How the autoscaler runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoscalerConfig {
+    /// How often every queue is read. Default: [`DEFAULT_INTERVAL`].
+    pub interval: Duration,
+    /// The runtime pool's Deployment; `None` leaves the pool's size to
+    /// someone else (pool functions still get `desiredReplicas`).
+    pub pool: Option<PoolTarget>,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_INTERVAL,
+            pool: None,
+        }
+    }
+}
+
+/// The Deployment of the shared runtime pool and its bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolTarget {
+    pub namespace: String,
+    pub name: String,
+    /// Fewest pool replicas, whatever its functions want. Default: `0`.
+    pub min_replicas: u32,
+    /// Most pool replicas. Default: `20`.
+    pub max_replicas: u32,
+}
+
+/// What the status shows of a function's scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shown {
+    replicas: u32,
+    desired: u32,
+    depth: u64,
+    active: Option<bool>,
+}
+
+/// What the autoscaler keeps of one function.
+struct Tracked {
+    history: History,
+    shown: Shown,
+    shown_at: Instant,
+    /// The last status write failed: write it again.
+    stale: bool,
+}
+
+/// One write a decision calls for.
+enum Write {
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: u32,
+        /// When the demand behind it was seen, and how.
+        seen_at: Instant,
+        trigger: &'static str,
+    },
+    Status {
+        function: FunctionRef,
+        patch: serde_json::Value,
+    },
+    Event {
+        regarding: ObjectReference,
+        event: Event,
+    },
+}
+
+/// Why the autoscaler could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot subscribe to {subject}: {source}")]
+pub struct WakeError {
+    subject: String,
+    #[source]
+    source: async_nats::SubscribeError,
+}
+
+/// Core NATS subscriptions on the invocation subjects of functions at
+/// zero: the first invocation of one is reported at once.
+struct Waker {
+    nats: async_nats::Client,
+    watching: HashMap<FunctionRef, tokio::task::AbortHandle>,
+    woken: mpsc::UnboundedSender<(FunctionRef, Instant)>,
+    wakes: mpsc::UnboundedReceiver<(FunctionRef, Instant)>,
+}
+
+impl Waker {
+    fn new(nats: async_nats::Client) -> Self {
+        let (woken, wakes) = mpsc::unbounded_channel();
+        Self {
+            nats,
+            watching: HashMap::new(),
+            woken,
+            wakes,
+        }
+    }
+
+    /// Subscribes to `function`'s invocations unless it already is. An
+    /// invocation published before the subscription took effect is seen by
+    /// the next tick instead.
+    async fn watch(&mut self, function: &FunctionRef) -> Result<(), WakeError> {
+        if self.watching.contains_key(function) {
+            return Ok(());
+        }
+        let subject = function.invoke_subject();
+        let mut subscriber = self
+            .nats
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| WakeError { subject, source })?;
+        let woken = self.woken.clone();
+        let reference = function.clone();
+        let task = tokio::spawn(async move {
+            if subscriber.next().await.is_some() {
+                let _ = woken.send((reference, Instant::now()));
+            }
+            // Dropped: unsubscribed after the first, as one is enough.
+        });
+        self.watching.insert(function.clone(), task.abort_handle());
+        Ok(())
+    }
+
+    fn unwatch(&mut self, function: &FunctionRef) {
+        if let Some(task) = self.watching.remove(function) {
+            task.abort();
+        }
+    }
+
+    /// The next function woken, and when its first invocation was seen.
+    async fn next(&mut self) -> (FunctionRef, Instant) {
+        loop {
+            // Never `None`: `self.woken` keeps the channel open.
+            if let Some((function, at)) = self.wakes.recv().await
+                // Unwatched since (deleted, or scaled by a tick first).
+                && self.watching.remove(&function).is_some()
+            {
+                return (function, at);
+            }
+        }
+    }
+}
+
+/// A function the autoscaler considers this time.
+struct Member {
+    function: Arc<Function>,
+    reference: FunctionRef,
+    observed: Observation,
+    decision: Decision,
+}
+
+/// The autoscaler's state while this replica leads.
+struct Autoscaler {
+    ctx: Arc<Context>,
+    config: AutoscalerConfig,
+    functions: Store<Function>,
+    deployments: Store<Deployment>,
+    pool: Option<Store<Deployment>>,
+    tracked: HashMap<FunctionRef, Tracked>,
+    observed: HashMap<FunctionRef, Observation>,
+    waker: Waker,
+    /// Zero of the clock that histories count in.
+    epoch: Instant,
+}
+
+/// Watches `api` into a store, driven by a task that ends with the
+/// returned guard.
+fn follow<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDrop)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    (reader, AbortOnDrop(task.abort_handle()))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the autoscaler until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send) {
+    let config = ctx.settings.autoscaling.clone();
+    let client = ctx.client.clone();
+    let (functions, _functions_task) = follow(
+        Api::<Function>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let (deployments, _deployments_task) = follow(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default()
+            .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+            .any_semantic(),
+    );
+    let (pool, _pool_task) = match &config.pool {
+        Some(pool) => {
+            let (store, task) = follow(
+                Api::<Deployment>::namespaced(client.clone(), &pool.namespace),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={}", pool.name))
+                    .any_semantic(),
+            );
+            (Some(store), Some(task))
+        }
+        None => (None, None),
+    };
+    tokio::pin!(shutdown);
+    let ready = async {
+        let _ = functions.wait_until_ready().await;
+        let _ = deployments.wait_until_ready().await;
+        if let Some(pool) = &pool {
+            let _ = pool.wait_until_ready().await;
+        }
+    };
+    tokio::select! {
+        () = ready => {}
+        () = &mut shutdown => return,
+    }
+    let mut autoscaler = Autoscaler {
+        waker: Waker::new(ctx.nats.clone()),
+        ctx,
+        config,
+        functions,
+        deployments,
+        pool,
+        tracked: HashMap::new(),
+        observed: HashMap::new(),
+        epoch: Instant::now(),
+    };
+    tracing::info!(
+        interval = ?autoscaler.config.interval,
+        pool = ?autoscaler.config.pool.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)),
+        "autoscaling"
+    );
+    let mut ticks = tokio::time::interval(autoscaler.config.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            (function, at) = autoscaler.waker.next() => autoscaler.wake(&function, at).await,
+            _ = ticks.tick() => autoscaler.tick().await,
+        }
+    }
+}
+
+impl Autoscaler {
+    /// Reads every queue, then decides and writes for every function.
+    async fn tick(&mut self) {
+        let started = Instant::now();
+        match sluice_nats::depth::queue_depths(&self.ctx.layout.invocations).await {
+            Ok(observed) => {
+                self.observed = observed;
+                self.evaluate(None, Instant::now()).await;
+                self.ctx
+                    .metrics
+                    .autoscaler
+                    .ticked(started.elapsed().as_secs_f64(), true);
+            }
+            Err(e) => {
+                // Nothing is decided without a reading: replicas stay.
+                tracing::warn!(error = %e, "cannot read queue depths; replicas left as they are");
+                self.ctx
+                    .metrics
+                    .autoscaler
+                    .ticked(started.elapsed().as_secs_f64(), false);
+            }
+        }
+    }
+
+    /// A first invocation reached `function` at zero, seen `at`.
+    async fn wake(&mut self, function: &FunctionRef, at: Instant) {
+        let observed = self.observed.entry(function.clone()).or_default();
+        observed.pending = observed.pending.max(1);
+        tracing::debug!(%function, "first invocation at zero");
+        self.evaluate(Some(function), at).await;
+    }
+
+    /// Decides for every function (or only `only`, keeping the others'
+    /// last decisions in the pool's sum) from the last observations, seen
+    /// at `seen_at`, and makes the writes that calls for.
+    async fn evaluate(&mut self, only: Option<&FunctionRef>, seen_at: Instant) {
+        let now = seen_at.saturating_duration_since(self.epoch);
+        let trigger = if only.is_some() { "wake" } else { "tick" };
+        let mut writes = Vec::new();
+        let mut pool_members = Vec::new();
+        let mut pool_wanted = Vec::new();
+        let functions = self.functions.state();
+        let present: std::collections::HashSet<FunctionRef> =
+            functions.iter().filter_map(|f| reference(f)).collect();
+        self.forget_gone(&present);
+        for function in functions {
+            let Some(reference) = reference(&function) else {
+                continue;
+            };
+            if function.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            // No consumer yet: not registered, nothing to scale.
+            let Some(observed) = self.observed.get(&reference).copied() else {
+                continue;
+            };
+            let pooled = function.spec.placement == Placement::Pool;
+            if only.is_some_and(|o| *o != reference) {
+                if pooled && let Some(tracked) = self.tracked.get(&reference) {
+                    pool_wanted.push(tracked.history.replicas());
+                }
+                continue;
+            }
+            if pooled {
+                let resume = function.status.as_ref().map_or(0, |s| s.desired_replicas);
+                let decision =
+                    self.decide(&function, &reference, observed, resume, now, &mut writes);
+                pool_wanted.push(decision.replicas);
+                pool_members.push(Member {
+                    function,
+                    reference,
+                    observed,
+                    decision,
+                });
+            } else {
+                self.scale_dedicated(
+                    function,
+                    reference,
+                    observed,
+                    now,
+                    seen_at,
+                    trigger,
+                    &mut writes,
+                )
+                .await;
+            }
+        }
+        self.scale_pool(pool_members, &pool_wanted, seen_at, trigger, &mut writes)
+            .await;
+        self.write(writes).await;
+    }
+
+    /// Forgets functions that are gone: their history, subscription and
+    /// metric series.
+    fn forget_gone(&mut self, present: &std::collections::HashSet<FunctionRef>) {
+        let gone: Vec<FunctionRef> = self
+            .tracked
+            .keys()
+            .filter(|f| !present.contains(*f))
+            .cloned()
+            .collect();
+        for function in gone {
+            self.tracked.remove(&function);
+            self.waker.unwatch(&function);
+            self.ctx.metrics.autoscaler.forget(&function);
+        }
+        self.observed.retain(|f, _| present.contains(f));
+    }
+
+    /// Decides `function`'s replicas, resuming its history at `resume`
+    /// replicas when it is new; an Event goes with a change.
+    fn decide(
+        &mut self,
+        function: &Function,
+        reference: &FunctionRef,
+        observed: Observation,
+        resume: u32,
+        now: Duration,
+        writes: &mut Vec<Write>,
+    ) -> Decision {
+        let tracked = self
+            .tracked
+            .entry(reference.clone())
+            .or_insert_with(|| Tracked {
+                history: History::resume(resume, now),
+                shown: shown_in(function),
+                shown_at: Instant::now(),
+                stale: false,
+            });
+        let scaling = &function.spec.scaling;
+        let decision = autoscale::decide(
+            scaling,
+            function.spec.replicas,
+            observed,
+            &mut tracked.history,
+            now,
+        );
+        self.ctx.metrics.autoscaler.decided(
+            reference,
+            observed.depth(),
+            decision.replicas,
+            decision.direction(),
+        );
+        if let Some(reason) = decision.event_reason() {
+            let note = decision.explain(scaling, observed);
+            tracing::info!(function = %reference, "{note}");
+            writes.push(Write::Event {
+                regarding: function.object_ref(&()),
+                event: Event {
+                    type_: EventType::Normal,
+                    reason: reason.into(),
+                    note: Some(note),
+                    action: "Scale".into(),
+                    secondary: None,
+                },
+            });
+        }
+        decision
+    }
+
+    /// Decides for a dedicated function and scales its Deployment.
+    #[allow(clippy::too_many_arguments)]
+    async fn scale_dedicated(
+        &mut self,
+        function: Arc<Function>,
+        reference: FunctionRef,
+        observed: Observation,
+        now: Duration,
+        seen_at: Instant,
+        trigger: &'static str,
+        writes: &mut Vec<Write>,
+    ) {
+        let name = resources::dedicated_name(&reference);
+        let uid = function.metadata.uid.as_deref().unwrap_or_default();
+        // Only the Deployment this Function controls: one of the same name
+        // that it does not (its status says PlacementConflict) is left be.
+        let Some(deployment) = self
+            .deployments
+            .get(&ObjectRef::new(&name).within(&reference.namespace))
+            .filter(|d| {
+                d.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.uid == uid)
+            })
+        else {
+            return;
+        };
+        // A Deployment created without replicas runs one.
+        let current = spec_replicas(&deployment);
+        let decision = self.decide(&function, &reference, observed, current, now, writes);
+        if decision.replicas != current {
+            writes.push(Write::Scale {
+                namespace: reference.namespace.clone(),
+                name,
+                replicas: decision.replicas,
+                seen_at,
+                trigger,
+            });
+        }
+        let scaled = decision.replicas;
+        self.show(
+            &function,
+            &reference,
+            Shown {
+                replicas: status_replicas(&deployment),
+                desired: decision.replicas,
+                depth: observed.depth(),
+                active: Some(scaled > 0),
+            },
+            writes,
+        );
+        self.watch_if_idle(&function, &reference, scaled).await;
+    }
+
+    /// Scales the pool on the sum of its functions' decisions, and shows
+    /// each its share.
+    async fn scale_pool(
+        &mut self,
+        members: Vec<Member>,
+        wanted: &[u32],
+        seen_at: Instant,
+        trigger: &'static str,
+        writes: &mut Vec<Write>,
+    ) {
+        if members.is_empty() && wanted.is_empty() {
+            return;
+        }
+        let pool = self.config.pool.clone().and_then(|target| {
+            let store = self.pool.as_ref()?;
+            let deployment = store.get(&ObjectRef::new(&target.name).within(&target.namespace));
+            Some((target, deployment))
+        });
+        let (running, scaled) = match pool {
+            Some((target, Some(deployment))) => {
+                let current = spec_replicas(&deployment);
+                let replicas = autoscale::pool_replicas(
+                    wanted.iter().copied(),
+                    target.min_replicas,
+                    target.max_replicas,
+                );
+                if replicas != current {
+                    tracing::info!(
+                        pool = %format!("{}/{}", target.namespace, target.name),
+                        "{current} → {replicas} replicas for its functions' demand"
+                    );
+                    writes.push(Write::Scale {
+                        namespace: target.namespace.clone(),
+                        name: target.name.clone(),
+                        replicas,
+                        seen_at,
+                        trigger,
+                    });
+                }
+                (status_replicas(&deployment), Some(replicas))
+            }
+            Some((target, None)) => {
+                tracing::debug!(pool = %format!("{}/{}", target.namespace, target.name), "the pool Deployment does not exist; not scaled");
+                (0, None)
+            }
+            None => (0, None),
+        };
+        for member in members {
+            self.show(
+                &member.function,
+                &member.reference,
+                Shown {
+                    replicas: running,
+                    desired: member.decision.replicas,
+                    depth: member.observed.depth(),
+                    active: scaled.map(|s| s > 0),
+                },
+                writes,
+            );
+            if let Some(scaled) = scaled {
+                self.watch_if_idle(&member.function, &member.reference, scaled)
+                    .await;
+            }
+        }
+    }
+
+    /// Holds a subscription on an unpinned function's invocations while its
+    /// runtimes are at zero.
+    async fn watch_if_idle(&mut self, function: &Function, reference: &FunctionRef, scaled: u32) {
+        if scaled > 0 || function.spec.replicas.is_some() {
+            self.waker.unwatch(reference);
+            return;
+        }
+        if let Err(e) = self.waker.watch(reference).await {
+            // The next tick sees its first invocation instead.
+            tracing::warn!(function = %reference, error = %e, "cannot watch for a first invocation");
+        }
+    }
+
+    /// Queues a status write when what the status shows changed (the queue
+    /// depth alone at most every [`DEPTH_STATUS_EVERY`]).
+    fn show(
+        &mut self,
+        function: &Function,
+        reference: &FunctionRef,
+        shown: Shown,
+        writes: &mut Vec<Write>,
+    ) {
+        let Some(tracked) = self.tracked.get_mut(reference) else {
+            return;
+        };
+        self.ctx
+            .metrics
+            .autoscaler
+            .running(reference, shown.replicas);
+        let before = tracked.shown;
+        let scale_changed = Shown {
+            depth: before.depth,
+            ..shown
+        } != before;
+        let depth_due =
+            shown.depth != before.depth && tracked.shown_at.elapsed() >= DEPTH_STATUS_EVERY;
+        if !scale_changed && !depth_due && !tracked.stale {
+            return;
+        }
+        tracked.shown = shown;
+        tracked.shown_at = Instant::now();
+        tracked.stale = false;
+        writes.push(Write::Status {
+            function: reference.clone(),
+            patch: status_patch(function, shown),
+        });
+    }
+
+    /// Makes `writes`, a few at once; failures are logged and left to the
+    /// next tick, which decides again from what it finds.
+    async fn write(&mut self, writes: Vec<Write>) {
+        if writes.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let failed: Vec<FunctionRef> = futures::stream::iter(writes)
+            .map(|write| {
+                let ctx = ctx.clone();
+                async move { execute(&ctx, write).await }
+            })
+            .buffer_unordered(WRITES_AT_ONCE)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        // A status that was not written is written again next time.
+        for function in failed {
+            if let Some(tracked) = self.tracked.get_mut(&function) {
+                tracked.stale = true;
+            }
+        }
+    }
+}
+
+/// Makes one write; the function whose status write failed, if one did.
+async fn execute(ctx: &Context, write: Write) -> Option<FunctionRef> {
+    match write {
+        Write::Scale {
+            namespace,
+            name,
+            replicas,
+            seen_at,
+            trigger,
+        } => {
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+            let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            match deployments
+                .patch_scale(&name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => ctx
+                    .metrics
+                    .autoscaler
+                    .scaled(trigger, seen_at.elapsed().as_secs_f64()),
+                Err(e) => {
+                    tracing::warn!(deployment = %format!("{namespace}/{name}"), replicas, error = %e, "cannot scale; trying again next tick");
+                }
+            }
+            None
+        }
+        Write::Status { function, patch } => {
+            let api: Api<Function> = Api::namespaced(ctx.client.clone(), &function.namespace);
+            match api
+                .patch_status(
+                    &function.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+            {
+                Ok(_) => None,
+                Err(kube::Error::Api(e)) if e.code == 404 => None,
+                Err(e) => {
+                    tracing::debug!(%function, error = %e, "cannot write the scale status");
+                    Some(function)
+                }
+            }
+        }
+        Write::Event { regarding, event } => {
+            if let Err(e) = ctx.recorder.publish(&event, &regarding).await {
+                tracing::warn!(error = %e, reason = %event.reason, "cannot record an Event");
+            }
+            None
+        }
+    }
+}
+
+fn reference(function: &Function) -> Option<FunctionRef> {
+    FunctionRef::new(function.namespace().as_deref()?, &function.name_any()).ok()
+}
+
+/// `spec.replicas` of a Deployment: one when unset, as the API server
+/// defaults it.
+fn spec_replicas(deployment: &Deployment) -> u32 {
+    deployment
+        .spec
+        .replicas
+        .map_or(1, |r| u32::try_from(r).unwrap_or(0))
+}
+
+/// Pods a Deployment runs now (`status.replicas`).
+fn status_replicas(deployment: &Deployment) -> u32 {
+    deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map_or(0, |r| u32::try_from(r).unwrap_or(0))
+}
+
+/// What a Function's status shows now, so that a restarted autoscaler
+/// does not write every status again.
+fn shown_in(function: &Function) -> Shown {
+    let status = function.status.clone().unwrap_or_default();
+    Shown {
+        replicas: status.replicas,
+        desired: status.desired_replicas,
+        depth: status.queue_depth,
+        active: status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ACTIVE)
+            .map(|c| c.status == "True"),
+    }
+}
+
+/// The `Active` condition for `shown`.
+fn active(shown: Shown) -> Observed {
+    match shown.active {
+        Some(true) => Observed::new(
+            ACTIVE,
+            Status::True,
+            "ScaledUp",
+            format!(
+                "{} replicas wanted, {} running",
+                shown.desired, shown.replicas
+            ),
+        ),
+        Some(false) => Observed::new(
+            ACTIVE,
+            Status::False,
+            "ScaledToZero",
+            "no replicas; the first invocation scales it up",
+        ),
+        None => Observed::new(
+            ACTIVE,
+            Status::Unknown,
+            "PoolNotManaged",
+            "the operator runs without --pool-deployment: the runtime pool is sized outside Sluice",
+        ),
+    }
+}
+
+/// The status fields the autoscaler owns, for a server-side apply.
+fn status_patch(function: &Function, shown: Shown) -> serde_json::Value {
+    let current: &[Condition] = function
+        .status
+        .as_ref()
+        .map_or(&[], |s| s.conditions.as_slice());
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let conditions = conditions::merge(
+        current,
+        &[active(shown)],
+        function.metadata.generation,
+        &now,
+    );
+    serde_json::json!({
+        "apiVersion": sluice_api::API_VERSION,
+        "kind": sluice_api::KIND,
+        "status": {
+            "replicas": shown.replicas,
+            "desiredReplicas": shown.desired,
+            "queueDepth": shown.depth,
+            "conditions": conditions.iter().filter(|c| c.type_ == ACTIVE).collect::<Vec<_>>(),
+        },
+    })
+}

@@ -1,0 +1,350 @@
+//! The autoscaler end to end: a real control plane and nats-server, real
+//! gateway and operator processes, and real `sluice-runtime` processes for
+//! the runtime Deployments' replicas (the harness plays the kubelet).
+
+use std::thread;
+use std::time::Duration;
+
+use crate::support::{Sluice, component, eventually, http_get, http_get_within, http_post};
+
+/// A dedicated function of the `misbehave` component, whose `/sleep/<ms>`
+/// holds each invocation, so a queue stays deep while runtimes start.
+fn sleeper(name: &str, scaling: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: {name}, namespace: default }}
+spec:
+  module: {{ configMap: {{ name: misbehave-wasm, key: misbehave.wasm }} }}
+  placement: dedicated
+  timeout: 30s
+  concurrency: 10
+  scaling: {scaling}
+"
+    )
+}
+
+/// The operator's metrics text.
+fn metrics(operator: &crate::support::Process) -> String {
+    let admin = operator.admin.expect("the operator's admin address");
+    http_get(admin, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// Waits until the record of invocation `id` is final; its state.
+fn settled(gateway: std::net::SocketAddr, id: &str) -> String {
+    eventually(
+        &format!("invocation {id} settled"),
+        Duration::from_secs(120),
+        || {
+            let (status, body) = http_get_within(
+                gateway,
+                &format!("/invocations/{id}?wait=10s"),
+                Duration::from_secs(15),
+            )?;
+            let record: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let state = record["state"].as_str()?.to_owned();
+            (status == 200 && state != "queued" && state != "running").then_some(state)
+        },
+    )
+}
+
+/// `count` async invocations of `path`; their ids.
+fn post_async(gateway: std::net::SocketAddr, path: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let (status, body) = http_post(gateway, path).expect("the gateway answers");
+            assert_eq!(status, 202, "{body}");
+            let accepted: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            accepted["id"].as_str().expect("an id").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero_and_a_pin_holds() {
+    let sluice = Sluice::start();
+    let operator = sluice.operator("op-1", 15, &["--autoscale-interval", "1s"]);
+    let (_gateway, gateway) = sluice.gateway();
+    let kubelet = sluice.kubelet(Duration::from_secs(1));
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    sluice.apply(&sleeper(
+        "surge",
+        "{ maxReplicas: 5, targetQueueDepth: 10, scaleDownDelay: 2s, scaleToZeroAfter: 3s }",
+    ));
+    sluice.wait_ready("default", "surge", "True", "Ready");
+    let deployment = "surge-runtime";
+
+    // Created with one warm replica, idle for scaleToZeroAfter: zero.
+    eventually("idle to zero", Duration::from_secs(60), || {
+        let at_zero = kubelet.replica_history("default", deployment).last() == Some(&0)
+            && kubelet.running("default", deployment) == 0;
+        at_zero.then_some(())
+    });
+    eventually("Active=False", Duration::from_secs(30), || {
+        let (status, reason, _) = sluice.condition("default", "surge", "Active")?;
+        (status == "False" && reason == "ScaledToZero").then_some(())
+    });
+    let before_surge = kubelet.replica_history("default", deployment).len();
+
+    // 20 synchronous and 500 asynchronous invocations at once, at zero.
+    let sync: Vec<_> = (0..20)
+        .map(|_| {
+            thread::spawn(move || {
+                http_get_within(
+                    gateway,
+                    "/fn/default/surge/sleep/100",
+                    Duration::from_secs(60),
+                )
+            })
+        })
+        .collect();
+    let posters: Vec<_> = (0..10)
+        .map(|_| {
+            thread::spawn(move || post_async(gateway, "/async/fn/default/surge/sleep/100", 50))
+        })
+        .collect();
+    for answer in sync {
+        let answer = answer.join().expect("a sync caller");
+        assert!(
+            matches!(answer, Some((200, _))),
+            "a synchronous invocation made at zero is answered once a runtime starts: {answer:?}"
+        );
+    }
+    let ids: Vec<String> = posters
+        .into_iter()
+        .flat_map(|p| p.join().expect("an async poster"))
+        .collect();
+    assert_eq!(ids.len(), 500);
+    for id in &ids {
+        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
+    }
+
+    eventually("back to zero", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
+    });
+    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
+    assert_eq!(
+        surge.iter().max(),
+        Some(&5),
+        "up to maxReplicas and no further: {surge:?}"
+    );
+    let reasons = sluice.event_reasons("default", "surge");
+    for reason in ["ScaledFromZero", "ScaledUp", "ScaledToZero"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} in {reasons:?}"
+        );
+    }
+    eventually("the status at zero", Duration::from_secs(30), || {
+        let desired = sluice.field("default", "surge", "{.status.desiredReplicas}");
+        let depth = sluice.field("default", "surge", "{.status.queueDepth}");
+        (desired == "0" && depth == "0").then_some(())
+    });
+    let text = metrics(&operator);
+    assert!(
+        text.contains(r#"sluice_autoscaler_decisions_total{direction="up"}"#)
+            && text.contains(r#"sluice_queue_depth{function="default/surge"} 0"#),
+        "{text}"
+    );
+
+    // A pin holds under load, and autoscaling resumes when it goes.
+    sluice
+        .cluster
+        .kubectl_ok(&["scale", "fn/surge", "-n", "default", "--replicas=2"]);
+    eventually("pinned at 2", Duration::from_secs(30), || {
+        (kubelet.replica_history("default", deployment).last() == Some(&2)).then_some(())
+    });
+    let pinned_from = kubelet.replica_history("default", deployment).len();
+    let ids = post_async(gateway, "/async/fn/default/surge/sleep/100", 200);
+    for id in &ids {
+        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
+    }
+    assert_eq!(
+        kubelet.replica_history("default", deployment).len(),
+        pinned_from,
+        "200 queued did not move a pinned function: {:?}",
+        kubelet.replica_history("default", deployment)
+    );
+    assert_eq!(
+        sluice.field("default", "surge", "{.status.desiredReplicas}"),
+        "2"
+    );
+    sluice.cluster.kubectl_ok(&[
+        "patch",
+        "fn",
+        "surge",
+        "-n",
+        "default",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/replicas"}]"#,
+    ]);
+    eventually("unpinned: idle to zero", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
+    });
+}
+
+#[test]
+fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
+    let sluice = Sluice::start();
+    let (_gateway, gateway) = sluice.gateway();
+    let kubelet = sluice.kubelet(Duration::ZERO);
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    {
+        let _first = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
+        sluice.apply(&sleeper(
+            "woken",
+            "{ scaleDownDelay: 0s, scaleToZeroAfter: 0s }",
+        ));
+        sluice.wait_ready("default", "woken", "True", "Ready");
+    }
+    // Ticks an hour apart: the first, at start, finds the function idle
+    // and scales it to zero; no other comes within this test.
+    let operator = sluice.operator(
+        "op-2",
+        15,
+        &["--leader-elect", "false", "--autoscale-interval", "1h"],
+    );
+    eventually("at zero", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", "woken-runtime").last() == Some(&0)
+            && kubelet.running("default", "woken-runtime") == 0)
+            .then_some(())
+    });
+    let answer = http_get_within(
+        gateway,
+        "/fn/default/woken/sleep/1",
+        Duration::from_secs(60),
+    );
+    assert!(matches!(answer, Some((200, _))), "{answer:?}");
+    let text = metrics(&operator);
+    assert!(
+        text.contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_pool_scales_on_its_functions_sum_and_a_restarted_operator_resumes_without_a_dip() {
+    let sluice = Sluice::start();
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    // The pool, as the Helm chart makes it; its pods never start here, so
+    // what is queued stays queued.
+    sluice.apply(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: sluice-runtime-pool
+  namespace: sluice-system
+  labels: { app.kubernetes.io/name: sluice-runtime-pool }
+spec:
+  replicas: 0
+  selector: { matchLabels: { app.kubernetes.io/name: sluice-runtime-pool } }
+  template:
+    metadata: { labels: { app.kubernetes.io/name: sluice-runtime-pool } }
+    spec: { containers: [ { name: runtime, image: registry.test/sluice-runtime:test } ] }
+",
+    );
+    let pool_watch = sluice_testing::Kubelet::start(
+        &sluice.cluster,
+        "app.kubernetes.io/name=sluice-runtime-pool",
+        std::path::Path::new("/nonexistent/never-started"),
+        Duration::from_secs(3600),
+        sluice.cluster.dir(),
+    );
+    let flags = [
+        "--leader-elect",
+        "false",
+        "--pool-deployment",
+        "sluice-system/sluice-runtime-pool",
+        "--pool-max-replicas",
+        "10",
+    ];
+    let mut first = sluice.operator("op-1", 15, &flags);
+    let (_gateway, gateway) = sluice.gateway();
+    for (name, target) in [("left", 10), ("right", 5)] {
+        sluice.apply(&format!(
+            "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: {name}, namespace: default }}
+spec:
+  module: {{ configMap: {{ name: misbehave-wasm, key: misbehave.wasm }} }}
+  scaling: {{ targetQueueDepth: {target}, scaleDownDelay: 10m, scaleToZeroAfter: 10m }}
+"
+        ));
+        sluice.wait_ready("default", name, "True", "Ready");
+    }
+    // 30 queued for left (3 replicas at 10 each) and 20 for right (4 at 5
+    // each): the pool wants 7.
+    post_async(gateway, "/async/fn/default/left/status/200", 30);
+    post_async(gateway, "/async/fn/default/right/status/200", 20);
+    eventually("the pool at 7", Duration::from_secs(30), || {
+        (pool_watch
+            .replica_history("sluice-system", "sluice-runtime-pool")
+            .last()
+            == Some(&7))
+        .then_some(())
+    });
+    for (name, desired) in [("left", "3"), ("right", "4")] {
+        eventually(
+            &format!("{name} desires {desired}"),
+            Duration::from_secs(30),
+            || {
+                (sluice.field("default", name, "{.status.desiredReplicas}") == desired)
+                    .then_some(())
+            },
+        );
+    }
+    let at_seven = pool_watch
+        .replica_history("sluice-system", "sluice-runtime-pool")
+        .len();
+
+    // Killed mid-surge; its successor resumes from what it finds.
+    first.kill();
+    let second = sluice.operator("op-2", 15, &flags);
+    eventually(
+        "three ticks of the new operator",
+        Duration::from_secs(60),
+        || {
+            let text = metrics(&second);
+            let ticks = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice_autoscaler_tick_duration_seconds_count "))?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+            (ticks >= 3).then_some(())
+        },
+    );
+    let history = pool_watch.replica_history("sluice-system", "sluice-runtime-pool");
+    assert_eq!(
+        history.len(),
+        at_seven,
+        "the pool never left 7 across the restart: {history:?}"
+    );
+    // More demand raises the sum, up to the pool's max.
+    post_async(gateway, "/async/fn/default/left/status/200", 100);
+    eventually("the pool at its max", Duration::from_secs(30), || {
+        (pool_watch
+            .replica_history("sluice-system", "sluice-runtime-pool")
+            .last()
+            == Some(&10))
+        .then_some(())
+    });
+}
