@@ -36,26 +36,20 @@
 //! plane's watchdog).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::ResourceExt as _;
+use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Client, ResourceExt as _};
 use sluice_api::Function;
 use sluice_testing::{ControlPlane, NatsServer};
 use tokio::sync::Notify;
 
-const NAMESPACE: &str = "default";
-const CONFIG_MAP: &str = "hello-wasm";
-const KEY: &str = "hello.wasm";
+mod common;
+use common::*;
+
 /// How long one Function may take to become Ready before the bench gives
 /// up (and how long the whole burst may take).
 const PATIENCE: Duration = Duration::from_secs(600);
@@ -85,8 +79,8 @@ fn main() {
     let nats = NatsServer::start();
     let operator_kubeconfig = cluster.install_sluice();
     let client = tokio.block_on(admin_client(&cluster.kubeconfig));
-    tokio.block_on(warm_up(&client));
-    let operator = Operator::start(&operator_kubeconfig, &nats.url);
+    tokio.block_on(warm_up(&client, &function("warm-up")));
+    let operator = Operator::start(&operator_kubeconfig, &nats.url, &[]);
     let pids = Pids {
         operator: operator.pid(),
         apiserver: cluster.pid("kube-apiserver"),
@@ -186,53 +180,6 @@ fn main() {
     drop(operator);
 }
 
-/// A kube client as the cluster's admin, from the control plane's
-/// kubeconfig.
-async fn admin_client(kubeconfig: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("the admin kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("a kube config");
-    Client::try_from(config).expect("a kube client")
-}
-
-/// Lets the API server settle from the CRD's installation before anything
-/// is timed: a Function created within a second or two after the CRD is
-/// Established takes it about 2 s to admit (a server-side dry run too),
-/// one created a few seconds later milliseconds. That is the API server's
-/// start-up for a new resource type, not the operator's. A dry run waits
-/// it out and stores nothing.
-async fn warm_up(client: &Client) {
-    Api::<Function>::namespaced(client.clone(), NAMESPACE)
-        .create(
-            &PostParams {
-                dry_run: true,
-                field_manager: None,
-            },
-            &function("warm-up"),
-        )
-        .await
-        .expect("a dry-run create of a Function");
-}
-
-/// The `hello` component in ConfigMap `hello-wasm`, key `hello.wasm`, as
-/// `kubectl create configmap --from-file` would store it.
-async fn create_config_map(client: &Client) {
-    let wasm = std::fs::read(sluice_examples::component("hello")).expect("the hello component");
-    let config_map = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(CONFIG_MAP.into()),
-            ..ObjectMeta::default()
-        },
-        binary_data: Some([(KEY.to_owned(), ByteString(wasm))].into()),
-        ..ConfigMap::default()
-    };
-    Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
-        .create(&PostParams::default(), &config_map)
-        .await
-        .expect("cannot create the ConfigMap");
-}
-
 /// A pool Function running `hello` from the ConfigMap.
 fn function(name: &str) -> Function {
     serde_json::from_value(serde_json::json!({
@@ -295,32 +242,8 @@ impl ReadyTimes {
     /// Function created afterwards is missed.
     async fn watch(functions: Api<Function>) -> Arc<Self> {
         let times = Arc::new(Self::default());
-        let (established, is_established) = tokio::sync::oneshot::channel();
         let recorder = times.clone();
-        tokio::spawn(async move {
-            let mut established = Some(established);
-            let mut events = watcher(functions, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.try_next().await.ok().flatten() {
-                // Taken first: the instant the event arrived.
-                let now = Instant::now();
-                match event {
-                    watcher::Event::Apply(f) | watcher::Event::InitApply(f) => {
-                        recorder.observe(&f, now);
-                    }
-                    watcher::Event::InitDone => {
-                        if let Some(established) = established.take() {
-                            let _ = established.send(());
-                        }
-                    }
-                    watcher::Event::Init | watcher::Event::Delete(_) => {}
-                }
-            }
-        });
-        is_established
-            .await
-            .expect("the watch on Functions started");
+        watch_applied(functions, move |f, now| recorder.observe(&f, now)).await;
         times
     }
 
@@ -387,289 +310,6 @@ impl ReadyTimes {
             notified.await;
         }
     }
-}
-
-/// `sluice-operator` run as its ServiceAccount; killed when dropped.
-#[derive(Debug)]
-struct Operator {
-    child: Child,
-    binary: PathBuf,
-    admin: SocketAddr,
-    log: PathBuf,
-    /// Holds the log unless `SLUICE_BENCH_LOG_DIR` keeps it.
-    _logs: Option<tempfile::TempDir>,
-}
-
-impl Operator {
-    fn start(kubeconfig: &Path, nats: &str) -> Self {
-        let binary = std::env::var_os("SLUICE_OPERATOR_BIN").map_or_else(
-            || PathBuf::from(env!("CARGO_BIN_EXE_sluice-operator")),
-            PathBuf::from,
-        );
-        let (logs, dir) = match std::env::var_os("SLUICE_BENCH_LOG_DIR") {
-            Some(dir) => {
-                std::fs::create_dir_all(&dir).expect("SLUICE_BENCH_LOG_DIR can be made");
-                (None, PathBuf::from(dir))
-            }
-            None => {
-                let temp = tempfile::tempdir().expect("a temporary folder");
-                let dir = temp.path().to_owned();
-                (Some(temp), dir)
-            }
-        };
-        let log = dir.join("sluice-operator.log");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new(&binary)
-            .env("KUBECONFIG", kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("SLUICE_BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("RUST_BACKTRACE")
-            .args(["--nats", nats])
-            .args(["--admin-listen", &admin.to_string()])
-            // One replica: leader election would only add the wait for the
-            // Lease before the first reconcile.
-            .args(["--leader-elect", "false"])
-            .args(["--gateway-url", "http://gateway.bench:8080"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        Self {
-            child,
-            binary,
-            admin,
-            log,
-            _logs: logs,
-        }
-    }
-
-    fn pid(&self) -> Option<u32> {
-        Some(self.child.id())
-    }
-
-    /// Waits until the operator answers `/readyz` (it has connected to
-    /// NATS and checked the CRD).
-    async fn wait_ready(&self) {
-        let started = Instant::now();
-        while sluice_testing::http::get(self.admin, "/readyz")
-            .is_none_or(|(status, _)| status != 200)
-        {
-            if started.elapsed() > Duration::from_secs(60) {
-                self.fail("the operator did not become ready in 60s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Its reconcile counters once they count at least `at_least` (or
-    /// after 10 s): a reconcile is counted after its Events are
-    /// published, a few ms after the Function's Ready is.
-    async fn reconciles(&self, at_least: usize) -> Reconciles {
-        let started = Instant::now();
-        loop {
-            let reconciles = self.metrics();
-            if reconciles.count >= at_least as f64 || started.elapsed() > Duration::from_secs(10) {
-                return reconciles;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Its reconcile counters, from `/metrics`.
-    fn metrics(&self) -> Reconciles {
-        let (_, text) = sluice_testing::http::get(self.admin, "/metrics").unwrap_or_default();
-        let value = |name: &str| {
-            text.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
-        };
-        Reconciles {
-            // Every result: ready, not_ready and error.
-            count: value("sluice_operator_reconciles_total"),
-            seconds: value("sluice_operator_reconcile_duration_seconds_sum"),
-            errors: value("sluice_operator_reconciles_total{result=\"error\"}"),
-        }
-    }
-
-    /// Panics with `what` and the end of the operator's log.
-    fn fail(&self, what: &str) -> ! {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!("{what}; the operator's log ends:\n{}", tail.join("\n"));
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// The operator's reconciles (of a Function's spec, not the finalizer's
-/// first pass), from its metrics.
-#[derive(Clone, Copy, Debug, Default)]
-struct Reconciles {
-    count: f64,
-    seconds: f64,
-    errors: f64,
-}
-
-impl Reconciles {
-    fn since(self, before: &Self) -> Self {
-        Self {
-            count: self.count - before.count,
-            seconds: self.seconds - before.seconds,
-            errors: self.errors - before.errors,
-        }
-    }
-
-    fn describe(&self) -> String {
-        let mean = if self.count > 0.0 {
-            self.seconds / self.count * 1e3
-        } else {
-            0.0
-        };
-        format!(
-            "{} reconciles ({} failed), {mean:.1} ms each on average",
-            self.count, self.errors
-        )
-    }
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-#[derive(Clone, Copy, Debug, Default)]
-struct Memory {
-    rss: u64,
-    peak: u64,
-}
-
-fn memory(pid: Option<u32>) -> Memory {
-    let status = pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    Memory {
-        rss: field("VmRSS:"),
-        peak: field("VmHWM:"),
-    }
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// The processes whose CPU time the burst reports.
-#[derive(Debug)]
-struct Pids {
-    operator: Option<u32>,
-    apiserver: Option<u32>,
-    etcd: Option<u32>,
-    /// It watches Functions too (garbage collector, quota).
-    controller_manager: Option<u32>,
-    nats: Option<u32>,
-    bench: Option<u32>,
-}
-
-/// CPU seconds (user + system) per process, in [`Pids`]' order.
-#[derive(Clone, Copy, Debug, Default)]
-struct Cpu([f64; 6]);
-
-const CPU_NAMES: [&str; 6] = [
-    "sluice-operator",
-    "kube-apiserver",
-    "etcd",
-    "kube-controller-manager",
-    "nats-server",
-    "bench client",
-];
-
-impl Pids {
-    fn cpu(&self) -> Cpu {
-        let ticks = clock_ticks();
-        let seconds = |pid: Option<u32>| {
-            pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-                .and_then(|stat| {
-                    // Fields after the command name (which may hold
-                    // spaces, so split after its closing parenthesis):
-                    // utime and stime are the 14th and 15th of the line.
-                    let rest = stat.rsplit_once(')')?.1;
-                    let fields: Vec<&str> = rest.split_whitespace().collect();
-                    let utime: f64 = fields.get(11)?.parse().ok()?;
-                    let stime: f64 = fields.get(12)?.parse().ok()?;
-                    Some((utime + stime) / ticks)
-                })
-                .unwrap_or(f64::NAN)
-        };
-        Cpu([
-            seconds(self.operator),
-            seconds(self.apiserver),
-            seconds(self.etcd),
-            seconds(self.controller_manager),
-            seconds(self.nats),
-            seconds(self.bench),
-        ])
-    }
-}
-
-impl Cpu {
-    fn since(self, before: &Self) -> Self {
-        let mut delta = self;
-        for (d, b) in delta.0.iter_mut().zip(before.0) {
-            *d -= b;
-        }
-        delta
-    }
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat`'s times.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// The nearest-rank percentile `p` (0–100) of sorted `samples`.
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-/// min / median / p90 / max of `samples` (sorted here).
-fn summary(samples: &mut [Duration]) -> String {
-    samples.sort();
-    format!(
-        "{:>10} {:>10} {:>10} {:>10}",
-        ms(samples[0]),
-        ms(percentile(samples, 50.0)),
-        ms(percentile(samples, 90.0)),
-        ms(samples[samples.len() - 1]),
-    )
 }
 
 struct Report<'a> {
