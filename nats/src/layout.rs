@@ -21,6 +21,11 @@ pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const DEFAULT_RESULTS_TTL: Duration = Duration::from_secs(3600);
 /// Default of [`LayoutConfig::dead_letters_per_subject`].
 pub const DEFAULT_DEAD_LETTERS_PER_SUBJECT: i64 = 1000;
+/// Most functions: the invocation stream's `max_consumers`, as every
+/// function has one consumer on it. Set explicitly because nats-server
+/// 2.15 caps a stream that sets none at 1,000 consumers, which would make
+/// the 1,001st function fail to register.
+pub const MAX_FUNCTIONS: i32 = 100_000;
 
 /// Limits applied when the layout is created.
 #[derive(Debug, Clone)]
@@ -82,7 +87,7 @@ impl Layout {
         config: &LayoutConfig,
     ) -> Result<Self, NatsError> {
         let js = jetstream::new(client);
-        let invocations = js
+        let mut invocations = js
             .get_or_create_stream(stream::Config {
                 name: INVOCATION_STREAM.to_owned(),
                 description: Some("Sluice invocations, one subject per function".to_owned()),
@@ -93,10 +98,26 @@ impl Layout {
                 max_messages_per_subject: config.max_queue_depth,
                 discard: stream::DiscardPolicy::New,
                 discard_new_per_subject: true,
+                max_consumers: MAX_FUNCTIONS,
                 ..Default::default()
             })
             .await
             .map_err(|e| layout_error(INVOCATION_STREAM, e))?;
+        // Made by an earlier Sluice without a limit: the server's default
+        // (1,000 since nats-server 2.15) applies until it is raised.
+        let existing = invocations.cached_info().config.clone();
+        if existing.max_consumers <= 0 {
+            js.update_stream(stream::Config {
+                max_consumers: MAX_FUNCTIONS,
+                ..existing
+            })
+            .await
+            .map_err(|e| layout_error(INVOCATION_STREAM, e))?;
+            invocations = js
+                .get_stream(INVOCATION_STREAM)
+                .await
+                .map_err(|e| layout_error(INVOCATION_STREAM, e))?;
+        }
         let dead_letters = js
             .get_or_create_stream(stream::Config {
                 name: DEAD_LETTER_STREAM.to_owned(),

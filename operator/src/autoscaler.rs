@@ -200,6 +200,17 @@ impl Waker {
     }
 }
 
+impl Drop for Waker {
+    /// Ends the subscriptions with the autoscaler (its replica may have
+    /// lost the leadership): a task left behind would hold one until a
+    /// message came.
+    fn drop(&mut self) {
+        for task in self.watching.values() {
+            task.abort();
+        }
+    }
+}
+
 /// A function the autoscaler considers this time.
 struct Member {
     function: Arc<Function>,
