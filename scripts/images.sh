@@ -58,7 +58,7 @@ for image in operator:sluice-operator gateway:sluice-gateway runtime-wasm:sluice
   binary=${image##*:}
   name="$registry/$binary:$tag"
   rm -f "$context"/*
-  cp "target/$target/image/$binary" "$context/"
+  cp "${CARGO_TARGET_DIR:-target}/$target/image/$binary" "$context/"
   echo "== building $name"
   "${buildah[@]}" build --quiet --isolation chroot \
     --label "org.opencontainers.image.title=$binary" \

@@ -27,6 +27,12 @@ mkdir -p .sluice
 scripts/k8s/tools.sh > .sluice/k8s-tools.out 2> .sluice/k8s-tools.log &
 k8s_tools=$!
 
+# The container images (static musl binaries, buildah) for the image
+# tests, built in a target folder of their own so that it runs beside the
+# debug builds below.
+CARGO_TARGET_DIR=target/images nice scripts/images.sh > .sluice/images.out 2> .sluice/images.log &
+images=$!
+
 echo "== checking formatting"
 cargo fmt --all -- --check
 
@@ -58,6 +64,14 @@ fi
 SLUICE_KUBE_BIN=$(sed -n 's/^SLUICE_KUBE_BIN=//p' .sluice/k8s-tools.out | tail -1)
 export SLUICE_KUBE_BIN
 "$SLUICE_KUBE_BIN/kubectl" version --client
+
+echo "== waiting for the container images"
+if ! wait "$images"; then
+  cat .sluice/images.out .sluice/images.log >&2
+  echo "scripts/images.sh failed (log above)" >&2
+  exit 1
+fi
+cat .sluice/images.out
 
 echo "== running the tests"
 cargo test --locked --workspace --all-features "$@"

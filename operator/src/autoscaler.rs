@@ -828,3 +828,87 @@ fn status_patch(function: &Function, shown: Shown) -> serde_json::Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(active: Option<(&str, &str)>) -> Function {
+        let mut function = Function::new(
+            "f",
+            serde_json::from_value(serde_json::json!({ "module": { "file": "f.wasm" } }))
+                .expect("a spec"),
+        );
+        function.metadata.generation = Some(3);
+        function.status = active.map(|(status, since)| sluice_api::FunctionStatus {
+            conditions: vec![Condition {
+                type_: ACTIVE.into(),
+                status: status.into(),
+                reason: "ScaledUp".into(),
+                message: String::new(),
+                last_transition_time: Some(since.into()),
+                observed_generation: Some(2),
+            }],
+            ..Default::default()
+        });
+        function
+    }
+
+    fn shown(active: Option<bool>) -> Shown {
+        Shown {
+            replicas: 2,
+            desired: 3,
+            depth: 40,
+            active,
+        }
+    }
+
+    #[test]
+    fn the_status_patch_holds_only_the_autoscalers_fields() {
+        let patch = status_patch(&function(None), shown(Some(true)));
+        let status = patch["status"].as_object().expect("a status");
+        let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["conditions", "desiredReplicas", "queueDepth", "replicas"]
+        );
+        assert_eq!(status["replicas"], 2);
+        assert_eq!(status["desiredReplicas"], 3);
+        assert_eq!(status["queueDepth"], 40);
+        let conditions = status["conditions"].as_array().expect("conditions");
+        assert_eq!(conditions.len(), 1, "Active only: {conditions:?}");
+        assert_eq!(conditions[0]["type"], "Active");
+        assert_eq!(conditions[0]["status"], "True");
+        assert_eq!(conditions[0]["observedGeneration"], 3);
+    }
+
+    #[test]
+    fn active_keeps_its_transition_time_until_its_status_changes() {
+        let since = "2026-01-01T00:00:00Z";
+        let same = status_patch(&function(Some(("True", since))), shown(Some(true)));
+        assert_eq!(
+            same["status"]["conditions"][0]["lastTransitionTime"],
+            since
+        );
+        let changed = status_patch(&function(Some(("True", since))), shown(Some(false)));
+        let condition = &changed["status"]["conditions"][0];
+        assert_eq!(condition["status"], "False");
+        assert_eq!(condition["reason"], "ScaledToZero");
+        assert_ne!(condition["lastTransitionTime"], since);
+        let unmanaged = status_patch(&function(None), shown(None));
+        assert_eq!(
+            unmanaged["status"]["conditions"][0]["reason"],
+            "PoolNotManaged"
+        );
+    }
+
+    #[test]
+    fn a_deployment_without_replicas_runs_one() {
+        let mut deployment = Deployment::default();
+        assert_eq!(spec_replicas(&deployment), 1);
+        deployment.spec.replicas = Some(0);
+        assert_eq!(spec_replicas(&deployment), 0);
+        assert_eq!(status_replicas(&deployment), 0);
+    }
+}

@@ -5,6 +5,7 @@
 
 mod autoscale;
 mod crd;
+mod images;
 mod lifecycle;
 mod module;
 mod resilience;
