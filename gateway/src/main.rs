@@ -96,10 +96,10 @@ fn request_limits() -> String {
         "Request limits (each refusal is a JSON error):\n  \
          body            --max-request-body (default {body}); in NATS mode at most the server's\n                  \
          max_payload less {headroom} bytes -> 413 body_too_large\n  \
-         headers         {headers} bytes as queued: per field its name, value and 13 bytes, plus\n                  \
-         the path, query, callback URL and ~300 bytes of Sluice's own; JetStream stores at\n                  \
-         most 64 KiB of headers per message, and a guest copies at most 64 KiB of fields\n                  \
-         -> 431 headers_too_large\n  \
+         headers         {headers} bytes as queued: per field its name, value and 13 bytes,\n                  \
+         plus the path, query, callback URL and ~300 bytes of Sluice's own (JetStream\n                  \
+         stores at most 64 KiB of headers per message; a guest copies at most 64 KiB\n                  \
+         of fields) -> 431 headers_too_large\n  \
          header fields   {fields} per request (HTTP server) -> 431 headers_too_large\n  \
          request head    {head} bytes, request line and headers (HTTP server) -> 431\n  \
          body + headers  what the NATS server's max_payload carries -> 413 request_too_large",

@@ -174,14 +174,7 @@ async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_stored() {
     let stack = NatsStack::start().await;
-    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = orders_stream(&stack).await;
     // Already in the stream before the trigger exists: a new trigger does
     // not replay the past.
     js.publish("orders.created", "old order".into())
@@ -534,14 +527,7 @@ async fn events_reach_functions_as_cloudevents_the_sdk_accepts_and_run_once() {
     use cloudevents::AttributesReader as _;
 
     let stack = NatsStack::start().await;
-    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = orders_stream(&stack).await;
     let dir = manifest_dir(ECHO_ON_ORDERS);
     stack.publish_dir(dir.path()).await;
     let node_metrics = stack.node.as_ref().unwrap().admin_addr;
@@ -568,17 +554,6 @@ async fn events_reach_functions_as_cloudevents_the_sdk_accepts_and_run_once() {
     let (headers, body) = request_seen(&record);
     assert_eq!(headers["content-type"], "application/json");
     assert!(headers.get("ce-datacontenttype").is_none(), "{headers:?}");
-    for (name, value) in &headers {
-        if name.as_str().starts_with("ce-") {
-            assert!(
-                value
-                    .as_bytes()
-                    .iter()
-                    .all(|b| (0x21..=0x7e).contains(b) && *b != b'"'),
-                "{name}: {value:?}"
-            );
-        }
-    }
     let event = cloudevents::binding::http::to_event(&headers, body.clone())
         .unwrap_or_else(|e| panic!("the SDK refuses the binary event ({e}): {headers:?}"));
     assert_eq!(event.id(), "bin-1");
@@ -637,6 +612,19 @@ async fn events_reach_functions_as_cloudevents_the_sdk_accepts_and_run_once() {
         2.0,
         "{metrics}"
     );
+}
+
+/// Binds `orders.>` to a stream `ORDERS` on `stack`'s server.
+async fn orders_stream(stack: &NatsStack) -> jetstream::Context {
+    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
 }
 
 /// Waits up to 30s until the gateway has opened a trigger's durable
