@@ -11,6 +11,7 @@ use crate::invocation::{
     FUNCTION_HEADER, ID_HEADER, InvocationId, METHOD_HEADER, PATH_HEADER, QUERY_HEADER, unix_millis,
 };
 use crate::names::FunctionRef;
+use crate::outcome::reason_line;
 
 /// Why the message was dead-lettered.
 pub const REASON_HEADER: &str = "Sluice-Dead-Letter-Reason";
@@ -20,6 +21,9 @@ pub const ATTEMPTS_HEADER: &str = "Sluice-Attempts";
 pub const AT_HEADER: &str = "Sluice-Dead-Lettered-At";
 /// The subject the message was first published on.
 pub const ORIGINAL_SUBJECT_HEADER: &str = "Sluice-Original-Subject";
+/// Present when the dead letter is not the whole original message: what
+/// was left out, and why (it would not fit one NATS message).
+pub const TRUNCATED_HEADER: &str = "Sluice-Dead-Letter-Truncated";
 
 /// An invocation given up on, as `GET /dead-letters/<ns>/<name>` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,6 +35,10 @@ pub struct DeadLetter {
     pub function: FunctionRef,
     pub reason: String,
     pub attempts: u32,
+    /// What the stored dead letter lacks of the original message, and why
+    /// (see [`TRUNCATED_HEADER`]); absent when it is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Path and query, as the function saw them.
@@ -41,15 +49,15 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The headers added to the original message when it is dead-lettered.
+    /// The headers added to the original message when it is dead-lettered;
+    /// the reason as [`reason_line`] makes it, as in local mode.
     pub fn headers(
         reason: &str,
         attempts: u32,
         original_subject: &str,
     ) -> [(&'static str, String); 4] {
         [
-            // Header values cannot hold line breaks.
-            (REASON_HEADER, reason.replace(['\r', '\n'], " ")),
+            (REASON_HEADER, reason_line(reason)),
             (ATTEMPTS_HEADER, attempts.to_string()),
             (AT_HEADER, unix_millis(SystemTime::now()).to_string()),
             (ORIGINAL_SUBJECT_HEADER, original_subject.to_owned()),
@@ -67,6 +75,7 @@ impl DeadLetter {
             function,
             reason: String::new(),
             attempts: 0,
+            truncated: None,
             method: None,
             path: None,
             dead_lettered_at: 0,
@@ -82,6 +91,8 @@ impl DeadLetter {
                 }
             } else if is(REASON_HEADER) {
                 letter.reason = value.to_owned();
+            } else if is(TRUNCATED_HEADER) {
+                letter.truncated = Some(value.to_owned());
             } else if is(ATTEMPTS_HEADER) {
                 letter.attempts = value.parse().unwrap_or(0);
             } else if is(AT_HEADER) {

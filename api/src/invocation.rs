@@ -51,6 +51,40 @@ pub const CALLBACK_HEADER: &str = "Sluice-Callback-Url";
 const HTTP_HEADER_PREFIX: &str = "Sluice-H-";
 const BINARY_HTTP_HEADER_PREFIX: &str = "Sluice-Hb-";
 
+/// Longest header block JetStream stores: the block's length must fit in
+/// 16 bits ("header size exceeds maximum allowed of 64k" otherwise).
+pub const MAX_HEADER_BLOCK: usize = 65_535;
+
+/// Longest header block of a request as queued ([`Invocation::header_block_len`],
+/// with the callback URL): larger gets 431, in both modes. It leaves
+/// [`MAX_HEADER_BLOCK`] room for what is added after the gateway (the reply
+/// inbox, `Nats-Msg-Id`, the dead-letter headers), and it keeps what the
+/// runtime hands a guest under wasmtime's 64 KiB field-map accounting
+/// (each field costs its bytes plus 72; see `runtime-wasm`'s
+/// `MAX_FIELDS_BYTES`), so a guest can copy its request's headers.
+pub const MAX_REQUEST_HEADER_BLOCK: usize = 56 << 10;
+
+/// Room kept in [`MAX_HEADER_BLOCK`] beyond [`MAX_REQUEST_HEADER_BLOCK`].
+pub const HEADER_BLOCK_RESERVE: usize = MAX_HEADER_BLOCK - MAX_REQUEST_HEADER_BLOCK;
+
+/// Bytes a NATS header block takes for `headers`: `NATS/1.0\r\n`, one
+/// `name: value\r\n` line per value, and a closing `\r\n`.
+pub fn header_block_len<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+    headers
+        .into_iter()
+        .fold(HEADER_BLOCK_FRAME, |n, (name, value)| {
+            n + header_line_len(name, value)
+        })
+}
+
+/// `NATS/1.0\r\n` and the closing `\r\n`.
+const HEADER_BLOCK_FRAME: usize = 12;
+
+/// Bytes of one `name: value\r\n` line of a NATS header block.
+pub fn header_line_len(name: &str, value: &str) -> usize {
+    name.len() + value.len() + 4
+}
+
 /// A unique invocation id (a UUID in its hyphenated form).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -166,6 +200,14 @@ impl Invocation {
                 }
             }
         }
+    }
+
+    /// Bytes of the NATS header block [`Self::write_wire_headers`] fills,
+    /// without what the queue adds (reply inbox, callback, message id).
+    pub fn header_block_len(&self) -> usize {
+        let mut n = HEADER_BLOCK_FRAME;
+        self.write_wire_headers(|name, value| n += header_line_len(name, value));
+        n
     }
 
     /// Decodes wire headers and a body; every problem names its header.
@@ -483,6 +525,18 @@ mod tests {
             let err = Invocation::from_wire(as_refs(&wire), body.clone()).unwrap_err();
             assert!(err.to_string().contains(expected), "{err} !~ {expected}");
         }
+    }
+
+    #[test]
+    fn the_header_block_length_is_what_nats_frames() {
+        let inv = sample();
+        let (wire, _) = inv.to_wire();
+        let framed: String = std::iter::once("NATS/1.0\r\n".to_owned())
+            .chain(wire.iter().map(|(n, v)| format!("{n}: {v}\r\n")))
+            .chain(std::iter::once("\r\n".to_owned()))
+            .collect();
+        assert_eq!(inv.header_block_len(), framed.len());
+        assert_eq!(header_block_len(as_refs(&wire)), framed.len());
     }
 
     #[test]

@@ -24,9 +24,9 @@ pub use digest::ModuleDigest;
 pub use function::*;
 pub use invocation::{Invocation, InvocationId, InvocationResponse, WireError};
 pub use manifest::{FunctionManifest, ManifestError, parse_functions};
-pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up};
+pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up, reason_line};
 pub use quantity::{ByteSize, Duration};
-pub use record::{InvocationRecord, InvocationState, StoredResponse};
+pub use record::{InvocationRecord, InvocationState, StoredHeader, StoredResponse};
 pub use registry::RegistryEntry;
 
 /// The `Function` CustomResourceDefinition, as the API server takes it.

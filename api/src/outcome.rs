@@ -28,20 +28,43 @@ pub struct Failure {
 pub const MAX_REASON_BYTES: usize = 1024;
 
 impl Failure {
-    /// A failure whose reason is cut to [`MAX_REASON_BYTES`].
+    /// A failure whose reason is made one line of at most
+    /// [`MAX_REASON_BYTES`] ([`reason_line`]).
     pub fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
-        let mut reason = reason.into();
-        if reason.len() > MAX_REASON_BYTES {
-            let total = reason.len();
-            let mut end = MAX_REASON_BYTES;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-            reason.push_str(&format!("… ({} more bytes cut)", total - end));
+        Self {
+            kind,
+            reason: reason_line(&reason.into()),
         }
-        Self { kind, reason }
     }
+}
+
+/// `text` as one line of at most [`MAX_REASON_BYTES`] (plus a note of what
+/// was cut): every run of whitespace and control characters becomes one
+/// space. A reason goes into header values, which cannot hold line breaks,
+/// and into JSON a person reads; a trap's backtrace would span lines, and
+/// both queues must store the same text.
+pub fn reason_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len().min(MAX_REASON_BYTES + 32));
+    let mut words = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty());
+    if let Some(first) = words.next() {
+        line.push_str(first);
+    }
+    for word in words {
+        line.push(' ');
+        line.push_str(word);
+    }
+    if line.len() > MAX_REASON_BYTES {
+        let total = line.len();
+        let mut end = MAX_REASON_BYTES;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push_str(&format!("… ({} more bytes cut)", total - end));
+    }
+    line
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,11 +235,11 @@ impl Outcome {
 
 /// The error of an invocation dead-lettered after `attempts` attempts.
 pub fn gave_up(attempts: u32, reason: Option<&str>) -> String {
-    format!(
+    reason_line(&format!(
         "gave up after {attempts} attempt{}: {}",
         if attempts == 1 { "" } else { "s" },
         reason.unwrap_or("retryable failure")
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -322,6 +345,28 @@ mod tests {
                 error: None
             }
         ));
+    }
+
+    #[test]
+    fn reasons_become_one_capped_line() {
+        let cases = [
+            ("plain", "plain".to_owned()),
+            (
+                "wasm trap: out of bounds memory access\nwasm backtrace:\n    0: 0x1a2b - f\r\n\t1: g",
+                "wasm trap: out of bounds memory access wasm backtrace: 0: 0x1a2b - f 1: g"
+                    .to_owned(),
+            ),
+            ("  padded\u{0}\u{7f} ", "padded".to_owned()),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(reason_line(text), expected, "{text:?}");
+        }
+        let long = format!("{}\n{}", "é".repeat(600), "x".repeat(600));
+        let line = reason_line(&long);
+        assert!(!line.contains('\n'));
+        assert!(line.ends_with("more bytes cut)"), "{line}");
+        assert!(line.len() < MAX_REASON_BYTES + 32);
+        assert!(gave_up(3, Some(&long)).len() < MAX_REASON_BYTES + 32);
     }
 
     #[test]

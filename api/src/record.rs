@@ -1,8 +1,6 @@
 //! The status document of an invocation, as `GET /invocations/<id>` answers
 //! it and as callbacks receive it.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -41,29 +39,57 @@ impl InvocationState {
     }
 }
 
-/// A function's response as stored: headers folded to one value each
-/// (repeated values joined with `, `), body in base64.
+/// A function's response as stored: every header field line as an entry
+/// of its own, in order (so repeated fields such as `Set-Cookie` stay
+/// apart, RFC 9110 §5.3), each value's bytes kept; the body in base64.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResponse {
     pub status: u16,
-    pub headers: BTreeMap<String, String>,
+    pub headers: Vec<StoredHeader>,
     /// Base64 (standard alphabet, padded).
     pub body: String,
 }
 
+/// One header field line of a stored response: `value` when its bytes are
+/// UTF-8, `valueBase64` (standard alphabet, padded) when they are not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredHeader {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+impl StoredHeader {
+    /// The value's bytes; `None` if it holds neither form, or bad base64.
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        match (&self.value, &self.value_base64) {
+            (Some(text), None) => Some(text.as_bytes().to_vec()),
+            (None, Some(b64)) => BASE64.decode(b64).ok(),
+            _ => None,
+        }
+    }
+}
+
 impl From<&InvocationResponse> for StoredResponse {
     fn from(resp: &InvocationResponse) -> Self {
-        let mut headers = BTreeMap::<String, String>::new();
-        for (name, value) in &resp.headers {
-            let value = String::from_utf8_lossy(value.as_bytes());
-            headers
-                .entry(name.to_string())
-                .and_modify(|v| {
-                    v.push_str(", ");
-                    v.push_str(&value);
-                })
-                .or_insert_with(|| value.into_owned());
-        }
+        let headers = resp
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let (value, value_base64) = match std::str::from_utf8(value.as_bytes()) {
+                    Ok(text) => (Some(text.to_owned()), None),
+                    Err(_) => (None, Some(BASE64.encode(value.as_bytes()))),
+                };
+                StoredHeader {
+                    name: name.to_string(),
+                    value,
+                    value_base64,
+                }
+            })
+            .collect();
         Self {
             status: resp.status.as_u16(),
             headers,
@@ -76,6 +102,18 @@ impl StoredResponse {
     /// The decoded body; `None` if the stored text is not base64.
     pub fn body_bytes(&self) -> Option<Vec<u8>> {
         BASE64.decode(&self.body).ok()
+    }
+
+    /// The headers as the function sent them; `None` if an entry is not a
+    /// valid header field.
+    pub fn header_map(&self) -> Option<http::HeaderMap> {
+        let mut map = http::HeaderMap::new();
+        for header in &self.headers {
+            let name = http::HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+            let value = http::HeaderValue::from_bytes(&header.value_bytes()?).ok()?;
+            map.append(name, value);
+        }
+        Some(map)
     }
 }
 
@@ -157,6 +195,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append("x-a", "1".parse().unwrap());
         headers.append("x-a", "2".parse().unwrap());
+        headers.append(
+            "x-latin1",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
         let response = InvocationResponse {
             status: StatusCode::OK,
             headers,
@@ -177,11 +219,24 @@ mod tests {
                 "function": "default/hello",
                 "state": "dead-lettered",
                 "attempts": 3,
-                "response": { "status": 200, "headers": { "x-a": "1, 2" }, "body": "aGk=" }
+                "response": {
+                    "status": 200,
+                    "headers": [
+                        { "name": "x-a", "value": "1" },
+                        { "name": "x-a", "value": "2" },
+                        { "name": "x-latin1", "valueBase64": "Y2Fm6Q==" }
+                    ],
+                    "body": "aGk="
+                }
             })
         );
         let back: InvocationRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+        assert_eq!(
+            back.response.unwrap().header_map().unwrap(),
+            response.headers,
+            "every field line and its bytes come back"
+        );
     }
 
     #[test]

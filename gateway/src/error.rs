@@ -24,6 +24,14 @@ pub enum GatewayError {
     },
     #[error("the request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
+    /// Headers (with the path and query) longer than an invocation carries.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// Body and headers together larger than the queue carries.
+    #[error("{0}")]
+    RequestTooLarge(String),
+    #[error("the request target is longer than this server reads")]
+    UriTooLong,
     #[error("the request body did not arrive within {}", sluice_api::Duration(*.0))]
     RequestTimeout(std::time::Duration),
     #[error("the queue of {0} is full; retry later")]
@@ -44,7 +52,9 @@ impl GatewayError {
             }
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -66,6 +76,9 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::RequestTooLarge(_) => "request_too_large",
+            Self::UriTooLong => "uri_too_long",
             Self::RequestTimeout(_) => "request_timeout",
             Self::QueueFull(_) => "queue_full",
             Self::Timeout(_) => "timeout",
@@ -78,6 +91,24 @@ impl GatewayError {
                 FailureKind::Internal => "runtime_error",
             },
             Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The error behind an answer hyper gives by itself to a request head
+    /// it cannot parse (see `sluice_serve::serve`), so that it gets the same
+    /// JSON body as every other refusal.
+    pub fn unparsed_request(status: StatusCode) -> Option<Self> {
+        match status {
+            StatusCode::BAD_REQUEST => Some(Self::BadRequest(
+                "the request head is not valid HTTP/1.1".into(),
+            )),
+            StatusCode::URI_TOO_LONG => Some(Self::UriTooLong),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Some(Self::HeadersTooLarge(format!(
+                "the request has more than {} header fields, or a header section larger than this server reads; Sluice carries at most {} bytes of headers",
+                sluice_serve::MAX_HEADER_FIELDS,
+                sluice_api::invocation::MAX_REQUEST_HEADER_BLOCK
+            ))),
+            _ => None,
         }
     }
 

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use sluice_api::invocation::strip_hop_by_hop;
+use sluice_api::invocation::{
+    CALLBACK_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len, strip_hop_by_hop,
+};
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
 use sluice_serve::telemetry;
@@ -145,7 +147,13 @@ impl Gateway {
     ) -> Handled {
         let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
         let mut invocation = self
-            .invocation(resolved, request, InvocationId::random(), spec.timeout.0)
+            .invocation(
+                resolved,
+                request,
+                InvocationId::random(),
+                spec.timeout.0,
+                None,
+            )
             .await
             .map_err(|e| (e, None))?;
         let id = invocation.id.clone();
@@ -181,7 +189,13 @@ impl Gateway {
             None => InvocationId::random(),
         };
         let mut invocation = self
-            .invocation(resolved, request, id, self.config.async_deadline)
+            .invocation(
+                resolved,
+                request,
+                id,
+                self.config.async_deadline,
+                callback.as_deref(),
+            )
             .await
             .map_err(|e| (e, None))?;
         let function = invocation.function.clone();
@@ -258,29 +272,24 @@ impl Gateway {
         Ok((resolved, spec))
     }
 
+    /// The invocation `request` makes. Its headers are checked before its
+    /// body is read, so a request no queue can carry is refused (431)
+    /// before anything runs, in both modes alike.
     async fn invocation(
         &self,
         resolved: Resolved,
         request: Request<Incoming>,
         id: InvocationId,
         budget: Duration,
+        callback: Option<&str>,
     ) -> Result<Invocation, GatewayError> {
         let (parts, body) = request.into_parts();
-        let body = tokio::time::timeout(
-            self.config.body_timeout,
-            read_body(body, &parts.headers, self.config.max_request_body),
-        )
-        .await
-        .map_err(|_| GatewayError::RequestTimeout(self.config.body_timeout))??;
-        // The budget starts once the request is in: a slow upload does not
-        // eat the function's time.
-        let deadline = SystemTime::now() + budget;
-        let mut headers = parts.headers;
+        let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
         let traceparent = headers
             .remove("traceparent")
             .and_then(|v| v.to_str().ok().map(str::to_owned));
-        Ok(Invocation {
+        let mut invocation = Invocation {
             id,
             function: resolved.function,
             method: parts.method,
@@ -288,11 +297,41 @@ impl Gateway {
             query: parts.uri.query().map(str::to_owned),
             forwarded_prefix: resolved.prefix,
             headers,
-            body,
-            deadline,
+            body: Bytes::new(),
+            deadline: SystemTime::now(),
             traceparent,
-        })
+        };
+        if let Err(e) = check_header_block(&invocation, callback) {
+            // Read (and drop) what the client sends meanwhile, so that it
+            // reads the 431 instead of a reset.
+            let _ = tokio::time::timeout(DRAIN_TIME, read_body(body, &parts.headers, 0)).await;
+            return Err(e);
+        }
+        invocation.body = tokio::time::timeout(
+            self.config.body_timeout,
+            read_body(body, &parts.headers, self.config.max_request_body),
+        )
+        .await
+        .map_err(|_| GatewayError::RequestTimeout(self.config.body_timeout))??;
+        // The budget starts once the request is in: a slow upload does not
+        // eat the function's time.
+        invocation.deadline = SystemTime::now() + budget;
+        Ok(invocation)
     }
+}
+
+/// Refuses an invocation whose header block as queued (with the callback
+/// URL) is over [`MAX_REQUEST_HEADER_BLOCK`]: JetStream would refuse it,
+/// and past it a guest could not copy its request's headers.
+fn check_header_block(invocation: &Invocation, callback: Option<&str>) -> Result<(), GatewayError> {
+    let block = invocation.header_block_len()
+        + callback.map_or(0, |url| header_line_len(CALLBACK_HEADER, url));
+    if block <= MAX_REQUEST_HEADER_BLOCK {
+        return Ok(());
+    }
+    Err(GatewayError::HeadersTooLarge(format!(
+        "the request's headers, path and query take {block} bytes as queued (each header field its name and value plus 13 bytes); at most {MAX_REQUEST_HEADER_BLOCK} are carried"
+    )))
 }
 
 /// Reads a request body of at most `limit` bytes. An oversized body is
@@ -378,6 +417,8 @@ fn queue_error(e: QueueError) -> GatewayError {
         QueueError::UnknownFunction(f) => GatewayError::UnknownFunction(f.to_string()),
         QueueError::Full(f) => GatewayError::QueueFull(f.to_string()),
         QueueError::Unavailable(reason) => GatewayError::Unavailable(reason),
+        QueueError::HeadersTooLarge(reason) => GatewayError::HeadersTooLarge(reason),
+        QueueError::TooLarge(reason) => GatewayError::RequestTooLarge(reason),
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sluice_api::{ByteSize, Duration};
 use sluice_gateway::http::{DEFAULT_ASYNC_DEADLINE, DEFAULT_MAX_REQUEST_BODY, HttpConfig};
 use sluice_gateway::manifests;
@@ -64,7 +64,8 @@ struct Args {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
-    /// Largest request body; larger gets 413.
+    /// Largest request body; larger gets 413. In NATS mode it is lowered,
+    /// if need be, to the server's max_payload less 64 KiB for headers.
     #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_REQUEST_BODY as u64))]
     max_request_body: ByteSize,
     /// Local mode: largest response body a function may send; larger fails
@@ -89,9 +90,31 @@ struct Args {
     log_json: bool,
 }
 
+/// Every limit a request meets, and where it comes from, for `--help`.
+fn request_limits() -> String {
+    format!(
+        "Request limits (each refusal is a JSON error):\n  \
+         body            --max-request-body (default {body}); in NATS mode at most the server's\n                  \
+         max_payload less {headroom} bytes -> 413 body_too_large\n  \
+         headers         {headers} bytes as queued: per field its name, value and 13 bytes,\n                  \
+         plus the path, query, callback URL and ~300 bytes of Sluice's own (JetStream\n                  \
+         stores at most 64 KiB of headers per message; a guest copies at most 64 KiB\n                  \
+         of fields) -> 431 headers_too_large\n  \
+         header fields   {fields} per request (HTTP server) -> 431 headers_too_large\n  \
+         request head    {head} bytes, request line and headers (HTTP server) -> 431\n  \
+         body + headers  what the NATS server's max_payload carries -> 413 request_too_large",
+        body = ByteSize(DEFAULT_MAX_REQUEST_BODY as u64),
+        headroom = sluice_nats::PAYLOAD_HEADROOM,
+        headers = sluice_api::invocation::MAX_REQUEST_HEADER_BLOCK,
+        fields = sluice_serve::MAX_HEADER_FIELDS,
+        head = sluice_serve::MAX_REQUEST_HEAD,
+    )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(request_limits()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let telemetry = Telemetry::init("sluice-gateway", cli.serve.log_json)?;
     let result = match cli.command {
         Some(Command::Publish { nats, dir }) => publish(&nats, &dir).await,

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use crate::error::GatewayError;
 use crate::http::Gateway;
 
 /// Default address for invocations (`--listen`).
@@ -69,6 +70,9 @@ impl RunningGateway {
                     let handler = handler.clone();
                     async move { handler.handle(request).await }
                 }),
+                Some(Arc::new(|status| {
+                    GatewayError::unparsed_request(status).map(|e| e.into_response(None))
+                })),
                 async {
                     let _ = stop.await;
                 },

@@ -6,6 +6,8 @@
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use sluice_api::DeadLetter;
+use sluice_api::dead_letter::TRUNCATED_HEADER;
+use sluice_api::invocation::{self, MAX_HEADER_BLOCK, header_block_len};
 use sluice_api::names::FunctionRef;
 
 /// Why a dead letter could not be stored or read.
@@ -36,31 +38,138 @@ pub struct GivenUp<'a> {
     pub original_subject: &'a str,
 }
 
-/// Publishes `payload` with `headers` (the original message's) plus the
+/// How much of the original message a stored dead letter holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Headers and body.
+    Whole,
+    /// The headers; the body was left out.
+    WithoutBody,
+    /// Only the invocation's identity (id, function, method, path, query,
+    /// each cut to [`IDENTITY_VALUE_MAX`] bytes) besides why.
+    Identity,
+}
+
+/// Longest value of an identity header a [`Kept::Identity`] dead letter
+/// keeps; it bounds that dead letter, so it always fits.
+pub const IDENTITY_VALUE_MAX: usize = 1024;
+
+/// The headers a [`Kept::Identity`] dead letter keeps of the original.
+const IDENTITY_HEADERS: [&str; 6] = [
+    invocation::VERSION_HEADER,
+    invocation::ID_HEADER,
+    invocation::FUNCTION_HEADER,
+    invocation::METHOD_HEADER,
+    invocation::PATH_HEADER,
+    invocation::QUERY_HEADER,
+];
+
+/// Publishes the original message (`headers` and `payload`) plus the
 /// dead-letter headers on `subject`, and waits for the stream to store it.
+///
+/// Giving up must always end, so a dead letter that would not fit one NATS
+/// message (the original was near `max_payload`, or its header block near
+/// JetStream's 64 KiB) is stored without its body, or else with only the
+/// invocation's identity, and says so in [`TRUNCATED_HEADER`]. Any other
+/// failure is returned, for the caller to retry.
 pub async fn publish(
     js: &jetstream::Context,
     subject: &str,
-    mut headers: async_nats::HeaderMap,
+    headers: &async_nats::HeaderMap,
     payload: Bytes,
     given_up: GivenUp<'_>,
-) -> Result<(), DeadLetterError> {
-    for (name, value) in DeadLetter::headers(
+) -> Result<Kept, DeadLetterError> {
+    let max_payload = js.client().server_info().max_payload;
+    let original = crate::header_pairs(Some(headers));
+    let why = DeadLetter::headers(
         given_up.reason,
         given_up.attempts,
         given_up.original_subject,
-    ) {
-        headers.insert(name, value.as_str());
+    );
+    for kept in [Kept::Whole, Kept::WithoutBody, Kept::Identity] {
+        let (letter, body) = shape(kept, &original, &payload, &why, max_payload);
+        let last = kept == Kept::Identity;
+        if !last && !fits(&letter, body.len(), max_payload) {
+            continue;
+        }
+        match publish_once(js, subject, &letter, body).await {
+            Ok(()) => return Ok(kept),
+            Err(e) if !last && crate::oversize(&e).is_some() => continue,
+            Err(source) => {
+                return Err(DeadLetterError::Publish {
+                    subject: subject.to_owned(),
+                    source,
+                });
+            }
+        }
     }
-    let error = |source| DeadLetterError::Publish {
-        subject: subject.to_owned(),
-        source,
+    unreachable!("the last shape returns")
+}
+
+/// The headers and body of a dead letter keeping `kept` of the original.
+fn shape(
+    kept: Kept,
+    original: &[(&str, &str)],
+    payload: &Bytes,
+    why: &[(&'static str, String)],
+    max_payload: usize,
+) -> (Vec<(String, String)>, Bytes) {
+    let mut letter: Vec<(String, String)> = match kept {
+        Kept::Whole | Kept::WithoutBody => original
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect(),
+        Kept::Identity => original
+            .iter()
+            .filter(|(n, _)| IDENTITY_HEADERS.iter().any(|h| n.eq_ignore_ascii_case(h)))
+            .map(|(n, v)| ((*n).to_owned(), cut(v, IDENTITY_VALUE_MAX)))
+            .collect(),
     };
-    js.publish_with_headers(subject.to_owned(), headers, payload)
-        .await
-        .map_err(error)?
-        .await
-        .map_err(error)?;
+    letter.extend(why.iter().map(|(n, v)| ((*n).to_owned(), v.clone())));
+    let left_out = match kept {
+        Kept::Whole => return (letter, payload.clone()),
+        Kept::WithoutBody => "its body",
+        Kept::Identity => "its body and all headers but the invocation's identity",
+    };
+    letter.push((
+        TRUNCATED_HEADER.to_owned(),
+        format!(
+            "{left_out} left out ({} body bytes, {} header bytes): the whole message would not fit one NATS message (max_payload {max_payload} bytes, header block at most {MAX_HEADER_BLOCK})",
+            payload.len(),
+            header_block_len(original.iter().copied()),
+        ),
+    ));
+    (letter, Bytes::new())
+}
+
+/// Whether a message of `headers` and a body of `body_len` bytes passes
+/// the client's `max_payload` check and JetStream's header limit.
+fn fits(headers: &[(String, String)], body_len: usize, max_payload: usize) -> bool {
+    let block = header_block_len(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    block <= MAX_HEADER_BLOCK && block + body_len <= max_payload
+}
+
+fn cut(value: &str, max: usize) -> String {
+    let mut end = value.len().min(max);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
+}
+
+async fn publish_once(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: &[(String, String)],
+    payload: Bytes,
+) -> Result<(), jetstream::context::PublishError> {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(name.as_str(), value.as_str());
+    }
+    js.publish_with_headers(subject.to_owned(), map, payload)
+        .await?
+        .await?;
     Ok(())
 }
 
@@ -98,4 +207,89 @@ pub async fn list(
         ));
     }
     Ok(letters)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_api::invocation::HEADER_BLOCK_RESERVE;
+    use sluice_api::outcome::MAX_REASON_BYTES;
+
+    use super::*;
+
+    fn owned(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// The longest reason and subject a dead letter can carry.
+    fn longest_why() -> Vec<(&'static str, String)> {
+        let subject = format!("sluice.invoke.{}.{}", "n".repeat(63), "f".repeat(253));
+        DeadLetter::headers(&"é".repeat(MAX_REASON_BYTES), u32::MAX, &subject).to_vec()
+    }
+
+    #[test]
+    fn the_dead_letter_headers_fit_the_room_the_request_limit_leaves() {
+        let why = longest_why();
+        let mut extra: Vec<(String, String)> = why
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .collect();
+        // What the queue adds after the gateway's check.
+        extra.push((
+            "Sluice-Reply-To".into(),
+            format!("_INBOX.{}.{}", "i".repeat(22), "u".repeat(36)),
+        ));
+        extra.push(("Nats-Msg-Id".into(), "u".repeat(36)));
+        let added = header_block_len(owned(&extra)) - header_block_len([]);
+        assert!(
+            added <= HEADER_BLOCK_RESERVE,
+            "{added} > {HEADER_BLOCK_RESERVE}"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_one_message_leaves_out_what_it_must() {
+        let max_payload = 1 << 20;
+        let why = longest_why();
+        let small = [("Sluice-Invocation-Id", "id"), ("Sluice-H-x", "y")];
+        let body = Bytes::from(vec![b'b'; 1000]);
+        let (letter, kept_body) = shape(Kept::Whole, &small, &body, &why, max_payload);
+        assert!(fits(&letter, kept_body.len(), max_payload));
+        assert_eq!(kept_body.len(), 1000);
+        assert!(!letter.iter().any(|(n, _)| n == TRUNCATED_HEADER));
+
+        // A message at max_payload: the dead-letter headers push it over.
+        let full = Bytes::from(vec![b'b'; max_payload - header_block_len(small)]);
+        let (letter, kept_body) = shape(Kept::Whole, &small, &full, &why, max_payload);
+        assert!(!fits(&letter, kept_body.len(), max_payload));
+        let (letter, kept_body) = shape(Kept::WithoutBody, &small, &full, &why, max_payload);
+        assert!(fits(&letter, kept_body.len(), max_payload));
+        assert!(kept_body.is_empty());
+        assert!(letter.contains(&("Sluice-H-x".into(), "y".into())));
+        let note = &letter
+            .iter()
+            .find(|(n, _)| n == TRUNCATED_HEADER)
+            .unwrap()
+            .1;
+        assert!(note.starts_with("its body left out"), "{note}");
+
+        // A header block at JetStream's limit: only the identity is kept,
+        // and that always fits.
+        let huge = "h".repeat(MAX_HEADER_BLOCK);
+        let path = "/p".repeat(MAX_HEADER_BLOCK);
+        let at_limit = [
+            ("Sluice-Invocation-Id", "id"),
+            ("Sluice-Path", path.as_str()),
+            ("Sluice-H-x", huge.as_str()),
+        ];
+        let (letter, _) = shape(Kept::WithoutBody, &at_limit, &full, &why, max_payload);
+        assert!(!fits(&letter, 0, max_payload));
+        let (letter, kept_body) = shape(Kept::Identity, &at_limit, &full, &why, max_payload);
+        assert!(fits(&letter, kept_body.len(), max_payload));
+        assert!(!letter.iter().any(|(n, _)| n == "Sluice-H-x"));
+        let path_kept = &letter.iter().find(|(n, _)| n == "Sluice-Path").unwrap().1;
+        assert_eq!(path_kept.len(), IDENTITY_VALUE_MAX);
+    }
 }

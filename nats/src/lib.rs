@@ -89,6 +89,38 @@ pub async fn round_trip(
     }
 }
 
+/// Which limit a message broke, when NATS refused it for its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// Its header block is longer than JetStream stores
+    /// ([`sluice_api::invocation::MAX_HEADER_BLOCK`]).
+    Headers,
+    /// Headers and payload together are larger than the server's
+    /// `max_payload` (or the stream's largest message).
+    Message,
+}
+
+/// Whether NATS refused a JetStream publish for the message's size: the
+/// client checks `max_payload` before sending, the server the header block
+/// and the stream's limits after. Such a message fails the same way every
+/// time, so it is never retried as it is.
+pub fn oversize(e: &async_nats::jetstream::context::PublishError) -> Option<Oversize> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) {
+        return Some(Oversize::Message);
+    }
+    let text = std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
+    // The server's words (JetStream error codes 10097 and 10054); the
+    // client exposes them as text only.
+    if text.contains("header size exceeds maximum") {
+        Some(Oversize::Headers)
+    } else if text.contains("message size exceeds maximum") {
+        Some(Oversize::Message)
+    } else {
+        None
+    }
+}
+
 /// Header name/value pairs of a NATS message, for the wire decoders.
 pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(&str, &str)> {
     let Some(headers) = headers else {

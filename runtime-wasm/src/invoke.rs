@@ -430,6 +430,11 @@ fn classify_trap(
         Some(Trap::StackOverflow) => {
             "the function overflowed its stack (unbounded recursion?)".to_owned()
         }
+        // Rust and C guests keep their stack in linear memory: running it
+        // out shows as this, not as wasm's own stack overflow.
+        Some(Trap::MemoryOutOfBounds) => {
+            "the function trapped: out of bounds memory access (a guest whose stack lives in linear memory, as Rust's and C's do, also ends this way when it runs out: unbounded recursion?)".to_owned()
+        }
         Some(trap) => format!("the function trapped: {trap}"),
         None => format!("the function failed: {e:#}"),
     };

@@ -40,6 +40,7 @@ pub struct Metrics {
     duration: HistogramFamily,
     retries: Family<FunctionLabels, Counter>,
     dead_letters: Family<FunctionLabels, Counter>,
+    dead_letter_failures: Family<FunctionLabels, Counter>,
     redeliveries: Family<FunctionLabels, Counter>,
     cold_starts: ColdStartFamily,
 }
@@ -57,6 +58,7 @@ impl Metrics {
             duration: HistogramFamily::new_with_constructor(duration_histogram),
             retries: Family::default(),
             dead_letters: Family::default(),
+            dead_letter_failures: Family::default(),
             redeliveries: Family::default(),
             cold_starts: ColdStartFamily::new_with_constructor(duration_histogram),
         };
@@ -79,6 +81,11 @@ impl Metrics {
             "dead_letters",
             "Invocations dead-lettered",
             metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "dead_letter_failures",
+            "Invocations given up on whose dead letter could not be stored (dropped)",
+            metrics.dead_letter_failures.clone(),
         );
         registry.register(
             "redeliveries",
@@ -117,6 +124,12 @@ impl Metrics {
 
     pub fn dead_lettered(&self, function: &FunctionRef) {
         self.dead_letters
+            .get_or_create(&Self::labels(function))
+            .inc();
+    }
+
+    pub fn dead_letter_failed(&self, function: &FunctionRef) {
+        self.dead_letter_failures
             .get_or_create(&Self::labels(function))
             .inc();
     }

@@ -66,6 +66,7 @@ impl Admin {
                 let response = self.handle(&request);
                 async move { response }
             }),
+            None,
             shutdown,
         )
         .await;

@@ -5,10 +5,12 @@
 //! OpenTelemetry traces ([`telemetry`]). It links neither NATS nor wasmtime.
 
 pub mod admin;
+mod refusal;
 pub mod server;
 pub mod signal;
 pub mod telemetry;
 
 pub use admin::Admin;
-pub use server::{Service, serve};
+pub use refusal::Refusal;
+pub use server::{MAX_HEADER_FIELDS, MAX_REQUEST_HEAD, Service, serve};
 pub use signal::shutdown_signal;

@@ -13,14 +13,32 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::refusal::{InFlight, InFlightGuard, Refusal, Refusing};
+
 /// Longest a client may take to send a request's headers; without it an
 /// idle or trickling connection is held forever.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Most header fields a request may have; more gets 431. It is hyper's
+/// default, set here so that the limit is named and documented.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// Largest request head (request line and header section) read; larger
+/// gets 431. hyper's default read buffer (8 KiB + 400 KiB), set here so
+/// that the limit is named and documented.
+pub const MAX_REQUEST_HEAD: usize = 8192 + 4096 * 100;
+
 /// Serves `handler` on `listener` until `shutdown` resolves, then waits
-/// for open connections to finish their requests.
-pub async fn serve<H, F>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>)
-where
+/// for open connections to finish their requests. A request whose head
+/// hyper cannot parse (over [`MAX_HEADER_FIELDS`] or [`MAX_REQUEST_HEAD`],
+/// or not HTTP/1.1) gets `refusal`'s answer, when it has one, instead of
+/// hyper's empty one.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    refusal: Option<Refusal>,
+    shutdown: impl Future<Output = ()>,
+) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
@@ -41,13 +59,28 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let in_flight = InFlight::default();
+        let requests = in_flight.clone();
         let service = service_fn(move |request| {
+            let guard = requests.enter();
             let response = handler(request);
-            async move { Ok::<_, Infallible>(response.await) }
+            async move {
+                let response = response.await.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                });
+                Ok::<_, Infallible>(response)
+            }
         });
+        let stream = match &refusal {
+            Some(refusal) => Either::Refusing(Refusing::new(stream, in_flight, refusal.clone())),
+            None => Either::Plain(stream),
+        };
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_headers(MAX_HEADER_FIELDS)
+            .max_buf_size(MAX_REQUEST_HEAD)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
@@ -58,6 +91,103 @@ where
         });
     }
     graceful.shutdown().await;
+}
+
+/// A response body that counts its request as in flight until hyper drops
+/// it (see [`InFlight`]).
+struct Tracked {
+    body: Full<Bytes>,
+    _guard: InFlightGuard,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection with or without [`Refusing`], as one type.
+enum Either {
+    Plain(tokio::net::TcpStream),
+    Refusing(Refusing<tokio::net::TcpStream>),
+}
+
+impl tokio::io::AsyncRead for Either {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Refusing(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Either {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Refusing(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Refusing(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Refusing(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Refusing(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Refusing(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A task that runs until told to stop, then finishes what it holds.

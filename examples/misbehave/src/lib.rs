@@ -6,12 +6,14 @@
 //! |---|---|
 //! | `/loop` | spins forever (cut at the function's timeout) |
 //! | `/bomb` | allocates until memory runs out (refused at `limits.memory`) |
-//! | `/recurse` | recurses without end (a stack-overflow trap) |
+//! | `/recurse` | recurses without end: its shadow stack (in linear memory) runs out, which the caller sees as a trap, "out of bounds memory access" |
 //! | `/hoard` | makes header maps of 16 KiB without end: host memory, outside its own |
 //! | `/status/<code>` | answers with that status |
 //! | `/sleep/<ms>` | sleeps, then answers 200 |
 //! | `/big/<bytes>` | answers with a body of that many bytes |
 //! | `/log` | writes a line to stdout and to stderr, then answers 200 |
+//! | `/cookies` | answers 200 with two `Set-Cookie` fields and an `x-latin1` field whose value is not UTF-8 |
+//! | `/headers` | copies its request's header fields into a new field map (as a proxy would), answers how many |
 //! | `/call?url=<url>&status=<code>` | GETs `url` (outbound HTTP), then answers `status` (default: the upstream's) |
 
 use std::io::{Read as _, Write as _};
@@ -52,6 +54,23 @@ impl Guest for Misbehave {
                 println!("misbehave says hello on stdout");
                 eprintln!("misbehave says hello on stderr");
                 respond(response_out, 200, b"logged\n");
+            }
+            "cookies" => respond_with(
+                response_out,
+                200,
+                &[
+                    ("set-cookie", b"a=1"),
+                    ("set-cookie", b"b=2; Path=/"),
+                    ("x-latin1", b"caf\xe9"),
+                ],
+                b"cookies\n",
+            ),
+            "headers" => {
+                let entries = request.headers().entries();
+                match Fields::from_list(&entries) {
+                    Ok(_) => respond(response_out, 200, entries.len().to_string().as_bytes()),
+                    Err(e) => respond(response_out, 500, format!("{e:?}").as_bytes()),
+                }
             }
             "call" => {
                 let param = |key: &str| {
@@ -145,7 +164,20 @@ fn call(url: &str) -> Result<(u16, Vec<u8>), String> {
 }
 
 fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
-    let response = OutgoingResponse::new(Fields::new());
+    respond_with(response_out, status, &[], body);
+}
+
+fn respond_with(
+    response_out: ResponseOutparam,
+    status: u16,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) {
+    let fields = Fields::new();
+    for (name, value) in headers {
+        let _ = fields.append(name, value);
+    }
+    let response = OutgoingResponse::new(fields);
     let _ = response.set_status_code(status);
     let out_body = response.body().expect("body is taken once");
     ResponseOutparam::set(response_out, Ok(response));

@@ -1,6 +1,7 @@
 //! The event bridge: a NATS message on a function's trigger subject becomes
-//! an asynchronous CloudEvents 1.0 binary-mode invocation (`POST /`, `ce-*`
-//! headers, body = event data).
+//! an asynchronous CloudEvents 1.0 invocation (`POST /`): binary mode
+//! (`ce-*` headers, body = event data), or structured mode as it came when
+//! the message is an `application/cloudevents+json` envelope.
 //!
 //! Plain subjects are consumed in the function's queue group
 //! ([`FunctionRef::event_queue_group`]), so N
@@ -226,7 +227,7 @@ impl Source {
     ) -> Invocation {
         let info = self.client.server_info();
         let server = format!("{}:{}", info.host, info.port);
-        let event = CloudEvent::from_message(headers, subject, &server, stream_id);
+        let event = CloudEvent::from_message(headers, &body, subject, &server, stream_id);
         Invocation {
             id: match &event.identity {
                 Some(id) => event_invocation_id(&self.trigger.function, subject, id),

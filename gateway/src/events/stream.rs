@@ -9,7 +9,7 @@ use sluice_serve::telemetry;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::Source;
+use super::{Source, Trigger};
 
 impl Source {
     /// Takes the subject's messages from a durable consumer, acknowledging
@@ -71,11 +71,18 @@ impl Source {
                 Some(format!("{stream_name}-{sequence}")),
             );
             let span = telemetry::gateway_span(&mut invocation);
-            let kind = match self.queue.submit(invocation, None).instrument(span).await {
+            let submitted = self
+                .queue
+                .submit(invocation.clone(), None)
+                .instrument(span)
+                .await;
+            let kind = match submitted {
                 Ok(_) => {
                     self.metrics.event_queued(&self.trigger.function);
                     jetstream::AckKind::Ack
                 }
+                // It would fail the same way on every redelivery.
+                Err(e) if e.is_permanent() => self.dead_letter(&invocation, &e).await,
                 Err(e) => {
                     tracing::warn!(function = %self.trigger.function, subject = %self.trigger.subject, error = %e, "cannot enqueue an event; it will be redelivered");
                     jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
@@ -86,5 +93,35 @@ impl Source {
             }
         }
         "the consumer ended".into()
+    }
+
+    /// Dead-letters an event that can never be queued; acknowledged once
+    /// its dead letter is stored, delivered again if it could not be.
+    async fn dead_letter(
+        &self,
+        invocation: &sluice_api::Invocation,
+        error: &crate::queue::QueueError,
+    ) -> jetstream::AckKind {
+        let reason = format!("the event could not be queued: {error}");
+        let Trigger {
+            function,
+            subject,
+            dead_letter_subject,
+        } = &self.trigger;
+        match self
+            .queue
+            .dead_letter(invocation, dead_letter_subject, &reason)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.event_dead_lettered(function);
+                tracing::warn!(%function, %subject, invocation = %invocation.id, %reason, "event dead-lettered");
+                jetstream::AckKind::Ack
+            }
+            Err(e) => {
+                tracing::warn!(%function, %subject, error = %e, "cannot dead-letter an event; it will be redelivered");
+                jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
+            }
+        }
     }
 }

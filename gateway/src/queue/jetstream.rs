@@ -19,7 +19,7 @@ use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord};
 use sluice_api::{Failure, FailureKind};
 use sluice_nats::dead_letter::{self, GivenUp};
 use sluice_nats::layout::Layout;
-use sluice_nats::reply;
+use sluice_nats::{Oversize, reply};
 use tokio::sync::oneshot;
 
 use super::{CallResult, InvocationQueue, QueueError, Submitted};
@@ -122,10 +122,20 @@ fn publish_error(function: &FunctionRef, e: PublishError) -> QueueError {
     if text.contains("maximum messages per subject") {
         return QueueError::Full(function.clone());
     }
+    match sluice_nats::oversize(&e) {
+        Some(Oversize::Headers) => {
+            return QueueError::HeadersTooLarge(format!(
+                "the request's headers are more than a NATS message carries: {text}"
+            ));
+        }
+        Some(Oversize::Message) => {
+            return QueueError::TooLarge(format!(
+                "the request (body and headers) is larger than the NATS server's max_payload: {text}"
+            ));
+        }
+        None => {}
+    }
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => QueueError::Unavailable(format!(
-            "the invocation is larger than NATS accepts: {text}"
-        )),
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
             QueueError::Unavailable("NATS did not confirm the invocation; try again".into())
         }
@@ -257,7 +267,7 @@ impl InvocationQueue for JetStreamQueue {
         dead_letter::publish(
             &self.layout.js,
             subject,
-            headers,
+            &headers,
             invocation.body.clone(),
             GivenUp {
                 reason,
@@ -266,6 +276,7 @@ impl InvocationQueue for JetStreamQueue {
             },
         )
         .await
+        .map(drop)
         .map_err(|e| QueueError::Unavailable(format!("cannot dead-letter: {e}")))
     }
 

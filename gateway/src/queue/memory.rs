@@ -442,6 +442,8 @@ impl State {
     }
 
     fn dead_letter(&self, invocation: &Invocation, attempts: u32, reason: String) {
+        // The same one line as a dead letter on NATS carries.
+        let reason = sluice_api::reason_line(&reason);
         tracing::warn!(function = %invocation.function, invocation = %invocation.id, %reason, "dead-lettered");
         self.runtime_metrics.dead_lettered(&invocation.function);
         let mut all = lock(&self.dead_letters);
@@ -454,6 +456,7 @@ impl State {
             function: invocation.function.clone(),
             reason,
             attempts,
+            truncated: None,
             method: Some(invocation.method.to_string()),
             path: Some(invocation.path_and_query()),
             dead_lettered_at: unix_millis(SystemTime::now()),

@@ -36,6 +36,24 @@ pub enum QueueError {
     Full(FunctionRef),
     #[error("the queue is unavailable: {0}")]
     Unavailable(String),
+    /// The invocation's header block is longer than the queue carries; it
+    /// never will be shorter, so it is not retried.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// Headers and body together are larger than the queue carries; it
+    /// never will be smaller, so it is not retried.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl QueueError {
+    /// Whether the same invocation would fail the same way every time.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownFunction(_) | Self::HeadersTooLarge(_) | Self::TooLarge(_)
+        )
+    }
 }
 
 #[async_trait]

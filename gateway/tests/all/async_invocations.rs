@@ -1,7 +1,7 @@
 use base64::Engine as _;
 use http::{Method, StatusCode};
 
-use crate::harness::{Backend, Recorder, TestGateway, conformance};
+use crate::harness::{Backend, Recorder, TestGateway, conformance, stored_header, stored_headers};
 
 fn functions(recorder: &Recorder) -> String {
     format!(
@@ -40,7 +40,7 @@ async fn an_async_invocation_is_accepted_then_polled_to_its_stored_response(back
     assert_eq!(record["attempts"], 1);
     let response = &record["response"];
     assert_eq!(response["status"], 200);
-    assert_eq!(response["headers"]["x-echo-path"], "/x?k=v");
+    assert_eq!(stored_header(&record, "x-echo-path"), "/x?k=v");
     let body = base64::engine::general_purpose::STANDARD
         .decode(response["body"].as_str().unwrap())
         .unwrap();
@@ -146,7 +146,45 @@ async fn unknown_invocations_are_404_and_bad_waits_400(backend: Backend) {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
 
+/// Repeated fields stay apart and bytes that are not UTF-8 survive, in
+/// the record and in the callback's copy of it alike.
+async fn a_stored_response_keeps_every_field_line_and_its_bytes(backend: Backend) {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(backend, &functions(&recorder)).await;
+    let callback = format!("{}/stored", recorder.origin());
+    let id = gw
+        .submit(
+            "/async/fn/default/counted/cookies",
+            &[("x-callback-url", &callback)],
+            "",
+        )
+        .await;
+    let polled = gw.wait_final(&id).await;
+    let delivered = recorder.wait_for("/stored", 1).await;
+    let called_back: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    let sync = gw.get("/fn/default/counted/cookies").await;
+    for headers in [
+        stored_headers(&polled),
+        stored_headers(&called_back),
+        sync.headers,
+    ] {
+        let cookies: Vec<&[u8]> = headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2; Path=/"], "{polled}");
+        assert_eq!(headers["x-latin1"].as_bytes(), b"caf\xe9", "{polled}");
+    }
+    let entries = polled["response"]["headers"].as_array().unwrap();
+    assert!(
+        entries.contains(&serde_json::json!({ "name": "x-latin1", "valueBase64": "Y2Fm6Q==" })),
+        "{polled}"
+    );
+}
+
 conformance!(
+    a_stored_response_keeps_every_field_line_and_its_bytes,
     an_async_invocation_is_accepted_then_polled_to_its_stored_response,
     a_callback_receives_the_final_record_with_the_invocation_id,
     the_same_idempotency_key_twice_runs_the_function_once,

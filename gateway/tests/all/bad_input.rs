@@ -1,5 +1,8 @@
 use http::{Method, StatusCode};
 
+use sluice_api::invocation::MAX_REQUEST_HEADER_BLOCK;
+use sluice_serve::{MAX_HEADER_FIELDS, MAX_REQUEST_HEAD};
+
 use crate::harness::{Backend, Recorder, TestGateway, conformance};
 
 const FUNCTIONS: &str = r#"
@@ -34,14 +37,22 @@ async fn an_unknown_function_gets_404_with_a_json_body(backend: Backend) {
     assert_eq!(reply.json()["error"], "no_route");
 }
 
-async fn a_body_over_the_default_1mib_limit_gets_413(backend: Backend) {
+async fn a_body_over_the_request_limit_gets_413(backend: Backend) {
     let gw = TestGateway::start(backend, FUNCTIONS).await;
-    let at_limit = vec![7u8; 1 << 20];
+    let limit = backend.max_request_body();
+    // Not echoed back: on a stock server a response that large is over
+    // what the reply carries.
+    let at_limit = vec![7u8; limit];
     let reply = gw
-        .send(Method::POST, "/fn/default/echo/", &[], at_limit)
+        .send(
+            Method::POST,
+            "/fn/default/misbehave/status/200",
+            &[],
+            at_limit,
+        )
         .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    let over = vec![7u8; (1 << 20) + 1];
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let over = vec![7u8; limit + 1];
     let reply = gw
         .send(Method::POST, "/fn/default/echo/", &[], over.clone())
         .await;
@@ -51,6 +62,113 @@ async fn a_body_over_the_default_1mib_limit_gets_413(backend: Backend) {
         .send(Method::POST, "/async/fn/default/echo/", &[], over)
         .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Headers up to the limit pass with a body at its limit, and reach a guest
+/// that copies them; over it (what no queue carries, or what a guest could
+/// not copy) they get 431 with the JSON error before anything runs, never
+/// 503 or 202; hyper's own refusals get the same JSON body.
+async fn headers_up_to_the_limit_pass_and_over_it_get_431(backend: Backend) {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
+    // Sluice's own wire headers and the client's take under 1 KiB.
+    let under = "v".repeat(MAX_REQUEST_HEADER_BLOCK - 1024);
+    let body = vec![7u8; backend.max_request_body()];
+    let reply = gw
+        .send(
+            Method::POST,
+            "/fn/default/misbehave/status/200",
+            &[("x-pad", &under)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let id = gw
+        .submit(
+            "/async/fn/default/misbehave/status/200",
+            &[("x-pad", &under)],
+            &"b".repeat(backend.max_request_body()),
+        )
+        .await;
+    assert_eq!(gw.wait_final(&id).await["state"], "succeeded");
+
+    // Spread over as many fields as a request may have, a guest can still
+    // copy them into a field map of its own.
+    let fields: Vec<(String, String)> = (0..90)
+        .map(|i| {
+            (
+                format!("x-field-{i:02}"),
+                "f".repeat((MAX_REQUEST_HEADER_BLOCK - 2048) / 90 - 24),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let reply = gw.get_with("/fn/default/misbehave/headers", &refs).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(
+        reply.text().parse::<usize>().unwrap() >= 90,
+        "{}",
+        reply.text()
+    );
+
+    let over = "v".repeat(MAX_REQUEST_HEADER_BLOCK);
+    for (method, path) in [
+        (Method::GET, "/fn/default/echo/"),
+        (Method::POST, "/fn/default/echo/"),
+        (Method::POST, "/async/fn/default/echo/"),
+    ] {
+        let reply = gw
+            .send(method.clone(), path, &[("x-pad", &over)], body.clone())
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{method} {path}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.json()["error"], "headers_too_large");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains(&MAX_REQUEST_HEADER_BLOCK.to_string())
+        );
+    }
+
+    // Past what hyper reads: too many fields, or a header section over
+    // its buffer. The same JSON error, from the same place.
+    let many: Vec<(String, String)> = (0..=MAX_HEADER_FIELDS)
+        .map(|i| (format!("x-many-{i}"), "m".into()))
+        .collect();
+    let huge = "h".repeat(2 * MAX_REQUEST_HEAD);
+    let cases: [Vec<(&str, &str)>; 2] = [
+        many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        vec![("x-huge", huge.as_str())],
+    ];
+    for headers in cases {
+        let reply = gw.get_with("/fn/default/echo/", &headers).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{} fields: {}",
+            headers.len(),
+            reply.text()
+        );
+        assert_eq!(reply.header("content-type"), "application/json");
+        assert_eq!(
+            reply.json()["error"],
+            "headers_too_large",
+            "{}",
+            reply.text()
+        );
+        let message = reply.json()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("larger than this server reads"),
+            "{message}"
+        );
+    }
 }
 
 /// A client that stops sending its body gets 408 when the body timeout
@@ -161,8 +279,12 @@ async fn outbound_http_is_refused_unless_the_origin_is_allowed(backend: Backend)
 }
 
 conformance!(
+    sizes: a_body_over_the_request_limit_gets_413,
+    headers_up_to_the_limit_pass_and_over_it_get_431,
+);
+
+conformance!(
     an_unknown_function_gets_404_with_a_json_body,
-    a_body_over_the_default_1mib_limit_gets_413,
     a_function_that_outlives_its_timeout_gets_504,
     outbound_http_is_refused_unless_the_origin_is_allowed,
 );

@@ -59,23 +59,49 @@ pub enum Backend {
     /// NATS mode: a real nats-server, the gateway and a runtime node (in
     /// this process) talking only through it.
     Nats,
+    /// NATS mode on a stock nats-server: 1 MiB `max_payload`, as most
+    /// clusters run it (the other NATS tests use 8 MB).
+    NatsStock,
 }
 
+impl Backend {
+    /// The largest request body the gateway takes on this backend: the
+    /// default, or in NATS mode what the server's `max_payload` carries
+    /// besides the headers.
+    pub fn max_request_body(self) -> usize {
+        let default = sluice_gateway::http::DEFAULT_MAX_REQUEST_BODY;
+        match self {
+            Self::Local | Self::Nats => default,
+            Self::NatsStock => default.min(STOCK_MAX_PAYLOAD - sluice_nats::PAYLOAD_HEADROOM),
+        }
+    }
+}
+
+/// nats-server's default `max_payload`.
+pub const STOCK_MAX_PAYLOAD: usize = 1 << 20;
+
 /// Runs each named `async fn(Backend)` once per backend: the conformance
-/// suite, same cases and same expected outcomes on both queues.
+/// suite, same cases and same expected outcomes on both queues. Cases
+/// listed after `sizes:` run on a stock (1 MiB `max_payload`) nats-server
+/// too, where the limits are tighter.
 macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {$(
+    (sizes: $($case:ident),* $(,)?) => {
+        $crate::harness::conformance!(@on [local Local, nats Nats, nats_stock NatsStock] $($case),*);
+    };
+    (@on $backends:tt $($case:ident),*) => {$(
         mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn local() {
-                super::$case($crate::harness::Backend::Local).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                super::$case($crate::harness::Backend::Nats).await
-            }
+            $crate::harness::conformance!(@tests $case $backends);
         }
     )*};
+    (@tests $case:ident [$($test:ident $backend:ident),*]) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            super::$case($crate::harness::Backend::$backend).await
+        }
+    )*};
+    ($($case:ident),* $(,)?) => {
+        $crate::harness::conformance!(@on [local Local, nats Nats] $($case),*);
+    };
 }
 pub(crate) use conformance;
 
@@ -91,7 +117,12 @@ pub struct NatsStack {
 impl NatsStack {
     /// Starts a nats-server and a runtime node serving its registry.
     pub async fn start() -> Self {
-        let mut stack = Self::without_runtime(LayoutConfig::default()).await;
+        Self::with_runtime(NatsServer::start()).await
+    }
+
+    /// The same on `server`.
+    pub async fn with_runtime(server: NatsServer) -> Self {
+        let mut stack = Self::on_server(server, LayoutConfig::default()).await;
         let mut config = NodeConfig::new(&stack.server.url);
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = Some(stack._artifacts.path().to_owned());
@@ -220,9 +251,14 @@ impl TestGateway {
     pub async fn start(backend: Backend, manifests: &str) -> Self {
         match backend {
             Backend::Local => Self::start_with(manifests, |_| {}).await,
-            Backend::Nats => {
+            Backend::Nats | Backend::NatsStock => {
                 let dir = manifest_dir(manifests);
-                let stack = NatsStack::start().await;
+                let server = if backend == Backend::NatsStock {
+                    NatsServer::with_config("")
+                } else {
+                    NatsServer::start()
+                };
+                let stack = NatsStack::with_runtime(server).await;
                 stack.publish_dir(dir.path()).await;
                 let gateway = Self::on_nats(stack, dir).await;
                 for f in local::load_dir(gateway._dir.path()).unwrap() {
@@ -372,6 +408,10 @@ impl TestGateway {
 
     pub async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers, Bytes::new()).await
     }
 
     /// Polls an invocation until it is final (long-polling), at most 30s.
@@ -547,6 +587,22 @@ async fn record_connection(
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .await;
+}
+
+/// The response headers of an invocation record (JSON), as the function
+/// sent them.
+pub fn stored_headers(record: &serde_json::Value) -> HeaderMap {
+    let response: sluice_api::StoredResponse = serde_json::from_value(record["response"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {record}"));
+    response.header_map().expect("stored headers are valid")
+}
+
+/// One stored response header as text ("" when absent).
+pub fn stored_header(record: &serde_json::Value, name: &str) -> String {
+    stored_headers(record)
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
 }
 
 /// Counts metric samples by their full name-and-labels line prefix.

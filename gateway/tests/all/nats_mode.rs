@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use http::StatusCode;
-use sluice_api::Invocation;
+use sluice_api::invocation::{MAX_HEADER_BLOCK, header_line_len};
 use sluice_api::names::{DEAD_LETTER_STREAM, FunctionRef, INVOCATION_STREAM};
+use sluice_api::{Invocation, InvocationId};
 use sluice_gateway::events::event_invocation_id;
 use sluice_nats::layout::LayoutConfig;
 use sluice_nats::{header_pairs, round_trip};
 use sluice_runtime::node::{self, NodeConfig};
 
 use crate::harness::{
-    Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, eventually, manifest_dir, metric,
+    Backend, ECHO_ON_ORDERS, NatsStack, STOCK_MAX_PAYLOAD, TestGateway, eventually, manifest_dir,
+    metric, stored_header, stored_headers,
 };
 use sluice_testing::NatsServer;
 
@@ -172,14 +174,7 @@ async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_stored() {
     let stack = NatsStack::start().await;
-    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = orders_stream(&stack).await;
     // Already in the stream before the trigger exists: a new trigger does
     // not replay the past.
     js.publish("orders.created", "old order".into())
@@ -194,18 +189,7 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
 
     let echo = "default/echo".parse().unwrap();
     let orders = js.get_stream("ORDERS").await.unwrap();
-    eventually(
-        "the gateway opens the trigger's consumer",
-        Duration::from_secs(30),
-        async || {
-            let mut names = orders.consumer_names();
-            match futures::StreamExt::next(&mut names).await {
-                Some(Ok(_)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_trigger_consumer(&orders).await;
     js.publish("orders.created", "order 2".into())
         .await
         .unwrap()
@@ -214,7 +198,7 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
     let id = event_invocation_id(&echo, "orders.created", "ORDERS-2");
     let record = gw.wait_record(id.as_str()).await;
     assert_eq!(record["state"], "succeeded", "{record}");
-    assert_eq!(record["response"]["headers"]["x-echo-h-ce-id"], "ORDERS-2");
+    assert_eq!(stored_header(&record, "x-echo-h-ce-id"), "ORDERS-2");
     let old = event_invocation_id(&echo, "orders.created", "ORDERS-1");
     assert_eq!(
         gw.get(&format!("/invocations/{old}")).await.status,
@@ -222,7 +206,7 @@ async fn events_on_a_stream_bound_subject_are_consumed_durably_and_acked_once_st
         "an event from before the trigger ran"
     );
     assert_eq!(
-        record["response"]["headers"]["x-echo-h-ce-subject"],
+        stored_header(&record, "x-echo-h-ce-subject"),
         "orders.created"
     );
 
@@ -439,33 +423,245 @@ async fn a_stopping_gateway_queues_the_plain_events_it_already_received() {
 
 /// An invocation is one NATS message: on a server with the default 1 MB
 /// max_payload, a body that cannot fit with its headers gets 413, not 503.
+/// misbehave, failing every attempt quickly: two attempts, then given up.
+const FAILING: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: misbehave }
+spec:
+  module: { file: "{misbehave}" }
+  retry: { maxAttempts: 2, backoff: { initial: 100ms, max: 100ms } }
+"#;
+
+/// Giving up always ends, on a stock (1 MiB `max_payload`) server: an
+/// invocation that fills `max_payload` exactly, and one whose header block
+/// is at JetStream's 64 KiB, fail every attempt; their dead letters, which
+/// would not fit whole, are stored without the body, or with only the
+/// invocation's identity, saying so, and both records end dead-lettered
+/// within their retry budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_request_limit_shrinks_to_what_the_servers_max_payload_carries() {
-    let stack = NatsStack::on_server(NatsServer::with_config(""), LayoutConfig::default()).await;
+async fn an_invocation_too_large_to_dead_letter_whole_still_ends_dead_lettered() {
+    let stack = NatsStack::with_runtime(NatsServer::with_config("")).await;
+    let dir = manifest_dir(FAILING);
+    stack.publish_dir(dir.path()).await;
+    let function: FunctionRef = "default/misbehave".parse().unwrap();
+    stack.wait_serving(&function).await;
+    let js = stack.layout.js.clone();
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/misbehave").await;
+
+    // (header pad, whether the body fills what the headers leave)
+    let cases = [(1000, true), (MAX_HEADER_BLOCK - 100, false)];
+    let mut ids = Vec::new();
+    for (pad, fill) in cases {
+        let mut invocation = Invocation {
+            id: InvocationId::random(),
+            function: function.clone(),
+            method: http::Method::POST,
+            path: "/status/503".into(),
+            query: None,
+            forwarded_prefix: String::new(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            deadline: std::time::SystemTime::now() + Duration::from_secs(120),
+            traceparent: None,
+        };
+        let bare = invocation.header_block_len();
+        let line = header_line_len("Sluice-H-x-pad", "");
+        invocation
+            .headers
+            .insert("x-pad", "p".repeat(pad - bare - line).parse().unwrap());
+        assert_eq!(invocation.header_block_len(), pad);
+        if fill {
+            invocation.body = vec![b'b'; STOCK_MAX_PAYLOAD - pad].into();
+        }
+        let (wire, body) = invocation.to_wire();
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &wire {
+            headers.append(name.as_str(), value.as_str());
+        }
+        js.publish_with_headers(function.invoke_subject(), headers, body)
+            .await
+            .unwrap()
+            .await
+            .expect("JetStream stores a message that fits");
+        ids.push(invocation.id);
+    }
+    for id in &ids {
+        let record = gw.wait_record(id.as_str()).await;
+        assert_eq!(record["state"], "dead-lettered", "{record}");
+        assert_eq!(record["attempts"], 2, "{record}");
+    }
+    let letters = gw.get("/dead-letters/default/misbehave").await.json();
+    let truncated = |id: &InvocationId| {
+        let letter = letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no dead letter of {id}: {letters}"));
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("gave up after 2 attempts"),
+            "{letter}"
+        );
+        letter["truncated"].as_str().unwrap_or_default().to_owned()
+    };
+    let body_only = truncated(&ids[0]);
+    assert!(body_only.starts_with("its body left out"), "{body_only}");
+    let identity = truncated(&ids[1]);
+    assert!(
+        identity.starts_with("its body and all headers"),
+        "{identity}"
+    );
+}
+
+/// Events reach the function as CloudEvents HTTP requests that the
+/// CloudEvents SDK accepts: binary mode with `datacontenttype` as
+/// Content-Type and percent-encoded values, and structured mode passed on
+/// as it came; a structured event published twice runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_functions_as_cloudevents_the_sdk_accepts_and_run_once() {
+    use cloudevents::AttributesReader as _;
+
+    let stack = NatsStack::start().await;
+    let js = orders_stream(&stack).await;
     let dir = manifest_dir(ECHO_ON_ORDERS);
     stack.publish_dir(dir.path()).await;
+    let node_metrics = stack.node.as_ref().unwrap().admin_addr;
     let gw = TestGateway::on_nats(stack, dir).await;
     gw.wait_routed("default/echo").await;
-    let at_default_limit = "x".repeat(1 << 20);
-    let reply = gw
-        .send(
-            http::Method::POST,
-            "/async/fn/default/echo/",
-            &[],
-            at_default_limit,
-        )
-        .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "{}",
-        reply.text()
+    let orders = js.get_stream("ORDERS").await.unwrap();
+    wait_trigger_consumer(&orders).await;
+    let echo: FunctionRef = "default/echo".parse().unwrap();
+
+    let mut binary = async_nats::HeaderMap::new();
+    binary.insert("ce-id", "bin-1");
+    binary.insert("ce-source", "/shop/größe");
+    binary.insert("ce-type", "com.example.order.created");
+    binary.insert("ce-datacontenttype", "application/json");
+    binary.insert("ce-note", "50% \"off\"");
+    js.publish_with_headers("orders.created", binary, r#"{"order":1}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let id = event_invocation_id(&echo, "orders.created", "/shop/größe\nbin-1");
+    let record = gw.wait_record(id.as_str()).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let (headers, body) = request_seen(&record);
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(headers.get("ce-datacontenttype").is_none(), "{headers:?}");
+    let event = cloudevents::binding::http::to_event(&headers, body.clone())
+        .unwrap_or_else(|e| panic!("the SDK refuses the binary event ({e}): {headers:?}"));
+    assert_eq!(event.id(), "bin-1");
+    assert_eq!(event.ty(), "com.example.order.created");
+    assert_eq!(event.datacontenttype(), Some("application/json"));
+    assert_eq!(event.source().to_string(), "/shop/gr%C3%B6%C3%9Fe");
+    assert_eq!(headers["ce-note"], "50%25%20%22off%22");
+    assert_eq!(body, br#"{"order":1}"#);
+
+    let envelope = r#"{"specversion":"1.0","id":"st-1","source":"/shop","type":"com.example.order.created","datacontenttype":"application/json","data":{"order":2}}"#;
+    for _ in 0..2 {
+        let mut structured = async_nats::HeaderMap::new();
+        structured.insert("Content-Type", "application/cloudevents+json");
+        js.publish_with_headers("orders.created", structured, envelope.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let id = event_invocation_id(&echo, "orders.created", "/shop\nst-1");
+    let record = gw.wait_record(id.as_str()).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let (headers, body) = request_seen(&record);
+    assert!(
+        !headers.keys().any(|n| n.as_str().starts_with("ce-")),
+        "{headers:?}"
     );
-    let fits = "x".repeat(512 << 10);
-    let reply = gw
-        .send(http::Method::POST, "/async/fn/default/echo/", &[], fits)
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let event = cloudevents::binding::http::to_event(&headers, body)
+        .unwrap_or_else(|e| panic!("the SDK refuses the structured event ({e}): {headers:?}"));
+    assert_eq!(event.id(), "st-1");
+    assert_eq!(event.source().to_string(), "/shop");
+
+    // Every message taken and acknowledged: three events, two runs.
+    eventually(
+        "the events are acknowledged",
+        Duration::from_secs(30),
+        async || {
+            let mut names = orders.consumer_names();
+            let name = futures::StreamExt::next(&mut names).await.unwrap().unwrap();
+            let info = orders.consumer_info(&name).await.unwrap();
+            (info.delivered.stream_sequence == 3
+                && info.num_pending == 0
+                && info.num_ack_pending == 0)
+                .then_some(())
+                .ok_or(format!("{info:?}"))
+        },
+    )
+    .await;
+    let runtime = TestGateway::remote(node_metrics);
+    let metrics = runtime.get("/metrics").await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"sluice_invocation_attempts_total{function="default/echo",outcome="success"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+/// Binds `orders.>` to a stream `ORDERS` on `stack`'s server.
+async fn orders_stream(stack: &NatsStack) -> jetstream::Context {
+    let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
+/// Waits up to 30s until the gateway has opened a trigger's durable
+/// consumer on `stream`.
+async fn wait_trigger_consumer(stream: &stream::Stream) {
+    eventually(
+        "the gateway opens the trigger's consumer",
+        Duration::from_secs(30),
+        async || {
+            let mut names = stream.consumer_names();
+            match futures::StreamExt::next(&mut names).await {
+                Some(Ok(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// The request echo saw, from the response it stored: its `x-echo-h-*`
+/// headers and its body.
+fn request_seen(record: &serde_json::Value) -> (http::HeaderMap, Vec<u8>) {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &stored_headers(record) {
+        if let Some(original) = name.as_str().strip_prefix("x-echo-h-") {
+            headers.append(
+                http::HeaderName::from_bytes(original.as_bytes()).unwrap(),
+                value.clone(),
+            );
+        }
+    }
+    let body = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        record["response"]["body"].as_str().unwrap(),
+    )
+    .unwrap();
+    (headers, body)
 }
 
 /// A message waiting for a free instance is reported in progress, so the

@@ -64,6 +64,30 @@ async fn a_500_is_attempted_max_attempts_times_with_growing_delays_then_dead_let
     assert_eq!(letters[0]["method"], "POST");
 }
 
+/// A failure whose cause spans lines (a host error with the guest's wasm
+/// backtrace) is dead-lettered with one capped line, the same on both
+/// queues and in the record.
+async fn a_dead_letter_reason_is_one_capped_line_as_in_the_record(backend: Backend) {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(backend, &flaky(&recorder)).await;
+    let id = gw.submit("/async/fn/default/flaky/hoard", &[], "").await;
+    let record = gw.wait_final(&id).await;
+    assert_eq!(record["state"], "dead-lettered", "{record}");
+    let error = record["error"].as_str().unwrap();
+    let letters = gw.get("/dead-letters/default/flaky").await.json();
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert_eq!(reason, error, "{letters}");
+    assert!(
+        reason.contains("resource table has no free keys"),
+        "{reason}"
+    );
+    assert!(!reason.contains(['\n', '\r']), "{reason:?}");
+    assert!(
+        reason.len() <= sluice_api::outcome::MAX_REASON_BYTES + 32,
+        "{reason}"
+    );
+}
+
 async fn a_4xx_is_a_permanent_failure_and_not_retried(backend: Backend) {
     let recorder = Recorder::start().await;
     let gw = TestGateway::start(backend, &flaky(&recorder)).await;
@@ -100,6 +124,7 @@ async fn a_sync_call_is_attempted_once_and_answers_what_the_function_said(backen
 }
 
 conformance!(
+    a_dead_letter_reason_is_one_capped_line_as_in_the_record,
     a_500_is_attempted_max_attempts_times_with_growing_delays_then_dead_lettered,
     a_4xx_is_a_permanent_failure_and_not_retried,
     a_sync_call_is_attempted_once_and_answers_what_the_function_said,

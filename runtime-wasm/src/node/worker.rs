@@ -317,23 +317,24 @@ async fn attempt(
     }
 }
 
-/// Dead-letters an async invocation, then records and acknowledges it.
+/// Dead-letters an async invocation, then records and acknowledges it. A
+/// dead letter that cannot be stored even after [`DEAD_LETTER_TRIES`] is
+/// counted and logged, and the invocation ends failed: giving up ends.
 async fn give_up(
     shared: &Shared,
     served: &Served,
     message: &jetstream::Message,
-    record: InvocationRecord,
+    mut record: InvocationRecord,
     callback: Option<String>,
 ) {
-    let reason = record.error.as_deref().unwrap_or_default();
-    if let Err(e) = dead_letter(shared, served, message, reason, record.attempts).await {
-        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot dead-letter; retrying later");
-        return acknowledge(
-            message,
-            AckKind::Nak(Some(Duration::from_secs(1))),
-            &record.id,
-        )
-        .await;
+    let reason = record.error.clone().unwrap_or_default();
+    if let Err(e) = dead_letter(shared, served, message, &reason, record.attempts).await {
+        let error = format!("{reason}; its dead letter could not be stored: {e}");
+        record.settled(
+            InvocationState::Failed,
+            Some(sluice_api::reason_line(&error)),
+            record.response.clone(),
+        );
     }
     finish(shared, message, record, callback).await;
 }
@@ -372,22 +373,24 @@ async fn poison(
 ) {
     let function = &served.prepared.function;
     tracing::warn!(%function, subject = %message.subject, %reason, "dead-lettering a message that cannot run");
-    match dead_letter(shared, served, message, reason, delivered).await {
-        Ok(()) => {
-            if let Err(e) = message.ack_with(AckKind::Term).await {
-                tracing::warn!(%function, error = %e, "cannot drop a dead-lettered message");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(%function, error = %e, "cannot dead-letter; retrying later");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-        }
+    // Dead-lettered or not (that is counted and logged), it never runs.
+    let _ = dead_letter(shared, served, message, reason, delivered).await;
+    if let Err(e) = message.ack_with(AckKind::Term).await {
+        tracing::warn!(%function, error = %e, "cannot drop a message that cannot run");
     }
 }
 
-/// Republishes the original message on the dead-letter subject, with why.
+/// Tries to store a dead letter at most this many times.
+const DEAD_LETTER_TRIES: u32 = 5;
+/// Wait before the second try; it doubles for each try after.
+const DEAD_LETTER_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Republishes the original message on the dead-letter subject, with why
+/// (without its body, or with only its identity, when the whole would not
+/// fit one message: [`dead_letter::publish`]). Other failures are tried
+/// again up to [`DEAD_LETTER_TRIES`] times with a doubling pause, the
+/// server told meanwhile that the message is in progress; the last one is
+/// counted, logged and returned.
 async fn dead_letter(
     shared: &Shared,
     served: &Served,
@@ -396,21 +399,45 @@ async fn dead_letter(
     attempts: u32,
 ) -> Result<(), DeadLetterError> {
     let function = &served.prepared.function;
-    dead_letter::publish(
-        &shared.layout.js,
-        &served.spec.dead_letter_subject(function),
-        message.headers.clone().unwrap_or_default(),
-        message.payload.clone(),
-        GivenUp {
-            reason,
-            attempts,
-            original_subject: message.subject.as_str(),
-        },
-    )
-    .await?;
-    shared.metrics.dead_lettered(function);
-    tracing::warn!(%function, %reason, "dead-lettered");
-    Ok(())
+    let headers = message.headers.clone().unwrap_or_default();
+    let given_up = GivenUp {
+        reason,
+        attempts,
+        original_subject: message.subject.as_str(),
+    };
+    let subject = served.spec.dead_letter_subject(function);
+    let mut pause = DEAD_LETTER_BACKOFF;
+    let mut tries = 0;
+    let error = loop {
+        tries += 1;
+        match dead_letter::publish(
+            &shared.layout.js,
+            &subject,
+            &headers,
+            message.payload.clone(),
+            given_up,
+        )
+        .await
+        {
+            Ok(kept) => {
+                shared.metrics.dead_lettered(function);
+                tracing::warn!(%function, %reason, ?kept, "dead-lettered");
+                return Ok(());
+            }
+            Err(e) if tries >= DEAD_LETTER_TRIES => break e,
+            Err(e) => {
+                tracing::warn!(%function, error = %e, tries, "cannot dead-letter; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "cannot report progress");
+                }
+            }
+        }
+    };
+    shared.metrics.dead_letter_failed(function);
+    tracing::error!(%function, %reason, error = %error, tries, "dropped: the dead letter could not be stored");
+    Err(error)
 }
 
 /// `record` and its JSON, without the response when the record would not
@@ -485,7 +512,7 @@ async fn acknowledge(message: &jetstream::Message, kind: AckKind, id: &Invocatio
 
 #[cfg(test)]
 mod tests {
-    use sluice_api::StoredResponse;
+    use sluice_api::{StoredHeader, StoredResponse};
 
     use super::*;
 
@@ -496,7 +523,11 @@ mod tests {
         record.state = InvocationState::Succeeded;
         record.response = Some(StoredResponse {
             status: 200,
-            headers: [("x-big".to_owned(), "v".repeat(100 << 10))].into(),
+            headers: vec![StoredHeader {
+                name: "x-big".to_owned(),
+                value: Some("v".repeat(100 << 10)),
+                value_base64: None,
+            }],
             body: "Ym9keQ==".into(),
         });
         let (kept, json) = storable(record.clone(), 1 << 20);
