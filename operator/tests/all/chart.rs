@@ -2,7 +2,9 @@
 //! server: linted, its renderings accepted, its pods admitted under the
 //! restricted Pod Security Standard, installed and upgraded without taking
 //! back what the autoscaler set, and its RBAC enough for the operator.
-//! No kubelet runs, so nothing waits for pods to be ready.
+//! No kubelet runs, so nothing waits for pods to be ready; the operator,
+//! gateway and runtime run as local processes with the flags the chart
+//! renders.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_testing::{ControlPlane, NatsServer, repo_root, run_with_stdin as run};
 
-use crate::support::{Process, Slot, binary, component, eventually, example, free_port};
+use crate::support::{
+    Process, Slot, binary, component, eventually, example, free_port, wait_answer,
+};
 
 /// The release name and namespace of the tests; `helm install sluice
 /// charts/sluice -n sluice-system` as the README says.
@@ -425,6 +429,25 @@ fn deployment_field(cluster: &ControlPlane, component: &str, path: &str) -> Stri
     ])
 }
 
+/// The container args of a Deployment of the release, each `--flag=value`
+/// of `moved` given its new value (each must be there).
+fn chart_args(cluster: &ControlPlane, component: &str, moved: &[(&str, String)]) -> Vec<String> {
+    let rendered = deployment_field(
+        cluster,
+        component,
+        "{.spec.template.spec.containers[0].args}",
+    );
+    let mut args: Vec<String> = serde_json::from_str(&rendered).expect("a Deployment's args");
+    for (flag, value) in moved {
+        let arg = args
+            .iter_mut()
+            .find(|a| a.split_once('=').is_some_and(|(f, _)| f == *flag))
+            .unwrap_or_else(|| panic!("the chart passes {component} no {flag}"));
+        *arg = format!("{flag}={value}");
+    }
+    args
+}
+
 fn helm_ok(cluster: &ControlPlane, args: &[&str]) -> String {
     let mut helm = cluster.helm();
     helm.args(args);
@@ -529,7 +552,7 @@ fn install_is_admitted_and_upgrade_leaves_the_autoscalers_replicas_alone() {
 }
 
 #[test]
-fn the_operator_as_the_charts_service_account_makes_a_function_ready() {
+fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_served() {
     let _slot = Slot::take();
     let cluster = restricted_cluster();
     let nats = NatsServer::start();
@@ -542,23 +565,16 @@ fn the_operator_as_the_charts_service_account_makes_a_function_ready() {
     // The operator's flags exactly as the chart renders them, but for the
     // NATS server (the bundled one has no pod here) and a loopback admin
     // port; its permissions exactly the chart's ServiceAccount's.
-    let rendered = deployment_field(
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = chart_args(
         &cluster,
         "operator",
-        "{.spec.template.spec.containers[0].args}",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--runtime-nats-url", nats.url.clone()),
+            ("--admin-listen", admin.to_string()),
+        ],
     );
-    let rendered: Vec<String> = serde_json::from_str(&rendered).expect("the operator's args");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args: Vec<String> = rendered
-        .iter()
-        .map(|arg| match arg.split_once('=') {
-            Some(("--nats" | "--runtime-nats-url", _)) => {
-                format!("{}={}", arg.split_once('=').map_or("", |s| s.0), nats.url)
-            }
-            Some(("--admin-listen", _)) => format!("--admin-listen={admin}"),
-            _ => arg.clone(),
-        })
-        .collect();
     assert!(
         args.iter()
             .any(|a| a == &format!("--pool-deployment={NAMESPACE}/{RELEASE}-runtime")),
@@ -617,4 +633,31 @@ fn the_operator_as_the_charts_service_account_makes_a_function_ready() {
     assert_eq!(holder, "sluice-operator-0");
     let log = operator.log();
     assert!(!log.contains("forbidden"), "{log}");
+
+    // The gateway and a pool runtime with the chart's flags too (NATS and
+    // listeners on loopback): the function is served end to end.
+    let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(binary("sluice-gateway"));
+    command.args(chart_args(
+        &cluster,
+        "gateway",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--listen", gateway.to_string()),
+            ("--admin-listen", "127.0.0.1:0".into()),
+        ],
+    ));
+    let _gateway = Process::spawn(command, logs.path().join("gateway.log"));
+    let mut command = Command::new(binary("sluice-runtime"));
+    command.args(chart_args(
+        &cluster,
+        "runtime",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--admin-listen", "127.0.0.1:0".into()),
+            ("--artifacts", path_str(&logs.path().join("artifacts"))),
+        ],
+    ));
+    let _runtime = Process::spawn(command, logs.path().join("runtime.log"));
+    wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
 }
