@@ -176,23 +176,23 @@ subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {SLUICE_N
         command
     }
 
+    /// `helm` against this control plane, as its admin, its own state
+    /// (repositories, cache) kept in the control plane's folder.
+    pub fn helm(&self) -> Command {
+        let mut command = helm();
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.dir().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir().join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir().join("helm/data"));
+        command
+    }
+
     /// Runs `kubectl args…`, feeding `stdin`; its output, whatever it is.
     pub fn kubectl_with(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write as _;
-        let mut child = self
-            .kubectl()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot run kubectl");
-        let mut input = child.stdin.take().expect("kubectl's stdin");
-        input
-            .write_all(stdin.as_bytes())
-            .expect("cannot write to kubectl");
-        drop(input);
-        child.wait_with_output().expect("kubectl did not finish")
+        let mut kubectl = self.kubectl();
+        kubectl.args(args);
+        run_with_stdin(kubectl, stdin)
     }
 
     /// Runs `kubectl args…` and returns its stdout; panics with its stderr
@@ -241,6 +241,32 @@ current-context: test
         std::fs::write(&path, config).expect("cannot write a kubeconfig");
         path
     }
+}
+
+/// Runs `command`, feeding it `stdin`; its output, whatever it is.
+pub fn run_with_stdin(mut command: Command, stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", command.get_program()));
+    let mut input = child.stdin.take().expect("its stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write to {:?}: {e}", command.get_program()));
+    drop(input);
+    child.wait_with_output().expect("it did not finish")
+}
+
+/// `helm` (the pinned build beside `kubectl`) for what needs no cluster,
+/// such as `lint` and `template`; pointed at no cluster, so it can reach
+/// none.
+pub fn helm() -> Command {
+    let mut command = Command::new(kube_bin().join("helm"));
+    command.env("KUBECONFIG", "/dev/null");
+    command
 }
 
 impl Drop for ControlPlane {

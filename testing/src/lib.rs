@@ -5,7 +5,8 @@
 //! - [`NatsServer`]: `nats-server` with JetStream (`SLUICE_NATS_SERVER`,
 //!   installed by `scripts/nats-server.sh`).
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
-//!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`).
+//!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`), with `kubectl`
+//!   and `helm` pointed at it; [`helm`] alone for `lint` and `template`.
 //! - [`Kubelet`]: real `sluice-runtime` processes for the runtime
 //!   Deployments of a control plane (which has no kubelet).
 //! - [`http`]: a plain HTTP/1.1 client for loopback servers.
@@ -15,7 +16,7 @@ mod kube;
 mod kubelet;
 mod nats;
 
-pub use kube::{ControlPlane, SLUICE_NAMESPACE};
+pub use kube::{ControlPlane, SLUICE_NAMESPACE, helm, run_with_stdin};
 pub use kubelet::Kubelet;
 pub use nats::NatsServer;
 

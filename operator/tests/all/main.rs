@@ -4,6 +4,7 @@
 //! plane's binaries (`scripts/k8s/tools.sh`) and installs nats-server.
 
 mod autoscale;
+mod chart;
 mod crd;
 mod images;
 mod lifecycle;

@@ -25,10 +25,11 @@ static RUNNING: Mutex<usize> = Mutex::new(0);
 static FREED: Condvar = Condvar::new();
 
 /// A place among [`CONCURRENT_CLUSTERS`], given back when dropped.
-struct Slot;
+pub struct Slot;
 
 impl Slot {
-    fn take() -> Self {
+    /// Waits for a place; hold it as long as the control plane runs.
+    pub fn take() -> Self {
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
         while *running >= CONCURRENT_CLUSTERS {
             running = FREED.wait(running).unwrap_or_else(|p| p.into_inner());
@@ -68,7 +69,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    /// Starts `command`, its stderr into `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("a log file");
         let child = command
             .env("RUST_LOG", "info")
@@ -112,7 +114,8 @@ impl Drop for Process {
     }
 }
 
-fn binary(name: &str) -> PathBuf {
+/// The path of a Sluice binary built with the tests.
+pub fn binary(name: &str) -> PathBuf {
     let operator = PathBuf::from(env!("CARGO_BIN_EXE_sluice-operator"));
     if name == "sluice-operator" {
         return operator;

@@ -1,0 +1,663 @@
+//! The Helm chart (`charts/sluice/`) with the real `helm` and a real API
+//! server: linted, its renderings accepted, its pods admitted under the
+//! restricted Pod Security Standard, installed and upgraded without taking
+//! back what the autoscaler set, and its RBAC enough for the operator.
+//! No kubelet runs, so nothing waits for pods to be ready; the operator,
+//! gateway and runtime run as local processes with the flags the chart
+//! renders.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_testing::{ControlPlane, NatsServer, repo_root, run_with_stdin as run};
+
+use crate::support::{
+    Process, Slot, binary, component, eventually, example, free_port, wait_answer,
+};
+
+/// The release name and namespace of the tests; `helm install sluice
+/// charts/sluice -n sluice-system` as the README says.
+const RELEASE: &str = "sluice";
+const NAMESPACE: &str = "sluice-system";
+
+fn chart() -> PathBuf {
+    repo_root().join("charts/sluice")
+}
+
+/// Every values file under `charts/sluice/ci/`, by name.
+fn ci_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .expect("charts/sluice/ci")
+        .map(|e| e.expect("a ci entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    files
+}
+
+/// Its stdout; panics with its stderr when it failed.
+fn ok(output: Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `helm template` of the chart with `args` (values files, `--set`s).
+fn template(args: &[&str]) -> String {
+    let mut helm = sluice_testing::helm();
+    helm.args(["template", RELEASE])
+        .arg(chart())
+        .args(["-n", NAMESPACE])
+        .args(args);
+    ok(run(helm, ""), &format!("helm template {}", args.join(" ")))
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The values the chart is checked with: its defaults, then each file
+/// under ci/ (named, with the arguments that pass it).
+fn value_sets() -> Vec<(String, Vec<String>)> {
+    let mut sets = vec![("defaults".to_owned(), vec![])];
+    sets.extend(
+        ci_values()
+            .iter()
+            .map(|f| (path_str(f), vec!["-f".to_owned(), path_str(f)])),
+    );
+    sets
+}
+
+#[test]
+fn helm_lint_strict_passes_on_the_defaults_and_every_ci_values_file() {
+    for (name, args) in value_sets() {
+        let mut helm = sluice_testing::helm();
+        helm.args(["lint", "--strict"]).arg(chart()).args(&args);
+        let output = ok(run(helm, ""), &format!("helm lint --strict ({name})"));
+        assert!(output.contains("0 chart(s) failed"), "{output}");
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_type_or_an_unknown_key_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let cases = [
+        (
+            "gateway:\n  replicas: two\n",
+            "/gateway/replicas",
+            "want integer",
+        ),
+        ("nats:\n  mode: sideways\n", "/nats/mode", "must be one of"),
+        (
+            "operator:\n  autoscaleInterval: soon\n",
+            "/operator/autoscaleInterval",
+            "soon",
+        ),
+        (
+            "runtime:\n  pool:\n    maxReplica: 3\n",
+            "/runtime/pool",
+            "maxReplica",
+        ),
+        ("gatway:\n  replicas: 2\n", "at ''", "gatway"),
+        (
+            "nats:\n  mode: external\n",
+            "/nats/external/url",
+            "minLength",
+        ),
+        // Credentials in the URL would be copied in plain text into every
+        // Deployment that connects.
+        (
+            "nats:\n  mode: external\n  external:\n    url: nats://u:p@nats:4222\n",
+            "/nats/external/url",
+            "does not match pattern",
+        ),
+    ];
+    for (i, (values, at, word)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&file, values).expect("a values file");
+        for command in ["lint", "template"] {
+            let mut helm = sluice_testing::helm();
+            helm.arg(command);
+            if command == "lint" {
+                helm.arg("--strict");
+            } else {
+                helm.arg(RELEASE);
+            }
+            helm.arg(chart()).arg("-f").arg(&file);
+            let output = run(helm, "");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(!output.status.success(), "{command} accepted:\n{values}");
+            let said = format!("{stdout}{stderr}");
+            assert!(
+                said.contains(at) && said.contains(word),
+                "helm {command} of\n{values}should name {at} and {word}:\n{said}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_crd_template_is_the_repositorys_crd_byte_for_byte() {
+    let committed = std::fs::read(repo_root().join("crds/function.yaml")).expect("crds/");
+    let copy = std::fs::read(chart().join("files/function.yaml")).expect("the chart's copy");
+    assert!(
+        committed == copy,
+        "charts/sluice/files/function.yaml differs from crds/function.yaml: \
+         cp crds/function.yaml charts/sluice/files/function.yaml"
+    );
+    let committed = String::from_utf8(committed).expect("UTF-8");
+    // Everything from `spec:` on is rendered as committed; the template
+    // adds only labels and the keep annotation to the metadata.
+    let spec = &committed[committed.find("\nspec:\n").expect("a spec")..];
+    let rendered = template(&["--show-only", "templates/crds.yaml"]);
+    assert!(rendered.contains(spec), "{rendered}");
+    assert!(
+        rendered.contains("helm.sh/resource-policy: keep"),
+        "{rendered}"
+    );
+    let unkept = template(&[
+        "--show-only",
+        "templates/crds.yaml",
+        "--set",
+        "crds.keep=false",
+    ]);
+    assert!(unkept.contains(spec), "{unkept}");
+    assert!(!unkept.contains("resource-policy"), "{unkept}");
+    let mut helm = sluice_testing::helm();
+    helm.args(["template", RELEASE])
+        .arg(chart())
+        .args(["--set", "crds.install=false"]);
+    let without = ok(run(helm, ""), "helm template without the CRD");
+    assert!(!without.contains("CustomResourceDefinition"), "{without}");
+}
+
+/// A schema node with its `$ref` (to `#/$defs/…`) followed, and the name
+/// of the definition it came from.
+fn resolve<'a>(schema: &'a Value, node: &'a Value) -> (&'a Value, Option<&'a str>) {
+    match node["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.trim_start_matches("#/$defs/");
+            (&schema["$defs"][name], Some(name))
+        }
+        None => (node, None),
+    }
+}
+
+/// How the values table names a value's type.
+fn type_name(schema: &Value, node: &Value) -> String {
+    let (node, def) = resolve(schema, node);
+    if let Some(def) = def {
+        return match def {
+            "pullPolicy" => enum_name(node),
+            "labels" => "map of strings".into(),
+            "port" => "port".into(),
+            other => other.into(),
+        };
+    }
+    if node.get("enum").is_some() {
+        return enum_name(node);
+    }
+    match node["type"].as_str() {
+        Some("array") => format!("list of {}", type_name(schema, &node["items"])),
+        Some(other) => other.into(),
+        None => "any".into(),
+    }
+}
+
+fn enum_name(node: &Value) -> String {
+    node["enum"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" \\| ")
+        })
+        .unwrap_or_default()
+}
+
+/// The rows of the values table under `path`: a row for every value that
+/// is not an object spelled out in the schema; its default from
+/// values.yaml, which must hold one.
+fn rows(schema: &Value, node: &Value, defaults: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(properties) = node["properties"].as_object() else {
+        return;
+    };
+    for (key, child) in properties {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let default = defaults
+            .get(key)
+            .unwrap_or_else(|| panic!("values.yaml has no default for {here}"));
+        if child.get("$ref").is_none() && child["properties"].is_object() {
+            rows(schema, child, default, &here, out);
+            continue;
+        }
+        let description = child["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{here} has no description in the schema"));
+        let default = match default {
+            Value::String(s) if s.is_empty() => "`\"\"`".to_owned(),
+            Value::String(s) => format!("`{s}`"),
+            other => format!("`{other}`"),
+        };
+        out.push(format!(
+            "| `{here}` | {} | {default} | {description} |",
+            type_name(schema, child)
+        ));
+    }
+}
+
+const TABLE_START: &str = "<!-- values table: generated from charts/sluice/values.schema.json and values.yaml; a test keeps it equal -->";
+const TABLE_END: &str = "<!-- end of values table -->";
+
+#[test]
+fn the_readme_values_table_is_the_schema_with_the_defaults() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("values.schema.json")).expect("the schema"),
+    )
+    .expect("the schema is JSON");
+    let defaults: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    let mut table = vec![
+        "| value | type | default | what |".to_owned(),
+        "|---|---|---|---|".to_owned(),
+    ];
+    rows(&schema, &schema, &defaults, "", &mut table);
+    let expected = format!("{TABLE_START}\n{}\n{TABLE_END}", table.join("\n"));
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let found = readme
+        .find(TABLE_START)
+        .and_then(|start| {
+            let end = readme[start..].find(TABLE_END)? + start + TABLE_END.len();
+            Some(&readme[start..end])
+        })
+        .unwrap_or_default();
+    assert!(
+        found == expected,
+        "README.md's values table differs from the schema; replace it with:\n{expected}"
+    );
+}
+
+/// A control plane with the namespace of the release, which enforces the
+/// restricted Pod Security Standard (and warns of it at apply time).
+fn restricted_cluster() -> ControlPlane {
+    let cluster = ControlPlane::start();
+    cluster.kubectl_ok(&["create", "namespace", NAMESPACE]);
+    cluster.kubectl_ok(&[
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    cluster
+}
+
+/// A stand-in for prometheus-operator's ServiceMonitor CRD with the fields
+/// the chart sets, so that a rendering with a ServiceMonitor can be
+/// checked by the API server (strict field validation refuses any other
+/// field).
+const SERVICE_MONITOR_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: servicemonitors.monitoring.coreos.com }
+spec:
+  group: monitoring.coreos.com
+  names: { kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [selector, endpoints]
+              properties:
+                selector:
+                  type: object
+                  properties:
+                    matchLabels: { type: object, additionalProperties: { type: string } }
+                namespaceSelector:
+                  type: object
+                  properties:
+                    matchNames: { type: array, items: { type: string } }
+                endpoints:
+                  type: array
+                  items:
+                    type: object
+                    properties:
+                      port: { type: string }
+                      path: { type: string }
+                      interval: { type: string, pattern: '^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' }
+";
+
+#[test]
+fn every_rendering_is_accepted_by_the_api_server_and_restricted_pod_security() {
+    let _slot = Slot::take();
+    let cluster = restricted_cluster();
+    let applied = cluster.apply(SERVICE_MONITOR_CRD);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    established(&cluster, "servicemonitors.monitoring.coreos.com");
+    for (name, args) in value_sets() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let rendered = template(&args);
+        // Hooks too: `helm template` renders the `helm test` Pod, which the
+        // restricted namespace must admit as well.
+        assert!(rendered.contains("kind: Pod\n"), "{name}: no test Pod");
+        let output = cluster.kubectl_with(
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--field-manager=helm",
+                "-f",
+                "-",
+            ],
+            &rendered,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name} refused:\n{stderr}");
+        assert!(
+            !stderr.contains("PodSecurity") && !stderr.to_lowercase().contains("warning"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+/// Waits until CRD `name` is Established. `kubectl wait` fails at once
+/// while the CRD has no conditions yet, so it is asked again.
+fn established(cluster: &ControlPlane, name: &str) {
+    let crd = format!("crd/{name}");
+    let args = ["wait", "--for=condition=Established", &crd, "--timeout=60s"];
+    eventually(
+        &format!("{name} Established"),
+        Duration::from_secs(60),
+        || {
+            cluster
+                .kubectl_with(&args, "")
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+}
+
+/// The number of Pods of a component of the release.
+fn pods(cluster: &ControlPlane, component: &str) -> usize {
+    let selector =
+        format!("app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=sluice-{component}");
+    cluster
+        .kubectl_ok(&[
+            "get", "pods", "-n", NAMESPACE, "-l", &selector, "-o", "name",
+        ])
+        .lines()
+        .count()
+}
+
+/// A field of a Deployment of the release, by JSONPath.
+fn deployment_field(cluster: &ControlPlane, component: &str, path: &str) -> String {
+    cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        &format!("{RELEASE}-{component}"),
+        "-n",
+        NAMESPACE,
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+}
+
+/// The container args of a Deployment of the release, each `--flag=value`
+/// of `moved` given its new value (each must be there).
+fn chart_args(cluster: &ControlPlane, component: &str, moved: &[(&str, String)]) -> Vec<String> {
+    let rendered = deployment_field(
+        cluster,
+        component,
+        "{.spec.template.spec.containers[0].args}",
+    );
+    let mut args: Vec<String> = serde_json::from_str(&rendered).expect("a Deployment's args");
+    for (flag, value) in moved {
+        let arg = args
+            .iter_mut()
+            .find(|a| a.split_once('=').is_some_and(|(f, _)| f == *flag))
+            .unwrap_or_else(|| panic!("the chart passes {component} no {flag}"));
+        *arg = format!("{flag}={value}");
+    }
+    args
+}
+
+fn helm_ok(cluster: &ControlPlane, args: &[&str]) -> String {
+    let mut helm = cluster.helm();
+    helm.args(args);
+    ok(run(helm, ""), &format!("helm {}", args.join(" ")))
+}
+
+#[test]
+fn install_is_admitted_and_upgrade_leaves_the_autoscalers_replicas_alone() {
+    let _slot = Slot::take();
+    let cluster = restricted_cluster();
+    let chart = path_str(&chart());
+
+    // The schema refuses a wrong value before anything is installed.
+    let mut helm = cluster.helm();
+    helm.args(["install", RELEASE, &chart, "-n", NAMESPACE])
+        .args(["--set", "runtime.pool.maxReplicas=many"]);
+    let refused = run(helm, "");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("/runtime/pool/maxReplicas"), "{said}");
+
+    let notes = helm_ok(&cluster, &["install", RELEASE, &chart, "-n", NAMESPACE]);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(
+        notes.contains("kubectl apply -f examples/cluster/hello.yaml"),
+        "{notes}"
+    );
+
+    // The controllers create every pod the chart asks for, and the
+    // restricted namespace admits them all (a refused pod would leave its
+    // ReplicaSet or StatefulSet short, with a FailedCreate Event).
+    for (component, count) in [("operator", 1), ("gateway", 2), ("runtime", 1), ("nats", 1)] {
+        eventually(
+            &format!("{count} {component} pod(s) admitted"),
+            Duration::from_secs(60),
+            || (pods(&cluster, component) == count).then_some(()),
+        );
+    }
+    let events = cluster.kubectl_ok(&["get", "events", "-n", NAMESPACE]);
+    assert!(!events.contains("PodSecurity"), "{events}");
+    // Gateway and runtime talk only to NATS: no API token in their pods.
+    for component in ["gateway", "runtime"] {
+        let automount = deployment_field(
+            &cluster,
+            component,
+            "{.spec.template.spec.automountServiceAccountToken}",
+        );
+        assert_eq!(automount, "false", "{component}");
+    }
+    // The chart sets no replicas on the pool: the API server's default.
+    assert_eq!(
+        deployment_field(&cluster, "runtime", "{.spec.replicas}"),
+        "1"
+    );
+
+    // The autoscaler's write: the scale subresource, its field manager.
+    cluster.kubectl_ok(&[
+        "patch",
+        "deployment",
+        &format!("{RELEASE}-runtime"),
+        "-n",
+        NAMESPACE,
+        "--subresource=scale",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+        "--field-manager=sluice-autoscaler",
+    ]);
+    // An upgrade that changes the pool's pod template (so Helm applies the
+    // pool Deployment again) and the gateway's replicas.
+    helm_ok(
+        &cluster,
+        &[
+            "upgrade",
+            RELEASE,
+            &chart,
+            "-n",
+            NAMESPACE,
+            "--set",
+            "runtime.maxInstances=128",
+            "--set",
+            "gateway.replicas=3",
+        ],
+    );
+    let args = deployment_field(
+        &cluster,
+        "runtime",
+        "{.spec.template.spec.containers[0].args}",
+    );
+    assert!(args.contains("--max-instances=128"), "{args}");
+    assert_eq!(
+        deployment_field(&cluster, "gateway", "{.spec.replicas}"),
+        "3"
+    );
+    assert_eq!(
+        deployment_field(&cluster, "runtime", "{.spec.replicas}"),
+        "3",
+        "helm upgrade took back the autoscaler's replicas"
+    );
+    let status = helm_ok(&cluster, &["status", RELEASE, "-n", NAMESPACE]);
+    assert!(status.contains("REVISION: 2"), "{status}");
+}
+
+#[test]
+fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_served() {
+    let _slot = Slot::take();
+    let cluster = restricted_cluster();
+    let nats = NatsServer::start();
+    helm_ok(
+        &cluster,
+        &["install", RELEASE, &path_str(&chart()), "-n", NAMESPACE],
+    );
+    established(&cluster, "functions.sluice.dev");
+
+    // The operator's flags exactly as the chart renders them, but for the
+    // NATS server (the bundled one has no pod here) and a loopback admin
+    // port; its permissions exactly the chart's ServiceAccount's.
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = chart_args(
+        &cluster,
+        "operator",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--runtime-nats-url", nats.url.clone()),
+            ("--admin-listen", admin.to_string()),
+        ],
+    );
+    assert!(
+        args.iter()
+            .any(|a| a == &format!("--pool-deployment={NAMESPACE}/{RELEASE}-runtime")),
+        "{args:?}"
+    );
+    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
+    let logs = tempfile::tempdir().expect("a temporary folder");
+    let mut command = Command::new(binary("sluice-operator"));
+    command
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "sluice-operator-0")
+        .env("POD_NAMESPACE", NAMESPACE);
+    let operator = Process::spawn(command, logs.path().join("operator.log"));
+
+    let from = format!("--from-file=hello.wasm={}", component("hello").display());
+    let config_map = cluster.kubectl_ok(&[
+        "create",
+        "configmap",
+        "hello-wasm",
+        "-n",
+        "default",
+        &from,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    let applied = cluster.apply(&config_map);
+    assert!(applied.status.success());
+    let applied = cluster.apply(&example("hello"));
+    assert!(applied.status.success());
+    let field = |path: &str| {
+        let jsonpath = format!("jsonpath={path}");
+        let args = ["get", "fn", "hello", "-n", "default", "-o", &jsonpath];
+        String::from_utf8_lossy(&cluster.kubectl_with(&args, "").stdout).into_owned()
+    };
+    eventually("hello Ready", Duration::from_secs(90), || {
+        (field(r#"{.status.conditions[?(@.type=="Ready")].status}"#) == "True").then_some(())
+    });
+    let url = field("{.status.url}");
+    assert_eq!(
+        url,
+        format!("http://{RELEASE}-gateway.{NAMESPACE}.svc:8080/fn/default/hello/")
+    );
+    // The Lease in the release's namespace: leader election under the
+    // chart's RoleBinding.
+    let holder = cluster.kubectl_ok(&[
+        "get",
+        "lease",
+        "sluice-operator",
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, "sluice-operator-0");
+    let log = operator.log();
+    assert!(!log.contains("forbidden"), "{log}");
+
+    // The gateway and a pool runtime with the chart's flags too (NATS and
+    // listeners on loopback): the function is served end to end.
+    let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(binary("sluice-gateway"));
+    command.args(chart_args(
+        &cluster,
+        "gateway",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--listen", gateway.to_string()),
+            ("--admin-listen", "127.0.0.1:0".into()),
+        ],
+    ));
+    let _gateway = Process::spawn(command, logs.path().join("gateway.log"));
+    let mut command = Command::new(binary("sluice-runtime"));
+    command.args(chart_args(
+        &cluster,
+        "runtime",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--admin-listen", "127.0.0.1:0".into()),
+            ("--artifacts", path_str(&logs.path().join("artifacts"))),
+        ],
+    ));
+    let _runtime = Process::spawn(command, logs.path().join("runtime.log"));
+    wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
+}
