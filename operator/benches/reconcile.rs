@@ -39,10 +39,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use kube::ResourceExt as _;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt as _, watcher};
 use sluice_api::Function;
 use sluice_testing::{ControlPlane, NatsServer};
 use tokio::sync::Notify;

@@ -121,7 +121,7 @@ enum Write {
         patch: serde_json::Value,
     },
     Event {
-        regarding: ObjectReference,
+        regarding: Box<ObjectReference>,
         event: Event,
     },
 }
@@ -476,7 +476,7 @@ impl Autoscaler {
             let note = decision.explain(scaling, observed);
             tracing::info!(function = %reference, "{note}");
             writes.push(Write::Event {
-                regarding: function.object_ref(&()),
+                regarding: Box::new(function.object_ref(&())),
                 event: Event {
                     type_: EventType::Normal,
                     reason: reason.into(),
@@ -887,10 +887,7 @@ mod tests {
     fn active_keeps_its_transition_time_until_its_status_changes() {
         let since = "2026-01-01T00:00:00Z";
         let same = status_patch(&function(Some(("True", since))), shown(Some(true)));
-        assert_eq!(
-            same["status"]["conditions"][0]["lastTransitionTime"],
-            since
-        );
+        assert_eq!(same["status"]["conditions"][0]["lastTransitionTime"], since);
         let changed = status_patch(&function(Some(("True", since))), shown(Some(false)));
         let condition = &changed["status"]["conditions"][0];
         assert_eq!(condition["status"], "False");

@@ -21,9 +21,12 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice-op
 pub const FUNCTION_LABEL: &str = "sluice.dev/function";
 /// Port of the runtime's `/healthz`, `/readyz` and `/metrics`.
 pub const RUNTIME_ADMIN_PORT: i32 = 9091;
-/// Where a runtime keeps precompiled components (an `emptyDir`: the root
-/// filesystem is read-only).
-const ARTIFACTS_DIR: &str = "/var/cache/sluice";
+/// The `emptyDir` a runtime writes to (the root filesystem is read-only).
+const CACHE_DIR: &str = "/var/cache/sluice";
+/// Where a runtime keeps precompiled components: a folder it makes inside
+/// the `emptyDir`, whose own root is writable by everyone, so the runtime
+/// would refuse to load code from it.
+const ARTIFACTS_DIR: &str = "/var/cache/sluice/artifacts";
 /// The non-root user of the Sluice images.
 const RUNTIME_USER: i64 = 65532;
 
@@ -154,7 +157,7 @@ pub fn dedicated_deployment(
         }),
         volume_mounts: Some(vec![VolumeMount {
             name: "artifacts".into(),
-            mount_path: ARTIFACTS_DIR.into(),
+            mount_path: CACHE_DIR.into(),
             ..VolumeMount::default()
         }]),
         ..Container::default()
