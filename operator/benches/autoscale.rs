@@ -251,7 +251,12 @@ fn operator_histogram(operator: &Operator, name: &str, labels: &str) -> (f64, f6
 fn in_msgs(monitoring: u16) -> u64 {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], monitoring));
     let (_, body) = sluice_testing::http::get(addr, "/varz").expect("nats-server's /varz");
-    let varz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    // Sent chunked: the JSON is between the chunk framing.
+    let json = body
+        .find('{')
+        .zip(body.rfind('}'))
+        .map_or("", |(start, end)| &body[start..=end]);
+    let varz: serde_json::Value = serde_json::from_str(json).expect("JSON");
     varz["in_msgs"].as_u64().expect("in_msgs")
 }
 

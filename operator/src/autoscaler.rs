@@ -317,23 +317,56 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send) {
         pool = ?autoscaler.config.pool.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)),
         "autoscaling"
     );
-    let mut ticks = tokio::time::interval(autoscaler.config.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Read apart from the loop: with thousands of functions a listing takes
+    // a while of the server's, and a first invocation must not wait for it.
+    let (readings_tx, mut readings) = mpsc::channel(1);
+    let reader = tokio::spawn(read_queues(
+        autoscaler.ctx.layout.invocations.clone(),
+        autoscaler.config.interval,
+        readings_tx,
+    ));
+    let _reader = AbortOnDrop(reader.abort_handle());
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             (function, at) = autoscaler.waker.next() => autoscaler.wake(&function, at).await,
-            _ = ticks.tick() => autoscaler.tick().await,
+            Some(reading) = readings.recv() => autoscaler.tick(reading).await,
+        }
+    }
+}
+
+/// One reading of every queue, and when it began.
+struct Reading {
+    observed: Result<HashMap<FunctionRef, Observation>, sluice_nats::depth::DepthError>,
+    started: Instant,
+}
+
+/// Reads every queue each `interval` (the next reading waits until the
+/// last one is taken, so none pile up) until the receiver is gone.
+async fn read_queues(
+    invocations: async_nats::jetstream::stream::Stream,
+    interval: Duration,
+    readings: mpsc::Sender<Reading>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let started = Instant::now();
+        let observed = sluice_nats::depth::queue_depths(&invocations).await;
+        if readings.send(Reading { observed, started }).await.is_err() {
+            return;
         }
     }
 }
 
 impl Autoscaler {
-    /// Reads every queue, then decides and writes for every function.
-    async fn tick(&mut self) {
-        let started = Instant::now();
-        match sluice_nats::depth::queue_depths(&self.ctx.layout.invocations).await {
+    /// Decides and writes for every function from a reading of every
+    /// queue.
+    async fn tick(&mut self, reading: Reading) {
+        let started = reading.started;
+        match reading.observed {
             Ok(observed) => {
                 self.observed = observed;
                 self.evaluate(None, Instant::now()).await;
