@@ -55,6 +55,10 @@ fi
 echo "== building the example components"
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 
+# Compiled while the Kubernetes binaries and the images build.
+echo "== building the tests"
+cargo test --locked --workspace --all-features --no-run
+
 echo "== waiting for the Kubernetes test binaries"
 if ! wait "$k8s_tools"; then
   cat .sluice/k8s-tools.log >&2
