@@ -229,6 +229,8 @@ struct Autoscaler {
     tracked: HashMap<FunctionRef, Tracked>,
     observed: HashMap<FunctionRef, Observation>,
     waker: Waker,
+    /// The pool's replicas as last decided.
+    pool_written: Option<u32>,
     /// Zero of the clock that histories count in.
     epoch: Instant,
 }
@@ -310,6 +312,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send) {
         pool,
         tracked: HashMap::new(),
         observed: HashMap::new(),
+        pool_written: None,
         epoch: Instant::now(),
     };
     tracing::info!(
@@ -552,7 +555,9 @@ impl Autoscaler {
         // A Deployment created without replicas runs one.
         let current = spec_replicas(&deployment);
         let decision = self.decide(&function, &reference, observed, current, now, writes);
-        if decision.replicas != current {
+        // A change is written even when the store already shows it: the
+        // store may not have caught up with the last write yet.
+        if decision.replicas != current || decision.direction().is_some() {
             writes.push(Write::Scale {
                 namespace: reference.namespace.clone(),
                 name,
@@ -602,7 +607,8 @@ impl Autoscaler {
                     target.min_replicas,
                     target.max_replicas,
                 );
-                if replicas != current {
+                let changed = self.pool_written.replace(replicas) != Some(replicas);
+                if replicas != current || changed {
                     tracing::info!(
                         pool = %format!("{}/{}", target.namespace, target.name),
                         "{current} → {replicas} replicas for its functions' demand"

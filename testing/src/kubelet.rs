@@ -114,6 +114,14 @@ impl Kubelet {
         self.with(namespace, name, |pods| pods.running.len())
     }
 
+    /// Processes alive for Deployment `namespace/name`, those stopping
+    /// included.
+    pub fn alive(&self, namespace: &str, name: &str) -> usize {
+        self.with(namespace, name, |pods| {
+            pods.running.len() + pods.stopping.len()
+        })
+    }
+
     /// Every `spec.replicas` Deployment `namespace/name` has had since the
     /// kubelet started, in order (each once in a row).
     pub fn replica_history(&self, namespace: &str, name: &str) -> Vec<u32> {

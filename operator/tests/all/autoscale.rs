@@ -217,9 +217,10 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
         15,
         &["--leader-elect", "false", "--autoscale-interval", "1h"],
     );
+    // No runtime left, a stopping one included: only a scale can serve.
     eventually("at zero", Duration::from_secs(60), || {
         (kubelet.replica_history("default", "woken-runtime").last() == Some(&0)
-            && kubelet.running("default", "woken-runtime") == 0)
+            && kubelet.alive("default", "woken-runtime") == 0)
             .then_some(())
     });
     let answer = http_get_within(
@@ -228,11 +229,11 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
         Duration::from_secs(60),
     );
     assert!(matches!(answer, Some((200, _))), "{answer:?}");
-    let text = metrics(&operator);
-    assert!(
-        text.contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#),
-        "{text}"
-    );
+    eventually("the wake counted", Duration::from_secs(30), || {
+        metrics(&operator)
+            .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#)
+            .then_some(())
+    });
 }
 
 #[test]

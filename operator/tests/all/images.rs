@@ -103,11 +103,24 @@ fn each_image_is_pushed_pulled_back_and_runs_as_a_non_root_user() {
     }
 }
 
-/// An image's size in bytes, as buildah stores it (uncompressed).
+/// An image's size in bytes, as buildah stores it (uncompressed), from
+/// the decimal size it prints (e.g. `21.2 MB`), so within 0.5 %.
 fn image_size(image: &str) -> u64 {
-    let listed = buildah_ok(&["images", "--json", image]);
-    let images: serde_json::Value = serde_json::from_str(&listed).expect("buildah's JSON");
-    images[0]["size"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no size in {listed}"))
+    let listed = buildah_ok(&["images", "--format", "{{.Size}}", image]);
+    // One line per name the image has here: the same size on each.
+    let printed = listed.lines().next().unwrap_or_default();
+    let (number, unit) = printed
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("an unexpected size: {printed:?}"));
+    let number: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("an unexpected size: {printed:?}"));
+    let scale = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => panic!("an unexpected size unit: {printed:?}"),
+    };
+    (number * scale) as u64
 }
