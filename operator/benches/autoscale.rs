@@ -51,13 +51,6 @@ use common::*;
 /// How long the setup may take at any step before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(600);
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn function(name: &str, placement: &str) -> Function {
     serde_json::from_value(serde_json::json!({
         "apiVersion": sluice_api::API_VERSION,

@@ -53,13 +53,6 @@ use common::*;
 /// up (and how long the whole burst may take).
 const PATIENCE: Duration = Duration::from_secs(600);
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let sequential = setting("SLUICE_BENCH_SEQUENTIAL", 30).max(1);
     let burst = setting("SLUICE_BENCH_BURST", 500).max(1);

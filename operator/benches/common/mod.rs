@@ -18,6 +18,14 @@ use sluice_api::Function;
 
 pub const NAMESPACE: &str = "default";
 
+/// A knob from the environment: `name` as a number, else `default`.
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Watches `api`, handing each object applied to `observe` with the
 /// instant its event arrived; returns once the watch is established, so
 /// that no change made afterwards is missed.
