@@ -51,18 +51,15 @@ use common::*;
 /// How long the setup may take at any step before the bench gives up.
 const PATIENCE: Duration = Duration::from_secs(600);
 
+/// A Function of `placement` that goes to zero as soon as it is idle.
 fn function(name: &str, placement: &str) -> Function {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": sluice_api::API_VERSION,
-        "kind": sluice_api::KIND,
-        "metadata": { "name": name, "namespace": NAMESPACE },
-        "spec": {
-            "module": { "configMap": { "name": CONFIG_MAP, "key": KEY } },
+    hello_function(
+        name,
+        serde_json::json!({
             "placement": placement,
             "scaling": { "scaleDownDelay": "0s", "scaleToZeroAfter": "0s" },
-        },
-    }))
-    .expect("a Function")
+        }),
+    )
 }
 
 fn main() {

@@ -174,16 +174,10 @@ fn main() {
 
 /// A pool Function running `hello` from the ConfigMap.
 fn function(name: &str) -> Function {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": sluice_api::API_VERSION,
-        "kind": sluice_api::KIND,
-        "metadata": { "name": name, "namespace": NAMESPACE },
-        "spec": {
-            "module": { "configMap": { "name": CONFIG_MAP, "key": KEY } },
-            "env": [ { "name": "GREETING", "value": "Hello" } ],
-        },
-    }))
-    .expect("a Function")
+    hello_function(
+        name,
+        serde_json::json!({ "env": [ { "name": "GREETING", "value": "Hello" } ] }),
+    )
 }
 
 async fn create(functions: &Api<Function>, name: &str) {

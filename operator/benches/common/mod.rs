@@ -18,6 +18,25 @@ use sluice_api::Function;
 
 pub const NAMESPACE: &str = "default";
 
+/// A Function in [`NAMESPACE`] running the `hello` component from the
+/// ConfigMap [`create_config_map`] makes, with `spec` (a JSON object)
+/// merged over its module.
+pub fn hello_function(name: &str, spec: serde_json::Value) -> Function {
+    let mut full = serde_json::json!({
+        "module": { "configMap": { "name": CONFIG_MAP, "key": KEY } },
+    });
+    if let (Some(full), serde_json::Value::Object(extra)) = (full.as_object_mut(), spec) {
+        full.extend(extra);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": sluice_api::API_VERSION,
+        "kind": sluice_api::KIND,
+        "metadata": { "name": name, "namespace": NAMESPACE },
+        "spec": full,
+    }))
+    .expect("a Function")
+}
+
 /// A knob from the environment: `name` as a number, else `default`.
 pub fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
