@@ -139,7 +139,13 @@ mkdir -p "$cache_root/parts"
 exec 9>"$cache_root/.lock"
 flock 9 # another tools.sh may be building the same thing
 
-export CGO_ENABLED=0 GOWORK=off GOFLAGS=
+export CGO_ENABLED=0 GOWORK=off GOFLAGS=-modcacherw
+# The module and build caches of one build are gigabytes that the cached
+# binaries never need again: they live beside the build and go with it, so
+# that a CI machine's disk holds them only while Go runs.
+go_scratch=$(mktemp -d "$cache_root/.go-scratch.XXXXXX")
+trap 'rm -rf "$go_scratch"' EXIT
+export GOCACHE="$go_scratch/build" GOMODCACHE="$go_scratch/mod"
 
 # build_part NAME DIR MODULE_DIR LDFLAGS PACKAGES...: build into DIR atomically.
 build_part() {
