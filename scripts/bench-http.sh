@@ -2,8 +2,10 @@
 # HTTP benchmark of `hello` served three ways in one run, alternating rounds
 # of wrk on loopback: `wasmtime serve` (the peer), Sluice local mode, and
 # Sluice NATS mode (gateway + one runtime + nats-server, separate processes).
-# Then: NATS-mode async accept rate, the first invocation after a runtime
-# restart with the precompiled component on disk, and local mode's idle RSS.
+# Then: the Python and JavaScript examples beside hello (local mode, and
+# `wasmtime serve` on the same components), NATS-mode async accept rate,
+# the first invocation of each after a runtime restart with the precompiled
+# components on disk, and local mode's idle RSS.
 # Installs wrk (Debian), wasmtime-cli 48.0.8 and nats-server when missing.
 # Usage: scripts/bench-http.sh [rounds] [seconds]
 set -euo pipefail
@@ -23,6 +25,7 @@ fi
 . scripts/nats-server.sh
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
+scripts/polyglot.sh
 cargo build --locked --release -p sluice-gateway -p sluice-runtime
 bin=${CARGO_TARGET_DIR:-target}/release
 
@@ -33,13 +36,16 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 mkdir "$work/functions"
-cat > "$work/functions/hello.yaml" <<YAML
+declare -A component=([hello]=$hello [hello-py]=examples/target/polyglot/hello-py.wasm [hello-js]=examples/target/polyglot/hello-js.wasm)
+for name in "${!component[@]}"; do
+  cat > "$work/functions/$name.yaml" <<YAML
 apiVersion: sluice.dev/v1alpha1
 kind: Function
-metadata: { name: hello }
+metadata: { name: $name }
 spec:
-  module: { file: $PWD/$hello }
+  module: { file: $PWD/${component[$name]} }
 YAML
+done
 
 wait_for() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
@@ -50,6 +56,10 @@ nats=nats://127.0.0.1:14222
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14222) 2>/dev/null && break; sleep 0.1; done
 
 wasmtime serve -Scli --addr 127.0.0.1:18081 "$hello" >"$work/wasmtime.log" 2>&1 &
+pids+=($!)
+wasmtime serve -Scli --addr 127.0.0.1:18086 "${component[hello-py]}" >"$work/wasmtime-py.log" 2>&1 &
+pids+=($!)
+wasmtime serve -Scli --addr 127.0.0.1:18087 "${component[hello-js]}" >"$work/wasmtime-js.log" 2>&1 &
 pids+=($!)
 RUST_LOG=warn "$bin/sluice-gateway" --local "$work/functions" --listen 127.0.0.1:18082 --admin-listen 127.0.0.1:19092 >"$work/local.log" 2>&1 &
 pids+=($!)
@@ -67,6 +77,10 @@ start_runtime
 wait_for http://127.0.0.1:18081/
 wait_for http://127.0.0.1:18082/fn/default/hello/
 wait_for http://127.0.0.1:18083/fn/default/hello/
+for url in http://127.0.0.1:18086/ http://127.0.0.1:18087/ http://127.0.0.1:18082/fn/default/hello-py/ \
+  http://127.0.0.1:18082/fn/default/hello-js/ http://127.0.0.1:18083/fn/default/hello-py/ http://127.0.0.1:18083/fn/default/hello-js/; do
+  wait_for "$url"
+done
 
 # wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%  1.23ms".
 run() {
@@ -121,18 +135,37 @@ awk -v l="$(col "$work/local1.txt" 2)" -v n="$(col "$work/nats1.txt" 2)" -v l99=
   printf "  local p50 %.0f µs (p99 %.0f), nats p50 %.0f µs (p99 %.0f): nats p50 - local p50 = %.0f µs\n", l, l99, n, n99, n-l }'
 
 echo
-echo "== first invocation after a runtime restart, precompiled component on disk"
+echo "== Python and JavaScript beside hello: sync, $rounds alternating rounds, wrk -t1 -c$connections -d${seconds}s"
+poly=(local-rust=http://127.0.0.1:18082/fn/default/hello/ local-py=http://127.0.0.1:18082/fn/default/hello-py/
+  local-js=http://127.0.0.1:18082/fn/default/hello-js/ wasmtime-py=http://127.0.0.1:18086/ wasmtime-js=http://127.0.0.1:18087/)
+for u in "${poly[@]}"; do wrk -t1 -c"$connections" -d2s "${u#*=}" >/dev/null; : >"$work/${u%%=*}.txt"; done
+for r in $(seq "$rounds"); do
+  for u in "${poly[@]}"; do run "${u#*=}" >>"$work/${u%%=*}.txt"; done
+done
+for u in "${poly[@]}"; do
+  n=${u%%=*}
+  printf '  %-11s: %8.0f req/s  p50 %8.0f µs  p99 %8.0f µs\n' "$n" "$(col "$work/$n.txt" 1)" "$(col "$work/$n.txt" 2)" "$(col "$work/$n.txt" 3)"
+done
+awk -v r="$(col "$work/local-rust.txt" 1)" -v p="$(col "$work/local-py.txt" 1)" -v j="$(col "$work/local-js.txt" 1)" \
+    -v wp="$(col "$work/wasmtime-py.txt" 1)" -v wj="$(col "$work/wasmtime-js.txt" 1)" 'BEGIN {
+  printf "  req/s against Rust hello: Python %.3fx, JavaScript %.3fx; against wasmtime serve on the same component: Python %.2fx, JavaScript %.2fx\n", p/r, j/r, p/wp, j/wj }'
+
+echo
+echo "== first invocation after a runtime restart, precompiled components on disk"
 kill -TERM "$runtime"; wait "$runtime" 2>/dev/null || true
 : >"$work/runtime.log"
 start_runtime
-for _ in $(seq 200); do grep -q '"message":"serving"' "$work/runtime.log" && break; sleep 0.05; done
-first=$(curl -s -o /dev/null -w '%{time_total}' http://127.0.0.1:18083/fn/default/hello/)
-for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total}\n' http://127.0.0.1:18083/fn/default/hello/; done >"$work/after.txt"
-steady=$(median <"$work/after.txt")
-source=$(grep -o '"source":"[a-z]*"' "$work/runtime.log" | head -1)
-load=$(grep -o '"seconds":[0-9.e-]*' "$work/runtime.log" | head -1 | cut -d: -f2)
-awk -v f="$first" -v s="$steady" -v l="${load:-0}" -v src="$source" 'BEGIN {
-  printf "  load (%s) %.2f ms; first request %.2f ms vs median of the next 200 %.2f ms: %.2f ms extra\n", src, l*1000, f*1000, s*1000, (f-s)*1000 }'
+for _ in $(seq 600); do [[ $(grep -c '"message":"serving"' "$work/runtime.log") -ge 1 ]] && break; sleep 0.05; done
+for name in hello hello-py hello-js; do
+  first=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:18083/fn/default/$name/")
+  for _ in $(seq 50); do curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:18083/fn/default/$name/"; done >"$work/after.txt"
+  steady=$(median <"$work/after.txt")
+  line=$(grep "\"function\":\"default/$name\"" "$work/runtime.log" | grep '"seconds"' | head -1)
+  source=$(grep -o '"source":"[a-z]*"' <<<"$line")
+  load=$(grep -o '"seconds":[0-9.e-]*' <<<"$line" | cut -d: -f2)
+  awk -v n="$name" -v f="$first" -v s="$steady" -v l="${load:-0}" -v src="$source" 'BEGIN {
+    printf "  %-8s load (%s) %.2f ms; first request %.2f ms vs median of the next 50 %.2f ms: %.2f ms extra\n", n, src, l*1000, f*1000, s*1000, (f-s)*1000 }'
+done
 
 echo
 echo "== NATS-mode async accept rate, POST /async/fn/default/hello, wrk -t1 -c$connections -d${seconds}s"

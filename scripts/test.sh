@@ -35,6 +35,11 @@ k8s_tools=$!
 CARGO_TARGET_DIR=target/images nice scripts/images.sh > .sluice/images.out 2> .sluice/images.log &
 images=$!
 
+# The Python and JavaScript examples (componentize-py, componentize-js):
+# mostly downloads the first time, then nothing until an input changes.
+scripts/polyglot.sh > .sluice/polyglot.out 2>&1 &
+polyglot=$!
+
 echo "== checking formatting"
 cargo fmt --all -- --check
 
@@ -78,6 +83,14 @@ if ! wait "$images"; then
   exit 1
 fi
 cat .sluice/images.out
+
+echo "== waiting for the Python and JavaScript examples"
+if ! wait "$polyglot"; then
+  cat .sluice/polyglot.out >&2
+  echo "scripts/polyglot.sh failed (log above)" >&2
+  exit 1
+fi
+cat .sluice/polyglot.out
 
 echo "== running the tests"
 cargo test --locked --workspace --all-features "$@"

@@ -5,6 +5,8 @@
 //! alternating blocks so that machine noise lands on both. Run with
 //! `cargo bench -p sluice-runtime --bench invoke`.
 
+mod common;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -59,25 +61,10 @@ fn main() {
             }
         }
         println!("hello in-process: new store + instantiate + handle + collect, {samples_wanted} samples each");
-        let sluice_median = report("sluice runtime", &mut sluice_samples);
-        let bare_median = report("bare pooled wasmtime host", &mut bare_samples);
+        let sluice_median = common::report("sluice runtime", 26, &mut sluice_samples);
+        let bare_median = common::report("bare pooled wasmtime host", 26, &mut bare_samples);
         println!("median ratio sluice / bare: {:.2}", sluice_median / bare_median);
     });
-}
-
-/// Prints the quantiles; returns the median in µs.
-fn report(name: &str, samples: &mut [Duration]) -> f64 {
-    samples.sort();
-    let at = |q: f64| {
-        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6
-    };
-    println!(
-        "  {name:<26} median {:>6.1} µs, p90 {:>6.1} µs, p99 {:>6.1} µs",
-        at(0.5),
-        at(0.9),
-        at(0.99)
-    );
-    at(0.5)
 }
 
 struct SluiceHost {

@@ -179,17 +179,30 @@ impl NatsStack {
     }
 }
 
-/// Manifests may say `{hello}`, `{echo}` or `{misbehave}` where a
-/// component path goes.
+/// Manifests may say `{hello}`, `{echo}` or `{misbehave}`, or one of the
+/// Python and JavaScript examples (`{hello-py}`, `{events-py}`,
+/// `{hello-js}`), where a component path goes.
 pub fn with_components(manifests: &str) -> String {
-    ["hello", "echo", "misbehave"]
+    let rust = ["hello", "echo", "misbehave"]
         .iter()
         .fold(manifests.to_owned(), |text, name| {
             text.replace(
                 &format!("{{{name}}}"),
                 &sluice_examples::component(name).display().to_string(),
             )
-        })
+        });
+    sluice_examples::POLYGLOT.iter().fold(rust, |text, name| {
+        let placeholder = format!("{{{name}}}");
+        if !text.contains(&placeholder) {
+            return text;
+        }
+        text.replace(
+            &placeholder,
+            &sluice_examples::polyglot_component(name)
+                .display()
+                .to_string(),
+        )
+    })
 }
 
 pub fn loopback_config(dir: &std::path::Path) -> LocalConfig {

@@ -614,6 +614,78 @@ async fn events_reach_functions_as_cloudevents_the_sdk_accepts_and_run_once() {
     );
 }
 
+/// The Python CloudEvents example, triggered by NATS: the Python SDK (not
+/// one written here) parses a binary-mode and a structured-mode event as
+/// the event bridge delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_cloudevents_sdk_parses_events_from_nats_in_both_modes() {
+    let stack = NatsStack::start().await;
+    let js = orders_stream(&stack).await;
+    let dir = manifest_dir(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: events-py }
+spec:
+  module: { file: "{events-py}" }
+  triggers: { nats: [ { subject: orders.created } ] }
+"#,
+    );
+    stack.publish_dir(dir.path()).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/events-py").await;
+    wait_trigger_consumer(&js.get_stream("ORDERS").await.unwrap()).await;
+    let function: FunctionRef = "default/events-py".parse().unwrap();
+
+    let mut binary = async_nats::HeaderMap::new();
+    binary.insert("ce-id", "bin-1");
+    binary.insert("ce-source", "/shop/größe");
+    binary.insert("ce-type", "com.example.order.created");
+    binary.insert("ce-datacontenttype", "application/json");
+    js.publish_with_headers("orders.created", binary, r#"{"order":1}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut structured = async_nats::HeaderMap::new();
+    structured.insert("Content-Type", "application/cloudevents+json");
+    js.publish_with_headers(
+        "orders.created",
+        structured,
+        r#"{"specversion":"1.0","id":"st-1","source":"/shop","type":"com.example.order.paid","data":{"order":2}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    for (identity, expected) in [
+        (
+            "/shop/größe\nbin-1",
+            serde_json::json!({"id": "bin-1", "source": "/shop/größe",
+                "type": "com.example.order.created", "subject": "orders.created",
+                "data": {"order": 1}}),
+        ),
+        (
+            "/shop\nst-1",
+            serde_json::json!({"id": "st-1", "source": "/shop",
+                "type": "com.example.order.paid", "subject": null, "data": {"order": 2}}),
+        ),
+    ] {
+        let id = event_invocation_id(&function, "orders.created", identity);
+        let record = gw.wait_record(id.as_str()).await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+        let body = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            record["response"]["body"].as_str().unwrap(),
+        )
+        .unwrap();
+        let seen: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+        assert_eq!(seen, expected);
+    }
+}
+
 /// Binds `orders.>` to a stream `ORDERS` on `stack`'s server.
 async fn orders_stream(stack: &NatsStack) -> jetstream::Context {
     let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());

@@ -7,7 +7,15 @@ use crate::support::{Sluice, example};
 #[test]
 fn the_crd_is_accepted_and_every_example_applies_without_a_warning() {
     let sluice = Sluice::start();
-    for name in ["hello", "echo", "misbehave"] {
+    let examples = [
+        "hello",
+        "echo",
+        "misbehave",
+        "hello-py",
+        "events-py",
+        "hello-js",
+    ];
+    for name in examples {
         let warnings = sluice.apply(&example(name));
         assert!(
             !warnings.to_lowercase().contains("warning"),
@@ -19,8 +27,8 @@ fn the_crd_is_accepted_and_every_example_applies_without_a_warning() {
         .kubectl_ok(&["get", "fn", "-n", "default", "-o", "name"]);
     assert_eq!(
         names.lines().count(),
-        3,
-        "the short name lists the three: {names}"
+        examples.len(),
+        "the short name lists them all: {names}"
     );
 }
 

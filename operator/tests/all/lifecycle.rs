@@ -307,3 +307,30 @@ fn an_oci_component_resolves_by_tag_to_its_digest_and_is_served() {
     );
     wait_answer(gateway, "/fn/default/from-oci/", 200, "Hello from Sluice!");
 }
+
+/// The Python and JavaScript cluster examples, as committed but for the
+/// registry's name, pulled from a registry and served.
+#[test]
+fn the_python_and_javascript_cluster_examples_are_served_from_a_registry() {
+    let registry = crate::support::registry::Registry::start();
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &["--insecure-registry", &registry.host]);
+    let (_gateway, gateway) = sluice.gateway();
+    let _runtime = sluice.runtime();
+    let pushing = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    for name in ["hello-py", "events-py", "hello-js"] {
+        let wasm = std::fs::read(sluice_examples::polyglot_component(name)).unwrap();
+        pushing.block_on(registry.push_component(&format!("sluice-examples/{name}:0.1.0"), &wasm));
+        sluice.apply(&example(name).replace("registry.example.com", &registry.host));
+    }
+    for name in ["hello-py", "events-py", "hello-js"] {
+        sluice.wait_ready("default", name, "True", "Ready");
+    }
+    wait_answer(gateway, "/fn/default/hello-py/", 200, "Hello from Python!");
+    wait_answer(
+        gateway,
+        "/fn/default/hello-js/x",
+        200,
+        "Hello from JavaScript! /x",
+    );
+}
