@@ -110,9 +110,8 @@ fn v4_class(ip: Ipv4Addr) -> AddressClass {
         (Ipv4Addr::new(192, 88, 99, 0), 24),
         (Ipv4Addr::new(240, 0, 0, 0), 4),
     ];
-    let within = |(net, len): (Ipv4Addr, u8)| {
-        Ipv4Net::new(net, len).is_ok_and(|net| net.contains(&ip))
-    };
+    let within =
+        |(net, len): (Ipv4Addr, u8)| Ipv4Net::new(net, len).is_ok_and(|net| net.contains(&ip));
     if ip.octets()[0] == 0 {
         AddressClass::Unspecified
     } else if ip.is_loopback() {
@@ -411,7 +410,13 @@ mod tests {
         let strict = EgressPolicy::default();
         assert_eq!(strict.check("93.184.216.34".parse().unwrap()), Ok(()));
         assert_eq!(strict.check("2606:4700::1".parse().unwrap()), Ok(()));
-        for ip in ["127.0.0.1", "::1", "169.254.169.254", "10.0.0.1", "100.64.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "169.254.169.254",
+            "10.0.0.1",
+            "100.64.0.1",
+        ] {
             assert!(strict.check(ip.parse().unwrap()).is_err(), "{ip}");
         }
     }
@@ -437,7 +442,9 @@ mod tests {
     #[test]
     fn refusals_name_the_address_and_the_reason() {
         let strict = EgressPolicy::default();
-        let refusal = strict.check("169.254.169.254".parse().unwrap()).unwrap_err();
+        let refusal = strict
+            .check("169.254.169.254".parse().unwrap())
+            .unwrap_err();
         assert_eq!(refusal.reason, RefusalReason::Class(LinkLocal));
         let text = refusal.to_string();
         assert!(
@@ -445,27 +452,45 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--egress-allow"), "{text}");
-        let mapped = strict.check("::ffff:10.0.0.1".parse().unwrap()).unwrap_err();
+        let mapped = strict
+            .check("::ffff:10.0.0.1".parse().unwrap())
+            .unwrap_err();
         assert!(
-            mapped.to_string().contains("stands for the IPv4 address 10.0.0.1"),
+            mapped
+                .to_string()
+                .contains("stands for the IPv4 address 10.0.0.1"),
             "{mapped}"
         );
         let denied = policy(&[], &["203.0.0.0/8"])
             .check("203.1.2.3".parse().unwrap())
             .unwrap_err();
         assert!(
-            denied.to_string().contains("in the denied range 203.0.0.0/8"),
+            denied
+                .to_string()
+                .contains("in the denied range 203.0.0.0/8"),
             "{denied}"
         );
     }
 
     #[test]
     fn list_entries_are_cidrs_or_addresses() {
-        assert_eq!("10.0.0.5".parse::<Cidr>().unwrap().to_string(), "10.0.0.5/32");
+        assert_eq!(
+            "10.0.0.5".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.5/32"
+        );
         assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
-        assert_eq!(" 10.1.2.3/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            " 10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!("fd00::/8".parse::<Cidr>().unwrap().to_string(), "fd00::/8");
-        for bad in ["", "localhost", "10.0.0.0/33", "10.0.0/8", "http://10.0.0.1/"] {
+        for bad in [
+            "",
+            "localhost",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "http://10.0.0.1/",
+        ] {
             let e = bad.parse::<Cidr>().unwrap_err();
             assert!(e.to_string().contains("is not a CIDR"), "{bad}: {e}");
             assert!(std::error::Error::source(&e).is_some());

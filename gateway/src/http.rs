@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use sluice_api::egress::EgressPolicy;
 use sluice_api::invocation::{
     CALLBACK_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len, strip_hop_by_hop,
 };
-use sluice_api::egress::EgressPolicy;
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
 use sluice_serve::egress::{self, EgressError};
@@ -271,7 +271,11 @@ impl Gateway {
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         let port = uri
             .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
         let host = uri.host().unwrap_or_default();
         if let Err(e) = egress::resolve(host, port, &self.config.egress).await {
             let mut reason = e.to_string();

@@ -201,14 +201,13 @@ async fn send_guarded(
         .pool_max_idle_per_host(0)
         .build(guarded_connector(egress, Some(connect)));
     let uri = request.uri().clone();
-    let response = tokio::time::timeout(connect.saturating_add(first_byte), client.request(request))
-        .await
-        .map_err(|_| wasmtime_wasi_http::Error::ConnectionReadTimeout)?
-        .map_err(|e| outbound_error(&uri, &e))?;
-    let response = response.map(|body| {
-        body.map_err(wasmtime_wasi_http::Error::from)
-            .boxed_unsync()
-    });
+    let response =
+        tokio::time::timeout(connect.saturating_add(first_byte), client.request(request))
+            .await
+            .map_err(|_| wasmtime_wasi_http::Error::ConnectionReadTimeout)?
+            .map_err(|e| outbound_error(&uri, &e))?;
+    let response =
+        response.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
     // The client's executor drives the connection: nothing is left to await.
     Ok((response, Box::new(async { Ok(()) })))
 }

@@ -196,11 +196,7 @@ impl tower_service::Service<Name> for GuardedResolver {
     fn call(&mut self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         // The connector sets the port on what the resolver returns.
-        Box::pin(async move {
-            resolve(name.as_str(), 0, &policy)
-                .await
-                .map(Vec::into_iter)
-        })
+        Box::pin(async move { resolve(name.as_str(), 0, &policy).await.map(Vec::into_iter) })
     }
 }
 

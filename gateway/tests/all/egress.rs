@@ -9,9 +9,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use sluice_api::egress::EgressPolicy;
 
-use crate::harness::{
-    Backend, REDIRECT, Recorder, TestGateway, conformance, loopback_egress,
-};
+use crate::harness::{Backend, REDIRECT, Recorder, TestGateway, conformance, loopback_egress};
 
 const ECHO: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -51,7 +49,12 @@ async fn submit_refused(gw: &TestGateway, callback: &str) -> String {
             "x",
         )
         .await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{callback}: {}", reply.text());
+    assert_eq!(
+        reply.status,
+        StatusCode::BAD_REQUEST,
+        "{callback}: {}",
+        reply.text()
+    );
     let body = reply.json();
     assert_eq!(body["error"], "callback_refused", "{callback}: {body}");
     body["message"].as_str().unwrap().to_owned()
@@ -94,15 +97,16 @@ async fn callbacks_to_loopback_are_refused_at_submit_with_the_reason(backend: Ba
     assert!(receiver.requests.lock().unwrap().is_empty());
 }
 
-async fn an_allow_listed_receiver_gets_its_callback_and_no_redirect_is_followed(
-    backend: Backend,
-) {
+async fn an_allow_listed_receiver_gets_its_callback_and_no_redirect_is_followed(backend: Backend) {
     let receiver = Recorder::start().await;
     let elsewhere = Recorder::start_on(Ipv4Addr::new(127, 0, 0, 2)).await;
     let gw = TestGateway::start_egress(backend, ECHO, only("127.0.0.1"), only("127.0.0.1")).await;
 
     let message = submit_refused(&gw, &format!("{}/stolen", elsewhere.origin())).await;
-    assert!(message.contains("127.0.0.2, a loopback address"), "{message}");
+    assert!(
+        message.contains("127.0.0.2, a loopback address"),
+        "{message}"
+    );
 
     let done = format!("{}/done", receiver.origin());
     let id = gw
@@ -158,7 +162,13 @@ async fn the_runtime_refuses_a_callback_the_gateway_admitted(backend: Backend) {
     assert!(
         receiver.requests.lock().unwrap().is_empty(),
         "{:?}",
-        receiver.requests.lock().unwrap().iter().map(|r| &r.path).collect::<Vec<_>>()
+        receiver
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| &r.path)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -195,7 +205,10 @@ spec:
             );
         }
         let reply = gw
-            .get(&format!("/fn/default/out/call?url={}/by-address", target.origin()))
+            .get(&format!(
+                "/fn/default/out/call?url={}/by-address",
+                target.origin()
+            ))
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         stop(gw).await;
