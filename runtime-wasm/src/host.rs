@@ -5,7 +5,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -177,9 +176,13 @@ impl WasiHttpHooks for OutboundPolicy {
 const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Sends a request to a host named by DNS name, connecting only to
-/// addresses the egress guard allows. A fresh client per request, as
-/// wasmtime-wasi-http's default sender connects afresh: no connection is
-/// shared between invocations (or tenants).
+/// addresses the egress guard allows. wasmtime-wasi-http's default sender
+/// cannot be used here: it resolves and connects in one step, with no
+/// place to check the addresses. A fresh client per request, as that
+/// sender connects afresh: no connection is shared between invocations (or
+/// tenants). Unlike it, https trusts the same roots as callbacks (the
+/// system's, else Mozilla's), and a stalled body is cut by the
+/// invocation's deadline rather than a between-bytes timeout.
 async fn send_guarded(
     egress: Arc<EgressPolicy>,
     request: http::Request<WasiBody>,
