@@ -24,8 +24,10 @@ fn strict() -> Arc<EgressPolicy> {
     Arc::default()
 }
 
-fn only(cidr: &str) -> Arc<EgressPolicy> {
-    Arc::new(EgressPolicy::parse(&[cidr], &[]).unwrap())
+/// 127.0.0.1 and ::1 (where `localhost` may resolve too), not the rest of
+/// 127.0.0.0/8.
+fn loopback_hosts() -> Arc<EgressPolicy> {
+    Arc::new(EgressPolicy::parse(&["127.0.0.1", "::1"], &[]).unwrap())
 }
 
 /// Stops the gateway and the runtime, which first finish delivering (or
@@ -100,7 +102,7 @@ async fn callbacks_to_loopback_are_refused_at_submit_with_the_reason(backend: Ba
 async fn an_allow_listed_receiver_gets_its_callback_and_no_redirect_is_followed(backend: Backend) {
     let receiver = Recorder::start().await;
     let elsewhere = Recorder::start_on(Ipv4Addr::new(127, 0, 0, 2)).await;
-    let gw = TestGateway::start_egress(backend, ECHO, only("127.0.0.1"), only("127.0.0.1")).await;
+    let gw = TestGateway::start_egress(backend, ECHO, loopback_hosts(), loopback_hosts()).await;
 
     let message = submit_refused(&gw, &format!("{}/stolen", elsewhere.origin())).await;
     assert!(
@@ -108,13 +110,20 @@ async fn an_allow_listed_receiver_gets_its_callback_and_no_redirect_is_followed(
         "{message}"
     );
 
-    let done = format!("{}/done", receiver.origin());
-    let id = gw
-        .submit("/async/fn/default/echo/", &[("x-callback-url", &done)], "x")
-        .await;
-    let delivered = receiver.wait_for("/done", 1).await;
-    let record: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
-    assert_eq!(record["id"], id.as_str());
+    let port = receiver.addr.port();
+    for (host, path) in [("127.0.0.1", "/by-address"), ("localhost", "/by-name")] {
+        let callback = format!("http://{host}:{port}{path}");
+        let id = gw
+            .submit(
+                "/async/fn/default/echo/",
+                &[("x-callback-url", &callback)],
+                "x",
+            )
+            .await;
+        let delivered = receiver.wait_for(path, 1).await;
+        let record: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
+        assert_eq!(record["id"], id.as_str());
+    }
 
     let redirecting = format!("{REDIRECT}{}/stolen", elsewhere.addr);
     let callback = format!("{}{redirecting}", receiver.origin());
