@@ -1,7 +1,7 @@
 //! Types shared by every Sluice part, free of I/O: the `Function` custom
 //! resource, the invocation wire format, invocation records and their
 //! transitions, attempt outcomes and the pure retry decision, component
-//! digests, and the names of NATS subjects, streams and buckets.
+//! digests, the egress guard's address check, and the names of NATS subjects, streams and buckets.
 //!
 //! The Kubernetes `CustomResource` derive sits behind the `crd` feature so
 //! that the gateway and runtime do not compile kube.
@@ -10,6 +10,7 @@ pub mod autoscale;
 pub mod callback;
 pub mod dead_letter;
 pub mod digest;
+pub mod egress;
 pub mod function;
 pub mod invocation;
 pub mod manifest;

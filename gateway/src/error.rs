@@ -17,6 +17,9 @@ pub enum GatewayError {
     NoRoute(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A callback URL resolving to an address the egress guard refuses.
+    #[error("{0}")]
+    CallbackRefused(String),
     #[error("{method} is not allowed here; use {allowed}")]
     MethodNotAllowed {
         method: String,
@@ -50,7 +53,7 @@ impl GatewayError {
             Self::UnknownFunction(_) | Self::UnknownInvocation(_) | Self::NoRoute(_) => {
                 StatusCode::NOT_FOUND
             }
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::CallbackRefused(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } | Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -74,6 +77,7 @@ impl GatewayError {
             Self::UnknownInvocation(_) => "unknown_invocation",
             Self::NoRoute(_) => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::CallbackRefused(_) => "callback_refused",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::HeadersTooLarge(_) => "headers_too_large",

@@ -8,11 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use sluice_api::egress::EgressPolicy;
 use sluice_api::invocation::{
     CALLBACK_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len, strip_hop_by_hop,
 };
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
+use sluice_serve::egress::{self, EgressError};
 use sluice_serve::telemetry;
 use tracing::Instrument as _;
 
@@ -50,6 +52,10 @@ pub struct HttpConfig {
     /// A client trickling bytes would otherwise hold its connection and
     /// buffer forever. Default: 60s (1 MiB at 17 KiB/s).
     pub body_timeout: Duration,
+    /// Which addresses a callback URL may resolve to (see
+    /// `sluice_api::egress`); others get 400 at submit. Default: public
+    /// addresses only.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl Default for HttpConfig {
@@ -58,6 +64,7 @@ impl Default for HttpConfig {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             async_deadline: DEFAULT_ASYNC_DEADLINE,
             body_timeout: Duration::from_secs(60),
+            egress: Arc::default(),
         }
     }
 }
@@ -174,12 +181,7 @@ impl Gateway {
         let (resolved, _) = self.function(resolved).map_err(|e| (e, None))?;
         let callback = match request.headers().get("x-callback-url") {
             None => None,
-            Some(value) => {
-                let url = value.to_str().unwrap_or_default().to_owned();
-                sluice_api::callback::validate_url(&url)
-                    .map_err(|e| (GatewayError::BadRequest(e.to_string()), None))?;
-                Some(url)
-            }
+            Some(value) => Some(self.callback_url(value).await.map_err(|e| (e, None))?),
         };
         let id = match request.headers().get("idempotency-key") {
             Some(key) => InvocationId::for_idempotency_key(
@@ -257,6 +259,34 @@ impl Gateway {
             .await
             .map_err(|e| (queue_error(e), None))?;
         Ok(json_response(StatusCode::OK, &letters))
+    }
+
+    /// Refuses, before anything is queued, a callback URL that is not an
+    /// absolute http(s) URL or whose host resolves to an address the egress
+    /// guard refuses. The runtime checks again when it delivers: by then
+    /// the name may resolve elsewhere.
+    async fn callback_url(&self, value: &HeaderValue) -> Result<String, GatewayError> {
+        let url = value.to_str().unwrap_or_default().to_owned();
+        let uri = sluice_api::callback::validate_url(&url)
+            .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let host = uri.host().unwrap_or_default();
+        if let Err(e) = egress::resolve(host, port, &self.config.egress).await {
+            let mut reason = e.to_string();
+            if let EgressError::Lookup { source, .. } = &e {
+                reason = format!("{reason}: {source}");
+            }
+            return Err(GatewayError::CallbackRefused(format!(
+                "X-Callback-Url {url:?} is refused: {reason}"
+            )));
+        }
+        Ok(url)
     }
 
     fn function(

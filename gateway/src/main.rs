@@ -12,6 +12,7 @@ use sluice_gateway::nats::{self, NatsConfig};
 use sluice_gateway::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, RunningGateway};
 use sluice_nats::layout::{DEFAULT_MAX_QUEUE_DEPTH, Layout, LayoutConfig};
 use sluice_nats::publish::Publisher;
+use sluice_serve::egress::EgressArgs;
 use sluice_serve::shutdown_signal;
 use sluice_serve::telemetry::Telemetry;
 
@@ -85,6 +86,8 @@ struct Args {
     #[cfg(feature = "local")]
     #[arg(long, default_value_t = runtime_defaults().max_instances)]
     max_instances: u32,
+    #[command(flatten)]
+    egress: EgressArgs,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -149,6 +152,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_request_body: usize::try_from(args.max_request_body.0)
             .context("--max-request-body is too large")?,
         async_deadline: args.async_deadline.0,
+        egress: args.egress.policy(),
         ..HttpConfig::default()
     };
     #[cfg(not(feature = "local"))]
@@ -202,6 +206,7 @@ mod local {
             max_response_body: usize::try_from(args.max_response_body.0)
                 .context("--max-response-body is too large")?,
             max_instances: args.max_instances,
+            egress: args.egress.policy(),
             ..RuntimeConfig::default()
         })
     }

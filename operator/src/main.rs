@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::ByteSize;
+use sluice_api::egress::{Cidr, EgressPolicy};
 use sluice_operator::autoscaler::{AutoscalerConfig, DEFAULT_INTERVAL, PoolTarget};
 use sluice_operator::module::{DEFAULT_MAX_MODULE_BYTES, FetcherConfig};
 use sluice_operator::resources::RuntimeTemplate;
@@ -62,6 +63,25 @@ struct Args {
     /// Memory limit of each dedicated runtime.
     #[arg(long, default_value = "1Gi")]
     runtime_memory_limit: String,
+    /// Each dedicated runtime's `--egress-allow`: a non-public range its
+    /// callbacks and outbound HTTP may reach, as a CIDR or an address.
+    /// Repeat the flag, or separate entries with commas. Default: none.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "SLUICE_RUNTIME_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    runtime_egress_allow: Vec<Cidr>,
+    /// Each dedicated runtime's `--egress-deny`: a range refused besides
+    /// the non-public ones. Default: none.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "SLUICE_RUNTIME_EGRESS_DENY",
+        value_delimiter = ','
+    )]
+    runtime_egress_deny: Vec<Cidr>,
     /// How often the autoscaler reads every function's queue depth and
     /// decides replicas. A first invocation at zero replicas is acted on at
     /// once, without waiting for it.
@@ -163,6 +183,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cpu_request: args.runtime_cpu_request,
                 memory_request: args.runtime_memory_request,
                 memory_limit: args.runtime_memory_limit,
+                egress: EgressPolicy {
+                    allow: args.runtime_egress_allow,
+                    deny: args.runtime_egress_deny,
+                },
             },
             autoscaling: AutoscalerConfig {
                 interval: args.autoscale_interval.0,

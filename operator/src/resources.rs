@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sluice_api::egress::{Cidr, EgressPolicy};
 use sluice_api::names::FunctionRef;
 
 /// Label every object the operator makes carries, with this value.
@@ -42,6 +43,10 @@ pub struct RuntimeTemplate {
     pub cpu_request: String,
     pub memory_request: String,
     pub memory_limit: String,
+    /// The runtime's egress allow- and deny-lists (`--egress-allow`,
+    /// `--egress-deny`), passed as `SLUICE_EGRESS_ALLOW` and
+    /// `SLUICE_EGRESS_DENY`. Default: empty (public addresses only).
+    pub egress: EgressPolicy,
 }
 
 /// The name of a function's dedicated Deployment: `<name>-runtime`, cut
@@ -84,6 +89,32 @@ pub fn dedicated_selector(function: &FunctionRef) -> String {
         .join(",")
 }
 
+/// The dedicated runtime's environment: where NATS is and which addresses
+/// its callbacks and outbound HTTP may reach.
+fn runtime_env(template: &RuntimeTemplate) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let joined = |list: &[Cidr]| {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut env = vec![var("SLUICE_NATS_URL", template.nats_url.clone())];
+    for (name, list) in [
+        ("SLUICE_EGRESS_ALLOW", &template.egress.allow),
+        ("SLUICE_EGRESS_DENY", &template.egress.deny),
+    ] {
+        if !list.is_empty() {
+            env.push(var(name, joined(list)));
+        }
+    }
+    env
+}
+
 /// The Deployment of a dedicated function, owned by it (so the garbage
 /// collector removes it with the Function). It sets no `replicas`: the
 /// autoscaler owns that field, and a server-side apply of this object must
@@ -122,11 +153,7 @@ pub fn dedicated_deployment(
             ARTIFACTS_DIR.into(),
             "--log-json".into(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "SLUICE_NATS_URL".into(),
-            value: Some(template.nats_url.clone()),
-            ..EnvVar::default()
-        }]),
+        env: Some(runtime_env(template)),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
             container_port: RUNTIME_ADMIN_PORT,
@@ -222,6 +249,7 @@ mod tests {
             cpu_request: "100m".into(),
             memory_request: "128Mi".into(),
             memory_limit: "512Mi".into(),
+            egress: EgressPolicy::default(),
         }
     }
 
@@ -271,6 +299,24 @@ mod tests {
             dedicated_selector(&function),
             "app.kubernetes.io/name=sluice-runtime,app.kubernetes.io/part-of=sluice,sluice.dev/function=echo"
         );
+    }
+
+    #[test]
+    fn dedicated_runtimes_get_the_egress_lists_only_when_set() {
+        let function: FunctionRef = "team-a/echo".parse().unwrap();
+        let env = |template: &RuntimeTemplate| {
+            let deployment = dedicated_deployment(&function, owner(), template);
+            let json = serde_json::to_value(&deployment).unwrap();
+            json["spec"]["template"]["spec"]["containers"][0]["env"].clone()
+        };
+        let plain = env(&template());
+        assert_eq!(plain.as_array().unwrap().len(), 1, "{plain}");
+        let mut listed = template();
+        listed.egress = EgressPolicy::parse(&["10.1.0.0/16", "192.168.5.5"], &[]).unwrap();
+        let listed = env(&listed);
+        assert_eq!(listed[1]["name"], "SLUICE_EGRESS_ALLOW");
+        assert_eq!(listed[1]["value"], "10.1.0.0/16,192.168.5.5/32");
+        assert!(listed.get(2).is_none(), "{listed}");
     }
 
     #[test]

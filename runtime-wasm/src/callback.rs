@@ -1,4 +1,12 @@
 //! Delivers finished invocation records to `X-Callback-Url`.
+//!
+//! Receivers are chosen by callers, so every delivery goes through the
+//! egress guard (`sluice_serve::egress`): the connector's resolver refuses
+//! names resolving to non-public addresses (unless the operator allow-lists
+//! them) and connects only to the addresses it checked; an IP-address host
+//! is checked before the request. Redirects are never followed: a 3xx
+//! answer is a failed delivery, not retried, since following it would send
+//! the record to an address the caller named after the checks.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -13,6 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use rustls::{ClientConfig, RootCertStore};
 use sluice_api::InvocationRecord;
 use sluice_api::callback::validate_url;
+use sluice_api::egress::EgressPolicy;
+use sluice_serve::egress::{EgressError, GuardedResolver, check_literal};
 use tokio_util::task::TaskTracker;
 
 /// Attempts per callback, with 1s, 2s, … between them.
@@ -43,7 +53,7 @@ fn trusted_roots() -> RootCertStore {
 
 /// Reading and parsing the system's CA certificates takes milliseconds:
 /// done once per process, however many queues deliver callbacks.
-static TLS: LazyLock<ClientConfig> = LazyLock::new(|| {
+pub(crate) static TLS: LazyLock<ClientConfig> = LazyLock::new(|| {
     ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring implements the default TLS versions")
@@ -51,13 +61,24 @@ static TLS: LazyLock<ClientConfig> = LazyLock::new(|| {
         .with_no_client_auth()
 });
 
-fn client() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+/// The connector of every caller-chosen destination: TLS with
+/// [`TLS`]'s roots, names resolved by the egress guard, and
+/// `connect_timeout` when given.
+pub(crate) type GuardedConnector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
+pub(crate) fn guarded_connector(
+    policy: Arc<EgressPolicy>,
+    connect_timeout: Option<Duration>,
+) -> GuardedConnector {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy));
+    // hyper-rustls needs the connector to accept https:// URIs.
+    http.enforce_http(false);
+    http.set_connect_timeout(connect_timeout);
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(TLS.clone())
         .https_or_http()
         .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(connector)
+        .wrap_connector(http)
 }
 
 /// hyper's client errors say only "client error (Connect)"; the reason a
@@ -73,26 +94,29 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Posts records to callback URLs, retrying failed deliveries a few times.
-/// Deliveries run in the background; [`Callbacks::drain`] waits for them
-/// before the process exits, since the record's message is already acked
-/// and nothing would send it again.
+/// Posts records to callback URLs, retrying failed deliveries a few times
+/// (a refused destination or a redirect never). Deliveries run in the
+/// background; [`Callbacks::drain`] waits for them before the process
+/// exits, since the record's message is already acked and nothing would
+/// send it again.
 #[derive(Clone, Debug)]
 pub struct Callbacks {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<GuardedConnector, Full<Bytes>>,
+    policy: Arc<EgressPolicy>,
     deliveries: TaskTracker,
 }
 
-impl Default for Callbacks {
-    fn default() -> Self {
+impl Callbacks {
+    /// Deliveries to the destinations `policy` allows.
+    pub fn new(policy: Arc<EgressPolicy>) -> Self {
         Self {
-            client: client(),
+            client: Client::builder(TokioExecutor::new())
+                .build(guarded_connector(policy.clone(), None)),
+            policy,
             deliveries: TaskTracker::new(),
         }
     }
-}
 
-impl Callbacks {
     /// Waits up to `grace` for deliveries in flight, retries included.
     /// Returns how many were still unfinished and are given up.
     pub async fn drain(&self, grace: Duration) -> usize {
@@ -106,8 +130,15 @@ impl Callbacks {
     /// Delivers `record` to `url` in the background.
     pub fn deliver(&self, url: String, record: InvocationRecord) {
         let client = self.client.clone();
+        let policy = self.policy.clone();
         self.deliveries.spawn(async move {
             let Ok(uri) = validate_url(&url) else { return };
+            let given_up = |attempt: u32, error: &dyn std::fmt::Display| {
+                tracing::warn!(invocation = %record.id, %url, attempt, %error, retry = false, "callback delivery failed");
+            };
+            if let Some(Err(refused)) = uri.host().and_then(|host| check_literal(host, &policy)) {
+                return given_up(0, &refused);
+            }
             let body = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
             for attempt in 1..=ATTEMPTS {
                 let request = Request::builder()
@@ -119,8 +150,18 @@ impl Callbacks {
                 let Ok(request) = request else { return };
                 let error = match tokio::time::timeout(TIMEOUT, client.request(request)).await {
                     Ok(Ok(resp)) if resp.status().is_success() => return,
+                    Ok(Ok(resp)) if resp.status().is_redirection() => {
+                        let error = format!(
+                            "receiver answered {}; callbacks do not follow redirects",
+                            resp.status()
+                        );
+                        return given_up(attempt, &error);
+                    }
                     Ok(Ok(resp)) => format!("receiver answered {}", resp.status()),
-                    Ok(Err(e)) => with_causes(&e),
+                    Ok(Err(e)) => match EgressError::find(&e) {
+                        Some(refused) if refused.is_refusal() => return given_up(attempt, refused),
+                        _ => with_causes(&e),
+                    },
                     Err(_) => format!("no answer within {TIMEOUT:?}"),
                 };
                 tracing::warn!(invocation = %record.id, %url, attempt, %error, "callback delivery failed");

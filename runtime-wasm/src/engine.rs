@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_api::ByteSize;
+use sluice_api::egress::EgressPolicy;
 use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -28,6 +29,9 @@ pub struct RuntimeConfig {
     /// Bytes of stdout/stderr kept per invocation and stream; the rest is
     /// dropped with a note. Default: 64Ki.
     pub max_log_bytes: usize,
+    /// Which addresses callbacks and functions' outbound HTTP may reach
+    /// (see `sluice_api::egress`). Default: public addresses only.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl Default for RuntimeConfig {
@@ -38,6 +42,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(5),
             max_response_body: 6 << 20,
             max_log_bytes: 64 << 10,
+            egress: Arc::default(),
         }
     }
 }

@@ -5,17 +5,27 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use sluice_api::InvocationId;
+use sluice_api::egress::EgressPolicy;
 use sluice_api::names::FunctionRef;
+use sluice_serve::egress::{EgressError, ip_literal};
 use tokio::io::AsyncWrite;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use crate::callback::{GuardedConnector, guarded_connector};
 
 /// The `T` of every `Store<T>`: one per invocation.
 pub(crate) struct Host {
@@ -93,9 +103,14 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 /// Outbound HTTP is refused unless the request's origin is listed in
-/// `spec.allowedOutboundHosts`.
+/// `spec.allowedOutboundHosts`. An origin listed by IP address is the
+/// Function author's explicit choice and is connected to as it is; one
+/// listed by name goes through the egress guard as callbacks do, since
+/// whoever controls the name's DNS chooses the addresses (a public name
+/// may resolve to 169.254.169.254).
 pub(crate) struct OutboundPolicy {
     pub(crate) allowed: Arc<[String]>,
+    pub(crate) egress: Arc<EgressPolicy>,
 }
 
 impl OutboundPolicy {
@@ -149,8 +164,75 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::info!(uri = %request.uri(), "outbound request denied: origin not in allowedOutboundHosts");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let default: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
-        default.send_request(request, options, fut)
+        if request.uri().host().and_then(ip_literal).is_some() {
+            let default: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
+            return default.send_request(request, options, fut);
+        }
+        Box::new(send_guarded(self.egress.clone(), request, options))
+    }
+}
+
+/// wasmtime-wasi-http's default for each of its timeouts.
+const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Sends a request to a host named by DNS name, connecting only to
+/// addresses the egress guard allows. wasmtime-wasi-http's default sender
+/// cannot be used here: it resolves and connects in one step, with no
+/// place to check the addresses. A fresh client per request, as that
+/// sender connects afresh: no connection is shared between invocations (or
+/// tenants). Unlike it, https trusts the same roots as callbacks (the
+/// system's, else Mozilla's), and a stalled body is cut by the
+/// invocation's deadline rather than a between-bytes timeout.
+async fn send_guarded(
+    egress: Arc<EgressPolicy>,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+> {
+    let connect = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(DEFAULT_OUTBOUND_TIMEOUT);
+    let first_byte = options
+        .and_then(|o| o.first_byte_timeout)
+        .unwrap_or(DEFAULT_OUTBOUND_TIMEOUT);
+    let client: Client<GuardedConnector, WasiBody> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(guarded_connector(egress, Some(connect)));
+    let uri = request.uri().clone();
+    let response =
+        tokio::time::timeout(connect.saturating_add(first_byte), client.request(request))
+            .await
+            .map_err(|_| wasmtime_wasi_http::Error::ConnectionReadTimeout)?
+            .map_err(|e| outbound_error(&uri, &e))?;
+    let response =
+        response.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+    // The client's executor drives the connection: nothing is left to await.
+    Ok((response, Box::new(async { Ok(()) })))
+}
+
+/// The wasi:http error a guest sees for a failed guarded request.
+fn outbound_error(
+    uri: &http::Uri,
+    error: &hyper_util::client::legacy::Error,
+) -> wasmtime_wasi_http::Error {
+    use wasmtime_wasi_http::Error;
+    match EgressError::find(error) {
+        Some(refused) if refused.is_refusal() => {
+            tracing::info!(%uri, reason = %refused, "outbound request denied by the egress guard");
+            Error::DestinationIpProhibited
+        }
+        Some(EgressError::NoAddress { .. }) => Error::DestinationNotFound,
+        Some(lookup) => Error::DnsError {
+            rcode: Some(lookup.to_string()),
+            info_code: None,
+        },
+        None if error.is_connect() => Error::ConnectionRefused,
+        None => Error::HttpProtocolError,
     }
 }
 
@@ -314,6 +396,7 @@ mod tests {
     fn policy(origins: &[&str]) -> OutboundPolicy {
         OutboundPolicy {
             allowed: origins.iter().map(|s| s.to_string()).collect(),
+            egress: Arc::default(),
         }
     }
 

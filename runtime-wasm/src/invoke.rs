@@ -276,6 +276,7 @@ impl Runtime {
             ),
             outbound: OutboundPolicy {
                 allowed: function.allowed_outbound.clone(),
+                egress: self.inner.config.egress.clone(),
             },
         };
         let mut store = Store::new(&self.inner.engine, host);

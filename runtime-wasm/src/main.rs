@@ -10,6 +10,7 @@ use sluice_api::ByteSize;
 use sluice_api::names::FunctionRef;
 use sluice_runtime::RuntimeConfig;
 use sluice_runtime::node::{self, DEFAULT_ADMIN_LISTEN, NodeConfig, default_artifacts_dir};
+use sluice_serve::egress::EgressArgs;
 use sluice_serve::shutdown_signal;
 use sluice_serve::telemetry::Telemetry;
 
@@ -38,6 +39,8 @@ struct Args {
     /// Instances alive at once across all functions.
     #[arg(long, default_value_t = RuntimeConfig::default().max_instances)]
     max_instances: u32,
+    #[command(flatten)]
+    egress: EgressArgs,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     config.runtime.max_response_body =
         usize::try_from(args.max_response_body.0).context("--max-response-body is too large")?;
     config.runtime.max_instances = args.max_instances;
+    config.runtime.egress = args.egress.policy();
     let mut node = node::start(config)
         .await
         .with_context(|| format!("cannot start the runtime on {}", args.nats))?;

@@ -1,10 +1,12 @@
 //! What every Sluice binary (gateway, runtime, operator) serves with: the
 //! HTTP/1.1 server loop with graceful shutdown ([`server`]), the admin
 //! endpoints `/healthz`, `/readyz` and `/metrics` over a Prometheus
-//! registry ([`admin`]), the shutdown signal ([`signal`]), and logs and
-//! OpenTelemetry traces ([`telemetry`]). It links neither NATS nor wasmtime.
+//! registry ([`admin`]), the shutdown signal ([`signal`]), logs and
+//! OpenTelemetry traces ([`telemetry`]), and the egress guard's resolver
+//! ([`egress`]). It links neither NATS nor wasmtime.
 
 pub mod admin;
+pub mod egress;
 mod refusal;
 pub mod server;
 pub mod signal;

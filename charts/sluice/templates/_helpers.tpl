@@ -126,3 +126,17 @@ or the ports of nats.external.url anywhere). */ -}}
     - { port: {{ .port }}, protocol: TCP }
 {{- end }}
 {{- end }}
+
+{{/*
+The egress guard's lists as flags: --<prefix>egress-allow and
+--<prefix>egress-deny, one per entry (prefix "runtime-" for the operator,
+which passes them on to dedicated runtimes).
+*/}}
+{{- define "sluice.egressArgs" -}}
+{{- range .root.Values.egress.allow }}
+- --{{ $.prefix }}egress-allow={{ . }}
+{{- end }}
+{{- range .root.Values.egress.deny }}
+- --{{ $.prefix }}egress-deny={{ . }}
+{{- end }}
+{{- end }}

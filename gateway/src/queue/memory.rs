@@ -123,12 +123,13 @@ impl MemoryQueue {
         metrics: Metrics,
         runtime_metrics: sluice_runtime::metrics::Metrics,
     ) -> Self {
+        let callbacks = Callbacks::new(runtime.config().egress.clone());
         let state = Arc::new(State {
             runtime,
             config,
             metrics,
             runtime_metrics,
-            callbacks: Callbacks::default(),
+            callbacks,
             lanes: RwLock::default(),
             records: Mutex::default(),
             dead_letters: Mutex::default(),

@@ -30,6 +30,9 @@ struct Process {
     log: PathBuf,
 }
 
+/// Where the tests' callback receivers listen, refused unless allowed.
+const LOOPBACK: &str = "127.0.0.0/8";
+
 fn gateway_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sluice-gateway"))
 }
@@ -68,6 +71,8 @@ impl Process {
                 nats,
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--egress-allow",
+                LOOPBACK,
                 "--log-json",
             ])
             .arg("--artifacts")
@@ -85,6 +90,8 @@ impl Process {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--egress-allow",
+            LOOPBACK,
             "--log-json",
         ]);
         let process = Self::spawn(command, dir.join("gateway.log"));

@@ -1,6 +1,6 @@
 //! Starting gateways from inline manifests, and talking HTTP to them.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_api::egress::EgressPolicy;
 use sluice_api::names::FunctionRef;
 use sluice_gateway::local::{self, LocalConfig};
 use sluice_gateway::nats::{self as nats_mode, NatsConfig};
@@ -105,12 +106,22 @@ macro_rules! conformance {
 }
 pub(crate) use conformance;
 
+/// The egress policy of test gateways and runtimes unless a test says
+/// otherwise: their callback receivers and outbound targets listen on
+/// loopback, which the default policy refuses.
+pub fn loopback_egress() -> Arc<EgressPolicy> {
+    Arc::new(EgressPolicy::parse(&["127.0.0.0/8", "::1"], &[]).unwrap())
+}
+
 /// The NATS side of a NATS-mode test gateway.
 pub struct NatsStack {
     pub server: NatsServer,
     pub node: Option<Node>,
     pub publisher: Publisher,
     pub layout: Layout,
+    /// The egress policy of gateways on it (and of its runtime node, unless
+    /// changed after it started). Default: [`loopback_egress`].
+    pub egress: Arc<EgressPolicy>,
     _artifacts: tempfile::TempDir,
 }
 
@@ -122,10 +133,17 @@ impl NatsStack {
 
     /// The same on `server`.
     pub async fn with_runtime(server: NatsServer) -> Self {
+        Self::with_runtime_egress(server, loopback_egress()).await
+    }
+
+    /// The same with `egress` for the runtime and the gateways.
+    pub async fn with_runtime_egress(server: NatsServer, egress: Arc<EgressPolicy>) -> Self {
         let mut stack = Self::on_server(server, LayoutConfig::default()).await;
+        stack.egress = egress;
         let mut config = NodeConfig::new(&stack.server.url);
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = Some(stack._artifacts.path().to_owned());
+        config.runtime.egress = stack.egress.clone();
         stack.node = Some(node::start(config).await.expect("the runtime node starts"));
         stack
     }
@@ -148,6 +166,7 @@ impl NatsStack {
             node: None,
             publisher: Publisher::new(layout.clone()),
             layout,
+            egress: loopback_egress(),
             _artifacts: artifacts,
         }
     }
@@ -209,6 +228,8 @@ pub fn loopback_config(dir: &std::path::Path) -> LocalConfig {
     let mut config = LocalConfig::new(dir);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http.egress = loopback_egress();
+    config.runtime.egress = loopback_egress();
     config
 }
 
@@ -262,8 +283,25 @@ impl TestGateway {
     /// `backend`. In NATS mode it returns once the gateway routes every
     /// function; invocations sent before a runtime pulls wait in the stream.
     pub async fn start(backend: Backend, manifests: &str) -> Self {
+        Self::start_egress(backend, manifests, loopback_egress(), loopback_egress()).await
+    }
+
+    /// The same with `gateway` as the gateway's egress policy (checked at
+    /// submit) and `runtime` as the runtime's (checked when connecting).
+    pub async fn start_egress(
+        backend: Backend,
+        manifests: &str,
+        gateway: Arc<EgressPolicy>,
+        runtime: Arc<EgressPolicy>,
+    ) -> Self {
         match backend {
-            Backend::Local => Self::start_with(manifests, |_| {}).await,
+            Backend::Local => {
+                Self::start_with(manifests, |c| {
+                    c.http.egress = gateway;
+                    c.runtime.egress = runtime;
+                })
+                .await
+            }
             Backend::Nats | Backend::NatsStock => {
                 let dir = manifest_dir(manifests);
                 let server = if backend == Backend::NatsStock {
@@ -271,7 +309,8 @@ impl TestGateway {
                 } else {
                     NatsServer::start()
                 };
-                let stack = NatsStack::with_runtime(server).await;
+                let mut stack = NatsStack::with_runtime_egress(server, runtime).await;
+                stack.egress = gateway;
                 stack.publish_dir(dir.path()).await;
                 let gateway = Self::on_nats(stack, dir).await;
                 for f in local::load_dir(gateway._dir.path()).unwrap() {
@@ -302,6 +341,7 @@ impl TestGateway {
         let mut config = NatsConfig::new(&stack.server.url);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.egress = stack.egress.clone();
         let gateway = nats_mode::start(config).await.expect("gateway starts");
         Self {
             addr: gateway.addr,
@@ -470,8 +510,12 @@ pub struct Recorded {
 /// 200.
 pub const REFUSED_TWICE: &str = "/refused-twice/";
 
+/// A request to `/redirect/<host:port>/<path>` gets 302 with `Location:
+/// http://<host:port>/<path>`.
+pub const REDIRECT: &str = "/redirect/";
+
 /// An HTTP server on loopback that records every request and answers 200
-/// (see [`REFUSED_TWICE`]).
+/// (see [`REFUSED_TWICE`] and [`REDIRECT`]).
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
@@ -481,7 +525,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start() -> Self {
-        Self::serve(None).await
+        Self::serve(Ipv4Addr::LOCALHOST, None).await
+    }
+
+    /// The same on another loopback address, such as 127.0.0.2.
+    pub async fn start_on(ip: Ipv4Addr) -> Self {
+        assert!(ip.is_loopback(), "tests listen on loopback only");
+        Self::serve(ip, None).await
     }
 
     /// The same over TLS, with a certificate for 127.0.0.1 from a CA of its
@@ -499,11 +549,14 @@ impl Recorder {
         .with_single_cert(vec![ca.cert.der().clone()], key)
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        (Self::serve(Some(acceptor)).await, ca.cert.pem())
+        (
+            Self::serve(Ipv4Addr::LOCALHOST, Some(acceptor)).await,
+            ca.cert.pem(),
+        )
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn serve(ip: Ipv4Addr, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let log = requests.clone();
@@ -583,9 +636,14 @@ async fn record_connection(
             let seen = log.iter().filter(|r| r.path == path).count();
             let status = if seen < 2 && path.starts_with(REFUSED_TWICE) {
                 StatusCode::SERVICE_UNAVAILABLE
+            } else if path.starts_with(REDIRECT) {
+                StatusCode::FOUND
             } else {
                 StatusCode::OK
             };
+            let location = path
+                .strip_prefix(REDIRECT)
+                .map(|target| format!("http://{target}"));
             log.push(Recorded {
                 at,
                 path,
@@ -594,6 +652,11 @@ async fn record_connection(
             });
             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
             *response.status_mut() = status;
+            if let Some(location) = location {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location.parse().unwrap());
+            }
             Ok::<_, std::convert::Infallible>(response)
         }
     });

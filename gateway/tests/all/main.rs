@@ -8,6 +8,7 @@ mod harness;
 mod async_invocations;
 mod bad_input;
 mod distributed;
+mod egress;
 mod hostile;
 mod nats_mode;
 mod polyglot;

@@ -112,6 +112,11 @@ fn a_value_of_the_wrong_type_or_an_unknown_key_is_refused_naming_it() {
             "/nats/external/url",
             "minLength",
         ),
+        (
+            "egress:\n  allow: [ \"localhost\" ]\n",
+            "/egress/allow/0",
+            "does not match pattern",
+        ),
         // Credentials in the URL would be copied in plain text into every
         // Deployment that connects.
         (
@@ -142,6 +147,39 @@ fn a_value_of_the_wrong_type_or_an_unknown_key_is_refused_naming_it() {
                 "helm {command} of\n{values}should name {at} and {word}:\n{said}"
             );
         }
+    }
+}
+
+#[test]
+fn the_egress_lists_reach_the_gateway_the_pool_and_dedicated_runtimes() {
+    let flags = |show: &str, sets: &[&str]| {
+        let mut args = vec!["--show-only", show];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        template(&args)
+    };
+    let sets = [
+        "egress.allow={10.20.0.0/16,192.168.7.7}",
+        "egress.deny={203.0.113.0/24}",
+    ];
+    for (show, prefix) in [
+        ("templates/gateway.yaml", "--"),
+        ("templates/runtime.yaml", "--"),
+        ("templates/operator.yaml", "--runtime-"),
+    ] {
+        let rendered = flags(show, &sets);
+        for flag in [
+            "egress-allow=10.20.0.0/16",
+            "egress-allow=192.168.7.7",
+            "egress-deny=203.0.113.0/24",
+        ] {
+            assert!(
+                rendered.contains(&format!("- {prefix}{flag}\n")),
+                "{show} lacks {prefix}{flag}:\n{rendered}"
+            );
+        }
+        assert!(!flags(show, &[]).contains("egress-"), "{show} by default");
     }
 }
 

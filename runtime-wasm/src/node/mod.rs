@@ -157,7 +157,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         layout,
         client,
         metrics,
-        callbacks: Callbacks::default(),
+        callbacks: Callbacks::new(config.runtime.egress.clone()),
     });
     let node = NodeLoop {
         shared,

@@ -1,0 +1,256 @@
+//! The egress guard's I/O half: resolving a caller-chosen host and
+//! checking every address it resolves to against the operator's
+//! [`EgressPolicy`] (the pure decision, in `sluice_api::egress`).
+//!
+//! The gateway resolves a callback's host when the invocation is submitted,
+//! to refuse it early; the runtime resolves it again when it delivers,
+//! through [`GuardedResolver`], which is the resolver of the connector that
+//! connects: the addresses checked are the addresses connected to, so a
+//! name whose answer changes in between (DNS rebinding) gains nothing.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::dns::Name;
+use sluice_api::egress::{Cidr, EgressPolicy, Refusal};
+
+/// The egress flags the gateway and the runtime share.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct EgressArgs {
+    /// Let callbacks and functions' outbound HTTP reach this range although
+    /// it is not public (loopback, link-local, private, carrier-grade NAT,
+    /// ...): a CIDR or an address. Repeat the flag, or separate entries with
+    /// commas. Default: none.
+    #[arg(
+        long = "egress-allow",
+        value_name = "CIDR",
+        env = "SLUICE_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<Cidr>,
+    /// Refuse this range too, such as the cluster's service network when it
+    /// is public address space. The allow-list wins where both match.
+    /// Default: none.
+    #[arg(
+        long = "egress-deny",
+        value_name = "CIDR",
+        env = "SLUICE_EGRESS_DENY",
+        value_delimiter = ','
+    )]
+    pub deny: Vec<Cidr>,
+}
+
+impl EgressArgs {
+    pub fn policy(&self) -> Arc<EgressPolicy> {
+        Arc::new(EgressPolicy {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        })
+    }
+}
+
+/// Longest a name may take to resolve: a resolver that never answers must
+/// not hold a submit or a delivery.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a host may not be connected to.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// The host is an IP address the policy refuses.
+    #[error("address {0}")]
+    RefusedAddress(#[source] Refusal),
+    /// The host is a name resolving to (at least) one refused address.
+    #[error("{host} resolves to {refusal}")]
+    RefusedName {
+        host: String,
+        #[source]
+        refusal: Refusal,
+    },
+    #[error("cannot resolve {host}")]
+    Lookup {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+}
+
+impl EgressError {
+    /// Whether the policy refused the host (rather than the lookup
+    /// failing): trying again would be refused again.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::RefusedAddress(_) | Self::RefusedName { .. })
+    }
+
+    /// The egress error somewhere in `error`'s chain of sources, as a
+    /// client library wraps its resolver's error.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
+/// The IP address `host` is, if it is one: `127.0.0.1`, or `[::1]` as
+/// `http::Uri::host` gives IPv6 addresses.
+pub fn ip_literal(host: &str) -> Option<IpAddr> {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()
+}
+
+/// Checks a host given as an IP address; `None` when `host` is a name.
+pub fn check_literal(host: &str, policy: &EgressPolicy) -> Option<Result<IpAddr, EgressError>> {
+    let ip = ip_literal(host)?;
+    Some(
+        policy
+            .check(ip)
+            .map(|()| ip)
+            .map_err(EgressError::RefusedAddress),
+    )
+}
+
+/// Resolves `host` (a name or an IP address) and returns its addresses
+/// with `port`, or the refusal of the first address the policy refuses. A
+/// name is refused when any of its addresses is: its owner chooses them
+/// all, and a client may try any.
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    policy: &EgressPolicy,
+) -> Result<Vec<SocketAddr>, EgressError> {
+    if let Some(checked) = check_literal(host, policy) {
+        return checked.map(|ip| vec![SocketAddr::new(ip, port)]);
+    }
+    let lookup_error = |source| EgressError::Lookup {
+        host: host.to_owned(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| {
+                lookup_error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {LOOKUP_TIMEOUT:?}"),
+                ))
+            })?
+            .map_err(lookup_error)?
+            .collect();
+    if addrs.is_empty() {
+        return Err(EgressError::NoAddress {
+            host: host.to_owned(),
+        });
+    }
+    for addr in &addrs {
+        policy
+            .check(addr.ip())
+            .map_err(|refusal| EgressError::RefusedName {
+                host: host.to_owned(),
+                refusal,
+            })?;
+    }
+    Ok(addrs)
+}
+
+/// A resolver for hyper-util's `HttpConnector` that yields only addresses
+/// the policy allows, refusing the name otherwise. The connector does not
+/// ask its resolver about IP-address hosts: check those with
+/// [`check_literal`] before the request.
+#[derive(Clone, Debug)]
+pub struct GuardedResolver {
+    policy: Arc<EgressPolicy>,
+}
+
+impl GuardedResolver {
+    pub fn new(policy: Arc<EgressPolicy>) -> Self {
+        Self { policy }
+    }
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, EgressError>> + Send>>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = EgressError;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), EgressError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        // The connector sets the port on what the resolver returns.
+        Box::pin(async move { resolve(name.as_str(), 0, &policy).await.map(Vec::into_iter) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback_allowed() -> EgressPolicy {
+        EgressPolicy::parse(&["127.0.0.0/8", "::1"], &[]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn localhost_is_refused_unless_allow_listed() {
+        let refused = resolve("localhost", 80, &EgressPolicy::default())
+            .await
+            .unwrap_err();
+        assert!(refused.is_refusal(), "{refused}");
+        assert!(
+            refused.to_string().starts_with("localhost resolves to "),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("loopback"), "{refused}");
+        let addrs = resolve("localhost", 80, &loopback_allowed()).await.unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 80));
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_checked_without_a_lookup() {
+        let refused = resolve("[::1]", 9, &EgressPolicy::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, EgressError::RefusedAddress(_)),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().starts_with("address ::1, a loopback"));
+        assert_eq!(
+            resolve("127.0.0.1", 9, &loopback_allowed()).await.unwrap(),
+            [SocketAddr::from(([127, 0, 0, 1], 9))]
+        );
+        assert_eq!(ip_literal("example.com"), None);
+    }
+
+    #[tokio::test]
+    async fn the_guarded_resolver_refuses_through_a_client_error_chain() {
+        use hyper_util::client::legacy::connect::HttpConnector;
+        use tower_service::Service as _;
+        let resolver = GuardedResolver::new(Arc::new(EgressPolicy::default()));
+        let mut connector = HttpConnector::new_with_resolver(resolver);
+        let error = connector
+            .call("http://localhost:9/".parse().unwrap())
+            .await
+            .unwrap_err();
+        let found = EgressError::find(&error).expect("the refusal is in the chain");
+        assert!(found.is_refusal(), "{found}");
+    }
+}
