@@ -7,7 +7,8 @@
 //!   request, each timed, over several fresh runtimes;
 //! - warm: new store + instantiate + handle + collect, one at a time, in
 //!   blocks that alternate between the languages so machine noise lands on
-//!   all three; ratios against `hello` in the same run.
+//!   all three; ratios against `hello` in the same run; and the minor page
+//!   faults per invocation, which is where an interpreter's time goes.
 //!
 //! Needs scripts/polyglot.sh to have built the Python and JavaScript
 //! components. Run with `cargo bench -p sluice-runtime --bench languages`;
@@ -111,6 +112,7 @@ fn main() {
         }
 
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); languages.len()];
+        let mut faults = vec![0u64; languages.len()];
         for (language, function) in languages.iter().zip(&prepared) {
             for _ in 0..WARMUP {
                 invoke(&runtime, function, language).await;
@@ -118,12 +120,14 @@ fn main() {
         }
         while samples[0].len() < samples_wanted {
             let block = BLOCK.min(samples_wanted - samples[0].len());
-            for ((language, function), taken) in languages.iter().zip(&prepared).zip(&mut samples) {
+            for (i, (language, function)) in languages.iter().zip(&prepared).enumerate() {
+                let faulted = minor_faults();
                 for _ in 0..block {
                     let started = Instant::now();
                     invoke(&runtime, function, language).await;
-                    taken.push(started.elapsed());
+                    samples[i].push(started.elapsed());
                 }
+                faults[i] += minor_faults() - faulted;
             }
         }
         println!(
@@ -134,6 +138,14 @@ fn main() {
             .zip(&mut samples)
             .map(|(language, taken)| common::report(language.label, 10, taken))
             .collect();
+        println!("minor page faults per invocation (the process's, over the warm samples):");
+        for (language, faulted) in languages.iter().zip(&faults) {
+            println!(
+                "  {:<10} {:>8.1}",
+                language.label,
+                *faulted as f64 / samples_wanted as f64
+            );
+        }
         for (i, language) in languages.iter().enumerate().skip(1) {
             println!(
                 "  {} / Rust: warm median {:.1}x, cold first request {:.1}x",
@@ -200,4 +212,18 @@ fn ms(elapsed: Duration) -> f64 {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// This process's minor page faults so far (`/proc/self/stat`, field 10:
+/// proc(5)); a fault is a page touched for the first time since it was
+/// mapped or reset, which is most of what a fresh instance's memory costs.
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The command name (field 2) may hold spaces; count from after it.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name
+        .split(' ')
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap()
 }
