@@ -139,7 +139,7 @@ impl NatsStack {
     /// The same on `server`.
     pub async fn on_server(server: NatsServer, layout: LayoutConfig) -> Self {
         let artifacts = tempfile::tempdir().unwrap();
-        let client = sluice_nats::connect(&server.url, "test-publisher")
+        let client = sluice_nats::connect(&server.url, "test-publisher", &Default::default())
             .await
             .unwrap();
         let layout = Layout::ensure(client, &layout).await.unwrap();
