@@ -25,12 +25,12 @@ use sluice_testing::NatsServer;
 const GATEWAY_SERVING: &str = r#""message":"serving","addr""#;
 
 /// A child process, killed when dropped; its stderr goes to a log file.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     log: PathBuf,
 }
 
-fn gateway_binary() -> PathBuf {
+pub(crate) fn gateway_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sluice-gateway"))
 }
 
@@ -47,7 +47,7 @@ fn runtime_binary() -> PathBuf {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    pub(crate) fn spawn(mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).unwrap();
         let child = command
             .env("RUST_LOG", "info")
@@ -59,7 +59,7 @@ impl Process {
         Self { child, log }
     }
 
-    fn runtime(nats: &str, dir: &Path, name: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn runtime(nats: &str, dir: &Path, name: &str, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(runtime_binary());
         command
             .envs(env.iter().copied())
@@ -76,7 +76,11 @@ impl Process {
     }
 
     /// Starts a gateway and returns it with the address it serves.
-    async fn gateway(nats: &str, dir: &Path, env: &[(&str, &str)]) -> (Self, SocketAddr) {
+    pub(crate) async fn gateway(
+        nats: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> (Self, SocketAddr) {
         let mut command = Command::new(gateway_binary());
         command.envs(env.iter().copied()).args([
             "--nats",
@@ -94,12 +98,12 @@ impl Process {
         (process, addr)
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits up to 30s for a log line containing `needle`.
-    async fn wait_for_log(&self, needle: &str) -> String {
+    pub(crate) async fn wait_for_log(&self, needle: &str) -> String {
         eventually(
             &format!("{} has a line with {needle}", self.log.display()),
             Duration::from_secs(30),
@@ -113,7 +117,7 @@ impl Process {
     }
 
     /// Waits up to `limit` for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let log = self.log.clone();
         let child = &mut self.child;
         eventually("the process exits", limit, async || {

@@ -10,6 +10,7 @@ mod bad_input;
 mod distributed;
 mod hostile;
 mod nats_mode;
+mod nats_security;
 mod publish;
 mod retries;
 mod startup;
