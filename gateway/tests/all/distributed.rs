@@ -17,7 +17,8 @@ use sluice_nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
 use crate::harness::{
-    ECHO_ON_ORDERS, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually, manifest_dir,
+    ECHO_ON_ORDERS, HELLO, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually,
+    manifest_dir,
 };
 use sluice_testing::NatsServer;
 
@@ -136,14 +137,6 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
-
-const HELLO: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello }
-spec:
-  module: { file: "{hello}" }
-"#;
 
 /// Sleeps `/sleep/<ms>`: long enough that a runtime always holds some.
 const SLOW: &str = r#"

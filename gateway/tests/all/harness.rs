@@ -41,6 +41,15 @@ pub async fn eventually<T>(
     }
 }
 
+/// `hello`, with nothing but its component.
+pub const HELLO: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: hello }
+spec:
+  module: { file: "{hello}" }
+"#;
+
 /// `echo`, also triggered by NATS messages on `orders.created`.
 pub const ECHO_ON_ORDERS: &str = r#"
 apiVersion: sluice.dev/v1alpha1

@@ -12,20 +12,12 @@ use http::StatusCode;
 use sluice_testing::{NatsUser, SecureNats};
 
 use crate::distributed::{Process, gateway_binary};
-use crate::harness::{TestGateway, manifest_dir};
+use crate::harness::{HELLO, TestGateway, manifest_dir};
 
 /// The documented permission sets.
 fn permissions_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice/files/nats-permissions.conf")
 }
-
-const HELLO: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello }
-spec:
-  module: { file: "{hello}" }
-"#;
 
 /// What the parts log when the server refuses them a subject.
 const VIOLATION: &str = "NATS refused a permission";

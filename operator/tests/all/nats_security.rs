@@ -13,7 +13,20 @@ fn with_credentials_tls_and_the_documented_permissions_a_function_is_served_and_
 
     sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
     sluice.apply(&example("hello"));
-    sluice.wait_ready("default", "hello", "True", "Ready");
+    let ready = (0..600).any(|_| {
+        let ready = sluice
+            .condition("default", "hello", "Ready")
+            .is_some_and(|(status, _, _)| status == "True");
+        if !ready {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ready
+    });
+    assert!(
+        ready,
+        "hello is not Ready in 60s; the operator:\n{}",
+        operator.log()
+    );
     wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
     let (status, body) =
         http_post(gateway, "/async/fn/default/hello/").expect("the gateway answers");
