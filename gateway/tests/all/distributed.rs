@@ -37,7 +37,7 @@ pub(crate) fn gateway_binary() -> PathBuf {
 
 /// `sluice-runtime` is built next to `sluice-gateway` (its package has
 /// integration tests, so `cargo test --workspace` builds it).
-fn runtime_binary() -> PathBuf {
+pub(crate) fn runtime_binary() -> PathBuf {
     let path = gateway_binary().with_file_name("sluice-runtime");
     assert!(
         path.is_file(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::StatusCode;
 use sluice_testing::{NatsUser, SecureNats};
 
-use crate::distributed::{Process, gateway_binary};
+use crate::distributed::{Process, gateway_binary, runtime_binary};
 use crate::harness::{HELLO, TestGateway, manifest_dir};
 
 /// The documented permission sets.
@@ -102,10 +102,6 @@ async fn fails(binary: &Path, args: &[&str], env: &[(String, String)], dir: &Pat
     let log = process.log_text();
     assert!(!status.success(), "{name} exited successfully: {log}");
     log
-}
-
-fn runtime_binary() -> PathBuf {
-    gateway_binary().with_file_name("sluice-runtime")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
