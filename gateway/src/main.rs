@@ -12,6 +12,7 @@ use sluice_gateway::nats::{self, NatsConfig};
 use sluice_gateway::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, RunningGateway};
 use sluice_nats::layout::{DEFAULT_MAX_QUEUE_DEPTH, Layout, LayoutConfig};
 use sluice_nats::publish::Publisher;
+use sluice_nats::{NatsSecurity, NatsSecurityArgs};
 use sluice_serve::egress::EgressArgs;
 use sluice_serve::shutdown_signal;
 use sluice_serve::telemetry::Telemetry;
@@ -41,6 +42,8 @@ enum Command {
         /// NATS server URL, e.g. nats://127.0.0.1:4222.
         #[arg(long, env = "SLUICE_NATS_URL")]
         nats: String,
+        #[command(flatten)]
+        nats_security: NatsSecurityArgs,
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
@@ -59,6 +62,8 @@ struct Args {
     /// `sluice-runtime` processes.
     #[arg(long, value_name = "URL", env = "SLUICE_NATS_URL")]
     nats: Option<String>,
+    #[command(flatten)]
+    nats_security: NatsSecurityArgs,
     /// Address for invocations.
     #[arg(long, default_value_t = DEFAULT_LISTEN, env = "SLUICE_LISTEN")]
     listen: SocketAddr,
@@ -120,17 +125,24 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let telemetry = Telemetry::init("sluice-gateway", cli.serve.log_json)?;
     let result = match cli.command {
-        Some(Command::Publish { nats, dir }) => publish(&nats, &dir).await,
+        Some(Command::Publish {
+            nats,
+            nats_security,
+            dir,
+        }) => match nats_security.security() {
+            Ok(security) => publish(&nats, &security, &dir).await,
+            Err(e) => Err(e.into()),
+        },
         None => serve(cli.serve).await,
     };
     telemetry.shutdown().await;
     result
 }
 
-async fn publish(nats: &str, dir: &Path) -> anyhow::Result<()> {
+async fn publish(nats: &str, security: &NatsSecurity, dir: &Path) -> anyhow::Result<()> {
     let functions =
         manifests::load_dir(dir).with_context(|| format!("cannot publish {}", dir.display()))?;
-    let client = sluice_nats::connect(nats, "sluice-publish").await?;
+    let client = sluice_nats::connect(nats, "sluice-publish", security).await?;
     let layout = Layout::ensure(client.clone(), &LayoutConfig::default()).await?;
     let publisher = Publisher::new(layout);
     for f in &functions {
@@ -165,7 +177,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         };
         return run_until_signal(local::start(&args, dir, http).await?).await;
     };
+    let security = args.nats_security.security()?;
     let mut config = NatsConfig::new(url);
+    config.nats_security = security.clone();
     config.listen = args.listen;
     config.admin_listen = args.admin_listen;
     config.http = http;
@@ -179,8 +193,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     // Local mode on NATS: this folder's functions, run in this process,
     // queued on a real server.
-    publish(url, dir).await?;
-    let node = local::start_node(&args, url).await?;
+    publish(url, &security, dir).await?;
+    let node = local::start_node(&args, url, security).await?;
     let result = run_until_signal(gateway).await;
     node.shutdown().await;
     result
@@ -196,6 +210,7 @@ mod local {
     use sluice_gateway::http::HttpConfig;
     use sluice_gateway::local::{self, LocalConfig};
     use sluice_gateway::running::RunningGateway;
+    use sluice_nats::NatsSecurity;
     use sluice_runtime::RuntimeConfig;
     use sluice_runtime::node::{self, Node, NodeConfig, default_artifacts_dir};
 
@@ -230,8 +245,13 @@ mod local {
     }
 
     /// A runtime node in this process serving every published function.
-    pub async fn start_node(args: &Args, url: &str) -> anyhow::Result<Node> {
+    pub async fn start_node(
+        args: &Args,
+        url: &str,
+        security: NatsSecurity,
+    ) -> anyhow::Result<Node> {
         let mut config = NodeConfig::new(url);
+        config.nats_security = security;
         config.pool_serves_dedicated = true;
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = Some(default_artifacts_dir());
@@ -267,7 +287,11 @@ mod local {
         pub async fn shutdown(self) {}
     }
 
-    pub async fn start_node(_: &Args, _: &str) -> anyhow::Result<Node> {
+    pub async fn start_node(
+        _: &Args,
+        _: &str,
+        _: sluice_nats::NatsSecurity,
+    ) -> anyhow::Result<Node> {
         anyhow::bail!(WITHOUT)
     }
 }

@@ -11,7 +11,7 @@ use sluice_api::FunctionSpec;
 use sluice_api::names::FunctionRef;
 use sluice_nats::layout::{Layout, LayoutConfig};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
-use sluice_nats::{NatsError, PAYLOAD_HEADROOM};
+use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::Admin;
 
 use crate::events::EventBridge;
@@ -26,6 +26,8 @@ use crate::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, RunningG
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
     pub nats_url: String,
+    /// Credentials and TLS for NATS. Default: none.
+    pub nats_security: NatsSecurity,
     /// Default: [`DEFAULT_LISTEN`] (`127.0.0.1:8080`).
     pub listen: SocketAddr,
     /// Default: [`DEFAULT_ADMIN_LISTEN`] (`127.0.0.1:9090`).
@@ -38,6 +40,7 @@ impl NatsConfig {
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
+            nats_security: NatsSecurity::default(),
             listen: DEFAULT_LISTEN,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             http: HttpConfig::default(),
@@ -59,7 +62,8 @@ pub enum NatsModeError {
 
 /// Connects, opens the layout, starts following the registry and serves.
 pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
-    let client = sluice_nats::connect(&config.nats_url, "sluice-gateway").await?;
+    let client =
+        sluice_nats::connect(&config.nats_url, "sluice-gateway", &config.nats_security).await?;
     let layout = Layout::ensure(client.clone(), &config.layout).await?;
     // An invocation is one message: a body that fits the limit but not the
     // server would fail to queue (503), so the limit shrinks to what fits

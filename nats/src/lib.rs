@@ -3,7 +3,8 @@
 //! consumers ([`layout`]), filling the registry and module store
 //! ([`publish`]), following the registry ([`registry`]), the reply to a
 //! synchronous invocation ([`reply`]), dead letters ([`dead_letter`]) and
-//! queue depth ([`depth`]). It links neither wasmtime nor an HTTP server.
+//! queue depth ([`depth`]), and the credentials and TLS of a connection
+//! ([`security`]). It links neither wasmtime nor an HTTP server.
 
 pub mod dead_letter;
 pub mod depth;
@@ -11,10 +12,12 @@ pub mod layout;
 pub mod publish;
 pub mod registry;
 pub mod reply;
+pub mod security;
 
 use std::time::Duration;
 
 pub use layout::{Layout, LayoutConfig};
+pub use security::{NatsSecurity, NatsSecurityArgs, SecurityError};
 
 /// Room a message needs on top of its body for headers and framing; a body
 /// limit is at most the server's `max_payload` less this.
@@ -29,6 +32,32 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The server turned the connection away for its credentials (wrong,
+    /// missing, or an NKey/JWT it does not know).
+    #[error("NATS at {url} refused the credentials: {source}")]
+    Refused {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The NKey seed or `.creds` file could not sign the server's
+    /// challenge (not a seed, say).
+    #[error("cannot authenticate to NATS at {url} with the given NKey or creds: {source}")]
+    Sign {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// No TLS session could be set up: the server's certificate is not
+    /// trusted, it does not speak TLS, or it wants a client certificate.
+    #[error("TLS with NATS at {url} failed: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("the NATS security settings cannot be used: {0}")]
+    Security(#[from] SecurityError),
     #[error("cannot set up {what}: {source}")]
     Layout {
         what: String,
@@ -37,19 +66,58 @@ pub enum NatsError {
     },
 }
 
-/// Connects to `url`, naming the process to the server, and keeps
-/// reconnecting for as long as the process lives.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    async_nats::ConnectOptions::new()
+/// Connects to `url` with `security`, naming the process to the server.
+/// A first connection that fails (unreachable, credentials refused, TLS)
+/// is an error at once, so a misconfigured part exits instead of retrying
+/// unseen; once connected it keeps reconnecting for as long as the process
+/// lives. Refusals the server reports later, such as a subject this user
+/// may not use, are logged as errors naming the subject.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    security: &NatsSecurity,
+) -> Result<async_nats::Client, NatsError> {
+    let logged_url = url.to_owned();
+    let options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .connect(url)
-        .await
-        .map_err(|source| NatsError::Connect {
-            url: url.to_owned(),
-            source,
-        })
+        .event_callback(move |event| {
+            security::log_event(&logged_url, event);
+            std::future::ready(())
+        });
+    let options = security.apply(options).await?;
+    options.connect(url).await.map_err(|source| {
+        let url = url.to_owned();
+        match source.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation => {
+                NatsError::Refused { url, source }
+            }
+            async_nats::ConnectErrorKind::Authentication => NatsError::Sign { url, source },
+            async_nats::ConnectErrorKind::Tls => NatsError::Tls { url, source },
+            _ if tls_failure(&source) => NatsError::Tls { url, source },
+            _ => NatsError::Connect { url, source },
+        }
+    })
+}
+
+/// Whether a connect error is a failed TLS handshake: async-nats reports
+/// one (an untrusted certificate, a client certificate refused) as an IO
+/// error carrying rustls' error, and keeps its `Tls` kind for bad local
+/// TLS settings.
+fn tls_failure(error: &async_nats::ConnectError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Why a [`round_trip`] did not complete.

@@ -40,6 +40,8 @@ pub use leader::LeaderElection;
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
     pub nats_url: String,
+    /// Credentials and TLS for NATS. Default: none.
+    pub nats_security: sluice_nats::NatsSecurity,
     pub settings: Settings,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin_listen: SocketAddr,
@@ -84,7 +86,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), OperatorError> {
     check_crd(&client).await?;
-    let nats = sluice_nats::connect(&config.nats_url, "sluice-operator").await?;
+    let nats =
+        sluice_nats::connect(&config.nats_url, "sluice-operator", &config.nats_security).await?;
     let layout = Layout::ensure(nats.clone(), &LayoutConfig::default()).await?;
     let mut registry = Registry::with_prefix("sluice");
     let metrics = metrics::Metrics::register(&mut registry);

@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::ByteSize;
 use sluice_api::egress::{Cidr, EgressPolicy};
+use sluice_nats::NatsSecurityArgs;
 use sluice_operator::autoscaler::{AutoscalerConfig, DEFAULT_INTERVAL, PoolTarget};
 use sluice_operator::module::{DEFAULT_MAX_MODULE_BYTES, FetcherConfig};
-use sluice_operator::resources::RuntimeTemplate;
+use sluice_operator::resources::{NatsAuthMethod, RuntimeNatsSecrets, RuntimeTemplate};
 use sluice_operator::{DEFAULT_LEASE_DURATION, LeaderElection, OperatorConfig, Settings};
 use sluice_serve::shutdown_signal;
 use sluice_serve::telemetry::Telemetry;
@@ -36,6 +37,8 @@ struct Args {
     /// NATS server URL, e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "SLUICE_NATS_URL")]
     nats: Option<String>,
+    #[command(flatten)]
+    nats_security: NatsSecurityArgs,
     /// The gateway's external base URL; each Function's status.url is it
     /// plus /fn/<namespace>/<name>/.
     #[arg(
@@ -54,6 +57,40 @@ struct Args {
     /// NATS URL as runtime pods reach it. Default: --nats.
     #[arg(long, env = "SLUICE_RUNTIME_NATS_URL")]
     runtime_nats_url: Option<String>,
+    /// How dedicated runtimes authenticate to NATS: userPassword, token,
+    /// nkey or creds, read from --runtime-nats-secret (keys user and
+    /// password, token, nkey, creds). Unset: they send no credentials.
+    #[arg(
+        long,
+        env = "SLUICE_RUNTIME_NATS_AUTH",
+        requires = "runtime_nats_secret"
+    )]
+    runtime_nats_auth: Option<NatsAuthMethod>,
+    /// Secret with dedicated runtimes' NATS credentials; it must exist in
+    /// every namespace with a dedicated function (a pod mounts Secrets of
+    /// its own namespace only).
+    #[arg(
+        long,
+        env = "SLUICE_RUNTIME_NATS_SECRET",
+        value_name = "NAME",
+        requires = "runtime_nats_auth"
+    )]
+    runtime_nats_secret: Option<String>,
+    /// Secret with ca.crt, the CA of the NATS server's certificate, for
+    /// dedicated runtimes (in every namespace with a dedicated function).
+    #[arg(long, env = "SLUICE_RUNTIME_NATS_CA_SECRET", value_name = "NAME")]
+    runtime_nats_ca_secret: Option<String>,
+    /// kubernetes.io/tls Secret with dedicated runtimes' NATS client
+    /// certificate (in every namespace with a dedicated function).
+    #[arg(
+        long,
+        env = "SLUICE_RUNTIME_NATS_CLIENT_CERT_SECRET",
+        value_name = "NAME"
+    )]
+    runtime_nats_client_cert_secret: Option<String>,
+    /// Dedicated runtimes refuse to talk to NATS without TLS.
+    #[arg(long, env = "SLUICE_RUNTIME_NATS_TLS_REQUIRED")]
+    runtime_nats_tls_required: bool,
     /// CPU request of each dedicated runtime.
     #[arg(long, default_value = "100m")]
     runtime_cpu_request: String,
@@ -145,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let nats = args
         .nats
         .context("--nats (or SLUICE_NATS_URL) is required: the NATS server the operator registers functions on")?;
+    let nats_security = args.nats_security.security()?;
     let client = kube::Client::try_default().await.context(
         "cannot set up a Kubernetes client (in a pod, or with KUBECONFIG / ~/.kube/config)",
     )?;
@@ -187,6 +225,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     allow: args.runtime_egress_allow,
                     deny: args.runtime_egress_deny,
                 },
+                nats_secrets: RuntimeNatsSecrets {
+                    auth: args.runtime_nats_auth.zip(args.runtime_nats_secret),
+                    ca: args.runtime_nats_ca_secret,
+                    client_cert: args.runtime_nats_client_cert_secret,
+                    tls_required: args.runtime_nats_tls_required,
+                },
             },
             autoscaling: AutoscalerConfig {
                 interval: args.autoscale_interval.0,
@@ -194,6 +238,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
         },
         nats_url: nats.clone(),
+        nats_security,
         admin_listen: args.admin_listen,
         leader_election: args.leader_elect.then(|| LeaderElection {
             namespace: args

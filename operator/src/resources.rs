@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -47,6 +48,148 @@ pub struct RuntimeTemplate {
     /// `--egress-deny`), passed as `SLUICE_EGRESS_ALLOW` and
     /// `SLUICE_EGRESS_DENY`. Default: empty (public addresses only).
     pub egress: EgressPolicy,
+    /// NATS credentials and TLS of the runtimes. Default: none.
+    pub nats_secrets: RuntimeNatsSecrets,
+}
+
+/// How a dedicated runtime authenticates to NATS, named as the chart's
+/// `nats.external.auth.method`; each reads its secret from the key of the
+/// same name (user and password from `user` and `password`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatsAuthMethod {
+    UserPassword,
+    Token,
+    Nkey,
+    Creds,
+}
+
+impl std::str::FromStr for NatsAuthMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "userPassword" => Ok(Self::UserPassword),
+            "token" => Ok(Self::Token),
+            "nkey" => Ok(Self::Nkey),
+            "creds" => Ok(Self::Creds),
+            other => Err(format!(
+                "{other:?} is not a NATS auth method: userPassword, token, nkey or creds"
+            )),
+        }
+    }
+}
+
+impl NatsAuthMethod {
+    /// The runtime flag naming the secret file, and the Secret key (the
+    /// file's name) it reads.
+    fn file_flag(self) -> (&'static str, &'static str) {
+        match self {
+            Self::UserPassword => ("--nats-password-file", "password"),
+            Self::Token => ("--nats-token-file", "token"),
+            Self::Nkey => ("--nats-nkey-file", "nkey"),
+            Self::Creds => ("--nats-creds-file", "creds"),
+        }
+    }
+}
+
+/// Secrets holding the NATS credentials and TLS files of dedicated
+/// runtimes, mounted as files where the chart mounts the pool's. A pod
+/// mounts Secrets of its own namespace only, so each must exist, under
+/// these names, in every namespace with a dedicated function. All unset
+/// by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeNatsSecrets {
+    /// The method and the Secret holding its credentials.
+    pub auth: Option<(NatsAuthMethod, String)>,
+    /// A Secret with `ca.crt`, the CA of the server's certificate.
+    pub ca: Option<String>,
+    /// A `kubernetes.io/tls` Secret: the client certificate (mutual TLS).
+    pub client_cert: Option<String>,
+    /// Refuse plain text without the two above too.
+    pub tls_required: bool,
+}
+
+const NATS_AUTH_DIR: &str = "/etc/sluice/nats-auth";
+const NATS_CA_DIR: &str = "/etc/sluice/nats-ca";
+const NATS_CLIENT_DIR: &str = "/etc/sluice/nats-client";
+
+impl RuntimeNatsSecrets {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some((method, _)) = self.auth {
+            let (flag, key) = method.file_flag();
+            args.push(format!("{flag}={NATS_AUTH_DIR}/{key}"));
+        }
+        if self.ca.is_some() {
+            args.push(format!("--nats-ca-file={NATS_CA_DIR}/ca.crt"));
+        }
+        if self.client_cert.is_some() {
+            args.push(format!("--nats-cert-file={NATS_CLIENT_DIR}/tls.crt"));
+            args.push(format!("--nats-key-file={NATS_CLIENT_DIR}/tls.key"));
+        }
+        if self.tls_required {
+            args.push("--nats-tls-required".into());
+        }
+        args
+    }
+
+    fn env(&self) -> Option<EnvVar> {
+        let Some((NatsAuthMethod::UserPassword, secret)) = &self.auth else {
+            return None;
+        };
+        Some(EnvVar {
+            name: "SLUICE_NATS_USER".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: "user".into(),
+                    ..SecretKeySelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        })
+    }
+
+    /// Volumes and where they are mounted.
+    fn volumes(&self) -> Vec<(Volume, VolumeMount)> {
+        let secret = |volume: &str, name: &str, dir: &str, only: Option<&str>| {
+            (
+                Volume {
+                    name: volume.into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(name.to_owned()),
+                        items: only.map(|key| {
+                            vec![KeyToPath {
+                                key: key.into(),
+                                path: key.into(),
+                                ..KeyToPath::default()
+                            }]
+                        }),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                VolumeMount {
+                    name: volume.into(),
+                    mount_path: dir.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            )
+        };
+        let mut volumes = Vec::new();
+        if let Some((_, name)) = &self.auth {
+            volumes.push(secret("nats-auth", name, NATS_AUTH_DIR, None));
+        }
+        if let Some(name) = &self.ca {
+            volumes.push(secret("nats-ca", name, NATS_CA_DIR, Some("ca.crt")));
+        }
+        if let Some(name) = &self.client_cert {
+            volumes.push(secret("nats-client", name, NATS_CLIENT_DIR, None));
+        }
+        volumes
+    }
 }
 
 /// The name of a function's dedicated Deployment: `<name>-runtime`, cut
@@ -141,19 +284,39 @@ pub fn dedicated_deployment(
         ..Probe::default()
     };
     let quantity = |q: &str| Quantity(q.to_owned());
+    let mut args = vec![
+        "--function".into(),
+        function.to_string(),
+        "--admin-listen".into(),
+        format!("0.0.0.0:{RUNTIME_ADMIN_PORT}"),
+        "--artifacts".into(),
+        ARTIFACTS_DIR.into(),
+        "--log-json".into(),
+    ];
+    args.extend(template.nats_secrets.args());
+    let env = runtime_env(template)
+        .into_iter()
+        .chain(template.nats_secrets.env())
+        .collect();
+    let mut volumes = vec![Volume {
+        name: "artifacts".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut volume_mounts = vec![VolumeMount {
+        name: "artifacts".into(),
+        mount_path: CACHE_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    for (volume, mount) in template.nats_secrets.volumes() {
+        volumes.push(volume);
+        volume_mounts.push(mount);
+    }
     let container = Container {
         name: "runtime".into(),
         image: Some(template.image.clone()),
-        args: Some(vec![
-            "--function".into(),
-            function.to_string(),
-            "--admin-listen".into(),
-            format!("0.0.0.0:{RUNTIME_ADMIN_PORT}"),
-            "--artifacts".into(),
-            ARTIFACTS_DIR.into(),
-            "--log-json".into(),
-        ]),
-        env: Some(runtime_env(template)),
+        args: Some(args),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
             container_port: RUNTIME_ADMIN_PORT,
@@ -182,11 +345,7 @@ pub fn dedicated_deployment(
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "artifacts".into(),
-            mount_path: CACHE_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         ..Container::default()
     };
     Deployment {
@@ -224,11 +383,7 @@ pub fn dedicated_deployment(
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "artifacts".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -250,6 +405,7 @@ mod tests {
             memory_request: "128Mi".into(),
             memory_limit: "512Mi".into(),
             egress: EgressPolicy::default(),
+            nats_secrets: RuntimeNatsSecrets::default(),
         }
     }
 
@@ -317,6 +473,74 @@ mod tests {
         assert_eq!(listed[1]["name"], "SLUICE_EGRESS_ALLOW");
         assert_eq!(listed[1]["value"], "10.1.0.0/16,192.168.5.5/32");
         assert!(listed.get(2).is_none(), "{listed}");
+    }
+
+    #[test]
+    fn dedicated_runtimes_mount_the_nats_secrets_they_are_given() {
+        let function: FunctionRef = "team-a/echo".parse().unwrap();
+        let plain =
+            serde_json::to_value(dedicated_deployment(&function, owner(), &template())).unwrap();
+        let pod = &plain["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"].as_array().unwrap().len(), 1, "{pod}");
+        assert_eq!(pod["containers"][0]["env"].as_array().unwrap().len(), 1);
+
+        let mut secured = template();
+        secured.nats_secrets = RuntimeNatsSecrets {
+            auth: Some((NatsAuthMethod::UserPassword, "nats-runtime".into())),
+            ca: Some("nats-ca".into()),
+            client_cert: Some("nats-client".into()),
+            tls_required: true,
+        };
+        let json =
+            serde_json::to_value(dedicated_deployment(&function, owner(), &secured)).unwrap();
+        let pod = &json["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[7..],
+            [
+                "--nats-password-file=/etc/sluice/nats-auth/password",
+                "--nats-ca-file=/etc/sluice/nats-ca/ca.crt",
+                "--nats-cert-file=/etc/sluice/nats-client/tls.crt",
+                "--nats-key-file=/etc/sluice/nats-client/tls.key",
+                "--nats-tls-required",
+            ]
+        );
+        assert_eq!(container["env"][1]["name"], "SLUICE_NATS_USER");
+        assert_eq!(
+            container["env"][1]["valueFrom"]["secretKeyRef"],
+            serde_json::json!({ "name": "nats-runtime", "key": "user" })
+        );
+        let mounted: Vec<(&str, &str)> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap(),
+                    m["mountPath"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounted,
+            [
+                ("artifacts", "/var/cache/sluice"),
+                ("nats-auth", "/etc/sluice/nats-auth"),
+                ("nats-ca", "/etc/sluice/nats-ca"),
+                ("nats-client", "/etc/sluice/nats-client"),
+            ]
+        );
+        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "nats-runtime");
+        assert_eq!(pod["volumes"][2]["secret"]["items"][0]["key"], "ca.crt");
+        assert_eq!(pod["volumes"][3]["secret"]["secretName"], "nats-client");
+        assert_eq!("nkey".parse::<NatsAuthMethod>(), Ok(NatsAuthMethod::Nkey));
+        assert!("password".parse::<NatsAuthMethod>().is_err());
     }
 
     #[test]

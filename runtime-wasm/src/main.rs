@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use sluice_api::ByteSize;
 use sluice_api::names::FunctionRef;
+use sluice_nats::NatsSecurityArgs;
 use sluice_runtime::RuntimeConfig;
 use sluice_runtime::node::{self, DEFAULT_ADMIN_LISTEN, NodeConfig, default_artifacts_dir};
 use sluice_serve::egress::EgressArgs;
@@ -21,6 +22,8 @@ struct Args {
     /// NATS server URL, e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "SLUICE_NATS_URL")]
     nats: String,
+    #[command(flatten)]
+    nats_security: NatsSecurityArgs,
     /// Serve only this function (`namespace/name`, dedicated placement);
     /// without it, every function in the registry (the pool).
     #[arg(long, value_name = "NS/NAME")]
@@ -51,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let telemetry = Telemetry::init("sluice-runtime", args.log_json)?;
     let mut config = NodeConfig::new(&args.nats);
+    config.nats_security = args.nats_security.security()?;
     config.function = args.function.clone();
     config.artifacts = Some(args.artifacts.clone());
     config.admin_listen = args.admin_listen;

@@ -18,7 +18,7 @@ mod nats;
 
 pub use kube::{ControlPlane, SLUICE_NAMESPACE, helm, run_with_stdin};
 pub use kubelet::Kubelet;
-pub use nats::NatsServer;
+pub use nats::{NatsServer, NatsUser, SecureNats};
 
 /// The repository's root folder.
 pub fn repo_root() -> std::path::PathBuf {

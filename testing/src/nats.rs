@@ -2,7 +2,7 @@
 //! test, stopped when dropped. `scripts/test.sh` installs the binary and
 //! names it in `SLUICE_NATS_SERVER`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,14 @@ impl NatsServer {
 
     /// A server with `config` as its configuration file.
     pub fn with_config(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir(tempfile::tempdir().unwrap(), config)
+    }
+
+    /// A server with `config` as its configuration file in `dir`, beside
+    /// what the caller put there (nats-server reads an `include` relative
+    /// to the including file, even an absolute one). The server owns the
+    /// folder from now on.
+    pub fn in_dir(dir: tempfile::TempDir, config: &str) -> Self {
         std::fs::write(dir.path().join("nats.conf"), config).unwrap();
         let child = spawn(&dir, -1);
         let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
@@ -42,7 +49,8 @@ impl NatsServer {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "nats-server did not start in 10s"
+                "nats-server did not start in 10s: {}",
+                std::fs::read_to_string(dir.path().join(LOG)).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -53,6 +61,11 @@ impl NatsServer {
             port,
             dir,
         }
+    }
+
+    /// The folder of its configuration, files and store.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The server's process id while it runs, e.g. to read its CPU time.
@@ -89,6 +102,9 @@ impl NatsServer {
     }
 }
 
+/// Where the server's own log goes, in its folder.
+const LOG: &str = "nats-server.log";
+
 fn spawn(dir: &tempfile::TempDir, port: i32) -> Child {
     Command::new(binary())
         .arg("-c")
@@ -99,7 +115,14 @@ fn spawn(dir: &tempfile::TempDir, port: i32) -> Child {
         .arg("--ports_file_dir")
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Appended to, across restarts.
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join(LOG))
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+        )
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
@@ -112,5 +135,146 @@ fn spawn(dir: &tempfile::TempDir, port: i32) -> Child {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A user of a [`SecureNats`] server.
+#[derive(Debug, Clone, Copy)]
+pub struct NatsUser<'a> {
+    pub name: &'a str,
+    /// The permissions variable of the included permissions file this user
+    /// gets (`$SLUICE_GATEWAY`, say), or a literal permissions block
+    /// (`{ publish: ... }`); `None`: everything.
+    pub permissions: Option<&'a str>,
+}
+
+/// A nats-server as a careful deployment runs it: TLS only, with a
+/// certificate from a CA made for this test, client certificates required
+/// (mutual TLS), and users with passwords and the permissions of a given
+/// permissions file.
+#[derive(Debug)]
+pub struct SecureNats {
+    /// Its folder also holds the certificates, keys and password files.
+    pub server: NatsServer,
+}
+
+/// Names of the files [`SecureNats`] writes.
+const CA: &str = "ca.pem";
+const OTHER_CA: &str = "other-ca.pem";
+const CLIENT_CERT: &str = "client.pem";
+const CLIENT_KEY: &str = "client-key.pem";
+const SERVER_CERT: &str = "server.pem";
+const SERVER_KEY: &str = "server-key.pem";
+
+impl SecureNats {
+    /// Starts a server that includes `permissions_file` and knows `users`.
+    /// (nats-server refuses a variable nobody refers to: every permission
+    /// set of the file must go to some user.)
+    pub fn start(permissions_file: &Path, users: &[NatsUser<'_>]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca_params = || {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+        };
+        let ca = CertifiedIssuer::self_signed(ca_params(), KeyPair::generate().unwrap()).unwrap();
+        let other_ca =
+            CertifiedIssuer::self_signed(ca_params(), KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["sluice-test-client".into()]);
+        let files = tempfile::tempdir().unwrap();
+        // Absolute: nats-server reads the certificate paths of its
+        // configuration relative to its working directory.
+        let write = |name: &str, contents: &str| {
+            let path = files.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            path.display().to_string()
+        };
+        write(CLIENT_CERT, &client_cert);
+        write(CLIENT_KEY, &client_key);
+        write(OTHER_CA, &other_ca.pem());
+        let mut config = format!(
+            "max_payload: 8MB\n\
+             include \"permissions.conf\"\n\
+             tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 5\n}}\n\
+             authorization {{\n  users: [\n",
+            write(SERVER_CERT, &server_cert),
+            write(SERVER_KEY, &server_key),
+            write(CA, &ca.pem()),
+        );
+        for user in users {
+            let permissions = user
+                .permissions
+                .map_or(String::new(), |p| format!(", permissions: {p}"));
+            write(
+                &format!("{}.password", user.name),
+                &format!("{}-secret\n", user.name),
+            );
+            config.push_str(&format!(
+                "    {{ user: \"{0}\", password: \"{0}-secret\"{permissions} }}\n",
+                user.name
+            ));
+        }
+        config.push_str("  ]\n}\n");
+        let permissions = std::fs::read_to_string(permissions_file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", permissions_file.display()));
+        write("permissions.conf", &permissions);
+        Self {
+            server: NatsServer::in_dir(files, &config),
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// The file holding `user`'s password.
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.server.dir().join(format!("{user}.password"))
+    }
+
+    /// PEM of the CA that signed the server's and the client's certificates.
+    pub fn ca_file(&self) -> PathBuf {
+        self.server.dir().join(CA)
+    }
+
+    /// PEM of a CA that signed nothing here: a client trusting only it
+    /// fails the handshake.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.server.dir().join(OTHER_CA)
+    }
+
+    /// A client certificate and key the server accepts.
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.server.dir().join(CLIENT_CERT),
+            self.server.dir().join(CLIENT_KEY),
+        )
+    }
+
+    /// The environment of a Sluice part connecting as `user` (the
+    /// variables behind its `--nats-*` flags): its password file, the CA
+    /// and the client certificate.
+    pub fn env(&self, user: &str) -> Vec<(String, String)> {
+        let (cert, key) = self.client_cert();
+        [
+            ("SLUICE_NATS_USER", PathBuf::from(user)),
+            ("SLUICE_NATS_PASSWORD_FILE", self.password_file(user)),
+            ("SLUICE_NATS_CA_FILE", self.ca_file()),
+            ("SLUICE_NATS_CERT_FILE", cert),
+            ("SLUICE_NATS_KEY_FILE", key),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.display().to_string()))
+        .collect()
     }
 }

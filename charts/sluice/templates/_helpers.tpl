@@ -140,3 +140,95 @@ which passes them on to dedicated runtimes).
 - --{{ $.prefix }}egress-deny={{ . }}
 {{- end }}
 {{- end }}
+{{- /* The NATS credentials and TLS of one part (.component: gateway,
+runtime or operator) for an external server: each secret is a file from a
+Secret volume (never an argument or a plain variable), and each part reads
+its own Secret, so each can be its own NATS user with its own permissions
+(files/nats-permissions.conf). Four pieces, each empty without them:
+natsArgs, natsEnv, natsVolumeMounts and natsVolumes. */ -}}
+{{- define "sluice.natsSecurity" -}}
+{{- $external := .root.Values.nats.external -}}
+{{- $on := eq .root.Values.nats.mode "external" -}}
+{{- $method := ternary $external.auth.method "none" $on -}}
+{{- $secret := "" -}}
+{{- if ne $method "none" -}}
+{{- $secret = required (printf "nats.external.auth.secrets.%s is required when nats.external.auth.method is %s" .component $method) (index $external.auth.secrets .component) -}}
+{{- end -}}
+{{- $ca := ternary $external.tls.caSecret "" $on -}}
+{{- $client := ternary $external.tls.clientCertSecret "" $on -}}
+{{- dict "method" $method "secret" $secret "ca" $ca "client" $client "required" (and $on $external.tls.required) | toJson -}}
+{{- end -}}
+
+{{- define "sluice.natsArgs" -}}
+{{- $s := include "sluice.natsSecurity" . | fromJson -}}
+{{- $file := dict "userPassword" "password-file=/etc/sluice/nats-auth/password" "token" "token-file=/etc/sluice/nats-auth/token" "nkey" "nkey-file=/etc/sluice/nats-auth/nkey" "creds" "creds-file=/etc/sluice/nats-auth/creds" -}}
+{{- if ne $s.method "none" }}
+- --nats-{{ index $file $s.method }}
+{{- end }}
+{{- if $s.ca }}
+- --nats-ca-file=/etc/sluice/nats-ca/ca.crt
+{{- end }}
+{{- if $s.client }}
+- --nats-cert-file=/etc/sluice/nats-client/tls.crt
+- --nats-key-file=/etc/sluice/nats-client/tls.key
+{{- end }}
+{{- if $s.required }}
+- --nats-tls-required
+{{- end }}
+{{- end -}}
+
+{{- define "sluice.natsEnv" -}}
+{{- $s := include "sluice.natsSecurity" . | fromJson -}}
+{{- if eq $s.method "userPassword" }}
+- name: SLUICE_NATS_USER
+  valueFrom: { secretKeyRef: { name: {{ $s.secret }}, key: user } }
+{{- end }}
+{{- end -}}
+
+{{- define "sluice.natsVolumeMounts" -}}
+{{- $s := include "sluice.natsSecurity" . | fromJson -}}
+{{- if ne $s.method "none" }}
+- { name: nats-auth, mountPath: /etc/sluice/nats-auth, readOnly: true }
+{{- end }}
+{{- if $s.ca }}
+- { name: nats-ca, mountPath: /etc/sluice/nats-ca, readOnly: true }
+{{- end }}
+{{- if $s.client }}
+- { name: nats-client, mountPath: /etc/sluice/nats-client, readOnly: true }
+{{- end }}
+{{- end -}}
+
+{{- define "sluice.natsVolumes" -}}
+{{- $s := include "sluice.natsSecurity" . | fromJson -}}
+{{- if ne $s.method "none" }}
+- name: nats-auth
+  secret: { secretName: {{ $s.secret }} }
+{{- end }}
+{{- if $s.ca }}
+- name: nats-ca
+  secret: { secretName: {{ $s.ca }}, items: [ { key: ca.crt, path: ca.crt } ] }
+{{- end }}
+{{- if $s.client }}
+- name: nats-client
+  secret: { secretName: {{ $s.client }} }
+{{- end }}
+{{- end -}}
+
+{{- /* The operator's flags that give dedicated runtimes the runtime's NATS
+Secrets: the same names, looked up in each function's namespace. */ -}}
+{{- define "sluice.dedicatedRuntimeNatsArgs" -}}
+{{- $s := include "sluice.natsSecurity" (dict "root" . "component" "runtime") | fromJson -}}
+{{- if ne $s.method "none" }}
+- --runtime-nats-auth={{ $s.method }}
+- --runtime-nats-secret={{ $s.secret }}
+{{- end }}
+{{- with $s.ca }}
+- --runtime-nats-ca-secret={{ . }}
+{{- end }}
+{{- with $s.client }}
+- --runtime-nats-client-cert-secret={{ . }}
+{{- end }}
+{{- if $s.required }}
+- --runtime-nats-tls-required
+{{- end }}
+{{- end -}}

@@ -17,7 +17,8 @@ use sluice_nats::layout::LayoutConfig;
 use tokio::sync::Mutex;
 
 use crate::harness::{
-    ECHO_ON_ORDERS, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually, manifest_dir,
+    ECHO_ON_ORDERS, HELLO, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually,
+    manifest_dir,
 };
 use sluice_testing::NatsServer;
 
@@ -25,7 +26,7 @@ use sluice_testing::NatsServer;
 const GATEWAY_SERVING: &str = r#""message":"serving","addr""#;
 
 /// A child process, killed when dropped; its stderr goes to a log file.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     log: PathBuf,
 }
@@ -33,13 +34,13 @@ struct Process {
 /// Where the tests' callback receivers listen, refused unless allowed.
 const LOOPBACK: &str = "127.0.0.0/8";
 
-fn gateway_binary() -> PathBuf {
+pub(crate) fn gateway_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sluice-gateway"))
 }
 
 /// `sluice-runtime` is built next to `sluice-gateway` (its package has
 /// integration tests, so `cargo test --workspace` builds it).
-fn runtime_binary() -> PathBuf {
+pub(crate) fn runtime_binary() -> PathBuf {
     let path = gateway_binary().with_file_name("sluice-runtime");
     assert!(
         path.is_file(),
@@ -50,7 +51,7 @@ fn runtime_binary() -> PathBuf {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    pub(crate) fn spawn(mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).unwrap();
         let child = command
             .env("RUST_LOG", "info")
@@ -62,7 +63,7 @@ impl Process {
         Self { child, log }
     }
 
-    fn runtime(nats: &str, dir: &Path, name: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn runtime(nats: &str, dir: &Path, name: &str, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(runtime_binary());
         command
             .envs(env.iter().copied())
@@ -81,7 +82,11 @@ impl Process {
     }
 
     /// Starts a gateway and returns it with the address it serves.
-    async fn gateway(nats: &str, dir: &Path, env: &[(&str, &str)]) -> (Self, SocketAddr) {
+    pub(crate) async fn gateway(
+        nats: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> (Self, SocketAddr) {
         let mut command = Command::new(gateway_binary());
         command.envs(env.iter().copied()).args([
             "--nats",
@@ -101,12 +106,12 @@ impl Process {
         (process, addr)
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits up to 30s for a log line containing `needle`.
-    async fn wait_for_log(&self, needle: &str) -> String {
+    pub(crate) async fn wait_for_log(&self, needle: &str) -> String {
         eventually(
             &format!("{} has a line with {needle}", self.log.display()),
             Duration::from_secs(30),
@@ -120,7 +125,7 @@ impl Process {
     }
 
     /// Waits up to `limit` for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let log = self.log.clone();
         let child = &mut self.child;
         eventually("the process exits", limit, async || {
@@ -139,14 +144,6 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
-
-const HELLO: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello }
-spec:
-  module: { file: "{hello}" }
-"#;
 
 /// Sleeps `/sleep/<ms>`: long enough that a runtime always holds some.
 const SLOW: &str = r#"

@@ -42,6 +42,15 @@ pub async fn eventually<T>(
     }
 }
 
+/// `hello`, with nothing but its component.
+pub const HELLO: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: hello }
+spec:
+  module: { file: "{hello}" }
+"#;
+
 /// `echo`, also triggered by NATS messages on `orders.created`.
 pub const ECHO_ON_ORDERS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -157,7 +166,7 @@ impl NatsStack {
     /// The same on `server`.
     pub async fn on_server(server: NatsServer, layout: LayoutConfig) -> Self {
         let artifacts = tempfile::tempdir().unwrap();
-        let client = sluice_nats::connect(&server.url, "test-publisher")
+        let client = sluice_nats::connect(&server.url, "test-publisher", &Default::default())
             .await
             .unwrap();
         let layout = Layout::ensure(client, &layout).await.unwrap();

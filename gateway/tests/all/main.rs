@@ -11,6 +11,7 @@ mod distributed;
 mod egress;
 mod hostile;
 mod nats_mode;
+mod nats_security;
 mod polyglot;
 mod publish;
 mod retries;

@@ -16,7 +16,9 @@ use sluice_testing::NatsServer;
 async fn publishing_fills_the_registry_and_stores_each_module_once() {
     let nats = NatsServer::start();
     let functions = load_dir(sluice_examples::examples_dir()).unwrap();
-    let client = sluice_nats::connect(&nats.url, "test").await.unwrap();
+    let client = sluice_nats::connect(&nats.url, "test", &Default::default())
+        .await
+        .unwrap();
     let publisher = Publisher::new(
         Layout::ensure(client, &LayoutConfig::default())
             .await

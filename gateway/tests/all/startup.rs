@@ -5,15 +5,7 @@ use std::process::Command;
 
 use sluice_gateway::local;
 
-use crate::harness::{loopback_config, with_components};
-
-const GOOD: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello }
-spec:
-  module: { file: "{hello}" }
-"#;
+use crate::harness::{HELLO, loopback_config, with_components};
 
 async fn start_error(files: &[(&str, &[u8])]) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -50,7 +42,7 @@ async fn a_file_that_is_not_a_component_is_named_at_start_up() {
 
 #[tokio::test]
 async fn a_manifest_with_a_wrong_field_is_named_at_start_up() {
-    let good = with_components(GOOD);
+    let good = with_components(HELLO);
     let bad = "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {name: typo}\nspec:\n  module: {file: x.wasm}\n  timout: 5s\n";
     let (_dir, error) = start_error(&[
         ("a-good.yaml", good.as_bytes()),
@@ -80,7 +72,7 @@ async fn a_missing_module_file_and_a_duplicate_function_are_named() {
         "{error}"
     );
 
-    let good = with_components(GOOD);
+    let good = with_components(HELLO);
     let (_dir, error) =
         start_error(&[("one.yaml", good.as_bytes()), ("two.yaml", good.as_bytes())]).await;
     assert!(

@@ -9,6 +9,7 @@ mod crd;
 mod images;
 mod lifecycle;
 mod module;
+mod nats_security;
 mod resilience;
 mod startup;
 mod support;

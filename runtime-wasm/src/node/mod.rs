@@ -17,7 +17,7 @@ use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Placement, RegistryEntry};
 use sluice_nats::layout::{FetchError, Layout, LayoutConfig};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
-use sluice_nats::{NatsError, PAYLOAD_HEADROOM};
+use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::{Admin, Service};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -43,6 +43,8 @@ pub fn default_artifacts_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub nats_url: String,
+    /// Credentials and TLS for NATS. Default: none.
+    pub nats_security: NatsSecurity,
     /// Serve only this function (dedicated placement); `None` serves every
     /// function of the pool.
     pub function: Option<FunctionRef>,
@@ -62,6 +64,7 @@ impl NodeConfig {
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
+            nats_security: NatsSecurity::default(),
             function: None,
             pool_serves_dedicated: false,
             artifacts: None,
@@ -113,7 +116,8 @@ impl Node {
 }
 
 pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-    let client = sluice_nats::connect(&config.nats_url, "sluice-runtime").await?;
+    let client =
+        sluice_nats::connect(&config.nats_url, "sluice-runtime", &config.nats_security).await?;
     let mut config = config;
     // A response travels as one NATS message, and is stored in its record
     // as base64: both must fit the server's max_payload.

@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_testing::{ControlPlane, Kubelet, NatsServer, SLUICE_NAMESPACE, repo_root};
+use sluice_testing::{
+    ControlPlane, Kubelet, NatsServer, NatsUser, SLUICE_NAMESPACE, SecureNats, repo_root,
+};
 
 pub mod http;
 pub mod registry;
@@ -143,6 +145,9 @@ pub fn free_port() -> u16 {
 pub struct Sluice {
     pub cluster: ControlPlane,
     pub nats: NatsServer,
+    /// The NATS credentials and TLS files of each part (the environment
+    /// behind its `--nats-*` flags), by part; empty for a plain server.
+    nats_env: Vec<(&'static str, Vec<(String, String)>)>,
     /// The operator's ServiceAccount kubeconfig.
     operator_kubeconfig: PathBuf,
     logs: tempfile::TempDir,
@@ -151,13 +156,38 @@ pub struct Sluice {
 
 impl Sluice {
     pub fn start() -> Self {
+        Self::on(NatsServer::start(), Vec::new())
+    }
+
+    /// The same with NATS as a careful deployment runs it: TLS with client
+    /// certificates, and the operator, gateway and runtime each its own
+    /// user with its set from `charts/sluice/files/nats-permissions.conf`.
+    pub fn start_secure() -> Self {
+        let parts = [
+            ("operator", "$SLUICE_OPERATOR"),
+            ("gateway", "$SLUICE_GATEWAY"),
+            ("runtime", "$SLUICE_RUNTIME"),
+        ]
+        .map(|(name, permissions)| NatsUser {
+            name,
+            permissions: Some(permissions),
+        });
+        let nats = SecureNats::start(
+            &repo_root().join("charts/sluice/files/nats-permissions.conf"),
+            &parts,
+        );
+        let env = parts.map(|part| (part.name, nats.env(part.name)));
+        Self::on(nats.server, env.to_vec())
+    }
+
+    fn on(nats: NatsServer, nats_env: Vec<(&'static str, Vec<(String, String)>)>) -> Self {
         let slot = Slot::take();
         let cluster = ControlPlane::start();
-        let nats = NatsServer::start();
         let operator_kubeconfig = cluster.install_sluice();
         Self {
             cluster,
             nats,
+            nats_env,
             operator_kubeconfig,
             logs: tempfile::tempdir().expect("a temporary folder"),
             _slot: slot,
@@ -169,6 +199,7 @@ impl Sluice {
     /// (`--nats` among them replaces this test's server).
     pub fn operator(&self, name: &str, lease: u64, extra: &[&str]) -> Process {
         let mut command = Command::new(binary("sluice-operator"));
+        command.envs(self.nats_env_of("operator"));
         if !extra.contains(&"--nats") {
             command.args(["--nats", &self.nats.url]);
         }
@@ -192,11 +223,21 @@ impl Sluice {
         let port = free_port();
         let mut command = Command::new(binary("sluice-gateway"));
         command
+            .envs(self.nats_env_of("gateway"))
             .args(["--nats", &self.nats.url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", "127.0.0.1:0"]);
         let process = Process::spawn(command, self.logs.path().join("gateway.log"));
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// The NATS environment of `part`.
+    fn nats_env_of(&self, part: &str) -> Vec<(String, String)> {
+        self.nats_env
+            .iter()
+            .find(|(name, _)| *name == part)
+            .map(|(_, env)| env.clone())
+            .unwrap_or_default()
     }
 
     /// Plays the kubelet for the runtime Deployments (the operator's
@@ -219,6 +260,7 @@ impl Sluice {
     pub fn runtime(&self) -> Process {
         let mut command = Command::new(binary("sluice-runtime"));
         command
+            .envs(self.nats_env_of("runtime"))
             .args(["--nats", &self.nats.url])
             .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--artifacts")
