@@ -47,7 +47,9 @@ spec:
 YAML
 done
 
-wait_for() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+# Up to 2 min: servers compile the Python and JavaScript components (seconds
+# each) before they answer.
+wait_for() { for _ in $(seq 1200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 echo "max_payload: 8MB" > "$work/nats.conf"
 "$SLUICE_NATS_SERVER" -c "$work/nats.conf" -a 127.0.0.1 -p 14222 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
@@ -155,7 +157,7 @@ echo "== first invocation after a runtime restart, precompiled components on dis
 kill -TERM "$runtime"; wait "$runtime" 2>/dev/null || true
 : >"$work/runtime.log"
 start_runtime
-for _ in $(seq 600); do [[ $(grep -c '"message":"serving"' "$work/runtime.log") -ge 1 ]] && break; sleep 0.05; done
+for _ in $(seq 600); do [[ $(grep -c "\"message\":\"serving\"" "$work/runtime.log") -ge 3 ]] && break; sleep 0.05; done
 for name in hello hello-py hello-js; do
   first=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:18083/fn/default/$name/")
   for _ in $(seq 50); do curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:18083/fn/default/$name/"; done >"$work/after.txt"

@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 . scripts/nats-server.sh
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
-scripts/polyglot.sh
 cargo build --locked --release -p sluice-gateway -p sluice-runtime
 bin=${CARGO_TARGET_DIR:-target}/release
 

@@ -29,14 +29,8 @@ const DEFAULT_SAMPLES: usize = 20_000;
 const BLOCK: usize = 1_000;
 
 fn main() {
-    let samples_wanted: usize = std::env::var("SLUICE_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SAMPLES);
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let samples_wanted = common::samples(DEFAULT_SAMPLES);
+    let tokio = common::tokio();
     tokio.block_on(async {
         let wasm = std::fs::read(sluice_examples::component("hello")).unwrap();
         let sluice = SluiceHost::new(&wasm);

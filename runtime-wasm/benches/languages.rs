@@ -44,14 +44,8 @@ struct Language {
 }
 
 fn main() {
-    let samples_wanted: usize = std::env::var("SLUICE_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SAMPLES);
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let samples_wanted = common::samples(DEFAULT_SAMPLES);
+    let tokio = common::tokio();
     let artifacts = tempfile::tempdir().unwrap();
     let languages: Vec<Language> = LANGUAGES
         .iter()

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::harness::{
     ECHO_ON_ORDERS, HELLO, NatsStack, REFUSED_TWICE, Recorder, TestGateway, eventually,
-    manifest_dir,
+    manifest_dir, stored_body,
 };
 use sluice_testing::NatsServer;
 
@@ -256,11 +256,7 @@ async fn one_gateway_two_runtimes_serve_events_and_functions_added_later() {
     let time = seen("x-echo-h-ce-time");
     assert!(humantime::parse_rfc3339(&time).is_ok(), "{time}");
     assert_eq!(seen("x-echo-h-content-type"), "application/json");
-    let body = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        record["response"]["body"].as_str().unwrap(),
-    )
-    .unwrap();
+    let body = stored_body(&record);
     assert_eq!(body, br#"{"order":17}"#);
 
     // A function published while everything runs becomes callable.

@@ -682,6 +682,16 @@ pub fn stored_headers(record: &serde_json::Value) -> HeaderMap {
     response.header_map().expect("stored headers are valid")
 }
 
+/// The response body of an invocation record (JSON), as the function sent
+/// it.
+pub fn stored_body(record: &serde_json::Value) -> Vec<u8> {
+    let response: sluice_api::StoredResponse = serde_json::from_value(record["response"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {record}"));
+    response
+        .body_bytes()
+        .unwrap_or_else(|| panic!("the stored body is not base64: {record}"))
+}
+
 /// One stored response header as text ("" when absent).
 pub fn stored_header(record: &serde_json::Value, name: &str) -> String {
     stored_headers(record)

@@ -17,7 +17,7 @@ use sluice_runtime::node::{self, NodeConfig};
 
 use crate::harness::{
     Backend, ECHO_ON_ORDERS, NatsStack, STOCK_MAX_PAYLOAD, TestGateway, eventually, manifest_dir,
-    metric, stored_header, stored_headers,
+    metric, stored_body, stored_header, stored_headers,
 };
 use sluice_testing::NatsServer;
 
@@ -675,11 +675,7 @@ spec:
         let id = event_invocation_id(&function, "orders.created", identity);
         let record = gw.wait_record(id.as_str()).await;
         assert_eq!(record["state"], "succeeded", "{record}");
-        let body = base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            record["response"]["body"].as_str().unwrap(),
-        )
-        .unwrap();
+        let body = stored_body(&record);
         let seen: serde_json::Value = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
         assert_eq!(seen, expected);
@@ -728,11 +724,7 @@ fn request_seen(record: &serde_json::Value) -> (http::HeaderMap, Vec<u8>) {
             );
         }
     }
-    let body = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        record["response"]["body"].as_str().unwrap(),
-    )
-    .unwrap();
+    let body = stored_body(record);
     (headers, body)
 }
 

@@ -4,7 +4,7 @@
 
 use http::StatusCode;
 
-use crate::harness::{Backend, Recorder, TestGateway, conformance};
+use crate::harness::{Backend, Recorder, TestGateway, conformance, stored_body};
 
 const FUNCTIONS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -51,11 +51,7 @@ async fn python_and_javascript_examples_answer_sync_and_async(backend: Backend) 
         let record = gw.wait_final(&id).await;
         assert_eq!(record["state"], "succeeded", "{path}: {record}");
         assert_eq!(record["response"]["status"], 200, "{record}");
-        let body = base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            record["response"]["body"].as_str().unwrap(),
-        )
-        .unwrap();
+        let body = stored_body(&record);
         assert_eq!(String::from_utf8_lossy(&body), expected, "{path}");
     }
 
@@ -91,11 +87,7 @@ async fn python_and_javascript_examples_answer_sync_and_async(backend: Backend) 
         .await;
     let record = gw.wait_final(&id).await;
     assert_eq!(record["state"], "succeeded", "{record}");
-    let body = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        record["response"]["body"].as_str().unwrap(),
-    )
-    .unwrap();
+    let body = stored_body(&record);
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
         serde_json::json!({"id": "st-7", "source": "/shop",

@@ -2,6 +2,23 @@
 
 use std::time::Duration;
 
+/// Samples per host: `SLUICE_BENCH_SAMPLES` when set (e.g. fewer for a run
+/// under a profiler), else `default`.
+pub fn samples(default: usize) -> usize {
+    std::env::var("SLUICE_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One thread, as a runtime node's invocations each run on one.
+pub fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Sorts `samples`, prints their median, p90 and p99 in µs after `name`
 /// (padded to `width`), and returns the median in µs.
 pub fn report(name: &str, width: usize, samples: &mut [Duration]) -> f64 {
