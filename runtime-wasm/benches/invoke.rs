@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, Full};
 use sluice_api::Outcome;
-use sluice_api::{FunctionSpec, Invocation, InvocationId};
+use sluice_api::{FunctionSpec, Invocation};
 use sluice_runtime::{PreparedFunction, Runtime, RuntimeConfig};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
@@ -76,18 +75,7 @@ impl SluiceHost {
         let function = runtime
             .prepare("default/hello".parse().unwrap(), &spec, wasm)
             .unwrap();
-        let invocation = Invocation {
-            id: InvocationId::random(),
-            function: function.function.clone(),
-            method: Method::GET,
-            path: "/".into(),
-            query: None,
-            forwarded_prefix: "/fn/default/hello".into(),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            deadline: SystemTime::now() + Duration::from_secs(3600),
-            traceparent: None,
-        };
+        let invocation = common::get_root(&function.function);
         Self {
             runtime,
             function,

@@ -17,11 +17,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method};
-use sluice_api::{FunctionSpec, Invocation, InvocationId, ModuleDigest, Outcome};
+use sluice_api::{FunctionSpec, ModuleDigest, Outcome};
 use sluice_runtime::{PreparedFunction, Runtime, RuntimeConfig};
 
 const LANGUAGES: [(&str, &str); 3] = [
@@ -181,18 +179,7 @@ async fn cold(language: &Language, artifacts: &Path) -> (f64, f64) {
 }
 
 async fn invoke(runtime: &Runtime, function: &PreparedFunction, language: &Language) {
-    let invocation = Invocation {
-        id: InvocationId::random(),
-        function: function.function.clone(),
-        method: Method::GET,
-        path: "/".into(),
-        query: None,
-        forwarded_prefix: format!("/fn/default/{}", language.name),
-        headers: HeaderMap::new(),
-        body: Bytes::new(),
-        deadline: SystemTime::now() + Duration::from_secs(3600),
-        traceparent: None,
-    };
+    let invocation = common::get_root(&function.function);
     match runtime.invoke(function, &invocation).await {
         Outcome::Responded(r) if r.status == 200 => {}
         other => panic!("{} failed: {other:?}", language.name),

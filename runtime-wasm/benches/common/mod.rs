@@ -1,6 +1,28 @@
 //! What the runtime's benches share.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use sluice_api::names::FunctionRef;
+use sluice_api::{Invocation, InvocationId};
+
+/// `GET /` of `function`, as the gateway would send it, with an hour to
+/// run.
+pub fn get_root(function: &FunctionRef) -> Invocation {
+    Invocation {
+        id: InvocationId::random(),
+        function: function.clone(),
+        method: Method::GET,
+        path: "/".into(),
+        query: None,
+        forwarded_prefix: format!("/fn/{}/{}", function.namespace, function.name),
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+        deadline: SystemTime::now() + Duration::from_secs(3600),
+        traceparent: None,
+    }
+}
 
 /// Samples per host: `SLUICE_BENCH_SAMPLES` when set (e.g. fewer for a run
 /// under a profiler), else `default`.
