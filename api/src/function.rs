@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::hash::{Hash as _, Hasher as _};
 
 use crate::InvocationId;
+use crate::auth::Auth;
 use crate::quantity::{ByteSize, Duration};
 
 /// API group of the `Function` resource.
@@ -93,6 +94,13 @@ pub struct FunctionSpec {
     /// outbound HTTP. Default: none; every outbound request is refused.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Who may invoke the function over HTTP, and read its async results
+    /// and dead letters: `public: true`, or `apiKeys` (a Secret's values)
+    /// and/or `jwt`. Default: unset, which is public on a gateway without
+    /// `--auth-required` (local mode) and refused (403) on one with it (the
+    /// Helm chart's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
     /// Whether the function shares the runtime pool or gets its own
     /// Deployment. Default: `pool`.
     #[serde(default)]
@@ -525,6 +533,9 @@ impl FunctionSpec {
     /// Checks what the schema cannot express; the first problem wins.
     pub fn validate(&self) -> Result<(), SpecError> {
         self.module.kind()?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return Err(SpecError::new(
                 "spec.concurrency",

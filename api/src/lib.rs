@@ -6,6 +6,7 @@
 //! The Kubernetes `CustomResource` derive sits behind the `crd` feature so
 //! that the gateway and runtime do not compile kube.
 
+pub mod auth;
 pub mod autoscale;
 pub mod callback;
 pub mod dead_letter;

@@ -107,6 +107,72 @@ pub fn parse_functions(yaml: &str) -> Result<Vec<FunctionManifest>, ManifestErro
     Ok(functions)
 }
 
+/// A `v1` `Secret` manifest, as local mode reads it for
+/// `spec.auth.apiKeys`: the values of `data` (base64) and `stringData`
+/// (plain, winning over `data` for the same key, as the API server merges
+/// them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretManifest {
+    pub namespace: String,
+    pub name: String,
+    pub data: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Parses every `v1` `Secret` in a (multi-document) YAML text; other
+/// documents are skipped.
+pub fn parse_secrets(yaml: &str) -> Result<Vec<SecretManifest>, ManifestError> {
+    use base64::Engine as _;
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let mut secrets = Vec::new();
+    for (index, doc) in documents.into_iter().enumerate() {
+        if doc.get("kind").and_then(|k| k.as_str()) != Some("Secret")
+            || doc.get("apiVersion").and_then(|v| v.as_str()) != Some("v1")
+        {
+            continue;
+        }
+        let field_error = |field: &str, problem: &str| ManifestError::Field {
+            document: index + 1,
+            field: field.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let metadata = &doc["metadata"];
+        let name = metadata["name"]
+            .as_str()
+            .ok_or_else(|| field_error("metadata.name", "is required"))?;
+        let namespace = metadata["namespace"].as_str().unwrap_or("default");
+        let mut data = std::collections::BTreeMap::new();
+        for (section, base64) in [("data", true), ("stringData", false)] {
+            let Some(values) = doc.get(section).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let values = values
+                .as_object()
+                .ok_or_else(|| field_error(section, "must be a map"))?;
+            for (key, value) in values {
+                let field = format!("{section}.{key}");
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| field_error(&field, "must be a string"))?;
+                let bytes = if base64 {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .map_err(|_| field_error(&field, "is not base64"))?
+                } else {
+                    text.as_bytes().to_vec()
+                };
+                data.insert(key.clone(), bytes);
+            }
+        }
+        secrets.push(SecretManifest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            data,
+        });
+    }
+    Ok(secrets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +243,26 @@ spec:
             "apiVersion: sluice.dev/v1\nkind: Function\nmetadata: {name: a}\nspec: {module: {file: a.wasm}}\n",
         );
         assert!(err.contains("apiVersion"), "{err}");
+    }
+
+    #[test]
+    fn secrets_merge_data_and_string_data() {
+        let secrets = parse_secrets(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: tools}\ndata: {a: YWFh, b: YmJi}\nstringData: {b: plain}\n---\nkind: Secret\napiVersion: v2\nmetadata: {name: other}\n",
+        )
+        .unwrap();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(
+            (secrets[0].namespace.as_str(), secrets[0].name.as_str()),
+            ("tools", "keys")
+        );
+        assert_eq!(secrets[0].data["a"], b"aaa");
+        assert_eq!(secrets[0].data["b"], b"plain");
+        let err =
+            parse_secrets("apiVersion: v1\nkind: Secret\nmetadata: {name: k}\ndata: {a: '%%'}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("document 1: data.a: is not base64"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::ApiKeyDigest;
 use crate::digest::ModuleDigest;
 use crate::function::{FunctionSpec, SpecError};
 use crate::names::FunctionRef;
@@ -18,6 +19,11 @@ pub struct RegistryEntry {
     /// The component; its object in the module store is
     /// [`ModuleDigest::object_key`].
     pub module_digest: ModuleDigest,
+    /// The digests of the keys in `spec.auth.apiKeys`'s Secret, resolved
+    /// by whoever publishes the entry: the keys themselves never reach
+    /// NATS. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKeyDigest>,
 }
 
 /// Why a stored registry entry cannot be served.
@@ -64,6 +70,7 @@ mod tests {
             function: "default/hello".parse().unwrap(),
             spec,
             module_digest: ModuleDigest::of(b"component"),
+            api_keys: Vec::new(),
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["function"], "default/hello");

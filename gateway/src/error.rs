@@ -45,6 +45,17 @@ pub enum GatewayError {
     FunctionFailed(Failure),
     #[error("{0}")]
     Unavailable(String),
+    /// 401: no credential, or one proving nothing. `invalid_token` when one
+    /// was sent (RFC 6750 §3.1).
+    #[error("{problem}")]
+    Unauthenticated {
+        invalid_token: bool,
+        problem: String,
+    },
+    /// 403: a valid credential without access to the function, or a
+    /// function no credential reaches.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl GatewayError {
@@ -67,6 +78,8 @@ impl GatewayError {
                 _ => StatusCode::BAD_GATEWAY,
             },
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -95,6 +108,8 @@ impl GatewayError {
                 FailureKind::Internal => "runtime_error",
             },
             Self::Unavailable(_) => "unavailable",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 
@@ -128,10 +143,25 @@ impl GatewayError {
             body["invocationId"] = id.into();
         }
         let mut response = json_response(self.status(), &body);
-        if let Self::MethodNotAllowed { allowed, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        match self {
+            Self::MethodNotAllowed { allowed, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allowed));
+            }
+            // RFC 6750 §3: the scheme, and why a token sent was refused.
+            Self::Unauthenticated { invalid_token, .. } => {
+                let challenge = if invalid_token {
+                    r#"Bearer realm="sluice", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="sluice""#
+                };
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -18,6 +18,7 @@ use sluice_serve::egress::{self, EgressError};
 use sluice_serve::telemetry;
 use tracing::Instrument as _;
 
+use crate::auth::{Access, JwksCache, Verdict};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{Metrics, RouteKind};
 use crate::queue::{InvocationQueue, QueueError};
@@ -52,10 +53,13 @@ pub struct HttpConfig {
     /// A client trickling bytes would otherwise hold its connection and
     /// buffer forever. Default: 60s (1 MiB at 17 KiB/s).
     pub body_timeout: Duration,
-    /// Which addresses a callback URL may resolve to (see
-    /// `sluice_api::egress`); others get 400 at submit. Default: public
-    /// addresses only.
+    /// Which addresses a callback URL (or a `spec.auth.jwt.jwksUrl`) may
+    /// resolve to (see `sluice_api::egress`); others get 400 at submit.
+    /// Default: public addresses only.
     pub egress: Arc<EgressPolicy>,
+    /// Whether a function without `spec.auth` is refused (403) rather
+    /// than public (`--auth-required`). Default: false (public).
+    pub auth_required: bool,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +69,7 @@ impl Default for HttpConfig {
             async_deadline: DEFAULT_ASYNC_DEADLINE,
             body_timeout: Duration::from_secs(60),
             egress: Arc::default(),
+            auth_required: false,
         }
     }
 }
@@ -73,9 +78,17 @@ impl Default for HttpConfig {
 #[derive(Debug)]
 pub struct Gateway {
     queue: Arc<dyn InvocationQueue>,
-    functions: RwLock<Arc<RoutedFunctions>>,
+    routing: RwLock<Arc<Routing>>,
+    jwks: JwksCache,
     config: HttpConfig,
     metrics: Metrics,
+}
+
+/// The routed functions and who may invoke them, replaced together.
+#[derive(Debug)]
+struct Routing {
+    functions: RoutedFunctions,
+    access: Access,
 }
 
 impl Gateway {
@@ -85,9 +98,12 @@ impl Gateway {
         config: HttpConfig,
         metrics: Metrics,
     ) -> Self {
+        let jwks = JwksCache::new(config.egress.clone());
+        let access = Access::new(functions.auth(), config.auth_required, &jwks);
         Self {
             queue,
-            functions: RwLock::new(Arc::new(functions)),
+            routing: RwLock::new(Arc::new(Routing { functions, access })),
+            jwks,
             config,
             metrics,
         }
@@ -101,14 +117,46 @@ impl Gateway {
 
     /// Replaces the routed functions (the registry changed).
     pub fn set_functions(&self, functions: RoutedFunctions) {
-        *self.functions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(functions);
+        let access = Access::new(functions.auth(), self.config.auth_required, &self.jwks);
+        *self.routing.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Routing { functions, access });
     }
 
-    fn functions(&self) -> Arc<RoutedFunctions> {
-        self.functions
+    fn routing(&self) -> Arc<Routing> {
+        self.routing
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Lets `request` through to `function`, or answers 401, 403 or (the
+    /// issuer's keys unreachable) 503. Failures are counted by function
+    /// and reason; the credential is never logged.
+    async fn authorize<B>(
+        &self,
+        routing: &Routing,
+        function: &FunctionRef,
+        request: &mut Request<B>,
+    ) -> Result<(), GatewayError> {
+        let verdict = routing
+            .access
+            .check(function, request)
+            .await
+            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        let error = match verdict {
+            Verdict::Allowed => return Ok(()),
+            Verdict::Unauthenticated {
+                invalid_token,
+                problem,
+            } => GatewayError::Unauthenticated {
+                invalid_token,
+                problem,
+            },
+            Verdict::Forbidden(problem) => GatewayError::Forbidden(problem),
+        };
+        self.metrics.auth_failed(function, error.code());
+        tracing::debug!(%function, error = %error, "request refused");
+        Err(error)
     }
 
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -118,17 +166,19 @@ impl Gateway {
         } else if let Some(resolved) = resolve_default("/async/fn", &path) {
             (RouteKind::Async, self.invoke_async(resolved, request).await)
         } else if let Some(id) = path.strip_prefix("/invocations/") {
+            let mut request = request;
             (
                 RouteKind::Status,
-                self.invocation_status(id, &request).await,
+                self.invocation_status(id, &mut request).await,
             )
         } else if let Some(function) = path.strip_prefix("/dead-letters/") {
+            let mut request = request;
             (
                 RouteKind::DeadLetters,
-                self.dead_letters(function, &request).await,
+                self.dead_letters(function, &mut request).await,
             )
         } else {
-            match self.functions().resolve_custom(&path) {
+            match self.routing().functions.resolve_custom(&path) {
                 Some(resolved) => (
                     RouteKind::Sync,
                     self.invoke_sync(Ok(resolved), request).await,
@@ -150,9 +200,12 @@ impl Gateway {
     async fn invoke_sync(
         &self,
         resolved: Result<Resolved, BadFunctionRef>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Handled {
-        let (resolved, spec) = self.function(resolved).map_err(|e| (e, None))?;
+        let (resolved, spec) = self
+            .function(resolved, &mut request)
+            .await
+            .map_err(|e| (e, None))?;
         let mut invocation = self
             .invocation(
                 resolved,
@@ -175,10 +228,13 @@ impl Gateway {
     async fn invoke_async(
         &self,
         resolved: Result<Resolved, BadFunctionRef>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Handled {
         require_method(request.method(), Method::POST, "POST")?;
-        let (resolved, _) = self.function(resolved).map_err(|e| (e, None))?;
+        let (resolved, _) = self
+            .function(resolved, &mut request)
+            .await
+            .map_err(|e| (e, None))?;
         let callback = match request.headers().get("x-callback-url") {
             None => None,
             Some(value) => Some(self.callback_url(value).await.map_err(|e| (e, None))?),
@@ -224,7 +280,7 @@ impl Gateway {
         Ok(response)
     }
 
-    async fn invocation_status(&self, id: &str, request: &Request<Incoming>) -> Handled {
+    async fn invocation_status(&self, id: &str, request: &mut Request<Incoming>) -> Handled {
         require_method(request.method(), Method::GET, "GET")?;
         let unknown = || (GatewayError::UnknownInvocation(id.to_owned()), None);
         let parsed = InvocationId::parse(id).ok_or_else(unknown)?;
@@ -235,6 +291,19 @@ impl Gateway {
                 .map(|d| d.0.min(MAX_WAIT))
                 .map_err(|e| (GatewayError::BadRequest(format!("wait: {e}")), None))?,
         };
+        // The record names its function: only a caller who may invoke it
+        // reads it, and only then waits.
+        let record = match self.queue.record(&parsed, Duration::ZERO).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(unknown()),
+            Err(e) => return Err((queue_error(e), None)),
+        };
+        self.authorize(&self.routing(), &record.function, request)
+            .await
+            .map_err(|e| (e, None))?;
+        if wait.is_zero() || record.state.is_final() {
+            return Ok(json_response(StatusCode::OK, &record));
+        }
         match self.queue.record(&parsed, wait).await {
             Ok(Some(record)) => Ok(json_response(StatusCode::OK, &record)),
             Ok(None) => Err(unknown()),
@@ -242,17 +311,21 @@ impl Gateway {
         }
     }
 
-    async fn dead_letters(&self, function: &str, request: &Request<Incoming>) -> Handled {
+    async fn dead_letters(&self, function: &str, request: &mut Request<Incoming>) -> Handled {
         require_method(request.method(), Method::GET, "GET")?;
         let function: FunctionRef = function
             .trim_end_matches('/')
             .parse()
             .map_err(|_| (GatewayError::UnknownFunction(function.to_owned()), None))?;
-        let spec = self
-            .functions()
+        let routing = self.routing();
+        let spec = routing
+            .functions
             .get(&function)
             .cloned()
             .ok_or_else(|| (GatewayError::UnknownFunction(function.to_string()), None))?;
+        self.authorize(&routing, &function, request)
+            .await
+            .map_err(|e| (e, None))?;
         let letters = self
             .queue
             .dead_letters(&function, &spec.dead_letter_subject(&function))
@@ -289,16 +362,21 @@ impl Gateway {
         Ok(url)
     }
 
-    fn function(
+    /// The function a request names, once the request may invoke it.
+    async fn function(
         &self,
         resolved: Result<Resolved, BadFunctionRef>,
+        request: &mut Request<Incoming>,
     ) -> Result<(Resolved, Arc<FunctionSpec>), GatewayError> {
         let resolved = resolved.map_err(|e| GatewayError::UnknownFunction(e.text().to_owned()))?;
-        let spec = self
-            .functions()
+        let routing = self.routing();
+        let spec = routing
+            .functions
             .get(&resolved.function)
             .cloned()
             .ok_or_else(|| GatewayError::UnknownFunction(resolved.function.to_string()))?;
+        self.authorize(&routing, &resolved.function, request)
+            .await?;
         Ok((resolved, spec))
     }
 

@@ -86,7 +86,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
                         problem,
                     })
                 })?;
-            prepared.push((ready, f.spec));
+            prepared.push((ready, f.spec, f.api_keys));
         }
         Ok((runtime, prepared))
     })
@@ -104,7 +104,9 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
         runtime_metrics,
     );
     let mut specs = HashMap::new();
-    for (prepared, spec) in loaded {
+    let mut api_keys = HashMap::new();
+    for (prepared, spec, keys) in loaded {
+        api_keys.insert(prepared.function.clone(), keys);
         tracing::info!(function = %prepared.function, digest = %prepared.digest, "function ready");
         specs.insert(prepared.function.clone(), Arc::new(spec.clone()));
         queue.deploy(QueuedFunction {
@@ -113,7 +115,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
             concurrency: spec.concurrency,
         });
     }
-    let functions = RoutedFunctions::new(specs)?;
+    let functions = RoutedFunctions::new(specs)?.with_api_keys(api_keys);
     let gateway = Arc::new(Gateway::new(
         Arc::new(queue),
         functions,

@@ -93,6 +93,10 @@ struct Args {
     max_instances: u32,
     #[command(flatten)]
     egress: EgressArgs,
+    /// Refuse (403) functions that set no spec.auth, instead of serving
+    /// them to anyone. The Helm chart sets it.
+    #[arg(long, env = "SLUICE_AUTH_REQUIRED")]
+    auth_required: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -146,7 +150,9 @@ async fn publish(nats: &str, security: &NatsSecurity, dir: &Path) -> anyhow::Res
     let layout = Layout::ensure(client.clone(), &LayoutConfig::default()).await?;
     let publisher = Publisher::new(layout);
     for f in &functions {
-        let published = publisher.publish(&f.function, &f.spec, &f.wasm).await?;
+        let published = publisher
+            .publish(&f.function, &f.spec, &f.api_keys, &f.wasm)
+            .await?;
         tracing::info!(
             function = %published.function,
             digest = %published.digest,
@@ -165,6 +171,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .context("--max-request-body is too large")?,
         async_deadline: args.async_deadline.0,
         egress: args.egress.policy(),
+        auth_required: args.auth_required,
         ..HttpConfig::default()
     };
     #[cfg(not(feature = "local"))]

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use sluice_api::manifest::parse_functions;
+use sluice_api::auth::{ApiKeyDigest, api_key_digests};
+use sluice_api::manifest::{SecretManifest, parse_functions, parse_secrets};
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionManifest, FunctionSpec, ModuleDigest, ModuleKind};
 
@@ -40,6 +41,12 @@ pub enum ManifestsError {
         field: &'static str,
         problem: String,
     },
+    #[error("{file}: {function}: spec.auth.apiKeys.secretName: {problem}")]
+    ApiKeys {
+        file: PathBuf,
+        function: FunctionRef,
+        problem: String,
+    },
     #[error("{file}: {function} is already defined in {first}")]
     Duplicate {
         file: PathBuf,
@@ -55,9 +62,13 @@ pub struct LocalFunction {
     pub function: FunctionRef,
     pub spec: FunctionSpec,
     pub wasm: Vec<u8>,
+    /// The digests of the keys in `spec.auth.apiKeys`'s Secret, which a
+    /// `v1` Secret manifest in the same folder holds.
+    pub api_keys: Vec<ApiKeyDigest>,
 }
 
-/// Reads every Function manifest in `dir` and the components they name.
+/// Reads every Function manifest in `dir`, the components they name, and
+/// the Secret manifests holding their API keys.
 pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
     let read_dir = |source| ManifestsError::ReadDir {
         dir: dir.to_owned(),
@@ -72,6 +83,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
         .collect();
     files.sort();
     let mut functions = Vec::new();
+    let mut secrets: Vec<SecretManifest> = Vec::new();
     let mut seen: HashMap<FunctionRef, PathBuf> = HashMap::new();
     for file in files {
         let text =
@@ -79,10 +91,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
                 file: file.clone(),
                 source,
             })?;
-        let manifests = parse_functions(&text).map_err(|source| ManifestsError::Manifest {
+        let manifest_error = |source| ManifestsError::Manifest {
             file: file.clone(),
             source,
-        })?;
+        };
+        let manifests = parse_functions(&text).map_err(manifest_error)?;
+        secrets.extend(parse_secrets(&text).map_err(manifest_error)?);
         for manifest in manifests {
             let function = manifest.function_ref();
             if let Some(first) = seen.get(&function) {
@@ -99,13 +113,43 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
                 function,
                 spec: manifest.spec,
                 wasm,
+                api_keys: Vec::new(),
             });
         }
     }
     if functions.is_empty() {
         return Err(ManifestsError::NoFunctions(dir.to_owned()));
     }
+    for f in &mut functions {
+        f.api_keys = local_api_keys(f, &secrets)?;
+    }
     Ok(functions)
+}
+
+/// The digests of `f`'s API keys, from the Secret manifest it names.
+fn local_api_keys(
+    f: &LocalFunction,
+    secrets: &[SecretManifest],
+) -> Result<Vec<ApiKeyDigest>, ManifestsError> {
+    let Some(keys) = f.spec.auth.as_ref().and_then(|a| a.api_keys.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    let error = |problem: String| ManifestsError::ApiKeys {
+        file: f.file.clone(),
+        function: f.function.clone(),
+        problem,
+    };
+    let secret = secrets
+        .iter()
+        .find(|s| s.namespace == f.function.namespace && s.name == keys.secret_name)
+        .ok_or_else(|| {
+            error(format!(
+                "no Secret {}/{} among the folder's manifests",
+                f.function.namespace, keys.secret_name
+            ))
+        })?;
+    api_key_digests(secret.data.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .map_err(|e| error(format!("Secret {}/{} {e}", secret.namespace, secret.name)))
 }
 
 fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, ManifestsError> {

@@ -54,6 +54,13 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    pub function: String,
+    /// `unauthenticated` (401) or `forbidden` (403).
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
 }
@@ -67,6 +74,7 @@ pub struct Metrics {
     events_queued: Family<FunctionLabels, Counter>,
     events_dead_lettered: Family<FunctionLabels, Counter>,
     queue_depth: Family<FunctionLabels, Gauge>,
+    auth_failures: Family<AuthFailureLabels, Counter>,
 }
 
 impl Metrics {
@@ -92,6 +100,11 @@ impl Metrics {
             "events_dead_lettered",
             "NATS trigger events that could not be queued and were dead-lettered, by function",
             metrics.events_dead_lettered.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Requests refused by spec.auth (401 unauthenticated, 403 forbidden), by function",
+            metrics.auth_failures.clone(),
         );
         metrics
     }
@@ -123,6 +136,15 @@ impl Metrics {
 
     pub fn refused(&self, code: &'static str) {
         self.errors.get_or_create(&ErrorLabels { code }).inc();
+    }
+
+    pub fn auth_failed(&self, function: &FunctionRef, code: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels {
+                function: function.to_string(),
+                code,
+            })
+            .inc();
     }
 
     pub fn event_queued(&self, function: &FunctionRef) {

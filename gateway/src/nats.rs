@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use sluice_api::FunctionSpec;
+use sluice_api::auth::ApiKeyDigest;
 use sluice_api::names::FunctionRef;
 use sluice_nats::layout::{Layout, LayoutConfig};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
@@ -118,15 +119,18 @@ async fn follow_registry(
     bridge: &mut EventBridge,
 ) {
     let mut functions: HashMap<FunctionRef, Arc<FunctionSpec>> = HashMap::new();
+    let mut api_keys: HashMap<FunctionRef, Vec<ApiKeyDigest>> = HashMap::new();
     loop {
         let event = watcher.next().await;
         let pending = event.pending();
         match event {
             RegistryEvent::Put { entry, .. } => {
                 tracing::info!(function = %entry.function, digest = %entry.module_digest, "function routed");
+                api_keys.insert(entry.function.clone(), entry.api_keys);
                 functions.insert(entry.function, Arc::new(entry.spec));
             }
             RegistryEvent::Removed { function, .. } => {
+                api_keys.remove(&function);
                 if functions.remove(&function).is_some() {
                     tracing::info!(%function, "function removed");
                 }
@@ -138,7 +142,7 @@ async fn follow_registry(
             for conflict in conflicts {
                 tracing::error!(error = %conflict, "custom route not applied");
             }
-            gateway.set_functions(routed);
+            gateway.set_functions(routed.with_api_keys(api_keys.clone()));
             bridge.update(&functions);
         }
     }

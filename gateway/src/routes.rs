@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_api::FunctionSpec;
+use sluice_api::auth::{ApiKeyDigest, Auth};
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 
 /// The functions the gateway routes to, with their routes.
@@ -11,6 +12,8 @@ use sluice_api::names::{BadFunctionRef, FunctionRef};
 pub struct RoutedFunctions {
     specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
     routes: RouteTable,
+    /// The digests of each function's `spec.auth.apiKeys` keys.
+    api_keys: HashMap<FunctionRef, Vec<ApiKeyDigest>>,
 }
 
 impl RoutedFunctions {
@@ -18,7 +21,11 @@ impl RoutedFunctions {
     /// error to fix before start-up.
     pub fn new(specs: HashMap<FunctionRef, Arc<FunctionSpec>>) -> Result<Self, RouteConflict> {
         let routes = RouteTable::new(custom_routes(&specs))?;
-        Ok(Self { specs, routes })
+        Ok(Self {
+            specs,
+            routes,
+            api_keys: HashMap::new(),
+        })
     }
 
     /// The functions of a shared registry, which the gateway cannot refuse:
@@ -28,7 +35,26 @@ impl RoutedFunctions {
         specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
     ) -> (Self, Vec<RouteConflict>) {
         let (routes, conflicts) = RouteTable::first_claim_wins(custom_routes(&specs));
-        (Self { specs, routes }, conflicts)
+        let functions = Self {
+            specs,
+            routes,
+            api_keys: HashMap::new(),
+        };
+        (functions, conflicts)
+    }
+
+    /// The same functions, with the digests of their API keys.
+    pub fn with_api_keys(mut self, api_keys: HashMap<FunctionRef, Vec<ApiKeyDigest>>) -> Self {
+        self.api_keys = api_keys;
+        self
+    }
+
+    /// Each function's `spec.auth` and API-key digests.
+    pub fn auth(&self) -> impl Iterator<Item = (&FunctionRef, Option<&Auth>, &[ApiKeyDigest])> {
+        self.specs.iter().map(|(function, spec)| {
+            let keys = self.api_keys.get(function).map_or(&[][..], Vec::as_slice);
+            (function, spec.auth.as_ref(), keys)
+        })
     }
 
     pub fn get(&self, function: &FunctionRef) -> Option<&Arc<FunctionSpec>> {

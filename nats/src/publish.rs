@@ -4,6 +4,7 @@
 //! has resolved a module.
 
 use bytes::Bytes;
+use sluice_api::auth::ApiKeyDigest;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, ModuleDigest, RegistryEntry};
 
@@ -50,27 +51,33 @@ impl Publisher {
 
     /// Stores the component (once per digest), then the registry entry, so
     /// that a watcher never sees an entry whose module is missing.
+    /// `api_keys` are the digests of `spec.auth.apiKeys`'s Secret.
     pub async fn publish(
         &self,
         function: &FunctionRef,
         spec: &FunctionSpec,
+        api_keys: &[ApiKeyDigest],
         wasm: &[u8],
     ) -> Result<Published, PublishError> {
-        self.publish_digested(function, spec, &ModuleDigest::of(wasm), wasm)
-            .await
+        let entry = RegistryEntry {
+            function: function.clone(),
+            spec: spec.clone(),
+            module_digest: ModuleDigest::of(wasm),
+            api_keys: api_keys.to_vec(),
+        };
+        self.publish_entry(&entry, wasm).await
     }
 
-    /// [`Publisher::publish`] for a caller that already holds the digest of
-    /// `wasm` (the operator checked it when it fetched the module): a module
-    /// of up to tens of MiB is not hashed twice.
-    pub async fn publish_digested(
+    /// [`Publisher::publish`] for a caller that already holds the entry,
+    /// with the digest of `wasm` (the operator checked it when it fetched
+    /// the module): a module of up to tens of MiB is not hashed twice.
+    pub async fn publish_entry(
         &self,
-        function: &FunctionRef,
-        spec: &FunctionSpec,
-        digest: &ModuleDigest,
+        entry: &RegistryEntry,
         wasm: &[u8],
     ) -> Result<Published, PublishError> {
-        let digest = digest.clone();
+        let function = &entry.function;
+        let digest = entry.module_digest.clone();
         let uploaded_module =
             self.store_module(&digest, wasm)
                 .await
@@ -78,12 +85,7 @@ impl Publisher {
                     function: function.clone(),
                     source,
                 })?;
-        let entry = RegistryEntry {
-            function: function.clone(),
-            spec: spec.clone(),
-            module_digest: digest.clone(),
-        };
-        self.put_entry(&entry)
+        self.put_entry(entry)
             .await
             .map_err(|source| PublishError::Registry {
                 function: function.clone(),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
@@ -105,7 +105,7 @@ pub enum Error {
 
 /// Runs the controller until `shutdown` resolves: Functions (filtered by
 /// generation, so the operator's own status writes do not loop), the
-/// ConfigMaps they name, and the Deployments they own.
+/// ConfigMaps and Secrets they name, and the Deployments they own.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let functions: Api<Function> = Api::all(ctx.client.clone());
     let (reader, writer) = reflector::store();
@@ -124,7 +124,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     )
     .default_backoff()
     .touched_objects();
+    // Secrets too, for API keys and pull secrets: a rotated or revoked key
+    // takes effect at once, not at the next resync.
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
     let store = reader.clone();
+    let secret_store = reader.clone();
     let controller = Controller::for_stream(stream, reader)
         .owns(
             Api::<Deployment>::all(ctx.client.clone()),
@@ -144,6 +153,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                             .config_map
                             .as_ref()
                             .is_some_and(|c| c.name == name)
+                })
+                .map(|f| ObjectRef::from_obj(&*f))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(secrets, move |secret| {
+            // The Functions whose API keys or pull credentials it holds.
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            secret_store
+                .state()
+                .into_iter()
+                .filter(|f| {
+                    let spec = &f.spec;
+                    f.namespace() == namespace
+                        && (spec.module.pull_secret.as_deref() == Some(name.as_str())
+                            || spec
+                                .auth
+                                .as_ref()
+                                .and_then(|a| a.api_keys.as_ref())
+                                .is_some_and(|k| k.secret_name == name))
                 })
                 .map(|f| ObjectRef::from_obj(&*f))
                 .collect::<Vec<_>>()
@@ -343,21 +372,35 @@ async fn resolve(function: &FunctionRef, spec: &FunctionSpec, ctx: &Context) -> 
         "Resolved",
         format!("{} (sha256:{})", fetched.origin, fetched.digest),
     );
-    match register(function, spec, &fetched, ctx).await {
+    // A Secret that cannot be read registers the function with no key
+    // accepted (closed, not open with the keys of before) and says why.
+    let (api_keys, keys_failed) =
+        match crate::api_keys::resolve(&ctx.client, &function.namespace, spec).await {
+            Ok(keys) => (keys, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+    match register(function, spec, api_keys, &fetched, ctx).await {
         Ok(published) => Outcome {
             module,
-            queue: Observed::new(
-                QUEUE_READY,
-                Status::True,
-                "Registered",
-                format!(
-                    "registered in sluice-functions; invocations queue on {}",
-                    function.invoke_subject()
+            queue: match &keys_failed {
+                None => Observed::new(
+                    QUEUE_READY,
+                    Status::True,
+                    "Registered",
+                    format!(
+                        "registered in sluice-functions; invocations queue on {}",
+                        function.invoke_subject()
+                    ),
                 ),
-            ),
+                Some(e) => Observed::new(QUEUE_READY, Status::False, e.reason(), e.to_string()),
+            },
             digest: Some(fetched.digest),
             published,
-            requeue: RESYNC,
+            requeue: if keys_failed.as_ref().is_some_and(|e| e.is_transient()) {
+                RETRY_TRANSIENT
+            } else {
+                RESYNC
+            },
         },
         Err(e) => Outcome {
             module,
@@ -395,6 +438,7 @@ enum RegisterError {
 async fn register(
     function: &FunctionRef,
     spec: &FunctionSpec,
+    api_keys: Vec<sluice_api::auth::ApiKeyDigest>,
     fetched: &Fetched,
     ctx: &Context,
 ) -> Result<bool, RegisterError> {
@@ -402,6 +446,7 @@ async fn register(
         function: function.clone(),
         spec: spec.clone(),
         module_digest: fetched.digest.clone(),
+        api_keys,
     };
     let current = ctx
         .layout
@@ -419,9 +464,7 @@ async fn register(
     // An unchanged entry whose module left the store (deleted by hand, a
     // lost stream) is published again, module first.
     if changed || !ctx.layout.has_module(&fetched.digest).await? {
-        ctx.publisher
-            .publish_digested(function, spec, &fetched.digest, &fetched.wasm)
-            .await?;
+        ctx.publisher.publish_entry(&wanted, &fetched.wasm).await?;
     }
     Ok(changed)
 }

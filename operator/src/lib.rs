@@ -11,6 +11,7 @@
 //! Replicas elect one leader on a `coordination.k8s.io` Lease
 //! ([`leader`]); only the leader reconciles and scales.
 
+pub mod api_keys;
 pub mod autoscaler;
 pub mod conditions;
 pub mod controller;

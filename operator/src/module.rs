@@ -10,7 +10,7 @@ mod component;
 mod config_map;
 mod credentials;
 mod download;
-mod error;
+pub(crate) mod error;
 mod oci;
 mod tls;
 

@@ -8,91 +8,26 @@
 //! answer is a failed delivery, not retried, since following it would send
 //! the record to an address the caller named after the checks.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::{ClientConfig, RootCertStore};
 use sluice_api::InvocationRecord;
 use sluice_api::callback::validate_url;
 use sluice_api::egress::EgressPolicy;
-use sluice_serve::egress::{EgressError, GuardedResolver, check_literal};
+use sluice_serve::egress::{
+    EgressError, GuardedConnector, check_literal, guarded_connector, with_causes,
+};
 use tokio_util::task::TaskTracker;
 
 /// Attempts per callback, with 1s, 2s, … between them.
 const ATTEMPTS: u32 = 3;
 /// Longest a callback receiver may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The certificate authorities https callbacks are checked against: the
-/// system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for
-/// OpenSSL), or Mozilla's bundled roots where the system has none, as in a
-/// distroless image.
-fn trusted_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(%error, "skipping unreadable CA certificates");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    if ignored > 0 {
-        tracing::warn!(ignored, "skipping CA certificates rustls cannot use");
-    }
-    if added == 0 {
-        tracing::info!("no system CA certificates; trusting Mozilla's roots for https callbacks");
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    roots
-}
-
-/// Reading and parsing the system's CA certificates takes milliseconds:
-/// done once per process, however many queues deliver callbacks.
-pub(crate) static TLS: LazyLock<ClientConfig> = LazyLock::new(|| {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring implements the default TLS versions")
-        .with_root_certificates(trusted_roots())
-        .with_no_client_auth()
-});
-
-/// The connector of every caller-chosen destination: TLS with
-/// [`TLS`]'s roots, names resolved by the egress guard, and
-/// `connect_timeout` when given.
-pub(crate) type GuardedConnector = HttpsConnector<HttpConnector<GuardedResolver>>;
-
-pub(crate) fn guarded_connector(
-    policy: Arc<EgressPolicy>,
-    connect_timeout: Option<Duration>,
-) -> GuardedConnector {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy));
-    // hyper-rustls needs the connector to accept https:// URIs.
-    http.enforce_http(false);
-    http.set_connect_timeout(connect_timeout);
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(TLS.clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
-}
-
-/// hyper's client errors say only "client error (Connect)"; the reason a
-/// receiver was unreachable, such as its certificate, is in their sources.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// Posts records to callback URLs, retrying failed deliveries a few times
 /// (a refused destination or a redirect never). Deliveries run in the

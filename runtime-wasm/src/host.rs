@@ -25,7 +25,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::callback::{GuardedConnector, guarded_connector};
+use sluice_serve::egress::{GuardedConnector, guarded_connector};
 
 /// The `T` of every `Store<T>`: one per invocation.
 pub(crate) struct Host {

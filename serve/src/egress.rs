@@ -12,11 +12,14 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
+use rustls::{ClientConfig, RootCertStore};
 use sluice_api::egress::{Cidr, EgressPolicy, Refusal};
 
 /// The egress flags the gateway and the runtime share.
@@ -198,6 +201,74 @@ impl tower_service::Service<Name> for GuardedResolver {
         // The connector sets the port on what the resolver returns.
         Box::pin(async move { resolve(name.as_str(), 0, &policy).await.map(Vec::into_iter) })
     }
+}
+
+/// The certificate authorities that https destinations chosen by users
+/// (callbacks, functions' outbound HTTP, JWKS URLs) are checked against:
+/// the system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for
+/// OpenSSL), or Mozilla's bundled roots where the system has none, as in a
+/// distroless image.
+fn trusted_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "skipping unreadable CA certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        tracing::warn!(ignored, "skipping CA certificates rustls cannot use");
+    }
+    if added == 0 {
+        tracing::info!(
+            "no system CA certificates; trusting Mozilla's roots for https destinations"
+        );
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+/// Reading and parsing the system's CA certificates takes milliseconds:
+/// done once per process, however many queues deliver callbacks.
+pub static CLIENT_TLS: LazyLock<ClientConfig> = LazyLock::new(|| {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring implements the default TLS versions")
+        .with_root_certificates(trusted_roots())
+        .with_no_client_auth()
+});
+
+/// The connector of every caller-chosen destination: TLS with
+/// [`CLIENT_TLS`]'s roots, names resolved by the egress guard, and
+/// `connect_timeout` when given.
+pub type GuardedConnector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
+pub fn guarded_connector(
+    policy: Arc<EgressPolicy>,
+    connect_timeout: Option<Duration>,
+) -> GuardedConnector {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy));
+    // hyper-rustls needs the connector to accept https:// URIs.
+    http.enforce_http(false);
+    http.set_connect_timeout(connect_timeout);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(CLIENT_TLS.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
+/// An error with its sources, `: `-separated: hyper's client errors say
+/// only "client error (Connect)"; the reason a destination was
+/// unreachable, such as its certificate, is in their sources.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

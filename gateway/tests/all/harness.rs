@@ -183,7 +183,7 @@ impl NatsStack {
     pub async fn publish_dir(&self, dir: &std::path::Path) {
         for f in local::load_dir(dir).expect("the manifests load") {
             self.publisher
-                .publish(&f.function, &f.spec, &f.wasm)
+                .publish(&f.function, &f.spec, &f.api_keys, &f.wasm)
                 .await
                 .expect("the function publishes");
         }
@@ -384,8 +384,10 @@ impl TestGateway {
         eventually(
             &format!("the gateway routes {function}"),
             Duration::from_secs(30),
+            // A function behind spec.auth answers 401 when routed.
             async || match self.get(&path).await {
                 reply if reply.status == StatusCode::OK => Ok(()),
+                reply if reply.status == StatusCode::UNAUTHORIZED => Ok(()),
                 reply => Err(format!("{} {}", reply.status, reply.text())),
             },
         )

@@ -6,6 +6,7 @@
 mod harness;
 
 mod async_invocations;
+mod auth;
 mod bad_input;
 mod distributed;
 mod egress;

@@ -27,14 +27,14 @@ async fn publishing_fills_the_registry_and_stores_each_module_once() {
     let first: Vec<_> = futures::future::try_join_all(
         functions
             .iter()
-            .map(|f| publisher.publish(&f.function, &f.spec, &f.wasm)),
+            .map(|f| publisher.publish(&f.function, &f.spec, &f.api_keys, &f.wasm)),
     )
     .await
     .unwrap();
     assert!(first.iter().all(|p| p.uploaded_module), "{first:?}");
     let f = &functions[0];
     let again = publisher
-        .publish(&f.function, &f.spec, &f.wasm)
+        .publish(&f.function, &f.spec, &f.api_keys, &f.wasm)
         .await
         .unwrap();
     assert!(
