@@ -24,6 +24,16 @@ pub fn get_within(addr: SocketAddr, path: &str, wait: Duration) -> Option<(u16, 
     )
 }
 
+/// A GET with extra header lines (`Name: value`), e.g. a credential.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"),
+        READ_TIMEOUT,
+    )
+}
+
 /// Sends `head` (a request without a body) and reads the whole answer.
 fn request(addr: SocketAddr, head: &str, wait: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;

@@ -14,6 +14,7 @@ fn the_crd_is_accepted_and_every_example_applies_without_a_warning() {
         "hello-py",
         "events-py",
         "hello-js",
+        "secured-echo",
     ];
     for name in examples {
         let warnings = sluice.apply(&example(name));
@@ -60,6 +61,22 @@ fn bad_functions_are_refused_at_apply_time_naming_the_problem() {
         (
             "  module: { configMap: { name: a, key: b } }\n  triggers: { http: { path: /invocations/x } }\n",
             "path may be neither",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  auth: {}\n",
+            "set either public: true, or apiKeys and/or jwt",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  auth: { public: true, apiKeys: { secretName: k } }\n",
+            "set either public: true, or apiKeys and/or jwt",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  auth: { jwt: { issuer: i, audiences: [a] } }\n",
+            "set exactly one of jwksUrl or publicKey",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  auth: { apiKey: { secretName: k } }\n",
+            "apiKey",
         ),
     ];
     for (spec, expected) in cases {

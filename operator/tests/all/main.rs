@@ -3,6 +3,7 @@
 //! and runtime processes: no mocks. `scripts/test.sh` builds the control
 //! plane's binaries (`scripts/k8s/tools.sh`) and installs nats-server.
 
+mod auth;
 mod autoscale;
 mod chart;
 mod crd;
