@@ -141,41 +141,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         )
         .watches_stream(config_maps, move |config_map| {
             // The Functions whose module is in this ConfigMap.
-            let namespace = config_map.namespace();
-            let name = config_map.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|f| {
-                    f.namespace() == namespace
-                        && f.spec
-                            .module
-                            .config_map
-                            .as_ref()
-                            .is_some_and(|c| c.name == name)
-                })
-                .map(|f| ObjectRef::from_obj(&*f))
-                .collect::<Vec<_>>()
+            naming(&store, &config_map, |spec, name| {
+                spec.module
+                    .config_map
+                    .as_ref()
+                    .is_some_and(|c| c.name == name)
+            })
         })
         .watches_stream(secrets, move |secret| {
             // The Functions whose API keys or pull credentials it holds.
-            let namespace = secret.namespace();
-            let name = secret.name_any();
-            secret_store
-                .state()
-                .into_iter()
-                .filter(|f| {
-                    let spec = &f.spec;
-                    f.namespace() == namespace
-                        && (spec.module.pull_secret.as_deref() == Some(name.as_str())
-                            || spec
-                                .auth
-                                .as_ref()
-                                .and_then(|a| a.api_keys.as_ref())
-                                .is_some_and(|k| k.secret_name == name))
-                })
-                .map(|f| ObjectRef::from_obj(&*f))
-                .collect::<Vec<_>>()
+            naming(&secret_store, &secret, |spec, name| {
+                spec.module.pull_secret.as_deref() == Some(name)
+                    || spec
+                        .auth
+                        .as_ref()
+                        .and_then(|a| a.api_keys.as_ref())
+                        .is_some_and(|k| k.secret_name == name)
+            })
         })
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown);
@@ -187,6 +169,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+}
+
+/// The Functions in `object`'s namespace whose spec names it.
+fn naming<K: kube::Resource>(
+    store: &reflector::Store<Function>,
+    object: &K,
+    names: impl Fn(&FunctionSpec, &str) -> bool,
+) -> Vec<ObjectRef<Function>> {
+    let namespace = object.namespace();
+    let name = object.name_any();
+    store
+        .state()
+        .into_iter()
+        .filter(|f| f.namespace() == namespace && names(&f.spec, &name))
+        .map(|f| ObjectRef::from_obj(&*f))
+        .collect()
 }
 
 /// Reconciles one Function: [`apply`] or [`cleanup`] under the finalizer.
