@@ -499,7 +499,7 @@ impl Jwks {
         let response = tokio::time::timeout(JWKS_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| format!("no answer within {}s", JWKS_TIMEOUT.as_secs()))?
-            .map_err(|e| sluice_serve::egress::with_causes(&e))?;
+            .map_err(|e| sluice_serve::with_causes(&e))?;
         if !response.status().is_success() {
             return Err(format!("the server answered {}", response.status()));
         }

@@ -19,9 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use sluice_api::InvocationRecord;
 use sluice_api::callback::validate_url;
 use sluice_api::egress::EgressPolicy;
-use sluice_serve::egress::{
-    EgressError, GuardedConnector, check_literal, guarded_connector, with_causes,
-};
+use sluice_serve::egress::{EgressError, GuardedConnector, check_literal, guarded_connector};
+use sluice_serve::with_causes;
 use tokio_util::task::TaskTracker;
 
 /// Attempts per callback, with 1s, 2s, … between them.

@@ -257,20 +257,6 @@ pub fn guarded_connector(
         .wrap_connector(http)
 }
 
-/// An error with its sources, `: `-separated: hyper's client errors say
-/// only "client error (Connect)"; the reason a destination was
-/// unreachable, such as its certificate, is in their sources.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

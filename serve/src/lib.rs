@@ -16,3 +16,36 @@ pub use admin::Admin;
 pub use refusal::Refusal;
 pub use server::{MAX_HEADER_FIELDS, MAX_REQUEST_HEAD, Service, serve};
 pub use signal::shutdown_signal;
+
+/// An error and its causes, `: `-separated: hyper's and the HTTP clients'
+/// errors say only "error sending request" or "client error (Connect)";
+/// why (refused, DNS, certificate) is in their sources.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_are_chained_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert_eq!(super::with_causes(&error), "outer: refused");
+    }
+}

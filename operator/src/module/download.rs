@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::ModuleError;
-use super::error::with_causes;
+use sluice_serve::with_causes;
 
 /// Longest wait for a connection to the server.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -203,24 +203,6 @@ pub(crate) fn retryable_status(code: u16) -> bool {
     code >= 500 || code == 408 || code == 429
 }
 
-/// An error and its causes, `: `-separated: reqwest's and hyper's errors
-/// say only "error sending request"; why (refused, DNS, certificate) is in
-/// their sources.
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source in their own message.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
         "none".to_owned()
@@ -260,7 +242,7 @@ pub(crate) fn kubernetes_api(
                 status.code, status.reason, status.message
             ),
         ),
-        other => (None, with_causes(other)),
+        other => (None, sluice_serve::with_causes(other)),
     };
     ModuleError::KubernetesApi {
         action: format!("get {kind} {namespace}/{name}"),
@@ -332,17 +314,5 @@ mod tests {
         // kube-runtime's controller and anyhow want this of errors.
         fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
         assert_error::<ModuleError>();
-    }
-
-    #[test]
-    fn causes_are_chained_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] std::io::Error);
-        let error = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "refused",
-        ));
-        assert_eq!(with_causes(&error), "outer: refused");
     }
 }

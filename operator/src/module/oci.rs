@@ -12,7 +12,8 @@ use sluice_api::ModuleDigest;
 
 use super::ModuleError;
 use super::download::{CONNECT_TIMEOUT, DOWNLOAD_TIMEOUT};
-use super::error::{retryable_status, with_causes};
+use super::error::retryable_status;
+use sluice_serve::with_causes;
 
 /// Config media type of the CNCF Wasm OCI artifact layout.
 pub(crate) const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
