@@ -17,3 +17,4 @@ mod publish;
 mod retries;
 mod startup;
 mod sync_invocations;
+mod tls;
