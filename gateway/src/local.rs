@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use sluice_runtime::{Runtime, RuntimeConfig, RuntimeError};
-use sluice_serve::Admin;
+use sluice_serve::tls::TlsError;
+use sluice_serve::{Admin, TlsFiles};
 
 pub use crate::manifests::{LocalFunction, ManifestsError, load_dir};
 
@@ -16,7 +17,9 @@ use crate::http::{Gateway, HttpConfig};
 use crate::metrics::Metrics;
 use crate::queue::memory::{MemoryQueue, QueueConfig, QueuedFunction};
 use crate::routes::{RouteConflict, RoutedFunctions};
-use crate::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, RunningGateway};
+use crate::running::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, ListenerTls, RunningGateway,
+};
 
 /// Everything local mode needs to start.
 #[derive(Debug, Clone)]
@@ -29,6 +32,11 @@ pub struct LocalConfig {
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`] (`127.0.0.1:9090`).
     pub admin_listen: SocketAddr,
+    /// Certificate and key to serve invocations over TLS. Default: none
+    /// (plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// The same for the admin listener. Default: none.
+    pub admin_tls: Option<TlsFiles>,
     pub http: HttpConfig,
     pub queue: QueueConfig,
     pub runtime: RuntimeConfig,
@@ -40,6 +48,8 @@ impl LocalConfig {
             dir: dir.into(),
             listen: DEFAULT_LISTEN,
             admin_listen: DEFAULT_ADMIN_LISTEN,
+            tls: None,
+            admin_tls: None,
             http: HttpConfig::default(),
             queue: QueueConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -58,11 +68,15 @@ pub enum LocalError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Loads the manifests, compiles every component, binds both listeners and
 /// starts serving.
 pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
+    // First: a bad certificate fails before any component compiles.
+    let tls = ListenerTls::load(config.tls.as_ref(), config.admin_tls.as_ref())?;
     let dir = config.dir.clone();
     let runtime_config = config.runtime.clone();
     let (runtime, loaded) = tokio::task::spawn_blocking(move || -> Result<_, LocalError> {
@@ -124,5 +138,5 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
     ));
     let admin = Arc::new(Admin::new(registry));
     admin.set_ready(true);
-    Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen).await?)
+    Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen, tls).await?)
 }

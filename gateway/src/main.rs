@@ -16,6 +16,7 @@ use sluice_nats::{NatsSecurity, NatsSecurityArgs};
 use sluice_serve::egress::EgressArgs;
 use sluice_serve::shutdown_signal;
 use sluice_serve::telemetry::Telemetry;
+use sluice_serve::tls::{AdminTlsArgs, TlsArgs};
 
 /// Defaults of the runtime's settings, for the flags of local mode; the
 /// same as `sluice-runtime`'s.
@@ -70,6 +71,10 @@ struct Args {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    admin_tls: AdminTlsArgs,
     /// Largest request body; larger gets 413. In NATS mode it is lowered,
     /// if need be, to the server's max_payload less 64 KiB for headers.
     #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_REQUEST_BODY as u64))]
@@ -189,6 +194,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.nats_security = security.clone();
     config.listen = args.listen;
     config.admin_listen = args.admin_listen;
+    config.tls = args.tls.files()?;
+    config.admin_tls = args.admin_tls.files()?;
     config.http = http;
     config.layout.results_ttl = args.async_deadline.0;
     config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
@@ -242,6 +249,8 @@ mod local {
         let mut config = LocalConfig::new(dir);
         config.listen = args.listen;
         config.admin_listen = args.admin_listen;
+        config.tls = args.tls.files()?;
+        config.admin_tls = args.admin_tls.files()?;
         config.http = http;
         config.queue.results_ttl = args.async_deadline.0;
         config.queue.max_depth = args.max_queue_depth;

@@ -13,7 +13,8 @@ use sluice_api::names::FunctionRef;
 use sluice_nats::layout::{Layout, LayoutConfig};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
 use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
-use sluice_serve::Admin;
+use sluice_serve::tls::TlsError;
+use sluice_serve::{Admin, TlsFiles};
 
 use crate::events::EventBridge;
 use crate::http::{Gateway, HttpConfig};
@@ -21,7 +22,9 @@ use crate::metrics::Metrics;
 use crate::queue::QueueError;
 use crate::queue::jetstream::JetStreamQueue;
 use crate::routes::RoutedFunctions;
-use crate::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, RunningGateway};
+use crate::running::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, ListenerTls, RunningGateway,
+};
 
 /// Everything NATS mode needs to start.
 #[derive(Debug, Clone)]
@@ -33,6 +36,11 @@ pub struct NatsConfig {
     pub listen: SocketAddr,
     /// Default: [`DEFAULT_ADMIN_LISTEN`] (`127.0.0.1:9090`).
     pub admin_listen: SocketAddr,
+    /// Certificate and key to serve invocations over TLS. Default: none
+    /// (plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// The same for the admin listener. Default: none.
+    pub admin_tls: Option<TlsFiles>,
     pub http: HttpConfig,
     pub layout: LayoutConfig,
 }
@@ -44,6 +52,8 @@ impl NatsConfig {
             nats_security: NatsSecurity::default(),
             listen: DEFAULT_LISTEN,
             admin_listen: DEFAULT_ADMIN_LISTEN,
+            tls: None,
+            admin_tls: None,
             http: HttpConfig::default(),
             layout: LayoutConfig::default(),
         }
@@ -59,10 +69,14 @@ pub enum NatsModeError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Connects, opens the layout, starts following the registry and serves.
 pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
+    // First: a bad certificate fails before anything connects.
+    let tls = ListenerTls::load(config.tls.as_ref(), config.admin_tls.as_ref())?;
     let client =
         sluice_nats::connect(&config.nats_url, "sluice-gateway", &config.nats_security).await?;
     let layout = Layout::ensure(client.clone(), &config.layout).await?;
@@ -95,6 +109,7 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
         admin.clone(),
         config.listen,
         config.admin_listen,
+        tls,
     )
     .await?;
     let watcher = RegistryWatcher::new(layout.functions.clone());

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_serve::{Admin, Service, serve};
+use sluice_serve::tls::TlsError;
+use sluice_serve::{Admin, ServerTls, Service, TlsFiles, serve};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -29,6 +30,27 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
+/// TLS of the two listeners, read at start-up: `None` serves plain HTTP.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerTls {
+    /// The invocation listener's.
+    pub gateway: Option<ServerTls>,
+    /// The admin listener's.
+    pub admin: Option<ServerTls>,
+}
+
+impl ListenerTls {
+    /// Reads and checks the certificates and keys; the error names the
+    /// file at fault.
+    pub fn load(gateway: Option<&TlsFiles>, admin: Option<&TlsFiles>) -> Result<Self, TlsError> {
+        let load = |files: Option<&TlsFiles>| files.cloned().map(ServerTls::load).transpose();
+        Ok(Self {
+            gateway: load(gateway)?,
+            admin: load(admin)?,
+        })
+    }
+}
+
 /// How long a stopping gateway waits, after the last request, for its
 /// companions to finish and for the invocations only it holds (in local
 /// mode): below Kubernetes' default 30s termination grace period.
@@ -50,12 +72,14 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners and starts serving, each over TLS when `tls`
+    /// says so.
     pub async fn start(
         gateway: Arc<Gateway>,
         admin: Arc<Admin>,
         listen: SocketAddr,
         admin_listen: SocketAddr,
+        tls: ListenerTls,
     ) -> Result<Self, ListenError> {
         let (listener, addr) = bind(listen).await?;
         let (admin_listener, admin_addr) = bind(admin_listen).await?;
@@ -63,9 +87,10 @@ impl RunningGateway {
         let admin_server = admin.clone();
         let stop_companions = CancellationToken::new();
         let service = Service::spawn(|stop| async move {
-            let admin_service = admin_server.spawn(admin_listener);
+            let admin_service = admin_server.spawn_with_tls(admin_listener, tls.admin);
             serve(
                 listener,
+                tls.gateway,
                 Arc::new(move |request| {
                     let handler = handler.clone();
                     async move { handler.handle(request).await }

@@ -46,22 +46,34 @@ impl Admin {
     /// Serves the admin endpoints on `listener` in the background until the
     /// returned service is shut down.
     pub fn spawn(self: Arc<Self>, listener: tokio::net::TcpListener) -> crate::Service {
+        self.spawn_with_tls(listener, None)
+    }
+
+    /// The same over TLS when `tls` is given.
+    pub fn spawn_with_tls(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Option<crate::ServerTls>,
+    ) -> crate::Service {
         crate::Service::spawn(|stop| async move {
-            self.serve(listener, async {
+            self.serve(listener, tls, async {
                 let _ = stop.await;
             })
             .await;
         })
     }
 
-    /// Serves the admin endpoints on `listener` until `shutdown` resolves.
+    /// Serves the admin endpoints on `listener` (over TLS when `tls` is
+    /// given) until `shutdown` resolves.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls: Option<crate::ServerTls>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         crate::server::serve(
             listener,
+            tls,
             Arc::new(move |request| {
                 let response = self.handle(&request);
                 async move { response }

@@ -10,10 +10,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::refusal::{InFlight, InFlightGuard, Refusal, Refusing};
+use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
 
 /// Longest a client may take to send a request's headers; without it an
 /// idle or trickling connection is held forever.
@@ -33,8 +35,15 @@ pub const MAX_REQUEST_HEAD: usize = 8192 + 4096 * 100;
 /// hyper cannot parse (over [`MAX_HEADER_FIELDS`] or [`MAX_REQUEST_HEAD`],
 /// or not HTTP/1.1) gets `refusal`'s answer, when it has one, instead of
 /// hyper's empty one.
+///
+/// With `tls`, every connection is TLS (TCP, then TLS, then the refusal
+/// wrapper, then HTTP/1.1); the certificate files are polled for changes
+/// while serving (see [`crate::tls`]). A failed handshake is logged at
+/// debug and ends that connection only; one not done within
+/// [`HANDSHAKE_TIMEOUT`] is dropped.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     handler: Arc<H>,
     refusal: Option<Refusal>,
     shutdown: impl Future<Output = ()>,
@@ -43,11 +52,14 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let _reloading = tls.as_ref().map(ServerTls::watch);
+    // Handshakes under way are abandoned when serving stops.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -58,39 +70,77 @@ pub async fn serve<H, F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
         let handler = handler.clone();
-        let in_flight = InFlight::default();
-        let requests = in_flight.clone();
-        let service = service_fn(move |request| {
-            let guard = requests.enter();
-            let response = handler(request);
-            async move {
-                let response = response.await.map(|body| Tracked {
-                    body,
-                    _guard: guard,
+        let refusal = refusal.clone();
+        match &tls {
+            None => {
+                tokio::spawn(connection(stream, handler, refusal, watcher));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                                return;
+                            }
+                        },
+                        _ = stopped.wait_for(|stopped| *stopped) => return,
+                    };
+                    connection(stream, handler, refusal, watcher).await;
                 });
-                Ok::<_, Infallible>(response)
             }
-        });
-        let stream = match &refusal {
-            Some(refusal) => Either::Refusing(Refusing::new(stream, in_flight, refusal.clone())),
-            None => Either::Plain(stream),
-        };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_headers(MAX_HEADER_FIELDS)
-            .max_buf_size(MAX_REQUEST_HEAD)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        }
     }
+    let _ = stopping.send(true);
     graceful.shutdown().await;
+}
+
+/// Serves HTTP/1.1 on one connection until it closes, or, once serving
+/// stops, until its open request is answered.
+async fn connection<S, H, F>(stream: S, handler: Arc<H>, refusal: Option<Refusal>, watcher: Watcher)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let in_flight = InFlight::default();
+    let requests = in_flight.clone();
+    let service = service_fn(move |request| {
+        let guard = requests.enter();
+        let response = handler(request);
+        async move {
+            let response = response.await.map(|body| Tracked {
+                body,
+                _guard: guard,
+            });
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let stream = match refusal {
+        Some(refusal) => Either::Refusing(Refusing::new(stream, in_flight, refusal)),
+        None => Either::Plain(stream),
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADER_FIELDS)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// A response body that counts its request as in flight until hyper drops
@@ -121,12 +171,12 @@ impl hyper::body::Body for Tracked {
 }
 
 /// A connection with or without [`Refusing`], as one type.
-enum Either {
-    Plain(tokio::net::TcpStream),
-    Refusing(Refusing<tokio::net::TcpStream>),
+enum Either<S> {
+    Plain(S),
+    Refusing(Refusing<S>),
 }
 
-impl tokio::io::AsyncRead for Either {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Either<S> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -139,7 +189,7 @@ impl tokio::io::AsyncRead for Either {
     }
 }
 
-impl tokio::io::AsyncWrite for Either {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Either<S> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

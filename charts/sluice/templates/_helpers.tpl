@@ -46,9 +46,9 @@ functions' namespaces reach it too. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* The gateway's in-cluster base URL. */}}
+{{/* The gateway's in-cluster base URL: https with gateway.tls.secretName. */}}
 {{- define "sluice.gatewayUrl" -}}
-{{- printf "http://%s.%s.svc:%v" (include "sluice.name" (dict "root" . "component" "gateway")) .Release.Namespace .Values.gateway.service.port -}}
+{{- printf "%s://%s.%s.svc:%v" (ternary "https" "http" (ne .Values.gateway.tls.secretName "")) (include "sluice.name" (dict "root" . "component" "gateway")) .Release.Namespace .Values.gateway.service.port -}}
 {{- end -}}
 
 {{/* The restricted Pod Security Standard: the pod's part. Sluice's images

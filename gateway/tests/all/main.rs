@@ -18,3 +18,4 @@ mod publish;
 mod retries;
 mod startup;
 mod sync_invocations;
+mod tls;
