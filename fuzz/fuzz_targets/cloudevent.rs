@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let headers = message.nats_headers();
+    // From a stream or not (core NATS), half and half.
     let stream_id = (subject.len() % 2 == 1).then(|| subject.len().to_string());
     let map = |headers| {
         CloudEvent::from_message(
