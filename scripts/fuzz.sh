@@ -80,8 +80,9 @@ for target in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -artifact_prefix="$artifacts/" -print_final_stats=1 > "$log" 2>&1 || status=$?
   elapsed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
+  # (A crash leaves no final statistics, maybe no status line: "?".)
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  size=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  size=$({ grep -o 'corp: [0-9]*' "$log" || true; } | tail -1 | cut -d' ' -f2)
   findings=$(( $(find "$artifacts" -type f | wc -l) - before ))
   if [ "$status" -ne 0 ] || [ "$findings" -ne 0 ]; then
     failed+=("$target")
