@@ -40,8 +40,16 @@ images=$!
 scripts/polyglot.sh > .sluice/polyglot.out 2>&1 &
 polyglot=$!
 
+# The fuzz targets, a few seconds each, so that they keep building and
+# their properties keep holding (scripts/fuzz.sh; a crash fails the test
+# command): cargo-fuzz installed once outside the clone, a release build
+# of its own in target/fuzz, then 5 s per target.
+nice scripts/fuzz.sh 5 > .sluice/fuzz.out 2>&1 &
+fuzz=$!
+
 echo "== checking formatting"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 echo "== linting"
 cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
@@ -91,6 +99,14 @@ if ! wait "$polyglot"; then
   exit 1
 fi
 cat .sluice/polyglot.out
+
+echo "== waiting for the fuzz smoke run"
+if ! wait "$fuzz"; then
+  cat .sluice/fuzz.out >&2
+  echo "scripts/fuzz.sh failed (log above)" >&2
+  exit 1
+fi
+sed -n '/^| target/,$p' .sluice/fuzz.out
 
 echo "== running the tests"
 cargo test --locked --workspace --all-features "$@"

@@ -184,22 +184,7 @@ impl Invocation {
         if let Some(tp) = &self.traceparent {
             put(TRACEPARENT_HEADER, tp);
         }
-        let mut name_buf = String::new();
-        for (name, value) in &self.headers {
-            name_buf.clear();
-            match value.to_str() {
-                Ok(text) => {
-                    name_buf.push_str(HTTP_HEADER_PREFIX);
-                    name_buf.push_str(name.as_str());
-                    put(&name_buf, text);
-                }
-                Err(_) => {
-                    name_buf.push_str(BINARY_HTTP_HEADER_PREFIX);
-                    name_buf.push_str(name.as_str());
-                    put(&name_buf, &BASE64.encode(value.as_bytes()));
-                }
-            }
-        }
+        write_http_headers(&self.headers, put);
     }
 
     /// Bytes of the NATS header block [`Self::write_wire_headers`] fills,
@@ -263,7 +248,9 @@ impl InvocationResponse {
             (VERSION_HEADER.to_owned(), WIRE_VERSION.to_owned()),
             (STATUS_HEADER.to_owned(), self.status.as_u16().to_string()),
         ];
-        encode_http_headers(&self.headers, &mut out);
+        write_http_headers(&self.headers, |name, value| {
+            out.push((name.to_owned(), value.to_owned()));
+        });
         (out, self.body.clone())
     }
 
@@ -361,14 +348,29 @@ fn strip_prefix_ci<'s>(name: &'s str, prefix: &str) -> Option<&'s str> {
         .then(|| &name[prefix.len()..])
 }
 
-fn encode_http_headers(headers: &HeaderMap, out: &mut Vec<(String, String)>) {
-    for (name, value) in headers {
-        match value.to_str() {
-            Ok(text) => out.push((format!("{HTTP_HEADER_PREFIX}{name}"), text.to_owned())),
-            Err(_) => out.push((
-                format!("{BINARY_HTTP_HEADER_PREFIX}{name}"),
-                BASE64.encode(value.as_bytes()),
-            )),
+/// Hands `put` the wire headers carrying `headers`. Every field line of
+/// one name goes under one wire name, in order: `Sluice-H-<name>` when all
+/// its values are text, `Sluice-Hb-<name>` (each value in base64) when one
+/// is not. Split between the two, the lines would lose their order on NATS,
+/// whose header map groups values by name (found by fuzzing the reply
+/// codec).
+fn write_http_headers(headers: &HeaderMap, mut put: impl FnMut(&str, &str)) {
+    let mut wire_name = String::new();
+    for name in headers.keys() {
+        let values = headers.get_all(name);
+        let text = values.iter().all(|v| v.to_str().is_ok());
+        wire_name.clear();
+        wire_name.push_str(if text {
+            HTTP_HEADER_PREFIX
+        } else {
+            BINARY_HTTP_HEADER_PREFIX
+        });
+        wire_name.push_str(name.as_str());
+        for value in values {
+            match value.to_str() {
+                Ok(value) if text => put(&wire_name, value),
+                _ => put(&wire_name, &BASE64.encode(value.as_bytes())),
+            }
         }
     }
 }
@@ -462,6 +464,61 @@ mod tests {
             InvocationResponse::from_wire(as_refs(&wire), body).unwrap(),
             resp
         );
+    }
+
+    /// The wire headers as NATS delivers them: values grouped by name, in
+    /// order within a name, the names in any order (here: reversed).
+    fn grouped_by_name(wire: &[(String, String)]) -> Vec<(String, String)> {
+        let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (name, value) in wire {
+            match groups.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => values.push(value),
+                None => groups.push((name, vec![value])),
+            }
+        }
+        groups
+            .into_iter()
+            .rev()
+            .flat_map(|(n, vs)| vs.into_iter().map(move |v| (n.to_owned(), v.to_owned())))
+            .collect()
+    }
+
+    /// Regression (found by the `reply` fuzz target): a repeated field
+    /// whose values were partly text and partly not went out under two
+    /// wire names, `Sluice-H-x` and `Sluice-Hb-x`, and NATS, which groups
+    /// values by name, gave its lines back in another order.
+    #[test]
+    fn repeated_fields_of_text_and_bytes_keep_their_order_over_nats() {
+        let mut headers = HeaderMap::new();
+        headers.append("content-type", HeaderValue::from_static(""));
+        headers.append("content-type", HeaderValue::from_bytes(b"\xbf.").unwrap());
+        headers.append("x-a", HeaderValue::from_static("text only"));
+        headers.append("content-type", HeaderValue::from_static("text"));
+        let resp = InvocationResponse {
+            status: StatusCode::from_u16(667).unwrap(),
+            headers: headers.clone(),
+            body: Bytes::new(),
+        };
+        let (wire, body) = resp.to_wire();
+        let back = InvocationResponse::from_wire(as_refs(&grouped_by_name(&wire)), body).unwrap();
+        assert_eq!(back, resp);
+        let values: Vec<&[u8]> = back
+            .headers
+            .get_all("content-type")
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(values, [&b""[..], b"\xbf.", b"text"]);
+
+        let mut inv = sample();
+        inv.headers = headers;
+        let (wire, body) = inv.to_wire();
+        assert!(
+            wire.iter().any(|(n, _)| n == "Sluice-H-x-a"),
+            "a name whose values are all text stays text: {wire:?}"
+        );
+        let back = Invocation::from_wire(as_refs(&grouped_by_name(&wire)), body).unwrap();
+        assert_eq!(back, inv);
     }
 
     #[test]
