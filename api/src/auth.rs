@@ -142,10 +142,44 @@ impl Auth {
                         ));
                     }
                 }
-                (None, Some(_)) => {}
+                (None, Some(pem)) => check_public_pem(pem)?,
             }
         }
         Ok(())
+    }
+}
+
+/// Catches the usual mistakes in `jwt.publicKey` before any token meets
+/// it: not PEM at all, a private key, a certificate. (The key itself is
+/// parsed by the gateway; what gets past this and still does not parse is
+/// answered 503 there.)
+fn check_public_pem(pem: &str) -> Result<(), SpecError> {
+    let field = "spec.auth.jwt.publicKey";
+    let label = pem
+        .trim_start()
+        .strip_prefix("-----BEGIN ")
+        .and_then(|rest| rest.split_once("-----"))
+        .map(|(label, _)| label);
+    match label {
+        Some("PUBLIC KEY" | "RSA PUBLIC KEY") => Ok(()),
+        Some(label) if label.contains("PRIVATE KEY") => Err(SpecError::new(
+            field,
+            format!(
+                "holds a {label}: write the public half (`openssl pkey -pubout`), never the private key"
+            ),
+        )),
+        Some("CERTIFICATE") => Err(SpecError::new(
+            field,
+            "holds a CERTIFICATE: write its public key (`openssl x509 -pubkey -noout`)",
+        )),
+        Some(label) => Err(SpecError::new(
+            field,
+            format!("holds a PEM {label}, not a PUBLIC KEY"),
+        )),
+        None => Err(SpecError::new(
+            field,
+            "is not PEM: it must start with -----BEGIN PUBLIC KEY-----",
+        )),
     }
 }
 
@@ -214,6 +248,8 @@ pub fn token_digest(token: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n";
+
     fn auth(json: serde_json::Value) -> Auth {
         serde_json::from_value(json).unwrap()
     }
@@ -227,7 +263,7 @@ mod tests {
                 None,
             ),
             (
-                serde_json::json!({ "jwt": { "issuer": "i", "audiences": ["a"], "publicKey": "pem" } }),
+                serde_json::json!({ "jwt": { "issuer": "i", "audiences": ["a"], "publicKey": PEM } }),
                 None,
             ),
             (serde_json::json!({}), Some("spec.auth")),
@@ -241,7 +277,7 @@ mod tests {
                 Some("spec.auth.apiKeys.secretName"),
             ),
             (
-                serde_json::json!({ "jwt": { "issuer": "i", "audiences": [], "publicKey": "p" } }),
+                serde_json::json!({ "jwt": { "issuer": "i", "audiences": [], "publicKey": PEM } }),
                 Some("spec.auth.jwt.audiences"),
             ),
             (
@@ -249,7 +285,7 @@ mod tests {
                 Some("spec.auth.jwt"),
             ),
             (
-                serde_json::json!({ "jwt": { "issuer": "i", "audiences": ["a"], "publicKey": "p", "jwksUrl": "https://x/" } }),
+                serde_json::json!({ "jwt": { "issuer": "i", "audiences": ["a"], "publicKey": PEM, "jwksUrl": "https://x/" } }),
                 Some("spec.auth.jwt"),
             ),
             (
@@ -257,8 +293,16 @@ mod tests {
                 Some("spec.auth.jwt.jwksUrl"),
             ),
             (
-                serde_json::json!({ "jwt": { "issuer": "", "audiences": ["a"], "publicKey": "p" } }),
+                serde_json::json!({ "jwt": { "issuer": "", "audiences": ["a"], "publicKey": PEM } }),
                 Some("spec.auth.jwt.issuer"),
+            ),
+            (
+                serde_json::json!({ "jwt": { "issuer": "i", "audiences": ["a"], "publicKey": "not a pem" } }),
+                Some("spec.auth.jwt.publicKey"),
+            ),
+            (
+                serde_json::json!({ "jwt": { "issuer": "i", "audiences": ["a"], "publicKey": "-----BEGIN PRIVATE KEY-----\nx\n" } }),
+                Some("spec.auth.jwt.publicKey"),
             ),
         ];
         for (json, field) in cases {

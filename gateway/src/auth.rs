@@ -331,8 +331,9 @@ impl JwtVerifier {
         };
         let key = match &self.keys {
             Keys::Static(Ok(key)) => key.clone(),
+            // The function's fault, not the caller's.
             Keys::Static(Err(problem)) => {
-                return Ok(rejected(format!(
+                return Err(AuthUnavailable(format!(
                     "the function's spec.auth.jwt.publicKey is unusable: {problem}"
                 )));
             }
@@ -662,6 +663,20 @@ mod tests {
         assert_eq!(
             verifier.verify(&token("iss", "b", now + 60)).await.unwrap(),
             Presented::JwtForOtherAudience
+        );
+        // A key that does not parse is the function's fault: 503, not 401.
+        let broken = Jwt {
+            public_key: Some("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()),
+            ..jwt.clone()
+        };
+        let broken = JwtVerifier::new(&f, &broken, &JwksCache::new(Arc::default()));
+        let error = broken
+            .verify(&token("iss", "a", now + 60))
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("publicKey is unusable"),
+            "{error}"
         );
         for (bad, problem) in [
             (token("other", "a", now + 60), "issuer"),

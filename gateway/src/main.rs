@@ -99,8 +99,9 @@ struct Args {
     #[command(flatten)]
     egress: EgressArgs,
     /// Refuse (403) functions that set no spec.auth, instead of serving
-    /// them to anyone. The Helm chart sets it.
-    #[arg(long, env = "SLUICE_AUTH_REQUIRED")]
+    /// them to anyone. The Helm chart sets it. (The variable takes
+    /// true/false, 1/0, yes/no, on/off.)
+    #[arg(long, env = "SLUICE_AUTH_REQUIRED", value_parser = clap::builder::BoolishValueParser::new())]
     auth_required: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]

@@ -184,14 +184,17 @@ fn read_module(file: &Path, manifest: &FunctionManifest) -> Result<Vec<u8>, Mani
     };
     let resolved = file.parent().unwrap_or(Path::new(".")).join(path);
     let wasm = std::fs::read(&resolved).map_err(|e| {
-        let hint = if resolved.to_string_lossy().contains("wasm32-wasip2") {
-            " (build the examples first: scripts/local.sh does)"
+        let hint = if path.contains("wasm32-wasip2") {
+            "; scripts/local.sh builds the examples' components"
         } else {
             ""
         };
         error(
             "spec.module.file",
-            format!("cannot read {}: {e}{hint}", resolved.display()),
+            format!(
+                "cannot read {}: {e} (the path is taken from the manifest's folder{hint})",
+                resolved.display()
+            ),
         )
     })?;
     if let Some(expected) = &module.sha256 {

@@ -109,7 +109,7 @@ pub struct NatsSecurityArgs {
     #[arg(long, env = "SLUICE_NATS_KEY_FILE", value_name = "FILE")]
     pub nats_key_file: Option<PathBuf>,
     /// Refuse to talk to NATS without TLS.
-    #[arg(long, env = "SLUICE_NATS_TLS_REQUIRED")]
+    #[arg(long, env = "SLUICE_NATS_TLS_REQUIRED", value_parser = clap::builder::BoolishValueParser::new())]
     pub nats_tls_required: bool,
 }
 
