@@ -130,7 +130,12 @@ fn request_limits() -> String {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    sluice_serve::exit_code(run().await)
+}
+
+/// The binary; its error is reported by [`sluice_serve::exit_code`].
+async fn run() -> anyhow::Result<()> {
     let matches = Cli::command().after_help(request_limits()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let telemetry = Telemetry::init("sluice-gateway", cli.serve.log_json)?;

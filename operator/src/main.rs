@@ -162,7 +162,12 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    sluice_serve::exit_code(start().await)
+}
+
+/// The binary; its error is reported by [`sluice_serve::exit_code`].
+async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Crd) = cli.command {
         print!(

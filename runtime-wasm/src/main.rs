@@ -50,7 +50,12 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    sluice_serve::exit_code(run().await)
+}
+
+/// The binary; its error is reported by [`sluice_serve::exit_code`].
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let telemetry = Telemetry::init("sluice-runtime", args.log_json)?;
     let mut config = NodeConfig::new(&args.nats);

@@ -20,6 +20,22 @@ pub use server::{MAX_HEADER_FIELDS, MAX_REQUEST_HEAD, Service, serve};
 pub use signal::shutdown_signal;
 pub use tls::{ServerTls, TlsFiles};
 
+/// How a binary ends: success, or the error and its causes on one line
+/// of standard error (`Error: <error>: <cause>: …`, each cause once) and
+/// exit status 1.
+pub fn exit_code<E>(result: Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {}", with_causes(error.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// An error and its causes, `: `-separated: hyper's and the HTTP clients'
 /// errors say only "error sending request" or "client error (Connect)";
 /// why (refused, DNS, certificate) is in their sources.
