@@ -225,15 +225,6 @@ impl Access {
         access
     }
 
-    fn protection(&self, function: &FunctionRef) -> Protection {
-        match self.functions.get(function) {
-            Some(Some(_)) => Protection::Credentials,
-            Some(None) => Protection::Open,
-            None if self.required => Protection::Unconfigured,
-            None => Protection::Open,
-        }
-    }
-
     /// Checks `request` against `function`'s rules. On success, an API key
     /// is dropped from the request, so that it is never queued.
     pub async fn check<B>(
@@ -241,12 +232,17 @@ impl Access {
         function: &FunctionRef,
         request: &mut Request<B>,
     ) -> Result<Verdict, AuthUnavailable> {
-        let protection = self.protection(function);
-        if protection != Protection::Credentials {
-            return Ok(decide(function, &protection, &Presented::Nothing));
-        }
-        let Some(Some(protected)) = self.functions.get(function) else {
-            return Ok(decide(function, &protection, &Presented::Nothing));
+        let protected = match self.functions.get(function) {
+            Some(Some(protected)) => protected,
+            Some(None) => return Ok(decide(function, &Protection::Open, &Presented::Nothing)),
+            None => {
+                let protection = if self.required {
+                    Protection::Unconfigured
+                } else {
+                    Protection::Open
+                };
+                return Ok(decide(function, &protection, &Presented::Nothing));
+            }
         };
         let presented = match credential(request.headers()) {
             Err(problem) => Presented::Malformed(problem),
@@ -259,7 +255,7 @@ impl Access {
                 presented
             }
         };
-        Ok(decide(function, &protection, &presented))
+        Ok(decide(function, &Protection::Credentials, &presented))
     }
 
     async fn prove(
@@ -440,7 +436,9 @@ struct Jwks {
 #[derive(Debug)]
 struct Fetched {
     at: Instant,
-    set: JwkSet,
+    /// The set's asymmetric keys by `kid`, decoded once when fetched
+    /// (`None`: a key jsonwebtoken cannot use).
+    keys: Vec<(Option<String>, Option<DecodingKey>)>,
 }
 
 impl Jwks {
@@ -449,16 +447,15 @@ impl Jwks {
     async fn key(&self, kid: Option<&str>) -> Result<Result<DecodingKey, String>, AuthUnavailable> {
         let mut state = self.state.lock().await;
         let stale = state.as_ref().is_none_or(|f| f.at.elapsed() > JWKS_TTL);
-        let missing = state.as_ref().is_some_and(|f| find(&f.set, kid).is_none())
-            && state
-                .as_ref()
-                .is_some_and(|f| f.at.elapsed() > JWKS_MIN_REFETCH);
+        let missing = state
+            .as_ref()
+            .is_some_and(|f| find(&f.keys, kid).is_none() && f.at.elapsed() > JWKS_MIN_REFETCH);
         if stale || missing {
             match self.fetch().await {
                 Ok(set) => {
                     *state = Some(Fetched {
                         at: Instant::now(),
-                        set,
+                        keys: usable_keys(&set),
                     });
                 }
                 Err(problem) => {
@@ -475,8 +472,8 @@ impl Jwks {
         let Some(fetched) = state.as_ref() else {
             return Err(AuthUnavailable(format!("no keys from {}", self.url)));
         };
-        Ok(match find(&fetched.set, kid) {
-            Some(key) => Ok(key),
+        Ok(match find(&fetched.keys, kid) {
+            Some(key) => Ok(key.clone()),
             None => Err(match kid {
                 Some(kid) => format!("the issuer's JWKS has no usable key {kid:?}"),
                 None => "the token names no key (kid) and the issuer's JWKS has more than one"
@@ -516,21 +513,27 @@ impl Jwks {
     }
 }
 
-/// The usable (asymmetric) key `kid` names, or the only one.
-fn find(set: &JwkSet, kid: Option<&str>) -> Option<DecodingKey> {
-    let usable: Vec<_> = set
-        .keys
+/// A set's asymmetric keys (shared secrets are never accepted), each with
+/// its `kid`, decoded.
+fn usable_keys(set: &JwkSet) -> Vec<(Option<String>, Option<DecodingKey>)> {
+    set.keys
         .iter()
         .filter(|k| !matches!(k.algorithm, AlgorithmParameters::OctetKey(_)))
-        .collect();
-    let jwk = match kid {
-        Some(kid) => usable
-            .iter()
-            .find(|k| k.common.key_id.as_deref() == Some(kid))?,
-        None if usable.len() == 1 => usable[0],
+        .map(|k| (k.common.key_id.clone(), DecodingKey::from_jwk(k).ok()))
+        .collect()
+}
+
+/// The usable key `kid` names, or the only one for a token without `kid`.
+fn find<'a>(
+    keys: &'a [(Option<String>, Option<DecodingKey>)],
+    kid: Option<&str>,
+) -> Option<&'a DecodingKey> {
+    let (_, key) = match kid {
+        Some(kid) => keys.iter().find(|(id, _)| id.as_deref() == Some(kid))?,
+        None if keys.len() == 1 => &keys[0],
         None => return None,
     };
-    DecodingKey::from_jwk(jwk).ok()
+    key.as_ref()
 }
 
 #[cfg(test)]
