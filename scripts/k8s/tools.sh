@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds (once) and locates the pinned Kubernetes test tools:
-#   kube-apiserver, kube-controller-manager, kubectl  (k8s.io/kubernetes, ./kubernetes/go.mod)
+#   kube-apiserver, kube-controller-manager, kubectl,
+#   kube-scheduler, kubelet, kube-proxy               (k8s.io/kubernetes, ./kubernetes/go.mod)
 #   etcd                                              (go.etcd.io/etcd/server/v3, ./etcd/go.mod)
 #   helm                                              (helm.sh/helm/v4, ./helm/go.mod)
+#   coredns                                           (github.com/coredns/coredns, ./coredns/go.mod)
 #
 # Executed: prints `SLUICE_KUBE_BIN=<dir>` on stdout (build progress goes to stderr).
 # Sourced:  exports SLUICE_KUBE_BIN (the work runs in a child bash, so the
@@ -15,7 +17,9 @@
 #   SLUICE_KUBE_BIN     if already set to a directory holding all five binaries,
 #                       it is used as is (nothing is built).
 #   SLUICE_K8S_CACHE    cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/sluice/k8s).
-#   GO                  go command (default: go). Builds run under `nice -n 19`.
+#   GO                  go command (default: go). Builds run at the caller's
+#                       priority: scripts/test.sh lowers cargo's instead, because
+#                       the Go build is the longest single step of a cold run.
 #
 # Binaries are cached outside the clone, keyed by the pinned versions and a hash
 # of the go.mod/go.sum/source files and build flags, so changing a pin rebuilds.
@@ -36,7 +40,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GO=${GO:-go}
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
+BINARIES=("${K8S_COMMANDS[@]}" etcd helm coredns)
 
 cached_only=false
 for arg in "$@"; do
@@ -79,7 +84,8 @@ pinned() { # go.mod module
 K8S_VERSION=$(pinned "$here/kubernetes/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(pinned "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
 HELM_VERSION=$(pinned "$here/helm/go.mod" helm.sh/helm/v4)
-for v in K8S_VERSION ETCD_VERSION HELM_VERSION; do
+COREDNS_VERSION=$(pinned "$here/coredns/go.mod" github.com/coredns/coredns)
+for v in K8S_VERSION ETCD_VERSION HELM_VERSION COREDNS_VERSION; do
     [[ "${!v}" =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] || { log "cannot read $v from go.mod (got '${!v}')"; exit 1; }
 done
 k8s_minor=${K8S_VERSION#v*.}
@@ -103,6 +109,7 @@ k8s_ldflags() { # buildDate
 }
 HELM_LDFLAGS="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
 ETCD_LDFLAGS="-s -w"
+COREDNS_LDFLAGS="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
 GO_BUILD_FLAGS=(-trimpath -buildvcs=false -mod=readonly)
 
 inputs_hash() { # files...
@@ -115,14 +122,16 @@ inputs_hash() { # files...
 }
 
 cache_root=${SLUICE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/k8s}
-recipe="cgo=0 ${GO_BUILD_FLAGS[*]} k8s[$(k8s_ldflags '')] etcd[$ETCD_LDFLAGS] helm[$HELM_LDFLAGS]"
+recipe="cgo=0 ${GO_BUILD_FLAGS[*]} k8s[$(k8s_ldflags '')] etcd[$ETCD_LDFLAGS] helm[$HELM_LDFLAGS] coredns[$COREDNS_LDFLAGS]"
 k8s_hash=$(inputs_hash "$here"/kubernetes/go.mod "$here"/kubernetes/go.sum "$here"/kubernetes/tools.go <(echo "$recipe"))
 etcd_hash=$(inputs_hash "$here"/etcd/go.mod "$here"/etcd/go.sum "$here"/etcd/main.go <(echo "$recipe"))
 helm_hash=$(inputs_hash "$here"/helm/go.mod "$here"/helm/go.sum "$here"/helm/tools.go <(echo "$recipe"))
+coredns_hash=$(inputs_hash "$here"/coredns/go.mod "$here"/coredns/go.sum "$here"/coredns/main.go <(echo "$recipe"))
 k8s_dir="$cache_root/parts/kubernetes-$K8S_VERSION-$k8s_hash"
 etcd_dir="$cache_root/parts/etcd-$ETCD_VERSION-$etcd_hash"
 helm_dir="$cache_root/parts/helm-$HELM_VERSION-$helm_hash"
-key="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-$(echo "$k8s_hash $etcd_hash $helm_hash" | sha256sum | cut -c1-12)"
+coredns_dir="$cache_root/parts/coredns-$COREDNS_VERSION-$coredns_hash"
+key="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-coredns-$COREDNS_VERSION-$(echo "$k8s_hash $etcd_hash $helm_hash $coredns_hash" | sha256sum | cut -c1-12)"
 bin="$cache_root/$key/bin"
 
 if have_all "$bin"; then
@@ -156,7 +165,7 @@ build_part() {
     tmp=$(mktemp -d "$cache_root/parts/.tmp-$name.XXXXXX")
     log "building $name ($(basename "$dir")) ..."
     local start=$SECONDS
-    if ! (cd "$moddir" && nice -n 19 "$GO" build "${GO_BUILD_FLAGS[@]}" -ldflags "$ldflags" -o "$tmp/" "$@") >&2; then
+    if ! (cd "$moddir" && "$GO" build "${GO_BUILD_FLAGS[@]}" -ldflags "$ldflags" -o "$tmp/" "$@") >&2; then
         rm -rf "$tmp"
         log "building $name failed"
         return 1
@@ -170,16 +179,14 @@ build_part etcd "$etcd_dir" "$here/etcd" "$ETCD_LDFLAGS" .
 build_part helm "$helm_dir" "$here/helm" "$HELM_LDFLAGS" helm.sh/helm/v4/cmd/helm
 if [[ ! -d "$k8s_dir" ]]; then
     build_date=$(cd "$here/kubernetes" && GOFLAGS=-mod=readonly "$GO" list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes)
-    # One go build for all three so the packages they share compile once.
+    # One go build for all of them so the packages they share compile once.
     build_part kubernetes "$k8s_dir" "$here/kubernetes" "$(k8s_ldflags "$build_date")" \
-        k8s.io/kubernetes/cmd/kube-apiserver \
-        k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl
+        "${K8S_COMMANDS[@]/#/k8s.io/kubernetes/cmd/}"
 fi
+build_part coredns "$coredns_dir" "$here/coredns" "$COREDNS_LDFLAGS" .
 
 tmp=$(mktemp -d "$cache_root/.tmp-bin.XXXXXX")
-ln -s "$k8s_dir/kube-apiserver" "$k8s_dir/kube-controller-manager" "$k8s_dir/kubectl" \
-    "$etcd_dir/etcd" "$helm_dir/helm" "$tmp/"
+ln -s "${K8S_COMMANDS[@]/#/$k8s_dir/}" "$etcd_dir/etcd" "$helm_dir/helm" "$coredns_dir/coredns" "$tmp/"
 chmod 755 "$tmp"
 mkdir -p "$cache_root/$key"
 rm -rf "$bin"
