@@ -30,12 +30,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! command -v buildah >/dev/null || ! command -v musl-gcc >/dev/null; then
-  echo "== installing buildah and musl-tools"
+if ! command -v buildah >/dev/null || ! command -v musl-gcc >/dev/null || [ ! -f /etc/ssl/certs/ca-certificates.crt ]; then
+  echo "== installing buildah, musl-tools and ca-certificates"
   sudo=
   [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends buildah musl-tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends buildah musl-tools ca-certificates >/dev/null
 fi
 target=x86_64-unknown-linux-musl
 if ! rustup target list --installed | grep -qx "$target"; then
@@ -59,6 +59,7 @@ for image in operator:sluice-operator gateway:sluice-gateway runtime-wasm:sluice
   name="$registry/$binary:$tag"
   rm -f "$context"/*
   cp "${CARGO_TARGET_DIR:-target}/$target/image/$binary" "$context/"
+  cp /etc/ssl/certs/ca-certificates.crt "$context/"
   echo "== building $name"
   "${buildah[@]}" build --quiet --isolation chroot \
     --label "org.opencontainers.image.title=$binary" \

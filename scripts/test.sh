@@ -19,15 +19,19 @@ fi
 # starts its own registry on a random loopback port and stops it.
 . scripts/oci-registry.sh
 "$SLUICE_DOCKER_REGISTRY" --version
-# A Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager),
-# kubectl and helm for the operator's tests, built from pinned Go modules
-# (scripts/k8s/) and cached outside the clone: about 12 minutes the first
-# time on a machine, then nothing. It builds (at low priority) while Rust
-# compiles, which leaves a core idle in its serial stretches. Each test
-# starts its own control plane on loopback.
+# Kubernetes (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kube-proxy, kubectl), CoreDNS and helm for the operator's tests,
+# built from pinned Go modules (scripts/k8s/) and cached outside the clone:
+# about 15 minutes the first time on a machine, then nothing. Each operator
+# test starts its own control plane on loopback; the node tests start one
+# real node (scripts/k8s/cluster.sh). The Go build is the longest single
+# step of a cold run, so it keeps the normal priority and everything this
+# script starts after it runs niced: Rust's builds fill what Go leaves idle
+# instead of starving it.
 mkdir -p .sluice
 scripts/k8s/tools.sh > .sluice/k8s-tools.out 2> .sluice/k8s-tools.log &
 k8s_tools=$!
+renice -n 5 -p $$ >/dev/null
 
 # The container images (static musl binaries, buildah) for the image
 # tests, built in a target folder of their own so that it runs beside the

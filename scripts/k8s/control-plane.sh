@@ -12,6 +12,12 @@
 #   *.log, *.pid, env.
 #
 # Environment:
+#   SLUICE_KUBE_NODE_IP        node mode (cluster.sh sets it): the API server binds
+#                              to this address (the node's bridge, which pods
+#                              reach) instead of 127.0.0.1 and publishes it as
+#                              the `kubernetes` Service's endpoint; a scheduler
+#                              runs too, and DIR gets the node's certificates
+#                              and kubeconfigs (kubelet, kube-proxy, coredns)
 #   SLUICE_KUBE_BIN            binaries dir; default: from tools.sh (builds if needed)
 #   SLUICE_KUBE_START_TIMEOUT  seconds to wait for readiness (default 120)
 #   SLUICE_KUBE_OWNER_PID      if set, a watchdog stops the control plane when
@@ -21,6 +27,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SERVICE_CIDR=10.0.0.0/24
 SERVICE_IP=10.0.0.1
+NODE_IP=${SLUICE_KUBE_NODE_IP:-}
+# The node's name, as its kubelet client certificate says (Node authorizer).
+NODE_NAME=sluice-node
 
 die() {
     echo "control-plane.sh: $*" >&2
@@ -40,7 +49,7 @@ dir=$(cd "$2" && pwd)
 
 # ---------------------------------------------------------------- processes
 
-COMPONENTS=(kube-controller-manager kube-apiserver etcd watchdog)
+COMPONENTS=(kube-scheduler kube-controller-manager kube-apiserver etcd watchdog)
 
 # pid of a component if it is still the process we started (its command line
 # names $dir, so a recycled pid is never mistaken for ours).
@@ -50,7 +59,10 @@ live_pid() { # component
     pid=$(<"$f")
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [[ -r "/proc/$pid/cmdline" ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir" || return 1
+    # Empty for a moment while the process execs (it is still ours then).
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ -z $cmdline || $cmdline == *"$dir"* ]] || return 1
     echo "$pid"
 }
 
@@ -116,17 +128,17 @@ check_alive() { # component
 
 pki() {
     local p="$dir/pki"
-    [[ -f "$p/ca.crt" && -f "$p/sa.key" && -f "$p/admin.crt" ]] && return 0
     mkdir -p "$p"
     (
         cd "$p"
         umask 077
         local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
+        [[ -f ca.crt ]] || openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
             -subj "/CN=sluice-test-ca" 2>/dev/null
-        cert() { # name subject extensions...
+        cert() { # name subject extensions...; kept when it exists (a restarted DIR)
             local name=$1 subj=$2
             shift 2
+            [[ -f "$name.crt" ]] && return 0
             local ext=()
             for e in "$@"; do ext+=(-addext "$e"); done
             openssl req -x509 "${ec[@]}" -keyout "$name.key" -out "$name.crt" -days 3650 \
@@ -135,12 +147,25 @@ pki() {
                 -addext "keyUsage=critical,digitalSignature" "${ext[@]}" 2>/dev/null
         }
         cert apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth" \
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${NODE_IP:+,IP:$NODE_IP}"
         cert admin "/O=system:masters/CN=sluice-admin" "extendedKeyUsage=clientAuth"
         cert controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+        if [[ -n $NODE_IP ]]; then
+            cert scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+            # The API server's client identity towards kubelets (logs, exec).
+            cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
+            # The kubelet as the Node authorizer and NodeRestriction expect it.
+            cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+            cert kubelet "/CN=$NODE_NAME" "extendedKeyUsage=serverAuth" "subjectAltName=IP:$NODE_IP"
+            # Bound to system:node-proxier by the default RBAC.
+            cert kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
+            cert coredns "/CN=sluice:coredns" "extendedKeyUsage=clientAuth"
+        fi
         # Service-account token signing key (RS256, what every client expects).
-        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
-        openssl pkey -in sa.key -pubout -out sa.pub
+        if [[ ! -f sa.key ]]; then
+            openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+            openssl pkey -in sa.key -pubout -out sa.pub
+        fi
     )
 }
 
@@ -215,10 +240,23 @@ start_apiserver() {
     local port t
     for t in 1 2 3 4 5; do
         port=$(free_port)
-        SERVER="https://127.0.0.1:$port"
+        SERVER="https://${NODE_IP:-127.0.0.1}:$port"
         kubeconfig "$dir/kubeconfig" admin "$SERVER"
+        local mode_flags=(--endpoint-reconciler-type=none)
+        if [[ -n $NODE_IP ]]; then
+            # Pods reach the API through the `kubernetes` Service, whose
+            # endpoint the lease reconciler publishes; kubelets are reached
+            # by their InternalIP only (the default would resolve the node's
+            # name, a DNS query that could leave the machine).
+            mode_flags=(
+                --kubelet-client-certificate="$dir/pki/apiserver-kubelet-client.crt"
+                --kubelet-client-key="$dir/pki/apiserver-kubelet-client.key"
+                --kubelet-certificate-authority="$dir/pki/ca.crt"
+                --kubelet-preferred-address-types=InternalIP
+            )
+        fi
         spawn kube-apiserver "$BIN/kube-apiserver" \
-            --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+            --bind-address="${NODE_IP:-127.0.0.1}" --advertise-address="${NODE_IP:-127.0.0.1}" --secure-port="$port" \
             --etcd-servers="$ETCD_URL" \
             --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
             --client-ca-file="$dir/pki/ca.crt" \
@@ -227,7 +265,7 @@ start_apiserver() {
             --service-account-issuer=https://kubernetes.default.svc.cluster.local \
             --service-account-key-file="$dir/pki/sa.pub" \
             --service-account-signing-key-file="$dir/pki/sa.key" \
-            --endpoint-reconciler-type=none \
+            "${mode_flags[@]}" \
             --profiling=false
         while :; do
             if [[ $(kubectl get --raw /readyz 2>/dev/null) == ok ]]; then
@@ -255,6 +293,7 @@ start_controller_manager() {
         --cluster-signing-cert-file="$dir/pki/ca.crt" --cluster-signing-key-file="$dir/pki/ca.key" \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --flex-volume-plugin-dir="$dir/flexvolume" \
+        --pvclaimbinder-sync-period=2s \
         --profiling=false
     # The `default` service account is created by the controller-manager, so
     # its existence proves the controllers run.
@@ -263,6 +302,21 @@ start_controller_manager() {
         ((SECONDS < deadline)) || die "timed out waiting for serviceaccount default (see $dir/kube-controller-manager.log)"
         sleep 0.2
     done
+}
+
+# The scheduler, and kubeconfigs for the node's components (node mode).
+start_node_clients() {
+    kubeconfig "$dir/scheduler.kubeconfig" scheduler "$SERVER"
+    kubeconfig "$dir/kubelet.kubeconfig" kubelet-client "$SERVER"
+    kubeconfig "$dir/kube-proxy.kubeconfig" kube-proxy "$SERVER"
+    kubeconfig "$dir/coredns.kubeconfig" coredns "$SERVER"
+    spawn kube-scheduler "$BIN/kube-scheduler" \
+        --kubeconfig="$dir/scheduler.kubeconfig" \
+        --authentication-kubeconfig="$dir/scheduler.kubeconfig" \
+        --authorization-kubeconfig="$dir/scheduler.kubeconfig" \
+        --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+        --profiling=false
+    check_alive kube-scheduler
 }
 
 start() {
@@ -302,6 +356,10 @@ start() {
     phase kube-apiserver
     start_controller_manager
     phase kube-controller-manager
+    if [[ -n $NODE_IP ]]; then
+        start_node_clients
+        phase kube-scheduler
+    fi
     trap - EXIT
 
     local vars

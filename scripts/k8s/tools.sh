@@ -5,6 +5,8 @@
 #   etcd                                              (go.etcd.io/etcd/server/v3, ./etcd/go.mod)
 #   helm                                              (helm.sh/helm/v4, ./helm/go.mod)
 #   coredns                                           (github.com/coredns/coredns, ./coredns/go.mod)
+#   sluice-pause, sluice-wget                         (./node-images: the test node's pause
+#                                                      process and `helm test`'s wget)
 #
 # Executed: prints `SLUICE_KUBE_BIN=<dir>` on stdout (build progress goes to stderr).
 # Sourced:  exports SLUICE_KUBE_BIN (the work runs in a child bash, so the
@@ -41,7 +43,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GO=${GO:-go}
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
-BINARIES=("${K8S_COMMANDS[@]}" etcd helm coredns)
+NODE_IMAGE_COMMANDS=(sluice-pause sluice-wget)
+BINARIES=("${K8S_COMMANDS[@]}" etcd helm coredns "${NODE_IMAGE_COMMANDS[@]}")
 
 cached_only=false
 for arg in "$@"; do
@@ -127,11 +130,13 @@ k8s_hash=$(inputs_hash "$here"/kubernetes/go.mod "$here"/kubernetes/go.sum "$her
 etcd_hash=$(inputs_hash "$here"/etcd/go.mod "$here"/etcd/go.sum "$here"/etcd/main.go <(echo "$recipe"))
 helm_hash=$(inputs_hash "$here"/helm/go.mod "$here"/helm/go.sum "$here"/helm/tools.go <(echo "$recipe"))
 coredns_hash=$(inputs_hash "$here"/coredns/go.mod "$here"/coredns/go.sum "$here"/coredns/main.go <(echo "$recipe"))
+images_hash=$(inputs_hash "$here"/node-images/go.mod "$here"/node-images/*/main.go <(echo "$recipe"))
 k8s_dir="$cache_root/parts/kubernetes-$K8S_VERSION-$k8s_hash"
 etcd_dir="$cache_root/parts/etcd-$ETCD_VERSION-$etcd_hash"
 helm_dir="$cache_root/parts/helm-$HELM_VERSION-$helm_hash"
 coredns_dir="$cache_root/parts/coredns-$COREDNS_VERSION-$coredns_hash"
-key="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-coredns-$COREDNS_VERSION-$(echo "$k8s_hash $etcd_hash $helm_hash $coredns_hash" | sha256sum | cut -c1-12)"
+images_dir="$cache_root/parts/node-images-$images_hash"
+key="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-coredns-$COREDNS_VERSION-$(echo "$k8s_hash $etcd_hash $helm_hash $coredns_hash $images_hash" | sha256sum | cut -c1-12)"
 bin="$cache_root/$key/bin"
 
 if have_all "$bin"; then
@@ -184,9 +189,11 @@ if [[ ! -d "$k8s_dir" ]]; then
         "${K8S_COMMANDS[@]/#/k8s.io/kubernetes/cmd/}"
 fi
 build_part coredns "$coredns_dir" "$here/coredns" "$COREDNS_LDFLAGS" .
+build_part node-images "$images_dir" "$here/node-images" "-s -w" "${NODE_IMAGE_COMMANDS[@]/#/./}"
 
 tmp=$(mktemp -d "$cache_root/.tmp-bin.XXXXXX")
-ln -s "${K8S_COMMANDS[@]/#/$k8s_dir/}" "$etcd_dir/etcd" "$helm_dir/helm" "$coredns_dir/coredns" "$tmp/"
+ln -s "${K8S_COMMANDS[@]/#/$k8s_dir/}" "$etcd_dir/etcd" "$helm_dir/helm" "$coredns_dir/coredns" \
+    "${NODE_IMAGE_COMMANDS[@]/#/$images_dir/}" "$tmp/"
 chmod 755 "$tmp"
 mkdir -p "$cache_root/$key"
 rm -rf "$bin"

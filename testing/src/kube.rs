@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 /// [`ControlPlane::install_sluice`] creates.
 pub const SLUICE_NAMESPACE: &str = "sluice-system";
 
-/// A control plane for one test.
+/// A control plane for one test, or with [`ControlPlane::start_with_node`]
+/// a whole single-node cluster for one test binary.
 #[derive(Debug)]
 pub struct ControlPlane {
     dir: tempfile::TempDir,
@@ -23,8 +24,23 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The folder of `kubectl`, `helm` and the servers.
     pub bin: PathBuf,
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>`, or on the node's address with a node.
     pub server: String,
+    /// What the node offers, when there is one.
+    pub node: Option<Node>,
+}
+
+/// A real node's facts (`scripts/k8s/cluster.sh`): kubelet, containerd,
+/// CNI bridge, kube-proxy and CoreDNS on this machine.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `host:port` of the registry that kubelet pulls from and pods reach,
+    /// holding `pause`, `nats:<nats_version>`, `wget:1` and Sluice's images.
+    pub registry: String,
+    /// The node's address on its bridge (pods reach the host there).
+    pub ip: String,
+    /// The version tag of the registry's `nats` image.
+    pub nats_version: String,
 }
 
 fn script(name: &str) -> PathBuf {
@@ -56,19 +72,31 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits
     /// until they serve (about 4 s).
     pub fn start() -> Self {
+        Self::start_script("control-plane.sh")
+    }
+
+    /// Starts a whole cluster with a real node (`scripts/k8s/cluster.sh`,
+    /// which must run as root) and waits until the node is Ready (about
+    /// 10 s). One per machine: keep it in a static for the test binary; a
+    /// watchdog stops it once the binary exits.
+    pub fn start_with_node() -> Self {
+        Self::start_script("cluster.sh")
+    }
+
+    fn start_script(name: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let bin = kube_bin();
-        let output = Command::new(script("control-plane.sh"))
+        let output = Command::new(script(name))
             .arg("start")
             .arg(dir.path())
             .env("SLUICE_KUBE_BIN", &bin)
             .env("SLUICE_KUBE_OWNER_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .output()
-            .expect("cannot run scripts/k8s/control-plane.sh");
+            .unwrap_or_else(|e| panic!("cannot run scripts/k8s/{name}: {e}"));
         assert!(
             output.status.success(),
-            "the control plane did not start:\n{}\n{}",
+            "scripts/k8s/{name} start failed:\n{}\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -77,9 +105,20 @@ impl ControlPlane {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
+        let node = env.get("SLUICE_NODE_REGISTRY").map(|registry| Node {
+            registry: registry.clone(),
+            ip: env.get("SLUICE_NODE_IP").cloned().unwrap_or_default(),
+            nats_version: env
+                .get("SLUICE_NODE_NATS_VERSION")
+                .cloned()
+                .unwrap_or_default(),
+        });
         Self {
-            kubeconfig: dir.path().join("kubeconfig"),
+            kubeconfig: env
+                .get("KUBECONFIG")
+                .map_or_else(|| dir.path().join("kubeconfig"), PathBuf::from),
             server: env.get("SLUICE_KUBE_SERVER").cloned().unwrap_or_default(),
+            node,
             bin,
             dir,
         }
@@ -90,11 +129,16 @@ impl ControlPlane {
         self.dir.path()
     }
 
+    /// The folder `control-plane.sh` keeps its PKI, logs and pids in.
+    fn control_plane_dir(&self) -> &Path {
+        self.kubeconfig.parent().unwrap_or(self.dir.path())
+    }
+
     /// The process id of a running component (`etcd`, `kube-apiserver`,
     /// `kube-controller-manager`), from the pid file `control-plane.sh`
     /// keeps, e.g. to read its CPU time and memory in `/proc`.
     pub fn pid(&self, component: &str) -> Option<u32> {
-        std::fs::read_to_string(self.dir().join(format!("{component}.pid")))
+        std::fs::read_to_string(self.control_plane_dir().join(format!("{component}.pid")))
             .ok()?
             .trim()
             .parse()
@@ -218,7 +262,7 @@ subjects: [ {{ kind: ServiceAccount, name: sluice-operator, namespace: {SLUICE_N
     /// exactly that account's permissions.
     pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
         let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=2h"]);
-        let ca = self.dir().join("pki/ca.crt");
+        let ca = self.control_plane_dir().join("pki/ca.crt");
         let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
         let config = format!(
             "apiVersion: v1
@@ -271,7 +315,12 @@ pub fn helm() -> Command {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = Command::new(script("control-plane.sh"))
+        let name = if self.node.is_some() {
+            "cluster.sh"
+        } else {
+            "control-plane.sh"
+        };
+        let _ = Command::new(script(name))
             .arg("stop")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -6,7 +6,8 @@
 //!   installed by `scripts/nats-server.sh`).
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
 //!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`), with `kubectl`
-//!   and `helm` pointed at it; [`helm`] alone for `lint` and `template`.
+//!   and `helm` pointed at it; [`helm`] alone for `lint` and `template`;
+//!   with [`ControlPlane::start_with_node`], a real node besides.
 //! - [`Kubelet`]: real `sluice-runtime` processes for the runtime
 //!   Deployments of a control plane (which has no kubelet).
 //! - [`http`]: a plain HTTP/1.1 client for loopback servers.
@@ -16,7 +17,7 @@ mod kube;
 mod kubelet;
 mod nats;
 
-pub use kube::{ControlPlane, SLUICE_NAMESPACE, helm, run_with_stdin};
+pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin};
 pub use kubelet::Kubelet;
 pub use nats::{NatsServer, NatsUser, SecureNats};
 

@@ -161,30 +161,39 @@ impl Registry {
         config_media_type: &str,
         layers: &[(&[u8], &str)],
     ) -> String {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..ClientConfig::default()
-        });
-        let reference: Reference = self.reference(name).parse().unwrap();
-        let layers: Vec<ImageLayer> = layers
-            .iter()
-            .map(|(data, media_type)| ImageLayer::new(data.to_vec(), (*media_type).into(), None))
-            .collect();
-        let config = Config::new(
-            br#"{"architecture":"wasm","os":"wasip2"}"#.to_vec(),
-            config_media_type.into(),
-            None,
-        );
-        client
-            .push(&reference, &layers, config, &self.auth, None)
+        let reference = self.reference(name);
+        push_artifact(&reference, &self.auth, config_media_type, layers)
             .await
-            .unwrap_or_else(|e| panic!("push {reference}: {e}\n{}", self.log()));
-        client
-            .fetch_manifest_digest(&reference, &self.auth)
-            .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("push {reference}: {e}\n{}", self.log()))
     }
+}
+
+/// Pushes an artifact over plain HTTP to `reference`: a config of
+/// `config_media_type` and `layers` (bytes, media type); the manifest's
+/// digest (`sha256:…`).
+pub async fn push_artifact(
+    reference: &str,
+    auth: &RegistryAuth,
+    config_media_type: &str,
+    layers: &[(&[u8], &str)],
+) -> Result<String, oci_client::errors::OciDistributionError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let reference: Reference = reference.parse().expect("a valid reference");
+    let layers: Vec<ImageLayer> = layers
+        .iter()
+        .map(|(data, media_type)| ImageLayer::new(data.to_vec(), (*media_type).into(), None))
+        .collect();
+    let config = Config::new(
+        br#"{"architecture":"wasm","os":"wasip2"}"#.to_vec(),
+        config_media_type.into(),
+        None,
+    );
+    client.push(&reference, &layers, config, auth, None).await?;
+    client.fetch_manifest_digest(&reference, auth).await
 }
 
 /// A port free on loopback a moment ago.

@@ -1,0 +1,839 @@
+//! Sluice installed with Helm on a real single-node cluster
+//! (`scripts/k8s/cluster.sh`: kubelet, containerd and runc, the CNI bridge,
+//! kube-proxy, CoreDNS and a registry, all on this machine), from the images
+//! `scripts/images.sh` builds: the pods really pull, start under their
+//! security context, are probed and restarted by kubelet, and talk through
+//! Services and cluster DNS. Needs root (kubelet, containerd).
+//!
+//! One cluster and one release serve the whole binary, so the release's
+//! life runs as one test whose steps follow each other: install, functions,
+//! scaling with real pods, faults, upgrade, uninstall. Each step prints how
+//! long it took; those lines are the numbers the README quotes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_testing::http::{get, get_within, post};
+use sluice_testing::{ControlPlane, Node, repo_root, run_with_stdin};
+
+const RELEASE: &str = "sluice";
+const NAMESPACE: &str = "sluice-system";
+/// Where the test's Functions live.
+const FUNCTIONS: &str = "e2e";
+
+fn cluster() -> &'static ControlPlane {
+    static CLUSTER: OnceLock<ControlPlane> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let started = Instant::now();
+        let cluster = ControlPlane::start_with_node();
+        report("cluster start (control plane, node Ready)", started);
+        cluster
+    })
+}
+
+fn node() -> &'static Node {
+    cluster().node.as_ref().expect("cluster.sh names its node")
+}
+
+/// Prints a step's duration in the form the README's table is made from.
+fn report(step: &str, since: Instant) -> Duration {
+    let took = since.elapsed();
+    println!("NODE-TIMING {step}: {} ms", took.as_millis());
+    took
+}
+
+fn ok(output: Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn kubectl(args: &[&str]) -> String {
+    cluster().kubectl_ok(args)
+}
+
+fn apply(yaml: &str) {
+    ok(cluster().apply(yaml), "kubectl apply");
+}
+
+fn helm(args: &[&str]) -> String {
+    let mut helm = cluster().helm();
+    helm.args(args);
+    ok(
+        run_with_stdin(helm, ""),
+        &format!("helm {}", args.join(" ")),
+    )
+}
+
+/// Polls `check` every 100 ms until it gives `Some`, at most `limit`.
+fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not within {limit:?}\n{}",
+            diagnostics()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the cluster looks like, for a failure message.
+fn diagnostics() -> String {
+    let pods = cluster().kubectl_with(&["get", "pods", "-A", "-o", "wide"], "");
+    let events = cluster().kubectl_with(&["get", "events", "-A", "--sort-by=.lastTimestamp"], "");
+    let tail: Vec<&str> = std::str::from_utf8(&events.stdout)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(40)
+        .collect();
+    // The last words of every container that restarted.
+    let mut previous = String::new();
+    for (namespace, pod) in restarted_pods() {
+        let logs = cluster().kubectl_with(
+            &[
+                "logs",
+                &pod,
+                "-n",
+                &namespace,
+                "--previous",
+                "--all-containers",
+                "--tail=15",
+            ],
+            "",
+        );
+        previous += &format!(
+            "--- {namespace}/{pod}, before its last restart:\n{}",
+            String::from_utf8_lossy(&logs.stdout)
+        );
+    }
+    format!(
+        "pods:\n{}\nlast events:\n{}\n{previous}",
+        String::from_utf8_lossy(&pods.stdout),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// (namespace, name) of every pod a container of which restarted.
+fn restarted_pods() -> Vec<(String, String)> {
+    let output = cluster().kubectl_with(&["get", "pods", "-A", "-o", "json"], "");
+    let all: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    all["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|pod| {
+            pod["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["restartCount"].as_u64() > Some(0)))
+        })
+        .filter_map(|pod| {
+            Some((
+                pod["metadata"]["namespace"].as_str()?.to_owned(),
+                pod["metadata"]["name"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(&all)).expect("kubectl's JSON")
+}
+
+/// The pods of `namespace` (optionally by label selector).
+fn pods(namespace: &str, selector: Option<&str>) -> Vec<Value> {
+    let mut args = vec!["get", "pods", "-n", namespace];
+    if let Some(selector) = selector {
+        args.extend(["-l", selector]);
+    }
+    json(&args)["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// Container restarts of every pod in `namespace`, by pod name.
+fn restarts(namespace: &str) -> BTreeMap<String, u64> {
+    pods(namespace, None)
+        .iter()
+        .map(|pod| {
+            let count = pod["status"]["containerStatuses"]
+                .as_array()
+                .map_or(0, |cs| {
+                    cs.iter().filter_map(|c| c["restartCount"].as_u64()).sum()
+                });
+            (
+                pod["metadata"]["name"].as_str().unwrap_or("?").to_owned(),
+                count,
+            )
+        })
+        .collect()
+}
+
+/// The ClusterIP address of Service `namespace/name` at `port`: reached
+/// from this machine through kube-proxy's rules.
+fn service(namespace: &str, name: &str, port: u16) -> SocketAddr {
+    let ip = kubectl(&[
+        "get",
+        "service",
+        name,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    SocketAddr::new(ip.trim().parse().expect("a ClusterIP"), port)
+}
+
+fn gateway() -> SocketAddr {
+    service(NAMESPACE, "sluice-gateway", 8080)
+}
+
+/// The values that point the chart at the node's registry; the rest are
+/// the chart's defaults.
+fn node_values() -> Vec<String> {
+    let node = node();
+    [
+        format!("image.registry={}", node.registry),
+        format!("nats.bundled.image.repository={}/nats", node.registry),
+        format!("nats.bundled.image.tag={}", node.nats_version),
+        format!("tests.image={}/wget:1", node.registry),
+        format!("operator.insecureRegistries[0]={}", node.registry),
+        // The operator pulls OCI modules from the registry on the node's
+        // bridge, a private address the egress guard refuses by default.
+        format!("egress.allow[0]={}/32", node.ip),
+    ]
+    .into_iter()
+    .flat_map(|v| ["--set".to_owned(), v])
+    .collect()
+}
+
+/// The bundled NATS's volume: a hostPath PersistentVolume that its claim
+/// binds to (the node has no dynamic provisioner), writable by the
+/// server's user.
+fn nats_volume() {
+    let path = cluster().dir().join("volumes/nats-0");
+    std::fs::create_dir_all(&path).expect("the volume's folder");
+    std::os::unix::fs::chown(&path, Some(1000), Some(1000)).expect("chown the volume");
+    apply(&format!(
+        "apiVersion: v1
+kind: PersistentVolume
+metadata: {{ name: sluice-nats-0 }}
+spec:
+  capacity: {{ storage: 10Gi }}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{ path: {}, type: Directory }}
+",
+        path.display()
+    ));
+}
+
+fn component(name: &str) -> std::path::PathBuf {
+    sluice_examples::component(name)
+}
+
+/// `kubectl create configmap NAME --from-file=KEY=FILE` in [`FUNCTIONS`].
+fn config_map(name: &str, key: &str, file: &Path) {
+    let yaml = kubectl(&[
+        "create",
+        "configmap",
+        name,
+        "-n",
+        FUNCTIONS,
+        &format!("--from-file={key}={}", file.display()),
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    apply(&yaml);
+}
+
+/// A cluster example as committed, moved into [`FUNCTIONS`].
+fn example(name: &str) -> String {
+    std::fs::read_to_string(repo_root().join(format!("examples/cluster/{name}.yaml")))
+        .expect("the example")
+        .replace("namespace: default", &format!("namespace: {FUNCTIONS}"))
+}
+
+fn wait_ready(name: &str) {
+    eventually(
+        &format!("Function {name} Ready"),
+        Duration::from_secs(120),
+        || {
+            let status = kubectl(&[
+                "get",
+                "function",
+                name,
+                "-n",
+                FUNCTIONS,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            (status.trim() == "True").then_some(())
+        },
+    );
+}
+
+/// The first 200 from `path`, retried (a sync call that found no runtime
+/// yet may time out while a pod starts).
+fn first_200(path: &str, text: &str) -> String {
+    let gateway = gateway();
+    eventually(
+        &format!("200 from {path}"),
+        Duration::from_secs(120),
+        || {
+            let (status, body) = get_within(gateway, path, Duration::from_secs(30))?;
+            (status == 200 && body.contains(text)).then_some(body)
+        },
+    )
+}
+
+fn deployment_replicas(namespace: &str, name: &str) -> (u64, u64) {
+    let d = json(&["get", "deployment", name, "-n", namespace]);
+    (
+        d["spec"]["replicas"].as_u64().unwrap_or(0),
+        d["status"]["readyReplicas"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Posts `count` async invocations of `path`, retrying a 503 (NATS
+/// restarting) as a client should; the accepted ids.
+fn post_async(path: &str, count: usize) -> Vec<String> {
+    let gateway = gateway();
+    (0..count)
+        .map(|_| {
+            eventually("202 from the gateway", Duration::from_secs(120), || {
+                let (status, body) = post(gateway, path)?;
+                if status != 202 {
+                    assert!(status == 503, "{status}: {body}");
+                    thread::sleep(Duration::from_millis(200));
+                    return None;
+                }
+                let accepted: Value = serde_json::from_str(&body).ok()?;
+                accepted["id"].as_str().map(str::to_owned)
+            })
+        })
+        .collect()
+}
+
+/// The final state of invocation `id`.
+fn settled(id: &str) -> String {
+    let gateway = gateway();
+    eventually(
+        &format!("invocation {id} settled"),
+        Duration::from_secs(300),
+        || {
+            let (status, body) = get_within(
+                gateway,
+                &format!("/invocations/{id}?wait=10s"),
+                Duration::from_secs(15),
+            )?;
+            let record: Value = serde_json::from_str(&body).ok()?;
+            let state = record["state"].as_str()?.to_owned();
+            (status == 200 && state != "queued" && state != "running").then_some(state)
+        },
+    )
+}
+
+fn all_succeeded(ids: &[String]) {
+    let failed: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| (id.clone(), settled(id)))
+        .filter(|(_, state)| state != "succeeded")
+        .collect();
+    assert!(failed.is_empty(), "not succeeded: {failed:?}");
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[test]
+fn a_release_lives_its_whole_life_on_a_real_node() {
+    install_with_every_pod_ready_and_no_restarts();
+    helm_test_passes();
+    let (hello, echo) = cluster_examples_are_served();
+    a_pod_reaches_the_gateway_by_its_dns_name(&hello);
+    a_dedicated_function_wakes_from_zero_surges_to_max_and_returns_to_zero();
+    faults_lose_no_accepted_invocation(&echo);
+    upgrade_keeps_serving(&hello);
+    uninstall_completes_and_keeps_the_crd();
+}
+
+fn install_with_every_pod_ready_and_no_restarts() {
+    let started = Instant::now();
+    kubectl(&["create", "namespace", NAMESPACE]);
+    kubectl(&["create", "namespace", FUNCTIONS]);
+    nats_volume();
+    let mut args: Vec<String> = [
+        "install",
+        RELEASE,
+        &repo_root().join("charts/sluice").display().to_string(),
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "5m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(node_values());
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    report("helm install --wait (every pod Ready)", started);
+
+    // The defaults: NATS, two gateways, the operator; the pool at zero
+    // (the autoscaler takes it there, from the one replica a Deployment
+    // without `replicas` starts with).
+    let parts: Vec<Value> = pods(NAMESPACE, None)
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] != "sluice-runtime")
+        .collect();
+    let names: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(parts.len(), 4, "{names:?}");
+    for pod in &parts {
+        assert!(
+            ready(pod),
+            "{} not Ready\n{}",
+            pod["metadata"]["name"],
+            diagnostics()
+        );
+        // kubelet refuses to start a container whose image runs as root
+        // under runAsNonRoot: Ready proves the restricted context held.
+        let spec = &pod["spec"];
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{names:?}");
+        for container in spec["containers"].as_array().into_iter().flatten() {
+            let context = &container["securityContext"];
+            assert_eq!(
+                context["readOnlyRootFilesystem"], true,
+                "{}",
+                container["name"]
+            );
+            assert_eq!(
+                context["allowPrivilegeEscalation"], false,
+                "{}",
+                container["name"]
+            );
+        }
+    }
+    let pvc = json(&["get", "pvc", "-n", NAMESPACE]);
+    assert_eq!(pvc["items"][0]["status"]["phase"], "Bound", "{pvc}");
+    let restarted: BTreeMap<_, _> = restarts(NAMESPACE)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        restarted.is_empty(),
+        "pods restarted during the install: {restarted:?}\n{}",
+        diagnostics()
+    );
+    eventually("the pool at zero", Duration::from_secs(60), || {
+        let (spec, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
+        let running = pods(NAMESPACE, Some("app.kubernetes.io/name=sluice-runtime")).len();
+        (spec == 0 && running == 0).then_some(())
+    });
+}
+
+fn helm_test_passes() {
+    let started = Instant::now();
+    helm(&["test", RELEASE, "-n", NAMESPACE, "--timeout", "2m"]);
+    report("helm test", started);
+}
+
+/// The ConfigMap and OCI examples (pool) and a dedicated one: each Ready
+/// and answering through the gateway's ClusterIP. Returns the paths of a
+/// pool function and of a dedicated echo.
+fn cluster_examples_are_served() -> (String, String) {
+    // A ConfigMap function, applied with the pool at zero: its first
+    // answer includes the pool's first pod starting.
+    config_map("hello-wasm", "hello.wasm", &component("hello"));
+    let started = Instant::now();
+    apply(&example("hello"));
+    wait_ready("hello");
+    report("kubectl apply of a ConfigMap Function to Ready", started);
+    let hello = format!("/fn/{FUNCTIONS}/hello/");
+    first_200(&hello, "Hello");
+    report(
+        "kubectl apply to first 200, pool at zero (pool pod start)",
+        started,
+    );
+    let (replicas, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
+    assert!(replicas >= 1, "the pool woke");
+
+    // Warm: the pool runs.
+    let gateway = gateway();
+    let warm: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let (status, _) = get(gateway, &hello).expect("an answer");
+            assert_eq!(status, 200);
+            t.elapsed()
+        })
+        .collect();
+    println!(
+        "NODE-TIMING warm pool request p50: {} us",
+        median(warm).as_micros()
+    );
+
+    // An OCI module from the node's registry, in the warm pool.
+    let wasm = std::fs::read(component("hello")).expect("the hello component");
+    let reference = format!("{}/sluice-examples/hello-oci:1.0.0", node().registry);
+    tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(registry::push_artifact(
+            &reference,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            registry::WASM_CONFIG,
+            &[(&wasm, registry::WASM_LAYER)],
+        ))
+        .unwrap_or_else(|e| panic!("push {reference}: {e}"));
+    let started = Instant::now();
+    apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: hello-oci, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ oci: \"{reference}\" }}
+  env: [ {{ name: GREETING, value: Hi }} ]
+"
+    ));
+    wait_ready("hello-oci");
+    first_200(&format!("/fn/{FUNCTIONS}/hello-oci/"), "Hi");
+    report(
+        "kubectl apply of an OCI Function to first 200, warm pool",
+        started,
+    );
+
+    // The secured example: 401 without its key, 200 with it.
+    let key = "e2e-key-0123456789abcdef0123456789abcdef";
+    apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: secured-echo-keys, namespace: {FUNCTIONS} }}\nstringData: {{ ci: {key} }}\n"
+    ));
+    config_map("echo-wasm", "echo.wasm", &component("echo"));
+    apply(&example("secured-echo"));
+    wait_ready("secured-echo");
+    let path = format!("/fn/{FUNCTIONS}/secured-echo/x");
+    eventually("401 without a key", Duration::from_secs(30), || {
+        (get(gateway, &path)?.0 == 401).then_some(())
+    });
+    eventually("200 with the key", Duration::from_secs(30), || {
+        let (status, _) =
+            sluice_testing::http::get_with(gateway, &path, &[&format!("X-Api-Key: {key}")])?;
+        (status == 200).then_some(())
+    });
+
+    // A dedicated function at zero: its first answer includes its own
+    // Deployment's pod start.
+    apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: echo, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: echo-wasm, key: echo.wasm }} }}
+  placement: dedicated
+  timeout: 10s
+  scaling: {{ minReplicas: 0, maxReplicas: 2, scaleDownDelay: 2s, scaleToZeroAfter: 3s }}
+"
+    ));
+    wait_ready("echo");
+    let echo = format!("/fn/{FUNCTIONS}/echo/");
+    let mut cold = Vec::new();
+    for _ in 0..3 {
+        eventually(
+            "the dedicated echo at zero",
+            Duration::from_secs(90),
+            || {
+                let (spec, _) = deployment_replicas(FUNCTIONS, "echo-runtime");
+                let running = pods(FUNCTIONS, Some("sluice.dev/function=echo")).len();
+                (spec == 0 && running == 0).then_some(())
+            },
+        );
+        let t = Instant::now();
+        // echo answers a GET with its (empty) body.
+        first_200(&echo, "");
+        cold.push(t.elapsed());
+    }
+    println!(
+        "NODE-TIMING dedicated function at zero, first request p50 of {}: {} ms ({:?})",
+        cold.len(),
+        median(cold.clone()).as_millis(),
+        cold.iter().map(Duration::as_millis).collect::<Vec<_>>()
+    );
+    (hello, echo)
+}
+
+/// A pod resolves the gateway's Service by its cluster DNS name and gets
+/// an answer through it.
+fn a_pod_reaches_the_gateway_by_its_dns_name(hello: &str) {
+    let url = format!("http://sluice-gateway.{NAMESPACE}.svc.cluster.local:8080{hello}");
+    apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{ name: dns-client, namespace: {FUNCTIONS} }}
+spec:
+  restartPolicy: Never
+  securityContext: {{ runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{ type: RuntimeDefault }} }}
+  containers:
+    - name: wget
+      image: {}/wget:1
+      command: [wget, -q, -O-, -T, \"10\", \"{url}\"]
+      securityContext: {{ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{ drop: [ALL] }} }}
+",
+        node().registry
+    ));
+    eventually(
+        "the DNS client pod succeeded",
+        Duration::from_secs(60),
+        || {
+            let phase = kubectl(&[
+                "get",
+                "pod",
+                "dns-client",
+                "-n",
+                FUNCTIONS,
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            assert_ne!(
+                phase.trim(),
+                "Failed",
+                "{}",
+                kubectl(&["logs", "dns-client", "-n", FUNCTIONS])
+            );
+            (phase.trim() == "Succeeded").then_some(())
+        },
+    );
+    let answer = kubectl(&["logs", "dns-client", "-n", FUNCTIONS]);
+    assert!(answer.contains("Hello"), "{answer}");
+}
+
+fn a_dedicated_function_wakes_from_zero_surges_to_max_and_returns_to_zero() {
+    config_map("misbehave-wasm", "misbehave.wasm", &component("misbehave"));
+    apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: surge, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: misbehave-wasm, key: misbehave.wasm }} }}
+  placement: dedicated
+  timeout: 30s
+  concurrency: 10
+  scaling: {{ minReplicas: 0, maxReplicas: 3, targetQueueDepth: 10, scaleDownDelay: 2s, scaleToZeroAfter: 3s }}
+"
+    ));
+    wait_ready("surge");
+    let started = Instant::now();
+    let ids = post_async("/async/fn/e2e/surge/sleep/200", 200);
+    let peak = eventually("surge at maxReplicas", Duration::from_secs(120), || {
+        let (spec, ready) = deployment_replicas(FUNCTIONS, "surge-runtime");
+        (spec == 3 && ready == 3).then_some(ready)
+    });
+    report("200 async at zero to 3 Ready replicas", started);
+    assert_eq!(peak, 3);
+    all_succeeded(&ids);
+    report("200 async at zero, all succeeded", started);
+    eventually("the surge back at zero", Duration::from_secs(120), || {
+        let (spec, _) = deployment_replicas(FUNCTIONS, "surge-runtime");
+        let running = pods(FUNCTIONS, Some("sluice.dev/function=surge")).len();
+        (spec == 0 && running == 0).then_some(())
+    });
+}
+
+/// The NATS pod, a runtime pod and the operator's pod are deleted while
+/// async work is in flight: the StatefulSet brings NATS back on its
+/// volume, runtimes' work is redelivered, a new operator takes over; every
+/// accepted invocation succeeds.
+fn faults_lose_no_accepted_invocation(echo: &str) {
+    let path = format!("/async{echo}fault");
+    let mut ids = post_async(&path, 100);
+    let started = Instant::now();
+    kubectl(&[
+        "delete",
+        "pod",
+        "sluice-nats-0",
+        "-n",
+        NAMESPACE,
+        "--wait=false",
+    ]);
+    ids.extend(post_async(&path, 100));
+    eventually("NATS back", Duration::from_secs(180), || {
+        pods(NAMESPACE, Some("app.kubernetes.io/name=sluice-nats"))
+            .first()
+            .is_some_and(ready)
+            .then_some(())
+    });
+    report("NATS pod deleted to Ready again", started);
+    all_succeeded(&ids);
+
+    let mut ids = post_async("/async/fn/e2e/surge/sleep/500", 60);
+    let runtime = eventually("a surge runtime pod", Duration::from_secs(120), || {
+        pods(FUNCTIONS, Some("sluice.dev/function=surge"))
+            .into_iter()
+            .find(ready)
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+    });
+    kubectl(&["delete", "pod", &runtime, "-n", FUNCTIONS, "--wait=false"]);
+    ids.extend(post_async("/async/fn/e2e/surge/sleep/100", 20));
+    all_succeeded(&ids);
+
+    let operator = pods(NAMESPACE, Some("app.kubernetes.io/name=sluice-operator"));
+    let name = operator[0]["metadata"]["name"]
+        .as_str()
+        .expect("its name")
+        .to_owned();
+    let started = Instant::now();
+    kubectl(&["delete", "pod", &name, "-n", NAMESPACE, "--wait=false"]);
+    apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: after-operator, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: hello-wasm, key: hello.wasm }} }}
+"
+    ));
+    wait_ready("after-operator");
+    first_200(&format!("/fn/{FUNCTIONS}/after-operator/"), "Hello");
+    report("operator pod deleted to a new Function served", started);
+}
+
+/// `helm upgrade` with a changed value, then to a new chart version, while
+/// a client keeps calling: every call answers (a 503 while a gateway is
+/// replaced is retried, as the Service moves the next one).
+fn upgrade_keeps_serving(hello: &str) {
+    let chart = repo_root().join("charts/sluice").display().to_string();
+    let nats_before = json(&["get", "statefulset", "sluice-nats", "-n", NAMESPACE]);
+    let gateway = gateway();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let stop = stop.clone();
+        let hello = hello.to_owned();
+        thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_within(gateway, &hello, Duration::from_secs(15)) {
+                    Some((200, _)) => ok += 1,
+                    other => failed.push(other.map(|(s, _)| s)),
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+    let started = Instant::now();
+    let mut args: Vec<String> = [
+        "upgrade",
+        RELEASE,
+        &chart,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "5m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(node_values());
+    args.extend(["--set".to_owned(), "gateway.maxQueueDepth=5000".to_owned()]);
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    report("helm upgrade with a changed value", started);
+
+    // A new chart version: the same chart with its version raised.
+    let next = cluster().dir().join("chart-next");
+    copy_dir(Path::new(&chart), &next);
+    let manifest = next.join("Chart.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("Chart.yaml");
+    std::fs::write(
+        &manifest,
+        text.replace("\nversion: ", "\nversion: 0.0.1-next."),
+    )
+    .expect("write Chart.yaml");
+    args[2] = next.display().to_string();
+    let started = Instant::now();
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    report("helm upgrade to a new chart version", started);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = caller.join().expect("the caller");
+    assert!(served > 0);
+    let unanswered: Vec<_> = failed.iter().filter(|s| s.is_none()).collect();
+    assert!(
+        unanswered.is_empty() && failed.len() <= 2,
+        "calls during the upgrades: {served} answered 200, others {failed:?}"
+    );
+    let nats_after = json(&["get", "statefulset", "sluice-nats", "-n", NAMESPACE]);
+    assert_eq!(
+        nats_before["spec"]["template"], nats_after["spec"]["template"],
+        "an upgrade must not restart NATS"
+    );
+    let restarted: BTreeMap<_, _> = restarts(NAMESPACE)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(restarted.is_empty(), "restarts: {restarted:?}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("a folder");
+    for entry in std::fs::read_dir(from).expect("a chart folder") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("a copy");
+        }
+    }
+}
+
+fn uninstall_completes_and_keeps_the_crd() {
+    let started = Instant::now();
+    helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+    report("helm uninstall", started);
+    eventually("the release's pods gone", Duration::from_secs(120), || {
+        pods(NAMESPACE, None).is_empty().then_some(())
+    });
+    // crds.keep: the CRD, and with it the Functions, stay.
+    kubectl(&["get", "crd", "functions.sluice.dev"]);
+}
+
+#[path = "../all/support/registry.rs"]
+#[allow(dead_code)]
+mod registry;
