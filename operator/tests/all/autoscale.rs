@@ -149,8 +149,9 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
     });
     let text = metrics(&operator);
     assert!(
-        text.contains(r#"sluice_autoscaler_decisions_total{direction="up"}"#)
-            && text.contains(r#"sluice_queue_depth{function="default/surge"} 0"#),
+        text.contains(
+            r#"sluice_autoscaler_decisions_total{function="default/surge",direction="up",reason="#
+        ) && text.contains(r#"sluice_queue_depth{function="default/surge"} 0"#),
         "{text}"
     );
 

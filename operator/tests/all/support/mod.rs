@@ -218,16 +218,19 @@ impl Sluice {
         process
     }
 
-    /// Starts a NATS-mode gateway; returns it and its invocation address.
+    /// Starts a NATS-mode gateway; returns it (its `/metrics` address in
+    /// `admin`) and its invocation address.
     pub fn gateway(&self) -> (Process, SocketAddr) {
         let port = free_port();
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-gateway"));
         command
             .envs(self.nats_env_of("gateway"))
             .args(["--nats", &self.nats.url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", "127.0.0.1:0"]);
-        let process = Process::spawn(command, self.logs.path().join("gateway.log"));
+            .args(["--admin-listen", &admin.to_string()]);
+        let mut process = Process::spawn(command, self.logs.path().join("gateway.log"));
+        process.admin = Some(admin);
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
@@ -256,16 +259,20 @@ impl Sluice {
         )
     }
 
-    /// Starts a pool runtime (every pool function).
+    /// Starts a pool runtime (every pool function), its `/metrics` address
+    /// in `admin`.
     pub fn runtime(&self) -> Process {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-runtime"));
         command
             .envs(self.nats_env_of("runtime"))
             .args(["--nats", &self.nats.url])
-            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", &admin.to_string()])
             .arg("--artifacts")
             .arg(self.logs.path().join("artifacts"));
-        Process::spawn(command, self.logs.path().join("runtime.log"))
+        let mut process = Process::spawn(command, self.logs.path().join("runtime.log"));
+        process.admin = Some(admin);
+        process
     }
 
     /// `kubectl create configmap NAME --from-file=KEY=PATH` in `namespace`.
