@@ -18,7 +18,8 @@ use sluice_testing::prometheus::{Prometheus, promtool};
 use sluice_testing::{SLUICE_NAMESPACE, repo_root};
 
 use crate::support::{
-    Sluice, component, eventually, example, http_get, http_get_within, http_post,
+    Sluice, component, eventually, example, http_get, http_get_within, http_post, post_async,
+    settled,
 };
 
 fn monitoring_file(name: &str) -> PathBuf {
@@ -341,26 +342,8 @@ fn every_panel_query_and_alert_expression_answers_from_a_real_run() {
     ] {
         http_get(gateway, path).expect("the gateway answers");
     }
-    let (status, body) =
-        http_post(gateway, "/async/fn/default/flaky/status/500").expect("an answer");
-    assert_eq!(status, 202, "{body}");
-    let id = serde_json::from_str::<Value>(&body).expect("JSON")["id"]
-        .as_str()
-        .expect("an id")
-        .to_owned();
-    eventually(
-        "the failing invocation dead-lettered",
-        Duration::from_secs(60),
-        || {
-            let (_, body) = http_get_within(
-                gateway,
-                &format!("/invocations/{id}?wait=10s"),
-                Duration::from_secs(15),
-            )?;
-            let record: Value = serde_json::from_str(&body).ok()?;
-            (record["state"] == "dead-lettered").then_some(())
-        },
-    );
+    let failing = post_async(gateway, "/async/fn/default/flaky/status/500", 1);
+    assert_eq!(settled(gateway, &failing[0]), "dead-lettered");
     let gateway_admin = admin(&gateway_process);
     eventually(
         "a NATS message queued as an event",

@@ -392,6 +392,36 @@ pub fn wait_answer(addr: SocketAddr, path: &str, status: u16, text: &str) -> Str
     )
 }
 
+/// Waits until the record of invocation `id` is final; its state.
+pub fn settled(gateway: std::net::SocketAddr, id: &str) -> String {
+    eventually(
+        &format!("invocation {id} settled"),
+        Duration::from_secs(120),
+        || {
+            let (status, body) = http_get_within(
+                gateway,
+                &format!("/invocations/{id}?wait=10s"),
+                Duration::from_secs(15),
+            )?;
+            let record: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let state = record["state"].as_str()?.to_owned();
+            (status == 200 && state != "queued" && state != "running").then_some(state)
+        },
+    )
+}
+
+/// `count` async invocations of `path`; their ids.
+pub fn post_async(gateway: std::net::SocketAddr, path: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let (status, body) = http_post(gateway, path).expect("the gateway answers");
+            assert_eq!(status, 202, "{body}");
+            let accepted: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            accepted["id"].as_str().expect("an id").to_owned()
+        })
+        .collect()
+}
+
 /// A component built from the examples, as a file.
 pub fn component(name: &str) -> PathBuf {
     sluice_examples::component(name)
