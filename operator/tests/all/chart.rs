@@ -711,16 +711,26 @@ fn monitoring_values() -> String {
 #[test]
 fn dashboards_and_alerts_render_only_when_on_and_where_the_api_exists() {
     let count = |rendered: &str, text: &str| rendered.matches(text).count();
-    // Off by default; the alerts need the PrometheusRule API too.
+    // Off by default; the alerts come with the ServiceMonitor or the
+    // dashboards, where the PrometheusRule API exists.
     let defaults = template(&["--api-versions", PROMETHEUS_RULE_API]);
     assert_eq!(count(&defaults, "grafana_dashboard"), 0);
-    assert_eq!(count(&defaults, "kind: PrometheusRule"), 1);
+    assert_eq!(count(&defaults, "kind: PrometheusRule"), 0);
+    for on in [
+        "monitoring.dashboards.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+    ] {
+        let rendered = template(&["--api-versions", PROMETHEUS_RULE_API, "--set", on]);
+        assert_eq!(count(&rendered, "kind: PrometheusRule"), 1, "{on}");
+    }
     let without_api = template(&["--set", "monitoring.dashboards.enabled=true"]);
     assert_eq!(count(&without_api, "grafana_dashboard: \"1\""), 3);
     assert_eq!(count(&without_api, "kind: PrometheusRule"), 0);
     let off = template(&[
         "--api-versions",
         PROMETHEUS_RULE_API,
+        "--set",
+        "monitoring.dashboards.enabled=true",
         "--set",
         "monitoring.alerts.enabled=false",
     ]);
