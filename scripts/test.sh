@@ -33,6 +33,13 @@ scripts/k8s/tools.sh > .sluice/k8s-tools.out 2> .sluice/k8s-tools.log &
 k8s_tools=$!
 renice -n 5 -p $$ >/dev/null
 
+# Prometheus and promtool for the monitoring tests (the chart's alerts and
+# dashboards against a real Prometheus), built from the pinned Go module
+# (scripts/prometheus/) and cached outside the clone: about 6 minutes the
+# first time on a machine, then nothing.
+scripts/prometheus.sh > .sluice/prometheus.out 2> .sluice/prometheus.log &
+prometheus=$!
+
 # The container images (static musl binaries, buildah) for the image
 # tests, built in a target folder of their own so that it runs beside the
 # debug builds below.
@@ -87,6 +94,16 @@ fi
 SLUICE_KUBE_BIN=$(sed -n 's/^SLUICE_KUBE_BIN=//p' .sluice/k8s-tools.out | tail -1)
 export SLUICE_KUBE_BIN
 "$SLUICE_KUBE_BIN/kubectl" version --client
+
+echo "== waiting for Prometheus"
+if ! wait "$prometheus"; then
+  cat .sluice/prometheus.log >&2
+  echo "scripts/prometheus.sh failed (log above)" >&2
+  exit 1
+fi
+SLUICE_PROMETHEUS_BIN=$(sed -n 's/^SLUICE_PROMETHEUS_BIN=//p' .sluice/prometheus.out | tail -1)
+export SLUICE_PROMETHEUS_BIN
+"$SLUICE_PROMETHEUS_BIN/promtool" --version | head -1
 
 echo "== waiting for the container images"
 if ! wait "$images"; then

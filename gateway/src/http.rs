@@ -217,8 +217,13 @@ impl Gateway {
             .await
             .map_err(|e| (e, None))?;
         let id = invocation.id.clone();
+        let function = invocation.function.clone();
         let span = telemetry::gateway_span(&mut invocation);
-        match self.queue.call(invocation).instrument(span).await {
+        let answered = self.queue.call(invocation).instrument(span).await;
+        if answered.is_ok() {
+            self.metrics.accepted(&function, RouteKind::Sync);
+        }
+        match answered {
             Ok(Ok(response)) => Ok(function_response(response, &id)),
             Ok(Err(failure)) => Err((GatewayError::FunctionFailed(failure), Some(id))),
             Err(e) => Err((queue_error(e), Some(id))),
@@ -264,6 +269,7 @@ impl Gateway {
             .instrument(span)
             .await
             .map_err(|e| (queue_error(e), None))?;
+        self.metrics.accepted(&function, RouteKind::Async);
         let location = format!("/invocations/{}", submitted.id);
         let mut response = json_response(
             StatusCode::ACCEPTED,

@@ -111,6 +111,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
     let metrics = Metrics::register(&mut registry);
     metrics.register_queue_depth(&mut registry);
     let runtime_metrics = sluice_runtime::metrics::Metrics::register(&mut registry);
+    sluice_runtime::metrics::register_instances(&mut registry, &runtime);
     let queue = MemoryQueue::new(
         runtime,
         config.queue.clone(),

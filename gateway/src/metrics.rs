@@ -1,6 +1,6 @@
 //! The gateway's Prometheus metrics: requests by route kind and status,
-//! refusals by error code, events queued and dead-lettered by function, and
-//! queue depth by function. Label values come from fixed sets or from
+//! refusals by error code, invocations accepted by function, events queued
+//! and dead-lettered by function, and queue depth by function. Label values come from fixed sets or from
 //! function references, so they grow with deployments, not traffic.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -61,6 +61,13 @@ pub struct AuthFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcceptedLabels {
+    pub function: String,
+    /// `sync` or `async` ([`RouteKind::as_str`]).
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
 }
@@ -75,6 +82,7 @@ pub struct Metrics {
     events_dead_lettered: Family<FunctionLabels, Counter>,
     queue_depth: Family<FunctionLabels, Gauge>,
     auth_failures: Family<AuthFailureLabels, Counter>,
+    accepted: Family<AcceptedLabels, Counter>,
 }
 
 impl Metrics {
@@ -105,6 +113,11 @@ impl Metrics {
             "auth_failures",
             "Requests refused by spec.auth (401 unauthenticated, 403 forbidden), by function",
             metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "invocations_accepted",
+            "HTTP invocations the queue took, by function and route (async: answered 202; sync: answered by a runtime, successfully or not)",
+            metrics.accepted.clone(),
         );
         metrics
     }
@@ -143,6 +156,16 @@ impl Metrics {
             .get_or_create(&AuthFailureLabels {
                 function: function.to_string(),
                 code,
+            })
+            .inc();
+    }
+
+    /// The queue took an invocation of `function` on `route` (sync or async).
+    pub fn accepted(&self, function: &FunctionRef, route: RouteKind) {
+        self.accepted
+            .get_or_create(&AcceptedLabels {
+                function: function.to_string(),
+                route: route.as_str(),
             })
             .inc();
     }

@@ -95,6 +95,11 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
     }
     let mut registry = Registry::with_prefix("sluice");
     let metrics = Metrics::register(&mut registry);
+    let (name, help) = sluice_nats::CONNECTED_METRIC;
+    let connection = client.clone();
+    sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
+        sluice_nats::is_connected(&connection)
+    });
     let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
     let gateway = Arc::new(Gateway::new(
         queue.clone(),

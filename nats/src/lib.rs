@@ -120,6 +120,20 @@ fn tls_failure(error: &async_nats::ConnectError) -> bool {
     false
 }
 
+/// Name (under the `sluice_` prefix) and help of the gauge every part
+/// reports from [`is_connected`]: the `NatsUnreachable` alert and the
+/// Platform dashboard read it.
+pub const CONNECTED_METRIC: (&str, &str) = (
+    "nats_connected",
+    "1 while this process's NATS connection is up, 0 while it reconnects",
+);
+
+/// 1 while `client` is connected, 0 while it is disconnected or
+/// reconnecting (the client retries for ever: see [`connect`]).
+pub fn is_connected(client: &async_nats::Client) -> i64 {
+    i64::from(client.connection_state() == async_nats::connection::State::Connected)
+}
+
 /// Why a [`round_trip`] did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum RoundTripError {

@@ -502,12 +502,10 @@ impl Autoscaler {
             &mut tracked.history,
             now,
         );
-        self.ctx.metrics.autoscaler.decided(
-            reference,
-            observed.depth(),
-            decision.replicas,
-            decision.direction(),
-        );
+        self.ctx
+            .metrics
+            .autoscaler
+            .decided(reference, observed.depth(), &decision);
         if let Some(reason) = decision.event_reason() {
             let note = decision.explain(scaling, observed);
             tracing::info!(function = %reference, "{note}");
@@ -746,6 +744,7 @@ async fn execute(ctx: &Context, write: Write) -> Option<FunctionRef> {
                     .autoscaler
                     .scaled(trigger, seen_at.elapsed().as_secs_f64()),
                 Err(e) => {
+                    ctx.metrics.autoscaler.scale_failed(&namespace, &name);
                     tracing::warn!(deployment = %format!("{namespace}/{name}"), replicas, error = %e, "cannot scale; trying again next tick");
                 }
             }

@@ -76,6 +76,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// [`crate::OperatorConfig::jetstream_storage_bound`].
+    pub jetstream_storage_bound: Option<u64>,
 }
 
 impl std::fmt::Debug for Context {

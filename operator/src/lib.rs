@@ -19,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod resources;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,10 @@ pub struct OperatorConfig {
     pub fetcher: module::FetcherConfig,
     /// Names this replica in Events and the Lease. Default: the host name.
     pub identity: String,
+    /// Bytes of file storage JetStream may use, reported as
+    /// `sluice_jetstream_storage_bound_bytes` when the account itself sets
+    /// no limit ([`storage::bound`]). Default: none (not reported).
+    pub jetstream_storage_bound: Option<u64>,
 }
 
 /// Why the operator could not start or stopped.
@@ -92,6 +97,11 @@ pub async fn run(
     let layout = Layout::ensure(nats.clone(), &LayoutConfig::default()).await?;
     let mut registry = Registry::with_prefix("sluice");
     let metrics = metrics::Metrics::register(&mut registry);
+    let (name, help) = sluice_nats::CONNECTED_METRIC;
+    let connection = nats.clone();
+    sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
+        sluice_nats::is_connected(&connection)
+    });
     let admin = Arc::new(Admin::new(registry));
     let listener = TcpListener::bind(config.admin_listen)
         .await
@@ -117,6 +127,7 @@ pub async fn run(
         metrics,
         client: client.clone(),
         nats,
+        jetstream_storage_bound: config.jetstream_storage_bound,
     });
     let result = match &config.leader_election {
         None => {
@@ -141,10 +152,18 @@ pub async fn lead(
 ) {
     use futures::FutureExt as _;
     let shutdown = shutdown.shared();
+    ctx.metrics.leading(true);
     tokio::join!(
         controller::run(ctx.clone(), shutdown.clone()),
-        autoscaler::run(ctx, shutdown),
+        autoscaler::run(ctx.clone(), shutdown.clone()),
+        storage::run(
+            ctx.layout.js.clone(),
+            ctx.jetstream_storage_bound,
+            ctx.metrics.clone(),
+            shutdown,
+        ),
     );
+    ctx.metrics.leading(false);
 }
 
 /// Fails with a hint when the Function CRD is missing or the operator may

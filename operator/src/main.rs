@@ -135,6 +135,11 @@ struct Args {
     /// Most replicas of the pool Deployment.
     #[arg(long, default_value_t = 20)]
     pool_max_replicas: u32,
+    /// Bytes of file storage JetStream may use (e.g. 10Gi), reported as
+    /// sluice_jetstream_storage_bound_bytes for the storage alert when the
+    /// NATS account sets no limit of its own. Unset: not reported.
+    #[arg(long, value_name = "BYTES")]
+    jetstream_storage_bound: Option<ByteSize>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9092")]
     admin_listen: SocketAddr,
@@ -245,6 +250,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nats_url: nats.clone(),
         nats_security,
         admin_listen: args.admin_listen,
+        jetstream_storage_bound: args.jetstream_storage_bound.map(|b| b.0),
         leader_election: args.leader_elect.then(|| LeaderElection {
             namespace: args
                 .lease_namespace

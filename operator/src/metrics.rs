@@ -1,8 +1,12 @@
 //! The operator's Prometheus metrics: reconciles and their duration,
-//! failures by condition reason, and functions by Ready state; and the
-//! autoscaler's decisions, replicas and queue depths. Label values come
-//! from fixed sets (results, reasons, `true`/`false`, directions, triggers)
-//! or name a function (`namespace/name`), removed when it is deleted.
+//! failures by condition reason, functions by Ready state and each
+//! function's readiness, whether this replica leads, and JetStream's
+//! storage use against its bound; and the autoscaler's decisions (by
+//! function, direction and reason), failed scales, replicas and queue
+//! depths. Label values come from fixed sets (results, reasons,
+//! `true`/`false`, directions, triggers) or name a function
+//! (`namespace/name`) or Deployment; the gauges of a function are removed
+//! when it is deleted (its decision counters stay until a restart).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sluice_api::autoscale::Decision;
 use sluice_api::names::FunctionRef;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,9 +39,19 @@ pub struct ReadyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub struct DecisionLabels {
+    /// `namespace/name`.
+    pub function: String,
     /// `up` or `down`.
     pub direction: &'static str,
+    /// Why ([`sluice_api::autoscale::Reason::as_str`]), e.g. `Demand`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    /// `namespace/name` of the runtime Deployment.
+    pub deployment: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,7 +75,11 @@ pub struct Metrics {
     failures: Family<ReasonLabels, Counter>,
     duration: Histogram,
     functions: Family<ReadyLabels, Gauge>,
+    function_ready: Family<FunctionLabels, Gauge>,
     readiness: Arc<Mutex<HashMap<FunctionRef, bool>>>,
+    leader: Gauge,
+    storage: Gauge,
+    storage_bound: Gauge,
     /// The autoscaler's.
     pub autoscaler: AutoscalerMetrics,
 }
@@ -68,7 +87,8 @@ pub struct Metrics {
 /// What the autoscaler reports.
 #[derive(Debug, Clone)]
 pub struct AutoscalerMetrics {
-    decisions: Family<DirectionLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    scale_failures: Family<DeploymentLabels, Counter>,
     latency: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     ticks: Histogram,
     tick_failures: Counter,
@@ -86,9 +106,14 @@ impl Metrics {
             // 1ms to ~30s.
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             functions: Family::default(),
+            function_ready: Family::default(),
             readiness: Arc::default(),
+            leader: Gauge::default(),
+            storage: Gauge::default(),
+            storage_bound: Gauge::default(),
             autoscaler: AutoscalerMetrics {
                 decisions: Family::default(),
+                scale_failures: Family::default(),
                 latency: Family::new_with_constructor(latency_histogram),
                 ticks: latency_histogram(),
                 tick_failures: Counter::default(),
@@ -117,11 +142,36 @@ impl Metrics {
             "Functions this operator reconciled, by their Ready condition",
             metrics.functions.clone(),
         );
+        registry.register(
+            "function_ready",
+            "1 while a Function's Ready condition is True, 0 while it is False, by function",
+            metrics.function_ready.clone(),
+        );
+        registry.register(
+            "operator_leader",
+            "1 while this replica leads (reconciles and scales), 0 while it waits",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "jetstream_storage_bytes",
+            "Bytes of file storage JetStream uses for this account (every stream and bucket)",
+            metrics.storage.clone(),
+        );
+        registry.register(
+            "jetstream_storage_bound_bytes",
+            "Bytes of file storage JetStream may use: the account's limit, else --jetstream-storage-bound; 0 when neither is known",
+            metrics.storage_bound.clone(),
+        );
         let autoscaler = &metrics.autoscaler;
         registry.register(
             "autoscaler_decisions",
-            "Changes of a function's desired replicas, by direction",
+            "Changes of a function's desired replicas, by function, direction and reason",
             autoscaler.decisions.clone(),
+        );
+        registry.register(
+            "autoscaler_scale_failures",
+            "Writes of a runtime Deployment's scale that the API server refused or that failed, by Deployment",
+            autoscaler.scale_failures.clone(),
         );
         registry.register(
             "autoscaler_decision_latency_seconds",
@@ -190,7 +240,30 @@ impl Metrics {
         self.set_ready(function, None);
     }
 
+    /// Whether this replica leads now.
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// JetStream's storage: `used` bytes of `bound` (`None`: not known,
+    /// reported as 0, which the alert leaves alone).
+    pub fn storage(&self, used: u64, bound: Option<u64>) {
+        let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        self.storage.set(bytes(used));
+        self.storage_bound.set(bound.map_or(0, bytes));
+    }
+
     fn set_ready(&self, function: &FunctionRef, ready: Option<bool>) {
+        let labels = FunctionLabels {
+            function: function.to_string(),
+        };
+        if let Some(ready) = ready {
+            self.function_ready
+                .get_or_create(&labels)
+                .set(i64::from(ready));
+        } else {
+            self.function_ready.remove(&labels);
+        }
         let mut readiness = self.readiness.lock().unwrap_or_else(|p| p.into_inner());
         match ready {
             Some(ready) => readiness.insert(function.clone(), ready),
@@ -219,27 +292,34 @@ impl AutoscalerMetrics {
         }
     }
 
-    /// A decision for `function`: what it saw and wants, and its direction
+    /// A decision for `function`: what it saw (`depth`) and wants, and why
     /// when it changed the desired replicas.
-    pub fn decided(
-        &self,
-        function: &FunctionRef,
-        depth: u64,
-        desired: u32,
-        direction: Option<sluice_api::autoscale::Direction>,
-    ) {
+    pub fn decided(&self, function: &FunctionRef, depth: u64, decision: &Decision) {
         let labels = Self::labels(function);
         self.queue_depth
             .get_or_create(&labels)
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
-        self.desired.get_or_create(&labels).set(i64::from(desired));
-        if let Some(direction) = direction {
+        self.desired
+            .get_or_create(&labels)
+            .set(i64::from(decision.replicas));
+        if let Some(direction) = decision.direction() {
             self.decisions
-                .get_or_create(&DirectionLabels {
+                .get_or_create(&DecisionLabels {
+                    function: labels.function,
                     direction: direction.as_str(),
+                    reason: decision.reason.as_str(),
                 })
                 .inc();
         }
+    }
+
+    /// Writing the scale of Deployment `namespace/name` failed.
+    pub fn scale_failed(&self, namespace: &str, name: &str) {
+        self.scale_failures
+            .get_or_create(&DeploymentLabels {
+                deployment: format!("{namespace}/{name}"),
+            })
+            .inc();
     }
 
     /// Replicas running for `function` now.

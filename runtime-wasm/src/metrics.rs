@@ -1,6 +1,8 @@
-//! The runtime's Prometheus metrics: attempts and their duration, retries,
-//! dead letters, redeliveries and cold starts, by function. Label values are
-//! function references, so they grow with deployments, not traffic.
+//! The runtime's Prometheus metrics: attempts and their duration, time
+//! queued, retries, dead letters, redeliveries and cold starts, by
+//! function; and the instance pool's use ([`register_instances`]). Label
+//! values are function references, so they grow with deployments, not
+//! traffic.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +45,7 @@ pub struct Metrics {
     dead_letter_failures: Family<FunctionLabels, Counter>,
     redeliveries: Family<FunctionLabels, Counter>,
     cold_starts: ColdStartFamily,
+    queue_wait: HistogramFamily,
 }
 
 fn duration_histogram() -> Histogram {
@@ -61,6 +64,7 @@ impl Metrics {
             dead_letter_failures: Family::default(),
             redeliveries: Family::default(),
             cold_starts: ColdStartFamily::new_with_constructor(duration_histogram),
+            queue_wait: HistogramFamily::new_with_constructor(duration_histogram),
         };
         registry.register(
             "invocation_attempts",
@@ -96,6 +100,11 @@ impl Metrics {
             "cold_start_seconds",
             "Time to make a component servable the first time this process sees its digest",
             metrics.cold_starts.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from an invocation being stored in the queue to its first delivery to a runtime (NATS mode)",
+            metrics.queue_wait.clone(),
         );
         metrics
     }
@@ -140,6 +149,15 @@ impl Metrics {
             .inc();
     }
 
+    /// An invocation of `function` reached a runtime for the first time,
+    /// `seconds` after the queue stored it (retries are not counted again:
+    /// their wait is the retry's backoff).
+    pub fn waited(&self, function: &FunctionRef, seconds: f64) {
+        self.queue_wait
+            .get_or_create(&Self::labels(function))
+            .observe(seconds);
+    }
+
     pub fn cold_start(&self, function: &FunctionRef, source: &'static str, seconds: f64) {
         self.cold_starts
             .get_or_create(&ColdStartLabels {
@@ -148,4 +166,26 @@ impl Metrics {
             })
             .observe(seconds);
     }
+}
+
+/// Reports the instance pool's use: `sluice_runtime_instances` (component
+/// instances alive now) and `sluice_runtime_instance_slots` (at most, the
+/// `--max-instances` the pooling allocator reserves memory for). When the
+/// two are equal, invocations wait for a free instance: the pool's memory
+/// budget is spent.
+pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
+    let slots = i64::from(runtime.inner.config.max_instances);
+    let inner = runtime.inner.clone();
+    sluice_serve::ScrapedGauge::register(
+        registry,
+        "runtime_instances",
+        "Component instances alive now, each in a slot of the pooling allocator",
+        move || slots - i64::try_from(inner.instances.available_permits()).unwrap_or(slots),
+    );
+    sluice_serve::ScrapedGauge::register(
+        registry,
+        "runtime_instance_slots",
+        "Component instances the pooling allocator reserves memory for (--max-instances); more wait",
+        move || slots,
+    );
 }

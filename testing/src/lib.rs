@@ -11,11 +11,14 @@
 //! - [`Kubelet`]: real `sluice-runtime` processes for the runtime
 //!   Deployments of a control plane (which has no kubelet).
 //! - [`http`]: a plain HTTP/1.1 client for loopback servers.
+//! - [`prometheus`]: a Prometheus server scraping loopback targets, and
+//!   promtool (`SLUICE_PROMETHEUS_BIN`, built by `scripts/prometheus.sh`).
 
 pub mod http;
 mod kube;
 mod kubelet;
 mod nats;
+pub mod prometheus;
 
 pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin};
 pub use kubelet::Kubelet;

@@ -5,7 +5,9 @@
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{Sluice, component, eventually, http_get, http_get_within, http_post};
+use crate::support::{
+    Sluice, component, eventually, http_get, http_get_within, post_async, settled,
+};
 
 /// A dedicated function of the `misbehave` component, whose `/sleep/<ms>`
 /// holds each invocation, so a queue stays deep while runtimes start.
@@ -30,36 +32,6 @@ fn metrics(operator: &crate::support::Process) -> String {
     http_get(admin, "/metrics")
         .map(|(_, body)| body)
         .unwrap_or_default()
-}
-
-/// Waits until the record of invocation `id` is final; its state.
-fn settled(gateway: std::net::SocketAddr, id: &str) -> String {
-    eventually(
-        &format!("invocation {id} settled"),
-        Duration::from_secs(120),
-        || {
-            let (status, body) = http_get_within(
-                gateway,
-                &format!("/invocations/{id}?wait=10s"),
-                Duration::from_secs(15),
-            )?;
-            let record: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let state = record["state"].as_str()?.to_owned();
-            (status == 200 && state != "queued" && state != "running").then_some(state)
-        },
-    )
-}
-
-/// `count` async invocations of `path`; their ids.
-fn post_async(gateway: std::net::SocketAddr, path: &str, count: usize) -> Vec<String> {
-    (0..count)
-        .map(|_| {
-            let (status, body) = http_post(gateway, path).expect("the gateway answers");
-            assert_eq!(status, 202, "{body}");
-            let accepted: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-            accepted["id"].as_str().expect("an id").to_owned()
-        })
-        .collect()
 }
 
 #[test]
@@ -149,8 +121,9 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
     });
     let text = metrics(&operator);
     assert!(
-        text.contains(r#"sluice_autoscaler_decisions_total{direction="up"}"#)
-            && text.contains(r#"sluice_queue_depth{function="default/surge"} 0"#),
+        text.contains(
+            r#"sluice_autoscaler_decisions_total{function="default/surge",direction="up",reason="#
+        ) && text.contains(r#"sluice_queue_depth{function="default/surge"} 0"#),
         "{text}"
     );
 

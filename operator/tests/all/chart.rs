@@ -699,3 +699,182 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
     let _runtime = Process::spawn(command, logs.path().join("runtime.log"));
     wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
 }
+
+/// What `--api-versions` tells `helm template` of a cluster with
+/// prometheus-operator's PrometheusRule.
+const PROMETHEUS_RULE_API: &str = "monitoring.coreos.com/v1/PrometheusRule";
+
+fn monitoring_values() -> String {
+    path_str(&chart().join("ci/monitoring-values.yaml"))
+}
+
+#[test]
+fn dashboards_and_alerts_render_only_when_on_and_where_the_api_exists() {
+    let count = |rendered: &str, text: &str| rendered.matches(text).count();
+    // Off by default; the alerts come with the ServiceMonitor or the
+    // dashboards, where the PrometheusRule API exists.
+    let defaults = template(&["--api-versions", PROMETHEUS_RULE_API]);
+    assert_eq!(count(&defaults, "grafana_dashboard"), 0);
+    assert_eq!(count(&defaults, "kind: PrometheusRule"), 0);
+    for on in [
+        "monitoring.dashboards.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+    ] {
+        let rendered = template(&["--api-versions", PROMETHEUS_RULE_API, "--set", on]);
+        assert_eq!(count(&rendered, "kind: PrometheusRule"), 1, "{on}");
+    }
+    let without_api = template(&["--set", "monitoring.dashboards.enabled=true"]);
+    assert_eq!(count(&without_api, "grafana_dashboard: \"1\""), 3);
+    assert_eq!(count(&without_api, "kind: PrometheusRule"), 0);
+    let off = template(&[
+        "--api-versions",
+        PROMETHEUS_RULE_API,
+        "--set",
+        "monitoring.dashboards.enabled=true",
+        "--set",
+        "monitoring.alerts.enabled=false",
+    ]);
+    assert_eq!(count(&off, "kind: PrometheusRule"), 0);
+    // Renamed for a sidecar that looks for another label, elsewhere.
+    let renamed = template(&[
+        "--set",
+        "monitoring.dashboards.enabled=true",
+        "--set",
+        "monitoring.dashboards.label=dashboards",
+        "--set",
+        "monitoring.dashboards.labelValue=sluice",
+        "--set",
+        "monitoring.dashboards.namespace=grafana",
+    ]);
+    assert_eq!(count(&renamed, "dashboards: \"sluice\""), 3);
+    assert_eq!(count(&renamed, "grafana_dashboard"), 0);
+    assert_eq!(count(&renamed, "namespace: grafana\n"), 3);
+    // The bundled volume's size is the storage bound, unless one is given.
+    let bundled = template(&[]);
+    assert!(
+        bundled.contains("--jetstream-storage-bound=10Gi"),
+        "{bundled}"
+    );
+    let given = template(&["--set", "monitoring.jetstreamStorageBound=2Gi"]);
+    assert!(given.contains("--jetstream-storage-bound=2Gi"));
+    let fractional = template(&["--set", "nats.bundled.storage.size=1.5Gi"]);
+    assert!(!fractional.contains("--jetstream-storage-bound"));
+}
+
+/// A stand-in for prometheus-operator's PrometheusRule CRD with the fields
+/// the chart sets and their types and patterns, so that the API server
+/// checks the rendered rules (strict field validation refuses any other
+/// field).
+const PROMETHEUS_RULE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: prometheusrules.monitoring.coreos.com }
+spec:
+  group: monitoring.coreos.com
+  names: { kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                groups:
+                  type: array
+                  items:
+                    type: object
+                    required: [name, rules]
+                    properties:
+                      name: { type: string, minLength: 1 }
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: { type: string }
+                            expr: { x-kubernetes-int-or-string: true }
+                            for: { type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' }
+                            labels: { type: object, additionalProperties: { type: string } }
+                            annotations: { type: object, additionalProperties: { type: string } }
+";
+
+#[test]
+fn the_api_server_accepts_the_dashboards_and_alerts_as_the_files_hold_them() {
+    let _slot = Slot::take();
+    let cluster = restricted_cluster();
+    for crd in [SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD] {
+        let applied = cluster.apply(crd);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    established(&cluster, "servicemonitors.monitoring.coreos.com");
+    established(&cluster, "prometheusrules.monitoring.coreos.com");
+    let rendered = template(&[
+        "-f",
+        &monitoring_values(),
+        "--api-versions",
+        PROMETHEUS_RULE_API,
+    ]);
+    let output = cluster.kubectl_with(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=helm",
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        &rendered,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "refused:\n{stderr}");
+    let applied: Value = serde_json::from_slice(&output.stdout).expect("kubectl's JSON");
+    let items = applied["items"].as_array().expect("a List");
+    let dashboards: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["kind"] == "ConfigMap" && i["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(dashboards.len(), 3);
+    for slug in ["overview", "function", "platform"] {
+        let file = std::fs::read_to_string(chart().join(format!("files/dashboards/{slug}.json")))
+            .expect("a dashboard");
+        let served = dashboards
+            .iter()
+            .find_map(|d| d["data"][format!("sluice-{slug}.json")].as_str())
+            .unwrap_or_else(|| panic!("no ConfigMap holds sluice-{slug}.json"));
+        assert_eq!(served, file.trim_end(), "{slug}");
+        assert!(
+            dashboards
+                .iter()
+                .all(|d| d["metadata"]["annotations"]["grafana_folder"] == "Sluice")
+        );
+    }
+    let rule = items
+        .iter()
+        .find(|i| i["kind"] == "PrometheusRule")
+        .expect("the PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    let file =
+        std::fs::read_to_string(chart().join("files/monitoring/alerts.yaml")).expect("alerts");
+    let expected: Vec<&str> = file
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts, expected);
+}

@@ -142,6 +142,12 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
     let mut registry = Registry::with_prefix("sluice");
     let metrics = Metrics::register(&mut registry);
+    crate::metrics::register_instances(&mut registry, &runtime);
+    let (name, help) = sluice_nats::CONNECTED_METRIC;
+    let connection = client.clone();
+    sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
+        sluice_nats::is_connected(&connection)
+    });
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| NodeError::Listen {

@@ -153,13 +153,22 @@ async fn handle(
     message: jetstream::Message,
     _slot: OwnedSemaphorePermit,
 ) {
-    let delivered = message
-        .info()
+    let info = message.info().ok();
+    let delivered = info
+        .as_ref()
         .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
         .unwrap_or(1)
         .max(1);
     if delivered > 1 {
         shared.metrics.redelivered(&served.prepared.function);
+    } else if let Some(info) = info {
+        // The server's clock stamped it: a skew with ours reads as zero.
+        let waited = std::time::SystemTime::now()
+            .duration_since(info.published.into())
+            .unwrap_or_default();
+        shared
+            .metrics
+            .waited(&served.prepared.function, waited.as_secs_f64());
     }
     let Some(received) = decode(&shared, &served, &message, delivered).await else {
         return;

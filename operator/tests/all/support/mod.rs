@@ -218,16 +218,19 @@ impl Sluice {
         process
     }
 
-    /// Starts a NATS-mode gateway; returns it and its invocation address.
+    /// Starts a NATS-mode gateway; returns it (its `/metrics` address in
+    /// `admin`) and its invocation address.
     pub fn gateway(&self) -> (Process, SocketAddr) {
         let port = free_port();
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-gateway"));
         command
             .envs(self.nats_env_of("gateway"))
             .args(["--nats", &self.nats.url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", "127.0.0.1:0"]);
-        let process = Process::spawn(command, self.logs.path().join("gateway.log"));
+            .args(["--admin-listen", &admin.to_string()]);
+        let mut process = Process::spawn(command, self.logs.path().join("gateway.log"));
+        process.admin = Some(admin);
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
@@ -256,16 +259,20 @@ impl Sluice {
         )
     }
 
-    /// Starts a pool runtime (every pool function).
+    /// Starts a pool runtime (every pool function), its `/metrics` address
+    /// in `admin`.
     pub fn runtime(&self) -> Process {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-runtime"));
         command
             .envs(self.nats_env_of("runtime"))
             .args(["--nats", &self.nats.url])
-            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", &admin.to_string()])
             .arg("--artifacts")
             .arg(self.logs.path().join("artifacts"));
-        Process::spawn(command, self.logs.path().join("runtime.log"))
+        let mut process = Process::spawn(command, self.logs.path().join("runtime.log"));
+        process.admin = Some(admin);
+        process
     }
 
     /// `kubectl create configmap NAME --from-file=KEY=PATH` in `namespace`.
@@ -383,6 +390,36 @@ pub fn wait_answer(addr: SocketAddr, path: &str, status: u16, text: &str) -> Str
             (s == status && body.contains(text)).then_some(body)
         },
     )
+}
+
+/// Waits until the record of invocation `id` is final; its state.
+pub fn settled(gateway: std::net::SocketAddr, id: &str) -> String {
+    eventually(
+        &format!("invocation {id} settled"),
+        Duration::from_secs(120),
+        || {
+            let (status, body) = http_get_within(
+                gateway,
+                &format!("/invocations/{id}?wait=10s"),
+                Duration::from_secs(15),
+            )?;
+            let record: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let state = record["state"].as_str()?.to_owned();
+            (status == 200 && state != "queued" && state != "running").then_some(state)
+        },
+    )
+}
+
+/// `count` async invocations of `path`; their ids.
+pub fn post_async(gateway: std::net::SocketAddr, path: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let (status, body) = http_post(gateway, path).expect("the gateway answers");
+            assert_eq!(status, 202, "{body}");
+            let accepted: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            accepted["id"].as_str().expect("an id").to_owned()
+        })
+        .collect()
 }
 
 /// A component built from the examples, as a file.
