@@ -579,6 +579,7 @@ spec:
         // echo answers a GET with its (empty) body.
         first_200(&echo, "");
         cold.push(t.elapsed());
+        pod_start_breakdown("echo");
     }
     println!(
         "NODE-TIMING dedicated function at zero, first request p50 of {}: {} ms ({:?})",
@@ -587,6 +588,39 @@ spec:
         cold.iter().map(Duration::as_millis).collect::<Vec<_>>()
     );
     (hello, echo)
+}
+
+/// Where a woken dedicated runtime's start went: the pod's own timestamps
+/// (whole seconds) and the runtime's log lines (microseconds) up to the
+/// component's cold start, printed beside the `NODE-TIMING` lines.
+fn pod_start_breakdown(function: &str) {
+    let pods = pods(FUNCTIONS, Some(&format!("sluice.dev/function={function}")));
+    let Some(pod) = pods.first() else { return };
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let conditions: Vec<String> = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["type"].as_str().unwrap_or("?"),
+                c["lastTransitionTime"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    println!(
+        "NODE-BREAKDOWN {name}: created {}, {}, container started {}",
+        pod["metadata"]["creationTimestamp"].as_str().unwrap_or("?"),
+        conditions.join(", "),
+        pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+            .as_str()
+            .unwrap_or("?"),
+    );
+    let logs = cluster().kubectl_with(&["logs", name, "-n", FUNCTIONS], "");
+    for line in String::from_utf8_lossy(&logs.stdout).lines().take(12) {
+        println!("NODE-BREAKDOWN {name} log: {line}");
+    }
 }
 
 /// A pod resolves the gateway's Service by its cluster DNS name and gets
