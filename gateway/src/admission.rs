@@ -20,8 +20,11 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
 /// Bytes a connection is counted for when sizing the connection limit: its
-/// read and write buffers as hyper grows them for common heads.
-pub const CONNECTION_BYTES: u64 = 64 << 10;
+/// read and write buffers as hyper grows them for common heads, and the
+/// kernel's socket buffers, which the container's memory cgroup is charged
+/// for too (measured: 64 KiB each let 768 slow uploads OOM-kill a 256Mi
+/// gateway).
+pub const CONNECTION_BYTES: u64 = 256 << 10;
 
 /// The gateway's own share of its container's memory (the process, its
 /// routing tables and NATS client), kept out of the limits. Default of
@@ -39,8 +42,9 @@ pub struct AdmissionLimits {
 }
 
 /// Sizes the limits from the container's memory limit less `reserve`: a
-/// quarter for connections (at [`CONNECTION_BYTES`] each), the rest for
-/// buffered bytes. A flag set (`max_connections`, `max_buffered`) wins;
+/// quarter for connections (at [`CONNECTION_BYTES`] each), half for
+/// buffered bytes (a body being read may briefly take twice its size as
+/// its buffer grows), the last quarter as headroom. A flag set (`max_connections`, `max_buffered`) wins;
 /// without a container limit, only what the flags set is limited.
 pub fn size_limits(
     container_limit: Option<u64>,
@@ -53,7 +57,7 @@ pub fn size_limits(
         max_connections: max_connections.or_else(|| {
             budget.map(|b| usize::try_from((b / 4 / CONNECTION_BYTES).max(1)).unwrap_or(usize::MAX))
         }),
-        max_buffered: max_buffered.or_else(|| budget.map(|b| b - b / 4)),
+        max_buffered: max_buffered.or_else(|| budget.map(|b| b / 2)),
     }
 }
 
@@ -128,8 +132,8 @@ mod tests {
         assert_eq!(
             size_limits(Some(512 * MI), 64 * MI, None, None),
             AdmissionLimits {
-                max_connections: Some(1792),
-                max_buffered: Some(336 * MI),
+                max_connections: Some(448),
+                max_buffered: Some(224 * MI),
             }
         );
         assert_eq!(

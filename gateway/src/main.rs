@@ -105,14 +105,14 @@ struct Args {
     auth_required: bool,
     /// Connections open at once; past it 503 overloaded (with
     /// Retry-After) and closed. Default: a quarter of the container's
-    /// memory limit (less --memory-reserve) at 64 KiB each; none without a
+    /// memory limit (less --memory-reserve) at 256 KiB each; none without a
     /// limit.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Bytes of request bodies (as they arrive) and synchronous responses
     /// (the largest that may come back, from before the call) held at once;
-    /// past it 503 overloaded (with Retry-After). Default: the rest of the container's
-    /// memory limit less --memory-reserve; none without a limit.
+    /// past it 503 overloaded (with Retry-After). Default: half the
+    /// container's memory limit less --memory-reserve; none without a limit.
     #[arg(long, env = "SLUICE_MAX_BUFFERED")]
     max_buffered: Option<ByteSize>,
     /// The gateway's own share of its container's memory, kept out of the
