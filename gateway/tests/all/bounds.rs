@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use sluice_nats::layout::LayoutConfig;
 
 use crate::distributed::{Process, runtime_binary};
-use crate::harness::{NatsStack, TestGateway, eventually, manifest_dir, metric};
+use crate::harness::{HELLO, NatsStack, TestGateway, eventually, manifest_dir, metric};
 
 const MEMORY_CGROUPS: &str = "/sys/fs/cgroup/memory";
 
@@ -103,9 +103,8 @@ impl Drop for MemoryCgroup {
     }
 }
 
-/// A function that allocates until its 128Mi limit refuses (`/bomb`), beside
-/// one that answers at once.
-const HUNGRY_AND_HELLO: &str = r#"
+/// A function that allocates until its 128Mi limit refuses (`/bomb`).
+const HUNGRY: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: Function
 metadata: { name: hungry }
@@ -115,13 +114,6 @@ spec:
   concurrency: 16
   timeout: 20s
   retry: { maxAttempts: 1 }
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello }
-spec:
-  module: { file: "{hello}" }
-  concurrency: 8
 "#;
 
 /// The cgroup's limit: 16 hungry instances at once would hold 2 GiB.
@@ -136,7 +128,7 @@ async fn a_pool_in_a_memory_cgroup_runs_a_memory_flood_beside_a_normal_function_
     let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
     let work = tempfile::tempdir().unwrap();
     stack
-        .publish_dir(manifest_dir(HUNGRY_AND_HELLO).path())
+        .publish_dir(manifest_dir(&format!("{HUNGRY}---{HELLO}")).path())
         .await;
     let mut command = cgroup.command(&runtime_binary());
     command
@@ -222,20 +214,14 @@ async fn runtime_metrics(admin: &str) -> String {
         .text()
 }
 
-/// `misbehave` for large responses (`/big/<bytes>`), beside `hello`.
-const BIG_AND_HELLO: &str = r#"
+/// `misbehave` for large responses (`/big/<bytes>`).
+const BIG: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: Function
 metadata: { name: misbehave }
 spec:
   module: { file: "{misbehave}" }
   concurrency: 64
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello }
-spec:
-  module: { file: "{hello}" }
 "#;
 
 /// The gateway's cgroup: half the chart's 512Mi, so that the floods below
@@ -273,7 +259,9 @@ async fn a_gateway_in_a_memory_cgroup_refuses_floods_past_its_caps_with_503_and_
     };
     let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
     let work = tempfile::tempdir().unwrap();
-    stack.publish_dir(manifest_dir(BIG_AND_HELLO).path()).await;
+    stack
+        .publish_dir(manifest_dir(&format!("{BIG}---{HELLO}")).path())
+        .await;
     let runtime = Process::runtime(&stack.server.url, work.path(), "runtime", &[]);
     let mut command = cgroup.command(&crate::distributed::gateway_binary());
     command.args([
