@@ -389,6 +389,7 @@ fn static_key(pem: &[u8]) -> Result<DecodingKey, String> {
 pub struct JwksCache {
     client: Client<GuardedConnector, Empty<Bytes>>,
     egress: Arc<EgressPolicy>,
+    timing: JwksTiming,
     sets: Mutex<HashMap<String, Arc<Jwks>>>,
 }
 
@@ -396,10 +397,15 @@ impl JwksCache {
     /// Fetches through the egress guard: a `jwksUrl` is chosen by a
     /// function's author, like a callback URL.
     pub fn new(egress: Arc<EgressPolicy>) -> Self {
+        Self::with_timing(egress, JwksTiming::default())
+    }
+
+    fn with_timing(egress: Arc<EgressPolicy>, timing: JwksTiming) -> Self {
         Self {
             client: Client::builder(TokioExecutor::new())
                 .build(guarded_connector(egress.clone(), Some(JWKS_TIMEOUT))),
             egress,
+            timing,
             sets: Mutex::default(),
         }
     }
@@ -414,23 +420,66 @@ impl JwksCache {
                     url: url.to_owned(),
                     client: self.client.clone(),
                     egress: self.egress.clone(),
-                    state: tokio::sync::Mutex::default(),
+                    timing: self.timing,
+                    state: Mutex::default(),
                 })
             })
             .clone()
     }
 }
 
-/// One issuer's key set, fetched when first needed, again after
-/// [`JWKS_TTL`], and early (at most every [`JWKS_MIN_REFETCH`]) when a
-/// token names a `kid` it lacks: issuers rotate keys by publishing the new
-/// one first.
+/// When a JWKS is fetched again.
+#[derive(Clone, Copy, Debug)]
+struct JwksTiming {
+    /// [`JWKS_TTL`].
+    ttl: Duration,
+    /// [`JWKS_MIN_REFETCH`].
+    min_refetch: Duration,
+    /// The pause after a first failed fetch; it doubles with each failure
+    /// after, up to [`JWKS_MAX_BACKOFF`].
+    backoff: Duration,
+}
+
+impl Default for JwksTiming {
+    fn default() -> Self {
+        Self {
+            ttl: JWKS_TTL,
+            min_refetch: JWKS_MIN_REFETCH,
+            backoff: JWKS_BACKOFF,
+        }
+    }
+}
+
+/// The pause after a first failed JWKS fetch, doubling with each failure.
+const JWKS_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause between failed JWKS fetches.
+const JWKS_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One issuer's key set, fetched when first needed, again in the
+/// background once older than [`JWKS_TTL`] (requests go on with the keys
+/// at hand meanwhile: stale-while-revalidate), and early (at most every
+/// [`JWKS_MIN_REFETCH`]) when a token names a `kid` it lacks: issuers
+/// rotate keys by publishing the new one first. One fetch at a time; after
+/// a failed one no other is tried before its backoff ends.
 #[derive(Debug)]
 struct Jwks {
     url: String,
     client: Client<GuardedConnector, Empty<Bytes>>,
     egress: Arc<EgressPolicy>,
-    state: tokio::sync::Mutex<Option<Fetched>>,
+    timing: JwksTiming,
+    state: Mutex<JwksState>,
+}
+
+#[derive(Debug, Default)]
+struct JwksState {
+    fetched: Option<Arc<Fetched>>,
+    /// The fetch under way, which every reader that waits shares.
+    fetching: Option<futures::future::Shared<futures::future::BoxFuture<'static, ()>>>,
+    /// Fetches failed in a row, and when the next may be tried.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Why the last fetch failed.
+    problem: Option<String>,
 }
 
 #[derive(Debug)]
@@ -441,36 +490,89 @@ struct Fetched {
     keys: Vec<(Option<String>, Option<DecodingKey>)>,
 }
 
+/// What a reader of a key set must do about fetching it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refetch {
+    /// Use what is cached.
+    No,
+    /// Use what is cached; fetch again in the background.
+    Behind,
+    /// Nothing cached serves this reader: wait for a fetch.
+    Wait,
+}
+
+/// Whether to fetch a set fetched at `fetched_at` (if ever) for a reader
+/// whose key it has (`has_key`), at `now`, with fetches paused until
+/// `retry_at` after failures.
+fn refetch(
+    timing: &JwksTiming,
+    fetched_at: Option<Instant>,
+    has_key: bool,
+    retry_at: Option<Instant>,
+    now: Instant,
+) -> Refetch {
+    if retry_at.is_some_and(|at| now < at) {
+        return Refetch::No;
+    }
+    match fetched_at {
+        None => Refetch::Wait,
+        Some(at) if !has_key && now - at >= timing.min_refetch => Refetch::Wait,
+        Some(at) if now - at >= timing.ttl => Refetch::Behind,
+        Some(_) => Refetch::No,
+    }
+}
+
+/// The pause after `failures` failed fetches in a row.
+fn backoff(timing: &JwksTiming, failures: u32) -> Duration {
+    timing
+        .backoff
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(JWKS_MAX_BACKOFF)
+}
+
 impl Jwks {
+    fn state(&self) -> std::sync::MutexGuard<'_, JwksState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The key for `kid` (or the only key, for a token without one);
-    /// `Ok(Err(problem))` when the set has none.
-    async fn key(&self, kid: Option<&str>) -> Result<Result<DecodingKey, String>, AuthUnavailable> {
-        let mut state = self.state.lock().await;
-        let stale = state.as_ref().is_none_or(|f| f.at.elapsed() > JWKS_TTL);
-        let missing = state
-            .as_ref()
-            .is_some_and(|f| find(&f.keys, kid).is_none() && f.at.elapsed() > JWKS_MIN_REFETCH);
-        if stale || missing {
-            match self.fetch().await {
-                Ok(set) => {
-                    *state = Some(Fetched {
-                        at: Instant::now(),
-                        keys: usable_keys(&set),
-                    });
+    /// `Ok(Err(problem))` when the set has none. It waits for a fetch only
+    /// when nothing cached can serve the token.
+    async fn key(
+        self: &Arc<Self>,
+        kid: Option<&str>,
+    ) -> Result<Result<DecodingKey, String>, AuthUnavailable> {
+        let wait = {
+            let mut state = self.state();
+            let has_key = state
+                .fetched
+                .as_ref()
+                .is_some_and(|f| find(&f.keys, kid).is_some());
+            match refetch(
+                &self.timing,
+                state.fetched.as_ref().map(|f| f.at),
+                has_key,
+                state.retry_at,
+                Instant::now(),
+            ) {
+                Refetch::No => None,
+                Refetch::Behind => {
+                    tokio::spawn(self.fetching(&mut state));
+                    None
                 }
-                Err(problem) => {
-                    tracing::warn!(url = %self.url, %problem, "cannot fetch a JWKS");
-                    if state.is_none() {
-                        return Err(AuthUnavailable(format!(
-                            "cannot fetch the issuer's keys from {}: {problem}",
-                            self.url
-                        )));
-                    }
-                }
+                Refetch::Wait => Some(self.fetching(&mut state)),
             }
+        };
+        if let Some(fetch) = wait {
+            fetch.await;
         }
-        let Some(fetched) = state.as_ref() else {
-            return Err(AuthUnavailable(format!("no keys from {}", self.url)));
+        let state = self.state();
+        let Some(fetched) = &state.fetched else {
+            return Err(AuthUnavailable(format!(
+                "cannot fetch the issuer's keys from {}: {}",
+                self.url,
+                state.problem.as_deref().unwrap_or("not fetched yet")
+            )));
         };
         Ok(match find(&fetched.keys, kid) {
             Some(key) => Ok(key.clone()),
@@ -480,6 +582,45 @@ impl Jwks {
                     .to_owned(),
             }),
         })
+    }
+
+    /// The fetch under way, or a new one.
+    fn fetching(
+        self: &Arc<Self>,
+        state: &mut JwksState,
+    ) -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
+        use futures::FutureExt as _;
+        if let Some(fetch) = &state.fetching {
+            return fetch.clone();
+        }
+        let this = self.clone();
+        let fetch = async move {
+            let result = this.fetch().await;
+            let mut state = this.state();
+            match result {
+                Ok(set) => {
+                    state.fetched = Some(Arc::new(Fetched {
+                        at: Instant::now(),
+                        keys: usable_keys(&set),
+                    }));
+                    state.failures = 0;
+                    state.retry_at = None;
+                    state.problem = None;
+                }
+                Err(problem) => {
+                    state.failures += 1;
+                    let pause = backoff(&this.timing, state.failures);
+                    tracing::warn!(url = %this.url, %problem, failures = state.failures, "cannot fetch a JWKS; the keys at hand are used meanwhile, and it is tried again in {pause:?}");
+                    state.retry_at = Some(Instant::now() + pause);
+                    state.problem = Some(problem);
+                }
+            }
+            state.fetching = None;
+        }
+        .boxed()
+        .shared();
+        state.fetching = Some(fetch.clone());
+        fetch
     }
 
     async fn fetch(&self) -> Result<JwkSet, String> {
@@ -539,6 +680,134 @@ fn find<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_set_is_used_while_it_is_fetched_again_behind_the_readers() {
+        let timing = JwksTiming::default();
+        let now = Instant::now();
+        let ago = |d: Duration| Some(now - d);
+        let s = Duration::from_secs;
+        let cases = [
+            // (fetched, has the key, retry at, decision)
+            (None, false, None, Refetch::Wait),
+            (ago(s(1)), true, None, Refetch::No),
+            (ago(JWKS_TTL + s(1)), true, None, Refetch::Behind),
+            // A kid it lacks: fetched again, but not more often than this.
+            (ago(s(1)), false, None, Refetch::No),
+            (ago(JWKS_MIN_REFETCH), false, None, Refetch::Wait),
+            // After a failure nothing is fetched before its backoff ends.
+            (None, false, Some(now + s(1)), Refetch::No),
+            (ago(JWKS_TTL + s(1)), true, Some(now + s(1)), Refetch::No),
+            (ago(JWKS_TTL + s(1)), true, Some(now), Refetch::Behind),
+        ];
+        for (fetched, has_key, retry_at, expected) in cases {
+            assert_eq!(
+                refetch(&timing, fetched, has_key, retry_at, now),
+                expected,
+                "{fetched:?} {has_key} {retry_at:?}"
+            );
+        }
+        assert_eq!(backoff(&timing, 1), s(1));
+        assert_eq!(backoff(&timing, 3), s(4));
+        assert_eq!(backoff(&timing, 30), JWKS_MAX_BACKOFF);
+    }
+
+    /// A JWK (EC P-256) with `kid`.
+    fn ec_jwk(kid: &str) -> serde_json::Value {
+        use base64::Engine as _;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = pair.public_key_raw();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..65]),
+        })
+    }
+
+    /// A JWKS server on loopback that serves a set, or (`None`) accepts
+    /// requests and never answers, as an issuer gone dark does; it counts
+    /// the requests left unanswered.
+    async fn jwks_server(
+        set: Arc<Mutex<Option<serde_json::Value>>>,
+        unanswered: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (set, unanswered) = (set.clone(), unanswered.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_| {
+                        let set = set.lock().unwrap().clone();
+                        let unanswered = unanswered.clone();
+                        async move {
+                            let Some(set) = set else {
+                                unanswered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return futures::future::pending().await;
+                            };
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from(set.to_string())),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (url, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_keys_verify_while_the_issuer_is_dark_and_a_rotation_is_picked_up_when_it_returns()
+     {
+        let (k1, k2) = (ec_jwk("k1"), ec_jwk("k2"));
+        let set = Arc::new(Mutex::new(Some(serde_json::json!({ "keys": [k1] }))));
+        let unanswered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (url, server) = jwks_server(set.clone(), unanswered.clone()).await;
+        let egress = Arc::new(EgressPolicy::parse(&["127.0.0.0/8"], &[]).unwrap());
+        // Every read finds the set stale, so each would fetch if it could.
+        let timing = JwksTiming {
+            ttl: Duration::ZERO,
+            min_refetch: Duration::ZERO,
+            backoff: Duration::from_millis(50),
+        };
+        let jwks = JwksCache::with_timing(egress, timing).get(&url);
+        assert!(jwks.key(Some("k1")).await.unwrap().is_ok());
+
+        // The issuer goes dark: a fetch now hangs until JWKS_TIMEOUT. Reads
+        // go on until one has started such a fetch, and past it.
+        *set.lock().unwrap() = None;
+        let mut reads = 0;
+        while reads < 500 || unanswered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            let key = tokio::time::timeout(JWKS_TIMEOUT / 2, jwks.key(Some("k1")))
+                .await
+                .expect("a reader whose key is cached never waits on a fetch");
+            assert!(key.unwrap().is_ok());
+            reads += 1;
+            assert!(reads < 100_000, "no fetch reached the dark issuer");
+            tokio::task::yield_now().await;
+        }
+        // One fetch at a time: the readers did not each start one.
+        assert_eq!(unanswered.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // It comes back with a new key: a token naming it is verified.
+        *set.lock().unwrap() = Some(serde_json::json!({ "keys": [k1, k2] }));
+        let started = Instant::now();
+        loop {
+            match jwks.key(Some("k2")).await {
+                Ok(Ok(_)) => break,
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "k2 is not picked up: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(jwks.key(Some("k1")).await.unwrap().is_ok());
+        server.abort();
+    }
 
     #[test]
     fn the_rule() {

@@ -39,6 +39,9 @@ pub enum GatewayError {
     RequestTimeout(std::time::Duration),
     #[error("the queue of {0} is full; retry later")]
     QueueFull(String),
+    /// The gateway holds all it may at once (connections, buffered bytes).
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{0}")]
     Timeout(String),
     #[error("{}", .0.reason)]
@@ -77,7 +80,7 @@ impl GatewayError {
                 FailureKind::BadInvocation => StatusCode::BAD_REQUEST,
                 _ => StatusCode::BAD_GATEWAY,
             },
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
@@ -108,6 +111,7 @@ impl GatewayError {
                 FailureKind::Internal => "runtime_error",
             },
             Self::Unavailable(_) => "unavailable",
+            Self::Overloaded(_) => "overloaded",
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
         }
@@ -131,18 +135,27 @@ impl GatewayError {
         }
     }
 
-    /// The JSON response: `{"error": <code>, "message": <sentence>}`.
-    pub fn into_response(self, invocation_id: Option<&str>) -> Response<Full<Bytes>> {
-        if self.status().is_server_error()
-            && !matches!(self, Self::FunctionFailed(_) | Self::Timeout(_))
-        {
-            tracing::warn!(error = %self, "request failed");
-        }
+    /// The JSON body: `{"error": <code>, "message": <sentence>}`, and
+    /// `invocationId` when an invocation was made.
+    pub fn body(&self, invocation_id: Option<&str>) -> serde_json::Value {
         let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         if let Some(id) = invocation_id {
             body["invocationId"] = id.into();
         }
-        let mut response = json_response(self.status(), &body);
+        body
+    }
+
+    /// The JSON response: `{"error": <code>, "message": <sentence>}`.
+    pub fn into_response(self, invocation_id: Option<&str>) -> Response<Full<Bytes>> {
+        if self.status().is_server_error()
+            && !matches!(
+                self,
+                Self::FunctionFailed(_) | Self::Timeout(_) | Self::Overloaded(_)
+            )
+        {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut response = json_response(self.status(), &self.body(invocation_id));
         match self {
             Self::MethodNotAllowed { allowed, .. } => {
                 response
@@ -161,11 +174,21 @@ impl GatewayError {
                     HeaderValue::from_static(challenge),
                 );
             }
+            // A refusal of load: the caller may come back shortly.
+            Self::QueueFull(_) | Self::Overloaded(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+            }
             _ => {}
         }
         response
     }
 }
+
+/// Seconds a caller refused for load (429, 503 `overloaded`) is asked to
+/// wait before trying again.
+pub const RETRY_AFTER: &str = "1";
 
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {

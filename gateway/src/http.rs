@@ -15,9 +15,10 @@ use sluice_api::invocation::{
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
 use sluice_serve::egress::{self, EgressError};
-use sluice_serve::telemetry;
+use sluice_serve::{ConnectionLimit, telemetry};
 use tracing::Instrument as _;
 
+use crate::admission::{Admission, Held, connection_limit};
 use crate::auth::{Access, JwksCache, Verdict};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{Metrics, RouteKind};
@@ -60,6 +61,19 @@ pub struct HttpConfig {
     /// Whether a function without `spec.auth` is refused (403) rather
     /// than public (`--auth-required`). Default: false (public).
     pub auth_required: bool,
+    /// Bytes of request and sync response bodies held at once (see
+    /// [`crate::admission`]); past it 503 `overloaded`. Default: `None`
+    /// (the binary sizes it from its container's memory).
+    pub max_buffered: Option<u64>,
+    /// Connections open at once (see [`crate::admission`]); past it 503
+    /// `overloaded` and closed. Default: `None` (the binary sizes it from
+    /// its container's memory).
+    pub max_connections: Option<usize>,
+    /// Bytes a synchronous invocation holds for its response from before it
+    /// is queued: the largest response that can come back, which arrives
+    /// whole. Default: 6Mi (the runtime's default response limit); in NATS
+    /// mode the server's `max_payload`.
+    pub response_reserve: usize,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +84,9 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(60),
             egress: Arc::default(),
             auth_required: false,
+            max_buffered: None,
+            max_connections: None,
+            response_reserve: 6 << 20,
         }
     }
 }
@@ -82,6 +99,7 @@ pub struct Gateway {
     jwks: JwksCache,
     config: HttpConfig,
     metrics: Metrics,
+    admission: Admission,
 }
 
 /// The routed functions and who may invoke them, replaced together.
@@ -100,12 +118,14 @@ impl Gateway {
     ) -> Self {
         let jwks = JwksCache::new(config.egress.clone());
         let access = Access::new(functions.auth(), config.auth_required, &jwks);
+        let admission = Admission::new(config.max_buffered, metrics.buffered(config.max_buffered));
         Self {
             queue,
             routing: RwLock::new(Arc::new(Routing { functions, access })),
             jwks,
             config,
             metrics,
+            admission,
         }
     }
 
@@ -113,6 +133,13 @@ impl Gateway {
     /// how many are given up (see [`InvocationQueue::drain`]).
     pub async fn drain(&self, grace: Duration) -> usize {
         self.queue.drain(grace).await
+    }
+
+    /// The connection limit its server keeps, if any.
+    pub fn connection_limit(&self) -> Option<ConnectionLimit> {
+        self.config
+            .max_connections
+            .map(|max| connection_limit(max, &self.metrics))
     }
 
     /// Replaces the routed functions (the registry changed).
@@ -206,6 +233,9 @@ impl Gateway {
             .function(resolved, &mut request)
             .await
             .map_err(|e| (e, None))?;
+        let mut held = self.admission.hold();
+        held.grow(self.config.response_reserve)
+            .map_err(|e| (e, None))?;
         let mut invocation = self
             .invocation(
                 resolved,
@@ -213,6 +243,7 @@ impl Gateway {
                 InvocationId::random(),
                 spec.timeout.0,
                 None,
+                &mut held,
             )
             .await
             .map_err(|e| (e, None))?;
@@ -251,6 +282,7 @@ impl Gateway {
             ),
             None => InvocationId::random(),
         };
+        let mut held = self.admission.hold();
         let mut invocation = self
             .invocation(
                 resolved,
@@ -258,6 +290,7 @@ impl Gateway {
                 id,
                 self.config.async_deadline,
                 callback.as_deref(),
+                &mut held,
             )
             .await
             .map_err(|e| (e, None))?;
@@ -396,6 +429,7 @@ impl Gateway {
         id: InvocationId,
         budget: Duration,
         callback: Option<&str>,
+        held: &mut Held,
     ) -> Result<Invocation, GatewayError> {
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers.clone();
@@ -418,12 +452,13 @@ impl Gateway {
         if let Err(e) = check_header_block(&invocation, callback) {
             // Read (and drop) what the client sends meanwhile, so that it
             // reads the 431 instead of a reset.
-            let _ = tokio::time::timeout(DRAIN_TIME, read_body(body, &parts.headers, 0)).await;
+            let _ =
+                tokio::time::timeout(DRAIN_TIME, read_body(body, &parts.headers, 0, held)).await;
             return Err(e);
         }
         invocation.body = tokio::time::timeout(
             self.config.body_timeout,
-            read_body(body, &parts.headers, self.config.max_request_body),
+            read_body(body, &parts.headers, self.config.max_request_body, held),
         )
         .await
         .map_err(|_| GatewayError::RequestTimeout(self.config.body_timeout))??;
@@ -448,13 +483,16 @@ fn check_header_block(invocation: &Invocation, callback: Option<&str>) -> Result
     )))
 }
 
-/// Reads a request body of at most `limit` bytes. An oversized body is
-/// still read (and dropped) up to [`DRAIN_LIMIT`] or [`DRAIN_TIME`], so that
-/// the client finishes sending and reads the 413 instead of a reset.
+/// Reads a request body of at most `limit` bytes, each chunk kept held
+/// against the gateway's buffered bytes (503 `overloaded` past them). An
+/// oversized body is still read (and dropped) up to [`DRAIN_LIMIT`] or
+/// [`DRAIN_TIME`], so that the client finishes sending and reads the 413
+/// instead of a reset.
 async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
     limit: usize,
+    held: &mut Held,
 ) -> Result<Bytes, GatewayError> {
     let too_large = GatewayError::BodyTooLarge { limit };
     let declared = headers
@@ -475,6 +513,7 @@ async fn read_body(
         };
         seen += data.len();
         if seen <= limit {
+            held.grow(data.len())?;
             collected.extend_from_slice(&data);
         } else if seen > limit + DRAIN_LIMIT || tokio::time::Instant::now() > drain_until {
             return Err(too_large);

@@ -5,6 +5,7 @@
 //! go onto JetStream for `sluice-runtime` processes, and the gateway links
 //! no wasmtime when built without the `local` feature.
 
+pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod events;

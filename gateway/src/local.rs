@@ -88,7 +88,8 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
                 .prepare(f.function.clone(), &f.spec, &f.wasm)
                 .map_err(|e| {
                     let (field, problem) = match &e {
-                        RuntimeError::MemoryLimitTooLarge { .. } => {
+                        RuntimeError::MemoryLimitTooLarge { .. }
+                        | RuntimeError::MemoryBudgetTooSmall { .. } => {
                             ("spec.limits.memory", e.to_string())
                         }
                         _ => ("spec.module.file", e.to_string()),

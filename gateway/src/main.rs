@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sluice_api::{ByteSize, Duration};
 use sluice_gateway::http::{DEFAULT_ASYNC_DEADLINE, DEFAULT_MAX_REQUEST_BODY, HttpConfig};
-use sluice_gateway::manifests;
 use sluice_gateway::nats::{self, NatsConfig};
 use sluice_gateway::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, RunningGateway};
+use sluice_gateway::{admission, manifests};
 use sluice_nats::layout::{DEFAULT_MAX_QUEUE_DEPTH, Layout, LayoutConfig};
 use sluice_nats::publish::Publisher;
 use sluice_nats::{NatsSecurity, NatsSecurityArgs};
@@ -103,6 +103,22 @@ struct Args {
     /// true/false, 1/0, yes/no, on/off.)
     #[arg(long, env = "SLUICE_AUTH_REQUIRED", value_parser = clap::builder::BoolishValueParser::new())]
     auth_required: bool,
+    /// Connections open at once; past it 503 overloaded (with
+    /// Retry-After) and closed. Default: a quarter of the container's
+    /// memory limit (less --memory-reserve) at 256 KiB each; none without a
+    /// limit.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Bytes of request bodies (as they arrive) and synchronous responses
+    /// (the largest that may come back, from before the call) held at once;
+    /// past it 503 overloaded (with Retry-After). Default: half the
+    /// container's memory limit less --memory-reserve; none without a limit.
+    #[arg(long, env = "SLUICE_MAX_BUFFERED")]
+    max_buffered: Option<ByteSize>,
+    /// The gateway's own share of its container's memory, kept out of the
+    /// two limits above.
+    #[arg(long, env = "SLUICE_MEMORY_RESERVE", default_value_t = admission::DEFAULT_MEMORY_RESERVE)]
+    memory_reserve: ByteSize,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -177,7 +193,7 @@ async fn publish(nats: &str, security: &NatsSecurity, dir: &Path) -> anyhow::Res
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let http = HttpConfig {
+    let mut http = HttpConfig {
         max_request_body: usize::try_from(args.max_request_body.0)
             .context("--max-request-body is too large")?,
         async_deadline: args.async_deadline.0,
@@ -185,6 +201,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         auth_required: args.auth_required,
         ..HttpConfig::default()
     };
+    let container = sluice_serve::memory::container_memory_limit()?;
+    let limits = admission::size_limits(
+        container.as_ref().map(|c| c.limit),
+        args.memory_reserve.0,
+        args.max_connections,
+        args.max_buffered.map(|b| b.0),
+    );
+    tracing::info!(
+        container_limit = %container.as_ref().map_or("none".to_owned(), |c| ByteSize(c.limit).to_string()),
+        max_connections = %limits.max_connections.map_or("none".to_owned(), |n| n.to_string()),
+        max_buffered = %limits.max_buffered.map_or("none".to_owned(), |b| ByteSize(b).to_string()),
+        "admission limits"
+    );
+    http.max_connections = limits.max_connections;
+    http.max_buffered = limits.max_buffered;
     #[cfg(not(feature = "local"))]
     if args.local.is_some() {
         anyhow::bail!(local::WITHOUT);
@@ -261,6 +292,7 @@ mod local {
         config.queue.results_ttl = args.async_deadline.0;
         config.queue.max_depth = args.max_queue_depth;
         config.runtime = runtime_config(args)?;
+        config.http.response_reserve = config.runtime.max_response_body;
         local::start(config)
             .await
             .with_context(|| format!("cannot start local mode from {}", dir.display()))

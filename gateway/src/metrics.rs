@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
+use sluice_serve::ConnectionLimit;
 
 /// Which of the gateway's paths a request took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +84,10 @@ pub struct Metrics {
     queue_depth: Family<FunctionLabels, Gauge>,
     auth_failures: Family<AuthFailureLabels, Counter>,
     accepted: Family<AcceptedLabels, Counter>,
+    buffered_bytes: Gauge,
+    buffered_limit: Gauge,
+    connections: Gauge,
+    connections_refused: Counter,
 }
 
 impl Metrics {
@@ -119,7 +124,41 @@ impl Metrics {
             "HTTP invocations the queue took, by function and route (async: answered 202; sync: answered by a runtime, successfully or not)",
             metrics.accepted.clone(),
         );
+        registry.register(
+            "buffered_bytes",
+            "Bytes of request and synchronous response bodies the gateway holds now (limited by --max-buffered)",
+            metrics.buffered_bytes.clone(),
+        );
+        registry.register(
+            "buffered_limit_bytes",
+            "The gateway's --max-buffered (0: no limit)",
+            metrics.buffered_limit.clone(),
+        );
+        registry.register(
+            "connections",
+            "Connections open now (limited by --max-connections)",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed at --max-connections",
+            metrics.connections_refused.clone(),
+        );
         metrics
+    }
+
+    /// The gauge of buffered bytes, with the limit `max` shown beside it.
+    pub fn buffered(&self, max: Option<u64>) -> Gauge {
+        self.buffered_limit
+            .set(max.map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)));
+        self.buffered_bytes.clone()
+    }
+
+    /// `limit` counted in these metrics.
+    pub fn count_connections(&self, mut limit: ConnectionLimit) -> ConnectionLimit {
+        limit.open = self.connections.clone();
+        limit.refused = self.connections_refused.clone();
+        limit
     }
 
     /// Also reports `sluice_queue_depth` from the in-process queue (local

@@ -93,6 +93,8 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
         );
         config.http.max_request_body = fits;
     }
+    // A synchronous reply is one NATS message: at most max_payload.
+    config.http.response_reserve = max_payload;
     let mut registry = Registry::with_prefix("sluice");
     let metrics = Metrics::register(&mut registry);
     let (name, help) = sluice_nats::CONNECTED_METRIC;

@@ -84,6 +84,7 @@ impl RunningGateway {
         let (listener, addr) = bind(listen).await?;
         let (admin_listener, admin_addr) = bind(admin_listen).await?;
         let handler = gateway.clone();
+        let connection_limit = gateway.connection_limit();
         let admin_server = admin.clone();
         let stop_companions = CancellationToken::new();
         let service = Service::spawn(|stop| async move {
@@ -98,6 +99,7 @@ impl RunningGateway {
                 Some(Arc::new(|status| {
                     GatewayError::unparsed_request(status).map(|e| e.into_response(None))
                 })),
+                connection_limit,
                 async {
                     let _ = stop.await;
                 },

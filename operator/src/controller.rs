@@ -29,7 +29,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use sluice_api::names::FunctionRef;
-use sluice_api::{Function, FunctionSpec, FunctionStatus, Placement, RegistryEntry};
+use sluice_api::{ByteSize, Function, FunctionSpec, FunctionStatus, Placement, RegistryEntry};
 use sluice_nats::Layout;
 use sluice_nats::publish::Publisher;
 
@@ -63,6 +63,10 @@ pub struct Settings {
     pub runtime: RuntimeTemplate,
     /// How runtimes are scaled.
     pub autoscaling: crate::autoscaler::AutoscalerConfig,
+    /// The largest `limits.memory` the runtimes take (their
+    /// `--max-instance-memory`); a Function asking for more is
+    /// `Ready=False`. `None`: not checked here (the runtime still refuses).
+    pub max_instance_memory: Option<ByteSize>,
 }
 
 /// What every reconcile shares.
@@ -246,7 +250,10 @@ async fn apply(function: &Function, ctx: &Context) -> Result<Action, Error> {
         )),
         Ok(reference) => match function.spec.validate() {
             Err(e) => invalid(e.to_string()),
-            Ok(()) => resolve(reference, &function.spec, ctx).await,
+            Ok(()) => match too_much_memory(&function.spec, ctx.settings.max_instance_memory) {
+                Some(problem) => invalid(problem),
+                None => resolve(reference, &function.spec, ctx).await,
+            },
         },
     };
     let mut outcome = outcome;
@@ -321,6 +328,18 @@ async fn apply(function: &Function, ctx: &Context) -> Result<Action, Error> {
         );
     }
     Ok(Action::requeue(outcome.requeue))
+}
+
+/// Why `spec` cannot run on runtimes that take at most `max` of
+/// `limits.memory`, if it cannot.
+fn too_much_memory(spec: &FunctionSpec, max: Option<ByteSize>) -> Option<String> {
+    let max = max?;
+    (spec.limits.memory > max).then(|| {
+        format!(
+            "spec.limits.memory: {} is more than the runtimes' largest instance, {max} (their --max-instance-memory, the chart's runtime.maxInstanceMemory): lower it, or raise that with the runtimes' memory limit",
+            spec.limits.memory
+        )
+    })
 }
 
 fn invalid(message: String) -> Outcome {
@@ -659,4 +678,29 @@ async fn cleanup(function: &Function, ctx: &Context) -> Result<(), Error> {
         tracing::debug!(error = %e, "cannot record the removal");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_asking_more_memory_than_the_runtimes_take_is_refused_naming_both() {
+        let spec = |memory: &str| -> FunctionSpec {
+            serde_json::from_value(serde_json::json!({
+                "module": { "oci": "example.com/f:1" },
+                "limits": { "memory": memory },
+            }))
+            .unwrap()
+        };
+        let max = Some(ByteSize::mebibytes(512));
+        assert_eq!(too_much_memory(&spec("512Mi"), max), None);
+        assert_eq!(too_much_memory(&spec("2Gi"), None), None);
+        let problem = too_much_memory(&spec("600Mi"), max).unwrap();
+        assert!(
+            problem.starts_with("spec.limits.memory: 600Mi is more than")
+                && problem.contains("512Mi"),
+            "{problem}"
+        );
+    }
 }

@@ -154,6 +154,11 @@ struct Args {
     /// How long a dead leader's Lease holds before a standby takes over.
     #[arg(long, default_value_t = sluice_api::Duration(DEFAULT_LEASE_DURATION))]
     lease_duration: sluice_api::Duration,
+    /// The largest limits.memory the runtimes take (their
+    /// --max-instance-memory): a Function asking for more is Ready=False.
+    /// Default: not checked by the operator (the runtimes still refuse it).
+    #[arg(long, env = "SLUICE_MAX_INSTANCE_MEMORY")]
+    max_instance_memory: Option<ByteSize>,
     /// Largest module accepted from a URL, an OCI registry or a ConfigMap.
     #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_MODULE_BYTES as u64))]
     max_module_size: ByteSize,
@@ -225,6 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = OperatorConfig {
         settings: Settings {
             gateway_url: args.gateway_url,
+            max_instance_memory: args.max_instance_memory,
             runtime: RuntimeTemplate {
                 image: args.runtime_image,
                 nats_url: args.runtime_nats_url.unwrap_or_else(|| nats.clone()),

@@ -16,6 +16,7 @@ use http::{Method, Request, header};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
 use sluice_api::InvocationRecord;
 use sluice_api::callback::validate_url;
 use sluice_api::egress::EgressPolicy;
@@ -27,6 +28,11 @@ use tokio_util::task::TaskTracker;
 const ATTEMPTS: u32 = 3;
 /// Longest a callback receiver may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries under way at once; past it a callback is dropped (counted
+/// and logged): its record stays in `sluice-results` for the caller to
+/// read, while a queue without bound would grow with every unreachable
+/// receiver (each delivery may take ~40 s of attempts).
+pub const MAX_PENDING: usize = 1024;
 
 /// Posts records to callback URLs, retrying failed deliveries a few times
 /// (a refused destination or a redirect never). Deliveries run in the
@@ -38,6 +44,8 @@ pub struct Callbacks {
     client: Client<GuardedConnector, Full<Bytes>>,
     policy: Arc<EgressPolicy>,
     deliveries: TaskTracker,
+    /// Callbacks dropped at [`MAX_PENDING`].
+    dropped: Counter,
 }
 
 impl Callbacks {
@@ -48,7 +56,14 @@ impl Callbacks {
                 .build(guarded_connector(policy.clone(), None)),
             policy,
             deliveries: TaskTracker::new(),
+            dropped: Counter::default(),
         }
+    }
+
+    /// Callbacks dropped because [`MAX_PENDING`] were under way (to
+    /// register as a metric).
+    pub fn dropped(&self) -> Counter {
+        self.dropped.clone()
     }
 
     /// Waits up to `grace` for deliveries in flight, retries included.
@@ -61,8 +76,14 @@ impl Callbacks {
         }
     }
 
-    /// Delivers `record` to `url` in the background.
+    /// Delivers `record` to `url` in the background, unless
+    /// [`MAX_PENDING`] deliveries are under way.
     pub fn deliver(&self, url: String, record: InvocationRecord) {
+        if self.deliveries.len() >= MAX_PENDING {
+            self.dropped.inc();
+            tracing::warn!(invocation = %record.id, %url, "callback dropped: {MAX_PENDING} deliveries are under way; the record stays readable at /invocations/<id>");
+            return;
+        }
         let client = self.client.clone();
         let policy = self.policy.clone();
         self.deliveries.spawn(async move {

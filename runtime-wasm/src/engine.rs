@@ -10,6 +10,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::RuntimeError;
+use crate::budget::{self, MemoryBudget};
 use crate::cache::ComponentCache;
 use crate::host::Host;
 
@@ -32,6 +33,30 @@ pub struct RuntimeConfig {
     /// Which addresses callbacks and functions' outbound HTTP may reach
     /// (see `sluice_api::egress`). Default: public addresses only.
     pub egress: Arc<EgressPolicy>,
+    /// Bytes the instances alive at once may reserve together (each its
+    /// function's `limits.memory` plus [`RuntimeConfig::instance_overhead`]);
+    /// invocations beyond it wait. `None`: no budget, as for a process
+    /// without a memory limit. Default: `None` (`sluice-runtime` sizes it
+    /// from its cgroup's memory limit).
+    pub memory_budget: Option<ByteSize>,
+}
+
+/// Each instance's fiber stack (wasmtime's async stack), bytes.
+const ASYNC_STACK: usize = 2 << 20;
+
+impl RuntimeConfig {
+    /// Bytes an instance may hold outside its linear memory (its stack,
+    /// the response collected from it, its log buffers), reserved from the
+    /// memory budget beside its `limits.memory`.
+    pub fn instance_overhead(&self) -> u64 {
+        budget::instance_overhead(ASYNC_STACK, self.max_response_body, self.max_log_bytes)
+    }
+
+    /// What an instance of a function with `limits.memory` = `memory`
+    /// reserves from the memory budget.
+    pub fn instance_reservation(&self, memory: ByteSize) -> u64 {
+        budget::instance_reservation(memory.0, self.instance_overhead())
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -43,6 +68,7 @@ impl Default for RuntimeConfig {
             max_response_body: 6 << 20,
             max_log_bytes: 64 << 10,
             egress: Arc::default(),
+            memory_budget: None,
         }
     }
 }
@@ -61,6 +87,8 @@ pub(crate) struct Inner {
     /// Bounds live instances to the pool's size, so that a burst waits
     /// instead of failing to allocate.
     pub(crate) instances: Semaphore,
+    /// Bounds the memory the live instances may hold together.
+    pub(crate) memory: Option<Arc<MemoryBudget>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -108,7 +136,7 @@ impl Runtime {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
-            .async_stack_size(2 << 20)
+            .async_stack_size(ASYNC_STACK)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_error)?;
 
@@ -121,6 +149,7 @@ impl Runtime {
         Ok(Self {
             inner: Arc::new(Inner {
                 instances: Semaphore::new(config.max_instances as usize),
+                memory: config.memory_budget.map(|b| MemoryBudget::new(b.0)),
                 cache: ComponentCache::default(),
                 engine,
                 linker,
@@ -131,6 +160,11 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The memory budget, if the runtime has one.
+    pub fn memory_budget(&self) -> Option<&Arc<MemoryBudget>> {
+        self.inner.memory.as_ref()
     }
 }
 

@@ -131,6 +131,15 @@ impl Runtime {
                 max: max.to_string(),
             });
         }
+        if let Some(budget) = &self.inner.memory
+            && self.inner.config.instance_reservation(spec.limits.memory) > budget.total()
+        {
+            return Err(RuntimeError::MemoryBudgetTooSmall {
+                limit: spec.limits.memory.to_string(),
+                overhead: sluice_api::ByteSize(self.inner.config.instance_overhead()).to_string(),
+                budget: sluice_api::ByteSize(budget.total()).to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -158,14 +167,29 @@ impl Runtime {
     /// Runs one attempt of `invocation`, bounded by the function's timeout
     /// and the invocation's deadline, whichever comes first.
     pub async fn invoke(&self, function: &PreparedFunction, invocation: &Invocation) -> Outcome {
-        // The timeout counts from when an instance is free, so a busy pool
-        // delays an attempt rather than cutting it short; the caller's
-        // deadline still bounds the wait.
+        // The timeout counts from when an instance (and memory for it) is
+        // free, so a busy pool delays an attempt rather than cutting it
+        // short; the caller's deadline still bounds the wait.
         let expired = || {
             failed(
                 FailureKind::Expired,
                 "the caller's deadline passed before the invocation ran",
             )
+        };
+        // Memory first: an invocation waiting for budget holds no instance
+        // that another function could use.
+        let _reservation = match &self.inner.memory {
+            Some(budget) => {
+                let bytes = self
+                    .inner
+                    .config
+                    .instance_reservation(sluice_api::ByteSize(function.limits.memory));
+                match tokio::time::timeout(invocation.time_left(), budget.reserve(bytes)).await {
+                    Ok(reservation) => Some(reservation),
+                    Err(_) => return expired(),
+                }
+            }
+            None => None,
         };
         let permit = tokio::time::timeout(invocation.time_left(), self.inner.instances.acquire());
         let _permit = match permit.await {

@@ -15,6 +15,7 @@
 //! records to `X-Callback-Url`, for both queues.
 
 mod artifacts;
+pub mod budget;
 mod cache;
 pub mod callback;
 mod engine;
@@ -37,4 +38,12 @@ pub enum RuntimeError {
     NotAProxy(String),
     #[error("limits.memory {limit} exceeds the runtime's largest instance memory {max}")]
     MemoryLimitTooLarge { limit: String, max: String },
+    #[error(
+        "limits.memory {limit} (with each instance's {overhead} outside it) can never fit the runtime's memory budget {budget}"
+    )]
+    MemoryBudgetTooSmall {
+        limit: String,
+        overhead: String,
+        budget: String,
+    },
 }

@@ -10,8 +10,10 @@ use sluice_api::ByteSize;
 use sluice_api::names::FunctionRef;
 use sluice_nats::NatsSecurityArgs;
 use sluice_runtime::RuntimeConfig;
+use sluice_runtime::budget::{self, MemorySettings};
 use sluice_runtime::node::{self, DEFAULT_ADMIN_LISTEN, NodeConfig, default_artifacts_dir};
 use sluice_serve::egress::EgressArgs;
+use sluice_serve::memory;
 use sluice_serve::shutdown_signal;
 use sluice_serve::telemetry::Telemetry;
 
@@ -42,11 +44,61 @@ struct Args {
     /// Instances alive at once across all functions.
     #[arg(long, default_value_t = RuntimeConfig::default().max_instances)]
     max_instances: u32,
+    /// Bytes the live instances may reserve together (each its function's
+    /// limits.memory plus its stack, response and log buffers); beyond it
+    /// invocations wait. Default: the container's memory limit (its
+    /// cgroup's, read at start) less --memory-reserve; none without a limit.
+    #[arg(long, env = "SLUICE_MEMORY_BUDGET")]
+    memory_budget: Option<ByteSize>,
+    /// The process's own share of the container's memory (compiled code,
+    /// connections, queued messages), kept out of the budget.
+    #[arg(long, env = "SLUICE_MEMORY_RESERVE", default_value = "128Mi")]
+    memory_reserve: ByteSize,
+    /// The largest limits.memory a function may ask for; larger is refused
+    /// when the function loads. Default: 1Gi, or less so that one instance
+    /// at it fits the budget.
+    #[arg(long, env = "SLUICE_MAX_INSTANCE_MEMORY")]
+    max_instance_memory: Option<ByteSize>,
+    /// Longest the runtime takes to stop after SIGTERM: held invocations
+    /// finish within it (less 10 s kept for callbacks); what still runs at
+    /// its end is left to JetStream to deliver again. Keep it within the
+    /// pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "SLUICE_DRAIN_GRACE", default_value_t = sluice_api::Duration(node::DEFAULT_DRAIN_GRACE))]
+    drain_grace: sluice_api::Duration,
     #[command(flatten)]
     egress: EgressArgs,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// Sets the memory budget and the largest instance from the flags and the
+/// container's memory limit, and says what they came to.
+fn size_memory(args: &Args, runtime: &mut RuntimeConfig) -> anyhow::Result<()> {
+    let container = memory::container_memory_limit()?;
+    let plan = budget::plan(MemorySettings {
+        container_limit: container.as_ref().map(|c| c.limit),
+        budget: args.memory_budget.map(|b| b.0),
+        reserve: args.memory_reserve.0,
+        max_instance_memory: args.max_instance_memory.map(|m| m.0),
+        overhead: runtime.instance_overhead(),
+    })?;
+    runtime.memory_budget = plan.budget.map(ByteSize);
+    runtime.max_instance_memory = ByteSize(plan.max_instance_memory);
+    match (&plan.budget, &container) {
+        (Some(budget), container) => tracing::info!(
+            budget = %ByteSize(*budget),
+            container_limit = %container.as_ref().map_or("none".to_owned(), |c| format!("{} ({})", ByteSize(c.limit), c.file.display())),
+            max_instance_memory = %runtime.max_instance_memory,
+            per_instance_overhead = %ByteSize(runtime.instance_overhead()),
+            "memory budget"
+        ),
+        (None, _) => tracing::warn!(
+            max_instance_memory = %runtime.max_instance_memory,
+            "no memory limit found and no --memory-budget: instances are not budgeted"
+        ),
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -63,10 +115,12 @@ async fn run() -> anyhow::Result<()> {
     config.function = args.function.clone();
     config.artifacts = Some(args.artifacts.clone());
     config.admin_listen = args.admin_listen;
+    config.drain_grace = args.drain_grace.0;
     config.runtime.max_response_body =
         usize::try_from(args.max_response_body.0).context("--max-response-body is too large")?;
     config.runtime.max_instances = args.max_instances;
     config.runtime.egress = args.egress.policy();
+    size_memory(&args, &mut config.runtime)?;
     let mut node = node::start(config)
         .await
         .with_context(|| format!("cannot start the runtime on {}", args.nats))?;

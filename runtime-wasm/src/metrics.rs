@@ -7,9 +7,13 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
+
+use crate::budget::MemoryBudget;
+use crate::callback::Callbacks;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
@@ -107,6 +111,33 @@ impl Metrics {
             metrics.queue_wait.clone(),
         );
         metrics
+    }
+
+    /// Registers the memory budget's gauges: `memory_budget_bytes` (the
+    /// budget) and `memory_reserved_bytes` (what live instances reserve).
+    pub fn register_memory_budget(registry: &mut Registry, budget: &MemoryBudget) {
+        let total = Gauge::<i64>::default();
+        total.set(i64::try_from(budget.total()).unwrap_or(i64::MAX));
+        registry.register(
+            "memory_budget_bytes",
+            "Bytes the live instances may reserve together (limits.memory plus each instance's host-side share)",
+            total,
+        );
+        registry.register(
+            "memory_reserved_bytes",
+            "Bytes reserved by the live instances now",
+            budget.reserved_gauge(),
+        );
+    }
+
+    /// Registers `callbacks_dropped`: callbacks dropped at
+    /// [`crate::callback::MAX_PENDING`] deliveries under way.
+    pub fn register_callbacks(registry: &mut Registry, callbacks: &Callbacks) {
+        registry.register(
+            "callbacks_dropped",
+            "Callbacks not delivered because too many deliveries were under way (their records stay readable)",
+            callbacks.dropped(),
+        );
     }
 
     fn labels(function: &FunctionRef) -> FunctionLabels {

@@ -79,6 +79,7 @@ impl Admin {
                 async move { response }
             }),
             None,
+            None,
             shutdown,
         )
         .await;

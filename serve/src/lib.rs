@@ -3,11 +3,13 @@
 //! endpoints `/healthz`, `/readyz` and `/metrics` over a Prometheus
 //! registry ([`admin`]) and gauges read when scraped ([`scraped`]), the shutdown signal ([`signal`]), logs and
 //! OpenTelemetry traces ([`telemetry`]), the egress guard's resolver
-//! ([`egress`]), and TLS on a listener with certificates reloaded from disk
+//! ([`egress`]), the container's memory limit ([`memory`]), and TLS on a
+//! listener with certificates reloaded from disk
 //! ([`tls`]). It links neither NATS nor wasmtime.
 
 pub mod admin;
 pub mod egress;
+pub mod memory;
 mod refusal;
 pub mod scraped;
 pub mod server;
@@ -18,7 +20,7 @@ pub mod tls;
 pub use admin::Admin;
 pub use refusal::Refusal;
 pub use scraped::ScrapedGauge;
-pub use server::{MAX_HEADER_FIELDS, MAX_REQUEST_HEAD, Service, serve};
+pub use server::{ConnectionLimit, MAX_HEADER_FIELDS, MAX_REQUEST_HEAD, Service, serve};
 pub use signal::shutdown_signal;
 pub use tls::{ServerTls, TlsFiles};
 

@@ -5,14 +5,17 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::refusal::{InFlight, InFlightGuard, Refusal, Refusing};
 use crate::tls::{HANDSHAKE_TIMEOUT, ServerTls};
@@ -30,6 +33,61 @@ pub const MAX_HEADER_FIELDS: usize = 100;
 /// that the limit is named and documented.
 pub const MAX_REQUEST_HEAD: usize = 8192 + 4096 * 100;
 
+/// At most this many connections open at once; one accepted past it gets
+/// `answer` (a whole HTTP/1.1 response, e.g. 503 with `Retry-After`) and
+/// is closed without reading it: each open connection may buffer up to
+/// [`MAX_REQUEST_HEAD`] of request head, so their count bounds memory.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimit {
+    pub max: usize,
+    pub answer: Bytes,
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections refused at the limit.
+    pub refused: Counter,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` connections answering `status`, `headers` and
+    /// `body` past it.
+    pub fn new(max: usize, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+        Self {
+            max,
+            answer: raw_response(status, headers, body),
+            open: Gauge::default(),
+            refused: Counter::default(),
+        }
+    }
+}
+
+/// Longest a refused connection is given to take its answer.
+const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A response as HTTP/1.1 bytes, closing the connection.
+fn raw_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Bytes {
+    let mut raw = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in headers {
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    raw.extend_from_slice(body);
+    Bytes::from(raw)
+}
+
 /// Serves `handler` on `listener` until `shutdown` resolves, then waits
 /// for open connections to finish their requests. A request whose head
 /// hyper cannot parse (over [`MAX_HEADER_FIELDS`] or [`MAX_REQUEST_HEAD`],
@@ -41,17 +99,26 @@ pub const MAX_REQUEST_HEAD: usize = 8192 + 4096 * 100;
 /// while serving (see [`crate::tls`]). A failed handshake is logged at
 /// debug and ends that connection only; one not done within
 /// [`HANDSHAKE_TIMEOUT`] is dropped.
+///
+/// With `limit`, connections past its `max` get its answer and are closed.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<ServerTls>,
     handler: Arc<H>,
     refusal: Option<Refusal>,
+    limit: Option<ConnectionLimit>,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let slots = limit.as_ref().map(|l| Arc::new(Semaphore::new(l.max)));
+    // Refused connections being answered: bounded too, past it they are
+    // closed unanswered.
+    let refusing = Arc::new(Semaphore::new(
+        limit.as_ref().map_or(0, |l| (l.max / 8).max(16)),
+    ));
     let _reloading = tls.as_ref().map(ServerTls::watch);
     // Handshakes under way are abandoned when serving stops.
     let (stopping, stopped) = tokio::sync::watch::channel(false);
@@ -70,12 +137,26 @@ pub async fn serve<H, F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let slot = match (&limit, &slots) {
+            (Some(limit), Some(slots)) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(OpenConnection::new(permit, limit.open.clone())),
+                Err(_) => {
+                    limit.refused.inc();
+                    refuse(stream, tls.as_ref(), limit.answer.clone(), &refusing);
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let watcher = graceful.watcher();
         let handler = handler.clone();
         let refusal = refusal.clone();
         match &tls {
             None => {
-                tokio::spawn(connection(stream, handler, refusal, watcher));
+                tokio::spawn(async move {
+                    connection(stream, handler, refusal, watcher).await;
+                    drop(slot);
+                });
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
@@ -98,6 +179,7 @@ pub async fn serve<H, F>(
                         _ = stopped.wait_for(|stopped| *stopped) => return,
                     };
                     connection(stream, handler, refusal, watcher).await;
+                    drop(slot);
                 });
             }
         }
@@ -105,6 +187,73 @@ pub async fn serve<H, F>(
     let _ = stopping.send(true);
     graceful.shutdown().await;
 }
+
+/// A connection counted against the limit until dropped.
+struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl OpenConnection {
+    fn new(permit: OwnedSemaphorePermit, open: Gauge) -> Self {
+        open.inc();
+        Self {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// Answers a connection past the limit with `answer` and closes it,
+/// without reading its request; closes it unanswered when too many are
+/// being answered already.
+fn refuse(stream: TcpStream, tls: Option<&ServerTls>, answer: Bytes, refusing: &Arc<Semaphore>) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    let acceptor = tls.map(ServerTls::acceptor);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async move {
+            match acceptor {
+                None => write_and_close(stream, &answer).await,
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        write_and_close(stream, &answer).await;
+                    }
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// Writes `answer`, then reads (and drops) a little of what the client
+/// sends until it closes: closing with its request unread would reset the
+/// connection, and the client might lose the answer.
+async fn write_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: &[u8]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    let mut drained = 0;
+    while drained < REFUSAL_DRAIN {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+/// Most bytes read from a refused connection before it is closed.
+const REFUSAL_DRAIN: usize = 64 << 10;
 
 /// Serves HTTP/1.1 on one connection until it closes, or, once serving
 /// stops, until its open request is answered.

@@ -8,6 +8,7 @@ mod harness;
 mod async_invocations;
 mod auth;
 mod bad_input;
+mod bounds;
 mod distributed;
 mod egress;
 mod hostile;

@@ -58,7 +58,18 @@ pub struct NodeConfig {
     pub admin_listen: SocketAddr,
     pub runtime: RuntimeConfig,
     pub layout: LayoutConfig,
+    /// Longest a stopping node takes, from the stop to its exit: held
+    /// invocations get what is left of it after [`CALLBACK_SHARE`], then
+    /// callbacks the rest; an invocation still running at its end is left
+    /// unacknowledged for JetStream to deliver again elsewhere. Set it
+    /// within the pod's `terminationGracePeriodSeconds` (the chart passes
+    /// that less 5 s). Default: [`DEFAULT_DRAIN_GRACE`].
+    pub drain_grace: Duration,
 }
+
+/// Default of [`NodeConfig::drain_grace`]: within Kubernetes' default
+/// 30 s termination grace period.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(25);
 
 impl NodeConfig {
     pub fn new(nats_url: impl Into<String>) -> Self {
@@ -71,6 +82,7 @@ impl NodeConfig {
             admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
             layout: LayoutConfig::default(),
+            drain_grace: DEFAULT_DRAIN_GRACE,
         }
     }
 }
@@ -148,6 +160,9 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
         sluice_nats::is_connected(&connection)
     });
+    if let Some(budget) = runtime.memory_budget() {
+        Metrics::register_memory_budget(&mut registry, budget);
+    }
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| NodeError::Listen {
@@ -160,6 +175,8 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             addr: config.admin_listen,
             source,
         })?;
+    let callbacks = Callbacks::new(config.runtime.egress.clone());
+    Metrics::register_callbacks(&mut registry, &callbacks);
     let admin = Arc::new(Admin::new(registry));
     let watcher = RegistryWatcher::new(layout.functions.clone());
     let shared = Arc::new(Shared {
@@ -167,11 +184,12 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         layout,
         client,
         metrics,
-        callbacks: Callbacks::new(config.runtime.egress.clone()),
+        callbacks,
     });
     let node = NodeLoop {
         shared,
         only: config.function,
+        drain_grace: config.drain_grace,
         pool_serves_dedicated: config.pool_serves_dedicated,
         artifacts: config.artifacts,
         workers: HashMap::new(),
@@ -203,13 +221,14 @@ struct NodeLoop {
     /// Replaced or removed workers finishing what they hold.
     retired: Vec<Worker>,
     admin: Arc<Admin>,
+    drain_grace: Duration,
 }
 
 /// How often entries that failed to load are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
-/// How long a stopping runtime keeps delivering callbacks of invocations it
-/// finished: within Kubernetes' default 30s termination grace period.
-const CALLBACK_GRACE: Duration = Duration::from_secs(20);
+/// The part of the drain kept for callbacks of what finished last (one
+/// delivery's attempt takes at most 10 s).
+const CALLBACK_SHARE: Duration = Duration::from_secs(10);
 
 impl NodeLoop {
     async fn run(mut self, mut watcher: RegistryWatcher, mut shutdown: oneshot::Receiver<()>) {
@@ -229,22 +248,33 @@ impl NodeLoop {
         );
         let mut workers: Vec<_> = self.workers.drain().map(|(_, (_, w))| w).collect();
         workers.append(&mut self.retired);
+        let deadline = Instant::now() + self.drain_grace;
         for worker in &workers {
             worker.stop();
         }
-        for worker in workers {
-            worker.join().await;
+        let held = deadline - CALLBACK_SHARE.min(self.drain_grace / 2);
+        let joined = tokio::time::timeout_at(held, async {
+            for worker in workers {
+                worker.join().await;
+            }
+        });
+        if joined.await.is_err() {
+            tracing::warn!(
+                drain_grace = ?self.drain_grace,
+                "invocations still running at the end of the drain are left unacknowledged: JetStream delivers them again elsewhere"
+            );
         }
         // Acknowledgements are not confirmed one by one: make sure the
         // server has them all before the connection goes.
         if let Err(e) = sluice_nats::round_trip(&self.shared.client, Duration::from_secs(5)).await {
             tracing::warn!(error = %e, "the last acknowledgements may not have arrived; their messages will be redelivered");
         }
-        let abandoned = self.shared.callbacks.drain(CALLBACK_GRACE).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let abandoned = self.shared.callbacks.drain(left).await;
         if abandoned > 0 {
             tracing::warn!(
                 abandoned,
-                "callbacks still failing after {CALLBACK_GRACE:?} are given up; their records stay in sluice-results"
+                "callbacks still failing at the end of the drain ({left:?} for them) are given up; their records stay in sluice-results"
             );
         }
     }
