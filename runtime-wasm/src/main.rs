@@ -67,11 +67,19 @@ async fn run() -> anyhow::Result<()> {
         usize::try_from(args.max_response_body.0).context("--max-response-body is too large")?;
     config.runtime.max_instances = args.max_instances;
     config.runtime.egress = args.egress.policy();
-    let mut node = node::start(config)
-        .await
-        .with_context(|| format!("cannot start the runtime on {}", args.nats))?;
+    let shown = sluice_nats::redacted(&args.nats);
+    // The node waits for NATS: a signal meanwhile ends the wait.
+    let mut node = tokio::select! {
+        started = node::start(config) => started
+            .with_context(|| format!("cannot start the runtime on {shown}"))?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped while waiting for NATS");
+            telemetry.shutdown().await;
+            return Ok(());
+        }
+    };
     tracing::info!(
-        nats = %args.nats,
+        nats = %shown,
         admin = %node.admin_addr,
         serving = %args.function.as_ref().map_or("every function".to_owned(), ToString::to_string),
         "runtime started"
