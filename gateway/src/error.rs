@@ -39,6 +39,12 @@ pub enum GatewayError {
     RequestTimeout(std::time::Duration),
     #[error("the queue of {0} is full; retry later")]
     QueueFull(String),
+    /// An `Idempotency-Key` already used for a different request (method,
+    /// path, query or body) whose record still lives.
+    #[error(
+        "this Idempotency-Key was used for a different request (invocation {0}); use a new key for a new request"
+    )]
+    IdempotencyKeyReused(String),
     #[error("{0}")]
     Timeout(String),
     #[error("{}", .0.reason)]
@@ -71,6 +77,7 @@ impl GatewayError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::FunctionFailed(f) => match f.kind {
                 FailureKind::Timeout | FailureKind::Expired => StatusCode::GATEWAY_TIMEOUT,
@@ -98,6 +105,7 @@ impl GatewayError {
             Self::UriTooLong => "uri_too_long",
             Self::RequestTimeout(_) => "request_timeout",
             Self::QueueFull(_) => "queue_full",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Self::Timeout(_) => "timeout",
             Self::FunctionFailed(f) => match f.kind {
                 FailureKind::Timeout | FailureKind::Expired => "timeout",
