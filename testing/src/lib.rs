@@ -19,7 +19,7 @@ mod nats;
 
 pub use kube::{ControlPlane, SLUICE_NAMESPACE, helm, run_with_stdin};
 pub use kubelet::Kubelet;
-pub use nats::{LATE_NATS_SECRET, LateNats, NatsServer, NatsUser, SecureNats};
+pub use nats::{LateNats, NatsServer, NatsUser, SecureNats};
 
 /// A free loopback port (bound, then released for a child to take).
 pub fn free_port() -> u16 {

@@ -299,26 +299,22 @@ impl SecureNats {
 #[derive(Debug)]
 pub struct LateNats {
     port: u16,
-    /// The URL to give the part, with credentials that must never be
-    /// logged (the server, without authorization, ignores them).
+    /// The URL to give the part.
     pub url: String,
 }
-
-/// What [`LateNats`] puts in the URL's password, to look for in logs.
-pub const LATE_NATS_SECRET: &str = "never-logged-7c1d";
 
 impl LateNats {
     pub fn new() -> Self {
         let port = crate::free_port();
         Self {
             port,
-            url: format!("nats://sluice:{LATE_NATS_SECRET}@127.0.0.1:{port}"),
+            url: format!("nats://127.0.0.1:{port}"),
         }
     }
 
     /// Checks that the part serving `admin` waits for NATS: within 60s it
     /// answers `/healthz` 200 and `/readyz` 503 and its `log` names the
-    /// server without credentials, saying it is waiting; it has not exited
+    /// server, saying it is waiting; it has not exited
     /// (`exit_code` gives its code once it has).
     pub fn check_waiting(
         &self,
@@ -326,28 +322,15 @@ impl LateNats {
         log: impl Fn() -> String,
         mut exit_code: impl FnMut() -> Option<i32>,
     ) {
-        let shown = format!("nats://127.0.0.1:{}", self.port);
         let waiting = || {
             let log = log();
             crate::http::get(admin, "/healthz").is_some_and(|(status, _)| status == 200)
                 && crate::http::get(admin, "/readyz").is_some_and(|(status, _)| status == 503)
-                && log.contains(&shown)
+                && log.contains(&self.url)
                 // At least two attempts: it keeps trying.
                 && log.matches("waiting for NATS").count() >= 2
         };
-        let started = Instant::now();
-        while !waiting() {
-            if let Some(code) = exit_code() {
-                panic!("it exited ({code}) instead of waiting for NATS:\n{}", log());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "not waiting for NATS as it should within 60s:\n{}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(!log().contains(LATE_NATS_SECRET), "{}", log());
+        until(waiting, "waiting for NATS", &log, &mut exit_code);
     }
 
     /// Starts the server on the port the part was given.
@@ -356,27 +339,15 @@ impl LateNats {
     }
 
     /// Waits (60s at most) for the part serving `admin` to answer
-    /// `/readyz` 200 without exiting; its `log` never shows the URL's
-    /// credentials.
+    /// `/readyz` 200 without exiting.
     pub fn check_ready(
         &self,
         admin: std::net::SocketAddr,
         log: impl Fn() -> String,
         mut exit_code: impl FnMut() -> Option<i32>,
     ) {
-        let started = Instant::now();
-        while crate::http::get(admin, "/readyz").is_none_or(|(status, _)| status != 200) {
-            if let Some(code) = exit_code() {
-                panic!("it exited ({code}) after NATS came:\n{}", log());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "not ready within 60s of NATS starting:\n{}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(!log().contains(LATE_NATS_SECRET), "{}", log());
+        let ready = || crate::http::get(admin, "/readyz").is_some_and(|(status, _)| status == 200);
+        until(ready, "ready after NATS came", &log, &mut exit_code);
     }
 
     /// [`LateNats::check_waiting`], [`LateNats::start`], then
@@ -391,6 +362,29 @@ impl LateNats {
         let server = self.start();
         self.check_ready(admin, &log, &mut exit_code);
         server
+    }
+}
+
+/// Polls `done` (every 100 ms, 60 s at most) while the part runs: its
+/// exit (`exit_code`) or the time running out fails with `what` and the
+/// part's `log`.
+fn until(
+    done: impl Fn() -> bool,
+    what: &str,
+    log: impl Fn() -> String,
+    mut exit_code: impl FnMut() -> Option<i32>,
+) {
+    let started = Instant::now();
+    while !done() {
+        if let Some(code) = exit_code() {
+            panic!("it exited ({code}), not {what}:\n{}", log());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not {what} within 60s:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

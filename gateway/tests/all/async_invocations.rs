@@ -3,7 +3,8 @@ use http::{Method, StatusCode};
 
 use crate::harness::{Backend, Recorder, TestGateway, conformance, stored_header, stored_headers};
 
-fn functions(recorder: &Recorder) -> String {
+/// `echo`, and `counted`: misbehave allowed to call `recorder`.
+pub(crate) fn functions(recorder: &Recorder) -> String {
     format!(
         r#"
 apiVersion: sluice.dev/v1alpha1

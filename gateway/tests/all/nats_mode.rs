@@ -788,17 +788,7 @@ async fn limit_results(js: &jetstream::Context, max_bytes: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_final_record_is_stored_later_without_running_the_function_again() {
     let recorder = crate::harness::Recorder::start().await;
-    let manifest = format!(
-        r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: counted }}
-spec:
-  module: {{ file: "{{misbehave}}" }}
-  allowedOutboundHosts: [ "{origin}" ]
-"#,
-        origin = recorder.origin()
-    );
+    let manifest = crate::async_invocations::functions(&recorder);
     let gw = TestGateway::start(Backend::Nats, &manifest).await;
     let js = gw.nats.as_ref().unwrap().layout.js.clone();
     // Smaller than any record: every write is refused.
