@@ -90,6 +90,11 @@ pub fn header_line_len(name: &str, value: &str) -> usize {
 #[serde(transparent)]
 pub struct InvocationId(String);
 
+/// The request header naming an idempotency key (IETF
+/// `Idempotency-Key` draft): its invocation id derives from it
+/// ([`InvocationId::for_idempotency_key`]).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
 /// Namespace for ids derived from idempotency keys (UUID v5).
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11");
 
@@ -152,6 +157,30 @@ impl Invocation {
             Some(q) => format!("{}?{q}", self.path),
             None => self.path.clone(),
         }
+    }
+
+    /// For a request with an `Idempotency-Key` header: the sha256 (hex) of
+    /// its method, path, query and body, which a retry with the same key
+    /// must repeat (the IETF `Idempotency-Key` draft answers a different
+    /// one with 422). `None` without the header.
+    pub fn request_digest(&self) -> Option<String> {
+        use sha2::{Digest as _, Sha256};
+        if !self.headers.contains_key(IDEMPOTENCY_KEY_HEADER) {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        let query = self.query.as_deref().unwrap_or_default();
+        // Each part with its length, so no two requests run together alike.
+        for part in [
+            self.method.as_str().as_bytes(),
+            self.path.as_bytes(),
+            query.as_bytes(),
+            &self.body,
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        Some(hex::encode(hasher.finalize()))
     }
 
     /// Time left before the deadline; zero once it has passed.

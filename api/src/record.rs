@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
-use crate::invocation::{InvocationId, InvocationResponse};
+use crate::invocation::{Invocation, InvocationId, InvocationResponse};
 use crate::names::FunctionRef;
 use crate::outcome::{Outcome, Settlement};
 
@@ -131,6 +131,14 @@ pub struct InvocationRecord {
     /// Why the invocation failed, in words a person can act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For an invocation submitted with `Idempotency-Key`: what a retry
+    /// with the same key must repeat ([`Invocation::request_digest`]).
+    #[serde(
+        default,
+        rename = "requestDigest",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_digest: Option<String>,
 }
 
 impl InvocationRecord {
@@ -142,6 +150,16 @@ impl InvocationRecord {
             attempts: 0,
             response: None,
             error: None,
+            request_digest: None,
+        }
+    }
+
+    /// The record of `invocation` as accepted: queued, with its request
+    /// digest when it was submitted with `Idempotency-Key`.
+    pub fn accepted(invocation: &Invocation) -> Self {
+        Self {
+            request_digest: invocation.request_digest(),
+            ..Self::queued(invocation.id.clone(), invocation.function.clone())
         }
     }
 

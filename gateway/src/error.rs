@@ -42,6 +42,12 @@ pub enum GatewayError {
     /// The gateway holds all it may at once (connections, buffered bytes).
     #[error("{0}")]
     Overloaded(String),
+    /// An `Idempotency-Key` already used for a different request (method,
+    /// path, query or body) whose record still lives.
+    #[error(
+        "this Idempotency-Key was used for a different request (invocation {0}); use a new key for a new request"
+    )]
+    IdempotencyKeyReused(String),
     #[error("{0}")]
     Timeout(String),
     #[error("{}", .0.reason)]
@@ -74,6 +80,7 @@ impl GatewayError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::FunctionFailed(f) => match f.kind {
                 FailureKind::Timeout | FailureKind::Expired => StatusCode::GATEWAY_TIMEOUT,
@@ -101,6 +108,7 @@ impl GatewayError {
             Self::UriTooLong => "uri_too_long",
             Self::RequestTimeout(_) => "request_timeout",
             Self::QueueFull(_) => "queue_full",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Self::Timeout(_) => "timeout",
             Self::FunctionFailed(f) => match f.kind {
                 FailureKind::Timeout | FailureKind::Expired => "timeout",

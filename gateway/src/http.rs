@@ -10,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_api::egress::EgressPolicy;
 use sluice_api::invocation::{
-    CALLBACK_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len, strip_hop_by_hop,
+    CALLBACK_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len,
+    strip_hop_by_hop,
 };
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
@@ -22,7 +23,7 @@ use crate::admission::{Admission, Held, connection_limit};
 use crate::auth::{Access, JwksCache, Verdict};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{Metrics, RouteKind};
-use crate::queue::{InvocationQueue, QueueError};
+use crate::queue::{InvocationQueue, QueueError, Submitted};
 use crate::routes::{Resolved, RoutedFunctions, resolve_default};
 
 /// Bytes of an oversized body read and dropped before answering 413.
@@ -275,7 +276,7 @@ impl Gateway {
             None => None,
             Some(value) => Some(self.callback_url(value).await.map_err(|e| (e, None))?),
         };
-        let id = match request.headers().get("idempotency-key") {
+        let id = match request.headers().get(IDEMPOTENCY_KEY_HEADER) {
             Some(key) => InvocationId::for_idempotency_key(
                 &resolved.function,
                 &String::from_utf8_lossy(key.as_bytes()),
@@ -295,13 +296,17 @@ impl Gateway {
             .await
             .map_err(|e| (e, None))?;
         let function = invocation.function.clone();
-        let span = telemetry::gateway_span(&mut invocation);
-        let submitted = self
-            .queue
-            .submit(invocation, callback)
-            .instrument(span)
-            .await
-            .map_err(|e| (queue_error(e), None))?;
+        let submitted = match self.earlier_submit(&invocation).await? {
+            Some(earlier) => earlier,
+            None => {
+                let span = telemetry::gateway_span(&mut invocation);
+                self.queue
+                    .submit(invocation, callback)
+                    .instrument(span)
+                    .await
+                    .map_err(|e| (queue_error(e), None))?
+            }
+        };
         self.metrics.accepted(&function, RouteKind::Async);
         let location = format!("/invocations/{}", submitted.id);
         let mut response = json_response(
@@ -317,6 +322,37 @@ impl Gateway {
             response.headers_mut().insert(header::LOCATION, value);
         }
         Ok(response)
+    }
+
+    /// The invocation an `Idempotency-Key` named before, for as long as
+    /// its record lives (the queue's duplicate window is shorter): the
+    /// same request is that invocation again (`duplicate: true`, nothing
+    /// queued); a different one under the same key is 422.
+    async fn earlier_submit(
+        &self,
+        invocation: &Invocation,
+    ) -> Result<Option<Submitted>, (GatewayError, Option<InvocationId>)> {
+        let Some(digest) = invocation.request_digest() else {
+            return Ok(None);
+        };
+        let earlier = self
+            .queue
+            .record(&invocation.id, Duration::ZERO)
+            .await
+            .map_err(|e| (queue_error(e), None))?;
+        match earlier {
+            None => Ok(None),
+            Some(record) if record.request_digest.as_deref() == Some(digest.as_str()) => {
+                Ok(Some(Submitted {
+                    id: record.id,
+                    duplicate: true,
+                }))
+            }
+            Some(record) => Err((
+                GatewayError::IdempotencyKeyReused(record.id.to_string()),
+                None,
+            )),
+        }
     }
 
     async fn invocation_status(&self, id: &str, request: &mut Request<Incoming>) -> Handled {

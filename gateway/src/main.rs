@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use sluice_api::{ByteSize, Duration};
-use sluice_gateway::http::{DEFAULT_ASYNC_DEADLINE, DEFAULT_MAX_REQUEST_BODY, HttpConfig};
+use sluice_api::ByteSize;
+use sluice_gateway::http::{DEFAULT_MAX_REQUEST_BODY, HttpConfig};
 use sluice_gateway::nats::{self, NatsConfig};
 use sluice_gateway::running::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, RunningGateway};
 use sluice_gateway::{admission, manifests};
-use sluice_nats::layout::{DEFAULT_MAX_QUEUE_DEPTH, Layout, LayoutConfig};
+use sluice_nats::layout::{Layout, LayoutArgs, LayoutConfig};
 use sluice_nats::publish::Publisher;
 use sluice_nats::{NatsSecurity, NatsSecurityArgs};
 use sluice_serve::egress::EgressArgs;
@@ -84,14 +84,17 @@ struct Args {
     #[cfg(feature = "local")]
     #[arg(long, default_value_t = ByteSize(runtime_defaults().max_response_body as u64))]
     max_response_body: ByteSize,
-    /// How long async invocations may take, retries included, and how long
-    /// their records stay readable.
-    #[arg(long, default_value_t = Duration(DEFAULT_ASYNC_DEADLINE))]
-    async_deadline: Duration,
-    /// Queued invocations per function before submits get 429 (in NATS
-    /// mode: applied when this gateway creates the invocation stream).
-    #[arg(long, default_value_t = DEFAULT_MAX_QUEUE_DEPTH as usize)]
-    max_queue_depth: usize,
+    /// The NATS layout's settings (async deadline, queue depth, byte
+    /// bounds, ...); in local mode, the in-process queue's deadline, depth,
+    /// duplicate window and dead letters kept (byte bounds and replicas
+    /// are NATS's alone).
+    #[command(flatten)]
+    layout: LayoutArgs,
+    /// NATS mode: own the layout, creating the streams and buckets and
+    /// bringing them to the settings above (`false` on a cluster, where
+    /// the operator owns it; the gateway then waits for it to exist).
+    #[arg(long, env = "SLUICE_OWN_LAYOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    own_layout: bool,
     /// Local mode: instances alive at once across all functions.
     #[cfg(feature = "local")]
     #[arg(long, default_value_t = runtime_defaults().max_instances)]
@@ -174,7 +177,10 @@ async fn publish(nats: &str, security: &NatsSecurity, dir: &Path) -> anyhow::Res
     let functions =
         manifests::load_dir(dir).with_context(|| format!("cannot publish {}", dir.display()))?;
     let client = sluice_nats::connect(nats, "sluice-publish", security).await?;
-    let layout = Layout::ensure(client.clone(), &LayoutConfig::default()).await?;
+    // A one-off, often run before the layout's owner: it creates what is
+    // missing, with the defaults the owner then brings to its settings,
+    // and changes nothing that exists.
+    let layout = Layout::create_missing(client.clone(), &LayoutConfig::default()).await?;
     let publisher = Publisher::new(layout);
     for f in &functions {
         let published = publisher
@@ -196,7 +202,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut http = HttpConfig {
         max_request_body: usize::try_from(args.max_request_body.0)
             .context("--max-request-body is too large")?,
-        async_deadline: args.async_deadline.0,
+        async_deadline: args.layout.async_deadline.0,
         egress: args.egress.policy(),
         auth_required: args.auth_required,
         ..HttpConfig::default()
@@ -234,11 +240,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.tls = args.tls.files()?;
     config.admin_tls = args.admin_tls.files()?;
     config.http = http;
-    config.layout.results_ttl = args.async_deadline.0;
-    config.layout.max_queue_depth = i64::try_from(args.max_queue_depth).unwrap_or(i64::MAX);
-    let gateway = nats::start(config)
-        .await
-        .with_context(|| format!("cannot start NATS mode on {url}"))?;
+    config.layout = args.layout.config();
+    config.own_layout = args.own_layout;
+    // NATS mode waits for its server: a signal meanwhile ends the wait.
+    let gateway = tokio::select! {
+        started = nats::start(config) => started
+            .with_context(|| format!("cannot start NATS mode on {}", sluice_nats::redacted(url)))?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped while waiting for NATS");
+            return Ok(());
+        }
+    };
     let Some(dir) = &args.local else {
         return run_until_signal(gateway).await;
     };
@@ -289,8 +301,11 @@ mod local {
         config.tls = args.tls.files()?;
         config.admin_tls = args.admin_tls.files()?;
         config.http = http;
-        config.queue.results_ttl = args.async_deadline.0;
-        config.queue.max_depth = args.max_queue_depth;
+        config.queue.results_ttl = args.layout.async_deadline.0;
+        config.queue.max_depth = usize::try_from(args.layout.max_queue_depth).unwrap_or(usize::MAX);
+        config.queue.dedupe_window = args.layout.duplicate_window.0;
+        config.queue.dead_letter_capacity =
+            usize::try_from(args.layout.dead_letters_per_function).unwrap_or(usize::MAX);
         config.runtime = runtime_config(args)?;
         config.http.response_reserve = config.runtime.max_response_body;
         local::start(config)

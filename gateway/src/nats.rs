@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use sluice_api::FunctionSpec;
 use sluice_api::auth::ApiKeyDigest;
 use sluice_api::names::FunctionRef;
-use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_nats::layout::{Layout, LayoutConfig, LayoutMetrics};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
 use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::tls::TlsError;
@@ -23,7 +23,7 @@ use crate::queue::QueueError;
 use crate::queue::jetstream::JetStreamQueue;
 use crate::routes::RoutedFunctions;
 use crate::running::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, ListenerTls, RunningGateway,
+    AdminEndpoint, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, ListenerTls, RunningGateway,
 };
 
 /// Everything NATS mode needs to start.
@@ -42,7 +42,12 @@ pub struct NatsConfig {
     /// The same for the admin listener. Default: none.
     pub admin_tls: Option<TlsFiles>,
     pub http: HttpConfig,
+    /// The layout's settings, applied when `own_layout`.
     pub layout: LayoutConfig,
+    /// Whether this gateway owns the layout (creates and updates it) or
+    /// only waits for it to exist (the operator owns it on a cluster).
+    /// Default: true.
+    pub own_layout: bool,
 }
 
 impl NatsConfig {
@@ -56,6 +61,7 @@ impl NatsConfig {
             admin_tls: None,
             http: HttpConfig::default(),
             layout: LayoutConfig::default(),
+            own_layout: true,
         }
     }
 }
@@ -73,13 +79,36 @@ pub enum NatsModeError {
     Tls(#[from] TlsError),
 }
 
-/// Connects, opens the layout, starts following the registry and serves.
+/// Serves the admin endpoints (not ready), waits for NATS and the layout
+/// (trying again with backoff while the server is unreachable, saying so
+/// in the log), then serves. Fails at once only for what waiting cannot
+/// fix: a listener or certificate, credentials NATS refuses, TLS.
 pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeError> {
     // First: a bad certificate fails before anything connects.
     let tls = ListenerTls::load(config.tls.as_ref(), config.admin_tls.as_ref())?;
+    let mut registry = Registry::with_prefix("sluice");
+    let metrics = Metrics::register(&mut registry);
+    let layout_metrics = LayoutMetrics::register(&mut registry);
+    let admin = Arc::new(Admin::new(registry));
+    let admin_endpoint =
+        AdminEndpoint::start(admin.clone(), config.admin_listen, tls.admin).await?;
+    tracing::info!(admin = %admin_endpoint.addr, nats = %sluice_nats::redacted(&config.nats_url), "connecting to NATS");
     let client =
-        sluice_nats::connect(&config.nats_url, "sluice-gateway", &config.nats_security).await?;
-    let layout = Layout::ensure(client.clone(), &config.layout).await?;
+        sluice_nats::connect_patiently(&config.nats_url, "sluice-gateway", &config.nats_security)
+            .await?;
+    let layout = if config.own_layout {
+        let reconciled = sluice_nats::patiently("reconciling the layout", &config.nats_url, || {
+            Layout::reconcile(client.clone(), &config.layout)
+        })
+        .await?;
+        layout_metrics.count(&reconciled.changes);
+        reconciled.layout
+    } else {
+        sluice_nats::patiently("opening the layout", &config.nats_url, || {
+            Layout::open(client.clone())
+        })
+        .await?
+    };
     // An invocation is one message: a body that fits the limit but not the
     // server would fail to queue (503), so the limit shrinks to what fits
     // and such a body gets 413.
@@ -95,12 +124,12 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
     }
     // A synchronous reply is one NATS message: at most max_payload.
     config.http.response_reserve = max_payload;
-    let mut registry = Registry::with_prefix("sluice");
-    let metrics = Metrics::register(&mut registry);
-    let (name, help) = sluice_nats::CONNECTED_METRIC;
-    let connection = client.clone();
-    sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
-        sluice_nats::is_connected(&connection)
+    admin.register(|registry| {
+        let (name, help) = sluice_nats::CONNECTED_METRIC;
+        let connection = client.clone();
+        sluice_serve::ScrapedGauge::register(registry, name, help, move || {
+            sluice_nats::is_connected(&connection)
+        });
     });
     let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
     let gateway = Arc::new(Gateway::new(
@@ -109,16 +138,9 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
         config.http.clone(),
         metrics.clone(),
     ));
-    let admin = Arc::new(Admin::new(registry));
     let bridge = EventBridge::new(client, queue, metrics.clone(), config.http.async_deadline);
-    let running = RunningGateway::start(
-        gateway.clone(),
-        admin.clone(),
-        config.listen,
-        config.admin_listen,
-        tls,
-    )
-    .await?;
+    let running =
+        RunningGateway::beside(gateway.clone(), admin_endpoint, config.listen, tls.gateway).await?;
     let watcher = RegistryWatcher::new(layout.functions.clone());
     running.spawn_companion(|stop| async move {
         let mut bridge = bridge;

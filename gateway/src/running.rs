@@ -56,6 +56,34 @@ impl ListenerTls {
 /// mode): below Kubernetes' default 30s termination grace period.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(25);
 
+/// The admin endpoints, served before the gateway is: `/healthz` answers
+/// (and `/readyz` says not ready) while NATS mode still waits for its
+/// server.
+#[derive(Debug)]
+pub struct AdminEndpoint {
+    pub addr: SocketAddr,
+    admin: Arc<Admin>,
+    service: Service,
+}
+
+impl AdminEndpoint {
+    /// Binds `listen` and serves `admin` on it, over TLS when `tls` is
+    /// given.
+    pub async fn start(
+        admin: Arc<Admin>,
+        listen: SocketAddr,
+        tls: Option<ServerTls>,
+    ) -> Result<Self, ListenError> {
+        let (listener, addr) = bind(listen).await?;
+        let service = admin.clone().spawn_with_tls(listener, tls);
+        Ok(Self {
+            addr,
+            admin,
+            service,
+        })
+    }
+}
+
 /// A gateway serving requests.
 #[derive(Debug)]
 pub struct RunningGateway {
@@ -81,17 +109,32 @@ impl RunningGateway {
         admin_listen: SocketAddr,
         tls: ListenerTls,
     ) -> Result<Self, ListenError> {
+        let admin = AdminEndpoint::start(admin, admin_listen, tls.admin).await?;
+        Self::beside(gateway, admin, listen, tls.gateway).await
+    }
+
+    /// Binds `listen` and serves `gateway` on it (over TLS when `tls` is
+    /// given) beside the admin endpoints already served; stopping the
+    /// gateway stops them too.
+    pub async fn beside(
+        gateway: Arc<Gateway>,
+        admin: AdminEndpoint,
+        listen: SocketAddr,
+        tls: Option<ServerTls>,
+    ) -> Result<Self, ListenError> {
         let (listener, addr) = bind(listen).await?;
-        let (admin_listener, admin_addr) = bind(admin_listen).await?;
         let handler = gateway.clone();
         let connection_limit = gateway.connection_limit();
-        let admin_server = admin.clone();
+        let AdminEndpoint {
+            addr: admin_addr,
+            admin,
+            service: admin_service,
+        } = admin;
         let stop_companions = CancellationToken::new();
         let service = Service::spawn(|stop| async move {
-            let admin_service = admin_server.spawn_with_tls(admin_listener, tls.admin);
             serve(
                 listener,
-                tls.gateway,
+                tls,
                 Arc::new(move |request| {
                     let handler = handler.clone();
                     async move { handler.handle(request).await }

@@ -1,6 +1,13 @@
 //! The streams, buckets and consumers of Sluice's NATS layout (README,
-//! "NATS mode"), created when missing by whichever part starts first. Existing ones are used as
-//! they are: changing a stream's limits is an operator's decision.
+//! "NATS layout"). One part owns the streams and buckets
+//! ([`Layout::reconcile`]): the operator on a cluster, the gateway without
+//! one. It creates what is missing and brings what exists to its settings
+//! (TTLs, byte bounds, replicas, ...), logging each change and reporting
+//! one a stream cannot take in place. The other parts only open them
+//! ([`Layout::open`]), waiting while they are missing.
+//! `sluice-gateway publish`, a one-off run often before any owner, creates
+//! what is missing with the defaults and changes nothing that exists
+//! ([`Layout::create_missing`]).
 
 use std::time::Duration;
 
@@ -9,7 +16,7 @@ use sluice_api::names::{
     DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, FUNCTIONS_BUCKET, FunctionRef, INVOCATION_STREAM,
     INVOKE_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
 };
-use sluice_api::{FunctionSpec, ModuleDigest};
+use sluice_api::{ByteSize, FunctionSpec, ModuleDigest};
 
 use crate::NatsError;
 
@@ -27,22 +34,73 @@ pub const DEFAULT_DEAD_LETTERS_PER_SUBJECT: i64 = 1000;
 /// the 1,001st function fail to register.
 pub const MAX_FUNCTIONS: i32 = 100_000;
 
-/// Limits applied when the layout is created.
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// Default byte bounds ([`MaxBytes`]). Together 8 GiB and 64 MiB: they fit
+/// the chart's bundled server, whose `max_file_store` (9Gi) stays below its
+/// 10Gi volume. Queued invocations get the most room (4 GiB: 4,000 1 MiB
+/// bodies); records hold responses (2 GiB); dead letters keep their
+/// original message (1 GiB); modules are at most 64 MiB each (1 GiB);
+/// registry entries are small (64 MiB).
+pub const DEFAULT_MAX_BYTES: MaxBytes = MaxBytes {
+    invocations: ByteSize(4 * GIB),
+    dead_letters: ByteSize(GIB),
+    results: ByteSize(2 * GIB),
+    functions: ByteSize(64 * MIB),
+    modules: ByteSize(GIB),
+};
+
+// The defaults fit the chart's bundled file store
+// (charts/sluice/values.yaml: nats.bundled.storage.maxFileStore, 9Gi).
+const _: () = assert!(
+    DEFAULT_MAX_BYTES.invocations.0
+        + DEFAULT_MAX_BYTES.dead_letters.0
+        + DEFAULT_MAX_BYTES.results.0
+        + DEFAULT_MAX_BYTES.functions.0
+        + DEFAULT_MAX_BYTES.modules.0
+        < 9 * GIB
+);
+
+/// The most bytes each stream and bucket may hold. Past it a stream
+/// refuses new messages (every one of them discards new): submits get a
+/// refusal, dead letters and records fail to store, nothing already held is
+/// dropped. Default: [`DEFAULT_MAX_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxBytes {
+    /// `SLUICE_INVOCATIONS`.
+    pub invocations: ByteSize,
+    /// `SLUICE_DEAD_LETTERS`.
+    pub dead_letters: ByteSize,
+    /// `sluice-results`.
+    pub results: ByteSize,
+    /// `sluice-functions`.
+    pub functions: ByteSize,
+    /// `sluice-modules`.
+    pub modules: ByteSize,
+}
+
+/// The layout's settings, applied by its owner when it creates the
+/// streams and buckets and again, as updates, whenever they differ.
 #[derive(Debug, Clone)]
 pub struct LayoutConfig {
     /// Invocations a function may have queued; publishing beyond it is
     /// refused (the gateway answers 429). Default:
     /// [`DEFAULT_MAX_QUEUE_DEPTH`] (10000).
     pub max_queue_depth: i64,
-    /// How long `Nats-Msg-Id` (from `Idempotency-Key`) dedupes. Default:
-    /// [`DEFAULT_DUPLICATE_WINDOW`] (2m).
+    /// How long `Nats-Msg-Id` (from `Idempotency-Key`) dedupes on the
+    /// stream. Default: [`DEFAULT_DUPLICATE_WINDOW`] (2m).
     pub duplicate_window: Duration,
-    /// How long invocation records stay in `sluice-results`. Default:
-    /// [`DEFAULT_RESULTS_TTL`] (1h).
+    /// How long invocation records stay in `sluice-results`: the gateway's
+    /// `--async-deadline`. Default: [`DEFAULT_RESULTS_TTL`] (1h).
     pub results_ttl: Duration,
     /// Dead letters kept per subject, newest kept. Default:
     /// [`DEFAULT_DEAD_LETTERS_PER_SUBJECT`] (1000).
     pub dead_letters_per_subject: i64,
+    /// Byte bounds. Default: [`DEFAULT_MAX_BYTES`].
+    pub max_bytes: MaxBytes,
+    /// Copies of every stream and bucket in a clustered JetStream (1 to 5;
+    /// a single server takes only 1). Default: 1.
+    pub replicas: usize,
 }
 
 impl Default for LayoutConfig {
@@ -52,6 +110,69 @@ impl Default for LayoutConfig {
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             results_ttl: DEFAULT_RESULTS_TTL,
             dead_letters_per_subject: DEFAULT_DEAD_LETTERS_PER_SUBJECT,
+            max_bytes: DEFAULT_MAX_BYTES,
+            replicas: 1,
+        }
+    }
+}
+
+/// The command-line flags (and environment variables) of [`LayoutConfig`],
+/// for the parts that own the layout (the operator, and the gateway
+/// without one) to flatten into their arguments.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct LayoutArgs {
+    /// How long async invocations may take, retries included, and how long
+    /// their records stay readable (the results bucket's TTL).
+    #[arg(long, env = "SLUICE_ASYNC_DEADLINE", default_value_t = sluice_api::Duration(DEFAULT_RESULTS_TTL))]
+    pub async_deadline: sluice_api::Duration,
+    /// Queued invocations per function before submits get 429.
+    #[arg(long, env = "SLUICE_MAX_QUEUE_DEPTH", default_value_t = DEFAULT_MAX_QUEUE_DEPTH as u64)]
+    pub max_queue_depth: u64,
+    /// How long a repeated Idempotency-Key is recognised by the stream
+    /// alone (past it, by the invocation's record).
+    #[arg(long, env = "SLUICE_DUPLICATE_WINDOW", default_value_t = sluice_api::Duration(DEFAULT_DUPLICATE_WINDOW))]
+    pub duplicate_window: sluice_api::Duration,
+    /// Dead letters kept per function, the newest.
+    #[arg(long, env = "SLUICE_DEAD_LETTERS_PER_FUNCTION", default_value_t = DEFAULT_DEAD_LETTERS_PER_SUBJECT as u64)]
+    pub dead_letters_per_function: u64,
+    /// Most bytes of queued invocations (all functions).
+    #[arg(long, env = "SLUICE_INVOCATIONS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.invocations)]
+    pub invocations_max_bytes: ByteSize,
+    /// Most bytes of dead letters (all functions).
+    #[arg(long, env = "SLUICE_DEAD_LETTERS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.dead_letters)]
+    pub dead_letters_max_bytes: ByteSize,
+    /// Most bytes of invocation records.
+    #[arg(long, env = "SLUICE_RESULTS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.results)]
+    pub results_max_bytes: ByteSize,
+    /// Most bytes of registry entries.
+    #[arg(long, env = "SLUICE_FUNCTIONS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.functions)]
+    pub functions_max_bytes: ByteSize,
+    /// Most bytes of stored modules.
+    #[arg(long, env = "SLUICE_MODULES_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.modules)]
+    pub modules_max_bytes: ByteSize,
+    /// Copies of every stream and bucket (a clustered JetStream; 1 on a
+    /// single server).
+    #[arg(long, env = "SLUICE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+}
+
+impl LayoutArgs {
+    /// The settings these flags give.
+    pub fn config(&self) -> LayoutConfig {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        LayoutConfig {
+            max_queue_depth: count(self.max_queue_depth),
+            duplicate_window: self.duplicate_window.0,
+            results_ttl: self.async_deadline.0,
+            dead_letters_per_subject: count(self.dead_letters_per_function),
+            max_bytes: MaxBytes {
+                invocations: self.invocations_max_bytes,
+                dead_letters: self.dead_letters_max_bytes,
+                results: self.results_max_bytes,
+                functions: self.functions_max_bytes,
+                modules: self.modules_max_bytes,
+            },
+            replicas: usize::from(self.stream_replicas),
         }
     }
 }
@@ -80,91 +201,335 @@ fn layout_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -
     }
 }
 
-impl Layout {
-    /// Opens every stream and bucket, creating the missing ones.
-    pub async fn ensure(
-        client: async_nats::Client,
-        config: &LayoutConfig,
-    ) -> Result<Self, NatsError> {
-        let js = jetstream::new(client);
-        let mut invocations = js
-            .get_or_create_stream(stream::Config {
+/// One setting of a stream that differs from its owner's, as found by
+/// [`changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutChange {
+    /// The stream (a bucket's is `KV_<bucket>` or `OBJ_<bucket>`).
+    pub stream: String,
+    /// `max_bytes`, `max_age`, `replicas`, ... (a fixed set).
+    pub setting: &'static str,
+    /// As the server has it.
+    pub from: String,
+    /// As the owner wants it.
+    pub to: String,
+    /// Whether the stream took it. Not when it cannot change in place
+    /// (storage, retention) or the server refused the update (its reason
+    /// logged): reported, and the stream keeps what it has.
+    pub applied: bool,
+}
+
+impl std::fmt::Display for LayoutChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {} -> {}",
+            self.stream, self.setting, self.from, self.to
+        )
+    }
+}
+
+/// Reads one owned setting of a stream, as text to compare and log.
+type Read = fn(&stream::Config) -> String;
+/// Copies one owned setting from the wanted config into the current one.
+type Copy = fn(&mut stream::Config, &stream::Config);
+
+/// A count or size of which zero and below mean "no limit" (the server
+/// reports -1 for what was created with 0).
+fn limit(n: i64) -> String {
+    if n <= 0 {
+        "unlimited".to_owned()
+    } else {
+        n.to_string()
+    }
+}
+
+/// The settings the owner reconciles, with how to copy each one in place
+/// (`None`: it cannot change in place).
+const SETTINGS: &[(&str, Read, Option<Copy>)] = &[
+    (
+        "max_bytes",
+        |c| limit(c.max_bytes),
+        Some(|c, w| c.max_bytes = w.max_bytes),
+    ),
+    (
+        "max_age",
+        |c| format!("{:?}", c.max_age),
+        Some(|c, w| c.max_age = w.max_age),
+    ),
+    (
+        "duplicate_window",
+        |c| format!("{:?}", c.duplicate_window),
+        Some(|c, w| c.duplicate_window = w.duplicate_window),
+    ),
+    (
+        "max_messages_per_subject",
+        |c| limit(c.max_messages_per_subject),
+        Some(|c, w| c.max_messages_per_subject = w.max_messages_per_subject),
+    ),
+    (
+        "max_consumers",
+        |c| limit(i64::from(c.max_consumers)),
+        Some(|c, w| c.max_consumers = w.max_consumers),
+    ),
+    (
+        "replicas",
+        |c| c.num_replicas.max(1).to_string(),
+        Some(|c, w| c.num_replicas = w.num_replicas),
+    ),
+    (
+        "discard",
+        |c| format!("{:?}", c.discard),
+        Some(|c, w| c.discard = w.discard),
+    ),
+    (
+        "discard_new_per_subject",
+        |c| c.discard_new_per_subject.to_string(),
+        Some(|c, w| c.discard_new_per_subject = w.discard_new_per_subject),
+    ),
+    (
+        "subjects",
+        |c| c.subjects.join(","),
+        Some(|c, w| c.subjects.clone_from(&w.subjects)),
+    ),
+    ("storage", |c| format!("{:?}", c.storage), None),
+    ("retention", |c| format!("{:?}", c.retention), None),
+];
+
+/// The owned settings in which `current` differs from `wanted`.
+pub fn changes(current: &stream::Config, wanted: &stream::Config) -> Vec<LayoutChange> {
+    SETTINGS
+        .iter()
+        .filter_map(|(setting, read, copy)| {
+            let (from, to) = (read(current), read(wanted));
+            (from != to).then(|| LayoutChange {
+                stream: current.name.clone(),
+                setting,
+                from,
+                to,
+                applied: copy.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// `current` with those of `wanted`'s owned settings that differ and can
+/// change in place; the rest (what a bucket's library sets, what the
+/// server adds) kept.
+fn updated(mut current: stream::Config, wanted: &stream::Config) -> stream::Config {
+    for (_, read, copy) in SETTINGS {
+        if let Some(copy) = copy
+            && read(&current) != read(wanted)
+        {
+            copy(&mut current, wanted);
+        }
+    }
+    current
+}
+
+/// What opening the layout may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Create what is missing, update what differs (the owner).
+    Reconcile,
+    /// Create what is missing, leave what exists.
+    CreateMissing,
+    /// Only open; what is missing is an error worth waiting on.
+    Open,
+}
+
+/// The stream config the owner wants for each part of the layout. Buckets
+/// are created by their library (which sets what a bucket needs besides);
+/// these are the settings it reconciles on them afterwards.
+struct Wanted {
+    invocations: stream::Config,
+    dead_letters: stream::Config,
+    results: stream::Config,
+    functions: stream::Config,
+    modules: stream::Config,
+}
+
+fn bytes(size: ByteSize) -> i64 {
+    i64::try_from(size.0).unwrap_or(i64::MAX)
+}
+
+impl Wanted {
+    fn new(config: &LayoutConfig) -> Self {
+        let common = stream::Config {
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas.max(1),
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let max = &config.max_bytes;
+        Self {
+            invocations: stream::Config {
                 name: INVOCATION_STREAM.to_owned(),
                 description: Some("Sluice invocations, one subject per function".to_owned()),
                 subjects: vec![INVOKE_SUBJECTS.to_owned()],
                 retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
                 duplicate_window: config.duplicate_window,
                 max_messages_per_subject: config.max_queue_depth,
-                discard: stream::DiscardPolicy::New,
                 discard_new_per_subject: true,
                 max_consumers: MAX_FUNCTIONS,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| layout_error(INVOCATION_STREAM, e))?;
-        // Made by an earlier Sluice without a limit: the server's default
-        // (1,000 since nats-server 2.15) applies until it is raised.
-        let existing = invocations.cached_info().config.clone();
-        if existing.max_consumers <= 0 {
-            js.update_stream(stream::Config {
-                max_consumers: MAX_FUNCTIONS,
-                ..existing
-            })
-            .await
-            .map_err(|e| layout_error(INVOCATION_STREAM, e))?;
-            invocations = js
-                .get_stream(INVOCATION_STREAM)
-                .await
-                .map_err(|e| layout_error(INVOCATION_STREAM, e))?;
-        }
-        let dead_letters = js
-            .get_or_create_stream(stream::Config {
+                max_bytes: bytes(max.invocations),
+                ..common.clone()
+            },
+            dead_letters: stream::Config {
                 name: DEAD_LETTER_STREAM.to_owned(),
                 description: Some("Sluice dead letters: original message and reason".to_owned()),
                 subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
-                storage: stream::StorageType::File,
                 max_messages_per_subject: config.dead_letters_per_subject,
+                // The oldest of a function's dead letters make room for
+                // its newest; a full stream refuses new ones.
                 discard: stream::DiscardPolicy::Old,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| layout_error(DEAD_LETTER_STREAM, e))?;
-        let results = open_kv(
-            &js,
-            kv::Config {
+                max_bytes: bytes(max.dead_letters),
+                ..common.clone()
+            },
+            results: stream::Config {
+                name: format!("KV_{RESULTS_BUCKET}"),
+                subjects: vec![format!("$KV.{RESULTS_BUCKET}.>")],
+                max_messages_per_subject: 1,
+                max_age: config.results_ttl,
+                // The server refuses a window longer than the age.
+                duplicate_window: DEFAULT_DUPLICATE_WINDOW.min(config.results_ttl),
+                max_bytes: bytes(max.results),
+                ..common.clone()
+            },
+            functions: stream::Config {
+                name: format!("KV_{FUNCTIONS_BUCKET}"),
+                subjects: vec![format!("$KV.{FUNCTIONS_BUCKET}.>")],
+                max_messages_per_subject: 5,
+                max_bytes: bytes(max.functions),
+                ..common.clone()
+            },
+            modules: stream::Config {
+                name: format!("OBJ_{MODULES_BUCKET}"),
+                subjects: vec![
+                    format!("$O.{MODULES_BUCKET}.C.>"),
+                    format!("$O.{MODULES_BUCKET}.M.>"),
+                ],
+                max_bytes: bytes(max.modules),
+                ..common
+            },
+        }
+    }
+}
+
+/// What [`Layout::reconcile`] found and did.
+#[derive(Debug)]
+pub struct Reconciled {
+    pub layout: Layout,
+    /// Every setting that differed, each `applied` or reported.
+    pub changes: Vec<LayoutChange>,
+}
+
+impl Layout {
+    /// The owner's: creates what is missing, brings every stream and
+    /// bucket to `config` (each change logged), and reports the settings a
+    /// stream cannot take in place (logged as errors; the stream keeps
+    /// them).
+    pub async fn reconcile(
+        client: async_nats::Client,
+        config: &LayoutConfig,
+    ) -> Result<Reconciled, NatsError> {
+        let mut changes = Vec::new();
+        let layout = Self::build(client, config, Mode::Reconcile, &mut changes).await?;
+        Ok(Reconciled { layout, changes })
+    }
+
+    /// Opens every stream and bucket, creating the missing ones with
+    /// `config` and leaving the others as they are.
+    pub async fn create_missing(
+        client: async_nats::Client,
+        config: &LayoutConfig,
+    ) -> Result<Self, NatsError> {
+        Self::build(client, config, Mode::CreateMissing, &mut Vec::new()).await
+    }
+
+    /// Opens every stream and bucket; one that does not exist yet is
+    /// [`NatsError::Missing`] (worth waiting for: its owner creates it).
+    pub async fn open(client: async_nats::Client) -> Result<Self, NatsError> {
+        Self::build(
+            client,
+            &LayoutConfig::default(),
+            Mode::Open,
+            &mut Vec::new(),
+        )
+        .await
+    }
+
+    async fn build(
+        client: async_nats::Client,
+        config: &LayoutConfig,
+        mode: Mode,
+        changes: &mut Vec<LayoutChange>,
+    ) -> Result<Self, NatsError> {
+        let js = jetstream::new(client);
+        let wanted = Wanted::new(config);
+        let invocations = stream_of(&js, &wanted.invocations, mode, changes, || {
+            js.create_stream(wanted.invocations.clone())
+        })
+        .await?;
+        let dead_letters = stream_of(&js, &wanted.dead_letters, mode, changes, || {
+            js.create_stream(wanted.dead_letters.clone())
+        })
+        .await?;
+        stream_of(&js, &wanted.results, mode, changes, || async {
+            js.create_key_value(kv::Config {
                 bucket: RESULTS_BUCKET.to_owned(),
                 description: "Sluice invocation records by id".to_owned(),
                 history: 1,
                 max_age: config.results_ttl,
+                max_bytes: wanted.results.max_bytes,
+                num_replicas: wanted.results.num_replicas,
                 storage: stream::StorageType::File,
                 ..Default::default()
-            },
-        )
+            })
+            .await
+            .map(drop)
+        })
         .await?;
-        let functions = open_kv(
-            &js,
-            kv::Config {
+        stream_of(&js, &wanted.functions, mode, changes, || async {
+            js.create_key_value(kv::Config {
                 bucket: FUNCTIONS_BUCKET.to_owned(),
                 description: "Sluice functions: resolved specs by <ns>.<fn>".to_owned(),
                 history: 5,
+                max_bytes: wanted.functions.max_bytes,
+                num_replicas: wanted.functions.num_replicas,
                 storage: stream::StorageType::File,
                 ..Default::default()
-            },
-        )
+            })
+            .await
+            .map(drop)
+        })
         .await?;
-        let modules = match js.get_object_store(MODULES_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: MODULES_BUCKET.to_owned(),
-                    description: Some("Sluice components by sha256-<hex>".to_owned()),
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| layout_error(MODULES_BUCKET, e))?,
-        };
+        stream_of(&js, &wanted.modules, mode, changes, || async {
+            js.create_object_store(object_store::Config {
+                bucket: MODULES_BUCKET.to_owned(),
+                description: Some("Sluice components by sha256-<hex>".to_owned()),
+                max_bytes: wanted.modules.max_bytes,
+                num_replicas: wanted.modules.num_replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+        })
+        .await?;
+        let results = js
+            .get_key_value(RESULTS_BUCKET)
+            .await
+            .map_err(|e| layout_error(RESULTS_BUCKET, e))?;
+        let functions = js
+            .get_key_value(FUNCTIONS_BUCKET)
+            .await
+            .map_err(|e| layout_error(FUNCTIONS_BUCKET, e))?;
+        let modules = js
+            .get_object_store(MODULES_BUCKET)
+            .await
+            .map_err(|e| layout_error(MODULES_BUCKET, e))?;
         Ok(Self {
             js,
             invocations,
@@ -174,7 +539,101 @@ impl Layout {
             modules,
         })
     }
+}
 
+/// The stream `wanted` names, as `mode` says: created by `create` when
+/// missing (unless only opening), brought to `wanted` when reconciling.
+async fn stream_of<F, Fut, T, E>(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+    mode: Mode,
+    found_changes: &mut Vec<LayoutChange>,
+    create: F,
+) -> Result<stream::Stream, NatsError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let name = &wanted.name;
+    let existing = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) if not_found(&e) => {
+            if mode == Mode::Open {
+                return Err(NatsError::Missing { what: name.clone() });
+            }
+            match create().await {
+                Ok(_) => tracing::info!(stream = %name, "created"),
+                // Made meanwhile by another part: used (and reconciled) as
+                // found.
+                Err(e) if js.get_stream(name).await.is_ok() => {
+                    tracing::debug!(stream = %name, error = %e, "made meanwhile by another part");
+                }
+                Err(e) => return Err(layout_error(name, e)),
+            }
+            js.get_stream(name)
+                .await
+                .map_err(|e| layout_error(name, e))?
+        }
+        Err(e) => return Err(layout_error(name, e)),
+    };
+    if mode != Mode::Reconcile {
+        return Ok(existing);
+    }
+    let current = existing.cached_info().config.clone();
+    let mut found = changes(&current, wanted);
+    if found.is_empty() {
+        return Ok(existing);
+    }
+    let refused = if found.iter().any(|c| c.applied) {
+        match js.update_stream(updated(current, wanted)).await {
+            Ok(_) => None,
+            // The server's answer (a limit below what the stream holds,
+            // replicas on a single server): trying again cannot help.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::CreateStreamErrorKind::JetStream(_)
+                ) =>
+            {
+                Some(e.to_string())
+            }
+            Err(e) => return Err(layout_error(name, e)),
+        }
+    } else {
+        None
+    };
+    for change in &mut found {
+        if refused.is_some() {
+            change.applied = false;
+        }
+        if change.applied {
+            tracing::info!(stream = %change.stream, setting = change.setting, from = %change.from, to = %change.to, "layout setting changed");
+        } else {
+            let why = refused.as_deref().unwrap_or("it cannot change in place");
+            tracing::error!(
+                stream = %change.stream,
+                setting = change.setting,
+                from = %change.from,
+                to = %change.to,
+                "{change} not applied ({why}): the stream keeps {}; to apply it, delete the stream (losing what it holds) and restart the layout's owner",
+                change.from
+            );
+        }
+    }
+    found_changes.extend(found);
+    js.get_stream(name).await.map_err(|e| layout_error(name, e))
+}
+
+fn not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+impl Layout {
     /// The function's durable consumer, created (or brought up to date with
     /// the spec) when needed.
     pub async fn consumer(
@@ -312,16 +771,6 @@ impl Layout {
     }
 }
 
-async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, NatsError> {
-    if let Ok(store) = js.get_key_value(&config.bucket).await {
-        return Ok(store);
-    }
-    let bucket = config.bucket.clone();
-    js.create_key_value(config)
-        .await
-        .map_err(|e| layout_error(&bucket, e))
-}
-
 /// How long a runtime may hold a message unacknowledged: longer than an
 /// attempt can take, so a live runtime's messages are not redelivered under
 /// it (waiting for a free instance is covered by progress acks); a dead
@@ -346,5 +795,114 @@ pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer:
         ack_wait: ack_wait(spec),
         max_deliver: -1,
         ..Default::default()
+    }
+}
+
+/// The owner's count of layout changes, `sluice_layout_changes_total`,
+/// labelled by stream, setting and whether it was applied (`false`: the
+/// stream cannot take it in place). Label values come from fixed sets.
+#[derive(Debug, Clone, Default)]
+pub struct LayoutMetrics {
+    changes: prometheus_client::metrics::family::Family<
+        ChangeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ChangeLabels {
+    stream: String,
+    setting: &'static str,
+    applied: &'static str,
+}
+
+impl LayoutMetrics {
+    /// Registers the counter in `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "layout_changes",
+            "Settings of a stream or bucket the layout's owner found different from its own, by whether it applied them",
+            metrics.changes.clone(),
+        );
+        metrics
+    }
+
+    /// Counts `changes`.
+    pub fn count(&self, changes: &[LayoutChange]) {
+        for change in changes {
+            self.changes
+                .get_or_create(&ChangeLabels {
+                    stream: change.stream.clone(),
+                    setting: change.setting,
+                    applied: if change.applied { "true" } else { "false" },
+                })
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(f: impl FnOnce(&mut stream::Config)) -> stream::Config {
+        let mut config = Wanted::new(&LayoutConfig::default()).results;
+        f(&mut config);
+        config
+    }
+
+    #[test]
+    fn what_differs_is_found_and_only_storage_and_retention_stay() {
+        let wanted = stream(|_| {});
+        assert_eq!(changes(&wanted, &wanted), []);
+        type Change = fn(&mut stream::Config);
+        let table: [(&str, Change, bool); 6] = [
+            ("max_age", |c| c.max_age = Duration::from_secs(3), true),
+            ("max_bytes", |c| c.max_bytes = -1, true),
+            ("replicas", |c| c.num_replicas = 3, true),
+            (
+                "duplicate_window",
+                |c| c.duplicate_window = Duration::from_secs(1),
+                true,
+            ),
+            (
+                "storage",
+                |c| c.storage = stream::StorageType::Memory,
+                false,
+            ),
+            (
+                "retention",
+                |c| c.retention = stream::RetentionPolicy::Interest,
+                false,
+            ),
+        ];
+        for (setting, change, in_place) in table {
+            let current = stream(change);
+            let found = changes(&current, &wanted);
+            assert_eq!(found.len(), 1, "{setting}: {found:?}");
+            assert_eq!(found[0].setting, setting);
+            assert_eq!(found[0].applied, in_place, "{setting}");
+            let after = updated(current, &wanted);
+            assert_eq!(changes(&after, &wanted).is_empty(), in_place, "{setting}");
+        }
+    }
+
+    #[test]
+    fn zero_and_minus_one_are_both_no_limit() {
+        let wanted = stream(|c| c.max_consumers = 0);
+        assert_eq!(changes(&stream(|c| c.max_consumers = -1), &wanted), []);
+    }
+
+    #[test]
+    fn the_results_window_never_exceeds_their_age() {
+        let config = LayoutConfig {
+            results_ttl: Duration::from_secs(3),
+            ..LayoutConfig::default()
+        };
+        assert_eq!(
+            Wanted::new(&config).results.duplicate_window,
+            Duration::from_secs(3)
+        );
     }
 }

@@ -3,12 +3,14 @@
 //! consumers ([`layout`]), filling the registry and module store
 //! ([`publish`]), following the registry ([`registry`]), the reply to a
 //! synchronous invocation ([`reply`]), dead letters ([`dead_letter`]) and
-//! queue depth ([`depth`]), and the credentials and TLS of a connection
-//! ([`security`]). It links neither wasmtime nor an HTTP server.
+//! queue depth ([`depth`]), the credentials and TLS of a connection
+//! ([`security`]), and waiting for a server that is not there yet
+//! ([`patience`]). It links neither wasmtime nor an HTTP server.
 
 pub mod dead_letter;
 pub mod depth;
 pub mod layout;
+pub mod patience;
 pub mod publish;
 pub mod registry;
 pub mod reply;
@@ -16,7 +18,8 @@ pub mod security;
 
 use std::time::Duration;
 
-pub use layout::{Layout, LayoutConfig};
+pub use layout::{Layout, LayoutArgs, LayoutConfig};
+pub use patience::{patiently, redacted};
 pub use security::{NatsSecurity, NatsSecurityArgs, SecurityError};
 
 /// Room a message needs on top of its body for headers and framing; a body
@@ -58,6 +61,12 @@ pub enum NatsError {
     },
     #[error("the NATS security settings cannot be used: {0}")]
     Security(#[from] SecurityError),
+    /// A stream or bucket of the layout does not exist (yet): its owner
+    /// (the operator on a cluster, the gateway without one) creates it.
+    #[error(
+        "{what} does not exist yet: waiting for the layout's owner (the operator on a cluster, the gateway without one) to create it"
+    )]
+    Missing { what: String },
     #[error("cannot set up {what}: {source}")]
     Layout {
         what: String,
@@ -68,16 +77,17 @@ pub enum NatsError {
 
 /// Connects to `url` with `security`, naming the process to the server.
 /// A first connection that fails (unreachable, credentials refused, TLS)
-/// is an error at once, so a misconfigured part exits instead of retrying
-/// unseen; once connected it keeps reconnecting for as long as the process
-/// lives. Refusals the server reports later, such as a subject this user
+/// is an error at once (a long-running part waits with [`connect_patiently`]
+/// instead); once connected it keeps reconnecting for as long as the
+/// process lives. Errors and logs name the server without credentials
+/// ([`redacted`]). Refusals the server reports later, such as a subject this user
 /// may not use, are logged as errors naming the subject.
 pub async fn connect(
     url: &str,
     name: &str,
     security: &NatsSecurity,
 ) -> Result<async_nats::Client, NatsError> {
-    let logged_url = url.to_owned();
+    let logged_url = redacted(url);
     let options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
@@ -88,7 +98,7 @@ pub async fn connect(
         });
     let options = security.apply(options).await?;
     options.connect(url).await.map_err(|source| {
-        let url = url.to_owned();
+        let url = redacted(url);
         match source.kind() {
             async_nats::ConnectErrorKind::AuthorizationViolation => {
                 NatsError::Refused { url, source }
@@ -99,6 +109,16 @@ pub async fn connect(
             _ => NatsError::Connect { url, source },
         }
     })
+}
+
+/// [`connect`], tried again with backoff while the server is unreachable
+/// ([`patiently`]); only what a retry cannot fix is an error.
+pub async fn connect_patiently(
+    url: &str,
+    name: &str,
+    security: &NatsSecurity,
+) -> Result<async_nats::Client, NatsError> {
+    patiently("connecting", url, || connect(url, name, security)).await
 }
 
 /// Whether a connect error is a failed TLS handshake: async-nats reports

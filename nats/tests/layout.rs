@@ -23,9 +23,10 @@ async fn more_than_a_thousand_functions_register_also_on_an_older_stream() {
         })
         .await
         .expect("an invocation stream without a consumer limit");
-    let mut layout = Layout::ensure(client, &LayoutConfig::default())
+    let mut layout = Layout::reconcile(client, &LayoutConfig::default())
         .await
-        .expect("the layout");
+        .expect("the layout")
+        .layout;
     let info = layout.invocations.info().await.expect("the stream's info");
     assert_eq!(info.config.max_consumers, MAX_FUNCTIONS);
     let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
@@ -39,4 +40,112 @@ async fn more_than_a_thousand_functions_register_also_on_an_older_stream() {
             .await
             .unwrap_or_else(|e| panic!("function {i}: {e}"));
     }
+}
+
+/// A layout made by an earlier Sluice (no byte bounds) with an older
+/// default (records kept 3s): the owner brings it to its settings (records
+/// kept 10s), counting each change, and a record then outlives the old
+/// TTL. (Short durations stand for 1h and 24h.)
+#[tokio::test]
+async fn the_owner_updates_a_layout_made_with_older_settings() {
+    use std::time::Duration;
+    let nats = NatsServer::start();
+    let client = async_nats::connect(&nats.url).await.expect("NATS");
+    let older = LayoutConfig {
+        results_ttl: Duration::from_secs(3),
+        ..LayoutConfig::default()
+    };
+    let first = Layout::reconcile(client.clone(), &older)
+        .await
+        .expect("the layout");
+    assert_eq!(first.changes, []);
+    // As an earlier Sluice left it: no byte bound on the results.
+    let js = async_nats::jetstream::new(client.clone());
+    let mut results = js.get_stream("KV_sluice-results").await.unwrap();
+    let mut config = results.info().await.unwrap().config.clone();
+    config.max_bytes = -1;
+    js.update_stream(config).await.unwrap();
+
+    let configured = LayoutConfig {
+        results_ttl: Duration::from_secs(10),
+        ..LayoutConfig::default()
+    };
+    let second = Layout::reconcile(client.clone(), &configured)
+        .await
+        .expect("the updated layout");
+    let changed: Vec<_> = second
+        .changes
+        .iter()
+        .map(|c| (c.stream.as_str(), c.setting, c.applied))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            ("KV_sluice-results", "max_bytes", true),
+            ("KV_sluice-results", "max_age", true),
+            ("KV_sluice-results", "duplicate_window", true),
+        ]
+    );
+    let info = results.info().await.unwrap().config.clone();
+    assert_eq!(info.max_age, Duration::from_secs(10));
+    assert_eq!(info.max_bytes, 2 << 30);
+    // Idempotent: nothing more to change.
+    let third = Layout::reconcile(client.clone(), &configured)
+        .await
+        .unwrap();
+    assert_eq!(third.changes, []);
+
+    // A record outlives the old TTL.
+    third
+        .layout
+        .results
+        .put("id-1", "queued".into())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let kept = third.layout.results.get("id-1").await.unwrap();
+    assert_eq!(kept.as_deref(), Some(&b"queued"[..]));
+
+    // A setting no stream takes in place is reported, and left.
+    let memory = LayoutConfig::default();
+    let mut dlq = js.get_stream("SLUICE_DEAD_LETTERS").await.unwrap();
+    let before = dlq.info().await.unwrap().config.clone();
+    js.delete_stream("SLUICE_DEAD_LETTERS").await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..before
+    })
+    .await
+    .unwrap();
+    let fourth = Layout::reconcile(client, &memory).await.unwrap();
+    assert!(
+        fourth
+            .changes
+            .iter()
+            .any(|c| c.setting == "storage" && !c.applied && c.from == "Memory"),
+        "{:?}",
+        fourth.changes
+    );
+    dlq = js.get_stream("SLUICE_DEAD_LETTERS").await.unwrap();
+    assert_eq!(
+        dlq.info().await.unwrap().config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
+}
+
+/// A part that is not the owner waits for the layout, saying who makes it.
+#[tokio::test]
+async fn a_missing_layout_is_worth_waiting_for() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(&nats.url).await.expect("NATS");
+    let error = Layout::open(client.clone()).await.unwrap_err();
+    assert!(!error.is_permanent());
+    assert!(
+        error.to_string().contains("waiting for the layout's owner"),
+        "{error}"
+    );
+    Layout::reconcile(client.clone(), &LayoutConfig::default())
+        .await
+        .unwrap();
+    Layout::open(client).await.expect("the layout, once made");
 }

@@ -11,8 +11,9 @@
 //!   (`sluice-autoscaler`), so neither Helm nor the operator's own apply of
 //!   the Deployment (which sets no `replicas`) takes the field back;
 //! - the Function's `status.replicas`, `desiredReplicas`, `queueDepth` and
-//!   its `Active` condition, when they change (`queueDepth` alone at most
-//!   every 5 s);
+//!   its `Active` condition, when they change (`queueDepth` alone when
+//!   its order of magnitude changes, at most every 30 s, or at once when it
+//!   reaches zero);
 //! - an Event for each change of desired replicas, with the reason.
 //!
 //! While a function is at zero it holds a core NATS subscription on the
@@ -53,8 +54,28 @@ pub const FIELD_MANAGER: &str = "sluice-autoscaler";
 pub const ACTIVE: &str = "Active";
 /// Default of `--autoscale-interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// How often a changing `status.queueDepth` alone is written.
-const DEPTH_STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How often, at most, a changing `status.queueDepth` alone is written
+/// ([`depth_due`]).
+const DEPTH_STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// The order of magnitude of a queue depth: 0, then 1 for 1–9, 2 for
+/// 10–99, and so on.
+fn depth_band(depth: u64) -> u32 {
+    depth.checked_ilog10().map_or(0, |log| log + 1)
+}
+
+/// Whether `status.queueDepth` alone is worth a status write (a change of
+/// replicas or conditions writes it anyway): when the depth changed its
+/// order of magnitude ([`depth_band`]) and the last depth write is
+/// [`DEPTH_STATUS_EVERY`] old, or at once when the queue became empty. The
+/// exact depth is in `sluice_queue_depth` every tick; a busy function's
+/// status is not rewritten each time its depth moves.
+fn depth_due(shown: u64, now: u64, since_written: Duration) -> bool {
+    if depth_band(shown) == depth_band(now) {
+        return false;
+    }
+    now == 0 || since_written >= DEPTH_STATUS_EVERY
+}
 /// Writes to the API server in flight at once within one tick.
 const WRITES_AT_ONCE: usize = 16;
 
@@ -589,9 +610,8 @@ impl Autoscaler {
         trigger: &'static str,
         writes: &mut Vec<Write>,
     ) {
-        if members.is_empty() && wanted.is_empty() {
-            return;
-        }
+        // No members (the last pool Function deleted) still scales: the
+        // pool goes to its minimum rather than staying at its last size.
         let pool = self.config.pool.clone().and_then(|target| {
             let store = self.pool.as_ref()?;
             let deployment = store.get(&ObjectRef::new(&target.name).within(&target.namespace));
@@ -660,7 +680,7 @@ impl Autoscaler {
     }
 
     /// Queues a status write when what the status shows changed (the queue
-    /// depth alone at most every [`DEPTH_STATUS_EVERY`]).
+    /// depth alone only as [`depth_due`] says).
     fn show(
         &mut self,
         function: &Function,
@@ -680,8 +700,7 @@ impl Autoscaler {
             depth: before.depth,
             ..shown
         } != before;
-        let depth_due =
-            shown.depth != before.depth && tracked.shown_at.elapsed() >= DEPTH_STATUS_EVERY;
+        let depth_due = depth_due(before.depth, shown.depth, tracked.shown_at.elapsed());
         if !scale_changed && !depth_due && !tracked.stale {
             return;
         }
@@ -870,6 +889,35 @@ fn status_patch(function: &Function, shown: Shown) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_depth_alone_is_written_on_a_change_of_magnitude_not_on_every_move() {
+        let long = DEPTH_STATUS_EVERY;
+        let short = Duration::from_secs(1);
+        let table = [
+            // (shown, now, since written, due)
+            (0, 0, long, false),
+            (900, 950, long, false),
+            (900, 1_100, long, true),
+            (900, 1_100, short, false),
+            (5, 0, short, true),
+            (0, 3, short, false),
+            (0, 3, long, true),
+            (99, 10, long, false),
+            (100, 99, long, true),
+        ];
+        for (shown, now, since, due) in table {
+            assert_eq!(
+                depth_due(shown, now, since),
+                due,
+                "{shown} -> {now} after {since:?}"
+            );
+        }
+        assert_eq!(
+            [0, 1, 9, 10, 99, 100, u64::MAX].map(depth_band),
+            [0, 1, 1, 2, 2, 3, 20]
+        );
+    }
 
     fn function(active: Option<(&str, &str)>) -> Function {
         let mut function = Function::new(

@@ -14,6 +14,7 @@
 //! deleted while it was down still has its finalizer, so it is cleaned up
 //! when the operator returns.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -141,10 +142,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let store = reader.clone();
     let secret_store = reader.clone();
     let controller = Controller::for_stream(stream, reader)
-        .owns(
-            Api::<Deployment>::all(ctx.client.clone()),
-            watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
-        )
+        .owns_stream(spec_changes(
+            watcher(
+                Api::<Deployment>::all(ctx.client.clone()),
+                watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
+            )
+            .default_backoff(),
+        ))
         .watches_stream(config_maps, move |config_map| {
             // The Functions whose module is in this ConfigMap.
             naming(&store, &config_map, |spec, name| {
@@ -175,6 +179,52 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+}
+
+/// The owned Deployments that need their Function reconciled: new ones,
+/// deleted ones and those whose spec changed other than in `replicas`.
+/// Scaling (the autoscaler's every decision) and status updates (every
+/// pod's readiness) change nothing the reconcile decides, and each
+/// reconcile resolves the module again.
+fn spec_changes(
+    events: impl futures::Stream<Item = Result<watcher::Event<Deployment>, watcher::Error>>
+    + Send
+    + 'static,
+) -> impl futures::Stream<Item = Result<Deployment, watcher::Error>> + Send + 'static {
+    let mut seen: HashMap<ObjectRef<Deployment>, u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let passed = match event {
+            Ok(watcher::Event::Apply(deployment) | watcher::Event::InitApply(deployment)) => {
+                let hash = spec_hash(&deployment);
+                (seen.insert(ObjectRef::from_obj(&deployment), hash) != Some(hash))
+                    .then_some(Ok(deployment))
+            }
+            Ok(watcher::Event::Delete(deployment)) => {
+                seen.remove(&ObjectRef::from_obj(&deployment));
+                Some(Ok(deployment))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(passed)
+    })
+}
+
+/// A hash of what the operator sets on a Deployment: its spec without
+/// `replicas` (the autoscaler's), with its labels and owners.
+fn spec_hash(deployment: &Deployment) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut spec = deployment.spec.clone();
+    spec.replicas = None;
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(&(
+        &spec,
+        &deployment.metadata.labels,
+        &deployment.metadata.owner_references,
+    ))
+    .unwrap_or_default()
+    .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The Functions in `object`'s namespace whose spec names it.
@@ -702,5 +752,48 @@ mod tests {
                 && problem.contains("512Mi"),
             "{problem}"
         );
+    }
+
+    fn deployment(replicas: i32, image: &str, ready: i32) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "echo", "namespace": "default", "labels": { "app": "echo" } },
+            "spec": {
+                "replicas": replicas,
+                "selector": { "matchLabels": { "app": "echo" } },
+                "template": {
+                    "metadata": { "labels": { "app": "echo" } },
+                    "spec": { "containers": [ { "name": "runtime", "image": image } ] }
+                }
+            },
+            "status": { "readyReplicas": ready }
+        }))
+        .expect("a Deployment")
+    }
+
+    fn image(deployment: &Deployment) -> String {
+        let pod = deployment.spec.template.spec.as_ref().expect("a pod spec");
+        pod.containers[0].image.clone().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn fifty_scales_and_pod_readiness_reconcile_nothing_a_changed_template_does() {
+        let mut events = vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(deployment(0, "one", 0)),
+            watcher::Event::InitDone,
+        ];
+        for n in 1..=50 {
+            events.push(watcher::Event::Apply(deployment(n % 7, "one", n % 5)));
+        }
+        events.push(watcher::Event::Apply(deployment(3, "two", 3)));
+        events.push(watcher::Event::Apply(deployment(4, "two", 3)));
+        events.push(watcher::Event::Delete(deployment(4, "two", 3)));
+        events.push(watcher::Event::Apply(deployment(0, "two", 0)));
+        let passed: Vec<String> = spec_changes(futures::stream::iter(events.into_iter().map(Ok)))
+            .map(|d| image(&d.expect("no error")))
+            .collect()
+            .await;
+        // The first sight, the new template, its deletion, its successor.
+        assert_eq!(passed, ["one", "two", "two", "two"]);
     }
 }

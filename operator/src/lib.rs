@@ -30,7 +30,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use sluice_api::Function;
-use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_nats::layout::{Layout, LayoutConfig, LayoutMetrics};
 use sluice_nats::publish::Publisher;
 use sluice_serve::Admin;
 use tokio::net::TcpListener;
@@ -56,6 +56,10 @@ pub struct OperatorConfig {
     /// `sluice_jetstream_storage_bound_bytes` when the account itself sets
     /// no limit ([`storage::bound`]). Default: none (not reported).
     pub jetstream_storage_bound: Option<u64>,
+    /// The NATS layout's settings: the operator owns the layout, creating
+    /// it and bringing it to these at start. Default: the defaults of
+    /// [`LayoutConfig`].
+    pub layout: LayoutConfig,
 }
 
 /// Why the operator could not start or stopped.
@@ -83,25 +87,23 @@ pub enum OperatorError {
     Leader(#[from] leader::LeaderError),
 }
 
-/// Checks the cluster and NATS, then reconciles until `shutdown` resolves
-/// (or this replica loses the leadership it held, an error: its work may
-/// already be someone else's).
+/// Serves its admin endpoints, checks the cluster, waits for NATS and the
+/// layout (trying again with backoff while the server is unreachable, not
+/// ready meanwhile, saying so in the log), then reconciles until
+/// `shutdown` resolves (or this replica loses the leadership it held, an
+/// error: its work may already be someone else's). Fails at once for what
+/// waiting cannot fix: no CRD, no permission, credentials NATS refuses,
+/// TLS.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), OperatorError> {
-    check_crd(&client).await?;
-    let nats =
-        sluice_nats::connect(&config.nats_url, "sluice-operator", &config.nats_security).await?;
-    let layout = Layout::ensure(nats.clone(), &LayoutConfig::default()).await?;
+    use futures::FutureExt as _;
+    let shutdown = shutdown.shared();
     let mut registry = Registry::with_prefix("sluice");
     let metrics = metrics::Metrics::register(&mut registry);
-    let (name, help) = sluice_nats::CONNECTED_METRIC;
-    let connection = nats.clone();
-    sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
-        sluice_nats::is_connected(&connection)
-    });
+    let layout_metrics = LayoutMetrics::register(&mut registry);
     let admin = Arc::new(Admin::new(registry));
     let listener = TcpListener::bind(config.admin_listen)
         .await
@@ -109,7 +111,41 @@ pub async fn run(
             addr: config.admin_listen,
             source,
         })?;
+    // Dropped (stopping it) if the start fails.
     let admin_service = admin.clone().spawn(listener);
+    check_crd(&client).await?;
+    let connected = async {
+        let nats = sluice_nats::connect_patiently(
+            &config.nats_url,
+            "sluice-operator",
+            &config.nats_security,
+        )
+        .await?;
+        admin.register(|registry| {
+            let (name, help) = sluice_nats::CONNECTED_METRIC;
+            let connection = nats.clone();
+            sluice_serve::ScrapedGauge::register(registry, name, help, move || {
+                sluice_nats::is_connected(&connection)
+            });
+        });
+        // The operator owns the layout on a cluster: gateways (run with
+        // --own-layout=false) and runtimes wait for it.
+        let reconciled = sluice_nats::patiently("reconciling the layout", &config.nats_url, || {
+            Layout::reconcile(nats.clone(), &config.layout)
+        })
+        .await?;
+        layout_metrics.count(&reconciled.changes);
+        let layout = reconciled.layout;
+        Ok::<_, OperatorError>((nats, layout))
+    };
+    let (nats, layout) = tokio::select! {
+        connected = connected => connected?,
+        () = shutdown.clone() => {
+            tracing::info!("stopped while waiting for NATS");
+            admin_service.shutdown().await;
+            return Ok(());
+        }
+    };
     // A standby replica is healthy and ready: it is waiting its turn.
     admin.set_ready(true);
     let ctx = Arc::new(controller::Context {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_api::ByteSize;
 use sluice_api::egress::{Cidr, EgressPolicy};
-use sluice_nats::NatsSecurityArgs;
+use sluice_nats::{LayoutArgs, NatsSecurityArgs};
 use sluice_operator::autoscaler::{AutoscalerConfig, DEFAULT_INTERVAL, PoolTarget};
 use sluice_operator::module::{DEFAULT_MAX_MODULE_BYTES, FetcherConfig};
 use sluice_operator::resources::{NatsAuthMethod, RuntimeNatsSecrets, RuntimeTemplate};
@@ -166,6 +166,10 @@ struct Args {
     /// e.g. one on loopback for tests. Repeatable.
     #[arg(long, value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
+    /// The NATS layout's settings; the operator owns the layout and
+    /// brings it to them at start.
+    #[command(flatten)]
+    layout: LayoutArgs,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -270,8 +274,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             insecure_registries: args.insecure_registry,
         },
         identity: identity.clone(),
+        layout: args.layout.config(),
     };
-    tracing::info!(%nats, %identity, admin = %config.admin_listen, "operator starting");
+    tracing::info!(nats = %sluice_nats::redacted(&nats), %identity, admin = %config.admin_listen, "operator starting");
     sluice_operator::run(client, config, shutdown_signal())
         .await
         .context("the operator stopped")?;

@@ -121,11 +121,19 @@ async fn run() -> anyhow::Result<()> {
     config.runtime.max_instances = args.max_instances;
     config.runtime.egress = args.egress.policy();
     size_memory(&args, &mut config.runtime)?;
-    let mut node = node::start(config)
-        .await
-        .with_context(|| format!("cannot start the runtime on {}", args.nats))?;
+    let shown = sluice_nats::redacted(&args.nats);
+    // The node waits for NATS: a signal meanwhile ends the wait.
+    let mut node = tokio::select! {
+        started = node::start(config) => started
+            .with_context(|| format!("cannot start the runtime on {shown}"))?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped while waiting for NATS");
+            telemetry.shutdown().await;
+            return Ok(());
+        }
+    };
     tracing::info!(
-        nats = %args.nats,
+        nats = %shown,
         admin = %node.admin_addr,
         serving = %args.function.as_ref().map_or("every function".to_owned(), ToString::to_string),
         "runtime started"

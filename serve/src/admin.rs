@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -13,7 +13,10 @@ use prometheus_client::registry::Registry;
 /// and `/metrics` (the registry in the OpenMetrics text format).
 #[derive(Debug)]
 pub struct Admin {
-    registry: Registry,
+    /// Behind a lock so that metrics whose source exists only later (the
+    /// NATS connection, the engine) join the registry after the admin port
+    /// serves, which it does while a process still waits for NATS.
+    registry: RwLock<Registry>,
     ready: AtomicBool,
 }
 
@@ -21,9 +24,17 @@ impl Admin {
     /// Serves `registry`'s metrics; not ready until told.
     pub fn new(registry: Registry) -> Self {
         Self {
-            registry,
+            registry: RwLock::new(registry),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Adds metrics to the registry already served (its prefix applies).
+    pub fn register(&self, add: impl FnOnce(&mut Registry)) {
+        add(&mut self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Whether `/readyz` answers 200.
@@ -39,7 +50,8 @@ impl Admin {
     pub fn encode_metrics(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 

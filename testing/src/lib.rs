@@ -3,7 +3,8 @@
 //! ships.
 //!
 //! - [`NatsServer`]: `nats-server` with JetStream (`SLUICE_NATS_SERVER`,
-//!   installed by `scripts/nats-server.sh`).
+//!   installed by `scripts/nats-server.sh`); [`LateNats`], one started
+//!   after the part under test.
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
 //!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`), with `kubectl`
 //!   and `helm` pointed at it; [`helm`] alone for `lint` and `template`;
@@ -22,7 +23,15 @@ pub mod prometheus;
 
 pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin};
 pub use kubelet::Kubelet;
-pub use nats::{NatsServer, NatsUser, SecureNats};
+pub use nats::{LateNats, NatsServer, NatsUser, SecureNats};
+
+/// A free loopback port (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
 
 /// The repository's root folder.
 pub fn repo_root() -> std::path::PathBuf {

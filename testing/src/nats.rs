@@ -36,8 +36,23 @@ impl NatsServer {
     /// to the including file, even an absolute one). The server owns the
     /// folder from now on.
     pub fn in_dir(dir: tempfile::TempDir, config: &str) -> Self {
+        Self::in_dir_on(dir, config, -1)
+    }
+
+    /// [`NatsServer::start`] on loopback `port`, e.g. one a part under
+    /// test was already told to connect to.
+    pub fn start_on(port: u16) -> Self {
+        Self::in_dir_on(
+            tempfile::tempdir().unwrap(),
+            "max_payload: 8MB\n",
+            i32::from(port),
+        )
+    }
+
+    /// `port` -1 picks a free one.
+    fn in_dir_on(dir: tempfile::TempDir, config: &str, port: i32) -> Self {
         std::fs::write(dir.path().join("nats.conf"), config).unwrap();
-        let child = spawn(&dir, -1);
+        let child = spawn(&dir, port);
         let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
         let started = Instant::now();
         let url = loop {
@@ -276,5 +291,105 @@ impl SecureNats {
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.display().to_string()))
         .collect()
+    }
+}
+
+/// A NATS server a part under test is told about before it runs: the part
+/// starts first, as in a cluster where the server's pod is slower.
+#[derive(Debug)]
+pub struct LateNats {
+    port: u16,
+    /// The URL to give the part.
+    pub url: String,
+}
+
+impl LateNats {
+    pub fn new() -> Self {
+        let port = crate::free_port();
+        Self {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Checks that the part serving `admin` waits for NATS: within 60s it
+    /// answers `/healthz` 200 and `/readyz` 503 and its `log` names the
+    /// server, saying it is waiting; it has not exited
+    /// (`exit_code` gives its code once it has).
+    pub fn check_waiting(
+        &self,
+        admin: std::net::SocketAddr,
+        log: impl Fn() -> String,
+        mut exit_code: impl FnMut() -> Option<i32>,
+    ) {
+        let waiting = || {
+            let log = log();
+            crate::http::get(admin, "/healthz").is_some_and(|(status, _)| status == 200)
+                && crate::http::get(admin, "/readyz").is_some_and(|(status, _)| status == 503)
+                && log.contains(&self.url)
+                // At least two attempts: it keeps trying.
+                && log.matches("waiting for NATS").count() >= 2
+        };
+        until(waiting, "waiting for NATS", &log, &mut exit_code);
+    }
+
+    /// Starts the server on the port the part was given.
+    pub fn start(&self) -> NatsServer {
+        NatsServer::start_on(self.port)
+    }
+
+    /// Waits (60s at most) for the part serving `admin` to answer
+    /// `/readyz` 200 without exiting.
+    pub fn check_ready(
+        &self,
+        admin: std::net::SocketAddr,
+        log: impl Fn() -> String,
+        mut exit_code: impl FnMut() -> Option<i32>,
+    ) {
+        let ready = || crate::http::get(admin, "/readyz").is_some_and(|(status, _)| status == 200);
+        until(ready, "ready after NATS came", &log, &mut exit_code);
+    }
+
+    /// [`LateNats::check_waiting`], [`LateNats::start`], then
+    /// [`LateNats::check_ready`]; returns the server.
+    pub fn check_waiting_then_start(
+        &self,
+        admin: std::net::SocketAddr,
+        log: impl Fn() -> String,
+        mut exit_code: impl FnMut() -> Option<i32>,
+    ) -> NatsServer {
+        self.check_waiting(admin, &log, &mut exit_code);
+        let server = self.start();
+        self.check_ready(admin, &log, &mut exit_code);
+        server
+    }
+}
+
+/// Polls `done` (every 100 ms, 60 s at most) while the part runs: its
+/// exit (`exit_code`) or the time running out fails with `what` and the
+/// part's `log`.
+fn until(
+    done: impl Fn() -> bool,
+    what: &str,
+    log: impl Fn() -> String,
+    mut exit_code: impl FnMut() -> Option<i32>,
+) {
+    let started = Instant::now();
+    while !done() {
+        if let Some(code) = exit_code() {
+            panic!("it exited ({code}), not {what}:\n{}", log());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not {what} within 60s:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Default for LateNats {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -30,6 +30,15 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* The labels of a component's pod template: only what never changes
+with the chart's version, so that an upgrade to a new chart rolls no pod
+whose spec is otherwise unchanged (the NATS server's above all). */}}
+{{- define "sluice.podLabels" -}}
+{{ include "sluice.selectorLabels" . }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: sluice
+{{- end -}}
+
 {{/* An image of Sluice's: registry/name:tag, the tag defaulting to appVersion. */}}
 {{- define "sluice.image" -}}
 {{- printf "%s/%s:%s" (trimSuffix "/" .root.Values.image.registry) .name (default .root.Chart.AppVersion .root.Values.image.tag) -}}
@@ -231,4 +240,33 @@ Secrets: the same names, looked up in each function's namespace. */ -}}
 {{- if $s.required }}
 - --runtime-nats-tls-required
 {{- end }}
+{{- end -}}
+
+{{/*
+Bytes of a size written NN, NNKi, NNMi, NNGi or NNTi (the schema's
+patterns for the values it is used on).
+*/}}
+{{- define "sluice.bytes" -}}
+{{- $n := regexFind "^[0-9]+" . | int64 -}}
+{{- $unit := regexReplaceAll "^[0-9]+" . "" -}}
+{{- $scale := get (dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776) $unit -}}
+{{- if not $scale }}{{ fail (printf "%q: expected digits with Ki, Mi, Gi or Ti" .) }}{{ end -}}
+{{- mul $n $scale -}}
+{{- end -}}
+
+{{/*
+The operator's flags for the NATS layout it owns.
+*/}}
+{{- define "sluice.layoutArgs" -}}
+{{- $layout := .Values.nats.layout -}}
+- --async-deadline={{ .Values.gateway.asyncDeadline }}
+- --max-queue-depth={{ .Values.gateway.maxQueueDepth }}
+- --duplicate-window={{ $layout.duplicateWindow }}
+- --dead-letters-per-function={{ $layout.deadLettersPerFunction }}
+- --invocations-max-bytes={{ $layout.maxBytes.invocations }}
+- --dead-letters-max-bytes={{ $layout.maxBytes.deadLetters }}
+- --results-max-bytes={{ $layout.maxBytes.results }}
+- --functions-max-bytes={{ $layout.maxBytes.functions }}
+- --modules-max-bytes={{ $layout.maxBytes.modules }}
+- --stream-replicas={{ $layout.replicas }}
 {{- end -}}

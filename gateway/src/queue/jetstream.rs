@@ -186,7 +186,7 @@ impl InvocationQueue for JetStreamQueue {
     ) -> Result<Submitted, QueueError> {
         self.check_connected()?;
         let id = invocation.id.clone();
-        let record = InvocationRecord::queued(id.clone(), invocation.function.clone());
+        let record = InvocationRecord::accepted(&invocation);
         let json = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         let mut extra = Vec::new();
         if let Some(url) = &callback {

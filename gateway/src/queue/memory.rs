@@ -218,7 +218,7 @@ impl InvocationQueue for MemoryQueue {
                 duplicate: true,
             });
         }
-        let record = InvocationRecord::queued(id.clone(), invocation.function.clone());
+        let record = InvocationRecord::accepted(&invocation);
         let job = Job::Deliver {
             invocation: Arc::new(invocation),
             attempt: 1,

@@ -3,7 +3,8 @@ use http::{Method, StatusCode};
 
 use crate::harness::{Backend, Recorder, TestGateway, conformance, stored_header, stored_headers};
 
-fn functions(recorder: &Recorder) -> String {
+/// `echo`, and `counted`: misbehave allowed to call `recorder`.
+pub(crate) fn functions(recorder: &Recorder) -> String {
     format!(
         r#"
 apiVersion: sluice.dev/v1alpha1
@@ -256,4 +257,71 @@ async fn local_mode_keeps_at_most_max_finished_records() {
             StatusCode::OK
         );
     }
+}
+
+/// A key's duplicate window (1 s here) is shorter than its record's life:
+/// the record itself answers a retry after it.
+const SHORT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After the duplicate window, the same key and request are still the same
+/// invocation (no second run); the same key with another body is 422.
+async fn a_key_is_honoured_for_as_long_as_its_record_lives(gw: TestGateway, recorder: Recorder) {
+    let path = format!(
+        "/async/fn/default/counted/call?url={}/hit",
+        recorder.origin()
+    );
+    let key = [("idempotency-key", "order-77")];
+    let first = gw.send(Method::POST, &path, &key, "the order").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+    assert_eq!(first.json()["duplicate"], false);
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(gw.wait_final(&id).await["state"], "succeeded");
+    // Past the window: only the record remembers the key.
+    tokio::time::sleep(SHORT_WINDOW * 2).await;
+
+    let again = gw.send(Method::POST, &path, &key, "the order").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text());
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(again.json()["duplicate"], true);
+    assert_eq!(again.header("location"), first.header("location"));
+
+    let other = gw.send(Method::POST, &path, &key, "another order").await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.text()
+    );
+    assert_eq!(other.json()["error"], "idempotency_key_reused");
+    assert!(other.text().contains(&id), "{}", other.text());
+    assert_eq!(recorder.received("/hit").len(), 1, "it ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_a_key_is_honoured_for_as_long_as_its_record_lives() {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start_with(&functions(&recorder), |c| {
+        c.queue.dedupe_window = SHORT_WINDOW;
+    })
+    .await;
+    a_key_is_honoured_for_as_long_as_its_record_lives(gw, recorder).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_key_is_honoured_for_as_long_as_its_record_lives() {
+    let recorder = Recorder::start().await;
+    let mut stack = crate::harness::NatsStack::on_server(
+        sluice_testing::NatsServer::start(),
+        sluice_nats::LayoutConfig {
+            duplicate_window: SHORT_WINDOW,
+            ..Default::default()
+        },
+    )
+    .await;
+    stack.start_runtime().await;
+    let dir = crate::harness::manifest_dir(&functions(&recorder));
+    stack.publish_dir(dir.path()).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/counted").await;
+    a_key_is_honoured_for_as_long_as_its_record_lives(gw, recorder).await;
 }

@@ -783,3 +783,40 @@ async fn a_trace_runs_from_the_caller_through_gateway_and_runtime_into_the_funct
         "the function's parent is the attempt"
     );
 }
+
+/// A gateway started before its NATS server (as in a cluster where the
+/// server's pod is slower) waits for it, alive and not ready, saying why,
+/// then serves: no restart.
+#[test]
+fn a_gateway_started_before_nats_waits_for_it_and_then_serves() {
+    let late = sluice_testing::LateNats::new();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], sluice_testing::free_port()));
+    let mut command = Command::new(gateway_binary());
+    command.args([
+        "--nats",
+        &late.url,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        &admin.to_string(),
+    ]);
+    let mut gateway = Process::spawn(command, dir.path().join("gateway.log"));
+    let log = gateway.log.clone();
+    let _nats = late.check_waiting_then_start(
+        admin,
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || {
+            gateway
+                .child
+                .try_wait()
+                .unwrap()
+                .map(|status| status.code().unwrap_or(-1))
+        },
+    );
+    assert!(
+        gateway.log_text().contains("serving"),
+        "{}",
+        gateway.log_text()
+    );
+}

@@ -149,12 +149,24 @@ impl NatsStack {
     pub async fn with_runtime_egress(server: NatsServer, egress: Arc<EgressPolicy>) -> Self {
         let mut stack = Self::on_server(server, LayoutConfig::default()).await;
         stack.egress = egress;
-        let mut config = NodeConfig::new(&stack.server.url);
-        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.artifacts = Some(stack._artifacts.path().to_owned());
-        config.runtime.egress = stack.egress.clone();
-        stack.node = Some(node::start(config).await.expect("the runtime node starts"));
+        stack.start_runtime().await;
         stack
+    }
+
+    /// Starts a runtime node serving the registry, with the stack's egress
+    /// policy.
+    pub async fn start_runtime(&mut self) {
+        let mut config = NodeConfig::new(&self.server.url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(self._artifacts.path().to_owned());
+        config.runtime.egress = self.egress.clone();
+        // Boxed: a test's future sits on its thread's stack, and the node's
+        // start is large in a debug build.
+        self.node = Some(
+            Box::pin(node::start(config))
+                .await
+                .expect("the runtime node starts"),
+        );
     }
 
     /// Starts a nats-server and creates the layout with `layout`'s limits;
@@ -169,7 +181,7 @@ impl NatsStack {
         let client = sluice_nats::connect(&server.url, "test-publisher", &Default::default())
             .await
             .unwrap();
-        let layout = Layout::ensure(client, &layout).await.unwrap();
+        let layout = Layout::reconcile(client, &layout).await.unwrap().layout;
         Self {
             server,
             node: None,
@@ -351,7 +363,11 @@ impl TestGateway {
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.egress = stack.egress.clone();
-        let gateway = nats_mode::start(config).await.expect("gateway starts");
+        // The stack made the layout with the test's settings and owns it.
+        config.own_layout = false;
+        let gateway = Box::pin(nats_mode::start(config))
+            .await
+            .expect("gateway starts");
         Self {
             addr: gateway.addr,
             admin: gateway.admin_addr,

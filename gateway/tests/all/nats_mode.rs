@@ -773,3 +773,43 @@ spec:
     assert_eq!(redelivered, 0.0, "{metrics}");
     node.shutdown().await;
 }
+
+/// Sets the most bytes the results bucket takes.
+async fn limit_results(js: &jetstream::Context, max_bytes: i64) {
+    let mut results = js.get_stream("KV_sluice-results").await.unwrap();
+    let mut config = results.info().await.unwrap().config.clone();
+    config.max_bytes = max_bytes;
+    js.update_stream(config).await.unwrap();
+}
+
+/// The results bucket refuses the final record for a while: the runtime
+/// keeps trying to store it instead of letting the message come back, so
+/// the function ran once and the record ends succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_final_record_is_stored_later_without_running_the_function_again() {
+    let recorder = crate::harness::Recorder::start().await;
+    let manifest = crate::async_invocations::functions(&recorder);
+    let gw = TestGateway::start(Backend::Nats, &manifest).await;
+    let js = gw.nats.as_ref().unwrap().layout.js.clone();
+    // Smaller than any record: every write is refused.
+    limit_results(&js, 64).await;
+    let id = gw
+        .submit(
+            &format!(
+                "/async/fn/default/counted/call?url={}/hit",
+                recorder.origin()
+            ),
+            &[],
+            "",
+        )
+        .await;
+    recorder.wait_for("/hit", 1).await;
+    // Refused for a while: long enough for a redelivery (1 s) to have run
+    // it again, were the message given back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    limit_results(&js, 1 << 30).await;
+    let record = gw.wait_record(&id).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(record["attempts"], 1, "{record}");
+    assert_eq!(recorder.received("/hit").len(), 1, "the function ran once");
+}

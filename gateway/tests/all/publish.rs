@@ -20,9 +20,10 @@ async fn publishing_fills_the_registry_and_stores_each_module_once() {
         .await
         .unwrap();
     let publisher = Publisher::new(
-        Layout::ensure(client, &LayoutConfig::default())
+        Layout::reconcile(client, &LayoutConfig::default())
             .await
-            .unwrap(),
+            .unwrap()
+            .layout,
     );
     let first: Vec<_> = futures::future::try_join_all(
         functions

@@ -210,7 +210,8 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
 }
 
 #[test]
-fn the_pool_scales_on_its_functions_sum_and_a_restarted_operator_resumes_without_a_dip() {
+fn the_pool_scales_on_its_functions_sum_a_restarted_operator_resumes_without_a_dip_and_no_functions_mean_its_minimum()
+ {
     let sluice = Sluice::start();
     sluice.config_map(
         "default",
@@ -247,6 +248,8 @@ spec:
         "false",
         "--pool-deployment",
         "sluice-system/sluice-runtime-pool",
+        "--pool-min-replicas",
+        "1",
         "--pool-max-replicas",
         "10",
     ];
@@ -319,6 +322,23 @@ spec:
             .replica_history("sluice-system", "sluice-runtime-pool")
             .last()
             == Some(&10))
+        .then_some(())
+    });
+    // Its last functions deleted, the pool returns to its minimum.
+    sluice.cluster.kubectl_ok(&[
+        "delete",
+        "functions.sluice.dev",
+        "-n",
+        "default",
+        "left",
+        "right",
+        "--wait=true",
+    ]);
+    eventually("the pool at its min", Duration::from_secs(30), || {
+        (pool_watch
+            .replica_history("sluice-system", "sluice-runtime-pool")
+            .last()
+            == Some(&1))
         .then_some(())
     });
 }

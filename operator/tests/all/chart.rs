@@ -183,6 +183,101 @@ fn the_egress_lists_reach_the_gateway_the_pool_and_dedicated_runtimes() {
     }
 }
 
+/// The pod template of the NATS StatefulSet in a rendering.
+fn nats_pod_template(rendered: &str) -> String {
+    let statefulset = rendered
+        .split("\n---")
+        .find(|doc| doc.contains("\nkind: StatefulSet"))
+        .expect("the NATS StatefulSet");
+    let start = statefulset.find("\n  template:").expect("its template");
+    let end = statefulset
+        .find("\n  volumeClaimTemplates:")
+        .expect("its volume claims");
+    statefulset[start..end].to_owned()
+}
+
+#[test]
+fn a_new_chart_version_leaves_the_nats_pod_template_as_it_was() {
+    let bumped = tempfile::tempdir().expect("a temporary folder");
+    ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(chart())
+            .arg(bumped.path())
+            .output()
+            .expect("cp"),
+        "copying the chart",
+    );
+    let bumped_chart = bumped.path().join("sluice");
+    let manifest = std::fs::read_to_string(bumped_chart.join("Chart.yaml")).expect("Chart.yaml");
+    let manifest: String = manifest
+        .lines()
+        .map(|line| {
+            if line.starts_with("version:") {
+                "version: 99.0.0".to_owned()
+            } else if line.starts_with("appVersion:") {
+                "appVersion: \"99.0.0\"".to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(manifest.contains("version: 99.0.0"), "{manifest}");
+    std::fs::write(bumped_chart.join("Chart.yaml"), manifest).expect("Chart.yaml written");
+    let show = ["--show-only", "templates/nats.yaml"];
+    let before = template(&show);
+    let mut helm = sluice_testing::helm();
+    helm.args(["template", RELEASE])
+        .arg(&bumped_chart)
+        .args(["-n", NAMESPACE])
+        .args(show);
+    let after = ok(run(helm, ""), "helm template of the bumped chart");
+    assert_ne!(before, after, "the objects' own labels carry the version");
+    assert_eq!(nats_pod_template(&before), nats_pod_template(&after));
+}
+
+#[test]
+fn the_operator_owns_the_layout_with_the_charts_values_and_the_file_store_fits_the_volume() {
+    let operator = template(&[
+        "--show-only",
+        "templates/operator.yaml",
+        "--set",
+        "gateway.asyncDeadline=24h",
+        "--set",
+        "nats.layout.maxBytes.results=3Gi",
+    ]);
+    for flag in [
+        "--async-deadline=24h",
+        "--max-queue-depth=10000",
+        "--results-max-bytes=3Gi",
+        "--invocations-max-bytes=4Gi",
+        "--stream-replicas=1",
+    ] {
+        assert!(
+            operator.contains(&format!("- {flag}\n")),
+            "{flag}:\n{operator}"
+        );
+    }
+    let gateway = template(&["--show-only", "templates/gateway.yaml"]);
+    assert!(gateway.contains("- --own-layout=false\n"), "{gateway}");
+    let nats = template(&["--show-only", "templates/nats.yaml"]);
+    assert!(nats.contains("max_file_store: 9663676416\n"), "{nats}");
+
+    let mut helm = sluice_testing::helm();
+    helm.args(["template", RELEASE])
+        .arg(chart())
+        .args(["--set", "nats.bundled.storage.maxFileStore=10Gi"]);
+    let refused = run(helm, "");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("must be below nats.bundled.storage.size"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
 #[test]
 fn the_crd_template_is_the_repositorys_crd_byte_for_byte() {
     let committed = std::fs::read(repo_root().join("crds/function.yaml")).expect("crds/");

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Sluice, eventually, free_port};
+use sluice_testing::LateNats;
+
+use crate::support::{Sluice, eventually};
 
 #[test]
 fn crd_prints_the_committed_crd() {
@@ -29,16 +31,20 @@ fn exited(process: &mut crate::support::Process) -> String {
 }
 
 #[test]
-fn the_operator_exits_with_a_clear_message_without_its_crd_or_nats() {
+fn the_operator_waits_for_nats_and_exits_with_a_clear_message_without_its_crd() {
     let sluice = Sluice::start();
-    // NATS unreachable: nothing listens on this loopback port.
-    let mut operator = sluice.operator(
-        "no-nats",
-        15,
-        &["--nats", &format!("nats://127.0.0.1:{}", free_port())],
+    // NATS not there yet: the operator waits, not ready, saying why, and
+    // becomes ready when it comes.
+    let late = LateNats::new();
+    let mut operator = sluice.operator("late-nats", 15, &["--nats", &late.url]);
+    let admin = operator.admin.expect("the operator's admin address");
+    let log = operator.log.clone();
+    let _nats = late.check_waiting_then_start(
+        admin,
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || operator.exit_code(),
     );
-    let log = exited(&mut operator);
-    assert!(log.contains("cannot connect to NATS"), "{log}");
+    drop(operator);
 
     // The CRD removed.
     sluice

@@ -15,7 +15,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, Placement, RegistryEntry};
-use sluice_nats::layout::{FetchError, Layout, LayoutConfig};
+use sluice_nats::layout::{FetchError, Layout};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
 use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::{Admin, Service};
@@ -57,7 +57,6 @@ pub struct NodeConfig {
     /// [`DEFAULT_ADMIN_LISTEN`].
     pub admin_listen: SocketAddr,
     pub runtime: RuntimeConfig,
-    pub layout: LayoutConfig,
     /// Longest a stopping node takes, from the stop to its exit: held
     /// invocations get what is left of it after [`CALLBACK_SHARE`], then
     /// callbacks the rest; an invocation still running at its end is left
@@ -81,7 +80,6 @@ impl NodeConfig {
             artifacts: None,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
-            layout: LayoutConfig::default(),
             drain_grace: DEFAULT_DRAIN_GRACE,
         }
     }
@@ -127,9 +125,33 @@ impl Node {
     }
 }
 
+/// Serves the admin endpoints (not ready), waits for NATS and the layout
+/// (trying again with backoff while the server is unreachable, saying so
+/// in the log), then follows the registry. Fails at once only for what
+/// waiting cannot fix: the admin listener, credentials NATS refuses, TLS,
+/// the engine.
 pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    let mut registry = Registry::with_prefix("sluice");
+    let metrics = Metrics::register(&mut registry);
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| NodeError::Listen {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin = Arc::new(Admin::new(registry));
+    // Dropped (stopping it) if the start fails.
+    let admin_service = admin.clone().spawn(admin_listener);
+    tracing::info!(admin = %admin_addr, nats = %sluice_nats::redacted(&config.nats_url), "connecting to NATS");
     let client =
-        sluice_nats::connect(&config.nats_url, "sluice-runtime", &config.nats_security).await?;
+        sluice_nats::connect_patiently(&config.nats_url, "sluice-runtime", &config.nats_security)
+            .await?;
     let mut config = config;
     // A response travels as one NATS message, and is stored in its record
     // as base64: both must fit the server's max_payload.
@@ -147,37 +169,28 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         );
         config.runtime.max_response_body = fits;
     }
-    let layout = Layout::ensure(client.clone(), &config.layout).await?;
+    // The layout's owner (the operator, or a gateway) creates it.
+    let layout = sluice_nats::patiently("opening the layout", &config.nats_url, || {
+        Layout::open(client.clone())
+    })
+    .await?;
     let runtime_config = config.runtime.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await
         .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
-    let mut registry = Registry::with_prefix("sluice");
-    let metrics = Metrics::register(&mut registry);
-    crate::metrics::register_instances(&mut registry, &runtime);
-    let (name, help) = sluice_nats::CONNECTED_METRIC;
-    let connection = client.clone();
-    sluice_serve::ScrapedGauge::register(&mut registry, name, help, move || {
-        sluice_nats::is_connected(&connection)
-    });
-    if let Some(budget) = runtime.memory_budget() {
-        Metrics::register_memory_budget(&mut registry, budget);
-    }
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: config.admin_listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| NodeError::Listen {
-            addr: config.admin_listen,
-            source,
-        })?;
     let callbacks = Callbacks::new(config.runtime.egress.clone());
-    Metrics::register_callbacks(&mut registry, &callbacks);
-    let admin = Arc::new(Admin::new(registry));
+    admin.register(|registry| {
+        crate::metrics::register_instances(registry, &runtime);
+        let (name, help) = sluice_nats::CONNECTED_METRIC;
+        let connection = client.clone();
+        sluice_serve::ScrapedGauge::register(registry, name, help, move || {
+            sluice_nats::is_connected(&connection)
+        });
+        if let Some(budget) = runtime.memory_budget() {
+            Metrics::register_memory_budget(registry, budget);
+        }
+        Metrics::register_callbacks(registry, &callbacks);
+    });
     let watcher = RegistryWatcher::new(layout.functions.clone());
     let shared = Arc::new(Shared {
         runtime,
@@ -197,7 +210,6 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         retired: Vec::new(),
         admin: admin.clone(),
     };
-    let admin_service = admin.clone().spawn(admin_listener);
     let service = Service::spawn(|stop| async move {
         node.run(watcher, stop).await;
         admin_service.shutdown().await;

@@ -3,7 +3,7 @@
 //! retry, and only then acknowledge.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, kv};
@@ -15,6 +15,7 @@ use sluice_api::{
 };
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
+use sluice_nats::patience::retry_delay;
 use sluice_nats::{PAYLOAD_HEADROOM, header_pairs, reply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -264,7 +265,7 @@ async fn run_async(
 ) {
     let function = &invocation.function;
     let retry = &served.spec.retry;
-    let mut record = InvocationRecord::queued(invocation.id.clone(), function.clone());
+    let mut record = InvocationRecord::accepted(invocation);
     if delivered > retry.max_attempts {
         // Runtimes stopped during the last attempt(s) and the message came back.
         let error = format!(
@@ -273,7 +274,15 @@ async fn run_async(
         );
         record.attempts = delivered;
         record.settled(InvocationState::DeadLettered, Some(error), None);
-        return give_up(shared, served, message, record, callback).await;
+        return give_up(
+            shared,
+            served,
+            message,
+            record,
+            callback,
+            invocation.deadline,
+        )
+        .await;
     }
     record.running(delivered);
     announce(shared, &record).await;
@@ -292,9 +301,19 @@ async fn run_async(
             state: InvocationState::DeadLettered,
             ..
         } => {
-            give_up(shared, served, message, record, callback).await;
+            give_up(
+                shared,
+                served,
+                message,
+                record,
+                callback,
+                invocation.deadline,
+            )
+            .await;
         }
-        Settlement::Final { .. } => finish(shared, message, record, callback).await,
+        Settlement::Final { .. } => {
+            finish(shared, message, record, callback, invocation.deadline).await;
+        }
     }
 }
 
@@ -335,6 +354,7 @@ async fn give_up(
     message: &jetstream::Message,
     mut record: InvocationRecord,
     callback: Option<String>,
+    deadline: SystemTime,
 ) {
     let reason = record.error.clone().unwrap_or_default();
     if let Err(e) = dead_letter(shared, served, message, &reason, record.attempts).await {
@@ -345,30 +365,53 @@ async fn give_up(
             record.response.clone(),
         );
     }
-    finish(shared, message, record, callback).await;
+    finish(shared, message, record, callback, deadline).await;
 }
 
 /// Stores the final record, then acknowledges, then calls back: a crash in
-/// between runs the invocation again rather than losing it.
+/// between runs the invocation again rather than losing it. A store that
+/// fails is tried again here ([`store_final`]), never by redelivering the
+/// message: that would run the function again.
 async fn finish(
     shared: &Shared,
     message: &jetstream::Message,
     record: InvocationRecord,
     callback: Option<String>,
+    deadline: SystemTime,
 ) {
     let (record, json) = storable(record, shared.client.server_info().max_payload);
-    if let Err(e) = store_json(shared, &record.id, json).await {
-        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, "cannot store the result; retrying later");
-        return acknowledge(
-            message,
-            AckKind::Nak(Some(Duration::from_secs(1))),
-            &record.id,
-        )
-        .await;
-    }
+    store_final(shared, message, &record, json, deadline).await;
     acknowledge(message, AckKind::Ack, &record.id).await;
     if let Some(url) = callback {
         shared.callbacks.deliver(url, record);
+    }
+}
+
+/// Stores a final record, trying again with a backoff doubling from 100 ms
+/// to 2 s (`sluice_nats::patience::retry_delay`) while the results store
+/// refuses it, the message kept from redelivery by progress acks. It gives
+/// up only past the invocation's `deadline`, when nobody may wait for the
+/// record any more: logged as an error, the run not repeated.
+async fn store_final(
+    shared: &Shared,
+    message: &jetstream::Message,
+    record: &InvocationRecord,
+    json: Vec<u8>,
+    deadline: SystemTime,
+) {
+    let mut failed = 0;
+    while let Err(e) = store_json(shared, &record.id, json.clone()).await {
+        failed += 1;
+        if SystemTime::now() >= deadline {
+            tracing::error!(function = %record.function, invocation = %record.id, state = ?record.state, error = %e, tries = failed, "the final record could not be stored before the invocation's deadline; it is lost (the function is not run again)");
+            return;
+        }
+        let delay = retry_delay(failed);
+        tracing::warn!(function = %record.function, invocation = %record.id, error = %e, tries = failed, "cannot store the final record; trying again in {delay:?} (the function is not run again)");
+        tokio::time::sleep(delay).await;
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::debug!(invocation = %record.id, error = %e, "cannot report progress");
+        }
     }
 }
 

@@ -133,13 +133,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound, then released for a child to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use sluice_testing::free_port;
 
 /// A cluster with Sluice's CRD and RBAC, and a NATS server, for one test.
 pub struct Sluice {
