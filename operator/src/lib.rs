@@ -19,13 +19,14 @@ pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod resources;
+pub mod scope;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use sluice_api::Function;
@@ -86,7 +87,7 @@ pub async fn run(
     config: OperatorConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), OperatorError> {
-    check_crd(&client).await?;
+    check_crd(&client, &config.settings.scope).await?;
     let nats =
         sluice_nats::connect(&config.nats_url, "sluice-operator", &config.nats_security).await?;
     let layout = Layout::ensure(nats.clone(), &LayoutConfig::default()).await?;
@@ -149,17 +150,21 @@ pub async fn lead(
 
 /// Fails with a hint when the Function CRD is missing or the operator may
 /// not read Functions.
-async fn check_crd(client: &Client) -> Result<(), OperatorError> {
-    let functions: Api<Function> = Api::all(client.clone());
-    match functions
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(OperatorError::CrdMissing),
-        Err(kube::Error::Api(e)) if e.code == 403 => Err(OperatorError::Forbidden(e.message)),
-        Err(e) => Err(OperatorError::Kubernetes(e)),
+async fn check_crd(client: &Client, scope: &scope::WatchScope) -> Result<(), OperatorError> {
+    for functions in scope.apis::<Function>(client) {
+        match functions
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return Err(OperatorError::CrdMissing),
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(OperatorError::Forbidden(e.message));
+            }
+            Err(e) => return Err(OperatorError::Kubernetes(e)),
+        }
     }
+    Ok(())
 }
 
 /// Default of `--lease-duration`: how long a dead leader's Lease holds

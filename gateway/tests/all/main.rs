@@ -18,4 +18,5 @@ mod publish;
 mod retries;
 mod startup;
 mod sync_invocations;
+mod tenancy;
 mod tls;

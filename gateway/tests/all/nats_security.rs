@@ -22,11 +22,15 @@ fn permissions_file() -> PathBuf {
 /// What the parts log when the server refuses them a subject.
 const VIOLATION: &str = "NATS refused a permission";
 
-fn users() -> [NatsUser<'static>; 3] {
+fn users() -> [NatsUser<'static>; 4] {
     [
         NatsUser {
             name: "gateway",
             permissions: Some("$SLUICE_GATEWAY"),
+        },
+        NatsUser {
+            name: "events",
+            permissions: Some("$SLUICE_EVENTS"),
         },
         NatsUser {
             name: "runtime",

@@ -14,3 +14,4 @@ mod nats_security;
 mod resilience;
 mod startup;
 mod support;
+mod tenancy;
