@@ -205,3 +205,92 @@ async fn the_event_bridge_user_is_refused_reserved_subjects_even_without_validat
     }
     assert!(violations.try_recv().is_err(), "no other violation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_function_through_the_bridges_own_user() {
+    use crate::distributed::Process;
+    use crate::harness::{ECHO_ON_ORDERS, TestGateway, eventually, manifest_dir};
+
+    // The parts with their sets, and an application's client that may
+    // publish anything.
+    let mut users: Vec<NatsUser> = ["gateway", "events", "runtime", "operator"]
+        .into_iter()
+        .map(|name| NatsUser {
+            name,
+            permissions: Some(match name {
+                "gateway" => "$SLUICE_GATEWAY",
+                "events" => "$SLUICE_EVENTS",
+                "runtime" => "$SLUICE_RUNTIME",
+                _ => "$SLUICE_OPERATOR",
+            }),
+        })
+        .collect();
+    users.push(NatsUser {
+        name: "client",
+        permissions: None,
+    });
+    let nats = SecureNats::start(&permissions_file(), &users);
+    let work = tempfile::tempdir().unwrap();
+    let dir = manifest_dir(ECHO_ON_ORDERS);
+    let published = std::process::Command::new(crate::distributed::gateway_binary())
+        .envs(nats.env("operator"))
+        .args(["publish", "--nats", nats.url()])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{published:?}");
+    let runtime_env = nats.env("runtime");
+    let runtime_env: Vec<(&str, &str)> = runtime_env
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let runtime = Process::runtime(nats.url(), work.path(), "runtime", &runtime_env);
+    // The gateway as its own user, its event bridge as the events user.
+    let mut gateway_env = nats.env("gateway");
+    gateway_env.push(("SLUICE_EVENTS_NATS_USER".into(), "events".into()));
+    gateway_env.push((
+        "SLUICE_EVENTS_NATS_PASSWORD_FILE".into(),
+        nats.password_file("events").display().to_string(),
+    ));
+    let gateway_env: Vec<(&str, &str)> = gateway_env
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let (gateway, addr) = Process::gateway(nats.url(), work.path(), &gateway_env).await;
+    let gw = TestGateway::remote(addr);
+    gw.wait_routed("default/echo").await;
+
+    let (client, _) = client_as(&nats, "client").await;
+    let id = sluice_gateway::events::event_invocation_id(
+        &"default/echo".parse().unwrap(),
+        "orders.created",
+        "order-18",
+    );
+    // Core NATS drops what nobody subscribes to yet: sent until recorded,
+    // its id making the copies one invocation.
+    eventually(
+        "the event is recorded",
+        Duration::from_secs(30),
+        async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "order-18");
+            client
+                .publish_with_headers("orders.created", headers, "{}".into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match gw.get(&format!("/invocations/{id}")).await {
+                reply if reply.status == http::StatusCode::OK => Ok(()),
+                reply => Err(format!("{} {}", reply.status, reply.text())),
+            }
+        },
+    )
+    .await;
+    let record = gw.wait_record(id.as_str()).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    for process in [&runtime, &gateway] {
+        let log = process.log_text();
+        assert!(!log.contains("NATS refused a permission"), "{log}");
+    }
+}

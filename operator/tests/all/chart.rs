@@ -398,6 +398,10 @@ fn every_rendering_is_accepted_by_the_api_server_and_restricted_pod_security() {
         String::from_utf8_lossy(&applied.stderr)
     );
     established(&cluster, "servicemonitors.monitoring.coreos.com");
+    // ci/external-nats-values.yaml watches these.
+    for namespace in ["shop", "tenant-b"] {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
     for (name, args) in value_sets() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let rendered = template(&args);
@@ -763,7 +767,8 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
 /// The bundled NATS's configuration as the chart renders it (the
 /// ConfigMap's files), with what the pod's environment fills in (the
 /// passwords from the chart's Secrets, the pod's name) filled in here, and
-/// the pod's fixed paths and monitoring port left to the test server.
+/// the pod's fixed paths, store and monitoring port left to the test
+/// server.
 fn bundled_nats_config(passwords: &[(&str, &str)]) -> (tempfile::TempDir, String) {
     let rendered = template(&["--show-only", "templates/nats.yaml"]);
     let config_map: Value = serde_saphyr::from_multiple::<Value>(&rendered)
@@ -778,7 +783,12 @@ fn bundled_nats_config(passwords: &[(&str, &str)]) -> (tempfile::TempDir, String
         if file == "nats.conf" {
             config = text
                 .lines()
-                .filter(|l| !l.starts_with("http_port") && !l.starts_with("pid_file"))
+                .filter(|l| {
+                    let l = l.trim_start();
+                    !["http_port", "pid_file", "store_dir"]
+                        .iter()
+                        .any(|pod_only| l.starts_with(pod_only))
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
                 .replace("$POD_NAME", "chart-test");
@@ -905,4 +915,121 @@ fn the_bundled_nats_credentials_are_secrets_each_part_mounts_its_own() {
             );
         }
     }
+}
+
+#[test]
+fn with_watch_namespaces_the_operator_serves_those_with_roles_only_and_ignores_others() {
+    let _slot = Slot::take();
+    let cluster = restricted_cluster();
+    for namespace in ["shop", "tenant-b"] {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
+    helm_ok(
+        &cluster,
+        &[
+            "install",
+            RELEASE,
+            &path_str(&chart()),
+            "-n",
+            NAMESPACE,
+            "--set",
+            "operator.watchNamespaces={shop}",
+        ],
+    );
+    established(&cluster, "functions.sluice.dev");
+    // No ClusterRole, no ClusterRoleBinding of the release.
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        let names = cluster.kubectl_ok(&["get", kind, "-o", "name"]);
+        assert!(!names.contains("sluice-operator"), "{kind}: {names}");
+    }
+    let passwords = nats_passwords(&cluster);
+    let borrowed: Vec<(&str, &str)> = passwords.iter().map(|(p, w)| (*p, w.as_str())).collect();
+    let (dir, config) = bundled_nats_config(&borrowed);
+    let nats = NatsServer::in_dir(dir, &config);
+    let secrets = tempfile::tempdir().expect("a temporary folder");
+    let password = secrets.path().join("operator");
+    let (_, operator_password) = passwords
+        .iter()
+        .find(|(p, _)| *p == "operator")
+        .expect("the operator's password");
+    std::fs::write(&password, operator_password).expect("a password file");
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = chart_args(
+        &cluster,
+        "operator",
+        &[
+            ("--nats", nats.url.clone()),
+            ("--runtime-nats-url", nats.url.clone()),
+            ("--admin-listen", admin.to_string()),
+            ("--nats-password-file", path_str(&password)),
+            ("--watch-namespace", "shop".into()),
+        ],
+    );
+    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
+    let logs = tempfile::tempdir().expect("a temporary folder");
+    let mut command = Command::new(binary("sluice-operator"));
+    command
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SLUICE_NATS_USER", "sluice-operator")
+        .env("POD_NAME", "sluice-operator-0")
+        .env("POD_NAMESPACE", NAMESPACE);
+    let operator = Process::spawn(command, logs.path().join("operator.log"));
+
+    let from = format!("--from-file=hello.wasm={}", component("hello").display());
+    for namespace in ["shop", "tenant-b"] {
+        let config_map = cluster.kubectl_ok(&[
+            "create",
+            "configmap",
+            "hello-wasm",
+            "-n",
+            namespace,
+            &from,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]);
+        assert!(cluster.apply(&config_map).status.success());
+        let function =
+            example("hello").replace("namespace: default", &format!("namespace: {namespace}"));
+        let applied = cluster.apply(&function);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    let ready = |namespace: &str| {
+        let args = [
+            "get",
+            "fn",
+            "hello",
+            "-n",
+            namespace,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ];
+        String::from_utf8_lossy(&cluster.kubectl_with(&args, "").stdout).into_owned()
+    };
+    eventually("shop/hello Ready", Duration::from_secs(90), || {
+        (ready("shop") == "True").then_some(())
+    });
+    // The other namespace's Function is left alone: no status, no
+    // finalizer, and the operator was refused nothing.
+    assert_eq!(ready("tenant-b"), "");
+    let finalizers = cluster.kubectl_ok(&[
+        "get",
+        "fn",
+        "hello",
+        "-n",
+        "tenant-b",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert_eq!(finalizers, "");
+    let log = operator.log();
+    assert!(
+        !log.contains("forbidden") && !log.contains("NATS refused"),
+        "{log}"
+    );
 }
