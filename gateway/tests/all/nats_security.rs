@@ -23,24 +23,7 @@ fn permissions_file() -> PathBuf {
 const VIOLATION: &str = "NATS refused a permission";
 
 fn users() -> [NatsUser<'static>; 4] {
-    [
-        NatsUser {
-            name: "gateway",
-            permissions: Some("$SLUICE_GATEWAY"),
-        },
-        NatsUser {
-            name: "events",
-            permissions: Some("$SLUICE_EVENTS"),
-        },
-        NatsUser {
-            name: "runtime",
-            permissions: Some("$SLUICE_RUNTIME"),
-        },
-        NatsUser {
-            name: "operator",
-            permissions: Some("$SLUICE_OPERATOR"),
-        },
-    ]
+    crate::tenancy::parts()
 }
 
 fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {

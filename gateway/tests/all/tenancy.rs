@@ -93,6 +93,20 @@ async fn a_path_claimed_twice_refuses_the_folder_naming_both_manifests() {
     );
 }
 
+/// Each Sluice part as a user with its set.
+pub(crate) fn parts() -> [NatsUser<'static>; 4] {
+    [
+        ("gateway", "$SLUICE_GATEWAY"),
+        ("events", "$SLUICE_EVENTS"),
+        ("runtime", "$SLUICE_RUNTIME"),
+        ("operator", "$SLUICE_OPERATOR"),
+    ]
+    .map(|(name, set)| NatsUser {
+        name,
+        permissions: Some(set),
+    })
+}
+
 fn permissions_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice/files/nats-permissions.conf")
 }
@@ -138,16 +152,7 @@ async fn client_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_bridge_user_is_refused_reserved_subjects_even_without_validation() {
-    let users = ["gateway", "events", "runtime", "operator"].map(|name| NatsUser {
-        name,
-        permissions: Some(match name {
-            "gateway" => "$SLUICE_GATEWAY",
-            "events" => "$SLUICE_EVENTS",
-            "runtime" => "$SLUICE_RUNTIME",
-            _ => "$SLUICE_OPERATOR",
-        }),
-    });
-    let nats = SecureNats::start(&permissions_file(), &users);
+    let nats = SecureNats::start(&permissions_file(), &parts());
     let (bridge, mut violations) = client_as(&nats, "events").await;
     for subject in [
         "_INBOX.>",
@@ -213,18 +218,7 @@ async fn events_reach_a_function_through_the_bridges_own_user() {
 
     // The parts with their sets, and an application's client that may
     // publish anything.
-    let mut users: Vec<NatsUser> = ["gateway", "events", "runtime", "operator"]
-        .into_iter()
-        .map(|name| NatsUser {
-            name,
-            permissions: Some(match name {
-                "gateway" => "$SLUICE_GATEWAY",
-                "events" => "$SLUICE_EVENTS",
-                "runtime" => "$SLUICE_RUNTIME",
-                _ => "$SLUICE_OPERATOR",
-            }),
-        })
-        .collect();
+    let mut users = parts().to_vec();
     users.push(NatsUser {
         name: "client",
         permissions: None,

@@ -635,62 +635,21 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
     // chart generated; each part connects as its own user with them (as
     // its pod would, from its Secret), so a permission the chart's sets
     // lack shows in a log.
-    let passwords = nats_passwords(&cluster);
-    let borrowed: Vec<(&str, &str)> = passwords.iter().map(|(p, w)| (*p, w.as_str())).collect();
-    let (dir, config) = bundled_nats_config(&borrowed);
-    let nats = NatsServer::in_dir(dir, &config);
-    let secrets = tempfile::tempdir().expect("a temporary folder");
-    let password_file = |part: &str| {
-        let file = secrets.path().join(part);
-        let (_, password) = passwords.iter().find(|(p, _)| *p == part).expect("a part");
-        std::fs::write(&file, password).expect("a password file");
-        path_str(&file)
-    };
+    let nats = ChartNats::start(&cluster);
+    let password_file = |part: &str| nats.password_file(part);
 
     // The operator's flags exactly as the chart renders them, but for the
     // NATS server (the bundled one has no pod here) and a loopback admin
     // port; its permissions exactly the chart's ServiceAccount's.
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = chart_args(
-        &cluster,
-        "operator",
-        &[
-            ("--nats", nats.url.clone()),
-            ("--runtime-nats-url", nats.url.clone()),
-            ("--admin-listen", admin.to_string()),
-            ("--nats-password-file", password_file("operator")),
-        ],
-    );
+    let logs = tempfile::tempdir().expect("a temporary folder");
+    let (operator, args) = chart_operator(&cluster, &nats, &[], logs.path());
     assert!(
         args.iter()
             .any(|a| a == &format!("--pool-deployment={NAMESPACE}/{RELEASE}-runtime")),
         "{args:?}"
     );
-    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
-    let logs = tempfile::tempdir().expect("a temporary folder");
-    let mut command = Command::new(binary("sluice-operator"));
-    command
-        .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("SLUICE_NATS_USER", "sluice-operator")
-        .env("POD_NAME", "sluice-operator-0")
-        .env("POD_NAMESPACE", NAMESPACE);
-    let operator = Process::spawn(command, logs.path().join("operator.log"));
 
-    let from = format!("--from-file=hello.wasm={}", component("hello").display());
-    let config_map = cluster.kubectl_ok(&[
-        "create",
-        "configmap",
-        "hello-wasm",
-        "-n",
-        "default",
-        &from,
-        "--dry-run=client",
-        "-o",
-        "yaml",
-    ]);
-    let applied = cluster.apply(&config_map);
-    assert!(applied.status.success());
+    hello_config_map(&cluster, "default");
     let applied = cluster.apply(&example("hello"));
     assert!(applied.status.success());
     let field = |path: &str| {
@@ -730,7 +689,7 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
             &cluster,
             "gateway",
             &[
-                ("--nats", nats.url.clone()),
+                ("--nats", nats.server.url.clone()),
                 ("--listen", gateway.to_string()),
                 ("--admin-listen", "127.0.0.1:0".into()),
                 ("--nats-password-file", password_file("gateway")),
@@ -746,7 +705,7 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
             &cluster,
             "runtime",
             &[
-                ("--nats", nats.url.clone()),
+                ("--nats", nats.server.url.clone()),
                 ("--admin-listen", "127.0.0.1:0".into()),
                 ("--artifacts", path_str(&logs.path().join("artifacts"))),
                 ("--nats-password-file", password_file("runtime")),
@@ -942,54 +901,16 @@ fn with_watch_namespaces_the_operator_serves_those_with_roles_only_and_ignores_o
         let names = cluster.kubectl_ok(&["get", kind, "-o", "name"]);
         assert!(!names.contains("sluice-operator"), "{kind}: {names}");
     }
-    let passwords = nats_passwords(&cluster);
-    let borrowed: Vec<(&str, &str)> = passwords.iter().map(|(p, w)| (*p, w.as_str())).collect();
-    let (dir, config) = bundled_nats_config(&borrowed);
-    let nats = NatsServer::in_dir(dir, &config);
-    let secrets = tempfile::tempdir().expect("a temporary folder");
-    let password = secrets.path().join("operator");
-    let (_, operator_password) = passwords
-        .iter()
-        .find(|(p, _)| *p == "operator")
-        .expect("the operator's password");
-    std::fs::write(&password, operator_password).expect("a password file");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = chart_args(
-        &cluster,
-        "operator",
-        &[
-            ("--nats", nats.url.clone()),
-            ("--runtime-nats-url", nats.url.clone()),
-            ("--admin-listen", admin.to_string()),
-            ("--nats-password-file", path_str(&password)),
-            ("--watch-namespace", "shop".into()),
-        ],
-    );
-    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
+    let nats = ChartNats::start(&cluster);
     let logs = tempfile::tempdir().expect("a temporary folder");
-    let mut command = Command::new(binary("sluice-operator"));
-    command
-        .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("SLUICE_NATS_USER", "sluice-operator")
-        .env("POD_NAME", "sluice-operator-0")
-        .env("POD_NAMESPACE", NAMESPACE);
-    let operator = Process::spawn(command, logs.path().join("operator.log"));
-
-    let from = format!("--from-file=hello.wasm={}", component("hello").display());
+    let (operator, _) = chart_operator(
+        &cluster,
+        &nats,
+        &[("--watch-namespace", "shop".into())],
+        logs.path(),
+    );
     for namespace in ["shop", "tenant-b"] {
-        let config_map = cluster.kubectl_ok(&[
-            "create",
-            "configmap",
-            "hello-wasm",
-            "-n",
-            namespace,
-            &from,
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ]);
-        assert!(cluster.apply(&config_map).status.success());
+        hello_config_map(&cluster, namespace);
         let function =
             example("hello").replace("namespace: default", &format!("namespace: {namespace}"));
         let applied = cluster.apply(&function);
@@ -1032,4 +953,78 @@ fn with_watch_namespaces_the_operator_serves_those_with_roles_only_and_ignores_o
         !log.contains("forbidden") && !log.contains("NATS refused"),
         "{log}"
     );
+}
+
+/// The bundled NATS as the installed chart configures it, with the
+/// passwords the chart generated, each also in a file of its part's name
+/// (as its pod mounts it).
+struct ChartNats {
+    server: NatsServer,
+    secrets: tempfile::TempDir,
+}
+
+impl ChartNats {
+    fn start(cluster: &ControlPlane) -> Self {
+        let passwords = nats_passwords(cluster);
+        let borrowed: Vec<(&str, &str)> = passwords.iter().map(|(p, w)| (*p, w.as_str())).collect();
+        let (dir, config) = bundled_nats_config(&borrowed);
+        let secrets = tempfile::tempdir().expect("a temporary folder");
+        for (part, password) in &passwords {
+            std::fs::write(secrets.path().join(part), password).expect("a password file");
+        }
+        Self {
+            server: NatsServer::in_dir(dir, &config),
+            secrets,
+        }
+    }
+
+    fn password_file(&self, part: &str) -> String {
+        path_str(&self.secrets.path().join(part))
+    }
+}
+
+/// `sluice-operator` with the chart's flags (`moved` besides NATS, its
+/// password and a loopback admin port) as the chart's ServiceAccount, and
+/// the flags it got.
+fn chart_operator(
+    cluster: &ControlPlane,
+    nats: &ChartNats,
+    moved: &[(&str, String)],
+    logs: &Path,
+) -> (Process, Vec<String>) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut moved = moved.to_vec();
+    moved.extend([
+        ("--nats", nats.server.url.clone()),
+        ("--runtime-nats-url", nats.server.url.clone()),
+        ("--admin-listen", admin.to_string()),
+        ("--nats-password-file", nats.password_file("operator")),
+    ]);
+    let args = chart_args(cluster, "operator", &moved);
+    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
+    let mut command = Command::new(binary("sluice-operator"));
+    command
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SLUICE_NATS_USER", "sluice-operator")
+        .env("POD_NAME", "sluice-operator-0")
+        .env("POD_NAMESPACE", NAMESPACE);
+    (Process::spawn(command, logs.join("operator.log")), args)
+}
+
+/// ConfigMap `hello-wasm` in `namespace` with the hello component.
+fn hello_config_map(cluster: &ControlPlane, namespace: &str) {
+    let from = format!("--from-file=hello.wasm={}", component("hello").display());
+    let config_map = cluster.kubectl_ok(&[
+        "create",
+        "configmap",
+        "hello-wasm",
+        "-n",
+        namespace,
+        &from,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    assert!(cluster.apply(&config_map).status.success());
 }
