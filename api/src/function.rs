@@ -220,8 +220,11 @@ pub struct Triggers {
     /// An extra HTTP route. Default: none (the default route always exists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpTrigger>,
-    /// NATS subjects whose messages become CloudEvent invocations. Default: none.
+    /// NATS subjects whose messages become CloudEvent invocations, at most
+    /// [`MAX_NATS_TRIGGERS`]. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // The bound also keeps the CEL rules' estimated cost low.
+    #[schemars(length(max = MAX_NATS_TRIGGERS))]
     pub nats: Vec<NatsTrigger>,
 }
 
@@ -245,6 +248,48 @@ pub struct HttpTrigger {
     pub path: String,
 }
 
+impl HttpTrigger {
+    /// The route this trigger claims: the path without trailing slashes
+    /// (`/x/` and `/x` are one route).
+    pub fn route(&self) -> &str {
+        self.path.trim_end_matches('/')
+    }
+}
+
+/// The order in which claims on one custom path are honoured, so that
+/// every gateway and the operator agree on the owner: the function created
+/// first keeps the path; equal times (and entries without a creation time,
+/// which come after every dated one) fall back to `namespace/name` order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClaimOrder {
+    undated: bool,
+    /// RFC 3339 in UTC as Kubernetes writes `creationTimestamp`
+    /// (`2026-12-06T07:05:12Z`), which sorts as text.
+    created: Option<String>,
+    function: crate::names::FunctionRef,
+}
+
+impl ClaimOrder {
+    /// The claim of `function`, created at `created` (RFC 3339 UTC) if
+    /// known.
+    pub fn new(function: crate::names::FunctionRef, created: Option<String>) -> Self {
+        Self {
+            undated: created.is_none(),
+            created,
+            function,
+        }
+    }
+
+    /// The claimant.
+    pub fn function(&self) -> &crate::names::FunctionRef {
+        &self.function
+    }
+}
+
+/// Condition reason of a Function whose custom path an earlier Function
+/// owns.
+pub const PATH_CONFLICT: &str = "PathConflict";
+
 /// Paths the gateway serves itself; no custom route may sit on or under
 /// them.
 pub const RESERVED_PATHS: [&str; 4] = ["/fn", "/async/fn", "/invocations", "/dead-letters"];
@@ -253,19 +298,173 @@ pub const RESERVED_PATHS: [&str; 4] = ["/fn", "/async/fn", "/invocations", "/dea
 /// value, and keeps deadlines and NATS durations (nanoseconds in an i64)
 /// far from overflowing.
 pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Longest trigger subject, in bytes.
+pub const MAX_SUBJECT_LEN: u32 = 256;
+/// Most NATS triggers of a function.
+pub const MAX_NATS_TRIGGERS: u32 = 64;
 /// Most in-flight invocations per replica.
 pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Most replicas of a function.
 pub const MAX_REPLICAS: u32 = 1_000;
 
 /// A NATS subject whose messages invoke the function.
+///
+/// Subjects that belong to NATS or to Sluice are refused
+/// ([`reserved_trigger_subject`]), so that a Function cannot read other
+/// functions' replies, records or queues: each CEL rule here is one of
+/// [`RESERVED_TRIGGER_RULES`], kept equal by a test.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!self.subject.startsWith('_INBOX')",
+        "message": "subject may not start with _INBOX (reserved-inbox rule: replies to other functions' requests travel there)"
+    },
+    {
+        "rule": "!self.subject.startsWith('$')",
+        "message": "subject may not start with $ (reserved-system rule: JetStream, KV and the server's own subjects)"
+    },
+    {
+        "rule": "self.subject != 'sluice' && !self.subject.startsWith('sluice.')",
+        "message": "subject may not be under sluice. (reserved-sluice rule: every function's queue and dead letters)"
+    },
+    {
+        "rule": "!self.subject.startsWith('*') && !self.subject.startsWith('>')",
+        "message": "subject must start with a literal token (leading-wildcard rule: a leading * or > also matches _INBOX, $ and sluice. subjects)"
+    }
+]))]
 pub struct NatsTrigger {
-    /// Subject (wildcards allowed), e.g. `orders.created`.
-    #[schemars(length(min = 1))]
+    /// Subject, e.g. `orders.created`: dot-separated tokens, `*` and a
+    /// final `>` as wildcards after a literal first token. Neither
+    /// `_INBOX…`, `$…` nor `sluice.…`, and no leading wildcard.
+    // The length bound also keeps the CEL rules' estimated cost low.
+    #[schemars(
+        length(min = 1, max = MAX_SUBJECT_LEN),
+        regex(pattern = "^[^\\s.]+(\\.[^\\s.]+)*$")
+    )]
     pub subject: String,
 }
+
+/// The rules a trigger subject must keep, as `(name, what it refuses)`;
+/// the name appears in every refusal, in the CRD's CEL messages as in
+/// [`FunctionSpec::validate`].
+pub const RESERVED_TRIGGER_RULES: [(&str, &str); 4] = [
+    (
+        "reserved-inbox",
+        "may not start with _INBOX: replies to other functions' requests travel there",
+    ),
+    (
+        "reserved-system",
+        "may not start with $: JetStream, KV and the server's own subjects",
+    ),
+    (
+        "reserved-sluice",
+        "may not be under sluice.: every function's queue and dead letters",
+    ),
+    (
+        "leading-wildcard",
+        "must start with a literal token: a leading * or > also matches _INBOX, $ and sluice. subjects",
+    ),
+];
+
+/// The rule of [`RESERVED_TRIGGER_RULES`] that `subject` breaks, if any,
+/// as `(name, what it refuses)`.
+pub fn reserved_trigger_subject(subject: &str) -> Option<(&'static str, &'static str)> {
+    let first = subject.split('.').next().unwrap_or_default();
+    let broken = if first.starts_with("_INBOX") {
+        0
+    } else if first.starts_with('$') {
+        1
+    } else if first == "sluice" {
+        2
+    } else if first.starts_with('*') || first.starts_with('>') {
+        3
+    } else {
+        return None;
+    };
+    Some(RESERVED_TRIGGER_RULES[broken])
+}
+
+/// Whether `subject` is a well-formed NATS subject to subscribe to: tokens
+/// separated by single dots, none empty, no whitespace, `>` only as the
+/// last token.
+fn is_subscribable_subject(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    tokens.iter().enumerate().all(|(i, token)| {
+        !token.is_empty()
+            && !token.chars().any(char::is_whitespace)
+            && (!token.contains('>') || (*token == ">" && i + 1 == tokens.len()))
+    })
+}
+
+/// An optional rule for shared clusters: every trigger subject of a
+/// function in namespace `ns` must start with a prefix made from `ns`
+/// (the gateway's and operator's `--trigger-subject-prefix`, the chart's
+/// `triggerSubjectPrefix`). Default: none, any unreserved subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TriggerScope {
+    template: String,
+}
+
+/// What `{namespace}` stands for in a [`TriggerScope`] template.
+pub const NAMESPACE_PLACEHOLDER: &str = "{namespace}";
+
+/// A [`TriggerScope`] template that cannot scope anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "trigger subject prefix {0:?} must contain {{namespace}} and end with '.', e.g. \"{{namespace}}.\" or \"events.{{namespace}}.\""
+)]
+pub struct BadTriggerScope(String);
+
+impl TriggerScope {
+    /// A scope from a template such as `{namespace}.`: it must name the
+    /// namespace (or it would not separate tenants) and end with a dot (or
+    /// `shop` would own `shopping.…`).
+    pub fn new(template: &str) -> Result<Self, BadTriggerScope> {
+        if template.contains(NAMESPACE_PLACEHOLDER)
+            && template.ends_with('.')
+            && !template.starts_with(['*', '>', '$', '_'])
+        {
+            Ok(Self {
+                template: template.to_owned(),
+            })
+        } else {
+            Err(BadTriggerScope(template.to_owned()))
+        }
+    }
+
+    /// The prefix every trigger subject of `namespace` must start with.
+    pub fn prefix(&self, namespace: &str) -> String {
+        self.template.replace(NAMESPACE_PLACEHOLDER, namespace)
+    }
+
+    /// Refuses the first trigger subject of `function` outside its
+    /// namespace's prefix, naming it and the prefix. The reason word for
+    /// a condition is [`TRIGGER_SUBJECT_OUT_OF_SCOPE`].
+    pub fn check(
+        &self,
+        function: &crate::names::FunctionRef,
+        spec: &FunctionSpec,
+    ) -> Result<(), SpecError> {
+        let prefix = self.prefix(&function.namespace);
+        for (i, trigger) in spec.triggers.nats.iter().enumerate() {
+            if !trigger.subject.starts_with(&prefix) {
+                return Err(SpecError::new(
+                    format!("spec.triggers.nats[{i}].subject"),
+                    format!(
+                        "{:?} is outside the namespace's scope: on this cluster, trigger subjects of namespace {} must start with {prefix:?}",
+                        trigger.subject, function.namespace
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Condition reason of a Function whose trigger breaks the
+/// [`TriggerScope`].
+pub const TRIGGER_SUBJECT_OUT_OF_SCOPE: &str = "TriggerSubjectOutOfScope";
 
 /// Retries for asynchronous and event invocations.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -506,10 +705,13 @@ impl SpecError {
     }
 }
 
-/// Whether `subject` is a literal subject the dead-letter stream captures.
-fn is_dead_letter_subject(subject: &str) -> bool {
+/// Whether `subject` is a literal subject the dead-letter stream captures,
+/// under the namespace's own `sluice.dlq.<namespace>.`.
+fn is_dead_letter_subject(subject: &str, namespace: &str) -> bool {
     subject
         .strip_prefix(crate::names::DEAD_LETTER_SUBJECT_PREFIX)
+        .and_then(|rest| rest.strip_prefix(namespace))
+        .and_then(|rest| rest.strip_prefix('.'))
         .is_some_and(|rest| {
             rest.split('.').all(|token| {
                 !token.is_empty()
@@ -530,8 +732,9 @@ impl FunctionSpec {
             .unwrap_or_else(|| function.dead_letter_subject())
     }
 
-    /// Checks what the schema cannot express; the first problem wins.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    /// Checks what the schema cannot express for `function` (whose
+    /// namespace bounds its dead-letter subject); the first problem wins.
+    pub fn validate(&self, function: &crate::names::FunctionRef) -> Result<(), SpecError> {
         self.module.kind()?;
         if let Some(auth) = &self.auth {
             auth.validate()?;
@@ -615,12 +818,45 @@ impl FunctionSpec {
                 ),
             ));
         }
+        if self.triggers.nats.len() > MAX_NATS_TRIGGERS as usize {
+            return Err(SpecError::new(
+                "spec.triggers.nats",
+                format!("may list at most {MAX_NATS_TRIGGERS} subjects"),
+            ));
+        }
+        for (i, trigger) in self.triggers.nats.iter().enumerate() {
+            let field = format!("spec.triggers.nats[{i}].subject");
+            if trigger.subject.len() > MAX_SUBJECT_LEN as usize {
+                return Err(SpecError::new(
+                    field,
+                    format!("may be at most {MAX_SUBJECT_LEN} bytes long"),
+                ));
+            }
+            if !is_subscribable_subject(&trigger.subject) {
+                return Err(SpecError::new(
+                    field,
+                    format!(
+                        "{:?} is not a NATS subject: dot-separated tokens, none empty, no whitespace, > only as the last token",
+                        trigger.subject
+                    ),
+                ));
+            }
+            if let Some((rule, problem)) = reserved_trigger_subject(&trigger.subject) {
+                return Err(SpecError::new(
+                    field,
+                    format!("{:?} {problem} ({rule} rule)", trigger.subject),
+                ));
+            }
+        }
         if let Some(subject) = &self.dead_letter.subject
-            && !is_dead_letter_subject(subject)
+            && !is_dead_letter_subject(subject, &function.namespace)
         {
             return Err(SpecError::new(
                 "spec.deadLetter.subject",
-                "must be a NATS subject under sluice.dlq. (letters, digits, '-', '_' and dots; no wildcards), so that the SLUICE_DEAD_LETTERS stream keeps it",
+                format!(
+                    "must be a NATS subject under sluice.dlq.{}. (the function's own namespace; letters, digits, '-', '_' and dots; no wildcards), so that the SLUICE_DEAD_LETTERS stream keeps it and no other namespace's dead letters are read or written",
+                    function.namespace
+                ),
             ));
         }
         for (i, host) in self.allowed_outbound_hosts.iter().enumerate() {
@@ -674,6 +910,10 @@ mod defaults {
 mod tests {
     use super::*;
 
+    fn function() -> crate::names::FunctionRef {
+        "shop/checkout".parse().unwrap()
+    }
+
     fn minimal() -> FunctionSpec {
         serde_json::from_value(serde_json::json!({ "module": { "file": "x.wasm" } })).unwrap()
     }
@@ -694,7 +934,7 @@ mod tests {
         assert_eq!(spec.limits.memory, ByteSize::mebibytes(64));
         assert_eq!(spec.placement, Placement::Pool);
         assert!(spec.env.is_empty() && spec.allowed_outbound_hosts.is_empty());
-        spec.validate().unwrap();
+        spec.validate(&function()).unwrap();
     }
 
     #[test]
@@ -748,17 +988,23 @@ mod tests {
     fn a_module_must_name_exactly_one_source() {
         let mut spec = minimal();
         spec.module.oci = Some("ghcr.io/a/b:1".into());
-        assert_eq!(spec.validate().unwrap_err().field, "spec.module");
+        assert_eq!(spec.validate(&function()).unwrap_err().field, "spec.module");
         spec.module = ModuleSource::default();
-        assert_eq!(spec.validate().unwrap_err().field, "spec.module");
+        assert_eq!(spec.validate(&function()).unwrap_err().field, "spec.module");
         spec.module.url = Some("https://x/y.wasm".into());
-        assert_eq!(spec.validate().unwrap_err().field, "spec.module.sha256");
+        assert_eq!(
+            spec.validate(&function()).unwrap_err().field,
+            "spec.module.sha256"
+        );
         spec.module.sha256 = Some("ab".repeat(32));
         spec.module.pull_secret = Some("registry".into());
-        assert_eq!(spec.validate().unwrap_err().field, "spec.module.pullSecret");
+        assert_eq!(
+            spec.validate(&function()).unwrap_err().field,
+            "spec.module.pullSecret"
+        );
         spec.module.url = None;
         spec.module.oci = Some("ghcr.io/a/b:1".into());
-        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.validate(&function()), Ok(()));
     }
 
     #[test]
@@ -772,7 +1018,7 @@ mod tests {
     #[test]
     fn invalid_values_name_their_field() {
         type Mutation = fn(&mut FunctionSpec);
-        let cases: [(Mutation, &str); 12] = [
+        let cases: [(Mutation, &str); 13] = [
             (|s| s.replicas = Some(1_001), "spec.replicas"),
             (|s| s.concurrency = 0, "spec.concurrency"),
             (|s| s.concurrency = 10_001, "spec.concurrency"),
@@ -804,6 +1050,10 @@ mod tests {
                 |s| s.dead_letter.subject = Some("sluice.dlq.>".into()),
                 "spec.deadLetter.subject",
             ),
+            (
+                |s| s.dead_letter.subject = Some("sluice.dlq.shopping.x".into()),
+                "spec.deadLetter.subject",
+            ),
             (|s| s.scaling.min_replicas = 50, "spec.scaling.minReplicas"),
             (
                 |s| {
@@ -821,7 +1071,151 @@ mod tests {
         for (mutate, field) in cases {
             let mut spec = minimal();
             mutate(&mut spec);
-            assert_eq!(spec.validate().unwrap_err().field, field);
+            assert_eq!(spec.validate(&function()).unwrap_err().field, field);
         }
+    }
+
+    fn with_trigger(subject: &str) -> FunctionSpec {
+        let mut spec = minimal();
+        spec.triggers.nats = vec![NatsTrigger {
+            subject: subject.into(),
+        }];
+        spec
+    }
+
+    #[test]
+    fn a_spy_on_sluice_or_server_subjects_is_refused_naming_the_rule() {
+        for (subject, rule) in [
+            ("_INBOX.>", "reserved-inbox"),
+            ("_INBOX.abc.*", "reserved-inbox"),
+            ("_INBOX_custom.>", "reserved-inbox"),
+            ("$KV.sluice-results.>", "reserved-system"),
+            ("$JS.API.>", "reserved-system"),
+            ("$SYS.>", "reserved-system"),
+            ("sluice.invoke.default.hello", "reserved-sluice"),
+            ("sluice.dlq.>", "reserved-sluice"),
+            ("sluice", "reserved-sluice"),
+            (">", "leading-wildcard"),
+            ("*.>", "leading-wildcard"),
+            ("*.invoke.>", "leading-wildcard"),
+            ("*.sluice-results.*", "leading-wildcard"),
+        ] {
+            let error = with_trigger(subject).validate(&function()).unwrap_err();
+            assert_eq!(error.field, "spec.triggers.nats[0].subject", "{subject}");
+            assert!(
+                error.problem.contains(&format!("({rule} rule)")),
+                "{subject}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_and_wildcard_subjects_stay_allowed() {
+        for subject in [
+            "orders.created",
+            "orders.*",
+            "orders.>",
+            "shop.eu.*.paid",
+            "sluicegate.x",
+            "INBOX.x",
+        ] {
+            assert_eq!(
+                with_trigger(subject).validate(&function()),
+                Ok(()),
+                "{subject}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_subjects_are_refused() {
+        for subject in [
+            "orders..created",
+            "orders.",
+            ".orders",
+            "orders created",
+            "orders.>.x",
+            "a.b>",
+        ] {
+            let error = with_trigger(subject).validate(&function()).unwrap_err();
+            assert!(
+                error.problem.contains("is not a NATS subject"),
+                "{subject}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_crds_trigger_rules_are_the_rules_validation_names() {
+        let schema = serde_json::to_value(schemars::schema_for!(NatsTrigger)).unwrap();
+        let rules = schema["x-kubernetes-validations"].as_array().unwrap();
+        assert_eq!(rules.len(), RESERVED_TRIGGER_RULES.len());
+        for (rule, (name, problem)) in rules.iter().zip(RESERVED_TRIGGER_RULES) {
+            let message = rule["message"].as_str().unwrap();
+            assert!(message.contains(&format!("({name} rule")), "{message}");
+            let gist = problem.split(':').next().unwrap();
+            assert!(message.contains(gist), "{message} vs {gist}");
+        }
+    }
+
+    #[test]
+    fn dead_letters_stay_in_the_functions_own_namespace() {
+        let mut spec = minimal();
+        spec.dead_letter.subject = Some("sluice.dlq.default.hello".into());
+        let error = spec.validate(&function()).unwrap_err();
+        assert!(error.problem.contains("sluice.dlq.shop."), "{error}");
+        spec.dead_letter.subject = Some("sluice.dlq.shop.other-fn".into());
+        assert_eq!(spec.validate(&function()), Ok(()));
+    }
+
+    #[test]
+    fn a_trigger_scope_confines_subjects_to_the_namespace() {
+        let scope = TriggerScope::new("{namespace}.").unwrap();
+        assert_eq!(
+            scope.check(&function(), &with_trigger("shop.orders.>")),
+            Ok(())
+        );
+        for subject in ["orders.created", "shopping.x", "default.orders"] {
+            let error = scope
+                .check(&function(), &with_trigger(subject))
+                .unwrap_err();
+            assert_eq!(error.field, "spec.triggers.nats[0].subject");
+            assert!(
+                error.problem.contains("must start with \"shop.\""),
+                "{error}"
+            );
+        }
+        let nested = TriggerScope::new("events.{namespace}.").unwrap();
+        assert_eq!(nested.prefix("shop"), "events.shop.");
+        for bad in [
+            "events.",
+            "{namespace}",
+            "*.{namespace}.",
+            "$X.{namespace}.",
+            "",
+        ] {
+            assert!(TriggerScope::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_earliest_created_claim_comes_first_whatever_the_names() {
+        let thief = ClaimOrder::new(
+            "tenant-b/a-thief".parse().unwrap(),
+            Some("2026-12-06T07:00:00Z".into()),
+        );
+        let owner = ClaimOrder::new(
+            "shop/checkout".parse().unwrap(),
+            Some("2026-12-01T00:00:00Z".into()),
+        );
+        let undated = ClaimOrder::new("a/a".parse().unwrap(), None);
+        let mut claims = vec![undated.clone(), thief.clone(), owner.clone()];
+        claims.sort();
+        assert_eq!(claims, [owner, thief, undated]);
+        let twin = ClaimOrder::new(
+            "a/twin".parse().unwrap(),
+            Some("2026-12-06T07:00:00Z".into()),
+        );
+        assert!(twin < claims[1], "equal times fall back to names");
     }
 }

@@ -98,9 +98,11 @@ pub fn parse_functions(yaml: &str) -> Result<Vec<FunctionManifest>, ManifestErro
                 ));
             }
         }
+        let function = FunctionRef::new(&manifest.metadata.namespace, &manifest.metadata.name)
+            .map_err(|e| field_error("metadata", e.to_string()))?;
         manifest
             .spec
-            .validate()
+            .validate(&function)
             .map_err(|e| field_error(&e.field, e.problem))?;
         functions.push(manifest);
     }

@@ -24,6 +24,12 @@ pub struct RegistryEntry {
     /// NATS. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<ApiKeyDigest>,
+    /// When the Function was created (its `metadata.creationTimestamp`,
+    /// RFC 3339 UTC), which decides who keeps a custom path claimed twice
+    /// ([`crate::ClaimOrder`]). Default: unknown (local mode and
+    /// `sluice-gateway publish`), which yields to every dated claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
 }
 
 /// Why a stored registry entry cannot be served.
@@ -51,7 +57,7 @@ impl RegistryEntry {
                 named: entry.function,
             });
         }
-        entry.spec.validate()?;
+        entry.spec.validate(function)?;
         Ok(entry)
     }
 }
@@ -71,6 +77,7 @@ mod tests {
             spec,
             module_digest: ModuleDigest::of(b"component"),
             api_keys: Vec::new(),
+            created: Some("2026-12-06T07:05:12Z".into()),
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["function"], "default/hello");

@@ -11,7 +11,9 @@ use sluice_api::{Failure, FailureKind};
 pub enum GatewayError {
     #[error("no function {0} is deployed")]
     UnknownFunction(String),
-    #[error("no invocation {0} is known (it may have expired)")]
+    #[error(
+        "no invocation {0} is known to this caller (it may have expired, or the credentials do not give access to its function)"
+    )]
     UnknownInvocation(String),
     #[error("no route for {0}")]
     NoRoute(String),

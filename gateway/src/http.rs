@@ -367,15 +367,22 @@ impl Gateway {
                 .map_err(|e| (GatewayError::BadRequest(format!("wait: {e}")), None))?,
         };
         // The record names its function: only a caller who may invoke it
-        // reads it, and only then waits.
+        // reads it, and only then waits. Anyone else gets the answer of an
+        // unknown id, so that guessable ids (Idempotency-Keys) cannot be
+        // probed for existence.
         let record = match self.queue.record(&parsed, Duration::ZERO).await {
             Ok(Some(record)) => record,
             Ok(None) => return Err(unknown()),
             Err(e) => return Err((queue_error(e), None)),
         };
-        self.authorize(&self.routing(), &record.function, request)
+        match self
+            .authorize(&self.routing(), &record.function, request)
             .await
-            .map_err(|e| (e, None))?;
+        {
+            Ok(()) => {}
+            Err(e @ GatewayError::Unavailable(_)) => return Err((e, None)),
+            Err(_) => return Err(unknown()),
+        }
         if wait.is_zero() || record.state.is_final() {
             return Ok(json_response(StatusCode::OK, &record));
         }

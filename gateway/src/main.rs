@@ -65,6 +65,14 @@ struct Args {
     nats: Option<String>,
     #[command(flatten)]
     nats_security: NatsSecurityArgs,
+    #[command(flatten)]
+    events_nats: EventsNatsArgs,
+    /// On shared clusters: every trigger subject of a Function in
+    /// namespace NS must start with this prefix, `{namespace}` standing
+    /// for NS (e.g. `{namespace}.`); the event bridge subscribes to no
+    /// other. Give the operator the same. Default: unset.
+    #[arg(long, env = "SLUICE_TRIGGER_SUBJECT_PREFIX", value_name = "TEMPLATE")]
+    trigger_subject_prefix: Option<String>,
     /// Address for invocations.
     #[arg(long, default_value_t = DEFAULT_LISTEN, env = "SLUICE_LISTEN")]
     listen: SocketAddr,
@@ -125,6 +133,46 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// The event bridge's own NATS user: one authentication method, TLS as
+/// for the gateway's connection. Unset: the bridge uses the gateway's
+/// connection.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct EventsNatsArgs {
+    /// NATS user of the event bridge (the chart's SLUICE_EVENTS set, which
+    /// may not subscribe to _INBOX.>, $… or sluice.…); the password comes
+    /// from --events-nats-password-file.
+    #[arg(long, env = "SLUICE_EVENTS_NATS_USER", value_name = "USER")]
+    events_nats_user: Option<String>,
+    /// File holding the NATS password of --events-nats-user.
+    #[arg(long, env = "SLUICE_EVENTS_NATS_PASSWORD_FILE", value_name = "FILE")]
+    events_nats_password_file: Option<PathBuf>,
+    /// File holding the event bridge's NKey seed (SU...).
+    #[arg(long, env = "SLUICE_EVENTS_NATS_NKEY_FILE", value_name = "FILE")]
+    events_nats_nkey_file: Option<PathBuf>,
+    /// The event bridge's NATS .creds file.
+    #[arg(long, env = "SLUICE_EVENTS_NATS_CREDS_FILE", value_name = "FILE")]
+    events_nats_creds_file: Option<PathBuf>,
+}
+
+impl EventsNatsArgs {
+    /// The bridge's authentication, if any: the checks of
+    /// [`NatsSecurityArgs::security`], with the flags renamed in its
+    /// messages.
+    fn auth(&self) -> anyhow::Result<Option<sluice_nats::security::NatsAuth>> {
+        let args = NatsSecurityArgs {
+            nats_user: self.events_nats_user.clone(),
+            nats_password_file: self.events_nats_password_file.clone(),
+            nats_nkey_file: self.events_nats_nkey_file.clone(),
+            nats_creds_file: self.events_nats_creds_file.clone(),
+            ..NatsSecurityArgs::default()
+        };
+        match args.security() {
+            Ok(security) => Ok(security.auth),
+            Err(e) => anyhow::bail!("{}", e.to_string().replace("--nats-", "--events-nats-")),
+        }
+    }
 }
 
 /// Every limit a request meets, and where it comes from, for `--help`.
@@ -242,6 +290,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.http = http;
     config.layout = args.layout.config();
     config.own_layout = args.own_layout;
+    config.events_auth = args.events_nats.auth()?;
+    config.trigger_scope = args
+        .trigger_subject_prefix
+        .as_deref()
+        .map(sluice_api::TriggerScope::new)
+        .transpose()
+        .context("--trigger-subject-prefix")?;
     // NATS mode waits for its server: a signal meanwhile ends the wait.
     let gateway = tokio::select! {
         started = nats::start(config) => started

@@ -47,12 +47,30 @@ pub enum ManifestsError {
         function: FunctionRef,
         problem: String,
     },
+    #[error("{file}: {conflict}")]
+    PathConflict {
+        file: PathBuf,
+        conflict: Box<PathConflict>,
+    },
     #[error("{file}: {function} is already defined in {first}")]
     Duplicate {
         file: PathBuf,
         function: FunctionRef,
         first: PathBuf,
     },
+}
+
+/// A custom path claimed by a second function of the folder.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{function}: spec.triggers.http.path {path} is already the route of {owner} in {first}; give one of them another path"
+)]
+pub struct PathConflict {
+    pub function: FunctionRef,
+    pub path: String,
+    pub owner: FunctionRef,
+    /// The manifest of the first claim.
+    pub first: PathBuf,
 }
 
 /// A function read from a manifest, with its component's bytes.
@@ -85,6 +103,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
     let mut functions = Vec::new();
     let mut secrets: Vec<SecretManifest> = Vec::new();
     let mut seen: HashMap<FunctionRef, PathBuf> = HashMap::new();
+    let mut routes: HashMap<String, (FunctionRef, PathBuf)> = HashMap::new();
     for file in files {
         let text =
             std::fs::read_to_string(&file).map_err(|source| ManifestsError::ReadManifest {
@@ -107,6 +126,20 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
                 });
             }
             seen.insert(function.clone(), file.clone());
+            if let Some(http) = &manifest.spec.triggers.http {
+                if let Some((owner, first)) = routes.get(http.route()) {
+                    return Err(ManifestsError::PathConflict {
+                        file,
+                        conflict: Box::new(PathConflict {
+                            function,
+                            path: http.route().to_owned(),
+                            owner: owner.clone(),
+                            first: first.clone(),
+                        }),
+                    });
+                }
+                routes.insert(http.route().to_owned(), (function.clone(), file.clone()));
+            }
             let wasm = read_module(&file, &manifest)?;
             functions.push(LocalFunction {
                 file: file.clone(),

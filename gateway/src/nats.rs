@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use sluice_api::FunctionSpec;
 use sluice_api::auth::ApiKeyDigest;
 use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, TriggerScope};
 use sluice_nats::layout::{Layout, LayoutConfig, LayoutMetrics};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
+use sluice_nats::security::NatsAuth;
 use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::tls::TlsError;
 use sluice_serve::{Admin, TlsFiles};
@@ -48,6 +49,15 @@ pub struct NatsConfig {
     /// only waits for it to exist (the operator owns it on a cluster).
     /// Default: true.
     pub own_layout: bool,
+    /// The event bridge's own NATS credentials (TLS as for the rest), so
+    /// that it subscribes to Function authors' subjects as a user that may
+    /// not read `_INBOX.>`, `$…` or `sluice.…` (`SLUICE_EVENTS` in the
+    /// chart's permission file). Default: none, the bridge shares the
+    /// gateway's connection.
+    pub events_auth: Option<NatsAuth>,
+    /// Per-namespace prefix every trigger subject must start with; the
+    /// bridge does not subscribe to others. Default: none.
+    pub trigger_scope: Option<TriggerScope>,
 }
 
 impl NatsConfig {
@@ -62,6 +72,8 @@ impl NatsConfig {
             http: HttpConfig::default(),
             layout: LayoutConfig::default(),
             own_layout: true,
+            events_auth: None,
+            trigger_scope: None,
         }
     }
 }
@@ -138,14 +150,30 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
         config.http.clone(),
         metrics.clone(),
     ));
-    let bridge = EventBridge::new(client, queue, metrics.clone(), config.http.async_deadline);
+    let events_client = match &config.events_auth {
+        None => client,
+        Some(auth) => {
+            let security = NatsSecurity {
+                auth: Some(auth.clone()),
+                tls: config.nats_security.tls.clone(),
+            };
+            sluice_nats::connect_events(&config.nats_url, &security).await?
+        }
+    };
+    let bridge = EventBridge::new(
+        events_client,
+        queue,
+        metrics.clone(),
+        config.http.async_deadline,
+    );
     let running =
         RunningGateway::beside(gateway.clone(), admin_endpoint, config.listen, tls.gateway).await?;
     let watcher = RegistryWatcher::new(layout.functions.clone());
+    let scope = config.trigger_scope.clone();
     running.spawn_companion(|stop| async move {
         let mut bridge = bridge;
         tokio::select! {
-            () = follow_registry(watcher, &gateway, &admin, &mut bridge) => {}
+            () = follow_registry(watcher, &gateway, &admin, &mut bridge, scope.as_ref()) => {}
             () = stop.cancelled() => {}
         }
         bridge.shutdown().await;
@@ -161,9 +189,11 @@ async fn follow_registry(
     gateway: &Gateway,
     admin: &Admin,
     bridge: &mut EventBridge,
+    scope: Option<&TriggerScope>,
 ) {
     let mut functions: HashMap<FunctionRef, Arc<FunctionSpec>> = HashMap::new();
     let mut api_keys: HashMap<FunctionRef, Vec<ApiKeyDigest>> = HashMap::new();
+    let mut created: HashMap<FunctionRef, String> = HashMap::new();
     loop {
         let event = watcher.next().await;
         let pending = event.pending();
@@ -171,10 +201,15 @@ async fn follow_registry(
             RegistryEvent::Put { entry, .. } => {
                 tracing::info!(function = %entry.function, digest = %entry.module_digest, "function routed");
                 api_keys.insert(entry.function.clone(), entry.api_keys);
+                match entry.created {
+                    Some(time) => created.insert(entry.function.clone(), time),
+                    None => created.remove(&entry.function),
+                };
                 functions.insert(entry.function, Arc::new(entry.spec));
             }
             RegistryEvent::Removed { function, .. } => {
                 api_keys.remove(&function);
+                created.remove(&function);
                 if functions.remove(&function).is_some() {
                     tracing::info!(%function, "function removed");
                 }
@@ -182,12 +217,29 @@ async fn follow_registry(
             RegistryEvent::CaughtUp => admin.set_ready(true),
         }
         if pending == 0 {
-            let (routed, conflicts) = RoutedFunctions::first_claim_wins(functions.clone());
+            let (routed, conflicts) =
+                RoutedFunctions::first_claim_wins(functions.clone(), &created);
             for conflict in conflicts {
                 tracing::error!(error = %conflict, "custom route not applied");
             }
             gateway.set_functions(routed.with_api_keys(api_keys.clone()));
-            bridge.update(&functions);
+            // A Function whose triggers leave its namespace's scope gets
+            // no subscription (the operator says why in its status); its
+            // HTTP routes stay.
+            let in_scope: HashMap<FunctionRef, Arc<FunctionSpec>> = functions
+                .iter()
+                .filter(
+                    |(function, spec)| match scope.map(|s| s.check(function, spec)) {
+                        Some(Err(e)) => {
+                            tracing::error!(%function, error = %e, "event triggers not subscribed");
+                            false
+                        }
+                        _ => true,
+                    },
+                )
+                .map(|(function, spec)| (function.clone(), spec.clone()))
+                .collect();
+            bridge.update(&in_scope);
         }
     }
 }

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_api::FunctionSpec;
 use sluice_api::auth::{ApiKeyDigest, Auth};
 use sluice_api::names::{BadFunctionRef, FunctionRef};
+use sluice_api::{ClaimOrder, FunctionSpec};
 
 /// The functions the gateway routes to, with their routes.
 #[derive(Debug, Default)]
@@ -20,7 +20,7 @@ impl RoutedFunctions {
     /// The functions of a local folder: a custom path claimed twice is an
     /// error to fix before start-up.
     pub fn new(specs: HashMap<FunctionRef, Arc<FunctionSpec>>) -> Result<Self, RouteConflict> {
-        let routes = RouteTable::new(custom_routes(&specs))?;
+        let routes = RouteTable::new(custom_routes(&specs, &HashMap::new()))?;
         Ok(Self {
             specs,
             routes,
@@ -29,12 +29,16 @@ impl RoutedFunctions {
     }
 
     /// The functions of a shared registry, which the gateway cannot refuse:
-    /// a custom path claimed twice stays with the first function in name
-    /// order, and the later claims are returned to be reported.
+    /// a custom path claimed twice stays with the function created first
+    /// (`created`: RFC 3339 creation times from the registry entries; see
+    /// [`ClaimOrder`]), as on every other gateway and in the operator's
+    /// `PathConflict` status, and the later claims are returned to be
+    /// reported.
     pub fn first_claim_wins(
         specs: HashMap<FunctionRef, Arc<FunctionSpec>>,
+        created: &HashMap<FunctionRef, String>,
     ) -> (Self, Vec<RouteConflict>) {
-        let (routes, conflicts) = RouteTable::first_claim_wins(custom_routes(&specs));
+        let (routes, conflicts) = RouteTable::first_claim_wins(custom_routes(&specs, created));
         let functions = Self {
             specs,
             routes,
@@ -67,16 +71,23 @@ impl RoutedFunctions {
     }
 }
 
-/// Custom trigger paths, in function-name order.
-fn custom_routes(
-    specs: &HashMap<FunctionRef, Arc<FunctionSpec>>,
-) -> Vec<(&FunctionRef, Option<&str>)> {
+/// Custom trigger paths, in [`ClaimOrder`]: earliest created first, then
+/// by name.
+fn custom_routes<'a>(
+    specs: &'a HashMap<FunctionRef, Arc<FunctionSpec>>,
+    created: &HashMap<FunctionRef, String>,
+) -> Vec<(&'a FunctionRef, Option<&'a str>)> {
     let mut sorted: Vec<_> = specs
         .iter()
-        .map(|(f, spec)| (f, spec.triggers.http.as_ref().map(|h| h.path.as_str())))
+        .map(|(f, spec)| {
+            (
+                ClaimOrder::new(f.clone(), created.get(f).cloned()),
+                (f, spec.triggers.http.as_ref().map(|h| h.path.as_str())),
+            )
+        })
         .collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    sorted
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted.into_iter().map(|(_, route)| route).collect()
 }
 
 /// The routes of the deployed functions: the default `/fn/<ns>/<name>`
@@ -262,5 +273,39 @@ mod tests {
         assert_eq!(table.resolve_custom("/y").unwrap().function, c);
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].second, b);
+    }
+
+    #[test]
+    fn a_later_function_cannot_take_a_path_whatever_its_name() {
+        let owner = f("shop/checkout");
+        let thief = f("tenant-b/a-thief");
+        let spec = |path: &str| {
+            let mut spec: FunctionSpec =
+                serde_json::from_value(serde_json::json!({ "module": { "file": "x.wasm" } }))
+                    .unwrap();
+            spec.triggers.http = Some(sluice_api::HttpTrigger { path: path.into() });
+            Arc::new(spec)
+        };
+        let specs = HashMap::from([
+            (owner.clone(), spec("/checkout")),
+            (thief.clone(), spec("/checkout/")),
+        ]);
+        let created = HashMap::from([
+            (owner.clone(), "2026-12-01T00:00:00Z".to_owned()),
+            (thief.clone(), "2026-12-06T07:00:00Z".to_owned()),
+        ]);
+        // Every gateway, whatever order it learnt the entries in.
+        for _ in 0..4 {
+            let (routed, conflicts) = RoutedFunctions::first_claim_wins(specs.clone(), &created);
+            assert_eq!(
+                routed.resolve_custom("/checkout/pay").unwrap().function,
+                owner
+            );
+            assert_eq!(conflicts.len(), 1);
+            assert_eq!(
+                (&conflicts[0].first, &conflicts[0].second),
+                (&owner, &thief)
+            );
+        }
     }
 }

@@ -67,6 +67,12 @@ pub enum NatsError {
         "{what} does not exist yet: waiting for the layout's owner (the operator on a cluster, the gateway without one) to create it"
     )]
     Missing { what: String },
+    /// The URL carries a user or password (`nats://user:pass@host`), which
+    /// would show in process listings and logs.
+    #[error(
+        "the NATS URL {url} carries credentials: give them with --nats-user and --nats-password-file (or a token, NKey or creds file) instead"
+    )]
+    CredentialsInUrl { url: String },
     #[error("cannot set up {what}: {source}")]
     Layout {
         what: String,
@@ -87,8 +93,37 @@ pub async fn connect(
     name: &str,
     security: &NatsSecurity,
 ) -> Result<async_nats::Client, NatsError> {
+    connect_with(url, name, security, async_nats::ConnectOptions::new()).await
+}
+
+/// The inbox prefix of the gateway's event-bridge connection
+/// ([`connect_events`]). Its first token starts with `_INBOX`, so a trigger
+/// subject can never name it (the `reserved-inbox` rule).
+pub const EVENTS_INBOX_PREFIX: &str = "_INBOX_sluice_events";
+
+/// [`connect`] for the gateway's event bridge, which subscribes to
+/// subjects Function authors name: its own user may not subscribe to
+/// `_INBOX.>` (where every other part's replies travel), so its request
+/// replies come back under [`EVENTS_INBOX_PREFIX`] instead.
+pub async fn connect_events(
+    url: &str,
+    security: &NatsSecurity,
+) -> Result<async_nats::Client, NatsError> {
+    let options = async_nats::ConnectOptions::new().custom_inbox_prefix(EVENTS_INBOX_PREFIX);
+    connect_with(url, "sluice-gateway-events", security, options).await
+}
+
+async fn connect_with(
+    url: &str,
+    name: &str,
+    security: &NatsSecurity,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
     let logged_url = redacted(url);
-    let options = async_nats::ConnectOptions::new()
+    if logged_url != url {
+        return Err(NatsError::CredentialsInUrl { url: logged_url });
+    }
+    let options = options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -235,4 +270,29 @@ pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(&str, &str)
             values.iter().map(move |v| (name, v.as_str()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_url_with_credentials_is_refused_without_echoing_them() {
+        let error = connect(
+            "nats://admin:s3cret@127.0.0.1:1",
+            "t",
+            &NatsSecurity::default(),
+        )
+        .await
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            matches!(error, NatsError::CredentialsInUrl { .. }),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cret") && !text.contains("admin"),
+            "{text}"
+        );
+    }
 }

@@ -31,7 +31,11 @@ impl NatsError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::Refused { .. } | Self::Sign { .. } | Self::Tls { .. } | Self::Security(_)
+            Self::Refused { .. }
+                | Self::Sign { .. }
+                | Self::Tls { .. }
+                | Self::Security(_)
+                | Self::CredentialsInUrl { .. }
         )
     }
 }

@@ -64,6 +64,7 @@ impl Publisher {
             spec: spec.clone(),
             module_digest: ModuleDigest::of(wasm),
             api_keys: api_keys.to_vec(),
+            created: None,
         };
         self.publish_entry(&entry, wasm).await
     }

@@ -244,8 +244,9 @@ struct Member {
 struct Autoscaler {
     ctx: Arc<Context>,
     config: AutoscalerConfig,
-    functions: Store<Function>,
-    deployments: Store<Deployment>,
+    /// One store per watched namespace (or one for the cluster).
+    functions: Vec<Store<Function>>,
+    deployments: Vec<Store<Deployment>>,
     pool: Option<Store<Deployment>>,
     tracked: HashMap<FunctionRef, Tracked>,
     observed: HashMap<FunctionRef, Observation>,
@@ -290,16 +291,24 @@ impl Drop for AbortOnDrop {
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send) {
     let config = ctx.settings.autoscaling.clone();
     let client = ctx.client.clone();
-    let (functions, _functions_task) = follow(
-        Api::<Function>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
-    let (deployments, _deployments_task) = follow(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default()
-            .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
-            .any_semantic(),
-    );
+    let scope = &ctx.settings.scope;
+    let (functions, _functions_tasks): (Vec<_>, Vec<_>) = scope
+        .apis::<Function>(&client)
+        .into_iter()
+        .map(|api| follow(api, watcher::Config::default().any_semantic()))
+        .unzip();
+    let (deployments, _deployments_tasks): (Vec<_>, Vec<_>) = scope
+        .apis::<Deployment>(&client)
+        .into_iter()
+        .map(|api| {
+            follow(
+                api,
+                watcher::Config::default()
+                    .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+                    .any_semantic(),
+            )
+        })
+        .unzip();
     let (pool, _pool_task) = match &config.pool {
         Some(pool) => {
             let (store, task) = follow(
@@ -314,8 +323,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send) {
     };
     tokio::pin!(shutdown);
     let ready = async {
-        let _ = functions.wait_until_ready().await;
-        let _ = deployments.wait_until_ready().await;
+        for store in &functions {
+            let _ = store.wait_until_ready().await;
+        }
+        for store in &deployments {
+            let _ = store.wait_until_ready().await;
+        }
         if let Some(pool) = &pool {
             let _ = pool.wait_until_ready().await;
         }
@@ -427,7 +440,7 @@ impl Autoscaler {
         let mut writes = Vec::new();
         let mut pool_members = Vec::new();
         let mut pool_wanted = Vec::new();
-        let functions = self.functions.state();
+        let functions: Vec<_> = self.functions.iter().flat_map(Store::state).collect();
         let present: std::collections::HashSet<FunctionRef> =
             functions.iter().filter_map(|f| reference(f)).collect();
         self.forget_gone(&present);
@@ -560,9 +573,11 @@ impl Autoscaler {
         let uid = function.metadata.uid.as_deref().unwrap_or_default();
         // Only the Deployment this Function controls: one of the same name
         // that it does not (its status says PlacementConflict) is left be.
+        let key = ObjectRef::new(&name).within(&reference.namespace);
         let Some(deployment) = self
             .deployments
-            .get(&ObjectRef::new(&name).within(&reference.namespace))
+            .iter()
+            .find_map(|store| store.get(&key))
             .filter(|d| {
                 d.owner_references()
                     .iter()

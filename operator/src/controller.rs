@@ -30,7 +30,9 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use sluice_api::names::FunctionRef;
-use sluice_api::{ByteSize, Function, FunctionSpec, FunctionStatus, Placement, RegistryEntry};
+use sluice_api::{
+    ByteSize, ClaimOrder, Function, FunctionSpec, FunctionStatus, Placement, RegistryEntry,
+};
 use sluice_nats::Layout;
 use sluice_nats::publish::Publisher;
 
@@ -68,6 +70,11 @@ pub struct Settings {
     /// `--max-instance-memory`); a Function asking for more is
     /// `Ready=False`. `None`: not checked here (the runtime still refuses).
     pub max_instance_memory: Option<ByteSize>,
+    /// Per-namespace prefix every trigger subject must start with
+    /// (`--trigger-subject-prefix`). Default: none.
+    pub trigger_scope: Option<sluice_api::TriggerScope>,
+    /// The namespaces served (`--watch-namespace`). Default: all.
+    pub scope: crate::scope::WatchScope,
 }
 
 /// What every reconcile shares.
@@ -113,8 +120,51 @@ pub enum Error {
 /// Runs the controller until `shutdown` resolves: Functions (filtered by
 /// generation, so the operator's own status writes do not loop), the
 /// ConfigMaps and Secrets they name, and the Deployments they own.
+///
+/// With `--watch-namespace`, one controller per namespace, each with its
+/// own watches: a reflector store holds what one watch lists, so watches
+/// of several namespaces cannot share one.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let functions: Api<Function> = Api::all(ctx.client.clone());
+    use futures::FutureExt as _;
+    let shutdown = shutdown.shared();
+    let client = ctx.client.clone();
+    let scope = ctx.settings.scope.clone();
+    let controllers = scope
+        .apis::<Function>(&client)
+        .into_iter()
+        .zip(scope.apis::<PartialObjectMeta<ConfigMap>>(&client))
+        .zip(scope.apis::<PartialObjectMeta<Secret>>(&client))
+        .zip(scope.apis::<Deployment>(&client))
+        .map(|(((functions, config_maps), secrets), deployments)| {
+            run_in(
+                ctx.clone(),
+                Watched {
+                    functions,
+                    config_maps,
+                    secrets,
+                    deployments,
+                },
+                shutdown.clone(),
+            )
+        });
+    futures::future::join_all(controllers).await;
+}
+
+/// What one controller watches: the same namespace (or the cluster) for
+/// each kind.
+struct Watched {
+    functions: Api<Function>,
+    config_maps: Api<PartialObjectMeta<ConfigMap>>,
+    secrets: Api<PartialObjectMeta<Secret>>,
+    deployments: Api<Deployment>,
+}
+
+async fn run_in(
+    ctx: Arc<Context>,
+    watched: Watched,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let functions = watched.functions;
     let (reader, writer) = reflector::store();
     let stream = watcher(functions, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -126,25 +176,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         );
     // Only their metadata: which ConfigMap changed is all a mapper needs.
     let config_maps = watcher(
-        Api::<PartialObjectMeta<ConfigMap>>::all(ctx.client.clone()),
+        watched.config_maps,
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
     .touched_objects();
     // Secrets too, for API keys and pull secrets: a rotated or revoked key
     // takes effect at once, not at the next resync.
-    let secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let secrets = watcher(watched.secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
     let store = reader.clone();
     let secret_store = reader.clone();
     let controller = Controller::for_stream(stream, reader)
         .owns_stream(spec_changes(
             watcher(
-                Api::<Deployment>::all(ctx.client.clone()),
+                watched.deployments,
                 watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
             )
             .default_backoff(),
@@ -298,17 +345,54 @@ async fn apply(function: &Function, ctx: &Context) -> Result<Action, Error> {
         Err(e) => invalid(format!(
             "metadata.name: {e}; Sluice function names are DNS labels (no dots), as they name NATS subjects"
         )),
-        Ok(reference) => match function.spec.validate() {
+        Ok(reference) => match function.spec.validate(reference) {
             Err(e) => invalid(e.to_string()),
             Ok(()) => match too_much_memory(&function.spec, ctx.settings.max_instance_memory) {
                 Some(problem) => invalid(problem),
-                None => resolve(reference, &function.spec, ctx).await,
+                None => match ctx
+                    .settings
+                    .trigger_scope
+                    .as_ref()
+                    .map_or(Ok(()), |scope| scope.check(reference, &function.spec))
+                {
+                    Err(e) => Outcome {
+                        module: Observed::new(
+                            MODULE_READY,
+                            Status::False,
+                            sluice_api::TRIGGER_SUBJECT_OUT_OF_SCOPE,
+                            format!("{e}; change the subject, or ask the cluster's operators"),
+                        ),
+                        ..invalid(String::new())
+                    },
+                    Ok(()) => {
+                        let mut outcome =
+                            resolve(reference, &function.spec, created(function), ctx).await;
+                        if let Some(owner) = path_owner(function, reference, ctx).await? {
+                            outcome.queue = Observed::new(
+                                QUEUE_READY,
+                                Status::False,
+                                sluice_api::PATH_CONFLICT,
+                                format!(
+                                    "spec.triggers.http.path {} is the route of {owner}, created earlier, which keeps it on every gateway; choose another path (the default route /fn/{reference}/ still works)",
+                                    function
+                                        .spec
+                                        .triggers
+                                        .http
+                                        .as_ref()
+                                        .map_or("", |h| h.route()),
+                                ),
+                            );
+                            outcome.requeue = outcome.requeue.min(PATH_RECHECK);
+                        }
+                        outcome
+                    }
+                },
             },
         },
     };
     let mut outcome = outcome;
     let selector = match &reference {
-        Ok(reference) if outcome.module.reason != "InvalidSpec" => {
+        Ok(reference) if outcome.queue.reason != "InvalidSpec" => {
             match ensure_placement(function, reference, ctx).await? {
                 Ok(selector) => selector,
                 Err(failed) => {
@@ -392,6 +476,51 @@ fn too_much_memory(spec: &FunctionSpec, max: Option<ByteSize>) -> Option<String>
     })
 }
 
+/// `metadata.creationTimestamp` as Kubernetes writes it (RFC 3339 UTC).
+fn created(function: &Function) -> Option<String> {
+    let time = function.metadata.creation_timestamp.as_ref()?;
+    serde_json::to_value(time).ok()?.as_str().map(str::to_owned)
+}
+
+/// How often a Function that lost its custom path looks again: the owner
+/// may be deleted or move, and nothing else wakes the loser.
+const PATH_RECHECK: Duration = Duration::from_secs(30);
+
+/// The Function that owns `function`'s custom path if that is not
+/// `function` itself: the earliest created claimant ([`ClaimOrder`]), the
+/// same one every gateway routes the path to.
+async fn path_owner(
+    function: &Function,
+    reference: &FunctionRef,
+    ctx: &Context,
+) -> Result<Option<FunctionRef>, Error> {
+    let Some(http) = &function.spec.triggers.http else {
+        return Ok(None);
+    };
+    let mut claims = vec![ClaimOrder::new(reference.clone(), created(function))];
+    let mut others = Vec::new();
+    for api in ctx.settings.scope.apis::<Function>(&ctx.client) {
+        others.extend(api.list(&Default::default()).await.map_err(Error::Kube)?);
+    }
+    for other in others {
+        let (Some(namespace), Some(path)) = (other.namespace(), &other.spec.triggers.http) else {
+            continue;
+        };
+        let Ok(other_ref) = FunctionRef::new(&namespace, &other.name_any()) else {
+            continue;
+        };
+        if other_ref != *reference
+            && path.route() == http.route()
+            && other.metadata.deletion_timestamp.is_none()
+            && other.spec.validate(&other_ref).is_ok()
+        {
+            claims.push(ClaimOrder::new(other_ref, created(&other)));
+        }
+    }
+    let owner = claims.into_iter().min().map(|c| c.function().clone());
+    Ok(owner.filter(|owner| owner != reference))
+}
+
 fn invalid(message: String) -> Outcome {
     Outcome {
         module: Observed::new(MODULE_READY, Status::False, "InvalidSpec", message),
@@ -409,7 +538,12 @@ fn invalid(message: String) -> Outcome {
 }
 
 /// Resolves the module, then registers the function with NATS.
-async fn resolve(function: &FunctionRef, spec: &FunctionSpec, ctx: &Context) -> Outcome {
+async fn resolve(
+    function: &FunctionRef,
+    spec: &FunctionSpec,
+    created: Option<String>,
+    ctx: &Context,
+) -> Outcome {
     let fetched = match ctx
         .fetcher
         .fetch(&ctx.client, &function.namespace, &spec.module)
@@ -448,7 +582,7 @@ async fn resolve(function: &FunctionRef, spec: &FunctionSpec, ctx: &Context) -> 
             Ok(keys) => (keys, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-    match register(function, spec, api_keys, &fetched, ctx).await {
+    match register(function, spec, api_keys, &fetched, created, ctx).await {
         Ok(published) => Outcome {
             module,
             queue: match &keys_failed {
@@ -509,6 +643,7 @@ async fn register(
     spec: &FunctionSpec,
     api_keys: Vec<sluice_api::auth::ApiKeyDigest>,
     fetched: &Fetched,
+    created: Option<String>,
     ctx: &Context,
 ) -> Result<bool, RegisterError> {
     let wanted = RegistryEntry {
@@ -516,6 +651,7 @@ async fn register(
         spec: spec.clone(),
         module_digest: fetched.digest.clone(),
         api_keys,
+        created,
     };
     let current = ctx
         .layout

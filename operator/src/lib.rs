@@ -19,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod resources;
+pub mod scope;
 pub mod storage;
 
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use sluice_api::Function;
@@ -113,7 +114,7 @@ pub async fn run(
         })?;
     // Dropped (stopping it) if the start fails.
     let admin_service = admin.clone().spawn(listener);
-    check_crd(&client).await?;
+    check_crd(&client, &config.settings.scope).await?;
     let connected = async {
         let nats = sluice_nats::connect_patiently(
             &config.nats_url,
@@ -204,17 +205,21 @@ pub async fn lead(
 
 /// Fails with a hint when the Function CRD is missing or the operator may
 /// not read Functions.
-async fn check_crd(client: &Client) -> Result<(), OperatorError> {
-    let functions: Api<Function> = Api::all(client.clone());
-    match functions
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(OperatorError::CrdMissing),
-        Err(kube::Error::Api(e)) if e.code == 403 => Err(OperatorError::Forbidden(e.message)),
-        Err(e) => Err(OperatorError::Kubernetes(e)),
+async fn check_crd(client: &Client, scope: &scope::WatchScope) -> Result<(), OperatorError> {
+    for functions in scope.apis::<Function>(client) {
+        match functions
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return Err(OperatorError::CrdMissing),
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(OperatorError::Forbidden(e.message));
+            }
+            Err(e) => return Err(OperatorError::Kubernetes(e)),
+        }
     }
+    Ok(())
 }
 
 /// Default of `--lease-duration`: how long a dead leader's Lease holds

@@ -170,6 +170,24 @@ struct Args {
     /// brings it to them at start.
     #[command(flatten)]
     layout: LayoutArgs,
+    /// Serve Functions in this namespace only; repeat the flag, or
+    /// separate namespaces with commas. The operator then needs Roles in
+    /// those namespaces only (the chart's watchNamespaces). Default: every
+    /// namespace.
+    #[arg(
+        long,
+        env = "SLUICE_WATCH_NAMESPACE",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    watch_namespace: Vec<String>,
+    /// On shared clusters: every trigger subject of a Function in
+    /// namespace NS must start with this prefix, `{namespace}` standing
+    /// for NS (e.g. `{namespace}.`); a Function that breaks it is
+    /// Ready=False, reason TriggerSubjectOutOfScope. Give the gateways the
+    /// same. Default: unset (any subject the CRD admits).
+    #[arg(long, env = "SLUICE_TRIGGER_SUBJECT_PREFIX", value_name = "TEMPLATE")]
+    trigger_subject_prefix: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -242,8 +260,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 memory_request: args.runtime_memory_request,
                 memory_limit: args.runtime_memory_limit,
                 egress: EgressPolicy {
-                    allow: args.runtime_egress_allow,
-                    deny: args.runtime_egress_deny,
+                    allow: args.runtime_egress_allow.clone(),
+                    deny: args.runtime_egress_deny.clone(),
                 },
                 nats_secrets: RuntimeNatsSecrets {
                     auth: args.runtime_nats_auth.zip(args.runtime_nats_secret),
@@ -256,6 +274,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 interval: args.autoscale_interval.0,
                 pool,
             },
+            scope: sluice_operator::scope::WatchScope::new(args.watch_namespace),
+            trigger_scope: args
+                .trigger_subject_prefix
+                .as_deref()
+                .map(sluice_api::TriggerScope::new)
+                .transpose()
+                .context("--trigger-subject-prefix")?,
         },
         nats_url: nats.clone(),
         nats_security,
@@ -272,6 +297,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_module_bytes: usize::try_from(args.max_module_size.0)
                 .context("--max-module-size is too large")?,
             insecure_registries: args.insecure_registry,
+            // A Function's URL reaches what its runtimes may: the same
+            // lists.
+            egress: std::sync::Arc::new(EgressPolicy {
+                allow: args.runtime_egress_allow,
+                deny: args.runtime_egress_deny,
+            }),
         },
         identity: identity.clone(),
         layout: args.layout.config(),

@@ -15,9 +15,11 @@ mod oci;
 mod tls;
 
 use std::fmt;
+use std::sync::Arc;
 
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
+use sluice_api::egress::EgressPolicy;
 use sluice_api::{ConfigMapKey, ModuleDigest, ModuleSource, SpecError};
 
 pub use component::check_component;
@@ -38,6 +40,9 @@ pub struct FetcherConfig {
     /// plain HTTP instead of HTTPS, such as a registry on loopback.
     /// Default: none.
     pub insecure_registries: Vec<String>,
+    /// What `spec.module.url` downloads may reach: public addresses, and
+    /// the ranges allowed here. Default: public only.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl Default for FetcherConfig {
@@ -45,6 +50,7 @@ impl Default for FetcherConfig {
         Self {
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             insecure_registries: Vec::new(),
+            egress: Arc::default(),
         }
     }
 }
@@ -91,8 +97,8 @@ impl ModuleFetcher {
     pub fn new(config: FetcherConfig) -> Self {
         tls::install_ring();
         Self {
+            http: download::client(config.egress.clone()),
             config,
-            http: download::client(),
         }
     }
 
@@ -190,7 +196,13 @@ impl ModuleFetcher {
                 format!("must be http or https, not {}", parsed.scheme()),
             )));
         }
-        let wasm = download::download(&self.http, url, self.config.max_module_bytes).await?;
+        let wasm = download::download(
+            &self.http,
+            &self.config.egress,
+            url,
+            self.config.max_module_bytes,
+        )
+        .await?;
         let (wasm, digest) = hash(wasm).await;
         Ok((wasm, digest, url.to_owned()))
     }

@@ -20,7 +20,9 @@ use prometheus_client::metrics::counter::Counter;
 use sluice_api::InvocationRecord;
 use sluice_api::callback::validate_url;
 use sluice_api::egress::EgressPolicy;
-use sluice_serve::egress::{EgressError, GuardedConnector, check_literal, guarded_connector};
+use sluice_serve::egress::{
+    EgressError, GuardedConnector, check_literal, guarded_connector, redact_query,
+};
 use sluice_serve::with_causes;
 use tokio_util::task::TaskTracker;
 
@@ -88,6 +90,7 @@ impl Callbacks {
         let policy = self.policy.clone();
         self.deliveries.spawn(async move {
             let Ok(uri) = validate_url(&url) else { return };
+            let url = redact_query(&uri);
             let given_up = |attempt: u32, error: &dyn std::fmt::Display| {
                 tracing::warn!(invocation = %record.id, %url, attempt, %error, retry = false, "callback delivery failed");
             };

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use sluice_api::InvocationId;
 use sluice_api::egress::EgressPolicy;
 use sluice_api::names::FunctionRef;
-use sluice_serve::egress::{EgressError, ip_literal};
+use sluice_serve::egress::{EgressError, check_literal, redact_query};
 use tokio::io::AsyncWrite;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -103,11 +103,12 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 /// Outbound HTTP is refused unless the request's origin is listed in
-/// `spec.allowedOutboundHosts`. An origin listed by IP address is the
-/// Function author's explicit choice and is connected to as it is; one
-/// listed by name goes through the egress guard as callbacks do, since
-/// whoever controls the name's DNS chooses the addresses (a public name
-/// may resolve to 169.254.169.254).
+/// `spec.allowedOutboundHosts`, and then goes through the egress guard as
+/// callbacks do: an origin listed by name because whoever controls the
+/// name's DNS chooses the addresses (a public name may resolve to
+/// 169.254.169.254), one listed by IP address because the Function's
+/// author is a tenant, who may not reach the cloud's metadata service, the
+/// API server's or NATS's ClusterIP unless the operators allow the range.
 pub(crate) struct OutboundPolicy {
     pub(crate) allowed: Arc<[String]>,
     pub(crate) egress: Arc<EgressPolicy>,
@@ -158,15 +159,21 @@ impl WasiHttpHooks for OutboundPolicy {
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+        // The guarded client's executor drives the connection: nothing of
+        // wasmtime's own sender is needed.
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> SendFuture {
         if !self.allows(request.uri()) {
-            tracing::info!(uri = %request.uri(), "outbound request denied: origin not in allowedOutboundHosts");
+            tracing::info!(uri = %redact_query(request.uri()), "outbound request denied: origin not in allowedOutboundHosts");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        if request.uri().host().and_then(ip_literal).is_some() {
-            let default: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
-            return default.send_request(request, options, fut);
+        if let Some(Err(refused)) = request
+            .uri()
+            .host()
+            .and_then(|host| check_literal(host, &self.egress))
+        {
+            tracing::info!(uri = %redact_query(request.uri()), reason = %refused, "outbound request denied by the egress guard");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         Box::new(send_guarded(self.egress.clone(), request, options))
     }
@@ -223,7 +230,7 @@ fn outbound_error(
     use wasmtime_wasi_http::Error;
     match EgressError::find(error) {
         Some(refused) if refused.is_refusal() => {
-            tracing::info!(%uri, reason = %refused, "outbound request denied by the egress guard");
+            tracing::info!(uri = %redact_query(uri), reason = %refused, "outbound request denied by the egress guard");
             Error::DestinationIpProhibited
         }
         Some(EgressError::NoAddress { .. }) => Error::DestinationNotFound,

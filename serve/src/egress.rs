@@ -105,6 +105,20 @@ impl EgressError {
     }
 }
 
+/// `uri` as logs may show it: without its query, which often carries a
+/// token (`?sig=…`), and without any `user:password@`.
+pub fn redact_query(uri: &http::Uri) -> String {
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority.to_owned(), |(_, host)| format!("***@{host}"));
+    let query = if uri.query().is_some() { "?…" } else { "" };
+    match uri.scheme_str() {
+        Some(scheme) => format!("{scheme}://{authority}{}{query}", uri.path()),
+        None => format!("{}{query}", uri.path()),
+    }
+}
+
 /// The IP address `host` is, if it is one: `127.0.0.1`, or `[::1]` as
 /// `http::Uri::host` gives IPv6 addresses.
 pub fn ip_literal(host: &str) -> Option<IpAddr> {
@@ -259,6 +273,17 @@ pub fn guarded_connector(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logged_urls_keep_neither_query_tokens_nor_credentials() {
+        let uri: http::Uri = "https://u:pw@hooks.example.com:8443/done?sig=s3cret&x=1"
+            .parse()
+            .unwrap();
+        let shown = super::redact_query(&uri);
+        assert_eq!(shown, "https://***@hooks.example.com:8443/done?…");
+        let plain: http::Uri = "http://127.0.0.1:9/a".parse().unwrap();
+        assert_eq!(super::redact_query(&plain), "http://127.0.0.1:9/a");
+    }
+
     use super::*;
 
     fn loopback_allowed() -> EgressPolicy {

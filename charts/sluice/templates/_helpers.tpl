@@ -150,17 +150,32 @@ which passes them on to dedicated runtimes).
 {{- end }}
 {{- end }}
 {{- /* The NATS credentials and TLS of one part (.component: gateway,
-runtime or operator) for an external server: each secret is a file from a
-Secret volume (never an argument or a plain variable), and each part reads
-its own Secret, so each can be its own NATS user with its own permissions
-(files/nats-permissions.conf). Four pieces, each empty without them:
+events (the gateway's event bridge), runtime or operator): each secret is
+a file from a Secret volume (never an argument or a plain variable), and
+each part reads its own Secret, so each is its own NATS user with its own
+permissions (files/nats-permissions.conf). The bundled server's Secrets are
+the chart's own (templates/nats-auth.yaml); an external server's are named
+in nats.external.auth.secrets (events optional: without it the bridge
+shares the gateway's user). Four pieces, each empty without them:
 natsArgs, natsEnv, natsVolumeMounts and natsVolumes. */ -}}
+{{- define "sluice.natsAuthSecret" -}}
+{{- include "sluice.name" (dict "root" .root "component" (printf "nats-%s" .component)) -}}
+{{- end -}}
 {{- define "sluice.natsSecurity" -}}
 {{- $external := .root.Values.nats.external -}}
 {{- $on := eq .root.Values.nats.mode "external" -}}
 {{- $method := ternary $external.auth.method "none" $on -}}
 {{- $secret := "" -}}
-{{- if ne $method "none" -}}
+{{- if and (not $on) .root.Values.nats.bundled.auth.enabled -}}
+{{- $method = "userPassword" -}}
+{{- $secret = include "sluice.natsAuthSecret" . -}}
+{{- else if and (eq .component "events") (ne $method "none") -}}
+{{- $secret = index $external.auth.secrets "events" | default "" -}}
+{{- if not $secret }}{{ $method = "none" }}{{ end -}}
+{{- if and $secret (eq $method "token") -}}
+{{- fail "nats.external.auth.secrets.events needs userPassword, nkey or creds: the event bridge has no token flag" -}}
+{{- end -}}
+{{- else if ne $method "none" -}}
 {{- $secret = required (printf "nats.external.auth.secrets.%s is required when nats.external.auth.method is %s" .component $method) (index $external.auth.secrets .component) -}}
 {{- end -}}
 {{- $ca := ternary $external.tls.caSecret "" $on -}}
@@ -220,6 +235,36 @@ natsArgs, natsEnv, natsVolumeMounts and natsVolumes. */ -}}
 {{- if $s.client }}
 - name: nats-client
   secret: { secretName: {{ $s.client }} }
+{{- end }}
+{{- end -}}
+
+{{- /* The gateway's event bridge as its own NATS user (the events set):
+flags, environment, mount and volume, each empty when it has none. */ -}}
+{{- define "sluice.eventsNatsArgs" -}}
+{{- $s := include "sluice.natsSecurity" (dict "root" . "component" "events") | fromJson -}}
+{{- $file := dict "userPassword" "password-file=/etc/sluice/nats-events/password" "nkey" "nkey-file=/etc/sluice/nats-events/nkey" "creds" "creds-file=/etc/sluice/nats-events/creds" -}}
+{{- if ne $s.method "none" }}
+- --events-nats-{{ index $file $s.method }}
+{{- end }}
+{{- end -}}
+{{- define "sluice.eventsNatsEnv" -}}
+{{- $s := include "sluice.natsSecurity" (dict "root" . "component" "events") | fromJson -}}
+{{- if eq $s.method "userPassword" }}
+- name: SLUICE_EVENTS_NATS_USER
+  valueFrom: { secretKeyRef: { name: {{ $s.secret }}, key: user } }
+{{- end }}
+{{- end -}}
+{{- define "sluice.eventsNatsVolumeMounts" -}}
+{{- $s := include "sluice.natsSecurity" (dict "root" . "component" "events") | fromJson -}}
+{{- if ne $s.method "none" }}
+- { name: nats-events, mountPath: /etc/sluice/nats-events, readOnly: true }
+{{- end }}
+{{- end -}}
+{{- define "sluice.eventsNatsVolumes" -}}
+{{- $s := include "sluice.natsSecurity" (dict "root" . "component" "events") | fromJson -}}
+{{- if ne $s.method "none" }}
+- name: nats-events
+  secret: { secretName: {{ $s.secret }} }
 {{- end }}
 {{- end -}}
 

@@ -19,4 +19,5 @@ mod publish;
 mod retries;
 mod startup;
 mod sync_invocations;
+mod tenancy;
 mod tls;

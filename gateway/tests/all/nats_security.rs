@@ -22,21 +22,8 @@ fn permissions_file() -> PathBuf {
 /// What the parts log when the server refuses them a subject.
 const VIOLATION: &str = "NATS refused a permission";
 
-fn users() -> [NatsUser<'static>; 3] {
-    [
-        NatsUser {
-            name: "gateway",
-            permissions: Some("$SLUICE_GATEWAY"),
-        },
-        NatsUser {
-            name: "runtime",
-            permissions: Some("$SLUICE_RUNTIME"),
-        },
-        NatsUser {
-            name: "operator",
-            permissions: Some("$SLUICE_OPERATOR"),
-        },
-    ]
+fn users() -> [NatsUser<'static>; 4] {
+    crate::tenancy::parts()
 }
 
 fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {

@@ -2,27 +2,52 @@
 //! while it streams. Plain http is allowed: the required `sha256`, checked
 //! by the caller, protects the bytes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::ModuleError;
+use sluice_api::egress::EgressPolicy;
+use sluice_serve::egress::{EgressError, check_literal};
 use sluice_serve::with_causes;
+
+use super::ModuleError;
 
 /// Longest wait for a connection to the server.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a download may take, from connecting to the body's last byte.
 pub(crate) const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Most redirects a download follows.
+const MAX_REDIRECTS: usize = 10;
+
 /// The client every download shares (its connections are reused): the
 /// timeouts above, the roots of [`super::tls::TRUSTED_ROOTS`], redirects
 /// followed (release assets redirect to storage), the system's proxy
-/// settings (`HTTPS_PROXY`, `NO_PROXY`).
-pub(crate) fn client() -> reqwest::Client {
+/// settings (`HTTPS_PROXY`, `NO_PROXY`), and the egress guard: a
+/// Function's author chooses the URL, so names resolve only to addresses
+/// `egress` allows and a redirect to a refused address literal is not
+/// followed (the first URL's literal is checked by [`download`]).
+pub(crate) fn client(egress: Arc<EgressPolicy>) -> reqwest::Client {
     let roots = super::tls::TRUSTED_ROOTS
         .iter()
         .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+    let redirects = egress.clone();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(DOWNLOAD_TIMEOUT)
+        .dns_resolver(Arc::new(GuardedDns(egress)))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match attempt
+                .url()
+                .host_str()
+                .and_then(|host| check_literal(host, &redirects))
+            {
+                Some(Err(refused)) => attempt.error(refused),
+                _ => attempt.follow(),
+            }
+        }))
         .tls_certs_only(roots)
         .user_agent(concat!("sluice-operator/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -32,13 +57,40 @@ pub(crate) fn client() -> reqwest::Client {
         .expect("reqwest builds a client with ring and parsed roots")
 }
 
+/// reqwest's resolver through the egress guard.
+struct GuardedDns(Arc<EgressPolicy>);
+
+impl reqwest::dns::Resolve for GuardedDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let addrs = sluice_serve::egress::resolve(name.as_str(), 0, &policy).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// Downloads `url`, at most `limit` bytes: a Content-Length over it is
 /// refused before the body is read, and a body that grows past it is cut.
+/// An address the egress guard refuses (named in the URL, resolved from
+/// its name, or redirected to) is [`ModuleError::ModuleDownloadRefused`],
+/// which says why without anything the address answered.
 pub(crate) async fn download(
     client: &reqwest::Client,
+    egress: &EgressPolicy,
     url: &str,
     limit: usize,
 ) -> Result<Vec<u8>, ModuleError> {
+    let refused = |reason: &EgressError| ModuleError::ModuleDownloadRefused {
+        url: url.to_owned(),
+        reason: reason.to_string(),
+    };
+    if let Some(Err(e)) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().and_then(|host| check_literal(host, egress)))
+    {
+        return Err(refused(&e));
+    }
     let failed = |problem: String, status: Option<u16>, source: Option<reqwest::Error>| {
         ModuleError::ModuleDownloadFailed {
             url: url.to_owned(),
@@ -48,6 +100,9 @@ pub(crate) async fn download(
         }
     };
     let request_failed = |e: reqwest::Error| {
+        if let Some(reason) = EgressError::find(&e) {
+            return refused(reason);
+        }
         let problem = if e.is_timeout() {
             format!(
                 "no complete answer within {}s (connect {}s): {}",

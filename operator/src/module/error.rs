@@ -63,6 +63,13 @@ pub enum ModuleError {
         #[source]
         source: Option<Cause>,
     },
+    /// `spec.module.url` (or a redirect from it) names an address the
+    /// egress guard refuses: a Function's author may not make the operator
+    /// reach the cluster's own services.
+    #[error(
+        "cannot download {url}: {reason}, refused unless the operator allow-lists it (--runtime-egress-allow, the chart's egress.allow)"
+    )]
+    ModuleDownloadRefused { url: String, reason: String },
     /// The component's SHA-256 is not the one expected, by
     /// `spec.module.sha256` or by the OCI layer descriptor.
     #[error(
@@ -141,6 +148,7 @@ impl ModuleError {
             Self::ConfigMapKeyNotFound { .. } => "ConfigMapKeyNotFound",
             Self::ModuleTooLarge { .. } => "ModuleTooLarge",
             Self::ModuleDownloadFailed { .. } => "ModuleDownloadFailed",
+            Self::ModuleDownloadRefused { .. } => "ModuleDownloadRefused",
             Self::ModuleDigestMismatch { .. } => "ModuleDigestMismatch",
             Self::OciPullFailed { .. } => "OciPullFailed",
             Self::PullSecretNotFound { .. } => "PullSecretNotFound",
@@ -170,6 +178,7 @@ impl ModuleError {
             | Self::ConfigMapNotFound { .. }
             | Self::ConfigMapKeyNotFound { .. }
             | Self::ModuleTooLarge { .. }
+            | Self::ModuleDownloadRefused { .. }
             | Self::ModuleDigestMismatch { .. }
             | Self::PullSecretNotFound { .. }
             | Self::PullSecretInvalid { .. }

@@ -493,6 +493,10 @@ fn every_rendering_is_accepted_by_the_api_server_and_restricted_pod_security() {
         String::from_utf8_lossy(&applied.stderr)
     );
     established(&cluster, "servicemonitors.monitoring.coreos.com");
+    // ci/external-nats-values.yaml watches these.
+    for namespace in ["shop", "tenant-b"] {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
     for (name, args) in value_sets() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let rendered = template(&args);
@@ -649,6 +653,7 @@ fn install_is_admitted_and_upgrade_leaves_the_autoscalers_replicas_alone() {
         r#"{"spec":{"replicas":3}}"#,
         "--field-manager=sluice-autoscaler",
     ]);
+    let passwords_before = nats_passwords(&cluster);
     // An upgrade that changes the pool's pod template (so Helm applies the
     // pool Deployment again) and the gateway's replicas.
     helm_ok(
@@ -682,61 +687,64 @@ fn install_is_admitted_and_upgrade_leaves_the_autoscalers_replicas_alone() {
     );
     let status = helm_ok(&cluster, &["status", RELEASE, "-n", NAMESPACE]);
     assert!(status.contains("REVISION: 2"), "{status}");
+    // The generated NATS passwords survive the upgrade (a new one would
+    // lock every running part out until it restarted).
+    assert_eq!(nats_passwords(&cluster), passwords_before);
+}
+
+/// The bundled NATS's password of each part, from the release's Secrets.
+fn nats_passwords(cluster: &ControlPlane) -> Vec<(&'static str, String)> {
+    use base64::Engine as _;
+    ["gateway", "events", "runtime", "operator"]
+        .into_iter()
+        .map(|part| {
+            let encoded = cluster.kubectl_ok(&[
+                "get",
+                "secret",
+                &format!("{RELEASE}-nats-{part}"),
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.data.password}",
+            ]);
+            let password = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .expect("base64");
+            let password = String::from_utf8(password).expect("a text password");
+            assert!(password.len() >= 32, "{part}: a short password");
+            (part, password)
+        })
+        .collect()
 }
 
 #[test]
 fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_served() {
     let _slot = Slot::take();
     let cluster = restricted_cluster();
-    let nats = NatsServer::start();
     helm_ok(
         &cluster,
         &["install", RELEASE, &path_str(&chart()), "-n", NAMESPACE],
     );
     established(&cluster, "functions.sluice.dev");
+    // The bundled NATS as the chart configures it, with the passwords the
+    // chart generated; each part connects as its own user with them (as
+    // its pod would, from its Secret), so a permission the chart's sets
+    // lack shows in a log.
+    let nats = ChartNats::start(&cluster);
+    let password_file = |part: &str| nats.password_file(part);
 
     // The operator's flags exactly as the chart renders them, but for the
     // NATS server (the bundled one has no pod here) and a loopback admin
     // port; its permissions exactly the chart's ServiceAccount's.
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = chart_args(
-        &cluster,
-        "operator",
-        &[
-            ("--nats", nats.url.clone()),
-            ("--runtime-nats-url", nats.url.clone()),
-            ("--admin-listen", admin.to_string()),
-        ],
-    );
+    let logs = tempfile::tempdir().expect("a temporary folder");
+    let (operator, args) = chart_operator(&cluster, &nats, &[], logs.path());
     assert!(
         args.iter()
             .any(|a| a == &format!("--pool-deployment={NAMESPACE}/{RELEASE}-runtime")),
         "{args:?}"
     );
-    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
-    let logs = tempfile::tempdir().expect("a temporary folder");
-    let mut command = Command::new(binary("sluice-operator"));
-    command
-        .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", "sluice-operator-0")
-        .env("POD_NAMESPACE", NAMESPACE);
-    let operator = Process::spawn(command, logs.path().join("operator.log"));
 
-    let from = format!("--from-file=hello.wasm={}", component("hello").display());
-    let config_map = cluster.kubectl_ok(&[
-        "create",
-        "configmap",
-        "hello-wasm",
-        "-n",
-        "default",
-        &from,
-        "--dry-run=client",
-        "-o",
-        "yaml",
-    ]);
-    let applied = cluster.apply(&config_map);
-    assert!(applied.status.success());
+    hello_config_map(&cluster, "default");
     let applied = cluster.apply(&example("hello"));
     assert!(applied.status.success());
     let field = |path: &str| {
@@ -771,28 +779,349 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
     // listeners on loopback): the function is served end to end.
     let gateway = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut command = Command::new(binary("sluice-gateway"));
-    command.args(chart_args(
-        &cluster,
-        "gateway",
-        &[
-            ("--nats", nats.url.clone()),
-            ("--listen", gateway.to_string()),
-            ("--admin-listen", "127.0.0.1:0".into()),
-        ],
-    ));
-    let _gateway = Process::spawn(command, logs.path().join("gateway.log"));
+    command
+        .args(chart_args(
+            &cluster,
+            "gateway",
+            &[
+                ("--nats", nats.server.url.clone()),
+                ("--listen", gateway.to_string()),
+                ("--admin-listen", "127.0.0.1:0".into()),
+                ("--nats-password-file", password_file("gateway")),
+                ("--events-nats-password-file", password_file("events")),
+            ],
+        ))
+        .env("SLUICE_NATS_USER", "sluice-gateway")
+        .env("SLUICE_EVENTS_NATS_USER", "sluice-events");
+    let gateway_process = Process::spawn(command, logs.path().join("gateway.log"));
     let mut command = Command::new(binary("sluice-runtime"));
-    command.args(chart_args(
-        &cluster,
-        "runtime",
-        &[
-            ("--nats", nats.url.clone()),
-            ("--admin-listen", "127.0.0.1:0".into()),
-            ("--artifacts", path_str(&logs.path().join("artifacts"))),
-        ],
-    ));
-    let _runtime = Process::spawn(command, logs.path().join("runtime.log"));
+    command
+        .args(chart_args(
+            &cluster,
+            "runtime",
+            &[
+                ("--nats", nats.server.url.clone()),
+                ("--admin-listen", "127.0.0.1:0".into()),
+                ("--artifacts", path_str(&logs.path().join("artifacts"))),
+                ("--nats-password-file", password_file("runtime")),
+            ],
+        ))
+        .env("SLUICE_NATS_USER", "sluice-runtime");
+    let runtime = Process::spawn(command, logs.path().join("runtime.log"));
     wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
+    for (part, log) in [
+        ("operator", operator.log()),
+        ("gateway", gateway_process.log()),
+        ("runtime", runtime.log()),
+    ] {
+        assert!(!log.contains("NATS refused"), "{part}: {log}");
+    }
+}
+
+/// The bundled NATS's configuration as the chart renders it (the
+/// ConfigMap's files), with what the pod's environment fills in (the
+/// passwords from the chart's Secrets, the pod's name) filled in here, and
+/// the pod's fixed paths, store and monitoring port left to the test
+/// server.
+fn bundled_nats_config(passwords: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let rendered = template(&["--show-only", "templates/nats.yaml"]);
+    let config_map: Value = serde_saphyr::from_multiple::<Value>(&rendered)
+        .expect("the rendering is YAML")
+        .into_iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the NATS ConfigMap");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mut config = String::new();
+    for (file, text) in config_map["data"].as_object().expect("its files") {
+        let text = text.as_str().expect("a file's text");
+        if file == "nats.conf" {
+            config = text
+                .lines()
+                .filter(|l| {
+                    let l = l.trim_start();
+                    !["http_port", "pid_file", "store_dir"]
+                        .iter()
+                        .any(|pod_only| l.starts_with(pod_only))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                .replace("$POD_NAME", "chart-test");
+            for (part, password) in passwords {
+                let variable = format!("$NATS_{}_PASSWORD", part.to_uppercase());
+                assert!(config.contains(&variable), "{variable} in {config}");
+                config = config.replace(&variable, &format!("\"{password}\""));
+            }
+        } else {
+            std::fs::write(dir.path().join(file), text).expect("a file written");
+        }
+    }
+    assert!(
+        config.contains("include \"nats-permissions.conf\""),
+        "{config}"
+    );
+    (dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_nats_refuses_strangers_and_gives_each_part_only_its_set() {
+    let parts = [
+        ("gateway", "g-secret"),
+        ("events", "e-secret"),
+        ("runtime", "r-secret"),
+        ("operator", "o-secret"),
+    ];
+    let (dir, config) = bundled_nats_config(&parts);
+    let nats = NatsServer::in_dir(dir, &config);
+
+    // No credentials (a pod that found the Service): refused.
+    let stranger = async_nats::connect(nats.url.as_str()).await;
+    assert!(stranger.is_err(), "a client without credentials connected");
+
+    // Each part may connect, and is refused what is another's.
+    for ((part, password), (operation, subject)) in parts.iter().zip([
+        // The gateway may not rewrite the registry (serve a victim's
+        // traffic with another module).
+        ("publish", "$KV.sluice-functions.shop.checkout"),
+        // The event bridge may not read other parts' replies.
+        ("subscribe", "_INBOX.>"),
+        // A runtime may not rewrite the registry either.
+        ("publish", "$KV.sluice-functions.shop.checkout"),
+        // The operator may not read async results.
+        ("subscribe", "$KV.sluice-results.>"),
+    ]) {
+        let (violations, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            format!("sluice-{part}"),
+            (*password).to_owned(),
+        )
+        .event_callback(move |event| {
+            if let async_nats::Event::ServerError(e) = event {
+                let _ = violations.send(e.to_string());
+            }
+            std::future::ready(())
+        })
+        .connect(nats.url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("sluice-{part} cannot connect: {e}"));
+        let _subscription;
+        if operation == "publish" {
+            client.publish(subject, "x".into()).await.expect("sent");
+        } else {
+            _subscription = client.subscribe(subject).await.expect("sent");
+        }
+        client.flush().await.expect("flushed");
+        let error = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("sluice-{part} may {operation} {subject}"))
+            .expect("a violation");
+        assert!(
+            error.contains("Permissions Violation") && error.contains(subject),
+            "sluice-{part}: {error}"
+        );
+        // With another part's password, nobody gets in.
+        let wrong = async_nats::ConnectOptions::with_user_and_password(
+            format!("sluice-{part}"),
+            "o-secret-not".to_owned(),
+        )
+        .connect(nats.url.as_str())
+        .await;
+        assert!(wrong.is_err(), "sluice-{part} with a wrong password");
+    }
+}
+
+#[test]
+fn the_bundled_nats_credentials_are_secrets_each_part_mounts_its_own() {
+    let rendered = template(&[]);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).expect("YAML");
+    let secrets: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Secret")
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    for part in ["gateway", "events", "runtime", "operator"] {
+        assert!(
+            secrets.contains(&format!("sluice-nats-{part}").as_str()),
+            "{secrets:?}"
+        );
+    }
+    // Every Deployment mounts only its own parts' Secrets.
+    for (component, own) in [
+        (
+            "gateway",
+            &["sluice-nats-gateway", "sluice-nats-events"][..],
+        ),
+        ("runtime", &["sluice-nats-runtime"][..]),
+        ("operator", &["sluice-nats-operator"][..]),
+    ] {
+        let deployment = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Deployment" && d["metadata"]["name"] == format!("sluice-{component}")
+            })
+            .unwrap_or_else(|| panic!("the {component} Deployment"));
+        let text = deployment.to_string();
+        for part in ["gateway", "events", "runtime", "operator"] {
+            let secret = format!("sluice-nats-{part}");
+            assert_eq!(
+                text.contains(&format!("\"{secret}\"")),
+                own.contains(&secret.as_str()),
+                "{component} and {secret}"
+            );
+        }
+    }
+}
+
+#[test]
+fn with_watch_namespaces_the_operator_serves_those_with_roles_only_and_ignores_others() {
+    let _slot = Slot::take();
+    let cluster = restricted_cluster();
+    for namespace in ["shop", "tenant-b"] {
+        cluster.kubectl_ok(&["create", "namespace", namespace]);
+    }
+    helm_ok(
+        &cluster,
+        &[
+            "install",
+            RELEASE,
+            &path_str(&chart()),
+            "-n",
+            NAMESPACE,
+            "--set",
+            "operator.watchNamespaces={shop}",
+        ],
+    );
+    established(&cluster, "functions.sluice.dev");
+    // No ClusterRole, no ClusterRoleBinding of the release.
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        let names = cluster.kubectl_ok(&["get", kind, "-o", "name"]);
+        assert!(!names.contains("sluice-operator"), "{kind}: {names}");
+    }
+    let nats = ChartNats::start(&cluster);
+    let logs = tempfile::tempdir().expect("a temporary folder");
+    let (operator, _) = chart_operator(
+        &cluster,
+        &nats,
+        &[("--watch-namespace", "shop".into())],
+        logs.path(),
+    );
+    for namespace in ["shop", "tenant-b"] {
+        hello_config_map(&cluster, namespace);
+        let function =
+            example("hello").replace("namespace: default", &format!("namespace: {namespace}"));
+        let applied = cluster.apply(&function);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    let ready = |namespace: &str| {
+        let args = [
+            "get",
+            "fn",
+            "hello",
+            "-n",
+            namespace,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ];
+        String::from_utf8_lossy(&cluster.kubectl_with(&args, "").stdout).into_owned()
+    };
+    eventually("shop/hello Ready", Duration::from_secs(90), || {
+        (ready("shop") == "True").then_some(())
+    });
+    // The other namespace's Function is left alone: no status, no
+    // finalizer, and the operator was refused nothing.
+    assert_eq!(ready("tenant-b"), "");
+    let finalizers = cluster.kubectl_ok(&[
+        "get",
+        "fn",
+        "hello",
+        "-n",
+        "tenant-b",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert_eq!(finalizers, "");
+    let log = operator.log();
+    assert!(
+        !log.contains("forbidden") && !log.contains("NATS refused"),
+        "{log}"
+    );
+}
+
+/// The bundled NATS as the installed chart configures it, with the
+/// passwords the chart generated, each also in a file of its part's name
+/// (as its pod mounts it).
+struct ChartNats {
+    server: NatsServer,
+    secrets: tempfile::TempDir,
+}
+
+impl ChartNats {
+    fn start(cluster: &ControlPlane) -> Self {
+        let passwords = nats_passwords(cluster);
+        let borrowed: Vec<(&str, &str)> = passwords.iter().map(|(p, w)| (*p, w.as_str())).collect();
+        let (dir, config) = bundled_nats_config(&borrowed);
+        let secrets = tempfile::tempdir().expect("a temporary folder");
+        for (part, password) in &passwords {
+            std::fs::write(secrets.path().join(part), password).expect("a password file");
+        }
+        Self {
+            server: NatsServer::in_dir(dir, &config),
+            secrets,
+        }
+    }
+
+    fn password_file(&self, part: &str) -> String {
+        path_str(&self.secrets.path().join(part))
+    }
+}
+
+/// `sluice-operator` with the chart's flags (`moved` besides NATS, its
+/// password and a loopback admin port) as the chart's ServiceAccount, and
+/// the flags it got.
+fn chart_operator(
+    cluster: &ControlPlane,
+    nats: &ChartNats,
+    moved: &[(&str, String)],
+    logs: &Path,
+) -> (Process, Vec<String>) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut moved = moved.to_vec();
+    moved.extend([
+        ("--nats", nats.server.url.clone()),
+        ("--runtime-nats-url", nats.server.url.clone()),
+        ("--admin-listen", admin.to_string()),
+        ("--nats-password-file", nats.password_file("operator")),
+    ]);
+    let args = chart_args(cluster, "operator", &moved);
+    let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, &format!("{RELEASE}-operator"));
+    let mut command = Command::new(binary("sluice-operator"));
+    command
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SLUICE_NATS_USER", "sluice-operator")
+        .env("POD_NAME", "sluice-operator-0")
+        .env("POD_NAMESPACE", NAMESPACE);
+    (Process::spawn(command, logs.join("operator.log")), args)
+}
+
+/// ConfigMap `hello-wasm` in `namespace` with the hello component.
+fn hello_config_map(cluster: &ControlPlane, namespace: &str) {
+    let from = format!("--from-file=hello.wasm={}", component("hello").display());
+    let config_map = cluster.kubectl_ok(&[
+        "create",
+        "configmap",
+        "hello-wasm",
+        "-n",
+        namespace,
+        &from,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    assert!(cluster.apply(&config_map).status.success());
 }
 
 /// What `--api-versions` tells `helm template` of a cluster with

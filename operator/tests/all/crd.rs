@@ -86,3 +86,36 @@ fn bad_functions_are_refused_at_apply_time_naming_the_problem() {
         assert!(stderr.contains(expected), "{spec}\n{stderr}");
     }
 }
+
+#[test]
+fn a_spy_on_inboxes_results_or_sluice_subjects_is_refused_by_the_crd() {
+    let sluice = Sluice::start();
+    let spy = |subject: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: spy, namespace: tenant-b }}\nspec:\n  module: {{ configMap: {{ name: a, key: b }} }}\n  triggers: {{ nats: [ {{ subject: \"{subject}\" }} ] }}\n"
+        )
+    };
+    sluice
+        .cluster
+        .kubectl_ok(&["create", "namespace", "tenant-b"]);
+    for (subject, rule) in [
+        ("_INBOX.>", "reserved-inbox rule"),
+        ("$KV.sluice-results.>", "reserved-system rule"),
+        ("$JS.API.>", "reserved-system rule"),
+        (">", "leading-wildcard rule"),
+        ("*.invoke.>", "leading-wildcard rule"),
+        ("sluice.invoke.default.hello", "reserved-sluice rule"),
+        ("sluice.dlq.>", "reserved-sluice rule"),
+    ] {
+        let output = sluice.cluster.apply(&spy(subject));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted a spy on {subject}");
+        assert!(stderr.contains(rule), "{subject}: {stderr}");
+    }
+    let output = sluice.cluster.apply(&spy("orders.created"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -82,7 +82,9 @@ fn serve_file(body: Vec<u8>) -> String {
 #[test]
 fn module_problems_show_in_conditions_and_events_until_fixed() {
     let sluice = Sluice::start();
-    let _operator = sluice.operator("op-1", 15, &[]);
+    // The download server is on loopback, which the egress guard refuses
+    // unless allowed.
+    let _operator = sluice.operator("op-1", 15, &["--runtime-egress-allow=127.0.0.1"]);
     let (_gateway, gateway) = sluice.gateway();
     let function = |name: &str, module: &str| {
         format!(

@@ -15,3 +15,4 @@ mod nats_security;
 mod resilience;
 mod startup;
 mod support;
+mod tenancy;

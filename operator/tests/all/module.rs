@@ -3,11 +3,13 @@
 //! OCI registry (`scripts/oci-registry.sh` installs it).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sluice_api::egress::EgressPolicy;
 use sluice_api::{ConfigMapKey, ModuleDigest, ModuleSource};
 use sluice_operator::module::{
     DEFAULT_MAX_MODULE_BYTES, Fetched, FetcherConfig, ModuleError, ModuleFetcher,
@@ -24,8 +26,14 @@ fn hello() -> Vec<u8> {
     std::fs::read(sluice_examples::component("hello")).unwrap()
 }
 
+/// The test servers' loopback addresses, which the egress guard refuses
+/// unless allowed.
+fn loopback() -> Arc<EgressPolicy> {
+    Arc::new(EgressPolicy::parse(&["127.0.0.1", "::1"], &[]).unwrap())
+}
+
 fn fetcher() -> ModuleFetcher {
-    ModuleFetcher::new(FetcherConfig::default())
+    fetcher_with(DEFAULT_MAX_MODULE_BYTES, &[])
 }
 
 fn fetcher_with(max_module_bytes: usize, insecure_registries: &[&str]) -> ModuleFetcher {
@@ -35,6 +43,7 @@ fn fetcher_with(max_module_bytes: usize, insecure_registries: &[&str]) -> Module
             .iter()
             .map(|r| (*r).to_owned())
             .collect(),
+        egress: loopback(),
     })
 }
 
@@ -143,6 +152,51 @@ async fn a_url_with_the_right_sha256_is_fetched_and_any_other_refused() {
     assert!(
         message.contains(digest.as_str()) && message.contains(other.as_str()),
         "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_or_a_redirect_to_an_internal_address_is_refused_and_never_requested() {
+    let wasm = hello();
+    let digest = ModuleDigest::of(&wasm);
+    let served = wasm.clone();
+    let internal = HttpServer::start(move |_| Reply::bytes(served.clone())).await;
+    let api = empty_api().await;
+    let public_only = ModuleFetcher::new(FetcherConfig::default());
+    let port = internal.addr.port();
+    // By address, and by a name that resolves to it.
+    for (link, reason) in [
+        (
+            internal.url("/secret"),
+            "address 127.0.0.1, a loopback address",
+        ),
+        (
+            format!("http://localhost:{port}/secret"),
+            "localhost resolves to",
+        ),
+    ] {
+        let message = assert_failed(
+            fetch(&public_only, &api, &url(&link, &digest)).await,
+            "ModuleDownloadRefused",
+            reason,
+            false,
+        );
+        assert!(message.contains("--runtime-egress-allow"), "{message}");
+    }
+    // A server the operator may reach cannot redirect it elsewhere.
+    let target = format!("http://127.0.0.2:{port}/secret");
+    let redirecting = HttpServer::start(move |_| Reply::redirect(&target)).await;
+    assert_failed(
+        fetch(&fetcher(), &api, &url(&redirecting.url("/m.wasm"), &digest)).await,
+        "ModuleDownloadRefused",
+        "address 127.0.0.2, a loopback address",
+        false,
+    );
+    assert_eq!(redirecting.requests().len(), 1);
+    assert!(
+        internal.requests().is_empty(),
+        "the internal server was asked: {:?}",
+        internal.requests()
     );
 }
 

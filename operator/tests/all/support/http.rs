@@ -36,6 +36,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub framing: Framing,
+    /// A `Location` header, for redirects.
+    pub location: Option<String>,
 }
 
 impl Reply {
@@ -46,6 +48,7 @@ impl Reply {
             content_type: "application/octet-stream",
             body: body.into(),
             framing: Framing::Length,
+            location: None,
         }
     }
 
@@ -56,6 +59,7 @@ impl Reply {
             content_type: "application/json",
             body: serde_json::to_vec(value).unwrap(),
             framing: Framing::Length,
+            location: None,
         }
     }
 
@@ -66,6 +70,7 @@ impl Reply {
             content_type: "text/plain",
             body: format!("status {status}\n").into_bytes(),
             framing: Framing::Length,
+            location: None,
         }
     }
 
@@ -83,6 +88,14 @@ impl Reply {
                 "code": code,
             }),
         )
+    }
+
+    /// 302 to `location`.
+    pub fn redirect(location: &str) -> Self {
+        Self {
+            location: Some(location.to_owned()),
+            ..Self::status(302)
+        }
     }
 
     pub fn framed(mut self, framing: Framing) -> Self {
@@ -154,6 +167,9 @@ async fn serve(mut stream: TcpStream, handler: Handler, seen: Arc<Mutex<Vec<Requ
         "HTTP/1.1 {} X\r\ncontent-type: {}\r\nconnection: close\r\n",
         reply.status, reply.content_type
     );
+    if let Some(location) = &reply.location {
+        head.push_str(&format!("location: {location}\r\n"));
+    }
     match reply.framing {
         Framing::Length => head.push_str(&format!("content-length: {}\r\n", reply.body.len())),
         Framing::ClaimedLength(n) => head.push_str(&format!("content-length: {n}\r\n")),

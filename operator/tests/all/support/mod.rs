@@ -160,6 +160,7 @@ impl Sluice {
         let parts = [
             ("operator", "$SLUICE_OPERATOR"),
             ("gateway", "$SLUICE_GATEWAY"),
+            ("events", "$SLUICE_EVENTS"),
             ("runtime", "$SLUICE_RUNTIME"),
         ]
         .map(|(name, permissions)| NatsUser {
