@@ -35,6 +35,8 @@
 #   SLUICE_CONTAINERS      buildah storage holding Sluice's images, which are
 #                          pushed to the registry if present
 #                          (default: .sluice/containers, as scripts/images.sh)
+#   SLUICE_IMAGES_FROM     the registry prefix those images were built under
+#                          (default: ghcr.io/sluice-dev, scripts/images.sh's)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -302,11 +304,13 @@ push_images() {
     image pause:3.10 /bin/pause "$BIN/sluice-pause:/bin/pause"
     image "nats:$nats_version" /bin/nats-server "$nats:/bin/nats-server"
     image wget:1 /bin/wget "$BIN/sluice-wget:/bin/wget"
-    # Sluice's images, as scripts/images.sh built them.
+    # Sluice's images, under the names scripts/images.sh gives them (the
+    # same storage also holds copies other tests pushed and pulled back).
     local containers=${SLUICE_CONTAINERS:-$repo/.sluice/containers} name
+    local built=${SLUICE_IMAGES_FROM:-ghcr.io/sluice-dev}
     if [[ -d $containers/storage ]]; then
         local sb=(buildah --root "$containers/storage" --runroot "$containers/run" --storage-driver vfs)
-        for name in $("${sb[@]}" images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | grep '/sluice-' || true); do
+        for name in $("${sb[@]}" images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | grep -F "$built/sluice-" || true); do
             "${sb[@]}" push --quiet --tls-verify=false "$name" "docker://$REGISTRY/${name##*/}"
         done
     fi

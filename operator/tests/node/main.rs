@@ -373,6 +373,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 #[test]
 fn a_release_lives_its_whole_life_on_a_real_node() {
     install_with_every_pod_ready_and_no_restarts();
+    runtime_credentials_for_dedicated_functions();
     helm_test_passes();
     let (hello, echo) = cluster_examples_are_served();
     a_pod_reaches_the_gateway_by_its_dns_name(&hello);
@@ -457,6 +458,17 @@ fn install_with_every_pod_ready_and_no_restarts() {
         let running = pods(NAMESPACE, Some("app.kubernetes.io/name=sluice-runtime")).len();
         (spec == 0 && running == 0).then_some(())
     });
+}
+
+/// Copies the runtime's NATS credentials into [`FUNCTIONS`], as the
+/// README asks of a namespace with dedicated functions (a pod mounts
+/// Secrets of its own namespace only).
+fn runtime_credentials_for_dedicated_functions() {
+    let mut secret = json(&["get", "secret", "sluice-nats-runtime", "-n", NAMESPACE]);
+    let metadata = secret["metadata"].as_object_mut().expect("metadata");
+    metadata.retain(|key, _| key == "name");
+    metadata.insert("namespace".into(), FUNCTIONS.into());
+    apply(&secret.to_string());
 }
 
 fn helm_test_passes() {
