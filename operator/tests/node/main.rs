@@ -228,6 +228,38 @@ fn node_values() -> Vec<String> {
     .collect()
 }
 
+/// `helm VERB sluice CHART -n sluice-system --wait` with [`node_values`].
+fn release_args(verb: &str, chart: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        verb,
+        RELEASE,
+        chart,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "5m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(node_values());
+    args
+}
+
+/// Every part connects as its own NATS user with exactly its permission
+/// set: the server has refused none of them anything (it logs each
+/// refusal as a `Permissions Violation`).
+fn no_permission_violations(when: &str) {
+    let log = kubectl(&["logs", "sluice-nats-0", "-n", NAMESPACE]);
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(
+        refused.is_empty(),
+        "NATS refused a part something {when}:\n{}",
+        refused.join("\n")
+    );
+}
+
 /// The bundled NATS's volume: a hostPath PersistentVolume that its claim
 /// binds to (the node has no dynamic provisioner), writable by the
 /// server's user.
@@ -378,8 +410,10 @@ fn a_release_lives_its_whole_life_on_a_real_node() {
     let (hello, echo) = cluster_examples_are_served();
     a_pod_reaches_the_gateway_by_its_dns_name(&hello);
     a_dedicated_function_wakes_from_zero_surges_to_max_and_returns_to_zero();
+    no_permission_violations("before the faults");
     faults_lose_no_accepted_invocation(&echo);
     upgrade_keeps_serving(&hello);
+    no_permission_violations("after the NATS pod's replacement and the upgrades");
     uninstall_completes_and_keeps_the_crd();
 }
 
@@ -388,20 +422,10 @@ fn install_with_every_pod_ready_and_no_restarts() {
     kubectl(&["create", "namespace", NAMESPACE]);
     kubectl(&["create", "namespace", FUNCTIONS]);
     nats_volume();
-    let mut args: Vec<String> = [
+    let args = release_args(
         "install",
-        RELEASE,
         &repo_root().join("charts/sluice").display().to_string(),
-        "-n",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(node_values());
+    );
     helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     report("helm install --wait (every pod Ready)", started);
 
@@ -795,20 +819,7 @@ fn upgrade_keeps_serving(hello: &str) {
         })
     };
     let started = Instant::now();
-    let mut args: Vec<String> = [
-        "upgrade",
-        RELEASE,
-        &chart,
-        "-n",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(node_values());
+    let mut args = release_args("upgrade", &chart);
     args.extend(["--set".to_owned(), "gateway.maxQueueDepth=5000".to_owned()]);
     helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     report("helm upgrade with a changed value", started);
