@@ -188,6 +188,13 @@ async fn run_in(
         .touched_objects();
     let store = reader.clone();
     let secret_store = reader.clone();
+    let runtime_secrets: Vec<String> = ctx
+        .settings
+        .runtime
+        .nats_secrets
+        .names()
+        .map(str::to_owned)
+        .collect();
     let controller = Controller::for_stream(stream, reader)
         .owns_stream(spec_changes(
             watcher(
@@ -206,9 +213,12 @@ async fn run_in(
             })
         })
         .watches_stream(secrets, move |secret| {
-            // The Functions whose API keys or pull credentials it holds.
+            // The Functions whose API keys or pull credentials it holds,
+            // and the dedicated ones whose runtime mounts it.
             naming(&secret_store, &secret, |spec, name| {
                 spec.module.pull_secret.as_deref() == Some(name)
+                    || (spec.placement == Placement::Dedicated
+                        && runtime_secrets.iter().any(|s| s == name))
                     || spec
                         .auth
                         .as_ref()
@@ -679,6 +689,10 @@ async fn register(
 /// pods' selector, or the condition that says why placement failed. A
 /// Deployment of that name the Function does not control is never taken
 /// over nor deleted.
+/// Reason of a dedicated Function whose namespace lacks a Secret its
+/// runtime mounts.
+const RUNTIME_SECRET_MISSING: &str = "RuntimeSecretMissing";
+
 async fn ensure_placement(
     function: &Function,
     reference: &FunctionRef,
@@ -722,6 +736,29 @@ async fn ensure_placement(
                 reference.namespace
             ),
         )));
+    }
+    // A pod whose Secret volume is missing never starts, and says so only
+    // in its own events: the Function says it instead, and no Deployment
+    // waits in ContainerCreating.
+    let secrets: Api<PartialObjectMeta<Secret>> =
+        Api::namespaced(ctx.client.clone(), &reference.namespace);
+    for secret in ctx.settings.runtime.nats_secrets.names() {
+        if secrets
+            .get_metadata_opt(secret)
+            .await
+            .map_err(Error::Kube)?
+            .is_none()
+        {
+            return Ok(Err(Observed::new(
+                QUEUE_READY,
+                Status::False,
+                RUNTIME_SECRET_MISSING,
+                format!(
+                    "placement: dedicated runs the function's own runtime in {ns}, which mounts Secret {secret} (its NATS credentials or TLS files), and {ns} has no such Secret: copy it there from Sluice's namespace, or use placement: pool",
+                    ns = reference.namespace
+                ),
+            )));
+        }
     }
     let owner = function
         .controller_owner_ref(&())

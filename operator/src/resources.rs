@@ -114,6 +114,15 @@ const NATS_CA_DIR: &str = "/etc/sluice/nats-ca";
 const NATS_CLIENT_DIR: &str = "/etc/sluice/nats-client";
 
 impl RuntimeNatsSecrets {
+    /// The names of the Secrets a dedicated runtime's pod mounts.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.auth
+            .iter()
+            .map(|(_, name)| name.as_str())
+            .chain(self.ca.as_deref())
+            .chain(self.client_cert.as_deref())
+    }
+
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if let Some((method, _)) = self.auth {
