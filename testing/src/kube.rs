@@ -287,6 +287,18 @@ current-context: test
     }
 }
 
+/// A command's stdout; panics naming `what`, with its stdout and stderr,
+/// when it failed.
+pub fn succeeded(output: Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Runs `command`, feeding it `stdin`; its output, whatever it is.
 pub fn run_with_stdin(mut command: Command, stdin: &str) -> Output {
     use std::io::Write as _;

@@ -21,7 +21,7 @@ mod kubelet;
 mod nats;
 pub mod prometheus;
 
-pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin};
+pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin, succeeded};
 pub use kubelet::Kubelet;
 pub use nats::{LateNats, NatsServer, NatsUser, SecureNats};
 

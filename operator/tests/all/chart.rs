@@ -8,11 +8,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_testing::{ControlPlane, NatsServer, repo_root, run_with_stdin as run};
+use sluice_testing::{ControlPlane, NatsServer, repo_root, run_with_stdin as run, succeeded as ok};
 
 use crate::support::{
     Process, Slot, binary, component, eventually, example, free_port, wait_answer,
@@ -37,17 +37,6 @@ fn ci_values() -> Vec<PathBuf> {
     files.sort();
     assert!(files.len() >= 3, "{files:?}");
     files
-}
-
-/// Its stdout; panics with its stderr when it failed.
-fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `helm template` of the chart with `args` (values files, `--set`s).

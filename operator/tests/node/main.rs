@@ -13,14 +13,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Output;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_testing::http::{get, get_within, post};
-use sluice_testing::{ControlPlane, Node, repo_root, run_with_stdin};
+use sluice_testing::{ControlPlane, Node, repo_root, run_with_stdin, succeeded as ok};
 
 const RELEASE: &str = "sluice";
 const NAMESPACE: &str = "sluice-system";
@@ -46,16 +45,6 @@ fn report(step: &str, since: Instant) -> Duration {
     let took = since.elapsed();
     println!("NODE-TIMING {step}: {} ms", took.as_millis());
     took
-}
-
-fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn kubectl(args: &[&str]) -> String {
