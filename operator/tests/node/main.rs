@@ -737,11 +737,12 @@ spec:
     ));
     wait_ready("surge");
     let started = Instant::now();
-    // 200 × 500 ms at 10 per replica: 10 s of work for one replica, so
-    // three replicas' containers run for a few seconds at least. (Their
-    // readiness probe may not pass in that time: runtimes take work from
-    // NATS, not from a Service, so Running is what serves.)
-    let ids = post_async("/async/fn/e2e/surge/sleep/500", 200);
+    // 200 × 1 s at 10 per replica: 20 s of work for one replica, so three
+    // replicas' containers run for several seconds (a surge of 200 ms
+    // calls was once over before a poll saw all three). Their readiness
+    // probe may not pass in that time: runtimes take work from NATS, not
+    // from a Service, so Running is what serves.
+    let ids = post_async("/async/fn/e2e/surge/sleep/1000", 200);
     eventually("surge at maxReplicas", Duration::from_secs(120), || {
         let (spec, _) = deployment_replicas(FUNCTIONS, "surge-runtime");
         let running = pods(FUNCTIONS, Some("sluice.dev/function=surge"))
