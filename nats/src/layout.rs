@@ -569,7 +569,16 @@ where
                 Err(e) if js.get_stream(name).await.is_ok() => {
                     tracing::debug!(stream = %name, error = %e, "made meanwhile by another part");
                 }
-                Err(e) => return Err(layout_error(name, e)),
+                // The bound is in the message: a server that cannot
+                // reserve it (JetStream's "insufficient storage resources")
+                // needs a larger max_file_store or smaller layout bounds.
+                Err(e) => {
+                    let what = format!(
+                        "{name} (max_bytes {}, replicas {})",
+                        wanted.max_bytes, wanted.num_replicas
+                    );
+                    return Err(layout_error(&what, e));
+                }
             }
             js.get_stream(name)
                 .await

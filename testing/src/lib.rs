@@ -20,10 +20,12 @@ mod kube;
 mod kubelet;
 mod nats;
 pub mod prometheus;
+mod tls;
 
 pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin, succeeded};
 pub use kubelet::Kubelet;
 pub use nats::{LateNats, NatsServer, NatsUser, SecureNats};
+pub use tls::TestCa;
 
 /// A free loopback port (bound, then released for a child to take).
 pub fn free_port() -> u16 {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::TestCa;
+
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
@@ -186,25 +188,10 @@ impl SecureNats {
     /// (nats-server refuses a variable nobody refers to: every permission
     /// set of the file must go to some user.)
     pub fn start(permissions_file: &Path, users: &[NatsUser<'_>]) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let ca_params = || {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params
-        };
-        let ca = CertifiedIssuer::self_signed(ca_params(), KeyPair::generate().unwrap()).unwrap();
-        let other_ca =
-            CertifiedIssuer::self_signed(ca_params(), KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
-        let (client_cert, client_key) = leaf(vec!["sluice-test-client".into()]);
+        let ca = TestCa::new();
+        let other_ca = TestCa::new();
+        let (server_cert, server_key) = ca.leaf(&["127.0.0.1", "localhost"]);
+        let (client_cert, client_key) = ca.leaf(&["sluice-test-client"]);
         let files = tempfile::tempdir().unwrap();
         // Absolute: nats-server reads the certificate paths of its
         // configuration relative to its working directory.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_testing::{ControlPlane, NatsServer, repo_root, run_with_stdin as run, succeeded as ok};
 
+use crate::support::monitoring_crds::{PROMETHEUS_RULE_CRD, SERVICE_MONITOR_CRD};
 use crate::support::{
     Process, Slot, binary, component, eventually, example, free_port, wait_answer,
 };
@@ -429,47 +430,6 @@ fn restricted_cluster() -> ControlPlane {
     ]);
     cluster
 }
-
-/// A stand-in for prometheus-operator's ServiceMonitor CRD with the fields
-/// the chart sets, so that a rendering with a ServiceMonitor can be
-/// checked by the API server (strict field validation refuses any other
-/// field).
-const SERVICE_MONITOR_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: { name: servicemonitors.monitoring.coreos.com }
-spec:
-  group: monitoring.coreos.com
-  names: { kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor }
-  scope: Namespaced
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec:
-              type: object
-              required: [selector, endpoints]
-              properties:
-                selector:
-                  type: object
-                  properties:
-                    matchLabels: { type: object, additionalProperties: { type: string } }
-                namespaceSelector:
-                  type: object
-                  properties:
-                    matchNames: { type: array, items: { type: string } }
-                endpoints:
-                  type: array
-                  items:
-                    type: object
-                    properties:
-                      port: { type: string }
-                      path: { type: string }
-                      interval: { type: string, pattern: '^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' }
-";
 
 #[test]
 fn every_rendering_is_accepted_by_the_api_server_and_restricted_pod_security() {
@@ -1173,48 +1133,6 @@ fn dashboards_and_alerts_render_only_when_on_and_where_the_api_exists() {
     let fractional = template(&["--set", "nats.bundled.storage.size=1.5Gi"]);
     assert!(!fractional.contains("--jetstream-storage-bound"));
 }
-
-/// A stand-in for prometheus-operator's PrometheusRule CRD with the fields
-/// the chart sets and their types and patterns, so that the API server
-/// checks the rendered rules (strict field validation refuses any other
-/// field).
-const PROMETHEUS_RULE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: { name: prometheusrules.monitoring.coreos.com }
-spec:
-  group: monitoring.coreos.com
-  names: { kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule }
-  scope: Namespaced
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec:
-              type: object
-              properties:
-                groups:
-                  type: array
-                  items:
-                    type: object
-                    required: [name, rules]
-                    properties:
-                      name: { type: string, minLength: 1 }
-                      rules:
-                        type: array
-                        items:
-                          type: object
-                          required: [expr]
-                          properties:
-                            alert: { type: string }
-                            expr: { x-kubernetes-int-or-string: true }
-                            for: { type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' }
-                            labels: { type: object, additionalProperties: { type: string } }
-                            annotations: { type: object, additionalProperties: { type: string } }
-";
 
 #[test]
 fn the_api_server_accepts_the_dashboards_and_alerts_as_the_files_hold_them() {

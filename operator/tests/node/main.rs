@@ -17,9 +17,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice_testing::http::{get, get_within, post};
-use sluice_testing::{ControlPlane, Node, repo_root, run_with_stdin, succeeded as ok};
+use sluice_testing::{ControlPlane, Node, TestCa, repo_root, run_with_stdin, succeeded as ok};
 
 const RELEASE: &str = "sluice";
 const NAMESPACE: &str = "sluice-system";
@@ -70,6 +70,12 @@ fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<
     loop {
         if let Some(value) = check() {
             return value;
+        }
+        // For a person debugging a failure: the node stays up (its
+        // watchdog waits for this process) for 15 minutes to look at.
+        if started.elapsed() >= limit && std::env::var_os("SLUICE_NODE_PAUSE").is_some() {
+            eprintln!("PAUSED: {what}");
+            thread::sleep(Duration::from_secs(900));
         }
         assert!(
             started.elapsed() < limit,
@@ -298,8 +304,12 @@ fn example(name: &str) -> String {
 }
 
 fn wait_ready(name: &str) {
+    wait_ready_in(FUNCTIONS, name);
+}
+
+fn wait_ready_in(namespace: &str, name: &str) {
     eventually(
-        &format!("Function {name} Ready"),
+        &format!("Function {namespace}/{name} Ready"),
         Duration::from_secs(120),
         || {
             let status = kubectl(&[
@@ -307,7 +317,7 @@ fn wait_ready(name: &str) {
                 "function",
                 name,
                 "-n",
-                FUNCTIONS,
+                namespace,
                 "-o",
                 "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
             ]);
@@ -404,6 +414,8 @@ fn a_release_lives_its_whole_life_on_a_real_node() {
     upgrade_keeps_serving(&hello);
     no_permission_violations("after the NATS pod's replacement and the upgrades");
     uninstall_completes_and_keeps_the_crd();
+    leftover_functions_released_then_the_crd_deleted();
+    the_ci_values_install_on_an_external_nats_with_mutual_tls();
 }
 
 fn install_with_every_pod_ready_and_no_restarts() {
@@ -914,6 +926,410 @@ fn uninstall_completes_and_keeps_the_crd() {
     // crds.keep: the CRD, and with it the Functions, stay.
     kubectl(&["get", "crd", "functions.sluice.dev"]);
 }
+
+/// The README's way out for Functions an uninstall left behind (their
+/// finalizer has no operator left to remove it): release each by hand,
+/// then delete the CRD, which then completes.
+fn leftover_functions_released_then_the_crd_deleted() {
+    let left = kubectl(&[
+        "get",
+        "functions.sluice.dev",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name}{\"\\n\"}{end}",
+    ]);
+    assert!(!left.trim().is_empty(), "crds.keep kept the Functions");
+    for line in left.lines() {
+        let (namespace, name) = line.split_once(' ').expect("namespace and name");
+        kubectl(&[
+            "patch",
+            "functions.sluice.dev",
+            "-n",
+            namespace,
+            name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+    }
+    let started = Instant::now();
+    // kubectl waits for the deletion and fails past the timeout: the bound.
+    kubectl(&["delete", "crd", "functions.sluice.dev", "--timeout=60s"]);
+    report("kubectl delete crd, the Functions released", started);
+}
+
+/// A Secret of `type` in `namespace` holding `entries` as written.
+fn secret(namespace: &str, name: &str, kind: &str, entries: &[(&str, &str)]) {
+    let data: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(key, value)| (key.to_string(), Value::from(*value)))
+        .collect();
+    apply(
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": name, "namespace": namespace },
+            "type": kind,
+            "stringData": data,
+        })
+        .to_string(),
+    );
+}
+
+const PARTS: [&str; 4] = ["gateway", "events", "runtime", "operator"];
+
+/// A NATS run elsewhere, as `ci/external-nats-values.yaml` expects it at
+/// `tls://nats.nats.svc.cluster.local:4222`: mutual TLS with a private CA,
+/// a user per part with exactly its set from the chart's permissions file,
+/// JetStream on an emptyDir. Returns the CA.
+fn external_nats(nats_version: &str) -> TestCa {
+    let ca = TestCa::new();
+    let (server_cert, server_key) = ca.leaf(&["nats.nats.svc.cluster.local", "nats.nats.svc"]);
+    kubectl(&["create", "namespace", "nats"]);
+    let users: Vec<String> = PARTS
+        .iter()
+        .map(|part| {
+            format!(
+                "    {{ user: sluice-{part}, password: \"{}\", permissions: $SLUICE_{} }}",
+                password(part),
+                part.to_uppercase()
+            )
+        })
+        .collect();
+    // JetStream reserves each stream's max_bytes: room for the layout's
+    // default bounds (8.06 GiB in all).
+    let config = format!(
+        "port: 4222\nhttp_port: 8222\nmax_payload: 8MB\n\
+         jetstream {{ store_dir: /data, max_file_store: 10G }}\n\
+         tls {{\n  cert_file: /etc/nats/server.pem\n  key_file: /etc/nats/server-key.pem\n  \
+         ca_file: /etc/nats/ca.pem\n  verify: true\n  timeout: 5\n}}\n\
+         include \"permissions.conf\"\nauthorization {{\n  users: [\n{}\n  ]\n}}\n",
+        users.join("\n")
+    );
+    let permissions =
+        std::fs::read_to_string(repo_root().join("charts/sluice/files/nats-permissions.conf"))
+            .expect("the chart's permissions file");
+    secret(
+        "nats",
+        "nats",
+        "Opaque",
+        &[
+            ("nats.conf", &config),
+            ("permissions.conf", &permissions),
+            ("server.pem", &server_cert),
+            ("server-key.pem", &server_key),
+            ("ca.pem", &ca.pem()),
+        ],
+    );
+    let registry = &node().registry;
+    apply(&format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{ name: nats, namespace: nats }}
+spec:
+  selector: {{ app: nats }}
+  ports: [{{ name: client, port: 4222 }}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: nats, namespace: nats }}
+spec:
+  replicas: 1
+  selector: {{ matchLabels: {{ app: nats }} }}
+  template:
+    metadata: {{ labels: {{ app: nats }} }}
+    spec:
+      automountServiceAccountToken: false
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 1000
+        runAsGroup: 1000
+        seccompProfile: {{ type: RuntimeDefault }}
+      containers:
+        - name: nats
+          image: {registry}/nats:{nats_version}
+          args: [--config, /etc/nats/nats.conf]
+          ports: [{{ name: client, containerPort: 4222 }}, {{ name: monitor, containerPort: 8222 }}]
+          readinessProbe:
+            httpGet: {{ path: "/healthz?js-enabled-only=true", port: monitor }}
+            periodSeconds: 2
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {{ drop: [ALL] }}
+          volumeMounts:
+            - {{ name: config, mountPath: /etc/nats }}
+            - {{ name: data, mountPath: /data }}
+      volumes:
+        - {{ name: config, secret: {{ secretName: nats }} }}
+        - {{ name: data, emptyDir: {{}} }}
+"#
+    ));
+    ca
+}
+
+/// Each part's password on the external NATS (the test's own; a real one
+/// comes from a secret store).
+fn password(part: &str) -> String {
+    format!("{part}-{}-password", std::process::id())
+}
+
+/// `helm install` with `ci/external-nats-values.yaml` as committed: NATS
+/// elsewhere over mutual TLS with a user per part, two operators watching
+/// two namespaces with namespaced Roles, trigger subjects scoped per
+/// namespace, HTTPS on the invocation API, NetworkPolicies on. Every pod
+/// Ready with no restart, `helm test` passes, a pool and a dedicated
+/// function in a watched namespace answer over HTTPS, and the documented
+/// full removal (Functions deleted while the operator runs, uninstall, CRD
+/// deleted) completes.
+///
+/// The node's bridge CNI does not enforce NetworkPolicies: this proves the
+/// policies admit what Sluice needs only where a CNI ignores them.
+fn the_ci_values_install_on_an_external_nats_with_mutual_tls() {
+    let started = Instant::now();
+    let ca = external_nats(&node().nats_version);
+    for namespace in ["shop", "tenant-b"] {
+        kubectl(&["create", "namespace", namespace]);
+    }
+    let (client_cert, client_key) = ca.leaf(&["sluice"]);
+    let gateway_host = format!("sluice-gateway.{NAMESPACE}.svc");
+    let (gateway_cert, gateway_key) = ca.leaf(&[&gateway_host]);
+    // The runtime's files go to the dedicated namespace as well.
+    for namespace in [NAMESPACE, "shop"] {
+        for part in PARTS {
+            if namespace == "shop" && part != "runtime" {
+                continue;
+            }
+            secret(
+                namespace,
+                &format!("sluice-nats-{part}"),
+                "Opaque",
+                &[
+                    ("user", &format!("sluice-{part}")),
+                    ("password", &password(part)),
+                ],
+            );
+        }
+        secret(
+            namespace,
+            "sluice-nats-ca",
+            "Opaque",
+            &[("ca.crt", &ca.pem())],
+        );
+        secret(
+            namespace,
+            "sluice-nats-client",
+            "kubernetes.io/tls",
+            &[("tls.crt", &client_cert), ("tls.key", &client_key)],
+        );
+    }
+    secret(
+        NAMESPACE,
+        "sluice-gateway-tls",
+        "kubernetes.io/tls",
+        &[("tls.crt", &gateway_cert), ("tls.key", &gateway_key)],
+    );
+    eventually("the external NATS Ready", Duration::from_secs(120), || {
+        pods("nats", None).iter().any(ready).then_some(())
+    });
+    let mut args = release_args(
+        "install",
+        &repo_root().join("charts/sluice").display().to_string(),
+    );
+    args.extend([
+        "-f".to_owned(),
+        repo_root()
+            .join("charts/sluice/ci/external-nats-values.yaml")
+            .display()
+            .to_string(),
+    ]);
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    report("helm install --wait, ci/external-nats-values.yaml", started);
+    // The pool's pod may be on its way out: the autoscaler takes an idle
+    // pool to zero.
+    for pod in pods(NAMESPACE, None)
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] != "sluice-runtime")
+    {
+        assert!(
+            ready(&pod),
+            "{} not Ready\n{}",
+            pod["metadata"]["name"],
+            diagnostics()
+        );
+    }
+    let restarted: BTreeMap<_, _> = restarts(NAMESPACE)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        restarted.is_empty(),
+        "pods restarted during the install: {restarted:?}\n{}",
+        diagnostics()
+    );
+    helm_test_passes();
+
+    let ca_file = cluster().dir().join("external-nats-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("the CA file");
+    let gateway = gateway();
+    let https_get = |path: &str| -> Option<(u16, String)> {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(&ca_file)
+            .args([
+                "--resolve",
+                &format!("{gateway_host}:{}:{}", gateway.port(), gateway.ip()),
+                "-w",
+                "\n%{http_code}",
+                &format!("https://{gateway_host}:{}{path}", gateway.port()),
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            println!("curl: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        let (body, status) = text.rsplit_once('\n')?;
+        Some((status.trim().parse().ok()?, body.to_owned()))
+    };
+    let kubectl_shop = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-n", "shop"]);
+        kubectl(&all);
+    };
+    let wasm = component("hello");
+    kubectl_shop(&[
+        "create",
+        "configmap",
+        "hello-wasm",
+        &format!("--from-file=hello.wasm={}", wasm.display()),
+    ]);
+    for (name, placement) in [("hello", "pool"), ("hello-dedicated", "dedicated")] {
+        apply(&format!(
+            "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: {name}, namespace: shop }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: hello-wasm, key: hello.wasm }} }}
+  placement: {placement}
+"
+        ));
+        wait_ready_in("shop", name);
+        let path = format!("/fn/shop/{name}/");
+        let served = Instant::now();
+        let mut last = None;
+        eventually(
+            &format!("200 over HTTPS from {path}"),
+            Duration::from_secs(180),
+            || {
+                let answer = https_get(&path);
+                if answer != last {
+                    println!("{path} over HTTPS: {answer:?}");
+                    last = answer.clone();
+                }
+                let (status, body) = answer?;
+                (status == 200 && body.contains("Hello")).then_some(())
+            },
+        );
+        report(
+            &format!("{placement} Function to first 200 over HTTPS"),
+            served,
+        );
+    }
+    // Plain HTTP is not served on the HTTPS listener.
+    assert!(
+        get(gateway, "/fn/shop/hello/").is_none_or(|(status, _)| status != 200),
+        "the gateway answered plain HTTP"
+    );
+    no_external_nats_violations();
+
+    // ci/monitoring-values.yaml on top: a ServiceMonitor, the dashboards and
+    // alerts (prometheus-operator's CRDs stood in for), NetworkPolicies
+    // that let Prometheus scrape, the gateway behind a LoadBalancer
+    // Service (which nothing here provisions: it keeps its ClusterIP).
+    for crd in [
+        monitoring_crds::SERVICE_MONITOR_CRD,
+        monitoring_crds::PROMETHEUS_RULE_CRD,
+    ] {
+        apply(crd);
+    }
+    for crd in ["servicemonitors", "prometheusrules"] {
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{crd}.monitoring.coreos.com"),
+            "--timeout=60s",
+        ]);
+    }
+    let upgraded = Instant::now();
+    args[0] = "upgrade".to_owned();
+    args.extend([
+        "-f".to_owned(),
+        repo_root()
+            .join("charts/sluice/ci/monitoring-values.yaml")
+            .display()
+            .to_string(),
+    ]);
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    report("helm upgrade --wait, + ci/monitoring-values.yaml", upgraded);
+    for kind in ["servicemonitor", "prometheusrule"] {
+        let made = kubectl(&["get", kind, "-n", NAMESPACE, "-o", "name"]);
+        assert!(!made.trim().is_empty(), "no {kind} rendered");
+    }
+    helm_test_passes();
+    eventually(
+        "a 200 over HTTPS after the upgrade",
+        Duration::from_secs(60),
+        || {
+            let (status, _) = https_get("/fn/shop/hello/")?;
+            (status == 200).then_some(())
+        },
+    );
+    assert!(
+        restarts(NAMESPACE).values().all(|n| *n == 0),
+        "a pod restarted\n{}",
+        diagnostics()
+    );
+
+    let removed = Instant::now();
+    kubectl_shop(&[
+        "delete",
+        "functions.sluice.dev",
+        "--all",
+        "--wait",
+        "--timeout=120s",
+    ]);
+    helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+    kubectl(&["delete", "crd", "functions.sluice.dev", "--timeout=60s"]);
+    report(
+        "full removal (Functions deleted, uninstall, CRD deleted)",
+        removed,
+    );
+}
+
+/// The external server refused no part anything.
+fn no_external_nats_violations() {
+    let log = kubectl(&["logs", "deployment/nats", "-n", "nats"]);
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(
+        refused.is_empty(),
+        "the external NATS refused a part something:\n{}",
+        refused.join("\n")
+    );
+}
+
+#[path = "../all/support/monitoring_crds.rs"]
+mod monitoring_crds;
 
 #[path = "../all/support/registry.rs"]
 #[allow(dead_code)]

@@ -15,6 +15,7 @@ use sluice_testing::{
 };
 
 pub mod http;
+pub mod monitoring_crds;
 pub mod registry;
 
 /// Namespace of the operator's ServiceAccount and Lease.
