@@ -408,6 +408,7 @@ fn a_release_lives_its_whole_life_on_a_real_node() {
     helm_test_passes();
     let (hello, echo) = cluster_examples_are_served();
     a_pod_reaches_the_gateway_by_its_dns_name(&hello);
+    a_function_at_zero_in_the_warm_pool();
     a_dedicated_function_wakes_from_zero_surges_to_max_and_returns_to_zero();
     no_permission_violations("before the faults");
     faults_lose_no_accepted_invocation(&echo);
@@ -521,6 +522,47 @@ spec:
     apply(&secret.to_string());
     wait_ready("needs-secret");
     kubectl(&["delete", "function", "needs-secret", "-n", FUNCTIONS]);
+}
+
+/// A function the running pool has never served (a component it has not
+/// compiled): its first request after Ready against its warm latency.
+fn a_function_at_zero_in_the_warm_pool() {
+    let gateway = gateway();
+    for (component_name, path) in [("echo", "/"), ("misbehave", "/status/200")] {
+        let name = format!("{component_name}-pool");
+        config_map(
+            &format!("{name}-wasm"),
+            "module.wasm",
+            &component(component_name),
+        );
+        apply(&format!(
+            "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: {name}, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: {name}-wasm, key: module.wasm }} }}
+"
+        ));
+        wait_ready(&name);
+        let url = format!("/fn/{FUNCTIONS}/{name}{path}");
+        let started = Instant::now();
+        first_200(&url, "");
+        let first = started.elapsed();
+        let warm: Vec<Duration> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                let (status, _) = get(gateway, &url).expect("an answer");
+                assert_eq!(status, 200);
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "NODE-TIMING {component_name} at zero in the warm pool, first request after Ready: {} ms (warm p50 {} us)",
+            first.as_millis(),
+            median(warm).as_micros()
+        );
+    }
 }
 
 fn helm_test_passes() {
