@@ -181,7 +181,11 @@ async fn a_url_or_a_redirect_to_an_internal_address_is_refused_and_never_request
             reason,
             false,
         );
-        assert!(message.contains("--runtime-egress-allow"), "{message}");
+        assert!(
+            message.contains("--runtime-egress-allow")
+                && message.matches("refused unless").count() == 1,
+            "{message}"
+        );
     }
     // A server the operator may reach cannot redirect it elsewhere.
     let target = format!("http://127.0.0.2:{port}/secret");
@@ -711,21 +715,7 @@ async fn a_registry_sending_other_bytes_than_its_manifest_names_is_caught() {
     // a tampering proxy might.
     let wasm = hello();
     let named = ModuleDigest::of(&wasm);
-    let config = b"{}";
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": registry::WASM_CONFIG,
-            "digest": format!("sha256:{}", ModuleDigest::of(config)),
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": registry::WASM_LAYER,
-            "digest": format!("sha256:{named}"),
-            "size": wasm.len(),
-        }],
-    });
+    let manifest = manifest_of(&wasm);
     let registry = HttpServer::start(move |request| match request.path.as_str() {
         "/v2/" => Reply::json(200, &serde_json::json!({})),
         "/v2/evil/hello/manifests/1" => Reply {
@@ -747,6 +737,126 @@ async fn a_registry_sending_other_bytes_than_its_manifest_names_is_caught() {
             ModuleDigest::of(CORE_MODULE)
         ),
         false,
+    );
+}
+
+/// A Wasm artifact manifest naming `wasm` as its one layer.
+fn manifest_of(wasm: &[u8]) -> serde_json::Value {
+    let config = b"{}";
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": registry::WASM_CONFIG,
+            "digest": format!("sha256:{}", ModuleDigest::of(config)),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": registry::WASM_LAYER,
+            "digest": format!("sha256:{}", ModuleDigest::of(wasm)),
+            "size": wasm.len(),
+        }],
+    })
+}
+
+#[tokio::test]
+async fn a_registry_at_an_internal_address_or_a_redirect_there_is_refused_and_never_asked() {
+    // What a tenant would like the operator to read for it.
+    let internal =
+        HttpServer::start(|_| Reply::json(200, &serde_json::json!({ "token": "s3cret" }))).await;
+    let port = internal.addr.port();
+    let api = empty_api().await;
+    // The admin named one registry, on loopback like the real node's is on
+    // a private address; the guard allows nothing else that is not public.
+    let registry = Registry::start();
+    let wasm = hello();
+    registry.push_component("sluice/hello:1", &wasm).await;
+    let guarded = |named: &[&str]| {
+        ModuleFetcher::new(FetcherConfig {
+            insecure_registries: named.iter().map(|r| (*r).to_owned()).collect(),
+            ..FetcherConfig::default()
+        })
+    };
+    let fetched = fetch(
+        &guarded(&[&registry.host]),
+        &api,
+        &oci(&registry.reference("sluice/hello:1"), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched.wasm, wasm, "the named registry is pulled from");
+
+    for (reference, reason) in [
+        (
+            "169.254.169.254/latest/meta-data:1".to_owned(),
+            "address 169.254.169.254, a link-local address",
+        ),
+        (
+            format!("127.0.0.1:{port}/sluice/hello:1"),
+            "address 127.0.0.1, a loopback address",
+        ),
+        (
+            format!("localhost:{port}/sluice/hello:1"),
+            "localhost resolves to",
+        ),
+    ] {
+        let message = assert_failed(
+            fetch(&guarded(&[&registry.host]), &api, &oci(&reference, None)).await,
+            "ModuleDownloadRefused",
+            reason,
+            false,
+        );
+        assert!(
+            message.starts_with(&format!("cannot pull {reference}: "))
+                && message.contains("--insecure-registry")
+                && message.matches("refused unless").count() == 1,
+            "{message}"
+        );
+    }
+
+    // A named registry cannot send the pull on to an internal address,
+    // neither by a redirect to an address nor to a name.
+    let manifest = manifest_of(&wasm);
+    for target in [
+        format!("http://127.0.0.2:{port}/blob"),
+        format!("http://localhost:{port}/blob"),
+    ] {
+        let manifest = manifest.clone();
+        let redirecting = HttpServer::start(move |request| match request.path.as_str() {
+            "/v2/" => Reply::json(200, &serde_json::json!({})),
+            "/v2/evil/hello/manifests/1" => Reply {
+                content_type: "application/vnd.oci.image.manifest.v1+json",
+                ..Reply::json(200, &manifest)
+            },
+            path if path.starts_with("/v2/evil/hello/blobs/") => Reply::redirect(&target),
+            _ => Reply::status(404),
+        })
+        .await;
+        let host = redirecting.addr.to_string();
+        assert_failed(
+            fetch(
+                &guarded(&[&host]),
+                &api,
+                &oci(&format!("{host}/evil/hello:1"), None),
+            )
+            .await,
+            "ModuleDownloadRefused",
+            "a loopback address",
+            false,
+        );
+        assert!(
+            redirecting
+                .requests()
+                .iter()
+                .any(|r| r.path.starts_with("/v2/evil/hello/blobs/")),
+            "the redirect was not reached: {:?}",
+            redirecting.requests()
+        );
+    }
+    assert!(
+        internal.requests().is_empty(),
+        "the internal server was asked: {:?}",
+        internal.requests()
     );
 }
 
