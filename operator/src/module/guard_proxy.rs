@@ -143,19 +143,7 @@ async fn handle(
     };
     let stream = match guard.connect(&host, port).await {
         Ok(stream) => stream,
-        Err(unreached) => {
-            let status = match unreached {
-                Unreached::Refused(_) => StatusCode::FORBIDDEN,
-                Unreached::Failed { .. } => StatusCode::BAD_GATEWAY,
-            };
-            let text = unreached.to_string();
-            guard
-                .failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_or_insert(unreached);
-            return Ok(answer(status, text));
-        }
+        Err(unreached) => return Ok(guard.record(unreached)),
     };
     if request.method() == Method::CONNECT {
         // The tunnel carries TLS, which the client checks against the
@@ -173,12 +161,21 @@ async fn handle(
         });
         return Ok(Response::new(Either::Left(Full::default())));
     }
-    Ok(forward(request, stream).await)
+    let destination = format!("{host}:{port}");
+    Ok(forward(request, stream).await.unwrap_or_else(|e| {
+        guard.record(Unreached::Failed {
+            destination,
+            source: io::Error::other(e),
+        })
+    }))
 }
 
 /// Sends a plain-http request on `stream` in origin form, without the
 /// proxy's own headers.
-async fn forward(request: Request<Incoming>, stream: TcpStream) -> Response<Body> {
+async fn forward(
+    request: Request<Incoming>,
+    stream: TcpStream,
+) -> Result<Response<Body>, hyper::Error> {
     let (mut parts, body) = request.into_parts();
     parts.uri = parts
         .uri
@@ -188,15 +185,12 @@ async fn forward(request: Request<Incoming>, stream: TcpStream) -> Response<Body
     parts.headers.remove(http::header::PROXY_AUTHORIZATION);
     parts.headers.remove("proxy-connection");
     let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(handshake) => handshake,
-            Err(e) => return answer(StatusCode::BAD_GATEWAY, e.to_string()),
-        };
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(tokio::time::timeout(DOWNLOAD_TIMEOUT, connection));
-    match sender.send_request(Request::from_parts(parts, body)).await {
-        Ok(response) => response.map(Either::Right),
-        Err(e) => answer(StatusCode::BAD_GATEWAY, e.to_string()),
-    }
+    let response = sender
+        .send_request(Request::from_parts(parts, body))
+        .await?;
+    Ok(response.map(Either::Right))
 }
 
 /// The host and port a proxied request is for.
@@ -222,6 +216,21 @@ fn answer(status: StatusCode, text: String) -> Response<Body> {
 }
 
 impl Guard {
+    /// Keeps `unreached` if it is the first, and answers the client with
+    /// it: 403 for a refusal, 502 for the network's trouble.
+    fn record(&self, unreached: Unreached) -> Response<Body> {
+        let status = match unreached {
+            Unreached::Refused(_) => StatusCode::FORBIDDEN,
+            Unreached::Failed { .. } => StatusCode::BAD_GATEWAY,
+        };
+        let text = unreached.to_string();
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(unreached);
+        answer(status, text)
+    }
+
     /// Whether the admin named `host:port` as a registry (`host` alone
     /// stands for its scheme's default port).
     fn is_named(&self, host: &str, port: u16) -> bool {

@@ -787,9 +787,13 @@ async fn a_registry_at_an_internal_address_or_a_redirect_there_is_refused_and_ne
     assert_eq!(fetched.wasm, wasm, "the named registry is pulled from");
 
     for (reference, reason) in [
+        // Unspecified: 0.0.0.0 reaches this host. (Every address here
+        // stays on the machine should the guard ever let one through; the
+        // classes of the others, such as 169.254.169.254, are unit-tested
+        // in sluice_api::egress.)
         (
-            "169.254.169.254/latest/meta-data:1".to_owned(),
-            "address 169.254.169.254, a link-local address",
+            format!("0.0.0.0:{port}/latest/meta-data:1"),
+            "address 0.0.0.0, an unspecified address",
         ),
         (
             format!("127.0.0.1:{port}/sluice/hello:1"),
@@ -814,25 +818,40 @@ async fn a_registry_at_an_internal_address_or_a_redirect_there_is_refused_and_ne
         );
     }
 
-    // A named registry cannot send the pull on to an internal address,
-    // neither by a redirect to an address nor to a name.
+    // A named registry cannot send the pull on to an internal address:
+    // neither by redirecting the blob to an address or a name, nor by
+    // naming one as its token realm (where a pull secret would go).
     let manifest = manifest_of(&wasm);
-    for target in [
-        format!("http://127.0.0.2:{port}/blob"),
-        format!("http://localhost:{port}/blob"),
+    let challenge = format!("Bearer realm=\"http://127.0.0.2:{port}/token\",service=\"registry\"");
+    for (sent_on, redirect) in [
+        (
+            "/v2/evil/hello/blobs/",
+            format!("http://127.0.0.2:{port}/blob"),
+        ),
+        (
+            "/v2/evil/hello/blobs/",
+            format!("http://localhost:{port}/blob"),
+        ),
+        ("/v2/", String::new()),
     ] {
         let manifest = manifest.clone();
-        let redirecting = HttpServer::start(move |request| match request.path.as_str() {
+        let challenge = challenge.clone();
+        let redirect_to = redirect.clone();
+        let stand_in = HttpServer::start(move |request| match request.path.as_str() {
+            "/v2/" if redirect_to.is_empty() => Reply {
+                headers: vec![("www-authenticate", challenge.clone())],
+                ..Reply::json(401, &serde_json::json!({ "errors": [] }))
+            },
             "/v2/" => Reply::json(200, &serde_json::json!({})),
             "/v2/evil/hello/manifests/1" => Reply {
                 content_type: "application/vnd.oci.image.manifest.v1+json",
                 ..Reply::json(200, &manifest)
             },
-            path if path.starts_with("/v2/evil/hello/blobs/") => Reply::redirect(&target),
+            path if path.starts_with("/v2/evil/hello/blobs/") => Reply::redirect(&redirect_to),
             _ => Reply::status(404),
         })
         .await;
-        let host = redirecting.addr.to_string();
+        let host = stand_in.addr.to_string();
         assert_failed(
             fetch(
                 &guarded(&[&host]),
@@ -845,12 +864,12 @@ async fn a_registry_at_an_internal_address_or_a_redirect_there_is_refused_and_ne
             false,
         );
         assert!(
-            redirecting
+            stand_in
                 .requests()
                 .iter()
-                .any(|r| r.path.starts_with("/v2/evil/hello/blobs/")),
-            "the redirect was not reached: {:?}",
-            redirecting.requests()
+                .any(|r| r.path.starts_with(sent_on)),
+            "{sent_on} was not asked: {:?}",
+            stand_in.requests()
         );
     }
     assert!(
@@ -858,6 +877,34 @@ async fn a_registry_at_an_internal_address_or_a_redirect_there_is_refused_and_ne
         "the internal server was asked: {:?}",
         internal.requests()
     );
+}
+
+#[tokio::test]
+async fn a_registrys_answer_that_is_no_oci_error_stays_out_of_the_status() {
+    // What a service that is not a registry answers is not the registry's
+    // to tell: only its status reaches the Function's condition.
+    let stand_in = HttpServer::start(|request| match request.path.as_str() {
+        "/v2/" => Reply::json(200, &serde_json::json!({})),
+        _ => Reply {
+            status: 500,
+            ..Reply::bytes(b"db password is hunter2".to_vec())
+        },
+    })
+    .await;
+    let api = empty_api().await;
+    let host = stand_in.addr.to_string();
+    let message = assert_failed(
+        fetch(
+            &fetcher_with(DEFAULT_MAX_MODULE_BYTES, &[&host]),
+            &api,
+            &oci(&format!("{host}/any/thing:1"), None),
+        )
+        .await,
+        "OciPullFailed",
+        "answered 500 (not an OCI registry error)",
+        true,
+    );
+    assert!(!message.contains("hunter2"), "{message}");
 }
 
 // ---- oci with credentials ----
