@@ -116,7 +116,8 @@ impl ModuleFetcher {
     ///   in all), `sha256` required;
     /// - `oci`: pulled from a registry (tag or digest; 10 s to connect,
     ///   60 s in all) anonymously or with the `pullSecret` Secret's
-    ///   credentials for the reference's registry;
+    ///   credentials for the reference's registry, every connection
+    ///   through the egress guard;
     /// - `file`: refused, it is for local mode.
     ///
     /// Nothing is larger than [`FetcherConfig::max_module_bytes`], and
