@@ -278,20 +278,31 @@ pub struct Refusal {
     pub reason: RefusalReason,
 }
 
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, ", self.ip)?;
+impl Refusal {
+    /// The address and why it is refused, without the hint that names the
+    /// gateway's and runtime's flag: for a part whose flag is another
+    /// (the operator's `--runtime-egress-allow`).
+    pub fn finding(&self) -> String {
+        let mut text = format!("{}, ", self.ip);
         match self.reason {
-            RefusalReason::Class(class) => f.write_str(class.description())?,
-            RefusalReason::Denied(cidr) => write!(f, "in the denied range {cidr}")?,
+            RefusalReason::Class(class) => text.push_str(class.description()),
+            RefusalReason::Denied(cidr) => text.push_str(&format!("in the denied range {cidr}")),
         }
         if let IpAddr::V6(v6) = self.ip
             && let Some(v4) = embedded_ipv4(v6)
         {
-            write!(f, " (it stands for the IPv4 address {v4})")?;
+            text.push_str(&format!(" (it stands for the IPv4 address {v4})"));
         }
-        f.write_str(
-            ", refused unless the operator allow-lists it (--egress-allow, SLUICE_EGRESS_ALLOW)",
+        text
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, refused unless the operator allow-lists it (--egress-allow, SLUICE_EGRESS_ALLOW)",
+            self.finding()
         )
     }
 }

@@ -163,7 +163,9 @@ struct Args {
     #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_MODULE_BYTES as u64))]
     max_module_size: ByteSize,
     /// A registry (host:port) reached over plain HTTP rather than HTTPS,
-    /// e.g. one on loopback for tests. Repeatable.
+    /// e.g. one on loopback for tests. Repeatable. The admin named it, so
+    /// the egress guard lets pulls reach it whatever its address (not
+    /// where it redirects to).
     #[arg(long, value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
     /// The NATS layout's settings; the operator owns the layout and

@@ -11,6 +11,7 @@ mod config_map;
 mod credentials;
 mod download;
 pub(crate) mod error;
+mod guard_proxy;
 mod oci;
 mod tls;
 
@@ -37,11 +38,14 @@ pub struct FetcherConfig {
     /// [`DEFAULT_MAX_MODULE_BYTES`] (64 MiB).
     pub max_module_bytes: usize,
     /// Registries (`host:port`, as written in references) reached over
-    /// plain HTTP instead of HTTPS, such as a registry on loopback.
-    /// Default: none.
+    /// plain HTTP instead of HTTPS, such as a registry on loopback. The
+    /// admin named them, so the egress guard lets pulls reach them
+    /// whatever their address. Default: none.
     pub insecure_registries: Vec<String>,
-    /// What `spec.module.url` downloads may reach: public addresses, and
-    /// the ranges allowed here. Default: public only.
+    /// What `spec.module.url` downloads and `spec.module.oci` pulls
+    /// (registries, token realms, redirects) may reach: public addresses,
+    /// the ranges allowed here, and for pulls the registries named in
+    /// `insecure_registries`. Default: public only.
     pub egress: Arc<EgressPolicy>,
 }
 
@@ -112,7 +116,8 @@ impl ModuleFetcher {
     ///   in all), `sha256` required;
     /// - `oci`: pulled from a registry (tag or digest; 10 s to connect,
     ///   60 s in all) anonymously or with the `pullSecret` Secret's
-    ///   credentials for the reference's registry;
+    ///   credentials for the reference's registry, every connection
+    ///   through the egress guard;
     /// - `file`: refused, it is for local mode.
     ///
     /// Nothing is larger than [`FetcherConfig::max_module_bytes`], and
@@ -237,6 +242,7 @@ impl ModuleFetcher {
             &reference,
             &auth,
             &self.config.insecure_registries,
+            self.config.egress.clone(),
             self.config.max_module_bytes,
         )
         .await?;

@@ -91,6 +91,19 @@ impl EgressError {
         matches!(self, Self::RefusedAddress(_) | Self::RefusedName { .. })
     }
 
+    /// What was refused and why, without the hint naming the gateway's
+    /// and runtime's `--egress-allow` (see [`Refusal::finding`]); other
+    /// errors as displayed.
+    pub fn finding(&self) -> String {
+        match self {
+            Self::RefusedAddress(refusal) => format!("address {}", refusal.finding()),
+            Self::RefusedName { host, refusal } => {
+                format!("{host} resolves to {}", refusal.finding())
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The egress error somewhere in `error`'s chain of sources, as a
     /// client library wraps its resolver's error.
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {

@@ -83,7 +83,7 @@ pub(crate) async fn download(
 ) -> Result<Vec<u8>, ModuleError> {
     let refused = |reason: &EgressError| ModuleError::ModuleDownloadRefused {
         url: url.to_owned(),
-        reason: reason.to_string(),
+        reason: reason.finding(),
     };
     if let Some(Err(e)) = reqwest::Url::parse(url)
         .ok()

@@ -83,6 +83,14 @@ pub enum ModuleError {
         expected: ModuleDigest,
         actual: ModuleDigest,
     },
+    /// `spec.module.oci`'s registry, or a host the pull was sent on to (a
+    /// token realm, a redirect), is an address the egress guard refuses
+    /// and the admin did not name as a registry. Its condition reason is
+    /// `ModuleDownloadRefused`, as for a URL.
+    #[error(
+        "cannot pull {reference}: {reason}, refused unless the operator allow-lists it (--runtime-egress-allow, the chart's egress.allow) or names the registry (--insecure-registry, the chart's operator.insecureRegistries)"
+    )]
+    OciPullRefused { reference: String, reason: String },
     /// Pulling `spec.module.oci` failed: the registry's answer, the cause
     /// chain of a network failure, or an artifact that is not a Wasm
     /// component artifact.
@@ -148,7 +156,9 @@ impl ModuleError {
             Self::ConfigMapKeyNotFound { .. } => "ConfigMapKeyNotFound",
             Self::ModuleTooLarge { .. } => "ModuleTooLarge",
             Self::ModuleDownloadFailed { .. } => "ModuleDownloadFailed",
-            Self::ModuleDownloadRefused { .. } => "ModuleDownloadRefused",
+            Self::ModuleDownloadRefused { .. } | Self::OciPullRefused { .. } => {
+                "ModuleDownloadRefused"
+            }
             Self::ModuleDigestMismatch { .. } => "ModuleDigestMismatch",
             Self::OciPullFailed { .. } => "OciPullFailed",
             Self::PullSecretNotFound { .. } => "PullSecretNotFound",
@@ -179,6 +189,7 @@ impl ModuleError {
             | Self::ConfigMapKeyNotFound { .. }
             | Self::ModuleTooLarge { .. }
             | Self::ModuleDownloadRefused { .. }
+            | Self::OciPullRefused { .. }
             | Self::ModuleDigestMismatch { .. }
             | Self::PullSecretNotFound { .. }
             | Self::PullSecretInvalid { .. }

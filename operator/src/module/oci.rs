@@ -2,6 +2,8 @@
 //! Wasm OCI artifact layout (config `application/vnd.wasm.config.v0+json`,
 //! one `application/wasm` layer).
 
+use std::sync::Arc;
+
 use futures::StreamExt as _;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
@@ -9,10 +11,12 @@ use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sluice_api::ModuleDigest;
+use sluice_api::egress::EgressPolicy;
 
 use super::ModuleError;
 use super::download::{CONNECT_TIMEOUT, DOWNLOAD_TIMEOUT};
 use super::error::retryable_status;
+use super::guard_proxy::{GuardProxy, Unreached};
 use sluice_serve::with_causes;
 
 /// Config media type of the CNCF Wasm OCI artifact layout.
@@ -41,34 +45,63 @@ pub(crate) struct Pulled {
 
 /// Pulls the component of `reference` with `auth`, at most `limit` bytes,
 /// within [`DOWNLOAD_TIMEOUT`] in all; registries in `insecure` are
-/// reached over plain HTTP.
+/// reached over plain HTTP. Every connection goes through the egress
+/// guard ([`GuardProxy`]): to addresses `egress` allows, or to a registry
+/// in `insecure`, which the admin named. A refused destination (the
+/// reference's registry, a token realm, a redirect) is
+/// [`ModuleError::OciPullRefused`].
 pub(crate) async fn pull(
     reference: &Reference,
     auth: &RegistryAuth,
     insecure: &[String],
+    egress: Arc<EgressPolicy>,
     limit: usize,
 ) -> Result<Pulled, ModuleError> {
     let shown = reference.whole();
-    match tokio::time::timeout(
+    let proxy = GuardProxy::start(egress, insecure.to_vec())
+        .await
+        .map_err(|e| ModuleError::OciPullFailed {
+            reference: shown.clone(),
+            problem: format!("cannot start the egress guard's proxy on loopback: {e}"),
+            transient: true,
+            source: Some(e.into()),
+        })?;
+    let pulled = match tokio::time::timeout(
         DOWNLOAD_TIMEOUT,
-        pull_within(reference, auth, insecure, limit),
+        pull_within(reference, auth, insecure, proxy.url(), limit),
     )
     .await
     {
         Ok(pulled) => pulled,
         Err(_) => Err(ModuleError::OciPullFailed {
-            reference: shown,
+            reference: shown.clone(),
             problem: format!("no complete answer within {}s", DOWNLOAD_TIMEOUT.as_secs()),
             transient: true,
             source: None,
         }),
-    }
+    };
+    // oci-client words what the proxy answered as a registry's answer:
+    // the proxy's own account of it is the one to give.
+    pulled.map_err(|e| match proxy.take_failure() {
+        Some(Unreached::Refused(refusal)) => ModuleError::OciPullRefused {
+            reference: shown,
+            reason: refusal.finding(),
+        },
+        Some(failed @ Unreached::Failed { .. }) => ModuleError::OciPullFailed {
+            reference: shown,
+            problem: sluice_serve::with_causes(&failed),
+            transient: true,
+            source: Some(failed.into()),
+        },
+        None => e,
+    })
 }
 
 async fn pull_within(
     reference: &Reference,
     auth: &RegistryAuth,
     insecure: &[String],
+    proxy: &str,
     limit: usize,
 ) -> Result<Pulled, ModuleError> {
     let shown = reference.whole();
@@ -76,7 +109,7 @@ async fn pull_within(
     // A client per pull: oci-client keeps the first credentials it is
     // given for a registry, so a shared one would pull a Function's module
     // with another Function's (another namespace's) pull secret.
-    let client = Client::try_from(client_config(insecure)).map_err(failed)?;
+    let client = Client::try_from(client_config(insecure, proxy)).map_err(failed)?;
     let (manifest, manifest_digest) = client
         .pull_image_manifest(reference, auth)
         .await
@@ -137,9 +170,14 @@ async fn pull_within(
     })
 }
 
-fn client_config(insecure: &[String]) -> ClientConfig {
+/// oci-client's settings: `proxy` for http and https alike (it replaces
+/// the system's proxy settings, which would otherwise bypass the guard).
+fn client_config(insecure: &[String], proxy: &str) -> ClientConfig {
     ClientConfig {
         protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
+        http_proxy: Some(proxy.to_owned()),
+        https_proxy: Some(proxy.to_owned()),
+        no_proxy: None,
         tls_certs_only: super::tls::TRUSTED_ROOTS
             .iter()
             .map(|der| Certificate {
@@ -251,7 +289,14 @@ fn pull_failed(reference: &str, auth: &RegistryAuth, e: OciDistributionError) ->
         }
         _ => false,
     };
-    let mut problem = with_causes(&e);
+    let mut problem = match &e {
+        // A registry words its errors as an OCI error envelope; a body
+        // that is not one is left out: it is not a registry talking.
+        OciDistributionError::ServerError { code, url, .. } => {
+            format!("{url} answered {code} (not an OCI registry error)")
+        }
+        e => with_causes(e),
+    };
     if missing {
         problem.insert_str(0, "no such repository, tag or digest in the registry: ");
     }

@@ -173,6 +173,143 @@ fn the_egress_lists_reach_the_gateway_the_pool_and_dedicated_runtimes() {
     }
 }
 
+/// The NetworkPolicies of a rendering with `sets`, by name.
+fn network_policies(sets: &[&str]) -> Vec<(String, Value)> {
+    let mut args = vec![];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&template(&args)).expect("YAML");
+    docs.into_iter()
+        .filter(|doc| doc["kind"] == "NetworkPolicy")
+        .map(|doc| (doc["metadata"]["name"].as_str().unwrap().to_owned(), doc))
+        .collect()
+}
+
+/// The NATS policy's peers on the client port, as `(namespace selector,
+/// pod selector)`; `None` for a peer without a namespace selector (the
+/// policy's own namespace).
+fn nats_peers(policy: &Value) -> Vec<(Option<Value>, Value)> {
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    let client = rules
+        .iter()
+        .find(|rule| rule["ports"][0]["port"] == 4222)
+        .expect("a rule for port 4222");
+    client["from"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|peer| {
+            (
+                peer.get("namespaceSelector").cloned(),
+                peer["podSelector"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn by_default_nats_admits_only_sluices_parts_and_nothing_else_is_restricted() {
+    let runtime_pods = serde_json::json!({
+        "matchLabels": { "app.kubernetes.io/name": "sluice-runtime" },
+        "matchExpressions": [{ "key": "sluice.dev/function", "operator": "Exists" }],
+    });
+    let release_pods = |name: &str| {
+        serde_json::json!({ "matchLabels": {
+            "app.kubernetes.io/name": name, "app.kubernetes.io/instance": RELEASE,
+        } })
+    };
+    let parts: Vec<(Option<Value>, Value)> = ["operator", "gateway", "runtime"]
+        .iter()
+        .map(|part| (None, release_pods(&format!("sluice-{part}"))))
+        .collect();
+
+    // Defaults: the NATS policy alone; its clients are the release's parts
+    // (pods of its own namespace, which tenants cannot create) and pods
+    // labelled as dedicated runtimes in any namespace.
+    let defaults = network_policies(&[]);
+    let names: Vec<&str> = defaults.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["sluice-nats"]);
+    let nats = &defaults[0].1;
+    assert_eq!(nats["spec"]["podSelector"], release_pods("sluice-nats"));
+    assert_eq!(nats["spec"]["egress"], serde_json::json!([]));
+    assert_eq!(
+        nats["spec"]["ingress"].as_array().unwrap().len(),
+        1,
+        "{nats}"
+    );
+    let mut expected = parts.clone();
+    expected.push((Some(serde_json::json!({})), runtime_pods.clone()));
+    assert_eq!(nats_peers(nats), expected);
+
+    // Namespaces are matched on kubernetes.io/metadata.name, which the API
+    // server sets: the operator's watchNamespaces, or dedicatedNamespaces.
+    let by_name = |namespace: &str| {
+        Some(serde_json::json!({ "matchLabels": { "kubernetes.io/metadata.name": namespace } }))
+    };
+    for (sets, namespaces) in [
+        (
+            vec!["operator.watchNamespaces={shop,tenant-b}"],
+            vec!["shop", "tenant-b"],
+        ),
+        (
+            vec![
+                "operator.watchNamespaces={shop,tenant-b}",
+                "networkPolicy.dedicatedNamespaces={shop}",
+            ],
+            vec!["shop"],
+        ),
+    ] {
+        let policies = network_policies(&sets);
+        let mut expected = parts.clone();
+        expected.extend(
+            namespaces
+                .iter()
+                .map(|namespace| (by_name(namespace), runtime_pods.clone())),
+        );
+        assert_eq!(nats_peers(&policies[0].1), expected, "{sets:?}");
+    }
+
+    // Off: none at all; with an external NATS there is no NATS to guard.
+    assert!(network_policies(&["networkPolicy.enabled=false"]).is_empty());
+    assert!(
+        network_policies(&[
+            "nats.mode=external",
+            "nats.external.url=nats://nats.example:4222"
+        ])
+        .is_empty()
+    );
+
+    // restrictParts: every part has its policy; the gateway's HTTP port is
+    // open to all and its egress holds the JWKS hosts' rule.
+    let jwks = "networkPolicy.gatewayEgress[0].to[0].ipBlock.cidr=0.0.0.0/0";
+    let restricted = network_policies(&["networkPolicy.restrictParts=true", jwks]);
+    let names: Vec<&str> = restricted.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sluice-gateway",
+            "sluice-runtime",
+            "sluice-operator",
+            "sluice-nats"
+        ]
+    );
+    let gateway = &restricted[0].1["spec"];
+    assert_eq!(
+        gateway["ingress"][0],
+        serde_json::json!({ "ports": [{ "port": 8080, "protocol": "TCP" }] }),
+        "no `from`: anyone"
+    );
+    assert!(
+        gateway["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"),
+        "{gateway}"
+    );
+}
+
 /// The pod template of the NATS StatefulSet in a rendering.
 fn nats_pod_template(rendered: &str) -> String {
     let statefulset = rendered

@@ -114,6 +114,17 @@ fn assert_failed(
     message
 }
 
+/// Asserts that nothing reached `internal`, the server a tenant wanted the
+/// operator to ask.
+#[track_caller]
+fn assert_never_asked(internal: &HttpServer) {
+    assert!(
+        internal.requests().is_empty(),
+        "the internal server was asked: {:?}",
+        internal.requests()
+    );
+}
+
 // ---- url ----
 
 #[tokio::test]
@@ -181,7 +192,11 @@ async fn a_url_or_a_redirect_to_an_internal_address_is_refused_and_never_request
             reason,
             false,
         );
-        assert!(message.contains("--runtime-egress-allow"), "{message}");
+        assert!(
+            message.contains("--runtime-egress-allow")
+                && message.matches("refused unless").count() == 1,
+            "{message}"
+        );
     }
     // A server the operator may reach cannot redirect it elsewhere.
     let target = format!("http://127.0.0.2:{port}/secret");
@@ -193,11 +208,7 @@ async fn a_url_or_a_redirect_to_an_internal_address_is_refused_and_never_request
         false,
     );
     assert_eq!(redirecting.requests().len(), 1);
-    assert!(
-        internal.requests().is_empty(),
-        "the internal server was asked: {:?}",
-        internal.requests()
-    );
+    assert_never_asked(&internal);
 }
 
 #[tokio::test]
@@ -711,21 +722,7 @@ async fn a_registry_sending_other_bytes_than_its_manifest_names_is_caught() {
     // a tampering proxy might.
     let wasm = hello();
     let named = ModuleDigest::of(&wasm);
-    let config = b"{}";
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": registry::WASM_CONFIG,
-            "digest": format!("sha256:{}", ModuleDigest::of(config)),
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": registry::WASM_LAYER,
-            "digest": format!("sha256:{named}"),
-            "size": wasm.len(),
-        }],
-    });
+    let manifest = manifest_of(&wasm);
     let registry = HttpServer::start(move |request| match request.path.as_str() {
         "/v2/" => Reply::json(200, &serde_json::json!({})),
         "/v2/evil/hello/manifests/1" => Reply {
@@ -748,6 +745,169 @@ async fn a_registry_sending_other_bytes_than_its_manifest_names_is_caught() {
         ),
         false,
     );
+}
+
+/// A Wasm artifact manifest naming `wasm` as its one layer.
+fn manifest_of(wasm: &[u8]) -> serde_json::Value {
+    let config = b"{}";
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": registry::WASM_CONFIG,
+            "digest": format!("sha256:{}", ModuleDigest::of(config)),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": registry::WASM_LAYER,
+            "digest": format!("sha256:{}", ModuleDigest::of(wasm)),
+            "size": wasm.len(),
+        }],
+    })
+}
+
+#[tokio::test]
+async fn a_registry_at_an_internal_address_or_a_redirect_there_is_refused_and_never_asked() {
+    // What a tenant would like the operator to read for it.
+    let internal =
+        HttpServer::start(|_| Reply::json(200, &serde_json::json!({ "token": "s3cret" }))).await;
+    let port = internal.addr.port();
+    let api = empty_api().await;
+    // The admin named one registry, on loopback like the real node's is on
+    // a private address; the guard allows nothing else that is not public.
+    let registry = Registry::start();
+    let wasm = hello();
+    registry.push_component("sluice/hello:1", &wasm).await;
+    let guarded = |named: &[&str]| {
+        ModuleFetcher::new(FetcherConfig {
+            insecure_registries: named.iter().map(|r| (*r).to_owned()).collect(),
+            ..FetcherConfig::default()
+        })
+    };
+    let fetched = fetch(
+        &guarded(&[&registry.host]),
+        &api,
+        &oci(&registry.reference("sluice/hello:1"), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched.wasm, wasm, "the named registry is pulled from");
+
+    for (reference, reason) in [
+        // Unspecified: 0.0.0.0 reaches this host. (Every address here
+        // stays on the machine should the guard ever let one through; the
+        // classes of the others, such as 169.254.169.254, are unit-tested
+        // in sluice_api::egress.)
+        (
+            format!("0.0.0.0:{port}/latest/meta-data:1"),
+            "address 0.0.0.0, an unspecified address",
+        ),
+        (
+            format!("127.0.0.1:{port}/sluice/hello:1"),
+            "address 127.0.0.1, a loopback address",
+        ),
+        (
+            format!("localhost:{port}/sluice/hello:1"),
+            "localhost resolves to",
+        ),
+    ] {
+        let message = assert_failed(
+            fetch(&guarded(&[&registry.host]), &api, &oci(&reference, None)).await,
+            "ModuleDownloadRefused",
+            reason,
+            false,
+        );
+        assert!(
+            message.starts_with(&format!("cannot pull {reference}: "))
+                && message.contains("--insecure-registry")
+                && message.matches("refused unless").count() == 1,
+            "{message}"
+        );
+    }
+
+    // A named registry cannot send the pull on to an internal address:
+    // neither by redirecting the blob to an address or a name, nor by
+    // naming one as its token realm (where a pull secret would go).
+    let manifest = manifest_of(&wasm);
+    let challenge = format!("Bearer realm=\"http://127.0.0.2:{port}/token\",service=\"registry\"");
+    for (sent_on, redirect) in [
+        (
+            "/v2/evil/hello/blobs/",
+            format!("http://127.0.0.2:{port}/blob"),
+        ),
+        (
+            "/v2/evil/hello/blobs/",
+            format!("http://localhost:{port}/blob"),
+        ),
+        ("/v2/", String::new()),
+    ] {
+        let manifest = manifest.clone();
+        let challenge = challenge.clone();
+        let redirect_to = redirect.clone();
+        let stand_in = HttpServer::start(move |request| match request.path.as_str() {
+            "/v2/" if redirect_to.is_empty() => Reply {
+                headers: vec![("www-authenticate", challenge.clone())],
+                ..Reply::json(401, &serde_json::json!({ "errors": [] }))
+            },
+            "/v2/" => Reply::json(200, &serde_json::json!({})),
+            "/v2/evil/hello/manifests/1" => Reply {
+                content_type: "application/vnd.oci.image.manifest.v1+json",
+                ..Reply::json(200, &manifest)
+            },
+            path if path.starts_with("/v2/evil/hello/blobs/") => Reply::redirect(&redirect_to),
+            _ => Reply::status(404),
+        })
+        .await;
+        let host = stand_in.addr.to_string();
+        assert_failed(
+            fetch(
+                &guarded(&[&host]),
+                &api,
+                &oci(&format!("{host}/evil/hello:1"), None),
+            )
+            .await,
+            "ModuleDownloadRefused",
+            "a loopback address",
+            false,
+        );
+        assert!(
+            stand_in
+                .requests()
+                .iter()
+                .any(|r| r.path.starts_with(sent_on)),
+            "{sent_on} was not asked: {:?}",
+            stand_in.requests()
+        );
+    }
+    assert_never_asked(&internal);
+}
+
+#[tokio::test]
+async fn a_registrys_answer_that_is_no_oci_error_stays_out_of_the_status() {
+    // What a service that is not a registry answers is not the registry's
+    // to tell: only its status reaches the Function's condition.
+    let stand_in = HttpServer::start(|request| match request.path.as_str() {
+        "/v2/" => Reply::json(200, &serde_json::json!({})),
+        _ => Reply {
+            status: 500,
+            ..Reply::bytes(b"db password is hunter2".to_vec())
+        },
+    })
+    .await;
+    let api = empty_api().await;
+    let host = stand_in.addr.to_string();
+    let message = assert_failed(
+        fetch(
+            &fetcher_with(DEFAULT_MAX_MODULE_BYTES, &[&host]),
+            &api,
+            &oci(&format!("{host}/any/thing:1"), None),
+        )
+        .await,
+        "OciPullFailed",
+        "answered 500 (not an OCI registry error)",
+        true,
+    );
+    assert!(!message.contains("hunter2"), "{message}");
 }
 
 // ---- oci with credentials ----

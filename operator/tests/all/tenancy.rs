@@ -1,6 +1,7 @@
 //! A tenant's attacks under the operator, against the real API server:
-//! taking another namespace's custom path, and triggers outside the
-//! namespace's scope on a cluster that scopes them.
+//! taking another namespace's custom path, triggers outside the
+//! namespace's scope on a cluster that scopes them, and an OCI module
+//! source that would make the operator reach an internal address.
 
 use std::time::{Duration, SystemTime};
 
@@ -93,4 +94,60 @@ fn triggers_outside_the_namespaces_scope_leave_the_function_not_ready() {
         "  triggers: { nats: [ { subject: tenant-b.orders.created } ] }\n",
     ));
     sluice.wait_ready("tenant-b", "spy", "True", "Ready");
+}
+
+#[test]
+fn an_oci_source_at_an_internal_address_is_refused_and_nothing_reaches_it() {
+    // A loopback service the operator's pod could reach, and a registry
+    // the admin named, which stays allowed.
+    let internal = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    internal
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let port = internal.local_addr().expect("its address").port();
+    let registry = crate::support::registry::Registry::start();
+    tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(registry.push_component("sluice/hello:1", &component_bytes("hello")));
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &["--insecure-registry", &registry.host]);
+    sluice
+        .cluster
+        .kubectl_ok(&["create", "namespace", "tenant-b"]);
+    let oci = |name: &str, reference: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: {name}, namespace: tenant-b }}\nspec:\n  module: {{ oci: \"{reference}\" }}\n"
+        )
+    };
+    sluice.apply(&oci("allowed", &registry.reference("sluice/hello:1")));
+    for (name, reference, reason) in [
+        // Only addresses on this machine, should the guard let one
+        // through: 0.0.0.0 reaches the local host.
+        (
+            "unspecified",
+            format!("0.0.0.0:{port}/latest/meta-data:1"),
+            "an unspecified address",
+        ),
+        (
+            "loopback",
+            format!("127.0.0.1:{port}/sluice/hello:1"),
+            "a loopback address",
+        ),
+    ] {
+        sluice.apply(&oci(name, &reference));
+        let message = sluice.wait_ready("tenant-b", name, "False", "ModuleDownloadRefused");
+        assert!(
+            message.contains(&reference) && message.contains(reason),
+            "{message}"
+        );
+    }
+    sluice.wait_ready("tenant-b", "allowed", "True", "Ready");
+    match internal.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("something connected to the internal listener: {other:?}"),
+    }
+}
+
+fn component_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(component(name)).expect("the component")
 }

@@ -36,8 +36,9 @@ pub struct Reply {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub framing: Framing,
-    /// A `Location` header, for redirects.
-    pub location: Option<String>,
+    /// Headers beyond content-type and framing: `Location` for
+    /// redirects, `WWW-Authenticate` for a registry's challenge.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -48,7 +49,7 @@ impl Reply {
             content_type: "application/octet-stream",
             body: body.into(),
             framing: Framing::Length,
-            location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -59,7 +60,7 @@ impl Reply {
             content_type: "application/json",
             body: serde_json::to_vec(value).unwrap(),
             framing: Framing::Length,
-            location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -70,7 +71,7 @@ impl Reply {
             content_type: "text/plain",
             body: format!("status {status}\n").into_bytes(),
             framing: Framing::Length,
-            location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -93,7 +94,7 @@ impl Reply {
     /// 302 to `location`.
     pub fn redirect(location: &str) -> Self {
         Self {
-            location: Some(location.to_owned()),
+            headers: vec![("location", location.to_owned())],
             ..Self::status(302)
         }
     }
@@ -167,8 +168,8 @@ async fn serve(mut stream: TcpStream, handler: Handler, seen: Arc<Mutex<Vec<Requ
         "HTTP/1.1 {} X\r\ncontent-type: {}\r\nconnection: close\r\n",
         reply.status, reply.content_type
     );
-    if let Some(location) = &reply.location {
-        head.push_str(&format!("location: {location}\r\n"));
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     match reply.framing {
         Framing::Length => head.push_str(&format!("content-length: {}\r\n", reply.body.len())),
