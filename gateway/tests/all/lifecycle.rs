@@ -50,6 +50,47 @@ async fn delete(gw: &TestGateway, path: &str) -> crate::harness::Reply {
     gw.send(Method::DELETE, path, &[], "").await
 }
 
+/// Waits until the record at `path` (read with `headers`) is `cancelled`.
+async fn wait_cancelled(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    eventually(
+        "the invocation ends cancelled",
+        Duration::from_secs(10),
+        async || {
+            let record = gw.get_with(path, headers).await.json();
+            match record["state"].as_str() {
+                Some("cancelled") => Ok(record),
+                _ => Err(record.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+/// Checks that `callback` received the cancelled record, once: a callback
+/// of an invocation that ran after it arrives, and it was not repeated.
+async fn called_back_once_cancelled(gw: &TestGateway, recorder: &Recorder, callback: &str) {
+    let calls = recorder.wait_for(callback, 1).await;
+    let body: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
+    assert_eq!(body["state"], "cancelled", "{body}");
+    let marker = gw
+        .submit(
+            "/async/fn/default/slow/status/200",
+            &[(
+                "x-callback-url",
+                &format!("{}/callback/marker", recorder.origin()),
+            )],
+            "",
+        )
+        .await;
+    assert_eq!(gw.wait_final(&marker).await["state"], "succeeded");
+    recorder.wait_for("/callback/marker", 1).await;
+    assert_eq!(recorder.received(callback).len(), 1);
+}
+
 /// A queued invocation behind a slow one is cancelled: it never runs, its
 /// callback gets the cancelled record once, and cancelling again changes
 /// nothing; a finished one is 409 and an unknown id 404.
@@ -100,20 +141,7 @@ async fn a_queued_invocation_cancelled_never_runs_and_calls_back_once(backend: B
     assert_eq!(record["state"], "cancelled", "{record}");
     assert_eq!(record["attempts"], 0, "{record}");
 
-    let calls = recorder.wait_for("/callback/queued", 1).await;
-    let body: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
-    assert_eq!(body["state"], "cancelled", "{body}");
-    // Another callback after it arrives: the first was not sent twice.
-    let marker = gw
-        .submit(
-            "/async/fn/default/slow/status/200",
-            &[("x-callback-url", &format!("{origin}/callback/marker"))],
-            "",
-        )
-        .await;
-    gw.wait_final(&marker).await;
-    recorder.wait_for("/callback/marker", 1).await;
-    assert_eq!(recorder.received("/callback/queued").len(), 1);
+    called_back_once_cancelled(&gw, &recorder, "/callback/queued").await;
 
     let finished = delete(&gw, &format!("/invocations/{slow}")).await;
     assert_eq!(finished.status, StatusCode::CONFLICT, "{}", finished.text());
@@ -158,38 +186,14 @@ async fn a_running_invocation_cancelled_ends_cancelled_and_is_not_retried(backen
         reply.text()
     );
     // Far less than the 30 s timeout: it is cut at its next epoch tick.
-    let record = eventually(
-        "the spinning guest ends",
-        Duration::from_secs(10),
-        async || {
-            let record = gw.get(&format!("/invocations/{id}")).await.json();
-            match record["state"].as_str() {
-                Some("cancelled") => Ok(record),
-                _ => Err(record.to_string()),
-            }
-        },
-    )
-    .await;
+    let record = wait_cancelled(&gw, &format!("/invocations/{id}"), &[]).await;
     assert_eq!(record["attempts"], 1, "not retried: {record}");
     assert!(
         record["usage"]["guestCpuMs"].as_u64().unwrap() > 0,
         "it spun: {record}"
     );
-    let calls = recorder.wait_for("/callback/loop", 1).await;
-    let body: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
-    assert_eq!(body["state"], "cancelled", "{body}");
-    // The function serves again (its one slot is free), and the cancelled
-    // invocation was called back once.
-    let marker = gw
-        .submit(
-            "/async/fn/default/slow/status/200",
-            &[("x-callback-url", &format!("{origin}/callback/marker"))],
-            "",
-        )
-        .await;
-    assert_eq!(gw.wait_final(&marker).await["state"], "succeeded");
-    recorder.wait_for("/callback/marker", 1).await;
-    assert_eq!(recorder.received("/callback/loop").len(), 1);
+    // The function serves again (its one slot is free).
+    called_back_once_cancelled(&gw, &recorder, "/callback/loop").await;
     assert_eq!(gw.wait_final(&id).await["attempts"], 1, "still not retried");
 }
 
@@ -310,8 +314,8 @@ async fn dead_letters_are_shown_redriven_by_reason_once_and_purged(backend: Back
 /// that find the guest executing: it never exceeds the wall time by more
 /// than one tick, and a thread the OS takes off its CPU counts at most one
 /// tick per stretch off it, so on a loaded host a 200 ms spin shows less
-/// (measured here: 45 ms of 207 ms with other builds running, 200 ms on
-/// an idle host). The bounds hold either way.
+/// (measured here: 35 to 60 ms of about 205 ms at a load average of 20
+/// on 2 cores). The bounds hold however loaded the host is.
 async fn each_attempt_states_its_wall_time_guest_cpu_and_peak_memory(backend: Backend) {
     let recorder = Recorder::start().await;
     let gw = TestGateway::start(backend, &manifests(&recorder)).await;
@@ -328,7 +332,7 @@ async fn each_attempt_states_its_wall_time_guest_cpu_and_peak_memory(backend: Ba
     );
     assert_eq!(tick, 5, "the default epoch tick: {spin}");
     assert!(wall >= 200, "{spin}");
-    assert!(cpu >= 100, "spinning is CPU time: {spin}");
+    assert!(cpu >= 3 * tick, "spinning is CPU time: {spin}");
     assert!(
         cpu <= wall + tick + 1,
         "at most one tick above wall: {spin}"
@@ -336,9 +340,11 @@ async fn each_attempt_states_its_wall_time_guest_cpu_and_peak_memory(backend: Ba
 
     let sleep = usage("/async/fn/default/meter/sleep/150").await;
     assert!(sleep["wallMs"].as_u64().unwrap() >= 150, "{sleep}");
+    // A tick lands in its few hundred µs of work, or on a preemption
+    // there, at most twice.
     assert!(
-        sleep["guestCpuMs"].as_u64().unwrap() < 100,
-        "sleeping is not CPU time: {sleep}"
+        sleep["guestCpuMs"].as_u64().unwrap() <= 2 * tick,
+        "sleeping is not CPU time: {sleep}, spinning {spin}"
     );
     assert!(
         sleep["peakMemoryBytes"].as_u64().unwrap() < 8 << 20,
@@ -357,7 +363,7 @@ async fn each_attempt_states_its_wall_time_guest_cpu_and_peak_memory(backend: Ba
         let series =
             |name: &str| metric(&metrics, &format!("{name}{{function=\"default/meter\"}}"));
         assert!(
-            series("sluice_usage_guest_cpu_seconds_total") >= 0.1,
+            series("sluice_usage_guest_cpu_seconds_total") >= 0.015,
             "{metrics}"
         );
         assert!(
@@ -445,18 +451,7 @@ spec:
         reply.status,
         reply.text()
     );
-    let record = eventually(
-        "the invocation ends cancelled",
-        Duration::from_secs(30),
-        async || {
-            let record = gw.get_with(&path, &[("x-api-key", KEY)]).await.json();
-            match record["state"].as_str() {
-                Some("cancelled") => Ok(record),
-                _ => Err(record.to_string()),
-            }
-        },
-    )
-    .await;
+    let record = wait_cancelled(&gw, &path, &[("x-api-key", KEY)]).await;
     assert_eq!(record["state"], "cancelled");
 }
 
