@@ -223,12 +223,16 @@ impl JetStreamQueue {
             .into_iter()
             .collect();
         let message_id = format!("{}.redrive.{}", invocation.id, stored.sequence);
-        self.enqueue(&invocation, &extra, Some(&message_id))
+        let duplicate = self
+            .enqueue(&invocation, &extra, Some(&message_id))
             .await
             .map_err(|e| e.to_string())?;
         dead_letter::delete(&self.layout.dead_letters, stored.sequence)
             .await
             .map_err(|e| format!("queued again, but not removed from the dead letters: {e}"))?;
+        if duplicate {
+            return Err("another redrive queued it again already".into());
+        }
         Ok(invocation.id)
     }
 }
