@@ -8,10 +8,12 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::invocation::{
-    FUNCTION_HEADER, ID_HEADER, InvocationId, METHOD_HEADER, PATH_HEADER, QUERY_HEADER, unix_millis,
+    FUNCTION_HEADER, ID_HEADER, Invocation, InvocationId, METHOD_HEADER, PATH_HEADER, QUERY_HEADER,
+    unix_millis,
 };
 use crate::names::FunctionRef;
 use crate::outcome::reason_line;
+use crate::record::StoredHeader;
 
 /// Why the message was dead-lettered.
 pub const REASON_HEADER: &str = "Sluice-Dead-Letter-Reason";
@@ -113,10 +115,118 @@ impl DeadLetter {
     }
 }
 
+/// One dead letter in full, as `GET /dead-letters/<ns>/<name>/<id>`
+/// answers it: what the list shows, plus the request as queued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterDetail {
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    /// Absent when the dead letter does not hold a whole invocation (see
+    /// `truncated`, or a message that was never one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<StoredRequest>,
+}
+
+/// A queued request: the HTTP header fields the function sees (each line
+/// its own entry, as in a record's response) and its body in base64.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredRequest {
+    pub headers: Vec<StoredHeader>,
+    /// Base64 (standard alphabet, padded).
+    pub body: String,
+}
+
+impl From<&Invocation> for StoredRequest {
+    fn from(invocation: &Invocation) -> Self {
+        use base64::Engine as _;
+        Self {
+            headers: StoredHeader::list(&invocation.headers),
+            body: base64::engine::general_purpose::STANDARD.encode(&invocation.body),
+        }
+    }
+}
+
+/// Which dead letters `POST /dead-letters/<ns>/<name>/redrive` (and a
+/// purge) selects: the JSON body, every field optional; `{}` or no body
+/// selects them all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selection {
+    /// Only these invocations. Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<InvocationId>>,
+    /// Only those whose reason contains this text (case-sensitive).
+    /// Default: any reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Selection {
+    /// Exactly the dead letter of invocation `id`.
+    pub fn one(id: InvocationId) -> Self {
+        Self {
+            ids: Some(vec![id]),
+            reason: None,
+        }
+    }
+
+    /// Whether `letter` is selected. A dead letter without an id is
+    /// selected only when no ids are named.
+    pub fn selects(&self, letter: &DeadLetter) -> bool {
+        let id_matches = match (&self.ids, &letter.id) {
+            (None, _) => true,
+            (Some(ids), Some(id)) => ids.contains(id),
+            (Some(_), None) => false,
+        };
+        let reason_matches = self
+            .reason
+            .as_deref()
+            .is_none_or(|text| letter.reason.contains(text));
+        id_matches && reason_matches
+    }
+}
+
+/// Why a selected dead letter cannot be queued again, if it cannot: it
+/// must hold a whole invocation.
+pub fn unredrivable(letter: &DeadLetter) -> Option<String> {
+    if letter.id.is_none() {
+        return Some("it holds no invocation (the message was malformed)".into());
+    }
+    letter
+        .truncated
+        .as_ref()
+        .map(|what| format!("it is not the whole request: {what}"))
+}
+
+/// What a redrive did, as `POST …/redrive` answers it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveReport {
+    /// Queued again, as fresh attempts of the same invocation, and removed
+    /// from the dead letters.
+    pub redriven: Vec<InvocationId>,
+    /// Selected but left where they are, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A selected dead letter a redrive left as it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Skipped {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<InvocationId>,
+    pub reason: String,
+}
+
+/// What `DELETE /dead-letters/<ns>/<name>[/<id>]` removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub purged: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Invocation;
 
     #[test]
     fn a_dead_lettered_message_reads_back_with_its_reason() {
@@ -149,6 +259,82 @@ mod tests {
         assert_eq!(letter.method.as_deref(), Some("POST"));
         assert_eq!(letter.path.as_deref(), Some("/x?a=1"));
         assert!(letter.dead_lettered_at > 0);
+    }
+
+    #[test]
+    fn a_selection_picks_by_id_and_by_reason() {
+        let id = InvocationId::random();
+        let letter = |id: Option<&InvocationId>, reason: &str| DeadLetter {
+            id: id.cloned(),
+            function: "default/echo".parse().unwrap(),
+            reason: reason.into(),
+            attempts: 3,
+            truncated: None,
+            method: None,
+            path: None,
+            dead_lettered_at: 1,
+        };
+        let other = InvocationId::random();
+        let answered_503 = letter(Some(&id), "gave up after 3 attempts: function answered 503");
+        let trapped = letter(
+            Some(&other),
+            "gave up after 3 attempts: the function trapped",
+        );
+        let broken = letter(None, "malformed invocation message");
+        let by_reason = Selection {
+            ids: None,
+            reason: Some("answered 503".into()),
+        };
+        let cases: [(&Selection, &DeadLetter, bool); 9] = [
+            (&Selection::default(), &answered_503, true),
+            (&Selection::default(), &broken, true),
+            (&Selection::one(id.clone()), &answered_503, true),
+            (&Selection::one(id.clone()), &trapped, false),
+            (&Selection::one(id.clone()), &broken, false),
+            (&by_reason, &answered_503, true),
+            (&by_reason, &trapped, false),
+            (
+                &Selection {
+                    ids: Some(vec![other.clone()]),
+                    reason: Some("answered 503".into()),
+                },
+                &answered_503,
+                false,
+            ),
+            (
+                &Selection {
+                    ids: Some(vec![other.clone()]),
+                    reason: Some("trapped".into()),
+                },
+                &trapped,
+                true,
+            ),
+        ];
+        for (i, (selection, letter, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                selection.selects(letter),
+                expected,
+                "case {i}: {selection:?}"
+            );
+        }
+        let json: Selection =
+            serde_json::from_str(r#"{"reason":"503"}"#).expect("a reason alone selects");
+        assert_eq!(json.reason.as_deref(), Some("503"));
+        let e = serde_json::from_str::<Selection>(r#"{"reasons":"503"}"#).unwrap_err();
+        assert!(e.to_string().contains("reasons"), "{e}");
+    }
+
+    #[test]
+    fn only_a_whole_invocation_is_redriven() {
+        let mut letter = DeadLetter::from_headers(
+            "default/echo".parse().unwrap(),
+            [(ID_HEADER, "6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11")],
+        );
+        assert_eq!(unredrivable(&letter), None);
+        letter.truncated = Some("its body left out".into());
+        assert!(unredrivable(&letter).unwrap().contains("its body left out"));
+        letter.id = None;
+        assert!(unredrivable(&letter).unwrap().contains("no invocation"));
     }
 
     #[test]

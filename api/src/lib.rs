@@ -28,7 +28,10 @@ pub use invocation::{Invocation, InvocationId, InvocationResponse, WireError};
 pub use manifest::{FunctionManifest, ManifestError, parse_functions};
 pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up, reason_line};
 pub use quantity::{ByteSize, Duration};
-pub use record::{InvocationRecord, InvocationState, StoredHeader, StoredResponse};
+pub use record::{
+    CancelDecision, InvocationRecord, InvocationState, StoredHeader, StoredResponse, Usage,
+    cancel_decision,
+};
 pub use registry::RegistryEntry;
 
 /// The `Function` CustomResourceDefinition, as the API server takes it.

@@ -23,6 +23,12 @@ pub const DEAD_LETTER_SUBJECTS: &str = "sluice.dlq.>";
 /// What every dead-letter subject starts with, so that the dead-letter
 /// stream keeps it.
 pub const DEAD_LETTER_SUBJECT_PREFIX: &str = "sluice.dlq.";
+/// What every cancel subject starts with: `DELETE /invocations/<id>`
+/// publishes the id on `sluice.cancel.<ns>.<fn>` (core NATS, no stream),
+/// and a runtime running it interrupts it.
+pub const CANCEL_SUBJECT_PREFIX: &str = "sluice.cancel.";
+/// Every cancel subject, as runtimes subscribe to them.
+pub const CANCEL_SUBJECTS: &str = "sluice.cancel.>";
 /// KV bucket of async invocation records.
 pub const RESULTS_BUCKET: &str = "sluice-results";
 /// KV bucket of resolved function specs, keyed `<ns>.<fn>`.
@@ -111,6 +117,12 @@ impl FunctionRef {
         )
     }
 
+    /// `sluice.cancel.<ns>.<fn>`: where cancelling one of its invocations
+    /// is announced to the runtimes.
+    pub fn cancel_subject(&self) -> String {
+        format!("{CANCEL_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
+    }
+
     /// `<ns>.<fn>`: the function's key in the registry bucket.
     pub fn registry_key(&self) -> String {
         format!("{}.{}", self.namespace, self.name)
@@ -197,6 +209,7 @@ mod tests {
         let f: FunctionRef = "default/hello".parse().unwrap();
         assert_eq!(f.invoke_subject(), "sluice.invoke.default.hello");
         assert_eq!(f.dead_letter_subject(), "sluice.dlq.default.hello");
+        assert_eq!(f.cancel_subject(), "sluice.cancel.default.hello");
         assert_eq!(
             FunctionRef::from_invoke_subject(&f.invoke_subject()),
             Some(f.clone())

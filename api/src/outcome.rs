@@ -86,6 +86,9 @@ pub enum FailureKind {
     BadInvocation,
     /// The host failed to run the guest (for example, instantiation failed).
     Internal,
+    /// A caller cancelled the invocation while it ran: interrupted, never
+    /// retried.
+    Cancelled,
 }
 
 /// What the queue should do after an attempt.
@@ -111,6 +114,7 @@ impl FailureKind {
             Self::NoResponse => "no_response",
             Self::BadInvocation => "bad_invocation",
             Self::Internal => "internal",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -124,6 +128,7 @@ impl FailureKind {
             Self::NoResponse,
             Self::BadInvocation,
             Self::Internal,
+            Self::Cancelled,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -165,6 +170,9 @@ impl Outcome {
             Verdict::Permanent if matches!(self, Self::Failed(f) if f.kind == FailureKind::Expired) => {
                 InvocationState::Expired
             }
+            Verdict::Permanent if matches!(self, Self::Failed(f) if f.kind == FailureKind::Cancelled) => {
+                InvocationState::Cancelled
+            }
             Verdict::Permanent => InvocationState::Failed,
             Verdict::Retryable => match retry.delay_after(attempt, id) {
                 Some(delay) => {
@@ -203,7 +211,10 @@ impl Outcome {
             Self::Responded(r) if r.status.is_client_error() => Verdict::Permanent,
             Self::Responded(_) => Verdict::Retryable,
             Self::Failed(f)
-                if matches!(f.kind, FailureKind::Expired | FailureKind::BadInvocation) =>
+                if matches!(
+                    f.kind,
+                    FailureKind::Expired | FailureKind::BadInvocation | FailureKind::Cancelled
+                ) =>
             {
                 Verdict::Permanent
             }
@@ -302,6 +313,7 @@ mod tests {
             failed(FailureKind::BadInvocation).verdict(),
             Verdict::Permanent
         );
+        assert_eq!(failed(FailureKind::Cancelled).verdict(), Verdict::Permanent);
     }
 
     #[test]
@@ -338,6 +350,14 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(
+            failed(FailureKind::Cancelled).settle(&id, 1, &retry),
+            Settlement::Final {
+                state: InvocationState::Cancelled,
+                error: Some("x".into())
+            },
+            "an interrupted attempt is not retried"
+        );
         assert!(matches!(
             responded(200).settle(&id, 1, &retry),
             Settlement::Final {
@@ -379,6 +399,7 @@ mod tests {
             FailureKind::ResponseTooLarge,
             FailureKind::NoResponse,
             FailureKind::Internal,
+            FailureKind::Cancelled,
         ] {
             assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
         }

@@ -19,6 +19,9 @@ pub enum InvocationState {
     Failed,
     DeadLettered,
     Expired,
+    /// A caller cancelled it (`DELETE /invocations/<id>`) before it ended:
+    /// queued, it never runs; running, it was interrupted. Never retried.
+    Cancelled,
 }
 
 impl InvocationState {
@@ -35,8 +38,59 @@ impl InvocationState {
             Self::Failed => "failed",
             Self::DeadLettered => "dead-lettered",
             Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
         }
     }
+}
+
+/// What `DELETE /invocations/<id>` does to an invocation in a given state
+/// ([`cancel_decision`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelDecision {
+    /// Queued or running: it ends `cancelled`.
+    Cancel,
+    /// Already cancelled: nothing changes (cancelling is idempotent).
+    AlreadyCancelled,
+    /// It ended otherwise: it is left as it was (409).
+    Finished,
+}
+
+/// Whether an invocation in `state` can still be cancelled. Who may ask is
+/// the rule of reading the record (see the gateway's status endpoint).
+pub fn cancel_decision(state: InvocationState) -> CancelDecision {
+    match state {
+        InvocationState::Queued | InvocationState::Running => CancelDecision::Cancel,
+        InvocationState::Cancelled => CancelDecision::AlreadyCancelled,
+        InvocationState::Succeeded
+        | InvocationState::Failed
+        | InvocationState::DeadLettered
+        | InvocationState::Expired => CancelDecision::Finished,
+    }
+}
+
+/// The error a cancelled record carries.
+pub const CANCELLED_REASON: &str = "cancelled by a caller (DELETE /invocations/<id>)";
+
+/// What one attempt used, as its record, its callback and the runtime's
+/// per-function counters state it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Wall-clock time of the attempt, from taking an instance to its
+    /// outcome (instantiation included), in milliseconds.
+    pub wall_ms: u64,
+    /// Time the guest spent executing, in milliseconds, counted by the
+    /// engine's epoch clock (not fuel): every epoch tick (the runtime's
+    /// `epoch_tick`, 5 ms by default) that finds the guest running counts
+    /// one tick. Its resolution is one tick; time the guest waits (on a
+    /// sleep, on outbound HTTP, for a thread) does not count.
+    pub guest_cpu_ms: u64,
+    /// The epoch tick that `guest_cpu_ms` is counted in, in milliseconds:
+    /// its resolution.
+    pub cpu_resolution_ms: u64,
+    /// The most linear memory the instance held at once, all its memories
+    /// together, in bytes (what `limits.memory` bounds).
+    pub peak_memory_bytes: u64,
 }
 
 /// A function's response as stored: every header field line as an entry
@@ -73,10 +127,10 @@ impl StoredHeader {
     }
 }
 
-impl From<&InvocationResponse> for StoredResponse {
-    fn from(resp: &InvocationResponse) -> Self {
-        let headers = resp
-            .headers
+impl StoredHeader {
+    /// Every field line of `headers`, in order.
+    pub fn list(headers: &http::HeaderMap) -> Vec<Self> {
+        headers
             .iter()
             .map(|(name, value)| {
                 let (value, value_base64) = match std::str::from_utf8(value.as_bytes()) {
@@ -89,10 +143,15 @@ impl From<&InvocationResponse> for StoredResponse {
                     value_base64,
                 }
             })
-            .collect();
+            .collect()
+    }
+}
+
+impl From<&InvocationResponse> for StoredResponse {
+    fn from(resp: &InvocationResponse) -> Self {
         Self {
             status: resp.status.as_u16(),
-            headers,
+            headers: StoredHeader::list(&resp.headers),
             body: BASE64.encode(&resp.body),
         }
     }
@@ -139,6 +198,9 @@ pub struct InvocationRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub request_digest: Option<String>,
+    /// What the last attempt used; absent before one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 impl InvocationRecord {
@@ -151,6 +213,7 @@ impl InvocationRecord {
             response: None,
             error: None,
             request_digest: None,
+            usage: None,
         }
     }
 
@@ -189,6 +252,16 @@ impl InvocationRecord {
         self.state = state;
         self.error = error;
         self.response = response;
+    }
+
+    /// A caller cancelled it: final, `cancelled`, with why; the response of
+    /// an interrupted attempt is not kept (it had none).
+    pub fn cancel(&mut self) {
+        self.settled(
+            InvocationState::Cancelled,
+            Some(CANCELLED_REASON.to_owned()),
+            None,
+        );
     }
 
     /// Applies what followed an attempt: [`Self::retrying`] or
@@ -254,6 +327,56 @@ mod tests {
             back.response.unwrap().header_map().unwrap(),
             response.headers,
             "every field line and its bytes come back"
+        );
+    }
+
+    #[test]
+    fn only_an_unfinished_invocation_is_cancelled_and_cancelling_twice_changes_nothing() {
+        use InvocationState::*;
+        for (state, expected) in [
+            (Queued, CancelDecision::Cancel),
+            (Running, CancelDecision::Cancel),
+            (Cancelled, CancelDecision::AlreadyCancelled),
+            (Succeeded, CancelDecision::Finished),
+            (Failed, CancelDecision::Finished),
+            (DeadLettered, CancelDecision::Finished),
+            (Expired, CancelDecision::Finished),
+        ] {
+            assert_eq!(cancel_decision(state), expected, "{state:?}");
+            assert_eq!(
+                state.is_final(),
+                expected != CancelDecision::Cancel,
+                "{state:?}: what can be cancelled is exactly what is not final"
+            );
+        }
+        let mut record =
+            InvocationRecord::queued(InvocationId::random(), "default/echo".parse().unwrap());
+        record.cancel();
+        assert_eq!(record.state, Cancelled);
+        assert_eq!(
+            serde_json::to_value(record).unwrap()["state"],
+            serde_json::json!("cancelled")
+        );
+    }
+
+    #[test]
+    fn a_record_states_its_usage_with_the_documented_field_names() {
+        let mut record =
+            InvocationRecord::queued(InvocationId::random(), "default/echo".parse().unwrap());
+        record.usage = Some(Usage {
+            wall_ms: 210,
+            guest_cpu_ms: 200,
+            cpu_resolution_ms: 5,
+            peak_memory_bytes: 9 << 20,
+        });
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json["usage"],
+            serde_json::json!({ "wallMs": 210, "guestCpuMs": 200, "cpuResolutionMs": 5, "peakMemoryBytes": 9437184 })
+        );
+        assert_eq!(
+            serde_json::from_value::<InvocationRecord>(json).unwrap(),
+            record
         );
     }
 

@@ -50,6 +50,12 @@ pub enum GatewayError {
         "this Idempotency-Key was used for a different request (invocation {0}); use a new key for a new request"
     )]
     IdempotencyKeyReused(String),
+    /// `DELETE /invocations/<id>` of an invocation that ended otherwise.
+    #[error("invocation {id} has already ended ({state}); it is left as it was")]
+    AlreadyFinished { id: String, state: &'static str },
+    /// No dead letter of that invocation is kept (any more).
+    #[error("no dead letter of invocation {0} is kept for this function")]
+    UnknownDeadLetter(String),
     #[error("{0}")]
     Timeout(String),
     #[error("{}", .0.reason)]
@@ -72,9 +78,11 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UnknownFunction(_) | Self::UnknownInvocation(_) | Self::NoRoute(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownFunction(_)
+            | Self::UnknownInvocation(_)
+            | Self::UnknownDeadLetter(_)
+            | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::AlreadyFinished { .. } => StatusCode::CONFLICT,
             Self::BadRequest(_) | Self::CallbackRefused(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } | Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,6 +108,8 @@ impl GatewayError {
         match self {
             Self::UnknownFunction(_) => "unknown_function",
             Self::UnknownInvocation(_) => "unknown_invocation",
+            Self::UnknownDeadLetter(_) => "unknown_dead_letter",
+            Self::AlreadyFinished { .. } => "already_finished",
             Self::NoRoute(_) => "no_route",
             Self::BadRequest(_) => "bad_request",
             Self::CallbackRefused(_) => "callback_refused",
@@ -119,6 +129,7 @@ impl GatewayError {
                 FailureKind::Trap | FailureKind::NoResponse => "function_failed",
                 FailureKind::BadInvocation => "bad_invocation",
                 FailureKind::Internal => "runtime_error",
+                FailureKind::Cancelled => "cancelled",
             },
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded(_) => "overloaded",

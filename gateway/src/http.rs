@@ -8,13 +8,16 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use sluice_api::dead_letter::Selection;
 use sluice_api::egress::EgressPolicy;
 use sluice_api::invocation::{
     CALLBACK_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len,
     strip_hop_by_hop,
 };
 use sluice_api::names::{BadFunctionRef, FunctionRef};
-use sluice_api::{FunctionSpec, Invocation, InvocationId, InvocationResponse};
+use sluice_api::{
+    CancelDecision, FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationResponse,
+};
 use sluice_serve::egress::{self, EgressError};
 use sluice_serve::{ConnectionLimit, telemetry};
 use tracing::Instrument as _;
@@ -33,6 +36,9 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Longest `?wait=` a status request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Largest body of a dead-letter redrive or purge (a selection).
+const MAX_SELECTION_BODY: usize = 64 << 10;
 
 /// A handler's answer; an error carries the invocation id when one was
 /// assigned, so the caller can look it up.
@@ -195,15 +201,16 @@ impl Gateway {
             (RouteKind::Async, self.invoke_async(resolved, request).await)
         } else if let Some(id) = path.strip_prefix("/invocations/") {
             let mut request = request;
-            (
-                RouteKind::Status,
-                self.invocation_status(id, &mut request).await,
-            )
-        } else if let Some(function) = path.strip_prefix("/dead-letters/") {
-            let mut request = request;
+            let result = if request.method() == Method::DELETE {
+                self.cancel(id, &mut request).await
+            } else {
+                self.invocation_status(id, &mut request).await
+            };
+            (RouteKind::Status, result)
+        } else if let Some(rest) = path.strip_prefix("/dead-letters/") {
             (
                 RouteKind::DeadLetters,
-                self.dead_letters(function, &mut request).await,
+                self.dead_letters(rest, request).await,
             )
         } else {
             match self.routing().functions.resolve_custom(&path) {
@@ -356,9 +363,9 @@ impl Gateway {
     }
 
     async fn invocation_status(&self, id: &str, request: &mut Request<Incoming>) -> Handled {
-        require_method(request.method(), Method::GET, "GET")?;
+        require_method(request.method(), Method::GET, "GET, DELETE")?;
+        let (parsed, record) = self.readable_record(id, request).await?;
         let unknown = || (GatewayError::UnknownInvocation(id.to_owned()), None);
-        let parsed = InvocationId::parse(id).ok_or_else(unknown)?;
         let wait = match query_param(request.uri().query(), "wait") {
             None => Duration::ZERO,
             Some(text) => text
@@ -366,23 +373,6 @@ impl Gateway {
                 .map(|d| d.0.min(MAX_WAIT))
                 .map_err(|e| (GatewayError::BadRequest(format!("wait: {e}")), None))?,
         };
-        // The record names its function: only a caller who may invoke it
-        // reads it, and only then waits. Anyone else gets the answer of an
-        // unknown id, so that guessable ids (Idempotency-Keys) cannot be
-        // probed for existence.
-        let record = match self.queue.record(&parsed, Duration::ZERO).await {
-            Ok(Some(record)) => record,
-            Ok(None) => return Err(unknown()),
-            Err(e) => return Err((queue_error(e), None)),
-        };
-        match self
-            .authorize(&self.routing(), &record.function, request)
-            .await
-        {
-            Ok(()) => {}
-            Err(e @ GatewayError::Unavailable(_)) => return Err((e, None)),
-            Err(_) => return Err(unknown()),
-        }
         if wait.is_zero() || record.state.is_final() {
             return Ok(json_response(StatusCode::OK, &record));
         }
@@ -393,27 +383,154 @@ impl Gateway {
         }
     }
 
-    async fn dead_letters(&self, function: &str, request: &mut Request<Incoming>) -> Handled {
-        require_method(request.method(), Method::GET, "GET")?;
-        let function: FunctionRef = function
-            .trim_end_matches('/')
-            .parse()
-            .map_err(|_| (GatewayError::UnknownFunction(function.to_owned()), None))?;
+    /// The record of invocation `id`, for a caller who may read it. The
+    /// record names its function: only a caller who may invoke it reads
+    /// it (or cancels it). Anyone else gets the answer of an unknown id,
+    /// so that guessable ids (Idempotency-Keys) cannot be probed for
+    /// existence.
+    async fn readable_record(
+        &self,
+        id: &str,
+        request: &mut Request<Incoming>,
+    ) -> Result<(InvocationId, InvocationRecord), (GatewayError, Option<InvocationId>)> {
+        let unknown = || (GatewayError::UnknownInvocation(id.to_owned()), None);
+        let parsed = InvocationId::parse(id).ok_or_else(unknown)?;
+        let record = match self.queue.record(&parsed, Duration::ZERO).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(unknown()),
+            Err(e) => return Err((queue_error(e), None)),
+        };
+        match self
+            .authorize(&self.routing(), &record.function, request)
+            .await
+        {
+            Ok(()) => Ok((parsed, record)),
+            Err(e @ GatewayError::Unavailable(_)) => Err((e, None)),
+            Err(_) => Err(unknown()),
+        }
+    }
+
+    /// `DELETE /invocations/<id>`: 200 with the `cancelled` record (also
+    /// when it was already cancelled), 202 with the running record while
+    /// its runtime interrupts it, 409 when it had ended otherwise; who may
+    /// cancel is who may read it.
+    async fn cancel(&self, id: &str, request: &mut Request<Incoming>) -> Handled {
+        let (parsed, _) = self.readable_record(id, request).await?;
+        let unknown = || (GatewayError::UnknownInvocation(id.to_owned()), None);
+        let cancelled = self
+            .queue
+            .cancel(&parsed)
+            .await
+            .map_err(|e| (queue_error(e), None))?
+            .ok_or_else(unknown)?;
+        let status = match cancelled.decision {
+            CancelDecision::Finished => {
+                return Err((
+                    GatewayError::AlreadyFinished {
+                        id: id.to_owned(),
+                        state: cancelled.record.state.as_str(),
+                    },
+                    Some(parsed),
+                ));
+            }
+            CancelDecision::Cancel if !cancelled.record.state.is_final() => StatusCode::ACCEPTED,
+            CancelDecision::Cancel | CancelDecision::AlreadyCancelled => StatusCode::OK,
+        };
+        Ok(json_response(status, &cancelled.record))
+    }
+
+    /// `/dead-letters/<ns>/<name>[/<id>][/redrive]`: list (GET), show one
+    /// (GET with an id), redrive (POST …/redrive, a [`Selection`] as the
+    /// optional JSON body, or one id), purge (DELETE, likewise).
+    async fn dead_letters(&self, rest: &str, mut request: Request<Incoming>) -> Handled {
+        let route = DeadLetterRoute::parse(rest)
+            .ok_or_else(|| (GatewayError::NoRoute(format!("/dead-letters/{rest}")), None))?;
+        let function = route.function;
         let routing = self.routing();
         let spec = routing
             .functions
             .get(&function)
             .cloned()
             .ok_or_else(|| (GatewayError::UnknownFunction(function.to_string()), None))?;
-        self.authorize(&routing, &function, request)
+        self.authorize(&routing, &function, &mut request)
             .await
             .map_err(|e| (e, None))?;
-        let letters = self
-            .queue
-            .dead_letters(&function, &spec.dead_letter_subject(&function))
+        let subject = spec.dead_letter_subject(&function);
+        let method = request.method().clone();
+        let queue_failed = |e| (queue_error(e), None);
+        match (method, route.id, route.redrive) {
+            (Method::GET, None, false) => {
+                let letters = self
+                    .queue
+                    .dead_letters(&function, &subject)
+                    .await
+                    .map_err(queue_failed)?;
+                Ok(json_response(StatusCode::OK, &letters))
+            }
+            (Method::GET, Some(id), false) => {
+                let detail = self
+                    .queue
+                    .dead_letter_detail(&function, &subject, &id)
+                    .await
+                    .map_err(queue_failed)?
+                    .ok_or_else(|| (GatewayError::UnknownDeadLetter(id.to_string()), None))?;
+                Ok(json_response(StatusCode::OK, &detail))
+            }
+            (Method::POST, id, true) => {
+                let selection = self.selection(id, request).await?;
+                let deadline = SystemTime::now() + self.config.async_deadline;
+                let report = self
+                    .queue
+                    .redrive(&function, &subject, &selection, deadline)
+                    .await
+                    .map_err(queue_failed)?;
+                Ok(json_response(StatusCode::OK, &report))
+            }
+            (Method::DELETE, id, false) => {
+                let selection = self.selection(id, request).await?;
+                let report = self
+                    .queue
+                    .purge(&function, &subject, &selection)
+                    .await
+                    .map_err(queue_failed)?;
+                Ok(json_response(StatusCode::OK, &report))
+            }
+            (method, _, redrive) => Err((
+                GatewayError::MethodNotAllowed {
+                    method: method.to_string(),
+                    allowed: if redrive { "POST" } else { "GET, DELETE" },
+                },
+                None,
+            )),
+        }
+    }
+
+    /// The dead letters a redrive or purge names: the one `id` of its
+    /// path, or the request's JSON [`Selection`] (none: all of them).
+    async fn selection(
+        &self,
+        id: Option<InvocationId>,
+        request: Request<Incoming>,
+    ) -> Result<Selection, (GatewayError, Option<InvocationId>)> {
+        if let Some(id) = id {
+            return Ok(Selection::one(id));
+        }
+        let (parts, body) = request.into_parts();
+        let mut held = self.admission.hold();
+        let body = read_body(body, &parts.headers, MAX_SELECTION_BODY, &mut held)
             .await
-            .map_err(|e| (queue_error(e), None))?;
-        Ok(json_response(StatusCode::OK, &letters))
+            .map_err(|e| (e, None))?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Selection::default());
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            (
+                GatewayError::BadRequest(format!(
+                    "the body must be a selection of dead letters, {{\"ids\": [..], \"reason\": \"..\"}} (each optional): {e}"
+                )),
+                None,
+            )
+        })
     }
 
     /// Refuses, before anything is queued, a callback URL that is not an
@@ -568,6 +685,34 @@ async fn read_body(
     Ok(collected.freeze())
 }
 
+/// A path under `/dead-letters/`: `<ns>/<name>`, then an optional
+/// invocation id, then an optional `redrive`.
+#[derive(Debug, PartialEq)]
+struct DeadLetterRoute {
+    function: FunctionRef,
+    id: Option<InvocationId>,
+    redrive: bool,
+}
+
+impl DeadLetterRoute {
+    fn parse(rest: &str) -> Option<Self> {
+        let mut parts = rest.trim_end_matches('/').split('/');
+        let function = FunctionRef::new(parts.next()?, parts.next()?).ok()?;
+        let (id, redrive) = match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => (None, false),
+            (Some("redrive"), None, _) => (None, true),
+            (Some(id), None, _) => (Some(InvocationId::parse(id)?), false),
+            (Some(id), Some("redrive"), None) => (Some(InvocationId::parse(id)?), true),
+            _ => return None,
+        };
+        Some(Self {
+            function,
+            id,
+            redrive,
+        })
+    }
+}
+
 /// The body of a 202.
 #[derive(serde::Serialize)]
 struct Accepted<'a> {
@@ -624,4 +769,41 @@ fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_paths_name_a_function_an_id_and_a_redrive() {
+        let id = "6f1f8a3e-52b8-4c86-9d0e-7d0b3c8f6a11";
+        let parsed = |p: &str| {
+            DeadLetterRoute::parse(p).map(|r| (r.function.to_string(), r.id.is_some(), r.redrive))
+        };
+        let function = "default/echo".to_owned();
+        for (path, expected) in [
+            ("default/echo", Some((function.clone(), false, false))),
+            ("default/echo/", Some((function.clone(), false, false))),
+            (
+                "default/echo/redrive",
+                Some((function.clone(), false, true)),
+            ),
+            (
+                &format!("default/echo/{id}"),
+                Some((function.clone(), true, false)),
+            ),
+            (
+                &format!("default/echo/{id}/redrive"),
+                Some((function.clone(), true, true)),
+            ),
+            ("default/echo/not-an-id", None),
+            (&format!("default/echo/{id}/purge"), None),
+            (&format!("default/echo/{id}/redrive/more"), None),
+            ("default", None),
+            ("Default/echo", None),
+        ] {
+            assert_eq!(parsed(path), expected, "{path}");
+        }
+    }
 }

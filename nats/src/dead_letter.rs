@@ -8,7 +8,8 @@ use bytes::Bytes;
 use sluice_api::DeadLetter;
 use sluice_api::dead_letter::TRUNCATED_HEADER;
 use sluice_api::invocation::{self, MAX_HEADER_BLOCK, header_block_len};
-use sluice_api::names::FunctionRef;
+use sluice_api::names::{DEAD_LETTER_STREAM, FunctionRef};
+use sluice_api::{Invocation, WireError};
 
 /// Why a dead letter could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,12 @@ pub enum DeadLetterError {
         subject: String,
         #[source]
         source: stream::RawMessageError,
+    },
+    #[error("cannot remove dead letter {sequence} of {DEAD_LETTER_STREAM}: {source}")]
+    Delete {
+        sequence: u64,
+        #[source]
+        source: stream::DeleteMessageError,
     },
 }
 
@@ -181,6 +188,52 @@ pub async fn list(
     subject: &str,
     max: usize,
 ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    Ok(read(dead_letters, function, subject, max)
+        .await?
+        .into_iter()
+        .map(|stored| stored.letter)
+        .collect())
+}
+
+/// A dead letter as the stream holds it.
+#[derive(Debug)]
+pub struct Stored {
+    pub letter: DeadLetter,
+    /// Its sequence in the dead-letter stream.
+    pub sequence: u64,
+    pub message: jetstream::message::StreamMessage,
+}
+
+impl Stored {
+    /// The invocation it holds (id, function, request, callback) with a
+    /// new `deadline`, to queue again as a fresh attempt.
+    pub fn invocation(&self) -> Result<(Invocation, Option<String>), WireError> {
+        let pairs = crate::header_pairs(Some(&self.message.headers));
+        let callback = pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(invocation::CALLBACK_HEADER))
+            .map(|(_, v)| (*v).to_owned());
+        let invocation = Invocation::from_wire(pairs, self.message.payload.clone())?;
+        Ok((invocation, callback))
+    }
+}
+
+/// Removes the dead letter at `sequence`.
+pub async fn delete(dead_letters: &stream::Stream, sequence: u64) -> Result<(), DeadLetterError> {
+    dead_letters
+        .delete_message(sequence)
+        .await
+        .map(drop)
+        .map_err(|source| DeadLetterError::Delete { sequence, source })
+}
+
+/// [`list`], with each dead letter's message and sequence.
+pub async fn read(
+    dead_letters: &stream::Stream,
+    function: &FunctionRef,
+    subject: &str,
+    max: usize,
+) -> Result<Vec<Stored>, DeadLetterError> {
     let mut letters = Vec::new();
     let mut next = 1;
     while letters.len() < max {
@@ -201,10 +254,14 @@ pub async fn list(
             }
         };
         next = message.sequence + 1;
-        letters.push(DeadLetter::from_headers(
-            function.clone(),
-            crate::header_pairs(Some(&message.headers)),
-        ));
+        letters.push(Stored {
+            letter: DeadLetter::from_headers(
+                function.clone(),
+                crate::header_pairs(Some(&message.headers)),
+            ),
+            sequence: message.sequence,
+            message,
+        });
     }
     Ok(letters)
 }

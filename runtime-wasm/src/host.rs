@@ -3,6 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,16 +65,31 @@ pub(crate) struct MemoryLimiter {
     /// Bytes of linear memory the instance holds so far.
     pub(crate) used: usize,
     pub(crate) refused: bool,
+    /// Where the most it held is kept: outside the store, so that an
+    /// attempt cut short (timeout, cancel) still reports it.
+    pub(crate) meter: Arc<Meter>,
 }
 
 impl MemoryLimiter {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, meter: Arc<Meter>) -> Self {
         Self {
             limit,
             used: 0,
             refused: false,
+            meter,
         }
     }
+}
+
+/// What one attempt's guest used so far, shared between its store (the
+/// epoch callback, the memory limiter) and the code awaiting it, which may
+/// drop the store before it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Meter {
+    /// Epoch ticks that found the guest executing.
+    pub(crate) ticks: AtomicU64,
+    /// The most linear memory held at once, bytes.
+    pub(crate) peak_memory: AtomicU64,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -87,6 +103,9 @@ impl ResourceLimiter for MemoryLimiter {
         let allowed = total <= self.limit;
         if allowed {
             self.used = total;
+            self.meter
+                .peak_memory
+                .fetch_max(total as u64, Ordering::Relaxed);
         }
         self.refused |= !allowed;
         Ok(allowed)
@@ -388,7 +407,7 @@ mod tests {
 
     #[test]
     fn the_memory_limit_covers_every_memory_of_the_instance() {
-        let mut limiter = MemoryLimiter::new(100);
+        let mut limiter = MemoryLimiter::new(100, Arc::default());
         assert!(limiter.memory_growing(0, 60, None).unwrap());
         assert!(
             !limiter.memory_growing(0, 60, None).unwrap(),
@@ -398,6 +417,11 @@ mod tests {
         assert!(limiter.memory_growing(0, 40, None).unwrap());
         assert!(!limiter.memory_growing(60, 61, None).unwrap());
         assert_eq!(limiter.used, 100);
+        assert_eq!(
+            limiter.meter.peak_memory.load(Ordering::Relaxed),
+            100,
+            "the peak is what was held at once, refusals aside"
+        );
     }
 
     fn policy(origins: &[&str]) -> OutboundPolicy {

@@ -1,7 +1,8 @@
 //! One attempt at an invocation: a fresh store, instantiate, handle,
 //! collect; and [`Runtime::attempt`], which also counts and logs it.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,9 +12,11 @@ use sluice_api::invocation::strip_hop_by_hop;
 use sluice_api::names::FunctionRef;
 use sluice_api::{
     Failure, FailureKind, FunctionSpec, Invocation, InvocationResponse, ModuleDigest, Outcome,
+    Usage,
 };
 use sluice_serve::telemetry;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -25,7 +28,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 use crate::RuntimeError;
 use crate::engine::Runtime;
-use crate::host::{Host, LogSink, MemoryLimiter, OutboundPolicy};
+use crate::host::{Host, LogSink, MemoryLimiter, Meter, OutboundPolicy};
 use crate::metrics::Metrics;
 
 /// The limits an invocation of a function runs under.
@@ -83,6 +86,40 @@ pub(crate) fn bind(
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect(),
         allowed_outbound: spec.allowed_outbound_hosts.iter().cloned().collect(),
+    }
+}
+
+/// One attempt's outcome and what it used.
+#[derive(Debug)]
+pub struct Attempted {
+    pub outcome: Outcome,
+    /// `None` when no instance ran (expired or cancelled while waiting for
+    /// one, or the runtime stopping).
+    pub usage: Option<Usage>,
+}
+
+/// What an attempt used so far: its guest's [`Meter`] and when it took an
+/// instance.
+#[derive(Debug, Default)]
+struct Metered {
+    meter: Arc<Meter>,
+    started: OnceLock<std::time::Instant>,
+}
+
+impl Metered {
+    fn usage(&self, epoch_tick: Duration) -> Option<Usage> {
+        let started = self.started.get()?;
+        let tick_ms = u64::try_from(epoch_tick.as_millis()).unwrap_or(u64::MAX);
+        Some(Usage {
+            wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            guest_cpu_ms: self
+                .meter
+                .ticks
+                .load(Ordering::Relaxed)
+                .saturating_mul(tick_ms),
+            cpu_resolution_ms: tick_ms,
+            peak_memory_bytes: self.meter.peak_memory.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -145,28 +182,67 @@ impl Runtime {
 
     /// Runs one attempt of `invocation` ([`Runtime::invoke`]), counts it in
     /// `metrics` and logs why it failed, if it did.
+    /// `cancel` ends it early ([`Runtime::invoke_cancellable`]).
     pub async fn attempt(
         &self,
         function: &PreparedFunction,
         invocation: &Invocation,
         metrics: &Metrics,
-    ) -> Outcome {
+        cancel: &CancellationToken,
+    ) -> Attempted {
         let started = std::time::Instant::now();
-        let outcome = self.invoke(function, invocation).await;
+        let attempted = self.invoke_cancellable(function, invocation, cancel).await;
+        let outcome = &attempted.outcome;
         metrics.attempt_finished(
             &invocation.function,
             outcome.label(),
             started.elapsed().as_secs_f64(),
         );
+        if let Some(usage) = &attempted.usage {
+            metrics.used(&invocation.function, usage);
+        }
         if let Some(reason) = outcome.reason() {
             tracing::info!(function = %invocation.function, invocation = %invocation.id, %reason, "attempt failed");
         }
-        outcome
+        attempted
     }
 
     /// Runs one attempt of `invocation`, bounded by the function's timeout
     /// and the invocation's deadline, whichever comes first.
     pub async fn invoke(&self, function: &PreparedFunction, invocation: &Invocation) -> Outcome {
+        self.invoke_cancellable(function, invocation, &CancellationToken::new())
+            .await
+            .outcome
+    }
+
+    /// [`Runtime::invoke`], ended by `cancel` as well: an attempt cancelled
+    /// before it took an instance never runs; a running one is dropped
+    /// (its store with it) at the guest's next epoch yield, within one
+    /// `epoch_tick`, and fails [`FailureKind::Cancelled`].
+    pub async fn invoke_cancellable(
+        &self,
+        function: &PreparedFunction,
+        invocation: &Invocation,
+        cancel: &CancellationToken,
+    ) -> Attempted {
+        let metered = Metered::default();
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => failed(FailureKind::Cancelled, sluice_api::record::CANCELLED_REASON),
+            outcome = self.invoke_metered(function, invocation, &metered) => outcome,
+        };
+        Attempted {
+            outcome,
+            usage: metered.usage(self.inner.config.epoch_tick),
+        }
+    }
+
+    async fn invoke_metered(
+        &self,
+        function: &PreparedFunction,
+        invocation: &Invocation,
+        metered: &Metered,
+    ) -> Outcome {
         // The timeout counts from when an instance (and memory for it) is
         // free, so a busy pool delays an attempt rather than cutting it
         // short; the caller's deadline still bounds the wait.
@@ -204,6 +280,7 @@ impl Runtime {
         }
         let budget = time_left.min(function.limits.timeout);
         let deadline = Instant::now() + budget;
+        let _ = metered.started.set(std::time::Instant::now());
         let stdout = LogSink::new(
             "stdout",
             function.function.clone(),
@@ -217,15 +294,14 @@ impl Runtime {
             self.inner.config.max_log_bytes,
         );
         let (span, own_traceparent) = telemetry::attempt_span(invocation);
+        let store = self.new_store(function, deadline, &stdout, &stderr, metered.meter.clone());
         let attempt = self.run(
             function,
             invocation,
             own_traceparent
                 .as_deref()
                 .or(invocation.traceparent.as_deref()),
-            deadline,
-            &stdout,
-            &stderr,
+            store,
         );
         let outcome =
             match tokio::time::timeout_at(deadline, attempt.instrument(span.clone())).await {
@@ -250,9 +326,7 @@ impl Runtime {
         function: &PreparedFunction,
         invocation: &Invocation,
         traceparent: Option<&str>,
-        deadline: Instant,
-        stdout: &LogSink,
-        stderr: &LogSink,
+        store: Store<Host>,
     ) -> Outcome {
         let request = match incoming_request(invocation, traceparent) {
             Ok(r) => r,
@@ -263,19 +337,20 @@ impl Runtime {
                 );
             }
         };
-        let store = self.new_store(function, deadline, stdout, stderr);
         self.exchange(function, store, request).await
     }
 
     /// A fresh store for one attempt: the function's environment, memory
     /// limit, outbound policy and log sinks, host resources bounded, and an
-    /// epoch callback that ends the guest at `deadline`.
+    /// epoch callback that ends the guest at `deadline` and counts in
+    /// `meter` the ticks that find it running.
     fn new_store(
         &self,
         function: &PreparedFunction,
         deadline: Instant,
         stdout: &LogSink,
         stderr: &LogSink,
+        meter: Arc<Meter>,
     ) -> Store<Host> {
         let wasi = WasiCtx::builder()
             .envs(&function.env)
@@ -297,6 +372,7 @@ impl Runtime {
             table,
             limiter: MemoryLimiter::new(
                 usize::try_from(function.limits.memory).unwrap_or(usize::MAX),
+                meter.clone(),
             ),
             outbound: OutboundPolicy {
                 allowed: function.allowed_outbound.clone(),
@@ -308,6 +384,9 @@ impl Runtime {
         let deadline_std = deadline.into_std();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
+            // The callback runs only while the guest executes wasm, once per
+            // tick: the guest's CPU time, in ticks.
+            meter.ticks.fetch_add(1, Ordering::Relaxed);
             if std::time::Instant::now() >= deadline_std {
                 Err(wasmtime::Error::new(DeadlineExceeded))
             } else {

@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod node;
 
 pub use engine::{Runtime, RuntimeConfig};
-pub use invoke::{FunctionLimits, PreparedFunction};
+pub use invoke::{Attempted, FunctionLimits, PreparedFunction};
 
 /// Why a component could not be made ready to serve.
 #[derive(Debug, thiserror::Error)]

@@ -50,6 +50,9 @@ pub struct Metrics {
     redeliveries: Family<FunctionLabels, Counter>,
     cold_starts: ColdStartFamily,
     queue_wait: HistogramFamily,
+    wall: Family<FunctionLabels, Counter<f64>>,
+    guest_cpu: Family<FunctionLabels, Counter<f64>>,
+    memory: Family<FunctionLabels, Counter<f64>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -69,7 +72,27 @@ impl Metrics {
             redeliveries: Family::default(),
             cold_starts: ColdStartFamily::new_with_constructor(duration_histogram),
             queue_wait: HistogramFamily::new_with_constructor(duration_histogram),
+            wall: Family::default(),
+            guest_cpu: Family::default(),
+            memory: Family::default(),
         };
+        // What each attempt used (sluice_api::Usage), summed per function,
+        // for charging by use: Lambda's GB-seconds are `memory`'s bytes.
+        registry.register(
+            "usage_wall_seconds",
+            "Wall-clock time of attempts that ran an instance, instantiation included",
+            metrics.wall.clone(),
+        );
+        registry.register(
+            "usage_guest_cpu_seconds",
+            "Time guests spent executing, counted in epoch ticks (runtime epoch_tick, 5ms by default)",
+            metrics.guest_cpu.clone(),
+        );
+        registry.register(
+            "usage_memory_byte_seconds",
+            "Each attempt's peak linear memory times its wall-clock time",
+            metrics.memory.clone(),
+        );
         registry.register(
             "invocation_attempts",
             "Attempts at invocations, by function and outcome",
@@ -156,6 +179,19 @@ impl Metrics {
         self.duration
             .get_or_create(&Self::labels(function))
             .observe(seconds);
+    }
+
+    /// Adds what one attempt used to its function's usage counters.
+    pub fn used(&self, function: &FunctionRef, usage: &sluice_api::Usage) {
+        let labels = Self::labels(function);
+        let wall = usage.wall_ms as f64 / 1000.0;
+        self.wall.get_or_create(&labels).inc_by(wall);
+        self.guest_cpu
+            .get_or_create(&labels)
+            .inc_by(usage.guest_cpu_ms as f64 / 1000.0);
+        self.memory
+            .get_or_create(&labels)
+            .inc_by(usage.peak_memory_bytes as f64 * wall);
     }
 
     pub fn retried(&self, function: &FunctionRef) {

@@ -13,19 +13,25 @@ use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
+use sluice_api::dead_letter::{
+    DeadLetterDetail, PurgeReport, RedriveReport, Selection, Skipped, unredrivable,
+};
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::names::FunctionRef;
-use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord};
-use sluice_api::{Failure, FailureKind};
+use sluice_api::{CancelDecision, DeadLetter, Invocation, InvocationId, InvocationRecord};
+use sluice_api::{Failure, FailureKind, InvocationState, cancel_decision};
 use sluice_nats::dead_letter::{self, GivenUp};
 use sluice_nats::layout::Layout;
 use sluice_nats::{Oversize, reply};
 use tokio::sync::oneshot;
 
-use super::{CallResult, InvocationQueue, QueueError, Submitted};
+use super::{CallResult, Cancelled, InvocationQueue, QueueError, Submitted};
 
-/// Dead letters listed at most per request.
+/// Dead letters listed (and redriven or purged) at most per request.
 const MAX_DEAD_LETTERS: usize = 1000;
+/// Times a cancel reads and conditionally rewrites a record that a
+/// runtime keeps changing meanwhile.
+const CANCEL_TRIES: u32 = 5;
 
 #[derive(Clone)]
 pub struct JetStreamQueue {
@@ -114,6 +120,120 @@ impl JetStreamQueue {
             .await
             .map_err(|e| publish_error(function, e))?;
         Ok(ack.duplicate)
+    }
+
+    /// One read and conditional write of the record for a cancel;
+    /// `Ok(None)` when a runtime changed it in between, `Ok(Some(None))`
+    /// for an unknown id.
+    async fn cancel_once(
+        &self,
+        id: &InvocationId,
+    ) -> Result<Option<Option<Cancelled>>, QueueError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            QueueError::Unavailable(format!("cannot cancel the invocation: {e}"))
+        };
+        let Some(entry) = self
+            .layout
+            .results
+            .entry(id.as_str())
+            .await
+            .map_err(|e| unavailable(&e))?
+        else {
+            return Ok(Some(None));
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return Ok(Some(None));
+        }
+        let mut record = parse_record(&entry.value).map_err(|e| unavailable(&e))?;
+        let decision = cancel_decision(record.state);
+        if decision != CancelDecision::Cancel {
+            return Ok(Some(Some(Cancelled { decision, record })));
+        }
+        if record.state == InvocationState::Queued {
+            // Stored first, announced second: a runtime registers the id
+            // before it reads the record, so it sees one or the other.
+            let mut cancelled = record.clone();
+            cancelled.cancel();
+            let json = Bytes::from(serde_json::to_vec(&cancelled).unwrap_or_default());
+            if self
+                .layout
+                .results
+                .update(id.as_str(), json, entry.revision)
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+            record = cancelled;
+        }
+        self.client
+            .publish(
+                record.function.cancel_subject(),
+                id.as_str().to_owned().into(),
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.client.flush().await.map_err(|e| unavailable(&e))?;
+        Ok(Some(Some(Cancelled { decision, record })))
+    }
+
+    /// The dead letters of `function` that `selection` picks, as stored.
+    async fn selected(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        selection: &Selection,
+    ) -> Result<Vec<dead_letter::Stored>, QueueError> {
+        self.check_connected()?;
+        let mut all = dead_letter::read(
+            &self.layout.dead_letters,
+            function,
+            subject,
+            MAX_DEAD_LETTERS,
+        )
+        .await
+        .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        all.retain(|stored| selection.selects(&stored.letter));
+        Ok(all)
+    }
+
+    /// Queues one stored dead letter again: its record back to queued,
+    /// the invocation on its subject under a message id naming the dead
+    /// letter (so a second redrive racing this one is stored once), then
+    /// the dead letter removed.
+    async fn redrive_one(
+        &self,
+        stored: &dead_letter::Stored,
+        deadline: SystemTime,
+    ) -> Result<InvocationId, String> {
+        let (mut invocation, callback) = stored
+            .invocation()
+            .map_err(|e| format!("it holds no invocation: {e}"))?;
+        invocation.deadline = deadline;
+        let record = InvocationRecord::accepted(&invocation);
+        let json = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        self.layout
+            .results
+            .put(invocation.id.as_str(), json)
+            .await
+            .map_err(|e| format!("cannot reset its record: {e}"))?;
+        let extra: Vec<(&'static str, &str)> = callback
+            .as_deref()
+            .map(|url| (CALLBACK_HEADER, url))
+            .into_iter()
+            .collect();
+        let message_id = format!("{}.redrive.{}", invocation.id, stored.sequence);
+        let duplicate = self
+            .enqueue(&invocation, &extra, Some(&message_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        dead_letter::delete(&self.layout.dead_letters, stored.sequence)
+            .await
+            .map_err(|e| format!("queued again, but not removed from the dead letters: {e}"))?;
+        if duplicate {
+            return Err("another redrive queued it again already".into());
+        }
+        Ok(invocation.id)
     }
 }
 
@@ -300,6 +420,84 @@ impl InvocationQueue for JetStreamQueue {
         )
         .await
         .map_err(|e| QueueError::Unavailable(e.to_string()))
+    }
+
+    /// A queued invocation's record is stored `cancelled` (the runtime
+    /// that takes its message drops it unrun, calling back); a running
+    /// one is announced on its function's cancel subject, and the runtime
+    /// running it ends it `cancelled`.
+    async fn cancel(&self, id: &InvocationId) -> Result<Option<Cancelled>, QueueError> {
+        self.check_connected()?;
+        for _ in 0..CANCEL_TRIES {
+            if let Some(done) = self.cancel_once(id).await? {
+                return Ok(done);
+            }
+        }
+        Err(QueueError::Unavailable(
+            "the invocation's record kept changing; try again".into(),
+        ))
+    }
+
+    async fn dead_letter_detail(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterDetail>, QueueError> {
+        let selected = self
+            .selected(function, subject, &Selection::one(id.clone()))
+            .await?;
+        Ok(selected.into_iter().next_back().map(|stored| {
+            let request = stored
+                .invocation()
+                .ok()
+                .filter(|_| stored.letter.truncated.is_none())
+                .map(|(invocation, _)| (&invocation).into());
+            DeadLetterDetail {
+                letter: stored.letter,
+                request,
+            }
+        }))
+    }
+
+    async fn redrive(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        selection: &Selection,
+        deadline: SystemTime,
+    ) -> Result<RedriveReport, QueueError> {
+        let mut report = RedriveReport::default();
+        for stored in self.selected(function, subject, selection).await? {
+            let outcome = match unredrivable(&stored.letter) {
+                Some(reason) => Err(reason),
+                None => self.redrive_one(&stored, deadline).await,
+            };
+            match outcome {
+                Ok(id) => report.redriven.push(id),
+                Err(reason) => report.skipped.push(Skipped {
+                    id: stored.letter.id,
+                    reason,
+                }),
+            }
+        }
+        Ok(report)
+    }
+
+    async fn purge(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        selection: &Selection,
+    ) -> Result<PurgeReport, QueueError> {
+        let mut report = PurgeReport::default();
+        for stored in self.selected(function, subject, selection).await? {
+            dead_letter::delete(&self.layout.dead_letters, stored.sequence)
+                .await
+                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            report.purged += 1;
+        }
+        Ok(report)
     }
 }
 

@@ -10,21 +10,26 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use sluice_api::DeadLetter;
+use sluice_api::dead_letter::{
+    DeadLetterDetail, PurgeReport, RedriveReport, Selection, Skipped, unredrivable,
+};
 use sluice_api::invocation::unix_millis;
 use sluice_api::names::FunctionRef;
+use sluice_api::record::CANCELLED_REASON;
+use sluice_api::{CancelDecision, DeadLetter, InvocationState, cancel_decision};
 use sluice_api::{
     Failure, FailureKind, Invocation, InvocationId, InvocationRecord, Outcome, RetryPolicy,
     Settlement,
 };
 use sluice_runtime::callback::Callbacks;
-use sluice_runtime::{PreparedFunction, Runtime};
+use sluice_runtime::{Attempted, PreparedFunction, Runtime};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use sluice_nats::layout;
 
-use super::{CallResult, InvocationQueue, QueueError, Submitted};
+use super::{CallResult, Cancelled, InvocationQueue, QueueError, Submitted};
 use crate::metrics::Metrics;
 
 /// Settings of the in-process queue; its defaults are those of the
@@ -83,7 +88,7 @@ struct State {
     callbacks: Callbacks,
     lanes: RwLock<HashMap<FunctionRef, Arc<Lane>>>,
     records: Mutex<HashMap<InvocationId, RecordEntry>>,
-    dead_letters: Mutex<HashMap<FunctionRef, VecDeque<DeadLetter>>>,
+    dead_letters: Mutex<HashMap<FunctionRef, VecDeque<KeptLetter>>>,
 }
 
 #[derive(Debug)]
@@ -92,6 +97,29 @@ struct RecordEntry {
     accepted: Instant,
     /// Set once the record is final.
     expires: Option<Instant>,
+    /// Cancelled by `DELETE /invocations/<id>`: interrupts its attempt.
+    cancel: CancellationToken,
+    callback: Option<String>,
+}
+
+impl RecordEntry {
+    fn new(record: InvocationRecord, callback: Option<String>) -> Self {
+        Self {
+            record: watch::Sender::new(record),
+            accepted: Instant::now(),
+            expires: None,
+            cancel: CancellationToken::new(),
+            callback,
+        }
+    }
+}
+
+/// A dead letter with the invocation it holds, to show and redrive.
+#[derive(Debug)]
+struct KeptLetter {
+    letter: DeadLetter,
+    invocation: Arc<Invocation>,
+    callback: Option<String>,
 }
 
 /// One function's queue.
@@ -222,17 +250,10 @@ impl InvocationQueue for MemoryQueue {
         let job = Job::Deliver {
             invocation: Arc::new(invocation),
             attempt: 1,
-            callback,
+            callback: callback.clone(),
         };
         lane.enqueue(&self.state.metrics, job)?;
-        records.insert(
-            id.clone(),
-            RecordEntry {
-                record: watch::Sender::new(record),
-                accepted: Instant::now(),
-                expires: None,
-            },
-        );
+        records.insert(id.clone(), RecordEntry::new(record, callback));
         drop(records);
         Ok(Submitted {
             id,
@@ -266,7 +287,8 @@ impl InvocationQueue for MemoryQueue {
         _subject: &str,
         reason: &str,
     ) -> Result<(), QueueError> {
-        self.state.dead_letter(invocation, 0, reason.to_owned());
+        self.state
+            .dead_letter(Arc::new(invocation.clone()), None, 0, reason.to_owned());
         Ok(())
     }
 
@@ -295,8 +317,118 @@ impl InvocationQueue for MemoryQueue {
     ) -> Result<Vec<DeadLetter>, QueueError> {
         Ok(lock(&self.state.dead_letters)
             .get(function)
-            .map(|d| d.iter().cloned().collect())
+            .map(|d| d.iter().map(|kept| kept.letter.clone()).collect())
             .unwrap_or_default())
+    }
+
+    async fn cancel(&self, id: &InvocationId) -> Result<Option<Cancelled>, QueueError> {
+        let mut records = lock(&self.state.records);
+        let Some(entry) = records.get_mut(id) else {
+            return Ok(None);
+        };
+        let state = entry.record.borrow().state;
+        let decision = cancel_decision(state);
+        let mut callback = None;
+        if decision == CancelDecision::Cancel {
+            entry.cancel.cancel();
+            // A running attempt ends cancelled at its next epoch tick and
+            // settles itself; a queued one (or one waiting for its retry)
+            // ends here, and its job is skipped when its turn comes.
+            if state == InvocationState::Queued {
+                entry.record.send_modify(InvocationRecord::cancel);
+                entry.expires = Some(Instant::now() + self.state.config.results_ttl);
+                callback = entry.callback.clone();
+            }
+        }
+        let record = entry.record.borrow().clone();
+        drop(records);
+        if let Some(url) = callback {
+            self.state.callbacks.deliver(url, record.clone());
+        }
+        Ok(Some(Cancelled { decision, record }))
+    }
+
+    async fn dead_letter_detail(
+        &self,
+        function: &FunctionRef,
+        _subject: &str,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterDetail>, QueueError> {
+        Ok(lock(&self.state.dead_letters).get(function).and_then(|d| {
+            d.iter()
+                .find(|kept| kept.letter.id.as_ref() == Some(id))
+                .map(|kept| DeadLetterDetail {
+                    letter: kept.letter.clone(),
+                    request: Some(kept.invocation.as_ref().into()),
+                })
+        }))
+    }
+
+    async fn redrive(
+        &self,
+        function: &FunctionRef,
+        _subject: &str,
+        selection: &Selection,
+        deadline: SystemTime,
+    ) -> Result<RedriveReport, QueueError> {
+        let lane = self.lane(function)?;
+        let mut report = RedriveReport::default();
+        // Taken out under the lock: a concurrent redrive cannot take the
+        // same dead letter.
+        let taken = self
+            .state
+            .take_dead_letters(function, selection, &mut report);
+        let mut back = Vec::new();
+        for kept in taken {
+            let mut invocation = (*kept.invocation).clone();
+            invocation.deadline = deadline;
+            let id = invocation.id.clone();
+            let record = InvocationRecord::accepted(&invocation);
+            let job = Job::Deliver {
+                invocation: Arc::new(invocation),
+                attempt: 1,
+                callback: kept.callback.clone(),
+            };
+            let mut records = lock(&self.state.records);
+            match lane.enqueue(&self.state.metrics, job) {
+                Ok(()) => {
+                    records.insert(id.clone(), RecordEntry::new(record, kept.callback));
+                    report.redriven.push(id);
+                }
+                Err(e) => {
+                    report.skipped.push(Skipped {
+                        id: Some(id),
+                        reason: e.to_string(),
+                    });
+                    back.push(kept);
+                }
+            }
+        }
+        if !back.is_empty() {
+            let mut all = lock(&self.state.dead_letters);
+            let list = all.entry(function.clone()).or_default();
+            for kept in back.into_iter().rev() {
+                list.push_front(kept);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn purge(
+        &self,
+        function: &FunctionRef,
+        _subject: &str,
+        selection: &Selection,
+    ) -> Result<PurgeReport, QueueError> {
+        let mut all = lock(&self.state.dead_letters);
+        let Some(list) = all.get_mut(function) else {
+            return Ok(PurgeReport::default());
+        };
+        let before = list.len();
+        list.retain(|kept| !selection.selects(&kept.letter));
+        Ok(PurgeReport {
+            purged: (before - list.len()) as u64,
+        })
     }
 }
 
@@ -355,9 +487,23 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
             attempt: number,
             callback,
         } => {
-            state.update(&invocation.id, |r| r.running(number));
-            let outcome = attempt(state, lane, &invocation).await;
-            settle(state, lane, invocation, number, callback, outcome);
+            let Some(cancel) = state.start(&invocation.id, number) else {
+                // Cancelled while it waited: it never runs.
+                lane.adjust_depth(&state.metrics, -1);
+                return;
+            };
+            let attempted = state
+                .runtime
+                .attempt(
+                    &lane.function.prepared,
+                    &invocation,
+                    &state.runtime_metrics,
+                    &cancel,
+                )
+                .await;
+            settle(
+                state, lane, invocation, number, callback, attempted, &cancel,
+            );
         }
     }
 }
@@ -365,8 +511,14 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
 async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome {
     state
         .runtime
-        .attempt(&lane.function.prepared, invocation, &state.runtime_metrics)
+        .attempt(
+            &lane.function.prepared,
+            invocation,
+            &state.runtime_metrics,
+            &CancellationToken::new(),
+        )
         .await
+        .outcome
 }
 
 /// Acts on what follows an async attempt: done, retry later, or dead letter.
@@ -376,11 +528,23 @@ fn settle(
     invocation: Arc<Invocation>,
     number: u32,
     callback: Option<String>,
-    outcome: Outcome,
+    attempted: Attempted,
+    cancel: &CancellationToken,
 ) {
-    let settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
+    let Attempted { outcome, usage } = attempted;
+    let mut settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
+    if cancel.is_cancelled() && matches!(settlement, Settlement::Retry { .. }) {
+        // Cancelled as the attempt failed: no retry follows.
+        settlement = Settlement::Final {
+            state: InvocationState::Cancelled,
+            error: Some(CANCELLED_REASON.to_owned()),
+        };
+    }
     if let Settlement::Retry { delay, .. } = settlement {
-        state.update(&invocation.id, |r| r.after_attempt(&outcome, &settlement));
+        state.update(&invocation.id, |r| {
+            r.after_attempt(&outcome, &settlement);
+            r.usage = usage;
+        });
         state.runtime_metrics.retried(&invocation.function);
         schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
         return;
@@ -391,11 +555,12 @@ fn settle(
     } = &settlement
         && settlement.is_dead_letter()
     {
-        state.dead_letter(&invocation, number, reason.clone());
+        state.dead_letter(invocation.clone(), callback.clone(), number, reason.clone());
     }
     let expires = Instant::now() + state.config.results_ttl;
     let record = state.finish(&invocation.id, expires, |r| {
         r.after_attempt(&outcome, &settlement);
+        r.usage = usage;
     });
     lane.adjust_depth(&state.metrics, -1);
     if let (Some(url), Some(record)) = (callback, record) {
@@ -423,6 +588,51 @@ fn schedule_retry(
 }
 
 impl State {
+    /// Marks attempt `number` of `id` running and returns its cancel
+    /// token; `None` when it was cancelled before (it must not run). Under
+    /// the records' lock, so that a cancel sees it queued or running.
+    fn start(&self, id: &InvocationId, number: u32) -> Option<CancellationToken> {
+        let records = lock(&self.records);
+        let Some(entry) = records.get(id) else {
+            // Evicted past max_finished_records: still run it.
+            return Some(CancellationToken::new());
+        };
+        if entry.record.borrow().state == InvocationState::Cancelled {
+            return None;
+        }
+        entry.record.send_modify(|r| r.running(number));
+        Some(entry.cancel.clone())
+    }
+
+    /// Removes the dead letters of `function` that `selection` picks and
+    /// that can be redriven; those that cannot stay, noted in `report`.
+    fn take_dead_letters(
+        &self,
+        function: &FunctionRef,
+        selection: &Selection,
+        report: &mut RedriveReport,
+    ) -> Vec<KeptLetter> {
+        let mut all = lock(&self.dead_letters);
+        let Some(list) = all.get_mut(function) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        for kept in std::mem::take(list) {
+            if !selection.selects(&kept.letter) {
+                list.push_back(kept);
+            } else if let Some(reason) = unredrivable(&kept.letter) {
+                report.skipped.push(Skipped {
+                    id: kept.letter.id.clone(),
+                    reason,
+                });
+                list.push_back(kept);
+            } else {
+                taken.push(kept);
+            }
+        }
+        taken
+    }
+
     fn update(&self, id: &InvocationId, change: impl FnOnce(&mut InvocationRecord)) {
         if let Some(entry) = lock(&self.records).get(id) {
             entry.record.send_modify(change);
@@ -442,7 +652,13 @@ impl State {
         Some(entry.record.borrow().clone())
     }
 
-    fn dead_letter(&self, invocation: &Invocation, attempts: u32, reason: String) {
+    fn dead_letter(
+        &self,
+        invocation: Arc<Invocation>,
+        callback: Option<String>,
+        attempts: u32,
+        reason: String,
+    ) {
         // The same one line as a dead letter on NATS carries.
         let reason = sluice_api::reason_line(&reason);
         tracing::warn!(function = %invocation.function, invocation = %invocation.id, %reason, "dead-lettered");
@@ -452,7 +668,7 @@ impl State {
         if list.len() >= self.config.dead_letter_capacity {
             list.pop_front();
         }
-        list.push_back(DeadLetter {
+        let letter = DeadLetter {
             id: Some(invocation.id.clone()),
             function: invocation.function.clone(),
             reason,
@@ -461,6 +677,11 @@ impl State {
             method: Some(invocation.method.to_string()),
             path: Some(invocation.path_and_query()),
             dead_lettered_at: unix_millis(SystemTime::now()),
+        };
+        list.push_back(KeptLetter {
+            letter,
+            invocation,
+            callback,
         });
     }
 }

@@ -7,12 +7,15 @@ pub mod jetstream;
 #[cfg(feature = "local")]
 pub mod memory;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sluice_api::Failure;
+use sluice_api::dead_letter::{DeadLetterDetail, PurgeReport, RedriveReport, Selection};
 use sluice_api::names::FunctionRef;
-use sluice_api::{DeadLetter, Invocation, InvocationId, InvocationRecord, InvocationResponse};
+use sluice_api::{
+    CancelDecision, DeadLetter, Invocation, InvocationId, InvocationRecord, InvocationResponse,
+};
 
 /// What a synchronous call ends with: the function's response, or why
 /// there is none.
@@ -25,6 +28,16 @@ pub struct Submitted {
     /// The idempotency key named an invocation already accepted; nothing
     /// new was queued.
     pub duplicate: bool,
+}
+
+/// What cancelling an invocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    pub decision: CancelDecision,
+    /// The record after it: `cancelled` unless the invocation had
+    /// finished, or is running (it then ends `cancelled` within one epoch
+    /// tick of its runtime, unless it finished first).
+    pub record: InvocationRecord,
 }
 
 /// Why the queue could not take or answer a request.
@@ -99,4 +112,38 @@ pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
         function: &FunctionRef,
         subject: &str,
     ) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Cancels the async invocation `id` as [`sluice_api::cancel_decision`]
+    /// says: a queued one never runs, a running one is interrupted, a
+    /// finished one is left as it was. `None` for an unknown id. The
+    /// callback, if any, receives the cancelled record once.
+    async fn cancel(&self, id: &InvocationId) -> Result<Option<Cancelled>, QueueError>;
+
+    /// The dead letter of invocation `id` of `function`, in full.
+    async fn dead_letter_detail(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        id: &InvocationId,
+    ) -> Result<Option<DeadLetterDetail>, QueueError>;
+
+    /// Queues the dead letters `selection` picks again, each as a fresh
+    /// first attempt of the same invocation (same id, request and
+    /// callback, a new `deadline`), and removes them from the dead letters:
+    /// a dead letter is queued again at most once.
+    async fn redrive(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        selection: &Selection,
+        deadline: SystemTime,
+    ) -> Result<RedriveReport, QueueError>;
+
+    /// Removes the dead letters `selection` picks.
+    async fn purge(
+        &self,
+        function: &FunctionRef,
+        subject: &str,
+        selection: &Selection,
+    ) -> Result<PurgeReport, QueueError>;
 }

@@ -541,6 +541,9 @@ pub const REFUSED_TWICE: &str = "/refused-twice/";
 /// http://<host:port>/<path>`.
 pub const REDIRECT: &str = "/redirect/";
 
+/// Requests to a path under this prefix get 503 until [`Recorder::fix`].
+pub const BROKEN_UNTIL_FIXED: &str = "/broken-until-fixed/";
+
 /// An HTTP server on loopback that records every request and answers 200
 /// (see [`REFUSED_TWICE`] and [`REDIRECT`]).
 #[derive(Clone)]
@@ -548,6 +551,7 @@ pub struct Recorder {
     pub addr: SocketAddr,
     scheme: &'static str,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    fixed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Recorder {
@@ -586,19 +590,22 @@ impl Recorder {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let fixed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let log = requests.clone();
+        let switch = fixed.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let log = log.clone();
                 let tls = tls.clone();
+                let fixed = switch.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => record_connection(stream, log).await,
+                        None => record_connection(stream, log, fixed).await,
                         // A client that refuses the certificate ends here.
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(stream).await {
-                                record_connection(stream, log).await;
+                                record_connection(stream, log, fixed).await;
                             }
                         }
                     }
@@ -609,7 +616,13 @@ impl Recorder {
             addr,
             scheme,
             requests,
+            fixed,
         }
+    }
+
+    /// From now on, [`BROKEN_UNTIL_FIXED`] paths answer 200.
+    pub fn fix(&self) {
+        self.fixed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn origin(&self) -> String {
@@ -647,9 +660,11 @@ impl Recorder {
 async fn record_connection(
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     log: Arc<Mutex<Vec<Recorded>>>,
+    fixed: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let log = log.clone();
+        let broken = !fixed.load(std::sync::atomic::Ordering::SeqCst);
         async move {
             let at = Instant::now();
             let (parts, body) = req.into_parts();
@@ -661,7 +676,9 @@ async fn record_connection(
             let path = parts.uri.path().to_owned();
             let mut log = log.lock().unwrap();
             let seen = log.iter().filter(|r| r.path == path).count();
-            let status = if seen < 2 && path.starts_with(REFUSED_TWICE) {
+            let status = if seen < 2 && path.starts_with(REFUSED_TWICE)
+                || broken && path.starts_with(BROKEN_UNTIL_FIXED)
+            {
                 StatusCode::SERVICE_UNAVAILABLE
             } else if path.starts_with(REDIRECT) {
                 StatusCode::FOUND

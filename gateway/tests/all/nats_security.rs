@@ -155,16 +155,19 @@ async fn a_subject_outside_the_permissions_is_logged_as_a_violation() {
     let work = tempfile::tempdir().unwrap();
     publish(&nats, "operator", HELLO);
     // A runtime with the gateway's credentials, and so its permissions,
-    // may neither read components nor pull invocations.
+    // may neither hear cancels, read components nor pull invocations.
     let env = nats.env("gateway");
     let runtime = Process::runtime(nats.url(), work.path(), "runtime", &borrowed(&env));
     let line = runtime.wait_for_log(VIOLATION).await;
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(json["level"], "ERROR", "{line}");
-    assert_eq!(json["fields"]["operation"], "publish", "{line}");
+    let operation = json["fields"]["operation"].as_str().unwrap();
     let subject = json["fields"]["subject"].as_str().unwrap();
     assert!(
-        subject.starts_with("$JS.API.CONSUMER.") || subject.starts_with("$JS.API.DIRECT.GET.OBJ_"),
+        (operation, subject) == ("subscribe", "sluice.cancel.>")
+            || operation == "publish"
+                && (subject.starts_with("$JS.API.CONSUMER.")
+                    || subject.starts_with("$JS.API.DIRECT.GET.OBJ_")),
         "{line}"
     );
 }

@@ -4,6 +4,7 @@
 //! function on its durable consumer. Shutting down stops every worker's
 //! pulling and waits for what they hold: nothing in flight is lost.
 
+mod cancel;
 mod worker;
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use sluice_api::names::FunctionRef;
+use sluice_api::names::{CANCEL_SUBJECTS, FunctionRef};
 use sluice_api::{FunctionSpec, Placement, RegistryEntry};
 use sluice_nats::layout::{FetchError, Layout};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
@@ -92,6 +93,8 @@ pub enum NodeError {
     Nats(#[from] NatsError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("cannot subscribe to the cancel subjects ({CANCEL_SUBJECTS}): {0}")]
+    Cancels(#[source] async_nats::SubscribeError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -192,12 +195,17 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         Metrics::register_callbacks(registry, &callbacks);
     });
     let watcher = RegistryWatcher::new(layout.functions.clone());
+    let running = Arc::new(cancel::Running::default());
+    cancel::listen(client.clone(), Arc::downgrade(&running))
+        .await
+        .map_err(NodeError::Cancels)?;
     let shared = Arc::new(Shared {
         runtime,
         layout,
         client,
         metrics,
         callbacks,
+        running,
     });
     let node = NodeLoop {
         shared,

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::names::result_subject;
 use sluice_api::{
-    FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState, Outcome, Settlement,
+    FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState, Settlement,
 };
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
@@ -19,10 +19,12 @@ use sluice_nats::patience::retry_delay;
 use sluice_nats::{PAYLOAD_HEADROOM, header_pairs, reply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
+use super::cancel::Running;
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::{PreparedFunction, Runtime};
+use crate::{Attempted, PreparedFunction, Runtime};
 
 /// How long one pull waits for messages. It bounds how long a stopping
 /// worker keeps taking the messages it asked for.
@@ -36,6 +38,8 @@ pub(crate) struct Shared {
     pub client: async_nats::Client,
     pub metrics: Metrics,
     pub callbacks: Callbacks,
+    /// Async invocations running here, for cancels to reach.
+    pub running: Arc<Running>,
 }
 
 /// A function as a worker serves it.
@@ -241,7 +245,15 @@ async fn run_sync(
     invocation: &Invocation,
     inbox: String,
 ) {
-    let outcome = attempt(shared, served, invocation, message).await;
+    let outcome = attempt(
+        shared,
+        served,
+        invocation,
+        message,
+        &CancellationToken::new(),
+    )
+    .await
+    .outcome;
     let (headers, body) = reply::encode(&outcome);
     if let Err(e) = shared
         .client
@@ -284,11 +296,22 @@ async fn run_async(
         )
         .await;
     }
+    // Registered before the record is read: a cancel after the read
+    // arrives as a message (see `super::cancel`).
+    let registered = shared.running.register(&invocation.id);
+    if cancelled(shared, &invocation.id).await {
+        record.attempts = delivered - 1;
+        record.cancel();
+        return finish(shared, message, record, callback, invocation.deadline).await;
+    }
     record.running(delivered);
     announce(shared, &record).await;
-    let outcome = attempt(shared, served, invocation, message).await;
+    let Attempted { outcome, usage } =
+        attempt(shared, served, invocation, message, &registered.token).await;
+    drop(registered);
     let settlement = outcome.settle(&invocation.id, delivered, retry);
     record.after_attempt(&outcome, &settlement);
+    record.usage = usage;
     match settlement {
         Settlement::Retry { delay, .. } => {
             if let Err(e) = store(shared, &record).await {
@@ -326,10 +349,11 @@ async fn attempt(
     served: &Served,
     invocation: &Invocation,
     message: &jetstream::Message,
-) -> Outcome {
+    cancel: &CancellationToken,
+) -> Attempted {
     let attempt = shared
         .runtime
-        .attempt(&served.prepared, invocation, &shared.metrics);
+        .attempt(&served.prepared, invocation, &shared.metrics, cancel);
     let mut attempt = std::pin::pin!(attempt);
     let every = ack_wait(&served.spec) / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -341,6 +365,21 @@ async fn attempt(
                     tracing::debug!(invocation = %invocation.id, error = %e, "cannot report progress");
                 }
             }
+        }
+    }
+}
+
+/// Whether a caller cancelled the invocation `id` before this delivery
+/// ran: its record says so. A record that cannot be read does not stop
+/// the attempt (logged): a cancel still reaches it as a message.
+async fn cancelled(shared: &Shared, id: &InvocationId) -> bool {
+    match shared.layout.results.get(id.as_str()).await {
+        Ok(Some(value)) => serde_json::from_slice::<InvocationRecord>(&value)
+            .is_ok_and(|record| record.state == InvocationState::Cancelled),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(invocation = %id, error = %e, "cannot read the record to see whether it was cancelled; running it");
+            false
         }
     }
 }
