@@ -161,10 +161,15 @@ async fn a_subject_outside_the_permissions_is_logged_as_a_violation() {
     let line = runtime.wait_for_log(VIOLATION).await;
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(json["level"], "ERROR", "{line}");
-    assert_eq!(json["fields"]["operation"], "publish", "{line}");
     let subject = json["fields"]["subject"].as_str().unwrap();
-    assert!(
-        subject.starts_with("$JS.API.CONSUMER.") || subject.starts_with("$JS.API.DIRECT.GET.OBJ_"),
-        "{line}"
-    );
+    match json["fields"]["operation"].as_str() {
+        Some("publish") => assert!(
+            subject.starts_with("$JS.API.CONSUMER.")
+                || subject.starts_with("$JS.API.DIRECT.GET.OBJ_"),
+            "{line}"
+        ),
+        // Its first move: listening for new invocations, which wake workers.
+        Some("subscribe") => assert_eq!(subject, "sluice.invoke.>", "{line}"),
+        _ => panic!("neither a publish nor a subscription: {line}"),
+    }
 }

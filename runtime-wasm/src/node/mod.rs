@@ -4,6 +4,7 @@
 //! function on its durable consumer. Shutting down stops every worker's
 //! pulling and waits for what they hold: nothing in flight is lost.
 
+mod wake;
 mod worker;
 
 use std::collections::HashMap;
@@ -198,7 +199,12 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         client,
         metrics,
         callbacks,
+        wakes: wake::Wakes::default(),
     });
+    let waking = tokio::spawn(wake::run(
+        shared.clone(),
+        wake::subject(config.function.as_ref()),
+    ));
     let node = NodeLoop {
         shared,
         only: config.function,
@@ -212,6 +218,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     };
     let service = Service::spawn(|stop| async move {
         node.run(watcher, stop).await;
+        waking.abort();
         admin_service.shutdown().await;
     });
     Ok(Node {
