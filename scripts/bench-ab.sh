@@ -7,7 +7,10 @@
 #   - local mode, sync `hello` (wrk on loopback);
 #   - NATS mode, sync `hello` (gateway + one runtime + nats-server);
 #   - NATS mode, async accept rate (202s per second);
-# and finally the in-process invoke bench of each tree, alternately.
+# then an idle runtime serving $IDLE_FUNCTIONS (default 10,000) functions,
+# each build twice alternately (scripts/bench-idle.sh: NATS messages/s by
+# nats-server's counters, CPU from /proc); and finally the in-process
+# invoke bench of each tree, alternately.
 # Usage: scripts/bench-ab.sh BASE_REV [rounds] [seconds]
 set -euo pipefail
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -113,6 +116,16 @@ printf '%-12s %-28s %-28s %s\n' what "base $base_rev" "new $(git rev-parse --sho
 for what in local-sync nats-sync nats-accept; do
   b=$(echo "${results[base $what]}" | median); n=$(echo "${results[new $what]}" | median)
   printf '%-12s %-28s %-28s %s\n' "$what" "$b [${results[base $what]# }]" "$n [${results[new $what]# }]" "$(awk -v n="$n" -v b="$b" 'BEGIN {printf "%.3f", n / b}')"
+done
+ratio() { awk -v n="$(echo "${results[$1 nats-sync]}" | median)" -v l="$(echo "${results[$1 local-sync]}" | median)" 'BEGIN {printf "%.2f", n / l}'; }
+printf '%-12s %-28s %-28s\n' "nats/local" "$(ratio base)" "$(ratio new)"
+
+echo
+echo "== idle runtime serving ${IDLE_FUNCTIONS:-10000} functions, none invoked, alternately"
+for round in 1 2; do
+  for b in base new; do
+    echo "  $b: $(scripts/bench-idle.sh "$work/$b" "${IDLE_FUNCTIONS:-10000}" 10)"
+  done
 done
 
 echo

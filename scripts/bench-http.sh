@@ -5,7 +5,9 @@
 # Then: the Python and JavaScript examples beside hello (local mode, and
 # `wasmtime serve` on the same components), NATS-mode async accept rate,
 # the first invocation of each after a runtime restart with the precompiled
-# components on disk, and local mode's idle RSS.
+# components on disk, local mode's idle RSS, and an idle runtime's NATS
+# messages and CPU with $IDLE_FUNCTIONS (default 10,000) functions
+# (scripts/bench-idle.sh).
 # Installs wrk (Debian), wasmtime-cli 48.0.8 and nats-server when missing.
 # Usage: scripts/bench-http.sh [rounds] [seconds]
 set -euo pipefail
@@ -191,3 +193,7 @@ wait_for http://127.0.0.1:18085/fn/default/hello/
 for path in fn/default/hello/ fn/default/echo/ hello; do curl -sf -o /dev/null "http://127.0.0.1:18085/$path"; done
 sleep 2
 echo "== idle RSS of local mode serving examples/: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$idle/status)"
+
+echo
+echo "== idle runtime serving ${IDLE_FUNCTIONS:-10000} functions, none invoked, over 10 s"
+echo "  $(scripts/bench-idle.sh "$bin" "${IDLE_FUNCTIONS:-10000}" 10)"

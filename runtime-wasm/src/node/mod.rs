@@ -5,6 +5,7 @@
 //! pulling and waits for what they hold: nothing in flight is lost.
 
 mod cancel;
+mod wake;
 mod worker;
 
 use std::collections::HashMap;
@@ -206,7 +207,12 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         metrics,
         callbacks,
         running,
+        wakes: wake::Wakes::default(),
     });
+    let waking = tokio::spawn(wake::run(
+        shared.clone(),
+        wake::subject(config.function.as_ref()),
+    ));
     let node = NodeLoop {
         shared,
         only: config.function,
@@ -220,6 +226,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     };
     let service = Service::spawn(|stop| async move {
         node.run(watcher, stop).await;
+        waking.abort();
         admin_service.shutdown().await;
     });
     Ok(Node {

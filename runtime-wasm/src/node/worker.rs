@@ -1,6 +1,7 @@
-//! Serving one function from its durable consumer: pull as many messages as
-//! there are free slots, run each, then reply, record, dead-letter or
-//! retry, and only then acknowledge.
+//! Serving one function from its durable consumer: asleep until woken
+//! ([`super::wake`]), then pull as many messages as there are free slots
+//! until a pull comes back empty; run each, then reply, record, dead-letter
+//! or retry, and only then acknowledge.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,17 +18,20 @@ use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
 use sluice_nats::patience::retry_delay;
 use sluice_nats::{PAYLOAD_HEADROOM, header_pairs, reply};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Running;
+use super::wake::{self, Wakes};
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
 use crate::{Attempted, PreparedFunction, Runtime};
 
 /// How long one pull waits for messages. It bounds how long a stopping
-/// worker keeps taking the messages it asked for.
+/// worker keeps taking the messages it asked for, and how long a woken
+/// worker stays awake without work (the wake can come before the stream
+/// has stored the message that caused it).
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
 
 /// What every worker of a node shares.
@@ -40,6 +44,7 @@ pub(crate) struct Shared {
     pub callbacks: Callbacks,
     /// Async invocations running here, for cancels to reach.
     pub running: Arc<Running>,
+    pub wakes: Wakes,
 }
 
 /// A function as a worker serves it.
@@ -59,7 +64,8 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(pull_loop(shared, served, consumer, stopped));
+        let wake = shared.wakes.register(&served.prepared.function);
+        let task = tokio::spawn(pull_loop(shared, served, consumer, wake, stopped));
         Self { stop, task }
     }
 
@@ -81,13 +87,23 @@ async fn pull_loop(
     shared: Arc<Shared>,
     served: Arc<Served>,
     mut consumer: PullConsumer,
+    wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let function = &served.prepared.function;
     let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
     let mut running = JoinSet::new();
+    // Awake at the start: what was queued before this worker is announced
+    // by no publish.
+    let mut awake = true;
     loop {
         while running.try_join_next().is_some() {}
+        if !awake {
+            tokio::select! {
+                () = wake.notified() => awake = true,
+                _ = stopped.wait_for(|stop| *stop) => break,
+            }
+        }
         // Wait for a free slot, then ask for as many messages as are free,
         // so every message received has a slot and none waits unacked.
         let slot = tokio::select! {
@@ -103,6 +119,7 @@ async fn pull_loop(
             .expires(PULL_EXPIRY)
             .messages()
             .await;
+        let mut received = 0_usize;
         let pulled = match batch {
             Ok(mut batch) => {
                 // A batch is read to its end even when stopping: the server
@@ -114,7 +131,14 @@ async fn pull_loop(
                             let Ok(slot) = slots.clone().acquire_owned().await else {
                                 break;
                             };
-                            running.spawn(handle(shared.clone(), served.clone(), message, slot));
+                            received += 1;
+                            running.spawn(handle(
+                                shared.clone(),
+                                served.clone(),
+                                message,
+                                wake.clone(),
+                                slot,
+                            ));
                         }
                         Err(e) => {
                             ended = Err(e.to_string());
@@ -126,20 +150,27 @@ async fn pull_loop(
             }
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = pulled {
-            // NATS away, or the consumer deleted: pause, open it again.
-            tracing::warn!(%function, error = %e, "pulling invocations failed; retrying");
-            if pause_or_stop(&mut stopped).await {
-                break;
-            }
-            // Only an existing consumer: if the function was deleted, the
-            // node stops this worker when the registry says so.
-            match shared.layout.existing_consumer(function).await {
-                Ok(fresh) => consumer = fresh,
-                Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
+        match pulled {
+            // Nothing came while the pull waited: the queue is empty (what
+            // is published from now on wakes the worker again).
+            Ok(()) if received == 0 => awake = false,
+            Ok(()) => {}
+            Err(e) => {
+                // NATS away, or the consumer deleted: pause, open it again.
+                tracing::warn!(%function, error = %e, "pulling invocations failed; retrying");
+                if pause_or_stop(&mut stopped).await {
+                    break;
+                }
+                // Only an existing consumer: if the function was deleted, the
+                // node stops this worker when the registry says so.
+                match shared.layout.existing_consumer(function).await {
+                    Ok(fresh) => consumer = fresh,
+                    Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
+                }
             }
         }
     }
+    shared.wakes.unregister(function, &wake);
     while running.join_next().await.is_some() {}
     tracing::info!(%function, "stopped serving");
 }
@@ -156,6 +187,7 @@ async fn handle(
     shared: Arc<Shared>,
     served: Arc<Served>,
     message: jetstream::Message,
+    wake: Arc<Notify>,
     _slot: OwnedSemaphorePermit,
 ) {
     let info = message.info().ok();
@@ -188,6 +220,7 @@ async fn handle(
                 &received.invocation,
                 received.callback,
                 delivered,
+                &wake,
             )
             .await;
         }
@@ -274,6 +307,7 @@ async fn run_async(
     invocation: &Invocation,
     callback: Option<String>,
     delivered: u32,
+    wake: &Arc<Notify>,
 ) {
     let function = &invocation.function;
     let retry = &served.spec.retry;
@@ -319,6 +353,8 @@ async fn run_async(
             }
             shared.metrics.retried(function);
             acknowledge(message, AckKind::Nak(Some(delay)), &invocation.id).await;
+            // Deliverable again after `delay`, announced by no publish.
+            wake::wake_after(wake, delay);
         }
         Settlement::Final {
             state: InvocationState::DeadLettered,
