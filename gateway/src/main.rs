@@ -358,6 +358,7 @@ mod local {
         config.http = http;
         config.queue.results_ttl = args.layout.async_deadline.0;
         config.queue.max_depth = usize::try_from(args.layout.max_queue_depth).unwrap_or(usize::MAX);
+        config.queue.max_bytes = args.layout.max_queue_bytes.0;
         config.queue.dedupe_window = args.layout.duplicate_window.0;
         config.queue.dead_letter_capacity =
             usize::try_from(args.layout.dead_letters_per_function).unwrap_or(usize::MAX);

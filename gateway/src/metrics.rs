@@ -69,6 +69,12 @@ pub struct AcceptedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabels {
+    /// `depth` or `bytes` (`crate::queue::QueueBound::as_str`).
+    pub bound: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
 }
@@ -82,6 +88,8 @@ pub struct Metrics {
     events_queued: Family<FunctionLabels, Counter>,
     events_dead_lettered: Family<FunctionLabels, Counter>,
     queue_depth: Family<FunctionLabels, Gauge>,
+    queue_bytes: Family<FunctionLabels, Gauge>,
+    queue_full: Family<BoundLabels, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
     accepted: Family<AcceptedLabels, Counter>,
     buffered_bytes: Gauge,
@@ -123,6 +131,16 @@ impl Metrics {
             "invocations_accepted",
             "HTTP invocations the queue took, by function and route (async: answered 202; sync: answered by a runtime, successfully or not)",
             metrics.accepted.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of invocations a function holds against --max-queue-bytes (NATS mode: what this gateway queued and no runtime took yet; local mode: queued, waiting for a retry, or running)",
+            metrics.queue_bytes.clone(),
+        );
+        registry.register(
+            "queue_full",
+            "Invocations (HTTP and events) refused because their function's queue was full, by the bound reached (depth, bytes)",
+            metrics.queue_full.clone(),
         );
         registry.register(
             "buffered_bytes",
@@ -219,6 +237,17 @@ impl Metrics {
         self.events_dead_lettered
             .get_or_create(&Self::labels(function))
             .inc();
+    }
+
+    pub fn set_queue_bytes(&self, function: &FunctionRef, bytes: i64) {
+        self.queue_bytes
+            .get_or_create(&Self::labels(function))
+            .set(bytes);
+    }
+
+    /// An invocation refused at `bound` (`depth` or `bytes`).
+    pub fn queue_full(&self, bound: &'static str) {
+        self.queue_full.get_or_create(&BoundLabels { bound }).inc();
     }
 
     pub fn set_queue_depth(&self, function: &FunctionRef, depth: i64) {

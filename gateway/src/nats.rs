@@ -21,6 +21,7 @@ use crate::events::EventBridge;
 use crate::http::{Gateway, HttpConfig};
 use crate::metrics::Metrics;
 use crate::queue::QueueError;
+use crate::queue::budget::ByteBudget;
 use crate::queue::jetstream::JetStreamQueue;
 use crate::routes::RoutedFunctions;
 use crate::running::{
@@ -143,7 +144,8 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
             sluice_nats::is_connected(&connection)
         });
     });
-    let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
+    let budget = ByteBudget::new(config.layout.max_queue_bytes.0, metrics.clone());
+    let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone(), budget).await?);
     let gateway = Arc::new(Gateway::new(
         queue.clone(),
         RoutedFunctions::default(),

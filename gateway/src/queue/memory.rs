@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use sluice_nats::layout;
 
+use super::budget::{ByteBudget, QueueBound, Reservation};
 use super::{CallResult, InvocationQueue, QueueError, Submitted};
 use crate::metrics::Metrics;
 
@@ -34,6 +35,9 @@ pub struct QueueConfig {
     /// Invocations a function may have queued before submits get 429.
     /// Default: 10000.
     pub max_depth: usize,
+    /// Bytes of invocations a function may hold (queued, waiting for a
+    /// retry, or running) before submits get 429. Default: 512Mi.
+    pub max_bytes: u64,
     /// How long finished records stay readable. Default: 1h.
     pub results_ttl: Duration,
     /// How long an idempotency key dedupes submits. Default: 2m (the
@@ -50,6 +54,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             max_depth: usize::try_from(layout::DEFAULT_MAX_QUEUE_DEPTH).unwrap_or(usize::MAX),
+            max_bytes: layout::DEFAULT_MAX_QUEUE_BYTES.0,
             results_ttl: layout::DEFAULT_RESULTS_TTL,
             dedupe_window: layout::DEFAULT_DUPLICATE_WINDOW,
             dead_letter_capacity: usize::try_from(layout::DEFAULT_DEAD_LETTERS_PER_SUBJECT)
@@ -81,6 +86,7 @@ struct State {
     /// The runtime's: attempts, retries, dead letters.
     runtime_metrics: sluice_runtime::metrics::Metrics,
     callbacks: Callbacks,
+    budget: Arc<ByteBudget>,
     lanes: RwLock<HashMap<FunctionRef, Arc<Lane>>>,
     records: Mutex<HashMap<InvocationId, RecordEntry>>,
     dead_letters: Mutex<HashMap<FunctionRef, VecDeque<DeadLetter>>>,
@@ -108,11 +114,13 @@ enum Job {
     Call {
         invocation: Box<Invocation>,
         reply: oneshot::Sender<CallResult>,
+        held: Reservation,
     },
     Deliver {
         invocation: Arc<Invocation>,
         attempt: u32,
         callback: Option<String>,
+        held: Reservation,
     },
 }
 
@@ -124,7 +132,9 @@ impl MemoryQueue {
         runtime_metrics: sluice_runtime::metrics::Metrics,
     ) -> Self {
         let callbacks = Callbacks::new(runtime.config().egress.clone());
+        let budget = ByteBudget::new(config.max_bytes, metrics.clone());
         let state = Arc::new(State {
+            budget,
             runtime,
             config,
             metrics,
@@ -178,11 +188,13 @@ impl InvocationQueue for MemoryQueue {
         let lane = self.lane(&invocation.function)?;
         let deadline = invocation.deadline;
         let (reply, answer) = oneshot::channel();
+        let held = self.state.budget.hold(&invocation)?;
         lane.enqueue(
-            &self.state.metrics,
+            &self.state,
             Job::Call {
                 invocation: Box::new(invocation),
                 reply,
+                held,
             },
         )?;
         let wait = deadline
@@ -219,12 +231,14 @@ impl InvocationQueue for MemoryQueue {
             });
         }
         let record = InvocationRecord::accepted(&invocation);
+        let held = self.state.budget.hold(&invocation)?;
         let job = Job::Deliver {
             invocation: Arc::new(invocation),
             attempt: 1,
             callback,
+            held,
         };
-        lane.enqueue(&self.state.metrics, job)?;
+        lane.enqueue(&self.state, job)?;
         records.insert(
             id.clone(),
             RecordEntry {
@@ -304,16 +318,16 @@ impl InvocationQueue for MemoryQueue {
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 impl Lane {
-    fn enqueue(&self, metrics: &Metrics, job: Job) -> Result<(), QueueError> {
+    fn enqueue(&self, state: &State, job: Job) -> Result<(), QueueError> {
         self.sender.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                QueueError::Full(self.function.prepared.function.clone())
-            }
+            mpsc::error::TrySendError::Full(_) => state
+                .budget
+                .full(&self.function.prepared.function, QueueBound::Depth),
             mpsc::error::TrySendError::Closed(_) => {
                 QueueError::Unavailable("the queue shut down".into())
             }
         })?;
-        self.adjust_depth(metrics, 1);
+        self.adjust_depth(&state.metrics, 1);
         Ok(())
     }
 
@@ -341,9 +355,14 @@ async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut jobs: mpsc::Receiver<
 
 async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
     match job {
-        Job::Call { invocation, reply } => {
+        Job::Call {
+            invocation,
+            reply,
+            held,
+        } => {
             let outcome = attempt(state, lane, &invocation).await;
             lane.adjust_depth(&state.metrics, -1);
+            drop(held);
             // The caller may have given up; then nobody needs the answer.
             let _ = reply.send(match outcome {
                 Outcome::Responded(response) => Ok(response),
@@ -354,10 +373,17 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
             invocation,
             attempt: number,
             callback,
+            held,
         } => {
             state.update(&invocation.id, |r| r.running(number));
             let outcome = attempt(state, lane, &invocation).await;
-            settle(state, lane, invocation, number, callback, outcome);
+            let next = Next {
+                invocation,
+                attempt: number,
+                callback,
+                held,
+            };
+            settle(state, lane, next, outcome);
         }
     }
 }
@@ -369,22 +395,36 @@ async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome
         .await
 }
 
-/// Acts on what follows an async attempt: done, retry later, or dead letter.
-fn settle(
-    state: &Arc<State>,
-    lane: &Arc<Lane>,
+/// An async invocation after an attempt, with the bytes it holds.
+struct Next {
     invocation: Arc<Invocation>,
-    number: u32,
+    attempt: u32,
     callback: Option<String>,
-    outcome: Outcome,
-) {
+    held: Reservation,
+}
+
+/// Acts on what follows an async attempt: done, retry later, or dead letter.
+fn settle(state: &Arc<State>, lane: &Arc<Lane>, next: Next, outcome: Outcome) {
+    let Next {
+        invocation,
+        attempt: number,
+        callback,
+        held,
+    } = next;
     let settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
     if let Settlement::Retry { delay, .. } = settlement {
         state.update(&invocation.id, |r| r.after_attempt(&outcome, &settlement));
         state.runtime_metrics.retried(&invocation.function);
-        schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
+        let retry = Next {
+            invocation,
+            attempt: number + 1,
+            callback,
+            held,
+        };
+        schedule_retry(lane.clone(), retry, delay);
         return;
     }
+    drop(held);
     if let Settlement::Final {
         error: Some(reason),
         ..
@@ -403,19 +443,14 @@ fn settle(
     }
 }
 
-fn schedule_retry(
-    lane: Arc<Lane>,
-    invocation: Arc<Invocation>,
-    attempt: u32,
-    callback: Option<String>,
-    delay: Duration,
-) {
+fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let job = Job::Deliver {
-            invocation,
-            attempt,
-            callback,
+            invocation: next.invocation,
+            attempt: next.attempt,
+            callback: next.callback,
+            held: next.held,
         };
         // A retry waits for room rather than failing: it was accepted once.
         let _ = lane.sender.send(job).await;

@@ -16,6 +16,7 @@ mod nats_mode;
 mod nats_security;
 mod polyglot;
 mod publish;
+mod queue_bytes;
 mod retries;
 mod startup;
 mod sync_invocations;
