@@ -87,6 +87,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     events_queued: Family<FunctionLabels, Counter>,
     events_dead_lettered: Family<FunctionLabels, Counter>,
+    events_dropped: Counter,
     queue_depth: Family<FunctionLabels, Gauge>,
     queue_bytes: Family<FunctionLabels, Gauge>,
     queue_full: Family<BoundLabels, Counter>,
@@ -121,6 +122,11 @@ impl Metrics {
             "events_dead_lettered",
             "NATS trigger events that could not be queued and were dead-lettered, by function",
             metrics.events_dead_lettered.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events from core NATS trigger subjects dropped because their trigger's buffer (--event-buffer messages) was full",
+            metrics.events_dropped.clone(),
         );
         registry.register(
             "auth_failures",
@@ -237,6 +243,17 @@ impl Metrics {
         self.events_dead_lettered
             .get_or_create(&Self::labels(function))
             .inc();
+    }
+
+    /// The counter of dropped trigger events, for the event bridge's
+    /// client to count those it drops.
+    pub fn events_dropped(&self) -> Counter {
+        self.events_dropped.clone()
+    }
+
+    /// A core NATS event the bridge dropped, its buffer full.
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     pub fn set_queue_bytes(&self, function: &FunctionRef, bytes: i64) {

@@ -363,6 +363,15 @@ impl TestGateway {
 
     /// A NATS-mode gateway on `stack`'s server.
     pub async fn on_nats(stack: NatsStack, dir: tempfile::TempDir) -> Self {
+        Self::on_nats_with(stack, dir, |_| {}).await
+    }
+
+    /// The same with adjusted settings.
+    pub async fn on_nats_with(
+        stack: NatsStack,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut NatsConfig),
+    ) -> Self {
         let mut config = NatsConfig::new(&stack.server.url);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -370,6 +379,7 @@ impl TestGateway {
         // The stack made the layout with the test's settings and owns it.
         config.own_layout = false;
         config.layout = stack.settings.clone();
+        configure(&mut config);
         let gateway = Box::pin(nats_mode::start(config))
             .await
             .expect("gateway starts");
