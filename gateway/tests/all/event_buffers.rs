@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
 use sluice_nats::layout::LayoutConfig;
 
 use crate::harness::{NatsStack, TestGateway, eventually, manifest_dir, metric};
+use crate::nats_mode::{orders_stream, wait_trigger_consumer};
 
 /// `plain` on the core subject `burst.plain`, `durable` on `orders.created`
 /// (bound to the ORDERS stream).
@@ -34,15 +34,8 @@ const STREAM_BURST: usize = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_past_the_event_buffer_drops_core_events_counted_and_no_stream_bound_one() {
     let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
-    let client = async_nats::connect(&stack.server.url).await.unwrap();
-    let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = orders_stream(&stack).await;
+    let client = js.client();
     let dir = manifest_dir(TWO_TRIGGERS);
     stack.publish_dir(dir.path()).await;
     let gw = TestGateway::on_nats_with(stack, dir, |c| c.event_buffer = 16).await;
@@ -65,19 +58,7 @@ async fn a_burst_past_the_event_buffer_drops_core_events_counted_and_no_stream_b
     .await;
     let before = queued(&gw, "default/plain").await;
     // A new stream trigger sees only what comes after its consumer.
-    let orders = js.get_stream("ORDERS").await.unwrap();
-    eventually(
-        "the stream trigger's consumer exists",
-        Duration::from_secs(30),
-        async || {
-            let mut names = orders.consumer_names();
-            match futures::StreamExt::next(&mut names).await {
-                Some(Ok(_)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_trigger_consumer(&js.get_stream("ORDERS").await.unwrap()).await;
 
     for i in 0..STREAM_BURST {
         client
