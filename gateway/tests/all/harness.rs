@@ -363,7 +363,8 @@ impl TestGateway {
 
     /// A NATS-mode gateway on `stack`'s server.
     pub async fn on_nats(stack: NatsStack, dir: tempfile::TempDir) -> Self {
-        Self::on_nats_with(stack, dir, |_| {}).await
+        // Boxed: the test's future sits on its thread's stack.
+        Box::pin(Self::on_nats_with(stack, dir, |_| {})).await
     }
 
     /// The same with adjusted settings.
