@@ -39,8 +39,11 @@ pub enum GatewayError {
     UriTooLong,
     #[error("the request body did not arrive within {}", sluice_api::Duration(*.0))]
     RequestTimeout(std::time::Duration),
-    #[error("the queue of {0} is full; retry later")]
-    QueueFull(String),
+    #[error("the queue of {function} is full: it holds all that {} allows; retry later", .bound.flag())]
+    QueueFull {
+        function: String,
+        bound: crate::queue::QueueBound,
+    },
     /// The gateway holds all it may at once (connections, buffered bytes).
     #[error("{0}")]
     Overloaded(String),
@@ -89,7 +92,7 @@ impl GatewayError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::FunctionFailed(f) => match f.kind {
@@ -119,7 +122,7 @@ impl GatewayError {
             Self::RequestTooLarge(_) => "request_too_large",
             Self::UriTooLong => "uri_too_long",
             Self::RequestTimeout(_) => "request_timeout",
-            Self::QueueFull(_) => "queue_full",
+            Self::QueueFull { .. } => "queue_full",
             Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Self::Timeout(_) => "timeout",
             Self::FunctionFailed(f) => match f.kind {
@@ -157,9 +160,13 @@ impl GatewayError {
     }
 
     /// The JSON body: `{"error": <code>, "message": <sentence>}`, and
-    /// `invocationId` when an invocation was made.
+    /// `invocationId` when an invocation was made; `queue_full` says which
+    /// limit was reached in `bound` (`depth` or `bytes`).
     pub fn body(&self, invocation_id: Option<&str>) -> serde_json::Value {
         let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        if let Self::QueueFull { bound, .. } = self {
+            body["bound"] = bound.as_str().into();
+        }
         if let Some(id) = invocation_id {
             body["invocationId"] = id.into();
         }
@@ -196,7 +203,7 @@ impl GatewayError {
                 );
             }
             // A refusal of load: the caller may come back shortly.
-            Self::QueueFull(_) | Self::Overloaded(_) => {
+            Self::QueueFull { .. } | Self::Overloaded(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));

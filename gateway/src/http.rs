@@ -756,7 +756,10 @@ fn require_method(
 fn queue_error(e: QueueError) -> GatewayError {
     match e {
         QueueError::UnknownFunction(f) => GatewayError::UnknownFunction(f.to_string()),
-        QueueError::Full(f) => GatewayError::QueueFull(f.to_string()),
+        QueueError::Full { function, bound } => GatewayError::QueueFull {
+            function: function.to_string(),
+            bound,
+        },
         QueueError::Unavailable(reason) => GatewayError::Unavailable(reason),
         QueueError::HeadersTooLarge(reason) => GatewayError::HeadersTooLarge(reason),
         QueueError::TooLarge(reason) => GatewayError::RequestTooLarge(reason),

@@ -73,6 +73,13 @@ struct Args {
     /// other. Give the operator the same. Default: unset.
     #[arg(long, env = "SLUICE_TRIGGER_SUBJECT_PREFIX", value_name = "TEMPLATE")]
     trigger_subject_prefix: Option<String>,
+    /// Messages each trigger subscription holds while the event bridge
+    /// queues earlier ones; past it events of a core NATS subject are
+    /// dropped and counted (sluice_events_dropped_total). A stream-bound
+    /// subject's events are pulled half as many at a time and never
+    /// dropped.
+    #[arg(long, env = "SLUICE_EVENT_BUFFER", default_value_t = sluice_nats::DEFAULT_SUBSCRIPTION_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(2..))]
+    event_buffer: u64,
     /// Address for invocations.
     #[arg(long, default_value_t = DEFAULT_LISTEN, env = "SLUICE_LISTEN")]
     listen: SocketAddr,
@@ -291,6 +298,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.layout = args.layout.config();
     config.own_layout = args.own_layout;
     config.events_auth = args.events_nats.auth()?;
+    config.event_buffer = usize::try_from(args.event_buffer).unwrap_or(usize::MAX);
     config.trigger_scope = args
         .trigger_subject_prefix
         .as_deref()
@@ -358,6 +366,7 @@ mod local {
         config.http = http;
         config.queue.results_ttl = args.layout.async_deadline.0;
         config.queue.max_depth = usize::try_from(args.layout.max_queue_depth).unwrap_or(usize::MAX);
+        config.queue.max_bytes = args.layout.max_queue_bytes.0;
         config.queue.dedupe_window = args.layout.duplicate_window.0;
         config.queue.dead_letter_capacity =
             usize::try_from(args.layout.dead_letters_per_function).unwrap_or(usize::MAX);

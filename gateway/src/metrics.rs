@@ -69,6 +69,12 @@ pub struct AcceptedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabels {
+    /// `depth` or `bytes` (`crate::queue::QueueBound::as_str`).
+    pub bound: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
 }
@@ -81,7 +87,10 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     events_queued: Family<FunctionLabels, Counter>,
     events_dead_lettered: Family<FunctionLabels, Counter>,
+    events_dropped: Counter,
     queue_depth: Family<FunctionLabels, Gauge>,
+    queue_bytes: Family<FunctionLabels, Gauge>,
+    queue_full: Family<BoundLabels, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
     accepted: Family<AcceptedLabels, Counter>,
     buffered_bytes: Gauge,
@@ -115,6 +124,11 @@ impl Metrics {
             metrics.events_dead_lettered.clone(),
         );
         registry.register(
+            "events_dropped",
+            "Events from core NATS trigger subjects dropped because their trigger's buffer (--event-buffer messages) was full",
+            metrics.events_dropped.clone(),
+        );
+        registry.register(
             "auth_failures",
             "Requests refused by spec.auth (401 unauthenticated, 403 forbidden), by function",
             metrics.auth_failures.clone(),
@@ -123,6 +137,16 @@ impl Metrics {
             "invocations_accepted",
             "HTTP invocations the queue took, by function and route (async: answered 202; sync: answered by a runtime, successfully or not)",
             metrics.accepted.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of invocations a function holds against --max-queue-bytes (NATS mode: what this gateway queued and no runtime took yet; local mode: queued, waiting for a retry, or running)",
+            metrics.queue_bytes.clone(),
+        );
+        registry.register(
+            "queue_full",
+            "Invocations (HTTP and events) refused because their function's queue was full, by the bound reached (depth, bytes)",
+            metrics.queue_full.clone(),
         );
         registry.register(
             "buffered_bytes",
@@ -219,6 +243,28 @@ impl Metrics {
         self.events_dead_lettered
             .get_or_create(&Self::labels(function))
             .inc();
+    }
+
+    /// The counter of dropped trigger events, for the event bridge's
+    /// client to count those it drops.
+    pub fn events_dropped(&self) -> Counter {
+        self.events_dropped.clone()
+    }
+
+    /// A core NATS event the bridge dropped, its buffer full.
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
+    }
+
+    pub fn set_queue_bytes(&self, function: &FunctionRef, bytes: i64) {
+        self.queue_bytes
+            .get_or_create(&Self::labels(function))
+            .set(bytes);
+    }
+
+    /// An invocation refused at `bound` (`depth` or `bytes`).
+    pub fn queue_full(&self, bound: &'static str) {
+        self.queue_full.get_or_create(&BoundLabels { bound }).inc();
     }
 
     pub fn set_queue_depth(&self, function: &FunctionRef, depth: i64) {

@@ -13,7 +13,7 @@ use sluice_api::{FunctionSpec, TriggerScope};
 use sluice_nats::layout::{Layout, LayoutConfig, LayoutMetrics};
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
 use sluice_nats::security::NatsAuth;
-use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
+use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM, SubscriptionBound};
 use sluice_serve::tls::TlsError;
 use sluice_serve::{Admin, TlsFiles};
 
@@ -21,6 +21,7 @@ use crate::events::EventBridge;
 use crate::http::{Gateway, HttpConfig};
 use crate::metrics::Metrics;
 use crate::queue::QueueError;
+use crate::queue::budget::ByteBudget;
 use crate::queue::jetstream::JetStreamQueue;
 use crate::routes::RoutedFunctions;
 use crate::running::{
@@ -52,12 +53,16 @@ pub struct NatsConfig {
     /// The event bridge's own NATS credentials (TLS as for the rest), so
     /// that it subscribes to Function authors' subjects as a user that may
     /// not read `_INBOX.>`, `$…` or `sluice.…` (`SLUICE_EVENTS` in the
-    /// chart's permission file). Default: none, the bridge shares the
-    /// gateway's connection.
+    /// chart's permission file). Default: none, the bridge connects as the
+    /// gateway (on a connection of its own).
     pub events_auth: Option<NatsAuth>,
     /// Per-namespace prefix every trigger subject must start with; the
     /// bridge does not subscribe to others. Default: none.
     pub trigger_scope: Option<TriggerScope>,
+    /// Messages each trigger subscription buffers; past it the client
+    /// drops core NATS events (counted in `sluice_events_dropped_total`).
+    /// Default: [`sluice_nats::DEFAULT_SUBSCRIPTION_CAPACITY`] (1024).
+    pub event_buffer: usize,
 }
 
 impl NatsConfig {
@@ -74,6 +79,7 @@ impl NatsConfig {
             own_layout: true,
             events_auth: None,
             trigger_scope: None,
+            event_buffer: sluice_nats::DEFAULT_SUBSCRIPTION_CAPACITY,
         }
     }
 }
@@ -143,25 +149,37 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
             sluice_nats::is_connected(&connection)
         });
     });
-    let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone()).await?);
+    let budget = ByteBudget::new(config.layout.max_queue_bytes.0, metrics.clone());
+    let queue = Arc::new(JetStreamQueue::new(client.clone(), layout.clone(), budget).await?);
     let gateway = Arc::new(Gateway::new(
         queue.clone(),
         RoutedFunctions::default(),
         config.http.clone(),
         metrics.clone(),
     ));
+    // A connection of its own, whose subscriptions hold at most
+    // `event_buffer` messages each: async-nats' default (65,536) would let
+    // one busy trigger subject buffer gigabytes.
+    let bound = SubscriptionBound {
+        capacity: config.event_buffer,
+        dropped: metrics.events_dropped(),
+    };
     let events_client = match &config.events_auth {
-        None => client,
+        None => {
+            sluice_nats::connect_events(&config.nats_url, &config.nats_security, false, &bound)
+                .await?
+        }
         Some(auth) => {
             let security = NatsSecurity {
                 auth: Some(auth.clone()),
                 tls: config.nats_security.tls.clone(),
             };
-            sluice_nats::connect_events(&config.nats_url, &security).await?
+            sluice_nats::connect_events(&config.nats_url, &security, true, &bound).await?
         }
     };
     let bridge = EventBridge::new(
         events_client,
+        config.event_buffer,
         queue,
         metrics.clone(),
         config.http.async_deadline,

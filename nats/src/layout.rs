@@ -22,6 +22,10 @@ use crate::NatsError;
 
 /// Default of [`LayoutConfig::max_queue_depth`].
 pub const DEFAULT_MAX_QUEUE_DEPTH: i64 = 10_000;
+/// Default of [`LayoutConfig::max_queue_bytes`]: 512 MiB, an eighth of the
+/// invocation stream's [`DEFAULT_MAX_BYTES`] (4 GiB), so that one
+/// function's flood leaves the stream room for the others.
+pub const DEFAULT_MAX_QUEUE_BYTES: ByteSize = ByteSize(512 * MIB);
 /// Default of [`LayoutConfig::duplicate_window`]: 2 minutes, JetStream's own.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Default of [`LayoutConfig::results_ttl`]: 1 hour.
@@ -87,6 +91,12 @@ pub struct LayoutConfig {
     /// refused (the gateway answers 429). Default:
     /// [`DEFAULT_MAX_QUEUE_DEPTH`] (10000).
     pub max_queue_depth: i64,
+    /// Bytes (bodies and headers) of invocations a function may have
+    /// waiting; submitting beyond it is refused (the gateway answers 429).
+    /// JetStream has no per-subject byte limit, so each gateway enforces
+    /// it on what it queued itself (see `sluice_gateway::queue::budget`).
+    /// Default: [`DEFAULT_MAX_QUEUE_BYTES`] (512Mi).
+    pub max_queue_bytes: ByteSize,
     /// How long `Nats-Msg-Id` (from `Idempotency-Key`) dedupes on the
     /// stream. Default: [`DEFAULT_DUPLICATE_WINDOW`] (2m).
     pub duplicate_window: Duration,
@@ -107,6 +117,7 @@ impl Default for LayoutConfig {
     fn default() -> Self {
         Self {
             max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             results_ttl: DEFAULT_RESULTS_TTL,
             dead_letters_per_subject: DEFAULT_DEAD_LETTERS_PER_SUBJECT,
@@ -128,6 +139,11 @@ pub struct LayoutArgs {
     /// Queued invocations per function before submits get 429.
     #[arg(long, env = "SLUICE_MAX_QUEUE_DEPTH", default_value_t = DEFAULT_MAX_QUEUE_DEPTH as u64)]
     pub max_queue_depth: u64,
+    /// Bytes of queued invocations per function before submits get 429,
+    /// enforced by each gateway on what it queued (the operator has no use
+    /// for it).
+    #[arg(long, env = "SLUICE_MAX_QUEUE_BYTES", default_value_t = DEFAULT_MAX_QUEUE_BYTES)]
+    pub max_queue_bytes: ByteSize,
     /// How long a repeated Idempotency-Key is recognised by the stream
     /// alone (past it, by the invocation's record).
     #[arg(long, env = "SLUICE_DUPLICATE_WINDOW", default_value_t = sluice_api::Duration(DEFAULT_DUPLICATE_WINDOW))]
@@ -162,6 +178,7 @@ impl LayoutArgs {
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         LayoutConfig {
             max_queue_depth: count(self.max_queue_depth),
+            max_queue_bytes: self.max_queue_bytes,
             duplicate_window: self.duplicate_window.0,
             results_ttl: self.async_deadline.0,
             dead_letters_per_subject: count(self.dead_letters_per_function),

@@ -93,7 +93,44 @@ pub async fn connect(
     name: &str,
     security: &NatsSecurity,
 ) -> Result<async_nats::Client, NatsError> {
-    connect_with(url, name, security, async_nats::ConnectOptions::new()).await
+    connect_with(url, name, security, async_nats::ConnectOptions::new(), None).await
+}
+
+/// Default of [`SubscriptionBound::capacity`]: 1,024 messages, a
+/// sixty-fourth of async-nats' own default; at a typical event of a few
+/// KiB, a few MiB per trigger.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1024;
+
+/// How many messages each subscription of a connection holds before the
+/// client drops what arrives (async-nats' own default is 65,536, which at
+/// 1 MiB each is far more memory than a gateway has), and the counter of
+/// what it dropped. A JetStream consumer's messages are pulled in batches
+/// that fit ([`pull_batch`]), so only core NATS messages are ever dropped.
+#[derive(Debug, Clone)]
+pub struct SubscriptionBound {
+    /// Messages per subscription, at least 2. Default:
+    /// [`DEFAULT_SUBSCRIPTION_CAPACITY`].
+    pub capacity: usize,
+    /// Counts each message the client dropped at `capacity`, as async-nats
+    /// reports them (one slow-consumer event per message, through a
+    /// channel that itself drops events when they come faster than they
+    /// are counted: a lower bound).
+    pub dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl SubscriptionBound {
+    fn apply(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        options.subscription_capacity(self.capacity.max(2))
+    }
+}
+
+/// The most messages to pull at once from a JetStream consumer on a
+/// connection whose subscriptions hold `capacity`: half of it (at most
+/// async-nats' default 200), leaving room for the consumer's status
+/// messages, so that a pull never overflows its subscription (what
+/// overflowed would wait out the consumer's `ack_wait`).
+pub fn pull_batch(capacity: usize) -> usize {
+    (capacity / 2).clamp(1, 200)
 }
 
 /// The inbox prefix of the gateway's event-bridge connection
@@ -101,16 +138,30 @@ pub async fn connect(
 /// subject can never name it (the `reserved-inbox` rule).
 pub const EVENTS_INBOX_PREFIX: &str = "_INBOX_sluice_events";
 
-/// [`connect`] for the gateway's event bridge, which subscribes to
-/// subjects Function authors name: its own user may not subscribe to
+/// [`connect`] for the gateway's event bridge, its subscriptions bounded
+/// by `bound`. With `own_user` the bridge subscribes to subjects Function
+/// authors name as a user of its own, which may not subscribe to
 /// `_INBOX.>` (where every other part's replies travel), so its request
-/// replies come back under [`EVENTS_INBOX_PREFIX`] instead.
+/// replies come back under [`EVENTS_INBOX_PREFIX`] instead; without, it
+/// connects as the gateway.
 pub async fn connect_events(
     url: &str,
     security: &NatsSecurity,
+    own_user: bool,
+    bound: &SubscriptionBound,
 ) -> Result<async_nats::Client, NatsError> {
-    let options = async_nats::ConnectOptions::new().custom_inbox_prefix(EVENTS_INBOX_PREFIX);
-    connect_with(url, "sluice-gateway-events", security, options).await
+    let mut options = bound.apply(async_nats::ConnectOptions::new());
+    if own_user {
+        options = options.custom_inbox_prefix(EVENTS_INBOX_PREFIX);
+    }
+    connect_with(
+        url,
+        "sluice-gateway-events",
+        security,
+        options,
+        Some(bound.dropped.clone()),
+    )
+    .await
 }
 
 async fn connect_with(
@@ -118,6 +169,7 @@ async fn connect_with(
     name: &str,
     security: &NatsSecurity,
     options: async_nats::ConnectOptions,
+    dropped: Option<prometheus_client::metrics::counter::Counter>,
 ) -> Result<async_nats::Client, NatsError> {
     let logged_url = redacted(url);
     if logged_url != url {
@@ -128,6 +180,9 @@ async fn connect_with(
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         .event_callback(move |event| {
+            if let (async_nats::Event::SlowConsumer(_), Some(dropped)) = (&event, &dropped) {
+                dropped.inc();
+            }
             security::log_event(&logged_url, event);
             std::future::ready(())
         });

@@ -3,7 +3,11 @@
 //! no Kubernetes involved; the operator publishes the same entries once it
 //! has resolved a module.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures::TryStreamExt as _;
 use sluice_api::auth::ApiKeyDigest;
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, ModuleDigest, RegistryEntry};
@@ -27,12 +31,22 @@ pub enum PublishError {
         #[source]
         source: Cause,
     },
+    #[error("cannot collect unreferenced modules ({what}): {source}")]
+    Collect {
+        what: String,
+        #[source]
+        source: Cause,
+    },
 }
 
 /// Writes functions into the registry and their components into the store.
 #[derive(Clone, Debug)]
 pub struct Publisher {
     layout: Layout,
+    /// Held (shared) from storing a module to writing the entry that refers
+    /// to it, and (exclusively) while unreferenced modules are deleted: a
+    /// module found stored is not deleted before its entry is written.
+    collecting: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// What [`Publisher::publish`] did with one function.
@@ -46,7 +60,10 @@ pub struct Published {
 
 impl Publisher {
     pub fn new(layout: Layout) -> Self {
-        Self { layout }
+        Self {
+            layout,
+            collecting: Arc::default(),
+        }
     }
 
     /// Stores the component (once per digest), then the registry entry, so
@@ -79,6 +96,7 @@ impl Publisher {
     ) -> Result<Published, PublishError> {
         let function = &entry.function;
         let digest = entry.module_digest.clone();
+        let _publishing = self.collecting.read().await;
         let uploaded_module =
             self.store_module(&digest, wasm)
                 .await
@@ -122,7 +140,9 @@ impl Publisher {
     }
 
     /// Removes a function from the registry; gateways stop routing to it
-    /// and runtimes stop serving it. Its component stays in the store.
+    /// and runtimes stop serving it. Its component stays in the store
+    /// until [`Publisher::collect_modules`] deletes it (the operator's
+    /// module collection).
     pub async fn unpublish(&self, function: &FunctionRef) -> Result<(), PublishError> {
         self.layout
             .functions
@@ -132,5 +152,84 @@ impl Publisher {
                 function: function.clone(),
                 source: e.into(),
             })
+    }
+}
+
+impl Publisher {
+    /// Deletes the modules `pick` chooses, given the digests of every
+    /// module stored (deleted ones left out) and of those some registry
+    /// entry refers to. Publishing waits meanwhile. Returns what was
+    /// deleted; a module that could not be deleted is logged and left for
+    /// the next time.
+    pub async fn collect_modules(
+        &self,
+        pick: impl FnOnce(&[ModuleDigest], &HashSet<ModuleDigest>) -> Vec<ModuleDigest>,
+    ) -> Result<Vec<ModuleDigest>, PublishError> {
+        let failed = |what: &str| {
+            let what = what.to_owned();
+            move |source: Cause| PublishError::Collect { what, source }
+        };
+        let _collecting = self.collecting.write().await;
+        let stored: Vec<ModuleDigest> = self
+            .layout
+            .modules
+            .list()
+            .await
+            .map_err(|e| failed("listing the module store")(e.into()))?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| failed("listing the module store")(e.into()))?
+            .into_iter()
+            .filter(|info| !info.deleted)
+            .filter_map(|info| info.name.strip_prefix("sha256-")?.parse().ok())
+            .collect();
+        let referenced = self.referenced_modules().await?;
+        let picked = pick(&stored, &referenced);
+        let mut deleted = Vec::with_capacity(picked.len());
+        for digest in picked {
+            match self.layout.modules.delete(digest.object_key()).await {
+                Ok(()) => deleted.push(digest),
+                Err(e) => {
+                    tracing::warn!(module = %digest, error = %e, "cannot delete an unreferenced module; trying again later");
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The modules the registry's entries refer to now.
+    async fn referenced_modules(&self) -> Result<HashSet<ModuleDigest>, PublishError> {
+        let failed = |source: Cause| PublishError::Collect {
+            what: "reading the registry".to_owned(),
+            source,
+        };
+        let keys: Vec<String> = self
+            .layout
+            .functions
+            .keys()
+            .await
+            .map_err(|e| failed(e.into()))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let mut referenced = HashSet::new();
+        for key in keys {
+            let Some(value) = self
+                .layout
+                .functions
+                .get(&key)
+                .await
+                .map_err(|e| failed(e.into()))?
+            else {
+                continue;
+            };
+            // An entry this version cannot read still refers to its module:
+            // keep every module rather than guess.
+            let entry: RegistryEntry = serde_json::from_slice(&value).map_err(|e| {
+                failed(format!("the registry entry {key} is unreadable: {e}").into())
+            })?;
+            referenced.insert(entry.module_digest);
+        }
+        Ok(referenced)
     }
 }

@@ -75,6 +75,8 @@ pub struct Settings {
     pub trigger_scope: Option<sluice_api::TriggerScope>,
     /// The namespaces served (`--watch-namespace`). Default: all.
     pub scope: crate::scope::WatchScope,
+    /// Deleting unreferenced modules (`--module-gc-after`).
+    pub module_gc: crate::module_gc::ModuleGc,
 }
 
 /// What every reconcile shares.

@@ -18,6 +18,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod module;
+pub mod module_gc;
 pub mod resources;
 pub mod scope;
 pub mod storage;
@@ -105,6 +106,7 @@ pub async fn run(
     let mut registry = Registry::with_prefix("sluice");
     let metrics = metrics::Metrics::register(&mut registry);
     let layout_metrics = LayoutMetrics::register(&mut registry);
+    config.settings.module_gc.register(&mut registry);
     let admin = Arc::new(Admin::new(registry));
     let listener = TcpListener::bind(config.admin_listen)
         .await
@@ -193,6 +195,7 @@ pub async fn lead(
     tokio::join!(
         controller::run(ctx.clone(), shutdown.clone()),
         autoscaler::run(ctx.clone(), shutdown.clone()),
+        module_gc::run(ctx.clone(), shutdown.clone()),
         storage::run(
             ctx.layout.js.clone(),
             ctx.jetstream_storage_bound,

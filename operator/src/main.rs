@@ -154,6 +154,10 @@ struct Args {
     /// How long a dead leader's Lease holds before a standby takes over.
     #[arg(long, default_value_t = sluice_api::Duration(DEFAULT_LEASE_DURATION))]
     lease_duration: sluice_api::Duration,
+    /// How long a module in the store may go unreferenced by any registry
+    /// entry (replaced, or its Function deleted) before it is deleted.
+    #[arg(long, env = "SLUICE_MODULE_GC_AFTER", default_value_t = sluice_api::Duration(sluice_operator::module_gc::DEFAULT_AFTER))]
+    module_gc_after: sluice_api::Duration,
     /// The largest limits.memory the runtimes take (their
     /// --max-instance-memory): a Function asking for more is Ready=False.
     /// Default: not checked by the operator (the runtimes still refuse it).
@@ -277,6 +281,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 pool,
             },
             scope: sluice_operator::scope::WatchScope::new(args.watch_namespace),
+            module_gc: sluice_operator::module_gc::ModuleGc::new(args.module_gc_after.0),
             trigger_scope: args
                 .trigger_subject_prefix
                 .as_deref()

@@ -128,3 +128,25 @@ impl Callbacks {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_api::InvocationId;
+    use sluice_api::names::FunctionRef;
+
+    use super::*;
+
+    /// On a current-thread runtime no delivery runs before the test yields:
+    /// all of them are under way at once.
+    #[tokio::test]
+    async fn past_max_pending_deliveries_a_callback_is_dropped_and_counted() {
+        let callbacks = Callbacks::new(Arc::new(EgressPolicy::default()));
+        let function = FunctionRef::new("default", "f").unwrap();
+        for _ in 0..MAX_PENDING + 2 {
+            let record = InvocationRecord::queued(InvocationId::random(), function.clone());
+            callbacks.deliver("http://127.0.0.1:9/".into(), record);
+        }
+        assert_eq!(callbacks.deliveries.len(), MAX_PENDING);
+        assert_eq!(callbacks.dropped().get(), 2);
+    }
+}

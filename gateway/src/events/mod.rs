@@ -39,6 +39,8 @@ use crate::queue::InvocationQueue;
 pub struct EventBridge {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Messages each trigger holds while earlier ones are queued.
+    buffer: usize,
     queue: Arc<dyn InvocationQueue>,
     metrics: Metrics,
     /// How long an event's invocation may take, retries included.
@@ -68,8 +70,13 @@ struct Trigger {
 }
 
 impl EventBridge {
+    /// The bridge on `client`, whose subscriptions hold `buffer` messages
+    /// each (`sluice_nats::SubscriptionBound`): a trigger holds at most as
+    /// many besides those being queued, pulls half as many at once from a
+    /// stream, and drops (counting) a core NATS event past it.
     pub fn new(
         client: async_nats::Client,
+        buffer: usize,
         queue: Arc<dyn InvocationQueue>,
         metrics: Metrics,
         deadline: Duration,
@@ -77,6 +84,7 @@ impl EventBridge {
         Self {
             js: jetstream::new(client.clone()),
             client,
+            buffer,
             queue,
             metrics,
             deadline,
@@ -142,6 +150,7 @@ impl EventBridge {
             let source = Source {
                 client: self.client.clone(),
                 js: self.js.clone(),
+                buffer: self.buffer,
                 queue: self.queue.clone(),
                 metrics: self.metrics.clone(),
                 deadline: self.deadline,
@@ -181,6 +190,7 @@ impl Drop for EventBridge {
 struct Source {
     client: async_nats::Client,
     js: jetstream::Context,
+    buffer: usize,
     queue: Arc<dyn InvocationQueue>,
     metrics: Metrics,
     deadline: Duration,

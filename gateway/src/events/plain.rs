@@ -2,6 +2,7 @@
 //! group; an event that cannot be queued is dead-lettered, since core NATS
 //! will not deliver it again.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -33,18 +34,40 @@ impl Source {
             Err(e) => return e.to_string(),
         };
         // Events are queued several at once: one after another, a
-        // subscription could take only one per round trip to JetStream, and
-        // core NATS drops what a slow subscriber leaves waiting.
+        // subscription could take only one per round trip to JetStream.
+        // Behind those, at most `buffer` wait here; past it an event is
+        // dropped and counted (core NATS would not send it again, and
+        // holding more would let one busy subject fill the memory).
         let mut queueing = FuturesUnordered::new();
+        let mut waiting = VecDeque::new();
+        // Logged once per run of drops, counted each.
+        let mut dropping = false;
         let mut draining = false;
         let mut ended = "the subscription ended".to_owned();
         loop {
             tokio::select! {
-                message = messages.next(), if queueing.len() < MAX_QUEUEING => match message {
-                    Some(message) => queueing.push(self.queue_plain_event(message)),
+                message = messages.next() => match message {
+                    Some(message) if queueing.len() < MAX_QUEUEING => {
+                        queueing.push(self.queue_plain_event(message));
+                    }
+                    Some(message) if waiting.len() < self.buffer => {
+                        dropping = false;
+                        waiting.push_back(message);
+                    }
+                    Some(message) => {
+                        self.metrics.event_dropped();
+                        if !dropping {
+                            dropping = true;
+                            tracing::warn!(function = %self.trigger.function, subject = %message.subject, buffer = self.buffer, "dropping events: the trigger's buffer is full (counted in sluice_events_dropped_total)");
+                        }
+                    }
                     None => break,
                 },
-                Some(()) = queueing.next() => {}
+                Some(()) = queueing.next() => {
+                    if let Some(message) = waiting.pop_front() {
+                        queueing.push(self.queue_plain_event(message));
+                    }
+                }
                 () = stop.cancelled(), if !draining => {
                     draining = true;
                     // async-nats forgets a drained subscription once its
@@ -63,7 +86,11 @@ impl Source {
                 }
             }
         }
-        while queueing.next().await.is_some() {}
+        while queueing.next().await.is_some() {
+            if let Some(message) = waiting.pop_front() {
+                queueing.push(self.queue_plain_event(message));
+            }
+        }
         ended
     }
 

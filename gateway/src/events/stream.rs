@@ -49,7 +49,14 @@ impl Source {
             Ok(consumer) => consumer,
             Err(e) => return e.to_string(),
         };
-        let mut messages = match consumer.messages().await {
+        // Few enough at once that the bounded subscription never drops one.
+        let pulled = consumer
+            .stream()
+            .max_messages_per_batch(sluice_nats::pull_batch(self.buffer))
+            .heartbeat(Duration::from_secs(15))
+            .messages()
+            .await;
+        let mut messages = match pulled {
             Ok(messages) => messages,
             Err(e) => return e.to_string(),
         };

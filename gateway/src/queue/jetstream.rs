@@ -25,7 +25,8 @@ use sluice_nats::layout::Layout;
 use sluice_nats::{Oversize, reply};
 use tokio::sync::oneshot;
 
-use super::{CallResult, Cancelled, InvocationQueue, QueueError, Submitted};
+use super::budget::ByteBudget;
+use super::{CallResult, Cancelled, InvocationQueue, QueueBound, QueueError, Submitted};
 
 /// Dead letters listed (and redriven or purged) at most per request.
 const MAX_DEAD_LETTERS: usize = 1000;
@@ -40,6 +41,8 @@ pub struct JetStreamQueue {
     /// Replies to this gateway's sync calls arrive on `<inbox>.<id>`.
     inbox: String,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<async_nats::Message>>>>,
+    /// `--max-queue-bytes`, on what this gateway queued.
+    budget: Arc<ByteBudget>,
 }
 
 impl std::fmt::Debug for JetStreamQueue {
@@ -52,8 +55,13 @@ impl std::fmt::Debug for JetStreamQueue {
 
 impl JetStreamQueue {
     /// Subscribes to this gateway's reply inbox. The subscription outlives
-    /// reconnections (the client restores it).
-    pub async fn new(client: async_nats::Client, layout: Layout) -> Result<Self, QueueError> {
+    /// reconnections (the client restores it). `budget` holds each
+    /// function's queued bytes.
+    pub async fn new(
+        client: async_nats::Client,
+        layout: Layout,
+        budget: Arc<ByteBudget>,
+    ) -> Result<Self, QueueError> {
         let inbox = client.new_inbox();
         let mut replies = client
             .subscribe(format!("{inbox}.*"))
@@ -80,6 +88,7 @@ impl JetStreamQueue {
             layout,
             inbox,
             waiting,
+            budget,
         })
     }
 
@@ -111,14 +120,22 @@ impl JetStreamQueue {
             message = message.message_id(id);
         }
         let function = &invocation.function;
+        let held = self.budget.hold_queued(&self.layout, invocation).await?;
+        let refused = |e| match publish_error(function, e) {
+            QueueError::Full { function, bound } => self.budget.full(&function, bound),
+            other => other,
+        };
         let ack = self
             .layout
             .js
             .send_publish(function.invoke_subject(), message)
             .await
-            .map_err(|e| publish_error(function, e))?
+            .map_err(refused)?
             .await
-            .map_err(|e| publish_error(function, e))?;
+            .map_err(refused)?;
+        if !ack.duplicate {
+            held.queued(ack.sequence);
+        }
         Ok(ack.duplicate)
     }
 
@@ -240,7 +257,10 @@ impl JetStreamQueue {
 fn publish_error(function: &FunctionRef, e: PublishError) -> QueueError {
     let text = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
     if text.contains("maximum messages per subject") {
-        return QueueError::Full(function.clone());
+        return QueueError::Full {
+            function: function.clone(),
+            bound: QueueBound::Depth,
+        };
     }
     match sluice_nats::oversize(&e) {
         Some(Oversize::Headers) => {

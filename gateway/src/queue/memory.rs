@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use sluice_nats::layout;
 
+use super::budget::{ByteBudget, QueueBound, Reservation};
 use super::{CallResult, Cancelled, InvocationQueue, QueueError, Submitted};
 use crate::metrics::Metrics;
 
@@ -39,6 +40,9 @@ pub struct QueueConfig {
     /// Invocations a function may have queued before submits get 429.
     /// Default: 10000.
     pub max_depth: usize,
+    /// Bytes of invocations a function may hold (queued, waiting for a
+    /// retry, or running) before submits get 429. Default: 512Mi.
+    pub max_bytes: u64,
     /// How long finished records stay readable. Default: 1h.
     pub results_ttl: Duration,
     /// How long an idempotency key dedupes submits. Default: 2m (the
@@ -55,6 +59,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             max_depth: usize::try_from(layout::DEFAULT_MAX_QUEUE_DEPTH).unwrap_or(usize::MAX),
+            max_bytes: layout::DEFAULT_MAX_QUEUE_BYTES.0,
             results_ttl: layout::DEFAULT_RESULTS_TTL,
             dedupe_window: layout::DEFAULT_DUPLICATE_WINDOW,
             dead_letter_capacity: usize::try_from(layout::DEFAULT_DEAD_LETTERS_PER_SUBJECT)
@@ -79,6 +84,7 @@ pub struct MemoryQueue {
 
 #[derive(Debug)]
 struct State {
+    budget: Arc<ByteBudget>,
     runtime: Runtime,
     config: QueueConfig,
     /// The gateway's: queue depth.
@@ -136,11 +142,13 @@ enum Job {
     Call {
         invocation: Box<Invocation>,
         reply: oneshot::Sender<CallResult>,
+        held: Reservation,
     },
     Deliver {
         invocation: Arc<Invocation>,
         attempt: u32,
         callback: Option<String>,
+        held: Reservation,
     },
 }
 
@@ -152,7 +160,9 @@ impl MemoryQueue {
         runtime_metrics: sluice_runtime::metrics::Metrics,
     ) -> Self {
         let callbacks = Callbacks::new(runtime.config().egress.clone());
+        let budget = ByteBudget::new(config.max_bytes, metrics.clone());
         let state = Arc::new(State {
+            budget,
             runtime,
             config,
             metrics,
@@ -206,11 +216,13 @@ impl InvocationQueue for MemoryQueue {
         let lane = self.lane(&invocation.function)?;
         let deadline = invocation.deadline;
         let (reply, answer) = oneshot::channel();
+        let held = self.state.budget.hold(&invocation)?;
         lane.enqueue(
-            &self.state.metrics,
+            &self.state,
             Job::Call {
                 invocation: Box::new(invocation),
                 reply,
+                held,
             },
         )?;
         let wait = deadline
@@ -247,12 +259,14 @@ impl InvocationQueue for MemoryQueue {
             });
         }
         let record = InvocationRecord::accepted(&invocation);
+        let held = self.state.budget.hold(&invocation)?;
         let job = Job::Deliver {
             invocation: Arc::new(invocation),
             attempt: 1,
             callback: callback.clone(),
+            held,
         };
-        lane.enqueue(&self.state.metrics, job)?;
+        lane.enqueue(&self.state, job)?;
         records.insert(id.clone(), RecordEntry::new(record, callback));
         drop(records);
         Ok(Submitted {
@@ -384,13 +398,17 @@ impl InvocationQueue for MemoryQueue {
             invocation.deadline = deadline;
             let id = invocation.id.clone();
             let record = InvocationRecord::accepted(&invocation);
-            let job = Job::Deliver {
-                invocation: Arc::new(invocation),
-                attempt: 1,
-                callback: kept.callback.clone(),
-            };
             let mut records = lock(&self.state.records);
-            match lane.enqueue(&self.state.metrics, job) {
+            let queued = self.state.budget.hold(&invocation).and_then(|held| {
+                let job = Job::Deliver {
+                    invocation: Arc::new(invocation),
+                    attempt: 1,
+                    callback: kept.callback.clone(),
+                    held,
+                };
+                lane.enqueue(&self.state, job)
+            });
+            match queued {
                 Ok(()) => {
                     records.insert(id.clone(), RecordEntry::new(record, kept.callback));
                     report.redriven.push(id);
@@ -436,16 +454,16 @@ impl InvocationQueue for MemoryQueue {
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 impl Lane {
-    fn enqueue(&self, metrics: &Metrics, job: Job) -> Result<(), QueueError> {
+    fn enqueue(&self, state: &State, job: Job) -> Result<(), QueueError> {
         self.sender.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                QueueError::Full(self.function.prepared.function.clone())
-            }
+            mpsc::error::TrySendError::Full(_) => state
+                .budget
+                .full(&self.function.prepared.function, QueueBound::Depth),
             mpsc::error::TrySendError::Closed(_) => {
                 QueueError::Unavailable("the queue shut down".into())
             }
         })?;
-        self.adjust_depth(metrics, 1);
+        self.adjust_depth(&state.metrics, 1);
         Ok(())
     }
 
@@ -473,8 +491,13 @@ async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut jobs: mpsc::Receiver<
 
 async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
     match job {
-        Job::Call { invocation, reply } => {
+        Job::Call {
+            invocation,
+            reply,
+            held,
+        } => {
             let outcome = attempt(state, lane, &invocation).await;
+            drop(held);
             lane.adjust_depth(&state.metrics, -1);
             // The caller may have given up; then nobody needs the answer.
             let _ = reply.send(match outcome {
@@ -486,6 +509,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
             invocation,
             attempt: number,
             callback,
+            held,
         } => {
             let Some(cancel) = state.start(&invocation.id, number) else {
                 // Cancelled while it waited: it never runs.
@@ -501,9 +525,13 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
                     &cancel,
                 )
                 .await;
-            settle(
-                state, lane, invocation, number, callback, attempted, &cancel,
-            );
+            let next = Next {
+                invocation,
+                attempt: number,
+                callback,
+                held,
+            };
+            settle(state, lane, next, attempted, &cancel);
         }
     }
 }
@@ -521,16 +549,28 @@ async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome
         .outcome
 }
 
+/// An async invocation after an attempt, with the bytes it holds.
+struct Next {
+    invocation: Arc<Invocation>,
+    attempt: u32,
+    callback: Option<String>,
+    held: Reservation,
+}
+
 /// Acts on what follows an async attempt: done, retry later, or dead letter.
 fn settle(
     state: &Arc<State>,
     lane: &Arc<Lane>,
-    invocation: Arc<Invocation>,
-    number: u32,
-    callback: Option<String>,
+    next: Next,
     attempted: Attempted,
     cancel: &CancellationToken,
 ) {
+    let Next {
+        invocation,
+        attempt: number,
+        callback,
+        held,
+    } = next;
     let Attempted { outcome, usage } = attempted;
     let mut settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
     if cancel.is_cancelled() && matches!(settlement, Settlement::Retry { .. }) {
@@ -546,7 +586,13 @@ fn settle(
             r.usage = usage;
         });
         state.runtime_metrics.retried(&invocation.function);
-        schedule_retry(lane.clone(), invocation, number + 1, callback, delay);
+        let retry = Next {
+            invocation,
+            attempt: number + 1,
+            callback,
+            held,
+        };
+        schedule_retry(lane.clone(), retry, delay);
         return;
     }
     if let Settlement::Final {
@@ -562,25 +608,21 @@ fn settle(
         r.after_attempt(&outcome, &settlement);
         r.usage = usage;
     });
+    drop(held);
     lane.adjust_depth(&state.metrics, -1);
     if let (Some(url), Some(record)) = (callback, record) {
         state.callbacks.deliver(url, record);
     }
 }
 
-fn schedule_retry(
-    lane: Arc<Lane>,
-    invocation: Arc<Invocation>,
-    attempt: u32,
-    callback: Option<String>,
-    delay: Duration,
-) {
+fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let job = Job::Deliver {
-            invocation,
-            attempt,
-            callback,
+            invocation: next.invocation,
+            attempt: next.attempt,
+            callback: next.callback,
+            held: next.held,
         };
         // A retry waits for room rather than failing: it was accepted once.
         let _ = lane.sender.send(job).await;

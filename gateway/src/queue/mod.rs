@@ -3,6 +3,7 @@
 //! [`jetstream::JetStreamQueue`] puts them on NATS for runtimes to take,
 //! with the same semantics.
 
+pub mod budget;
 pub mod jetstream;
 #[cfg(feature = "local")]
 pub mod memory;
@@ -10,6 +11,7 @@ pub mod memory;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+pub use budget::QueueBound;
 use sluice_api::Failure;
 use sluice_api::dead_letter::{DeadLetterDetail, PurgeReport, RedriveReport, Selection};
 use sluice_api::names::FunctionRef;
@@ -45,8 +47,11 @@ pub struct Cancelled {
 pub enum QueueError {
     #[error("no function {0} is deployed")]
     UnknownFunction(FunctionRef),
-    #[error("the queue of {0} is full")]
-    Full(FunctionRef),
+    #[error("the queue of {function} is full: it holds all that {} allows", .bound.flag())]
+    Full {
+        function: FunctionRef,
+        bound: QueueBound,
+    },
     #[error("the queue is unavailable: {0}")]
     Unavailable(String),
     /// The invocation's header block is longer than the queue carries; it

@@ -589,6 +589,7 @@ async fn a_full_queue_gets_429_nats_down_503_and_the_gateway_recovers_by_itself(
         full.text()
     );
     assert_eq!(full.json()["error"], "queue_full");
+    assert_eq!(full.json()["bound"], "depth");
 
     gw.nats.as_mut().unwrap().server.kill();
     tokio::time::sleep(Duration::from_millis(200)).await;

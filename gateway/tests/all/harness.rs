@@ -128,6 +128,8 @@ pub struct NatsStack {
     pub node: Option<Node>,
     pub publisher: Publisher,
     pub layout: Layout,
+    /// The layout's settings, which gateways on it get too.
+    pub settings: LayoutConfig,
     /// The egress policy of gateways on it (and of its runtime node, unless
     /// changed after it started). Default: [`loopback_egress`].
     pub egress: Arc<EgressPolicy>,
@@ -181,12 +183,14 @@ impl NatsStack {
         let client = sluice_nats::connect(&server.url, "test-publisher", &Default::default())
             .await
             .unwrap();
-        let layout = Layout::reconcile(client, &layout).await.unwrap().layout;
+        let settings = layout;
+        let layout = Layout::reconcile(client, &settings).await.unwrap().layout;
         Self {
             server,
             node: None,
             publisher: Publisher::new(layout.clone()),
             layout,
+            settings,
             egress: loopback_egress(),
             _artifacts: artifacts,
         }
@@ -359,12 +363,24 @@ impl TestGateway {
 
     /// A NATS-mode gateway on `stack`'s server.
     pub async fn on_nats(stack: NatsStack, dir: tempfile::TempDir) -> Self {
+        // Boxed: the test's future sits on its thread's stack.
+        Box::pin(Self::on_nats_with(stack, dir, |_| {})).await
+    }
+
+    /// The same with adjusted settings.
+    pub async fn on_nats_with(
+        stack: NatsStack,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut NatsConfig),
+    ) -> Self {
         let mut config = NatsConfig::new(&stack.server.url);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.egress = stack.egress.clone();
         // The stack made the layout with the test's settings and owns it.
         config.own_layout = false;
+        config.layout = stack.settings.clone();
+        configure(&mut config);
         let gateway = Box::pin(nats_mode::start(config))
             .await
             .expect("gateway starts");

@@ -683,7 +683,7 @@ spec:
 }
 
 /// Binds `orders.>` to a stream `ORDERS` on `stack`'s server.
-async fn orders_stream(stack: &NatsStack) -> jetstream::Context {
+pub(crate) async fn orders_stream(stack: &NatsStack) -> jetstream::Context {
     let js = jetstream::new(async_nats::connect(&stack.server.url).await.unwrap());
     js.create_stream(stream::Config {
         name: "ORDERS".into(),
@@ -697,7 +697,7 @@ async fn orders_stream(stack: &NatsStack) -> jetstream::Context {
 
 /// Waits up to 30s until the gateway has opened a trigger's durable
 /// consumer on `stream`.
-async fn wait_trigger_consumer(stream: &stream::Stream) {
+pub(crate) async fn wait_trigger_consumer(stream: &stream::Stream) {
     eventually(
         "the gateway opens the trigger's consumer",
         Duration::from_secs(30),

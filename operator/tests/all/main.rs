@@ -10,6 +10,7 @@ mod crd;
 mod images;
 mod lifecycle;
 mod module;
+mod module_gc;
 mod monitoring;
 mod nats_security;
 mod resilience;
