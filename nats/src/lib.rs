@@ -3,12 +3,14 @@
 //! consumers ([`layout`]), filling the registry and module store
 //! ([`publish`]), following the registry ([`registry`]), the reply to a
 //! synchronous invocation ([`reply`]), dead letters ([`dead_letter`]) and
-//! queue depth ([`depth`]), the credentials and TLS of a connection
+//! queue depth ([`depth`]), publishing through a cluster's failover
+//! ([`failover`]), the credentials and TLS of a connection
 //! ([`security`]), and waiting for a server that is not there yet
 //! ([`patience`]). It links neither wasmtime nor an HTTP server.
 
 pub mod dead_letter;
 pub mod depth;
+pub mod failover;
 pub mod layout;
 pub mod patience;
 pub mod publish;

@@ -11,6 +11,7 @@ mod bad_input;
 mod bounds;
 mod distributed;
 mod egress;
+mod failover;
 mod hostile;
 mod nats_mode;
 mod nats_security;
