@@ -154,7 +154,7 @@ impl Drop for Process {
 }
 
 /// Sleeps `/sleep/<ms>`: long enough that a runtime always holds some.
-const SLOW: &str = r#"
+pub(crate) const SLOW: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: Function
 metadata: { name: slow }

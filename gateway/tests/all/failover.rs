@@ -14,23 +14,12 @@ use sluice_nats::layout::{Layout, LayoutConfig};
 use sluice_nats::publish::Publisher;
 use sluice_testing::NatsCluster;
 
-use crate::distributed::{Process, all_succeeded, submit_all_with};
+use crate::distributed::{Process, SLOW, all_succeeded, submit_all_with};
 use crate::harness::{TestGateway, eventually, manifest_dir, publish_dir};
 
-/// Sleeps `/sleep/<ms>` (the invocations hold a runtime a while).
-const SLOW: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: slow }
-spec:
-  module: { file: "{misbehave}" }
-  timeout: 5s
-  concurrency: 16
-"#;
-
-/// The longest a sync call may take: its function's timeout (5 s), the
-/// gateway's publish patience through a failover (15 s at most, within
-/// the deadline) and room for a loaded machine. Past it, it hung.
+/// The longest a sync call may take: its function's timeout (2 s; the
+/// gateway's publish patience through a failover ends with it) and room
+/// for a loaded machine. Past it, it hung.
 const SYNC_HANG: Duration = Duration::from_secs(30);
 
 /// A three-server cluster with an R3 layout and `SLOW` published.

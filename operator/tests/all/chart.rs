@@ -267,6 +267,55 @@ fn the_operator_owns_the_layout_with_the_charts_values_and_the_file_store_fits_t
     );
 }
 
+/// `nats.bundled.replicas: 3` (ci/nats-cluster-values.yaml): three
+/// servers routed through the headless Service, each with its own
+/// server_name, routes authenticated as their own user, spread over
+/// nodes, one allowed down at a time; the layout replicated three times.
+/// One server (the default) renders no cluster at all.
+#[test]
+fn three_bundled_servers_form_a_cluster_and_the_layout_follows() {
+    let values = path_str(&chart().join("ci/nats-cluster-values.yaml"));
+    let show = |template_file: &str| template(&["-f", &values, "--show-only", template_file]);
+    let nats = show("templates/nats.yaml");
+    for expected in [
+        "  replicas: 3\n",
+        "server_name: $POD_NAME\n",
+        "cluster {\n      name: sluice-nats\n      port: 6222\n",
+        "user: sluice-route\n",
+        "routes: [$NATS_ROUTE_0, $NATS_ROUTE_1, $NATS_ROUTE_2]\n",
+        "podAntiAffinity:\n",
+        "containerPort: 6222\n",
+    ] {
+        assert!(nats.contains(expected), "{expected:?} in:\n{nats}");
+    }
+    for pod in 0..3 {
+        let route = format!(
+            "nats://sluice-route:$(NATS_ROUTE_PASSWORD)@sluice-nats-{pod}.sluice-nats-headless.{NAMESPACE}.svc:6222\n"
+        );
+        assert!(nats.contains(&route), "{route} in:\n{nats}");
+    }
+    assert!(
+        show("templates/nats-auth.yaml").contains("name: sluice-nats-route\n"),
+        "the routes' Secret"
+    );
+    let budget = show("templates/pdb.yaml");
+    let nats_budget = budget
+        .split("\n---")
+        .find(|doc| doc.contains("name: sluice-nats\n"))
+        .expect("the NATS PodDisruptionBudget");
+    assert!(nats_budget.contains("maxUnavailable: 1\n"), "{nats_budget}");
+    assert!(
+        show("templates/operator.yaml").contains("- --stream-replicas=3\n"),
+        "the layout follows"
+    );
+
+    let single = template(&["--show-only", "templates/nats.yaml"]);
+    assert!(
+        !single.contains("cluster {") && !single.contains("6222") && !single.contains("affinity"),
+        "{single}"
+    );
+}
+
 #[test]
 fn the_crd_template_is_the_repositorys_crd_byte_for_byte() {
     let committed = std::fs::read(repo_root().join("crds/function.yaml")).expect("crds/");
