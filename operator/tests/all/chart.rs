@@ -862,7 +862,17 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
 /// the pod's fixed paths, store and monitoring port left to the test
 /// server.
 fn bundled_nats_config(passwords: &[(&str, &str)]) -> (tempfile::TempDir, String) {
-    let rendered = template(&["--show-only", "templates/nats.yaml"]);
+    bundled_nats_config_with(&[], passwords)
+}
+
+/// [`bundled_nats_config`] rendered with `values` (values files, `--set`s).
+fn bundled_nats_config_with(
+    values: &[&str],
+    passwords: &[(&str, &str)],
+) -> (tempfile::TempDir, String) {
+    let mut args = values.to_vec();
+    args.extend(["--show-only", "templates/nats.yaml"]);
+    let rendered = template(&args);
     let config_map: Value = serde_saphyr::from_multiple::<Value>(&rendered)
         .expect("the rendering is YAML")
         .into_iter()
@@ -965,6 +975,71 @@ async fn the_bundled_nats_refuses_strangers_and_gives_each_part_only_its_set() {
         .await;
         assert!(wrong.is_err(), "sluice-{part} with a wrong password");
     }
+}
+
+/// Three servers configured as the chart configures a bundled cluster
+/// (ci/nats-cluster-values.yaml), with what the pods' environment gives
+/// filled in (each its server_name, the route URLs with the routes'
+/// password, routes on loopback): their routes authenticate, and the
+/// operator's user creates the layout replicated three times on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_as_the_chart_configures_them_form_a_cluster_the_operator_uses() {
+    let parts = [
+        ("gateway", "g-secret"),
+        ("events", "e-secret"),
+        ("runtime", "r-secret"),
+        ("operator", "o-secret"),
+        ("route", "route-secret"),
+    ];
+    let values = path_str(&chart().join("ci/nats-cluster-values.yaml"));
+    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let servers: Vec<NatsServer> = (0..3)
+        .map(|i| {
+            let (dir, mut config) = bundled_nats_config_with(&["-f", &values], &parts);
+            assert!(config.contains("port: 6222\n"), "{config}");
+            config = config
+                .replace("server_name: chart-test", &format!("server_name: n{i}"))
+                .replace(
+                    "port: 6222\n",
+                    &format!("listen: 127.0.0.1:{}\n", route_ports[i]),
+                );
+            for (j, port) in route_ports.iter().enumerate() {
+                config = config.replace(
+                    &format!("$NATS_ROUTE_{j}"),
+                    &format!("\"nats://sluice-route:route-secret@127.0.0.1:{port}\""),
+                );
+            }
+            NatsServer::in_dir(dir, &config)
+        })
+        .collect();
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "sluice-operator".to_owned(),
+        "o-secret".to_owned(),
+    )
+    .connect(servers[0].url.as_str())
+    .await
+    .expect("the operator's user connects");
+    let config = sluice_nats::LayoutConfig {
+        replicas: 3,
+        ..sluice_nats::LayoutConfig::default()
+    };
+    // The cluster elects its meta leader first: asked again until then.
+    let started = std::time::Instant::now();
+    let layout = loop {
+        match sluice_nats::Layout::reconcile(client.clone(), &config).await {
+            Ok(reconciled) => break reconciled.layout,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no R3 layout on the chart's cluster within 60s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut invocations = layout.invocations.clone();
+    let info = invocations.info().await.expect("the stream's info");
+    assert_eq!(info.config.num_replicas, 3);
+    let peers = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
+    assert_eq!(peers, 2, "two followers: {:?}", info.cluster);
 }
 
 #[test]
