@@ -75,7 +75,7 @@ async fn the_depth_stays_right_when_the_consumer_leader_is_lost() {
         .clone()
         .and_then(|c| c.leader)
         .expect("a consumer leader");
-    let victim = cluster.index_of(&leader).expect("one of ours");
+    let victim = NatsCluster::index_of(&leader).expect("one of ours");
     cluster.servers[victim].kill();
 
     // Asked until a new leader answers; then the listing and the new

@@ -232,9 +232,7 @@ async fn the_owner_raises_replicas_in_place_and_the_layout_survives_its_leader()
         "idempotent"
     );
 
-    let victim = cluster
-        .index_of(&leader)
-        .expect("the leader is one of ours");
+    let victim = NatsCluster::index_of(&leader).expect("the leader is one of ours");
     cluster.servers[victim].kill();
     let started = Instant::now();
     loop {

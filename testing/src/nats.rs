@@ -206,9 +206,10 @@ impl NatsCluster {
         format!("n{i}")
     }
 
-    /// The index of the server named `name`.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        (0..self.servers.len()).find(|&i| Self::name(i) == name)
+    /// The index in `servers` of the server named `name` (`n<i>`), as a
+    /// stream's or consumer's cluster info names its leader.
+    pub fn index_of(name: &str) -> Option<usize> {
+        name.strip_prefix('n')?.parse().ok()
     }
 
     /// Every server's URL, comma-separated, as `--nats` takes them.

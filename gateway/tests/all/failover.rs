@@ -40,26 +40,23 @@ async fn cluster_with_layout() -> (NatsCluster, Layout) {
     (cluster, layout)
 }
 
-/// The server leading `SLUICE_INVOCATIONS` (asked until one is known).
-async fn invocation_leader(layout: &Layout, cluster: &NatsCluster) -> usize {
+/// The index of the server leading `stream` (asked until one is known).
+async fn leader_of(stream: &str, layout: &Layout) -> usize {
     let js = &layout.js;
-    eventually(
-        "the invocation stream has a leader",
+    let name = eventually(
+        &format!("{stream} has a leader"),
         Duration::from_secs(60),
         async || {
-            let mut stream = js
-                .get_stream(INVOCATION_STREAM)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
             let info = stream.info().await.map_err(|e| e.to_string())?;
             info.cluster
                 .as_ref()
-                .and_then(|c| c.leader.as_deref())
-                .and_then(|name| cluster.index_of(name))
+                .and_then(|c| c.leader.clone())
                 .ok_or_else(|| format!("{:?}", info.cluster))
         },
     )
-    .await
+    .await;
+    NatsCluster::index_of(&name).unwrap_or_else(|| panic!("{name} is not one of ours"))
 }
 
 /// What the steady stream of sync calls saw.
@@ -189,7 +186,7 @@ async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
     let gw = Arc::new(TestGateway::remote(addr));
     gw.wait_routed("default/slow").await;
     runtime.wait_for_log("\"message\":\"serving\"").await;
-    let leader = invocation_leader(&layout, &cluster).await;
+    let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -228,7 +225,7 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     for runtime in &runtimes {
         runtime.wait_for_log("\"message\":\"serving\"").await;
     }
-    let leader = invocation_leader(&layout, &cluster).await;
+    let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let victims = [gateways[1].pid(), runtimes[2].pid()];
     let kill_others: crate::distributed::During = (
