@@ -3,12 +3,14 @@
 //! consumers ([`layout`]), filling the registry and module store
 //! ([`publish`]), following the registry ([`registry`]), the reply to a
 //! synchronous invocation ([`reply`]), dead letters ([`dead_letter`]) and
-//! queue depth ([`depth`]), the credentials and TLS of a connection
+//! queue depth ([`depth`]), publishing through a cluster's failover
+//! ([`failover`]), the credentials and TLS of a connection
 //! ([`security`]), and waiting for a server that is not there yet
 //! ([`patience`]). It links neither wasmtime nor an HTTP server.
 
 pub mod dead_letter;
 pub mod depth;
+pub mod failover;
 pub mod layout;
 pub mod patience;
 pub mod publish;
@@ -81,8 +83,9 @@ pub enum NatsError {
     },
 }
 
-/// Connects to `url` with `security`, naming the process to the server.
-/// A first connection that fails (unreachable, credentials refused, TLS)
+/// Connects to `url` (one server, or several of a cluster
+/// comma-separated: `nats://a:4222,nats://b:4222`) with `security`,
+/// naming the process to the server. A first connection that fails (unreachable, credentials refused, TLS)
 /// is an error at once (a long-running part waits with [`connect_patiently`]
 /// instead); once connected it keeps reconnecting for as long as the
 /// process lives. Errors and logs name the server without credentials
@@ -187,7 +190,11 @@ async fn connect_with(
             std::future::ready(())
         });
     let options = security.apply(options).await?;
-    options.connect(url).await.map_err(|source| {
+    // A cluster's servers, comma-separated: the client tries them in
+    // random order, and reconnects to whichever survives (also to servers
+    // it learns of from the cluster itself).
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    options.connect(servers).await.map_err(|source| {
         let url = redacted(url);
         match source.kind() {
             async_nats::ConnectErrorKind::AuthorizationViolation => {

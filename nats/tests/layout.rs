@@ -149,3 +149,121 @@ async fn a_missing_layout_is_worth_waiting_for() {
         .unwrap();
     Layout::open(client).await.expect("the layout, once made");
 }
+
+/// On a three-server cluster the owner raises a layout made with one copy
+/// to three in place (what it holds kept), and the layout then survives
+/// the loss of a stream's leader: a record stored before is read after,
+/// through a client given every server's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_raises_replicas_in_place_and_the_layout_survives_its_leader() {
+    use sluice_api::names::RESULTS_BUCKET;
+    use sluice_testing::NatsCluster;
+    use std::time::{Duration, Instant};
+    let mut cluster = NatsCluster::start(3);
+    let security = sluice_nats::NatsSecurity::default();
+    let client = sluice_nats::connect(&cluster.url(), "test-owner", &security)
+        .await
+        .expect("the cluster");
+    let one = Layout::reconcile(client.clone(), &LayoutConfig::default())
+        .await
+        .expect("the layout with one copy");
+    one.layout
+        .results
+        .put("before", "kept".into())
+        .await
+        .expect("a record");
+    let three = LayoutConfig {
+        replicas: 3,
+        ..LayoutConfig::default()
+    };
+    let raised = Layout::reconcile(client.clone(), &three)
+        .await
+        .expect("the layout with three copies");
+    let mut raised_streams: Vec<_> = raised
+        .changes
+        .iter()
+        .map(|c| (c.stream.as_str(), c.setting, c.from.as_str(), c.applied))
+        .collect();
+    raised_streams.sort_unstable();
+    assert_eq!(
+        raised_streams,
+        [
+            ("KV_sluice-functions", "replicas", "1", true),
+            ("KV_sluice-results", "replicas", "1", true),
+            ("OBJ_sluice-modules", "replicas", "1", true),
+            ("SLUICE_DEAD_LETTERS", "replicas", "1", true),
+            ("SLUICE_INVOCATIONS", "replicas", "1", true),
+        ]
+    );
+    let js = async_nats::jetstream::new(client.clone());
+    let results_stream = format!("KV_{RESULTS_BUCKET}");
+    // Each copy catches up in the background: wait for two current
+    // followers of the results.
+    let started = Instant::now();
+    let leader = loop {
+        let info = js
+            .get_stream(&results_stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.config.num_replicas, 3);
+        let cluster_info = info.cluster.clone().unwrap_or_default();
+        let current = cluster_info.replicas.iter().filter(|r| r.current).count();
+        if current == 2
+            && let Some(leader) = cluster_info.leader
+        {
+            break leader;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no two current followers of {results_stream} within 60s: {cluster_info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        Layout::reconcile(client.clone(), &three)
+            .await
+            .unwrap()
+            .changes,
+        [],
+        "idempotent"
+    );
+
+    let victim = NatsCluster::index_of(&leader).expect("the leader is one of ours");
+    cluster.servers[victim].kill();
+    let started = Instant::now();
+    loop {
+        match raised.layout.results.get("before").await {
+            Ok(Some(value)) => {
+                assert_eq!(&value[..], b"kept");
+                break;
+            }
+            outcome => assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the record is not readable within 60s of its leader's loss: {outcome:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The stream's info comes from the meta leader, which may have been
+    // the victim too: asked until a new leader answers.
+    let started = Instant::now();
+    loop {
+        let info = match js.get_stream(&results_stream).await {
+            Ok(mut stream) => stream.info().await.ok().cloned(),
+            Err(_) => None,
+        };
+        let new_leader = info.and_then(|i| i.cluster).and_then(|c| c.leader);
+        if new_leader.is_some() && new_leader.as_deref() != Some(leader.as_str()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no new leader after {leader} within 60s: {new_leader:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

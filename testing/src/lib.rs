@@ -4,7 +4,8 @@
 //!
 //! - [`NatsServer`]: `nats-server` with JetStream (`SLUICE_NATS_SERVER`,
 //!   installed by `scripts/nats-server.sh`); [`LateNats`], one started
-//!   after the part under test.
+//!   after the part under test; [`NatsCluster`], three (or more) routed
+//!   into a JetStream cluster on loopback.
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager
 //!   (`SLUICE_KUBE_BIN`, built by `scripts/k8s/tools.sh`), with `kubectl`
 //!   and `helm` pointed at it; [`helm`] alone for `lint` and `template`;
@@ -24,7 +25,7 @@ mod tls;
 
 pub use kube::{ControlPlane, Node, SLUICE_NAMESPACE, helm, run_with_stdin, succeeded};
 pub use kubelet::Kubelet;
-pub use nats::{LateNats, NatsServer, NatsUser, SecureNats};
+pub use nats::{LateNats, NatsCluster, NatsServer, NatsUser, SecureNats};
 pub use tls::TestCa;
 
 /// A free loopback port (bound, then released for a child to take).

@@ -155,6 +155,95 @@ impl Drop for NatsServer {
     }
 }
 
+/// A JetStream cluster of nats-servers on loopback: each with its own
+/// `server_name` (`n0`, `n1`, ...), client, route and monitoring ports
+/// (free ones), and store, routed to each other on loopback. Stopped when
+/// dropped. Its servers are [`NatsServer`]s: kill one (SIGKILL), restart
+/// one (SIGTERM, then the same ports and store).
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// In the order of their names: `servers[i]` is `n<i>`.
+    pub servers: Vec<NatsServer>,
+    monitors: Vec<std::net::SocketAddr>,
+}
+
+/// The cluster's name (JetStream's too).
+const CLUSTER_NAME: &str = "sluice-test";
+
+impl NatsCluster {
+    /// Starts `size` servers and returns once each reports JetStream
+    /// healthy (its meta leader known), 60 s at most.
+    pub fn start(size: usize) -> Self {
+        let routes: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
+        let ports: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
+        let monitors: Vec<std::net::SocketAddr> = (0..size)
+            .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port())))
+            .collect();
+        let route_urls = routes
+            .iter()
+            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let servers = (0..size)
+            .map(|i| {
+                let config = format!(
+                    "server_name: {name}\n\
+                     max_payload: 8MB\n\
+                     http: \"{monitor}\"\n\
+                     cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"127.0.0.1:{route}\"\n  routes: [{route_urls}]\n}}\n",
+                    name = Self::name(i),
+                    monitor = monitors[i],
+                    route = routes[i],
+                );
+                NatsServer::in_dir_on(tempfile::tempdir().unwrap(), &config, i32::from(ports[i]))
+            })
+            .collect();
+        let cluster = Self { servers, monitors };
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// The `server_name` of `servers[i]`.
+    pub fn name(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// The index in `servers` of the server named `name` (`n<i>`), as a
+    /// stream's or consumer's cluster info names its leader.
+    pub fn index_of(name: &str) -> Option<usize> {
+        name.strip_prefix('n')?.parse().ok()
+    }
+
+    /// Every server's URL, comma-separated, as `--nats` takes them.
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits (60 s at most) until every running server answers its
+    /// monitoring `/healthz` 200: JetStream is up and caught up with the
+    /// cluster's meta leader.
+    pub fn wait_healthy(&self) {
+        let started = Instant::now();
+        for (server, monitor) in self.servers.iter().zip(&self.monitors) {
+            if server.pid().is_none() {
+                continue;
+            }
+            while crate::http::get(*monitor, "/healthz").map(|(status, _)| status) != Some(200) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the NATS cluster is not healthy within 60s: {}",
+                    std::fs::read_to_string(server.dir().join(LOG)).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// A user of a [`SecureNats`] server.
 #[derive(Debug, Clone, Copy)]
 pub struct NatsUser<'a> {

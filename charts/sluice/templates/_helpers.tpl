@@ -304,6 +304,10 @@ The operator's flags for the NATS layout it owns.
 */}}
 {{- define "sluice.layoutArgs" -}}
 {{- $layout := .Values.nats.layout -}}
+{{- $replicas := $layout.replicas -}}
+{{- if eq .Values.nats.mode "bundled" -}}
+{{- $replicas = min 3 (int .Values.nats.bundled.replicas) -}}
+{{- end -}}
 - --async-deadline={{ .Values.gateway.asyncDeadline }}
 - --max-queue-depth={{ .Values.gateway.maxQueueDepth }}
 - --duplicate-window={{ $layout.duplicateWindow }}
@@ -313,5 +317,5 @@ The operator's flags for the NATS layout it owns.
 - --results-max-bytes={{ $layout.maxBytes.results }}
 - --functions-max-bytes={{ $layout.maxBytes.functions }}
 - --modules-max-bytes={{ $layout.maxBytes.modules }}
-- --stream-replicas={{ $layout.replicas }}
+- --stream-replicas={{ $replicas }}
 {{- end -}}

@@ -22,7 +22,7 @@ use sluice_api::{CancelDecision, DeadLetter, Invocation, InvocationId, Invocatio
 use sluice_api::{Failure, FailureKind, InvocationState, cancel_decision};
 use sluice_nats::dead_letter::{self, GivenUp};
 use sluice_nats::layout::Layout;
-use sluice_nats::{Oversize, reply};
+use sluice_nats::{Oversize, failover, reply};
 use tokio::sync::oneshot;
 
 use super::budget::ByteBudget;
@@ -106,33 +106,37 @@ impl JetStreamQueue {
         &self,
         invocation: &Invocation,
         extra: &[(&'static str, &str)],
-        message_id: Option<&str>,
+        message_id: &str,
     ) -> Result<bool, QueueError> {
         let mut headers = async_nats::HeaderMap::new();
         invocation.write_wire_headers(|name, value| headers.append(name, value));
         for (name, value) in extra {
             headers.insert(*name, *value);
         }
-        let mut message = PublishMessage::build()
+        let message = PublishMessage::build()
             .payload(invocation.body.clone())
-            .headers(headers);
-        if let Some(id) = message_id {
-            message = message.message_id(id);
-        }
+            .headers(headers)
+            .message_id(message_id);
         let function = &invocation.function;
         let held = self.budget.hold_queued(&self.layout, invocation).await?;
         let refused = |e| match publish_error(function, e) {
             QueueError::Full { function, bound } => self.budget.full(&function, bound),
             other => other,
         };
-        let ack = self
-            .layout
-            .js
-            .send_publish(function.invoke_subject(), message)
-            .await
-            .map_err(refused)?
-            .await
-            .map_err(refused)?;
+        // Through a failover (the stream electing a leader) the publish is
+        // sent again, with the same id, within the invocation's deadline.
+        let left = invocation
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let ack = failover::publish_patiently(
+            &self.layout.js,
+            &function.invoke_subject(),
+            message,
+            tokio::time::Instant::now() + left,
+        )
+        .await
+        .map_err(refused)?;
         if !ack.duplicate {
             held.queued(ack.sequence);
         }
@@ -241,7 +245,7 @@ impl JetStreamQueue {
             .collect();
         let message_id = format!("{}.redrive.{}", invocation.id, stored.sequence);
         let duplicate = self
-            .enqueue(&invocation, &extra, Some(&message_id))
+            .enqueue(&invocation, &extra, &message_id)
             .await
             .map_err(|e| e.to_string())?;
         dead_letter::delete(&self.layout.dead_letters, stored.sequence)
@@ -295,7 +299,8 @@ impl InvocationQueue for JetStreamQueue {
             id: &id,
         };
         let reply_to = format!("{}.{id}", self.inbox);
-        self.enqueue(&invocation, &[(REPLY_TO_HEADER, &reply_to)], None)
+        // The id makes a publish sent again through a failover one message.
+        self.enqueue(&invocation, &[(REPLY_TO_HEADER, &reply_to)], &id)
             .await?;
         let wait = invocation
             .deadline
@@ -337,7 +342,7 @@ impl InvocationQueue for JetStreamQueue {
         // newer record stays.
         let (created, enqueued) = tokio::join!(
             self.layout.results.create(id.as_str(), json),
-            self.enqueue(&invocation, &extra, Some(id.as_str())),
+            self.enqueue(&invocation, &extra, id.as_str()),
         );
         let duplicate = match enqueued {
             Ok(duplicate) => duplicate,

@@ -106,6 +106,10 @@ impl Process {
         (process, addr)
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -150,7 +154,7 @@ impl Drop for Process {
 }
 
 /// Sleeps `/sleep/<ms>`: long enough that a runtime always holds some.
-const SLOW: &str = r#"
+pub(crate) const SLOW: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: Function
 metadata: { name: slow }
@@ -286,32 +290,60 @@ async fn submit_all(
     trigger_at: usize,
     during: impl FnOnce() + Send + 'static,
 ) -> Vec<String> {
+    submit_all_with(vec![gw], path, total, vec![(trigger_at, Box::new(during))]).await
+}
+
+/// Something done to the system under load once so many are accepted.
+pub(crate) type During = (usize, Box<dyn FnOnce() + Send>);
+
+/// [`submit_all`] through any of `gateways` (a request one of them does
+/// not take goes to the next), with any number of things done during it,
+/// each on a blocking thread of its own once its count of accepted is
+/// reached.
+pub(crate) async fn submit_all_with(
+    gateways: Vec<Arc<TestGateway>>,
+    path: &'static str,
+    total: usize,
+    during: Vec<During>,
+) -> Vec<String> {
     let accepted = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let issued = Arc::new(AtomicUsize::new(0));
-    let during = Arc::new(std::sync::Mutex::new(Some(during)));
+    let during = Arc::new(std::sync::Mutex::new(during));
     let started = Instant::now();
     let clients: Vec<_> = (0..16)
-        .map(|_| {
-            let (gw, accepted, issued, during) =
-                (gw.clone(), accepted.clone(), issued.clone(), during.clone());
+        .map(|client| {
+            let (gateways, accepted, issued, during) = (
+                gateways.clone(),
+                accepted.clone(),
+                issued.clone(),
+                during.clone(),
+            );
             tokio::spawn(async move {
+                let mut sent = client;
                 while issued.fetch_add(1, Ordering::SeqCst) < total {
                     loop {
                         assert!(
                             started.elapsed() < Duration::from_secs(90),
                             "submitting took over 90s"
                         );
-                        let reply = gw.send(Method::POST, path, &[], "").await;
+                        sent += 1;
+                        let gw = &gateways[sent % gateways.len()];
+                        let Some(reply) = gw.try_send(Method::POST, path, &[], "").await else {
+                            // A gateway killed under load refuses the connection.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
                         match reply.status {
                             StatusCode::ACCEPTED => {
                                 let id = reply.json()["id"].as_str().unwrap().to_owned();
                                 let mut ids = accepted.lock().await;
                                 ids.push(id);
-                                if ids.len() == trigger_at {
-                                    let run = during.lock().unwrap().take();
-                                    if let Some(run) = run {
-                                        tokio::task::spawn_blocking(run);
-                                    }
+                                let count = ids.len();
+                                let mut waiting = during.lock().unwrap();
+                                while let Some(at) = waiting.iter().position(|(at, _)| *at == count)
+                                {
+                                    let (_, run) = waiting.swap_remove(at);
+                                    tokio::task::spawn_blocking(run);
                                 }
                                 break;
                             }
@@ -333,7 +365,7 @@ async fn submit_all(
 
 /// Waits until every id is final, checks that each has its own record and
 /// succeeded, and returns the records.
-async fn all_succeeded(gw: &TestGateway, ids: &[String]) -> Vec<serde_json::Value> {
+pub(crate) async fn all_succeeded(gw: &TestGateway, ids: &[String]) -> Vec<serde_json::Value> {
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
         records.push(gw.wait_record(id).await);

@@ -12,6 +12,7 @@ mod bounds;
 mod distributed;
 mod egress;
 mod event_buffers;
+mod failover;
 mod hostile;
 mod idle;
 mod lifecycle;

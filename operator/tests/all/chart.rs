@@ -405,6 +405,55 @@ fn the_operator_owns_the_layout_with_the_charts_values_and_the_file_store_fits_t
     );
 }
 
+/// `nats.bundled.replicas: 3` (ci/nats-cluster-values.yaml): three
+/// servers routed through the headless Service, each with its own
+/// server_name, routes authenticated as their own user, spread over
+/// nodes, one allowed down at a time; the layout replicated three times.
+/// One server (the default) renders no cluster at all.
+#[test]
+fn three_bundled_servers_form_a_cluster_and_the_layout_follows() {
+    let values = path_str(&chart().join("ci/nats-cluster-values.yaml"));
+    let show = |template_file: &str| template(&["-f", &values, "--show-only", template_file]);
+    let nats = show("templates/nats.yaml");
+    for expected in [
+        "  replicas: 3\n",
+        "server_name: $POD_NAME\n",
+        "cluster {\n      name: sluice-nats\n      port: 6222\n",
+        "user: sluice-route\n",
+        "routes: [$NATS_ROUTE_0, $NATS_ROUTE_1, $NATS_ROUTE_2]\n",
+        "podAntiAffinity:\n",
+        "containerPort: 6222\n",
+    ] {
+        assert!(nats.contains(expected), "{expected:?} in:\n{nats}");
+    }
+    for pod in 0..3 {
+        let route = format!(
+            "nats://sluice-route:$(NATS_ROUTE_PASSWORD)@sluice-nats-{pod}.sluice-nats-headless.{NAMESPACE}.svc:6222\n"
+        );
+        assert!(nats.contains(&route), "{route} in:\n{nats}");
+    }
+    assert!(
+        show("templates/nats-auth.yaml").contains("name: sluice-nats-route\n"),
+        "the routes' Secret"
+    );
+    let budget = show("templates/pdb.yaml");
+    let nats_budget = budget
+        .split("\n---")
+        .find(|doc| doc.contains("name: sluice-nats\n"))
+        .expect("the NATS PodDisruptionBudget");
+    assert!(nats_budget.contains("maxUnavailable: 1\n"), "{nats_budget}");
+    assert!(
+        show("templates/operator.yaml").contains("- --stream-replicas=3\n"),
+        "the layout follows"
+    );
+
+    let single = template(&["--show-only", "templates/nats.yaml"]);
+    assert!(
+        !single.contains("cluster {") && !single.contains("6222") && !single.contains("affinity"),
+        "{single}"
+    );
+}
+
 #[test]
 fn the_crd_template_is_the_repositorys_crd_byte_for_byte() {
     let committed = std::fs::read(repo_root().join("crds/function.yaml")).expect("crds/");
@@ -910,7 +959,17 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
 /// the pod's fixed paths, store and monitoring port left to the test
 /// server.
 fn bundled_nats_config(passwords: &[(&str, &str)]) -> (tempfile::TempDir, String) {
-    let rendered = template(&["--show-only", "templates/nats.yaml"]);
+    bundled_nats_config_with(&[], passwords)
+}
+
+/// [`bundled_nats_config`] rendered with `values` (values files, `--set`s).
+fn bundled_nats_config_with(
+    values: &[&str],
+    passwords: &[(&str, &str)],
+) -> (tempfile::TempDir, String) {
+    let mut args = values.to_vec();
+    args.extend(["--show-only", "templates/nats.yaml"]);
+    let rendered = template(&args);
     let config_map: Value = serde_saphyr::from_multiple::<Value>(&rendered)
         .expect("the rendering is YAML")
         .into_iter()
@@ -1013,6 +1072,71 @@ async fn the_bundled_nats_refuses_strangers_and_gives_each_part_only_its_set() {
         .await;
         assert!(wrong.is_err(), "sluice-{part} with a wrong password");
     }
+}
+
+/// Three servers configured as the chart configures a bundled cluster
+/// (ci/nats-cluster-values.yaml), with what the pods' environment gives
+/// filled in (each its server_name, the route URLs with the routes'
+/// password, routes on loopback): their routes authenticate, and the
+/// operator's user creates the layout replicated three times on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_as_the_chart_configures_them_form_a_cluster_the_operator_uses() {
+    let parts = [
+        ("gateway", "g-secret"),
+        ("events", "e-secret"),
+        ("runtime", "r-secret"),
+        ("operator", "o-secret"),
+        ("route", "route-secret"),
+    ];
+    let values = path_str(&chart().join("ci/nats-cluster-values.yaml"));
+    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let servers: Vec<NatsServer> = (0..3)
+        .map(|i| {
+            let (dir, mut config) = bundled_nats_config_with(&["-f", &values], &parts);
+            assert!(config.contains("port: 6222\n"), "{config}");
+            config = config
+                .replace("server_name: chart-test", &format!("server_name: n{i}"))
+                .replace(
+                    "port: 6222\n",
+                    &format!("listen: 127.0.0.1:{}\n", route_ports[i]),
+                );
+            for (j, port) in route_ports.iter().enumerate() {
+                config = config.replace(
+                    &format!("$NATS_ROUTE_{j}"),
+                    &format!("\"nats://sluice-route:route-secret@127.0.0.1:{port}\""),
+                );
+            }
+            NatsServer::in_dir(dir, &config)
+        })
+        .collect();
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "sluice-operator".to_owned(),
+        "o-secret".to_owned(),
+    )
+    .connect(servers[0].url.as_str())
+    .await
+    .expect("the operator's user connects");
+    let config = sluice_nats::LayoutConfig {
+        replicas: 3,
+        ..sluice_nats::LayoutConfig::default()
+    };
+    // The cluster elects its meta leader first: asked again until then.
+    let started = std::time::Instant::now();
+    let layout = loop {
+        match sluice_nats::Layout::reconcile(client.clone(), &config).await {
+            Ok(reconciled) => break reconciled.layout,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no R3 layout on the chart's cluster within 60s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut invocations = layout.invocations.clone();
+    let info = invocations.info().await.expect("the stream's info");
+    assert_eq!(info.config.num_replicas, 3);
+    let peers = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
+    assert_eq!(peers, 2, "two followers: {:?}", info.cluster);
 }
 
 #[test]

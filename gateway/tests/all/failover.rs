@@ -1,0 +1,256 @@
+//! Sluice on a three-server JetStream cluster with every stream and bucket
+//! replicated three times (R3): the invocation stream's leader is
+//! SIGKILLed and another server stopped and restarted under load, and
+//! every accepted invocation still succeeds.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use sluice_api::names::INVOCATION_STREAM;
+use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_nats::publish::Publisher;
+use sluice_testing::NatsCluster;
+
+use crate::distributed::{Process, SLOW, all_succeeded, submit_all_with};
+use crate::harness::{TestGateway, eventually, manifest_dir, publish_dir};
+
+/// The longest a sync call may take: its function's timeout (2 s; the
+/// gateway's publish patience through a failover ends with it) and room
+/// for a loaded machine. Past it, it hung.
+const SYNC_HANG: Duration = Duration::from_secs(30);
+
+/// A three-server cluster with an R3 layout and `SLOW` published.
+async fn cluster_with_layout() -> (NatsCluster, Layout) {
+    let cluster = NatsCluster::start(3);
+    let client = sluice_nats::connect(&cluster.url(), "test-owner", &Default::default())
+        .await
+        .expect("the cluster");
+    let config = LayoutConfig {
+        replicas: 3,
+        ..LayoutConfig::default()
+    };
+    let layout = Layout::reconcile(client, &config)
+        .await
+        .expect("the R3 layout")
+        .layout;
+    publish_dir(&Publisher::new(layout.clone()), manifest_dir(SLOW).path()).await;
+    (cluster, layout)
+}
+
+/// The index of the server leading `stream` (asked until one is known).
+async fn leader_of(stream: &str, layout: &Layout) -> usize {
+    let js = &layout.js;
+    let name = eventually(
+        &format!("{stream} has a leader"),
+        Duration::from_secs(60),
+        async || {
+            let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            info.cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .ok_or_else(|| format!("{:?}", info.cluster))
+        },
+    )
+    .await;
+    NatsCluster::index_of(&name).unwrap_or_else(|| panic!("{name} is not one of ours"))
+}
+
+/// What the steady stream of sync calls saw.
+#[derive(Debug, Default)]
+struct SyncTally {
+    ok: AtomicUsize,
+    unavailable: AtomicUsize,
+    timed_out: AtomicUsize,
+    other: std::sync::Mutex<Vec<String>>,
+}
+
+/// Sends sync calls one after another from each of `clients` tasks until
+/// `stop`, tallying their answers; a call that takes longer than
+/// [`SYNC_HANG`] counts as hung (`other`).
+fn steady_sync_calls(
+    gateways: Vec<Arc<TestGateway>>,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<SyncTally>, Vec<tokio::task::JoinHandle<()>>) {
+    let tally = Arc::new(SyncTally::default());
+    let tasks = (0..clients)
+        .map(|i| {
+            let (gateways, stop, tally) = (gateways.clone(), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut n = i;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let gw = &gateways[n % gateways.len()];
+                    let call = gw.try_send(Method::GET, "/fn/default/slow/sleep/10", &[], "");
+                    match tokio::time::timeout(SYNC_HANG, call).await {
+                        Ok(Some(reply)) if reply.status == StatusCode::OK => {
+                            tally.ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Some(reply)) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
+                            tally.unavailable.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Some(reply)) if reply.status == StatusCode::GATEWAY_TIMEOUT => {
+                            tally.timed_out.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // A gateway that was killed refuses connections.
+                        Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Ok(Some(reply)) => tally.other.lock().unwrap().push(format!(
+                            "{} {}",
+                            reply.status,
+                            reply.text()
+                        )),
+                        Err(_) => tally
+                            .other
+                            .lock()
+                            .unwrap()
+                            .push(format!("hung past {SYNC_HANG:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    (tally, tasks)
+}
+
+/// Kills the invocation stream's leader (SIGKILL) at 30 % of `total`
+/// accepted, starting it again (as its supervisor would) a few seconds
+/// later, and stops and restarts another server at 60 %; `extra` is done
+/// besides. Returns the ids accepted. (The servers live as long as the
+/// caller's `cluster`.)
+async fn submit_through_failovers(
+    cluster: &Arc<std::sync::Mutex<NatsCluster>>,
+    leader: usize,
+    gateways: Vec<Arc<TestGateway>>,
+    total: usize,
+    mut extra: Vec<crate::distributed::During>,
+) -> Vec<String> {
+    let other = (leader + 1) % 3;
+    let (killed, restarted) = (cluster.clone(), cluster.clone());
+    extra.push((
+        total * 3 / 10,
+        Box::new(move || {
+            eprintln!("SIGKILL n{leader}, the invocation stream's leader");
+            killed.lock().unwrap().servers[leader].kill();
+            std::thread::sleep(Duration::from_secs(3));
+            let mut cluster = killed.lock().unwrap();
+            cluster.servers[leader].restart();
+            cluster.wait_healthy();
+        }),
+    ));
+    extra.push((
+        total * 6 / 10,
+        Box::new(move || {
+            eprintln!("stopping and restarting n{other}");
+            let mut cluster = restarted.lock().unwrap();
+            cluster.servers[other].restart();
+            cluster.wait_healthy();
+        }),
+    ));
+    submit_all_with(gateways, "/async/fn/default/slow/sleep/5", total, extra).await
+}
+
+/// Prints what happened, for the run's log: how many ran more than once
+/// (at-least-once), how the sync calls ended; fails on a sync call that
+/// hung or got anything but 200, 503 or 504.
+fn report(records: &[serde_json::Value], sync: &SyncTally) {
+    let again = records
+        .iter()
+        .filter(|r| r["attempts"].as_u64() > Some(1))
+        .count();
+    eprintln!(
+        "{} accepted, all succeeded; {again} ran more than once; sync calls: {} ok, {} 503, {} 504",
+        records.len(),
+        sync.ok.load(Ordering::SeqCst),
+        sync.unavailable.load(Ordering::SeqCst),
+        sync.timed_out.load(Ordering::SeqCst),
+    );
+    let other = sync.other.lock().unwrap();
+    assert!(other.is_empty(), "sync calls ended otherwise: {other:?}");
+    assert!(
+        sync.ok.load(Ordering::SeqCst) > 0,
+        "no sync call succeeded: the test proved nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
+    let (cluster, layout) = cluster_with_layout().await;
+    let work = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
+    let (_gateway, addr) = Process::gateway(&url, work.path(), &[]).await;
+    let gw = Arc::new(TestGateway::remote(addr));
+    gw.wait_routed("default/slow").await;
+    runtime.wait_for_log("\"message\":\"serving\"").await;
+    let leader = leader_of(INVOCATION_STREAM, &layout).await;
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sync, callers) = steady_sync_calls(vec![gw.clone()], 2, stop.clone());
+    let ids = submit_through_failovers(&cluster, leader, vec![gw.clone()], 1000, vec![]).await;
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert_eq!(ids.len(), 1000);
+    let records = all_succeeded(&gw, &ids).await;
+    report(&records, &sync);
+}
+
+/// The whole data path fails over together: two gateways and three
+/// runtimes, one of each SIGKILLed besides the NATS servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_die() {
+    let (cluster, layout) = cluster_with_layout().await;
+    let work = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let runtimes: Vec<Process> = (0..3)
+        .map(|i| Process::runtime(&url, work.path(), &format!("runtime-{i}"), &[]))
+        .collect();
+    let mut gateways = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let dir = work.path().join(format!("gateway-{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        let (gateway, addr) = Process::gateway(&url, &dir, &[]).await;
+        let gw = Arc::new(TestGateway::remote(addr));
+        gw.wait_routed("default/slow").await;
+        gateways.push(gateway);
+        clients.push(gw);
+    }
+    for runtime in &runtimes {
+        runtime.wait_for_log("\"message\":\"serving\"").await;
+    }
+    let leader = leader_of(INVOCATION_STREAM, &layout).await;
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let victims = [gateways[1].pid(), runtimes[2].pid()];
+    let kill_others: crate::distributed::During = (
+        450,
+        Box::new(move || {
+            for pid in victims {
+                eprintln!("SIGKILL pid {pid} (a gateway, then a runtime)");
+                Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()
+                    .unwrap();
+            }
+        }),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sync, callers) = steady_sync_calls(clients.clone(), 2, stop.clone());
+    let ids =
+        submit_through_failovers(&cluster, leader, clients.clone(), 1000, vec![kill_others]).await;
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert_eq!(ids.len(), 1000);
+    // Read through the gateway that lives.
+    let records = all_succeeded(&clients[0], &ids).await;
+    report(&records, &sync);
+}

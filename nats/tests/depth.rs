@@ -1,0 +1,107 @@
+//! Queue depth on a three-server JetStream cluster (`SLUICE_NATS_SERVER`):
+//! JetStream's API answers from the consumer's leader, so the depth stays
+//! right when that leader is lost and another takes over.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use sluice_api::FunctionSpec;
+use sluice_api::autoscale::Observation;
+use sluice_api::names::FunctionRef;
+use sluice_nats::depth::{observe, queue_depths};
+use sluice_nats::layout::{Layout, LayoutConfig};
+use sluice_testing::NatsCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_depth_stays_right_when_the_consumer_leader_is_lost() {
+    let mut cluster = NatsCluster::start(3);
+    let client = sluice_nats::connect(&cluster.url(), "test-depth", &Default::default())
+        .await
+        .expect("the cluster");
+    let config = LayoutConfig {
+        replicas: 3,
+        ..LayoutConfig::default()
+    };
+    let layout = Layout::reconcile(client, &config)
+        .await
+        .expect("the R3 layout")
+        .layout;
+    let function = FunctionRef::new("default", "f").expect("a name");
+    // A long timeout: what is held stays in flight (ack_wait is the
+    // timeout plus 5 s) however long the election takes.
+    let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
+        "module": { "file": "f.wasm" },
+        "timeout": "10m"
+    }))
+    .expect("a spec");
+    let consumer = layout
+        .consumer(&function, &spec)
+        .await
+        .expect("its consumer");
+    for i in 0..50 {
+        layout
+            .js
+            .publish(function.invoke_subject(), format!("{i}").into())
+            .await
+            .expect("sent")
+            .await
+            .expect("stored");
+    }
+    // Five taken and held (not acknowledged): in flight.
+    let mut batch = consumer
+        .fetch()
+        .max_messages(5)
+        .messages()
+        .await
+        .expect("a fetch");
+    let mut held = Vec::new();
+    while let Some(message) = batch.next().await {
+        held.push(message.expect("a message"));
+    }
+    assert_eq!(held.len(), 5);
+    let expected = Observation {
+        pending: 45,
+        in_flight: 5,
+    };
+    let depths = queue_depths(&layout.invocations).await.expect("depths");
+    assert_eq!(depths.get(&function), Some(&expected));
+
+    let mut consumer = consumer;
+    let leader = consumer
+        .info()
+        .await
+        .expect("the consumer's info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a consumer leader");
+    let victim = NatsCluster::index_of(&leader).expect("one of ours");
+    cluster.servers[victim].kill();
+
+    // Asked until a new leader answers; then the listing and the new
+    // leader's own info agree with what was there.
+    let started = Instant::now();
+    loop {
+        let listed = queue_depths(&layout.invocations).await.ok();
+        let own = match consumer.info().await {
+            Ok(info) => info
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .filter(|l| *l != leader)
+                .map(|_| observe(info)),
+            Err(_) => None,
+        };
+        if let (Some(listed), Some(own)) = (&listed, own) {
+            assert_eq!(listed.get(&function), Some(&own));
+            assert_eq!(own, expected);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no new consumer leader after {leader} within 60s: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(held);
+}
