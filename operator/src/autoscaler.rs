@@ -43,7 +43,7 @@ use sluice_api::{Condition, Function, Placement};
 use tokio::sync::mpsc;
 
 use crate::conditions::{self, Observed, Status};
-use crate::controller::Context;
+use crate::context::{AutoscalerConfig, Context};
 use crate::resources::{self, MANAGED_BY};
 
 /// The field manager of the autoscaler's writes (scales and its status
@@ -52,8 +52,6 @@ pub const FIELD_MANAGER: &str = "sluice-autoscaler";
 /// The condition the autoscaler keeps: `True` while the function's runtimes
 /// are scaled above zero. Not part of `Ready`.
 pub const ACTIVE: &str = "Active";
-/// Default of `--autoscale-interval`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often, at most, a changing `status.queueDepth` alone is written
 /// ([`depth_due`]).
 const DEPTH_STATUS_EVERY: Duration = Duration::from_secs(30);
@@ -78,36 +76,6 @@ fn depth_due(shown: u64, now: u64, since_written: Duration) -> bool {
 }
 /// Writes to the API server in flight at once within one tick.
 const WRITES_AT_ONCE: usize = 16;
-
-/// How the autoscaler runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AutoscalerConfig {
-    /// How often every queue is read. Default: [`DEFAULT_INTERVAL`].
-    pub interval: Duration,
-    /// The runtime pool's Deployment; `None` leaves the pool's size to
-    /// someone else (pool functions still get `desiredReplicas`).
-    pub pool: Option<PoolTarget>,
-}
-
-impl Default for AutoscalerConfig {
-    fn default() -> Self {
-        Self {
-            interval: DEFAULT_INTERVAL,
-            pool: None,
-        }
-    }
-}
-
-/// The Deployment of the shared runtime pool and its bounds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolTarget {
-    pub namespace: String,
-    pub name: String,
-    /// Fewest pool replicas, whatever its functions want. Default: `0`.
-    pub min_replicas: u32,
-    /// Most pool replicas. Default: `20`.
-    pub max_replicas: u32,
-}
 
 /// What the status shows of a function's scale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

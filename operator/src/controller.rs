@@ -24,22 +24,20 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
-use kube::{Client, Resource as _, ResourceExt as _};
+use kube::{Resource as _, ResourceExt as _};
 use sluice_api::names::FunctionRef;
 use sluice_api::{
     ByteSize, ClaimOrder, Function, FunctionSpec, FunctionStatus, Placement, RegistryEntry,
 };
-use sluice_nats::Layout;
-use sluice_nats::publish::Publisher;
 
 use crate::conditions::{self, MODULE_READY, Observed, QUEUE_READY, Status};
-use crate::metrics::Metrics;
-use crate::module::{Fetched, ModuleFetcher};
-use crate::resources::{self, MANAGED_BY, RuntimeTemplate};
+use crate::context::Context;
+use crate::module::Fetched;
+use crate::resources::{self, MANAGED_BY};
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -55,50 +53,6 @@ const RECONCILE_CONCURRENCY: u16 = 8;
 /// How often a Function is looked at again in any case: an OCI tag may
 /// have moved, and a lost NATS entry is restored.
 const RESYNC: Duration = Duration::from_secs(300);
-
-/// The operator's settings that shape what it writes.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The gateway's external base URL; `status.url` is it plus
-    /// `/fn/<namespace>/<name>/`.
-    pub gateway_url: String,
-    /// How dedicated runtimes run.
-    pub runtime: RuntimeTemplate,
-    /// How runtimes are scaled.
-    pub autoscaling: crate::autoscaler::AutoscalerConfig,
-    /// The largest `limits.memory` the runtimes take (their
-    /// `--max-instance-memory`); a Function asking for more is
-    /// `Ready=False`. `None`: not checked here (the runtime still refuses).
-    pub max_instance_memory: Option<ByteSize>,
-    /// Per-namespace prefix every trigger subject must start with
-    /// (`--trigger-subject-prefix`). Default: none.
-    pub trigger_scope: Option<sluice_api::TriggerScope>,
-    /// The namespaces served (`--watch-namespace`). Default: all.
-    pub scope: crate::scope::WatchScope,
-}
-
-/// What every reconcile shares.
-pub struct Context {
-    pub client: Client,
-    /// The connection `layout` is on, for the autoscaler's subscriptions.
-    pub nats: async_nats::Client,
-    pub layout: Layout,
-    pub publisher: Publisher,
-    pub fetcher: ModuleFetcher,
-    pub recorder: Recorder,
-    pub settings: Settings,
-    pub metrics: Metrics,
-    /// [`crate::OperatorConfig::jetstream_storage_bound`].
-    pub jetstream_storage_bound: Option<u64>,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Why a reconcile failed; it is retried with backoff.
 #[derive(Debug, thiserror::Error)]

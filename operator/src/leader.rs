@@ -17,7 +17,7 @@ use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::oneshot;
 
-use crate::controller::Context;
+use crate::context::Context;
 
 /// Where and how replicas elect their leader.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@
 pub mod api_keys;
 pub mod autoscaler;
 pub mod conditions;
+pub mod context;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
@@ -36,7 +37,7 @@ use sluice_nats::publish::Publisher;
 use sluice_serve::Admin;
 use tokio::net::TcpListener;
 
-pub use controller::Settings;
+pub use context::Settings;
 pub use leader::LeaderElection;
 
 /// Everything the operator needs to start.
@@ -149,7 +150,7 @@ pub async fn run(
     };
     // A standby replica is healthy and ready: it is waiting its turn.
     admin.set_ready(true);
-    let ctx = Arc::new(controller::Context {
+    let ctx = Arc::new(context::Context {
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -184,7 +185,7 @@ pub async fn run(
 /// The leader's work until `shutdown`: reconciling Functions and scaling
 /// their runtimes.
 pub async fn lead(
-    ctx: Arc<controller::Context>,
+    ctx: Arc<context::Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::FutureExt as _;
