@@ -7,7 +7,8 @@
 //! function's JetStream consumer, owns the Deployment of a dedicated
 //! function ([`resources`]), and reports in status conditions
 //! ([`conditions`]), Events and metrics ([`metrics`]). The [`autoscaler`]
-//! sizes runtime Deployments from queue depth, down to zero and back.
+//! sizes runtime Deployments from queue depth, down to zero and back. Both
+//! share the [`context`]: the settings and clients, nothing else.
 //! Replicas elect one leader on a `coordination.k8s.io` Lease
 //! ([`leader`]); only the leader reconciles and scales.
 

@@ -1,0 +1,149 @@
+//! Resolving a Function's module and registering the function with NATS:
+//! the component in the module store once per digest, the registry entry
+//! gateways and runtimes follow, and the function's consumer.
+
+use sluice_api::names::FunctionRef;
+use sluice_api::{FunctionSpec, RegistryEntry};
+
+use super::apply::Outcome;
+use super::{RESYNC, RETRY_TRANSIENT};
+use crate::conditions::{MODULE_READY, Observed, QUEUE_READY, Status};
+use crate::context::Context;
+use crate::module::Fetched;
+
+/// Resolves the module, then registers the function with NATS.
+pub(super) async fn resolve(
+    function: &FunctionRef,
+    spec: &FunctionSpec,
+    created: Option<String>,
+    ctx: &Context,
+) -> Outcome {
+    let fetched = match ctx
+        .fetcher
+        .fetch(&ctx.client, &function.namespace, &spec.module)
+        .await
+    {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            return Outcome {
+                module: Observed::new(MODULE_READY, Status::False, e.reason(), e.to_string()),
+                queue: Observed::new(
+                    QUEUE_READY,
+                    Status::Unknown,
+                    "WaitingForModule",
+                    "the function is registered once its module resolves",
+                ),
+                digest: None,
+                published: false,
+                requeue: if e.is_transient() {
+                    RETRY_TRANSIENT
+                } else {
+                    RESYNC
+                },
+            };
+        }
+    };
+    let module = Observed::new(
+        MODULE_READY,
+        Status::True,
+        "Resolved",
+        format!("{} (sha256:{})", fetched.origin, fetched.digest),
+    );
+    // A Secret that cannot be read registers the function with no key
+    // accepted (closed, not open with the keys of before) and says why.
+    let (api_keys, keys_failed) =
+        match crate::api_keys::resolve(&ctx.client, &function.namespace, spec).await {
+            Ok(keys) => (keys, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+    match register(function, spec, api_keys, &fetched, created, ctx).await {
+        Ok(published) => Outcome {
+            module,
+            queue: match &keys_failed {
+                None => Observed::new(
+                    QUEUE_READY,
+                    Status::True,
+                    "Registered",
+                    format!(
+                        "registered in sluice-functions; invocations queue on {}",
+                        function.invoke_subject()
+                    ),
+                ),
+                Some(e) => Observed::new(QUEUE_READY, Status::False, e.reason(), e.to_string()),
+            },
+            digest: Some(fetched.digest),
+            published,
+            requeue: if keys_failed.as_ref().is_some_and(|e| e.is_transient()) {
+                RETRY_TRANSIENT
+            } else {
+                RESYNC
+            },
+        },
+        Err(e) => Outcome {
+            module,
+            queue: Observed::new(
+                QUEUE_READY,
+                Status::False,
+                "NatsUnavailable",
+                format!("{e}; retrying in {}s", RETRY_TRANSIENT.as_secs()),
+            ),
+            digest: Some(fetched.digest),
+            published: false,
+            requeue: RETRY_TRANSIENT,
+        },
+    }
+}
+
+/// Why a function could not be registered with NATS.
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error(transparent)]
+    Publish(#[from] sluice_nats::publish::PublishError),
+    #[error(transparent)]
+    Nats(#[from] sluice_nats::NatsError),
+    #[error("cannot read the registry entry of {function}: {source}")]
+    Read {
+        function: FunctionRef,
+        #[source]
+        source: async_nats::jetstream::kv::EntryError,
+    },
+}
+
+/// Writes the registry entry (and the component, once per digest) unless
+/// the registry already holds exactly this entry, then ensures the
+/// consumer. True when the entry was written.
+async fn register(
+    function: &FunctionRef,
+    spec: &FunctionSpec,
+    api_keys: Vec<sluice_api::auth::ApiKeyDigest>,
+    fetched: &Fetched,
+    created: Option<String>,
+    ctx: &Context,
+) -> Result<bool, RegisterError> {
+    let wanted = RegistryEntry {
+        function: function.clone(),
+        spec: spec.clone(),
+        module_digest: fetched.digest.clone(),
+        api_keys,
+        created,
+    };
+    let current = ctx
+        .layout
+        .functions
+        .get(function.registry_key())
+        .await
+        .map_err(|source| RegisterError::Read {
+            function: function.clone(),
+            source,
+        })?
+        .and_then(|bytes| RegistryEntry::parse(function, &bytes).ok());
+    let changed = current.as_ref() != Some(&wanted);
+    // The consumer first: a runtime that sees the entry finds it.
+    ctx.layout.consumer(function, spec).await?;
+    // An unchanged entry whose module left the store (deleted by hand, a
+    // lost stream) is published again, module first.
+    if changed || !ctx.layout.has_module(&fetched.digest).await? {
+        ctx.publisher.publish_entry(&wanted, &fetched.wasm).await?;
+    }
+    Ok(changed)
+}
