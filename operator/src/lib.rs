@@ -20,6 +20,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod module;
+pub mod reflectors;
 pub mod resources;
 pub mod scope;
 pub mod storage;
@@ -192,9 +193,11 @@ pub async fn lead(
     use futures::FutureExt as _;
     let shutdown = shutdown.shared();
     ctx.metrics.leading(true);
+    let watched = reflectors::per_scope(&ctx.client, &ctx.settings.scope);
+    let stores = watched.iter().map(|(stores, _)| stores.clone()).collect();
     tokio::join!(
-        controller::run(ctx.clone(), shutdown.clone()),
-        autoscaler::run(ctx.clone(), shutdown.clone()),
+        controller::run(ctx.clone(), watched, shutdown.clone()),
+        autoscaler::run(ctx.clone(), stores, shutdown.clone()),
         storage::run(
             ctx.layout.js.clone(),
             ctx.jetstream_storage_bound,

@@ -45,7 +45,7 @@ use sluice_api::names::FunctionRef;
 use tokio::sync::mpsc;
 
 use crate::context::{AutoscalerConfig, Context};
-use crate::resources::MANAGED_BY;
+use crate::reflectors::Stores;
 use status::Shown;
 use waker::Waker;
 
@@ -112,27 +112,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the autoscaler until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send) {
+/// Runs the autoscaler until `shutdown` resolves, reading Functions and
+/// dedicated Deployments from the controller's `stores` (one per watched
+/// namespace) and watching only the pool's Deployment itself.
+pub async fn run(
+    ctx: Arc<Context>,
+    stores: Vec<Stores>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
     let config = ctx.settings.autoscaling.clone();
     let client = ctx.client.clone();
-    let scope = &ctx.settings.scope;
-    let (functions, _functions_tasks): (Vec<_>, Vec<_>) = scope
-        .apis::<Function>(&client)
+    let (functions, deployments): (Vec<_>, Vec<_>) = stores
         .into_iter()
-        .map(|api| follow(api, watcher::Config::default().any_semantic()))
-        .unzip();
-    let (deployments, _deployments_tasks): (Vec<_>, Vec<_>) = scope
-        .apis::<Deployment>(&client)
-        .into_iter()
-        .map(|api| {
-            follow(
-                api,
-                watcher::Config::default()
-                    .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
-                    .any_semantic(),
-            )
-        })
+        .map(|stores| (stores.functions, stores.deployments))
         .unzip();
     let (pool, _pool_task) = match &config.pool {
         Some(pool) => {

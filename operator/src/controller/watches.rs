@@ -18,34 +18,37 @@ use sluice_api::{Function, FunctionSpec, Placement};
 
 use super::{RECONCILE_CONCURRENCY, error_policy, reconcile};
 use crate::context::Context;
-use crate::resources::MANAGED_BY;
+use crate::reflectors::{Feeds, Stores};
 
 /// Runs the controller until `shutdown` resolves: Functions (filtered by
 /// generation, so the operator's own status writes do not loop), the
 /// ConfigMaps and Secrets they name, and the Deployments they own.
 ///
 /// With `--watch-namespace`, one controller per namespace, each with its
-/// own watches: a reflector store holds what one watch lists, so watches
-/// of several namespaces cannot share one.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// own watches: `watched` holds the shared reflectors of each (in the
+/// order of [`crate::scope::WatchScope::apis`]), which the controller
+/// drives for the autoscaler too.
+pub async fn run(
+    ctx: Arc<Context>,
+    watched: Vec<(Stores, Feeds)>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     use futures::FutureExt as _;
     let shutdown = shutdown.shared();
     let client = ctx.client.clone();
     let scope = ctx.settings.scope.clone();
-    let controllers = scope
-        .apis::<Function>(&client)
+    let controllers = watched
         .into_iter()
         .zip(scope.apis::<PartialObjectMeta<ConfigMap>>(&client))
         .zip(scope.apis::<PartialObjectMeta<Secret>>(&client))
-        .zip(scope.apis::<Deployment>(&client))
-        .map(|(((functions, config_maps), secrets), deployments)| {
+        .map(|(((stores, feeds), config_maps), secrets)| {
             run_in(
                 ctx.clone(),
                 Watched {
-                    functions,
+                    stores,
+                    feeds,
                     config_maps,
                     secrets,
-                    deployments,
                 },
                 shutdown.clone(),
             )
@@ -56,10 +59,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 /// What one controller watches: the same namespace (or the cluster) for
 /// each kind.
 struct Watched {
-    functions: Api<Function>,
+    stores: Stores,
+    feeds: Feeds,
     config_maps: Api<PartialObjectMeta<ConfigMap>>,
     secrets: Api<PartialObjectMeta<Secret>>,
-    deployments: Api<Deployment>,
 }
 
 async fn run_in(
@@ -67,16 +70,11 @@ async fn run_in(
     watched: Watched,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let functions = watched.functions;
-    let (reader, writer) = reflector::store();
-    let stream = watcher(functions, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::finalizers),
-            Default::default(),
-        );
+    let reader = watched.stores.functions;
+    let stream = watched.feeds.functions.applied_objects().predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
     // Only their metadata: which ConfigMap changed is all a mapper needs.
     let config_maps = watcher(
         watched.config_maps,
@@ -99,13 +97,7 @@ async fn run_in(
         .map(str::to_owned)
         .collect();
     let controller = Controller::for_stream(stream, reader)
-        .owns_stream(spec_changes(
-            watcher(
-                watched.deployments,
-                watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
-            )
-            .default_backoff(),
-        ))
+        .owns_stream(spec_changes(watched.feeds.deployments))
         .watches_stream(config_maps, move |config_map| {
             // The Functions whose module is in this ConfigMap.
             naming(&store, &config_map, |spec, name| {

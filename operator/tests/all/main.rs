@@ -16,3 +16,4 @@ mod resilience;
 mod startup;
 mod support;
 mod tenancy;
+mod watches;
