@@ -23,6 +23,7 @@ pub mod module;
 pub mod reflectors;
 pub mod resources;
 pub mod scope;
+pub mod status;
 pub mod storage;
 
 use std::net::SocketAddr;

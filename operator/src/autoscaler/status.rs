@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use sluice_api::{Condition, Function};
 
-use crate::conditions::{self, Observed, Status};
+use crate::conditions::{self, Observed, Reason, Status};
+use crate::status::{ScaleStatus, StatusApply};
 
 /// The condition the autoscaler keeps: `True` while the function's runtimes
 /// are scaled above zero. Not part of `Ready`.
@@ -65,7 +66,7 @@ fn active(shown: Shown) -> Observed {
         Some(true) => Observed::new(
             ACTIVE,
             Status::True,
-            "ScaledUp",
+            Reason::ScaledUp,
             format!(
                 "{} replicas wanted, {} running",
                 shown.desired, shown.replicas
@@ -74,20 +75,20 @@ fn active(shown: Shown) -> Observed {
         Some(false) => Observed::new(
             ACTIVE,
             Status::False,
-            "ScaledToZero",
+            Reason::ScaledToZero,
             "no replicas; the first invocation scales it up",
         ),
         None => Observed::new(
             ACTIVE,
             Status::Unknown,
-            "PoolNotManaged",
+            Reason::PoolNotManaged,
             "the operator runs without --pool-deployment: the runtime pool is sized outside Sluice",
         ),
     }
 }
 
 /// The status fields the autoscaler owns, for a server-side apply.
-pub(super) fn status_patch(function: &Function, shown: Shown) -> serde_json::Value {
+pub(super) fn status_patch(function: &Function, shown: Shown) -> StatusApply<ScaleStatus> {
     let current: &[Condition] = function
         .status
         .as_ref()
@@ -99,15 +100,14 @@ pub(super) fn status_patch(function: &Function, shown: Shown) -> serde_json::Val
         function.metadata.generation,
         &now,
     );
-    serde_json::json!({
-        "apiVersion": sluice_api::API_VERSION,
-        "kind": sluice_api::KIND,
-        "status": {
-            "replicas": shown.replicas,
-            "desiredReplicas": shown.desired,
-            "queueDepth": shown.depth,
-            "conditions": conditions.iter().filter(|c| c.type_ == ACTIVE).collect::<Vec<_>>(),
-        },
+    StatusApply::new(ScaleStatus {
+        replicas: shown.replicas,
+        desired_replicas: shown.desired,
+        queue_depth: shown.depth,
+        conditions: conditions
+            .into_iter()
+            .filter(|c| c.type_ == ACTIVE)
+            .collect(),
     })
 }
 
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_status_patch_holds_only_the_autoscalers_fields() {
-        let patch = status_patch(&function(None), shown(Some(true)));
+        let patch = serde_json::to_value(status_patch(&function(None), shown(Some(true)))).unwrap();
         let status = patch["status"].as_object().expect("a status");
         let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
         keys.sort_unstable();
@@ -197,14 +197,22 @@ mod tests {
     #[test]
     fn active_keeps_its_transition_time_until_its_status_changes() {
         let since = "2026-01-01T00:00:00Z";
-        let same = status_patch(&function(Some(("True", since))), shown(Some(true)));
+        let same = serde_json::to_value(status_patch(
+            &function(Some(("True", since))),
+            shown(Some(true)),
+        ))
+        .unwrap();
         assert_eq!(same["status"]["conditions"][0]["lastTransitionTime"], since);
-        let changed = status_patch(&function(Some(("True", since))), shown(Some(false)));
+        let changed = serde_json::to_value(status_patch(
+            &function(Some(("True", since))),
+            shown(Some(false)),
+        ))
+        .unwrap();
         let condition = &changed["status"]["conditions"][0];
         assert_eq!(condition["status"], "False");
         assert_eq!(condition["reason"], "ScaledToZero");
         assert_ne!(condition["lastTransitionTime"], since);
-        let unmanaged = status_patch(&function(None), shown(None));
+        let unmanaged = serde_json::to_value(status_patch(&function(None), shown(None))).unwrap();
         assert_eq!(
             unmanaged["status"]["conditions"][0]["reason"],
             "PoolNotManaged"

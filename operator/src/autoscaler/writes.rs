@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::{Autoscaler, FIELD_MANAGER};
 use crate::context::Context;
+use crate::status::{ScaleStatus, StatusApply};
 
 /// Writes to the API server in flight at once within one tick.
 const WRITES_AT_ONCE: usize = 16;
@@ -29,7 +30,7 @@ pub(super) enum Write {
     },
     Status {
         function: FunctionRef,
-        patch: serde_json::Value,
+        patch: StatusApply<ScaleStatus>,
     },
     Event {
         regarding: Box<ObjectReference>,
@@ -96,14 +97,7 @@ async fn execute(ctx: &Context, write: Write) -> Option<FunctionRef> {
         }
         Write::Status { function, patch } => {
             let api: Api<Function> = Api::namespaced(ctx.client.clone(), &function.namespace);
-            match api
-                .patch_status(
-                    &function.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
+            match patch.apply(&api, &function.name, FIELD_MANAGER).await {
                 Ok(_) => None,
                 Err(kube::Error::Api(e)) if e.code == 404 => None,
                 Err(e) => {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use kube::ResourceExt as _;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use sluice_api::names::FunctionRef;
 use sluice_api::{ByteSize, ClaimOrder, Function, FunctionSpec};
@@ -14,8 +14,9 @@ use super::events::report;
 use super::placement::ensure_placement;
 use super::register::resolve;
 use super::{Error, FIELD_MANAGER, RESYNC, RETRY_TRANSIENT};
-use crate::conditions::{self, MODULE_READY, Observed, QUEUE_READY, Status};
+use crate::conditions::{self, MODULE_READY, Observed, QUEUE_READY, Reason, Status};
 use crate::context::Context;
+use crate::status::{ReconciledStatus, StatusApply};
 
 /// What resolving and registering a Function came to.
 pub(super) struct Outcome {
@@ -51,7 +52,7 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
                         module: Observed::new(
                             MODULE_READY,
                             Status::False,
-                            sluice_api::TRIGGER_SUBJECT_OUT_OF_SCOPE,
+                            Reason::TriggerSubjectOutOfScope,
                             format!("{e}; change the subject, or ask the cluster's operators"),
                         ),
                         ..invalid(String::new())
@@ -63,7 +64,7 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
                             outcome.queue = Observed::new(
                                 QUEUE_READY,
                                 Status::False,
-                                sluice_api::PATH_CONFLICT,
+                                Reason::PathConflict,
                                 format!(
                                     "spec.triggers.http.path {} is the route of {owner}, created earlier, which keeps it on every gateway; choose another path (the default route /fn/{reference}/ still works)",
                                     function
@@ -84,7 +85,7 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
     };
     let mut outcome = outcome;
     let selector = match &reference {
-        Ok(reference) if outcome.queue.reason != "InvalidSpec" => {
+        Ok(reference) if outcome.queue.reason != Reason::InvalidSpec => {
             match ensure_placement(function, reference, ctx).await? {
                 Ok(selector) => selector,
                 Err(failed) => {
@@ -114,36 +115,24 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
         .as_ref()
         .map(|d| format!("sha256:{d}"))
         .or(current.module_digest.clone());
-    let mut status = serde_json::json!({
-        "observedGeneration": generation,
-        "conditions": conditions
-            .iter()
+    let status = ReconciledStatus {
+        observed_generation: generation,
+        conditions: conditions
+            .into_iter()
             .filter(|c| own.contains(&c.type_.as_str()))
-            .collect::<Vec<_>>(),
-        "url": format!(
+            .collect(),
+        url: format!(
             "{}/fn/{namespace}/{name}/",
             ctx.settings.gateway_url.trim_end_matches('/')
         ),
-    });
-    if let Some(digest) = module_digest {
-        status["moduleDigest"] = digest.into();
-    }
-    if let Some(selector) = selector {
-        status["selector"] = selector.into();
-    }
+        module_digest,
+        selector,
+    };
     let api: Api<Function> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": sluice_api::API_VERSION,
-        "kind": sluice_api::KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    StatusApply::new(status)
+        .apply(&api, &name, FIELD_MANAGER)
+        .await
+        .map_err(Error::Kube)?;
     report(function, &current, &ready, &outcome, ctx).await;
     if let Ok(reference) = &reference {
         let is_ready = ready.status == Status::True;
@@ -215,11 +204,11 @@ async fn path_owner(
 
 pub(super) fn invalid(message: String) -> Outcome {
     Outcome {
-        module: Observed::new(MODULE_READY, Status::False, "InvalidSpec", message),
+        module: Observed::new(MODULE_READY, Status::False, Reason::InvalidSpec, message),
         queue: Observed::new(
             QUEUE_READY,
             Status::Unknown,
-            "InvalidSpec",
+            Reason::InvalidSpec,
             "waiting for a valid spec",
         ),
         digest: None,

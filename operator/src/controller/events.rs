@@ -21,7 +21,8 @@ pub(super) async fn report(
         .conditions
         .iter()
         .find(|c| c.type_ == conditions::READY);
-    let changed = was.is_none_or(|c| c.status != ready.status.as_str() || c.reason != ready.reason);
+    let changed =
+        was.is_none_or(|c| c.status != ready.status.as_str() || c.reason != ready.reason.as_str());
     let mut events = Vec::new();
     if changed {
         events.push(Event {
@@ -30,7 +31,7 @@ pub(super) async fn report(
             } else {
                 EventType::Warning
             },
-            reason: ready.reason.clone(),
+            reason: ready.reason.to_string(),
             note: Some(truncate(&ready.message)),
             action: "Reconcile".into(),
             secondary: None,

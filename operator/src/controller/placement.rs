@@ -10,13 +10,9 @@ use sluice_api::names::FunctionRef;
 use sluice_api::{Function, Placement};
 
 use super::{Error, FIELD_MANAGER};
-use crate::conditions::{Observed, QUEUE_READY, Status};
+use crate::conditions::{Observed, QUEUE_READY, Reason, Status};
 use crate::context::Context;
 use crate::resources;
-
-/// Reason of a dedicated Function whose namespace lacks a Secret its
-/// runtime mounts.
-const RUNTIME_SECRET_MISSING: &str = "RuntimeSecretMissing";
 
 /// Applies the dedicated Deployment of a `placement: dedicated` function,
 /// or deletes the one a formerly dedicated function left; returns its
@@ -60,7 +56,7 @@ pub(super) async fn ensure_placement(
         return Ok(Err(Observed::new(
             QUEUE_READY,
             Status::False,
-            "PlacementConflict",
+            Reason::PlacementConflict,
             format!(
                 "a Deployment {name} this Function does not own already exists in {}; rename or delete it, or rename the Function",
                 reference.namespace
@@ -82,7 +78,7 @@ pub(super) async fn ensure_placement(
             return Ok(Err(Observed::new(
                 QUEUE_READY,
                 Status::False,
-                RUNTIME_SECRET_MISSING,
+                Reason::RuntimeSecretMissing,
                 format!(
                     "placement: dedicated runs the function's own runtime in {ns}, which mounts Secret {secret} (its NATS credentials or TLS files), and {ns} has no such Secret: copy it there from Sluice's namespace, or use placement: pool",
                     ns = reference.namespace
@@ -108,7 +104,7 @@ pub(super) async fn ensure_placement(
         Err(kube::Error::Api(e)) if e.code == 422 => Ok(Err(Observed::new(
             QUEUE_READY,
             Status::False,
-            "PlacementFailed",
+            Reason::PlacementFailed,
             format!(
                 "the API server refused the Deployment {name}: {}",
                 e.message

@@ -7,7 +7,7 @@ use sluice_api::{FunctionSpec, RegistryEntry};
 
 use super::apply::Outcome;
 use super::{RESYNC, RETRY_TRANSIENT};
-use crate::conditions::{MODULE_READY, Observed, QUEUE_READY, Status};
+use crate::conditions::{MODULE_READY, Observed, QUEUE_READY, Reason, Status};
 use crate::context::Context;
 use crate::module::Fetched;
 
@@ -26,11 +26,16 @@ pub(super) async fn resolve(
         Ok(fetched) => fetched,
         Err(e) => {
             return Outcome {
-                module: Observed::new(MODULE_READY, Status::False, e.reason(), e.to_string()),
+                module: Observed::new(
+                    MODULE_READY,
+                    Status::False,
+                    Reason::Module(e.reason()),
+                    e.to_string(),
+                ),
                 queue: Observed::new(
                     QUEUE_READY,
                     Status::Unknown,
-                    "WaitingForModule",
+                    Reason::WaitingForModule,
                     "the function is registered once its module resolves",
                 ),
                 digest: None,
@@ -46,7 +51,7 @@ pub(super) async fn resolve(
     let module = Observed::new(
         MODULE_READY,
         Status::True,
-        "Resolved",
+        Reason::Resolved,
         format!("{} (sha256:{})", fetched.origin, fetched.digest),
     );
     // A Secret that cannot be read registers the function with no key
@@ -63,13 +68,18 @@ pub(super) async fn resolve(
                 None => Observed::new(
                     QUEUE_READY,
                     Status::True,
-                    "Registered",
+                    Reason::Registered,
                     format!(
                         "registered in sluice-functions; invocations queue on {}",
                         function.invoke_subject()
                     ),
                 ),
-                Some(e) => Observed::new(QUEUE_READY, Status::False, e.reason(), e.to_string()),
+                Some(e) => Observed::new(
+                    QUEUE_READY,
+                    Status::False,
+                    Reason::ApiKeys(e.reason()),
+                    e.to_string(),
+                ),
             },
             digest: Some(fetched.digest),
             published,
@@ -84,7 +94,7 @@ pub(super) async fn resolve(
             queue: Observed::new(
                 QUEUE_READY,
                 Status::False,
-                "NatsUnavailable",
+                Reason::NatsUnavailable,
                 format!("{e}; retrying in {}s", RETRY_TRANSIENT.as_secs()),
             ),
             digest: Some(fetched.digest),
