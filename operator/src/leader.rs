@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::oneshot;
 
 use crate::context::Context;
+use crate::error::OperatorError;
 
 /// Where and how replicas elect their leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,20 +33,6 @@ pub struct LeaderElection {
     pub duration: Duration,
 }
 
-/// Why leading failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaderError {
-    #[error("cannot take part in leader election on Lease {namespace}/{name}: {source}")]
-    Lease {
-        namespace: String,
-        name: String,
-        #[source]
-        source: LeaseManagerError,
-    },
-    #[error("lost the leadership (Lease {namespace}/{name}); stopping so another replica leads")]
-    Lost { namespace: String, name: String },
-}
-
 /// Waits to lead, then reconciles and scales ([`crate::lead`]) until `shutdown` (releasing the
 /// Lease) or until the leadership is lost (an error).
 pub async fn run_as_leader(
@@ -54,7 +41,7 @@ pub async fn run_as_leader(
     identity: &str,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), LeaderError> {
+) -> Result<(), OperatorError> {
     let seconds = election.duration.as_secs().max(2);
     let manager = LeaseManagerBuilder::new(client, &election.lease_name)
         .with_namespace(&election.namespace)
@@ -64,13 +51,13 @@ pub async fn run_as_leader(
         .with_field_manager("sluice-operator-lease")
         .build()
         .await
-        .map_err(|source| LeaderError::Lease {
+        .map_err(|source| OperatorError::Lease {
             namespace: election.namespace.clone(),
             name: election.lease_name.clone(),
             source,
         })?;
     let (mut leading, lease_task) = manager.watch().await;
-    let lost = || LeaderError::Lost {
+    let lost = || OperatorError::LostLeadership {
         namespace: election.namespace.clone(),
         name: election.lease_name.clone(),
     };

@@ -17,6 +17,7 @@ pub mod autoscaler;
 pub mod conditions;
 pub mod context;
 pub mod controller;
+pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod module;
@@ -41,6 +42,7 @@ use sluice_serve::Admin;
 use tokio::net::TcpListener;
 
 pub use context::Settings;
+pub use error::{Error, OperatorError};
 pub use leader::LeaderElection;
 
 /// Everything the operator needs to start.
@@ -65,31 +67,6 @@ pub struct OperatorConfig {
     /// it and bringing it to these at start. Default: the defaults of
     /// [`LayoutConfig`].
     pub layout: LayoutConfig,
-}
-
-/// Why the operator could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum OperatorError {
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Kubernetes(#[source] kube::Error),
-    #[error(
-        "the Function CRD is not installed in this cluster (apply crds/function.yaml, or install the Helm chart with crds.install=true)"
-    )]
-    CrdMissing,
-    #[error(
-        "the operator may not list Functions ({0}); apply its RBAC (charts/sluice/files/operator-rbac.yaml) and run it under that ServiceAccount"
-    )]
-    Forbidden(String),
-    #[error(transparent)]
-    Nats(#[from] sluice_nats::NatsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Leader(#[from] leader::LeaderError),
 }
 
 /// Serves its admin endpoints, checks the cluster, waits for NATS and the
@@ -176,9 +153,9 @@ pub async fn run(
             lead(ctx, shutdown).await;
             Ok(())
         }
-        Some(election) => leader::run_as_leader(client, election, &config.identity, ctx, shutdown)
-            .await
-            .map_err(OperatorError::from),
+        Some(election) => {
+            leader::run_as_leader(client, election, &config.identity, ctx, shutdown).await
+        }
     };
     admin.set_ready(false);
     admin_service.shutdown().await;

@@ -50,7 +50,6 @@ use status::Shown;
 use waker::Waker;
 
 pub use status::ACTIVE;
-pub use waker::WakeError;
 
 /// The field manager of the autoscaler's writes (scales and its status
 /// fields), apart from the operator's so that neither takes the other's.

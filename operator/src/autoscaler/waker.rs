@@ -9,14 +9,7 @@ use futures::StreamExt as _;
 use sluice_api::names::FunctionRef;
 use tokio::sync::mpsc;
 
-/// Why the autoscaler could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot subscribe to {subject}: {source}")]
-pub struct WakeError {
-    subject: String,
-    #[source]
-    source: async_nats::SubscribeError,
-}
+use crate::error::Error;
 
 /// Core NATS subscriptions on the invocation subjects of functions at
 /// zero: the first invocation of one is reported at once.
@@ -41,7 +34,7 @@ impl Waker {
     /// Subscribes to `function`'s invocations unless it already is. An
     /// invocation published before the subscription took effect is seen by
     /// the next tick instead.
-    pub(super) async fn watch(&mut self, function: &FunctionRef) -> Result<(), WakeError> {
+    pub(super) async fn watch(&mut self, function: &FunctionRef) -> Result<(), Error> {
         if self.watching.contains_key(function) {
             return Ok(());
         }
@@ -50,7 +43,7 @@ impl Waker {
             .nats
             .subscribe(subject.clone())
             .await
-            .map_err(|source| WakeError { subject, source })?;
+            .map_err(|source| Error::Subscribe { subject, source })?;
         let woken = self.woken.clone();
         let reference = function.clone();
         let task = tokio::spawn(async move {

@@ -32,6 +32,7 @@ use sluice_api::Function;
 use sluice_api::names::FunctionRef;
 
 use crate::context::Context;
+pub use crate::error::Error;
 
 pub use watches::run;
 
@@ -49,23 +50,6 @@ const RECONCILE_CONCURRENCY: u16 = 8;
 /// How often a Function is looked at again in any case: an OCI tag may
 /// have moved, and a lost NATS entry is restored.
 const RESYNC: Duration = Duration::from_secs(300);
-
-/// Why a reconcile failed; it is retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the Function has no namespace")]
-    NoNamespace,
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[source] kube::Error),
-    #[error("cannot remove {function} from NATS: {source}")]
-    Cleanup {
-        function: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error(transparent)]
-    Finalizer(Box<finalizer::Error<Error>>),
-}
 
 /// Reconciles one Function: [`apply`] or [`cleanup`] under the finalizer.
 pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -111,25 +95,28 @@ async fn cleanup(function: &Function, ctx: &Context) -> Result<(), Error> {
         // Never registered: its name cannot name one.
         return Ok(());
     };
-    let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Cleanup {
-        function: reference.to_string(),
+    let queue_failed = |source| Error::RemoveQueue {
+        function: reference.clone(),
         source,
     };
     ctx.publisher
         .unpublish(&reference)
         .await
-        .map_err(|e| failed(Box::new(e)))?;
+        .map_err(|source| Error::Unpublish {
+            function: reference.clone(),
+            source,
+        })?;
     ctx.layout
         .delete_consumer(&reference)
         .await
-        .map_err(|e| failed(Box::new(e)))?;
+        .map_err(queue_failed)?;
     // A work queue keeps its messages without consumers: a Function created
     // again under the name must not run these.
     let purged = ctx
         .layout
         .purge_invocations(&reference)
         .await
-        .map_err(|e| failed(Box::new(e)))?;
+        .map_err(queue_failed)?;
     if purged > 0 {
         tracing::info!(function = %reference, purged, "dropped the invocations still queued");
     }

@@ -88,7 +88,9 @@ pub(super) async fn ensure_placement(
     }
     let owner = function
         .controller_owner_ref(&())
-        .ok_or(Error::NoNamespace)?;
+        .ok_or_else(|| Error::NoOwnerReference {
+            function: reference.clone(),
+        })?;
     let deployment = resources::dedicated_deployment(reference, owner, &ctx.settings.runtime);
     match deployments
         .patch(

@@ -6,7 +6,7 @@ use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, RegistryEntry};
 
 use super::apply::Outcome;
-use super::{RESYNC, RETRY_TRANSIENT};
+use super::{Error, RESYNC, RETRY_TRANSIENT};
 use crate::conditions::{MODULE_READY, Observed, QUEUE_READY, Reason, Status};
 use crate::context::Context;
 use crate::module::Fetched;
@@ -104,21 +104,6 @@ pub(super) async fn resolve(
     }
 }
 
-/// Why a function could not be registered with NATS.
-#[derive(Debug, thiserror::Error)]
-enum RegisterError {
-    #[error(transparent)]
-    Publish(#[from] sluice_nats::publish::PublishError),
-    #[error(transparent)]
-    Nats(#[from] sluice_nats::NatsError),
-    #[error("cannot read the registry entry of {function}: {source}")]
-    Read {
-        function: FunctionRef,
-        #[source]
-        source: async_nats::jetstream::kv::EntryError,
-    },
-}
-
 /// Writes the registry entry (and the component, once per digest) unless
 /// the registry already holds exactly this entry, then ensures the
 /// consumer. True when the entry was written.
@@ -129,7 +114,7 @@ async fn register(
     fetched: &Fetched,
     created: Option<String>,
     ctx: &Context,
-) -> Result<bool, RegisterError> {
+) -> Result<bool, Error> {
     let wanted = RegistryEntry {
         function: function.clone(),
         spec: spec.clone(),
@@ -142,7 +127,7 @@ async fn register(
         .functions
         .get(function.registry_key())
         .await
-        .map_err(|source| RegisterError::Read {
+        .map_err(|source| Error::ReadEntry {
             function: function.clone(),
             source,
         })?
