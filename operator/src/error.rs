@@ -85,4 +85,8 @@ pub enum OperatorError {
     },
     #[error("lost the leadership (Lease {namespace}/{name}); stopping so another replica leads")]
     LostLeadership { namespace: String, name: String },
+    /// Reconciling or scaling panicked: a bug, reported with the panic's
+    /// message so that the process exits non-zero and is restarted.
+    #[error("the leader's work panicked: {0}")]
+    LeadPanicked(String),
 }

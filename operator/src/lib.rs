@@ -150,8 +150,7 @@ pub async fn run(
     let result = match &config.leader_election {
         None => {
             tracing::info!("reconciling (no leader election)");
-            lead(ctx, shutdown).await;
-            Ok(())
+            leader::led(tokio::spawn(lead(ctx, shutdown)).await)
         }
         Some(election) => {
             leader::run_as_leader(client, election, &config.identity, ctx, shutdown).await
