@@ -34,6 +34,13 @@ pub enum Error {
         #[source]
         source: async_nats::jetstream::kv::EntryError,
     },
+    #[error(
+        "the module sha256:{digest} of {function} left the module store while it was registered; it is fetched again"
+    )]
+    ModuleLeftStore {
+        function: FunctionRef,
+        digest: sluice_api::ModuleDigest,
+    },
     #[error("cannot remove {function} from NATS: {source}")]
     Unpublish {
         function: FunctionRef,

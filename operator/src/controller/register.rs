@@ -3,13 +3,13 @@
 //! gateways and runtimes follow, and the function's consumer.
 
 use sluice_api::names::FunctionRef;
-use sluice_api::{FunctionSpec, RegistryEntry};
+use sluice_api::{FunctionSpec, ModuleSource, RegistryEntry};
 
 use super::apply::Outcome;
 use super::{Error, RESYNC, RETRY_TRANSIENT};
 use crate::conditions::{MODULE_READY, Observed, QUEUE_READY, Reason, Status};
 use crate::context::Context;
-use crate::module::Fetched;
+use crate::module::{Fetched, ModuleError};
 
 /// Resolves the module, then registers the function with NATS.
 pub(super) async fn resolve(
@@ -18,11 +18,7 @@ pub(super) async fn resolve(
     created: Option<String>,
     ctx: &Context,
 ) -> Outcome {
-    let fetched = match ctx
-        .fetcher
-        .fetch(&ctx.client, &function.namespace, &spec.module)
-        .await
-    {
+    let fetched = match module(&function.namespace, &spec.module, ctx).await {
         Ok(fetched) => fetched,
         Err(e) => {
             return Outcome {
@@ -104,6 +100,29 @@ pub(super) async fn resolve(
     }
 }
 
+/// The module `source` names: when the fetcher knows what the source
+/// resolves to (the same URL and sha256, the same OCI manifest seen with
+/// the same credentials) and the store holds that digest, its bytes are
+/// not fetched again and `wasm` is empty; else it is fetched. A scale, a
+/// resync or a touched Secret reconciles without a download.
+async fn module(
+    namespace: &str,
+    source: &ModuleSource,
+    ctx: &Context,
+) -> Result<Fetched, ModuleError> {
+    // When the source cannot be resolved, the fetch tries and says why.
+    if let Ok(Some(known)) = ctx.fetcher.known(&ctx.client, namespace, source).await
+        && ctx.layout.has_module(&known.digest).await.unwrap_or(false)
+    {
+        return Ok(Fetched {
+            wasm: Vec::new(),
+            digest: known.digest,
+            origin: known.origin,
+        });
+    }
+    ctx.fetcher.fetch(&ctx.client, namespace, source).await
+}
+
 /// Writes the registry entry (and the component, once per digest) unless
 /// the registry already holds exactly this entry, then ensures the
 /// consumer. True when the entry was written.
@@ -137,7 +156,15 @@ async fn register(
     ctx.layout.consumer(function, spec).await?;
     // An unchanged entry whose module left the store (deleted by hand, a
     // lost stream) is published again, module first.
-    if changed || !ctx.layout.has_module(&fetched.digest).await? {
+    let in_store = ctx.layout.has_module(&fetched.digest).await?;
+    if !in_store && fetched.wasm.is_empty() {
+        // Known, not fetched, and gone since: the next reconcile fetches.
+        return Err(Error::ModuleLeftStore {
+            function: function.clone(),
+            digest: fetched.digest.clone(),
+        });
+    }
+    if changed || !in_store {
         ctx.publisher.publish_entry(&wanted, &fetched.wasm).await?;
     }
     Ok(changed)

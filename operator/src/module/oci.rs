@@ -137,6 +137,36 @@ async fn pull_within(
     })
 }
 
+/// `registry/repository@<manifest digest>` of what `reference` names now
+/// (one manifest request with `auth`, no blob): the `origin` a pull of it
+/// gives, for a plain manifest.
+pub(crate) async fn resolve(
+    reference: &Reference,
+    auth: &RegistryAuth,
+    insecure: &[String],
+) -> Result<String, ModuleError> {
+    let shown = reference.whole();
+    let client =
+        Client::try_from(client_config(insecure)).map_err(|e| pull_failed(&shown, auth, e))?;
+    let digest = tokio::time::timeout(
+        DOWNLOAD_TIMEOUT,
+        client.fetch_manifest_digest(reference, auth),
+    )
+    .await
+    .map_err(|_| ModuleError::OciPullFailed {
+        reference: shown.clone(),
+        problem: format!("no complete answer within {}s", DOWNLOAD_TIMEOUT.as_secs()),
+        transient: true,
+        source: None,
+    })?
+    .map_err(|e| pull_failed(&shown, auth, e))?;
+    Ok(format!(
+        "{}/{}@{digest}",
+        reference.registry(),
+        reference.repository()
+    ))
+}
+
 fn client_config(insecure: &[String]) -> ClientConfig {
     ClientConfig {
         protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),

@@ -7,6 +7,7 @@ mod auth;
 mod autoscale;
 mod chart;
 mod crd;
+mod fetches;
 mod images;
 mod lifecycle;
 mod module;
