@@ -176,11 +176,7 @@ impl Autoscaler {
             .deployments
             .iter()
             .find_map(|store| store.get(&key))
-            .filter(|d| {
-                d.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid == uid)
-            })
+            .filter(|d| resources::controlled_by(d.as_ref(), uid))
         else {
             return;
         };

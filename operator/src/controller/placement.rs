@@ -3,9 +3,9 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use kube::Resource as _;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::{Resource as _, ResourceExt as _};
 use sluice_api::names::FunctionRef;
 use sluice_api::{Function, Placement};
 
@@ -28,11 +28,9 @@ pub(super) async fn ensure_placement(
     let name = resources::dedicated_name(reference);
     let uid = function.metadata.uid.clone().unwrap_or_default();
     let existing = deployments.get_opt(&name).await.map_err(Error::Kube)?;
-    let ours = existing.as_ref().is_some_and(|d| {
-        d.owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && o.uid == uid)
-    });
+    let ours = existing
+        .as_ref()
+        .is_some_and(|d| resources::controlled_by(d, &uid));
     if function.spec.placement != Placement::Dedicated {
         if ours {
             let only_ours = DeleteParams {
