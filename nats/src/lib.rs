@@ -304,20 +304,36 @@ pub enum Oversize {
 /// and the stream's limits after. Such a message fails the same way every
 /// time, so it is never retried as it is.
 pub fn oversize(e: &async_nats::jetstream::context::PublishError) -> Option<Oversize> {
+    use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::PublishErrorKind;
     if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded) {
         return Some(Oversize::Message);
     }
-    let text = std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
-    // The server's words (JetStream error codes 10097 and 10054); the
-    // client exposes them as text only.
-    if text.contains("header size exceeds maximum") {
-        Some(Oversize::Headers)
-    } else if text.contains("message size exceeds maximum") {
-        Some(Oversize::Message)
-    } else {
-        None
+    match jetstream_code(e)? {
+        // 10097, JSStreamHeaderExceedsMaximumErr: "header size exceeds
+        // maximum allowed of 64k" (nats-server's server/errors.json).
+        ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM => Some(Oversize::Headers),
+        // 10054, JSStreamMessageExceedsMaximumErr: "message size exceeds
+        // maximum allowed".
+        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => Some(Oversize::Message),
+        _ => None,
     }
+}
+
+/// The JetStream error a publish's ack carried, when the server refused
+/// the message: its `err_code` (nats-server's `server/errors.json`) and
+/// description. `None` for a failure of the client or the connection.
+pub fn jetstream_error(
+    e: &async_nats::jetstream::context::PublishError,
+) -> Option<&async_nats::jetstream::Error> {
+    std::error::Error::source(e)?.downcast_ref::<async_nats::jetstream::Error>()
+}
+
+/// [`jetstream_error`]'s `err_code`.
+pub fn jetstream_code(
+    e: &async_nats::jetstream::context::PublishError,
+) -> Option<async_nats::jetstream::ErrorCode> {
+    jetstream_error(e).map(async_nats::jetstream::Error::error_code)
 }
 
 /// Header name/value pairs of a NATS message, for the wire decoders.

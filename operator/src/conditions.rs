@@ -35,14 +35,83 @@ impl Status {
     }
 }
 
+/// Why a condition is as it is: a CamelCase word whose [`Display`] is what
+/// the condition's `reason` holds on the wire (and what Events and the
+/// `reason` metric label say).
+///
+/// [`Display`]: std::fmt::Display
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `Ready=True`.
+    Ready,
+    /// `ModuleReady=True`: resolved and stored.
+    Resolved,
+    /// `QueueReady=True`: in the registry, with its consumer.
+    Registered,
+    /// The spec (or the name) cannot be served as it is.
+    InvalidSpec,
+    /// `QueueReady` while the module does not resolve.
+    WaitingForModule,
+    /// NATS refused or did not answer a registration.
+    NatsUnavailable,
+    /// Another Function, created earlier, owns the custom path.
+    PathConflict,
+    /// A trigger subject is outside the namespace's prefix.
+    TriggerSubjectOutOfScope,
+    /// A Deployment of the dedicated name belongs to someone else.
+    PlacementConflict,
+    /// The API server refused the dedicated Deployment.
+    PlacementFailed,
+    /// The namespace lacks a Secret the dedicated runtime mounts.
+    RuntimeSecretMissing,
+    /// `Active=True`.
+    ScaledUp,
+    /// `Active=False`.
+    ScaledToZero,
+    /// `Active=Unknown`: the pool is sized outside Sluice.
+    PoolNotManaged,
+    /// The module source failed: [`crate::module::ModuleError::reason`].
+    Module(&'static str),
+    /// The API keys' Secret failed: [`crate::api_keys::ApiKeysError::reason`].
+    ApiKeys(&'static str),
+}
+
+impl Reason {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Resolved => "Resolved",
+            Self::Registered => "Registered",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::WaitingForModule => "WaitingForModule",
+            Self::NatsUnavailable => "NatsUnavailable",
+            Self::PathConflict => sluice_api::PATH_CONFLICT,
+            Self::TriggerSubjectOutOfScope => sluice_api::TRIGGER_SUBJECT_OUT_OF_SCOPE,
+            Self::PlacementConflict => "PlacementConflict",
+            Self::PlacementFailed => "PlacementFailed",
+            Self::RuntimeSecretMissing => "RuntimeSecretMissing",
+            Self::ScaledUp => "ScaledUp",
+            Self::ScaledToZero => "ScaledToZero",
+            Self::PoolNotManaged => "PoolNotManaged",
+            Self::Module(reason) | Self::ApiKeys(reason) => reason,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One condition as a reconcile decides it, before its transition time is
 /// known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     pub type_: &'static str,
     pub status: Status,
-    /// CamelCase, e.g. `ConfigMapNotFound`.
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -50,13 +119,13 @@ impl Observed {
     pub fn new(
         type_: &'static str,
         status: Status,
-        reason: impl Into<String>,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Self {
             type_,
             status,
-            reason: reason.into(),
+            reason,
             message: message.into(),
         }
     }
@@ -74,7 +143,7 @@ pub fn ready(module: &Observed, queue: &Observed) -> Observed {
                 } else {
                     Status::Unknown
                 },
-                part.reason.clone(),
+                part.reason,
                 part.message.clone(),
             );
         }
@@ -82,7 +151,7 @@ pub fn ready(module: &Observed, queue: &Observed) -> Observed {
     Observed::new(
         READY,
         Status::True,
-        "Ready",
+        Reason::Ready,
         "the function is registered and can be invoked",
     )
 }
@@ -108,7 +177,7 @@ pub fn merge(
             Condition {
                 type_: o.type_.to_owned(),
                 status: o.status.as_str().to_owned(),
-                reason: o.reason.clone(),
+                reason: o.reason.to_string(),
                 message: o.message.clone(),
                 last_transition_time: Some(since.unwrap_or_else(|| now.to_owned())),
                 observed_generation: generation,
@@ -135,38 +204,66 @@ pub fn is_ready(conditions: &[Condition]) -> bool {
 mod tests {
     use super::*;
 
-    fn module(status: Status, reason: &str) -> Observed {
+    fn module(status: Status, reason: Reason) -> Observed {
         Observed::new(MODULE_READY, status, reason, format!("module {reason}"))
     }
 
-    fn queue(status: Status, reason: &str) -> Observed {
+    fn queue(status: Status, reason: Reason) -> Observed {
         Observed::new(QUEUE_READY, status, reason, format!("queue {reason}"))
+    }
+
+    #[test]
+    fn a_reason_displays_as_its_wire_string() {
+        let table = [
+            (Reason::Ready, "Ready"),
+            (Reason::Resolved, "Resolved"),
+            (Reason::Registered, "Registered"),
+            (Reason::InvalidSpec, "InvalidSpec"),
+            (Reason::WaitingForModule, "WaitingForModule"),
+            (Reason::NatsUnavailable, "NatsUnavailable"),
+            (Reason::PathConflict, "PathConflict"),
+            (Reason::TriggerSubjectOutOfScope, "TriggerSubjectOutOfScope"),
+            (Reason::PlacementConflict, "PlacementConflict"),
+            (Reason::PlacementFailed, "PlacementFailed"),
+            (Reason::RuntimeSecretMissing, "RuntimeSecretMissing"),
+            (Reason::ScaledUp, "ScaledUp"),
+            (Reason::ScaledToZero, "ScaledToZero"),
+            (Reason::PoolNotManaged, "PoolNotManaged"),
+            (Reason::Module("ConfigMapNotFound"), "ConfigMapNotFound"),
+            (
+                Reason::ApiKeys("ApiKeySecretNotFound"),
+                "ApiKeySecretNotFound",
+            ),
+        ];
+        for (reason, wire) in table {
+            assert_eq!(reason.to_string(), wire);
+        }
     }
 
     #[test]
     fn ready_summarises_the_first_condition_that_is_not_true() {
         let cases = [
             (
-                module(Status::True, "Resolved"),
-                queue(Status::True, "Registered"),
+                module(Status::True, Reason::Resolved),
+                queue(Status::True, Reason::Registered),
                 Status::True,
                 "Ready",
             ),
             (
-                module(Status::False, "ConfigMapNotFound"),
-                queue(Status::Unknown, "WaitingForModule"),
+                module(Status::False, Reason::Module("ConfigMapNotFound")),
+                queue(Status::Unknown, Reason::WaitingForModule),
                 Status::False,
                 "ConfigMapNotFound",
             ),
             (
-                module(Status::True, "Resolved"),
-                queue(Status::False, "NatsUnavailable"),
+                module(Status::True, Reason::Resolved),
+                queue(Status::False, Reason::NatsUnavailable),
                 Status::False,
                 "NatsUnavailable",
             ),
             (
-                module(Status::Unknown, "Resolving"),
-                queue(Status::False, "NatsUnavailable"),
+                module(Status::Unknown, Reason::Module("Resolving")),
+                queue(Status::False, Reason::NatsUnavailable),
                 Status::Unknown,
                 "Resolving",
             ),
@@ -181,7 +278,7 @@ mod tests {
     fn a_transition_time_moves_only_when_the_status_does() {
         let first = merge(
             &[],
-            &[module(Status::False, "ConfigMapNotFound")],
+            &[module(Status::False, Reason::Module("ConfigMapNotFound"))],
             Some(1),
             "2026-12-01T00:00:00Z",
         );
@@ -192,7 +289,10 @@ mod tests {
         // Same status, other reason: the time stays.
         let again = merge(
             &first,
-            &[module(Status::False, "ConfigMapKeyNotFound")],
+            &[module(
+                Status::False,
+                Reason::Module("ConfigMapKeyNotFound"),
+            )],
             Some(2),
             "2026-12-01T00:05:00Z",
         );
@@ -205,7 +305,7 @@ mod tests {
         // A new status: the time moves.
         let fixed = merge(
             &again,
-            &[module(Status::True, "Resolved")],
+            &[module(Status::True, Reason::Resolved)],
             Some(3),
             "2026-12-01T00:09:00Z",
         );
@@ -225,7 +325,7 @@ mod tests {
         };
         let merged = merge(
             std::slice::from_ref(&active),
-            &[module(Status::True, "Resolved")],
+            &[module(Status::True, Reason::Resolved)],
             None,
             "t",
         );
@@ -235,8 +335,8 @@ mod tests {
         let ready = merge(
             &merged,
             &[ready(
-                &module(Status::True, "Resolved"),
-                &queue(Status::True, "Registered"),
+                &module(Status::True, Reason::Resolved),
+                &queue(Status::True, Reason::Registered),
             )],
             None,
             "t",

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::oneshot;
 
-use crate::controller::Context;
+use crate::context::Context;
+use crate::error::OperatorError;
 
 /// Where and how replicas elect their leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,20 +33,6 @@ pub struct LeaderElection {
     pub duration: Duration,
 }
 
-/// Why leading failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaderError {
-    #[error("cannot take part in leader election on Lease {namespace}/{name}: {source}")]
-    Lease {
-        namespace: String,
-        name: String,
-        #[source]
-        source: LeaseManagerError,
-    },
-    #[error("lost the leadership (Lease {namespace}/{name}); stopping so another replica leads")]
-    Lost { namespace: String, name: String },
-}
-
 /// Waits to lead, then reconciles and scales ([`crate::lead`]) until `shutdown` (releasing the
 /// Lease) or until the leadership is lost (an error).
 pub async fn run_as_leader(
@@ -54,7 +41,7 @@ pub async fn run_as_leader(
     identity: &str,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), LeaderError> {
+) -> Result<(), OperatorError> {
     let seconds = election.duration.as_secs().max(2);
     let manager = LeaseManagerBuilder::new(client, &election.lease_name)
         .with_namespace(&election.namespace)
@@ -64,13 +51,13 @@ pub async fn run_as_leader(
         .with_field_manager("sluice-operator-lease")
         .build()
         .await
-        .map_err(|source| LeaderError::Lease {
+        .map_err(|source| OperatorError::Lease {
             namespace: election.namespace.clone(),
             name: election.lease_name.clone(),
             source,
         })?;
     let (mut leading, lease_task) = manager.watch().await;
-    let lost = || LeaderError::Lost {
+    let lost = || OperatorError::LostLeadership {
         namespace: election.namespace.clone(),
         name: election.lease_name.clone(),
     };
@@ -93,21 +80,51 @@ pub async fn run_as_leader(
     let mut reconciling = tokio::spawn(crate::lead(ctx, async {
         let _ = stopped.await;
     }));
-    let result = tokio::select! {
-        () = &mut shutdown => Ok(()),
-        () = until_lost(&mut leading) => Err(lost()),
-        _ = &mut reconciling => Ok(()),
+    let mut lost_it = false;
+    let joined = tokio::select! {
+        () = &mut shutdown => None,
+        () = until_lost(&mut leading) => {
+            // Another replica may lead already: no reconcile may go on
+            // writing.
+            reconciling.abort();
+            lost_it = true;
+            None
+        }
+        joined = &mut reconciling => Some(joined),
     };
-    if result.is_err() {
-        // Another replica may lead already: no reconcile may go on writing.
-        reconciling.abort();
-    }
     let _ = stop.send(());
-    let _ = reconciling.await;
+    // A handle that gave its result is not awaited again.
+    let joined = match joined {
+        Some(joined) => joined,
+        None => reconciling.await,
+    };
     // Closing the channel releases the Lease, so a standby leads at once.
     drop(leading);
     let _ = lease_task.await;
-    result
+    if lost_it {
+        return Err(lost());
+    }
+    led(joined)
+}
+
+/// What the task running [`crate::lead`] came to: a panic in it (a
+/// reconcile, the autoscaler) is an error carrying the panic's message, so
+/// the process exits non-zero saying why instead of 0 as if stopped; a
+/// task aborted (the leadership lost, the runtime stopping) is not.
+pub(crate) fn led(joined: Result<(), tokio::task::JoinError>) -> Result<(), OperatorError> {
+    match joined {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(OperatorError::LeadPanicked(message))
+        }
+        Err(_) => Ok(()),
+    }
 }
 
 async fn until_lost(leading: &mut tokio::sync::watch::Receiver<bool>) {
@@ -115,5 +132,29 @@ async fn until_lost(leading: &mut tokio::sync::watch::Receiver<bool>) {
         if leading.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_leading_is_an_error_with_its_message() {
+        let panicked = tokio::spawn(async { panic!("the autoscaler broke: {}", 42) }).await;
+        let error = led(panicked).expect_err("a panic is an error");
+        assert_eq!(
+            error.to_string(),
+            "the leader's work panicked: the autoscaler broke: 42"
+        );
+        let literal = tokio::spawn(async { panic!("plain") }).await;
+        assert!(led(literal).unwrap_err().to_string().ends_with(": plain"));
+        assert!(led(tokio::spawn(async {}).await).is_ok());
+        let aborted = tokio::spawn(std::future::pending::<()>());
+        aborted.abort();
+        assert!(
+            led(aborted.await).is_ok(),
+            "an abort is ours, not a failure"
+        );
     }
 }

@@ -7,20 +7,25 @@
 //! function's JetStream consumer, owns the Deployment of a dedicated
 //! function ([`resources`]), and reports in status conditions
 //! ([`conditions`]), Events and metrics ([`metrics`]). The [`autoscaler`]
-//! sizes runtime Deployments from queue depth, down to zero and back.
+//! sizes runtime Deployments from queue depth, down to zero and back. Both
+//! share the [`context`]: the settings and clients, nothing else.
 //! Replicas elect one leader on a `coordination.k8s.io` Lease
 //! ([`leader`]); only the leader reconciles and scales.
 
 pub mod api_keys;
 pub mod autoscaler;
 pub mod conditions;
+pub mod context;
 pub mod controller;
+pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod module_gc;
+pub mod reflectors;
 pub mod resources;
 pub mod scope;
+pub mod status;
 pub mod storage;
 
 use std::net::SocketAddr;
@@ -37,7 +42,8 @@ use sluice_nats::publish::Publisher;
 use sluice_serve::Admin;
 use tokio::net::TcpListener;
 
-pub use controller::Settings;
+pub use context::Settings;
+pub use error::{Error, OperatorError};
 pub use leader::LeaderElection;
 
 /// Everything the operator needs to start.
@@ -62,31 +68,6 @@ pub struct OperatorConfig {
     /// it and bringing it to these at start. Default: the defaults of
     /// [`LayoutConfig`].
     pub layout: LayoutConfig,
-}
-
-/// Why the operator could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum OperatorError {
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Kubernetes(#[source] kube::Error),
-    #[error(
-        "the Function CRD is not installed in this cluster (apply crds/function.yaml, or install the Helm chart with crds.install=true)"
-    )]
-    CrdMissing,
-    #[error(
-        "the operator may not list Functions ({0}); apply its RBAC (charts/sluice/files/operator-rbac.yaml) and run it under that ServiceAccount"
-    )]
-    Forbidden(String),
-    #[error(transparent)]
-    Nats(#[from] sluice_nats::NatsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Leader(#[from] leader::LeaderError),
 }
 
 /// Serves its admin endpoints, checks the cluster, waits for NATS and the
@@ -151,7 +132,7 @@ pub async fn run(
     };
     // A standby replica is healthy and ready: it is waiting its turn.
     admin.set_ready(true);
-    let ctx = Arc::new(controller::Context {
+    let ctx = Arc::new(context::Context {
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -171,12 +152,11 @@ pub async fn run(
     let result = match &config.leader_election {
         None => {
             tracing::info!("reconciling (no leader election)");
-            lead(ctx, shutdown).await;
-            Ok(())
+            leader::led(tokio::spawn(lead(ctx, shutdown)).await)
         }
-        Some(election) => leader::run_as_leader(client, election, &config.identity, ctx, shutdown)
-            .await
-            .map_err(OperatorError::from),
+        Some(election) => {
+            leader::run_as_leader(client, election, &config.identity, ctx, shutdown).await
+        }
     };
     admin.set_ready(false);
     admin_service.shutdown().await;
@@ -186,15 +166,17 @@ pub async fn run(
 /// The leader's work until `shutdown`: reconciling Functions and scaling
 /// their runtimes.
 pub async fn lead(
-    ctx: Arc<controller::Context>,
+    ctx: Arc<context::Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     use futures::FutureExt as _;
     let shutdown = shutdown.shared();
     ctx.metrics.leading(true);
+    let watched = reflectors::per_scope(&ctx.client, &ctx.settings.scope);
+    let stores = watched.iter().map(|(stores, _)| stores.clone()).collect();
     tokio::join!(
-        controller::run(ctx.clone(), shutdown.clone()),
-        autoscaler::run(ctx.clone(), shutdown.clone()),
+        controller::run(ctx.clone(), watched, shutdown.clone()),
+        autoscaler::run(ctx.clone(), stores, shutdown.clone()),
         module_gc::run(ctx.clone(), shutdown.clone()),
         storage::run(
             ctx.layout.js.clone(),

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use sluice_api::ByteSize;
 use sluice_api::egress::{Cidr, EgressPolicy};
 use sluice_nats::{LayoutArgs, NatsSecurityArgs};
-use sluice_operator::autoscaler::{AutoscalerConfig, DEFAULT_INTERVAL, PoolTarget};
+use sluice_operator::context::{AutoscalerConfig, DEFAULT_INTERVAL, PoolTarget};
 use sluice_operator::module::{DEFAULT_MAX_MODULE_BYTES, FetcherConfig};
 use sluice_operator::resources::{NatsAuthMethod, RuntimeNatsSecrets, RuntimeTemplate};
 use sluice_operator::{DEFAULT_LEASE_DURATION, LeaderElection, OperatorConfig, Settings};

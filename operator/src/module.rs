@@ -15,6 +15,7 @@ mod guard_proxy;
 mod oci;
 mod tls;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -66,7 +67,8 @@ type Resolved = (Vec<u8>, ModuleDigest, String);
 #[derive(Clone, PartialEq, Eq)]
 pub struct Fetched {
     /// The component's bytes, at most
-    /// [`FetcherConfig::max_module_bytes`].
+    /// [`FetcherConfig::max_module_bytes`]; empty when the caller took a
+    /// [`Known`] module from the store instead of fetching it.
     pub wasm: Vec<u8>,
     /// SHA-256 of `wasm`.
     pub digest: ModuleDigest,
@@ -86,12 +88,26 @@ impl fmt::Debug for Fetched {
     }
 }
 
+/// A module fetched before: its digest and origin, by the identity of
+/// its source ([`ModuleFetcher::identity`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub digest: ModuleDigest,
+    pub origin: String,
+}
+
+/// Sources remembered at most; past it the memory starts again (a source
+/// is fetched once more, nothing worse).
+const KNOWN_SOURCES: usize = 4096;
+
 /// Fetches modules: one per operator. Downloads share one HTTP client;
 /// every OCI pull gets its own client (see [`Self::fetch`]).
 #[derive(Clone, Debug)]
 pub struct ModuleFetcher {
     config: FetcherConfig,
     http: reqwest::Client,
+    /// What each source identity resolved to when last fetched.
+    known: Arc<tokio::sync::Mutex<HashMap<String, Known>>>,
 }
 
 impl ModuleFetcher {
@@ -103,7 +119,88 @@ impl ModuleFetcher {
         Self {
             http: download::client(config.egress.clone()),
             config,
+            known: Arc::default(),
         }
+    }
+
+    /// What `source` resolves to when this fetcher fetched the very same
+    /// thing before, without fetching its bytes: a `url` by its URL and
+    /// `sha256`; an `oci` reference by the manifest its tag (or digest)
+    /// names now, resolved with the namespace's pull credentials (one
+    /// manifest request, no blob, access checked each time). `None` for a
+    /// `configMap` (read from the API server each time), for what was
+    /// never fetched, and for an image index.
+    ///
+    /// # Errors
+    ///
+    /// A [`ModuleError`] when the manifest cannot be resolved.
+    pub async fn known(
+        &self,
+        kube: &kube::Client,
+        namespace: &str,
+        source: &ModuleSource,
+    ) -> Result<Option<Known>, ModuleError> {
+        let Some(identity) = self.identity(kube, namespace, source).await? else {
+            return Ok(None);
+        };
+        let known = self.known.lock().await.get(&identity).cloned();
+        // A `sha256` the known digest does not match: the fetch says so.
+        let expected = expected_digest(source)?;
+        Ok(known.filter(|k| expected.as_ref().is_none_or(|e| *e == k.digest)))
+    }
+
+    /// The key [`Self::known`] remembers a source by: for OCI the
+    /// namespace and pull secret too, so that one namespace's credentials
+    /// never vouch for another's.
+    async fn identity(
+        &self,
+        kube: &kube::Client,
+        namespace: &str,
+        source: &ModuleSource,
+    ) -> Result<Option<String>, ModuleError> {
+        if let (Some(url), Some(sha256)) = (&source.url, &source.sha256) {
+            return Ok(Some(format!("url {url} sha256:{sha256}")));
+        }
+        let Some(reference) = &source.oci else {
+            return Ok(None);
+        };
+        let (reference, auth) = self
+            .registry_access(kube, namespace, reference, source.pull_secret.as_deref())
+            .await?;
+        let manifest = oci::resolve(
+            &reference,
+            &auth,
+            &self.config.insecure_registries,
+            self.config.egress.clone(),
+        )
+        .await?;
+        Ok(Some(oci_identity(
+            namespace,
+            source.pull_secret.as_deref(),
+            &manifest,
+        )))
+    }
+
+    /// Remembers what `source` resolved to, after a fetch.
+    async fn remember(&self, namespace: &str, source: &ModuleSource, fetched: &Fetched) {
+        let identity = if let (Some(url), Some(sha256)) = (&source.url, &source.sha256) {
+            format!("url {url} sha256:{sha256}")
+        } else if source.oci.is_some() {
+            oci_identity(namespace, source.pull_secret.as_deref(), &fetched.origin)
+        } else {
+            return;
+        };
+        let mut known = self.known.lock().await;
+        if known.len() >= KNOWN_SOURCES {
+            known.clear();
+        }
+        known.insert(
+            identity,
+            Known {
+                digest: fetched.digest.clone(),
+                origin: fetched.origin.clone(),
+            },
+        );
     }
 
     /// The bytes of the component `source` names, for a Function in
@@ -161,11 +258,13 @@ impl ModuleFetcher {
             .await
             .map_err(|e| e.with_origin(&origin))?;
         tracing::debug!(%origin, %digest, bytes = wasm.len(), "fetched module");
-        Ok(Fetched {
+        let fetched = Fetched {
             wasm,
             digest,
             origin,
-        })
+        };
+        self.remember(namespace, source, &fetched).await;
+        Ok(fetched)
     }
 
     async fn read_config_map(
@@ -219,25 +318,9 @@ impl ModuleFetcher {
         reference: &str,
         pull_secret: Option<&str>,
     ) -> Result<Resolved, ModuleError> {
-        let reference = Reference::try_from(reference).map_err(|e| {
-            ModuleError::InvalidSource(SpecError::new(
-                "spec.module.oci",
-                format!("is not an OCI reference: {e}"),
-            ))
-        })?;
-        let auth = match pull_secret {
-            Some(secret) => {
-                credentials::fetch(
-                    kube,
-                    namespace,
-                    secret,
-                    reference.registry(),
-                    reference.repository(),
-                )
-                .await?
-            }
-            None => RegistryAuth::Anonymous,
-        };
+        let (reference, auth) = self
+            .registry_access(kube, namespace, reference, pull_secret)
+            .await?;
         let pulled = oci::pull(
             &reference,
             &auth,
@@ -259,6 +342,45 @@ impl ModuleFetcher {
         }
         Ok((wasm, digest, pulled.origin))
     }
+
+    /// `reference` parsed, and the credentials for its registry.
+    async fn registry_access(
+        &self,
+        kube: &kube::Client,
+        namespace: &str,
+        reference: &str,
+        pull_secret: Option<&str>,
+    ) -> Result<(Reference, RegistryAuth), ModuleError> {
+        let reference = Reference::try_from(reference).map_err(|e| {
+            ModuleError::InvalidSource(SpecError::new(
+                "spec.module.oci",
+                format!("is not an OCI reference: {e}"),
+            ))
+        })?;
+        let auth = match pull_secret {
+            Some(secret) => {
+                credentials::fetch(
+                    kube,
+                    namespace,
+                    secret,
+                    reference.registry(),
+                    reference.repository(),
+                )
+                .await?
+            }
+            None => RegistryAuth::Anonymous,
+        };
+        Ok((reference, auth))
+    }
+}
+
+/// The identity of an OCI source: the manifest it names now, seen from
+/// `namespace` with `pull_secret`.
+fn oci_identity(namespace: &str, pull_secret: Option<&str>, manifest: &str) -> String {
+    format!(
+        "oci {manifest} from {namespace} with {}",
+        pull_secret.unwrap_or("no pull secret")
+    )
 }
 
 /// `spec.module.sha256`, when set.

@@ -17,7 +17,7 @@ use sluice_api::ModuleDigest;
 use sluice_nats::publish::{PublishError, Publisher};
 use tokio::time::Instant;
 
-use crate::controller::Context;
+use crate::context::Context;
 
 /// Default of `--module-gc-after`: 10 minutes.
 pub const DEFAULT_AFTER: Duration = Duration::from_secs(600);

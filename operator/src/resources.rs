@@ -19,6 +19,18 @@ use sluice_api::names::FunctionRef;
 
 /// Label every object the operator makes carries, with this value.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice-operator");
+/// Whether `object` is controlled by the object whose uid is `uid` (its
+/// owner reference with `controller: true`): a Deployment of a dedicated
+/// name that a Function does not control is neither scaled, taken over
+/// nor deleted.
+pub fn controlled_by(object: &impl kube::Resource, uid: &str) -> bool {
+    use kube::ResourceExt as _;
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
 /// Label naming the function a dedicated runtime serves.
 pub const FUNCTION_LABEL: &str = "sluice.dev/function";
 /// Port of the runtime's `/healthz`, `/readyz` and `/metrics`.

@@ -260,7 +260,13 @@ impl JetStreamQueue {
 
 fn publish_error(function: &FunctionRef, e: PublishError) -> QueueError {
     let text = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-    if text.contains("maximum messages per subject") {
+    // 10077, JSStreamStoreFailedF: the store refused the message, saying
+    // why only in the description; "maximum messages per subject
+    // exceeded" is the per-function depth limit (discard new).
+    if sluice_nats::jetstream_code(&e)
+        == Some(async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED)
+        && text.contains("maximum messages per subject")
+    {
         return QueueError::Full {
             function: function.clone(),
             bound: QueueBound::Depth,

@@ -57,6 +57,25 @@ pub(crate) async fn pull(
     egress: Arc<EgressPolicy>,
     limit: usize,
 ) -> Result<Pulled, ModuleError> {
+    through_guard(reference, insecure, egress, |proxy| async move {
+        pull_within(reference, auth, insecure, &proxy, limit).await
+    })
+    .await
+}
+
+/// Runs `work` with the URL of a [`GuardProxy`] started for it, within
+/// [`DOWNLOAD_TIMEOUT`]; what the proxy refused or failed to reach is the
+/// error, whatever oci-client made of the proxy's answer.
+async fn through_guard<T, F, Fut>(
+    reference: &Reference,
+    insecure: &[String],
+    egress: Arc<EgressPolicy>,
+    work: F,
+) -> Result<T, ModuleError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ModuleError>>,
+{
     let shown = reference.whole();
     let proxy = GuardProxy::start(egress, insecure.to_vec())
         .await
@@ -66,13 +85,8 @@ pub(crate) async fn pull(
             transient: true,
             source: Some(e.into()),
         })?;
-    let pulled = match tokio::time::timeout(
-        DOWNLOAD_TIMEOUT,
-        pull_within(reference, auth, insecure, proxy.url(), limit),
-    )
-    .await
-    {
-        Ok(pulled) => pulled,
+    let done = match tokio::time::timeout(DOWNLOAD_TIMEOUT, work(proxy.url().to_owned())).await {
+        Ok(done) => done,
         Err(_) => Err(ModuleError::OciPullFailed {
             reference: shown.clone(),
             problem: format!("no complete answer within {}s", DOWNLOAD_TIMEOUT.as_secs()),
@@ -82,7 +96,7 @@ pub(crate) async fn pull(
     };
     // oci-client words what the proxy answered as a registry's answer:
     // the proxy's own account of it is the one to give.
-    pulled.map_err(|e| match proxy.take_failure() {
+    done.map_err(|e| match proxy.take_failure() {
         Some(Unreached::Refused(refusal)) => ModuleError::OciPullRefused {
             reference: shown,
             reason: refusal.finding(),
@@ -168,6 +182,32 @@ async fn pull_within(
         layer_digest: expected,
         origin,
     })
+}
+
+/// `registry/repository@<manifest digest>` of what `reference` names now
+/// (one manifest request with `auth`, no blob), through the egress guard
+/// as [`pull`] goes: the `origin` a pull of it gives, for a plain manifest.
+pub(crate) async fn resolve(
+    reference: &Reference,
+    auth: &RegistryAuth,
+    insecure: &[String],
+    egress: Arc<EgressPolicy>,
+) -> Result<String, ModuleError> {
+    through_guard(reference, insecure, egress, |proxy| async move {
+        let shown = reference.whole();
+        let client = Client::try_from(client_config(insecure, &proxy))
+            .map_err(|e| pull_failed(&shown, auth, e))?;
+        let digest = client
+            .fetch_manifest_digest(reference, auth)
+            .await
+            .map_err(|e| pull_failed(&shown, auth, e))?;
+        Ok(format!(
+            "{}/{}@{digest}",
+            reference.registry(),
+            reference.repository()
+        ))
+    })
+    .await
 }
 
 /// oci-client's settings: `proxy` for http and https alike (it replaces

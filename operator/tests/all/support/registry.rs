@@ -44,16 +44,22 @@ fn binary() -> PathBuf {
 impl Registry {
     /// A registry anyone may pull from and push to.
     pub fn start() -> Self {
-        Self::spawn(false)
+        Self::spawn(false, false)
+    }
+
+    /// A registry anyone may pull from, logging every request (the
+    /// combined log format: `"GET /v2/… HTTP/1.1" 200 …`) to [`Self::log`].
+    pub fn with_access_log() -> Self {
+        Self::spawn(false, true)
     }
 
     /// A registry that wants HTTP basic auth as [`USER`] and [`PASSWORD`]
     /// for everything.
     pub fn with_basic_auth() -> Self {
-        Self::spawn(true)
+        Self::spawn(true, false)
     }
 
-    fn spawn(basic_auth: bool) -> Self {
+    fn spawn(basic_auth: bool, access_log: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let auth_config = if basic_auth {
@@ -68,10 +74,11 @@ impl Registry {
         };
         let config = format!(
             "version: 0.1\n\
-             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             log:\n  level: warn\n  accesslog:\n    disabled: {}\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n\
              {auth_config}",
+            !access_log,
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");

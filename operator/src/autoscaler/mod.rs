@@ -1,0 +1,249 @@
+//! The autoscaler: sizes runtime Deployments from queue depth, down to zero
+//! and back, with the pure rule of [`sluice_api::autoscale`].
+//!
+//! It is the one reader of queue depth. Every tick (default 1 s) it lists
+//! the invocation stream's consumers page by page (JetStream's
+//! `CONSUMER.LIST`, 256 a page: a few requests per tick however many
+//! functions there are), decides each function's replicas, and writes:
+//! - the scale of a dedicated function's Deployment, or of the runtime
+//!   pool's (named in the operator's settings) from the sum over its
+//!   functions, through the `scale` subresource with its own field manager
+//!   (`sluice-autoscaler`), so neither Helm nor the operator's own apply of
+//!   the Deployment (which sets no `replicas`) takes the field back;
+//! - the Function's `status.replicas`, `desiredReplicas`, `queueDepth` and
+//!   its `Active` condition, when they change (`queueDepth` alone when
+//!   its order of magnitude changes, at most every 30 s, or at once when it
+//!   reaches zero);
+//! - an Event for each change of desired replicas, with the reason.
+//!
+//! While a function is at zero it holds a core NATS subscription on the
+//! function's invocation subject (the `waker` module): the first invocation wakes it
+//! at once instead of at the next tick. The stream keeps the invocation
+//! meanwhile, so nothing is lost while a runtime starts.
+//!
+//! What it remembers is only what delays need (each function's
+//! [`History`]); after a restart (or a change of leader) each function
+//! resumes from the replicas it is found running with, so nothing dips.
+
+mod scale;
+mod status;
+mod waker;
+mod writes;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use sluice_api::Function;
+use sluice_api::autoscale::{History, Observation};
+use sluice_api::names::FunctionRef;
+use tokio::sync::mpsc;
+
+use crate::context::{AutoscalerConfig, Context};
+use crate::reflectors::Stores;
+use status::Shown;
+use waker::Waker;
+
+pub use status::ACTIVE;
+
+/// The field manager of the autoscaler's writes (scales and its status
+/// fields), apart from the operator's so that neither takes the other's.
+pub const FIELD_MANAGER: &str = "sluice-autoscaler";
+
+/// What the autoscaler keeps of one function.
+struct Tracked {
+    history: History,
+    shown: Shown,
+    shown_at: Instant,
+    /// The last status write failed: write it again.
+    stale: bool,
+}
+
+/// The autoscaler's state while this replica leads.
+struct Autoscaler {
+    ctx: Arc<Context>,
+    config: AutoscalerConfig,
+    /// One store per watched namespace (or one for the cluster).
+    functions: Vec<Store<Function>>,
+    deployments: Vec<Store<Deployment>>,
+    pool: Option<Store<Deployment>>,
+    tracked: HashMap<FunctionRef, Tracked>,
+    observed: HashMap<FunctionRef, Observation>,
+    waker: Waker,
+    /// The pool's replicas as last decided.
+    pool_written: Option<u32>,
+    /// Zero of the clock that histories count in.
+    epoch: Instant,
+}
+
+/// Watches `api` into a store, driven by a task that ends with the
+/// returned guard.
+fn follow<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDrop)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    (reader, AbortOnDrop(task.abort_handle()))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the autoscaler until `shutdown` resolves, reading Functions and
+/// dedicated Deployments from the controller's `stores` (one per watched
+/// namespace) and watching only the pool's Deployment itself.
+pub async fn run(
+    ctx: Arc<Context>,
+    stores: Vec<Stores>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let config = ctx.settings.autoscaling.clone();
+    let client = ctx.client.clone();
+    let (functions, deployments): (Vec<_>, Vec<_>) = stores
+        .into_iter()
+        .map(|stores| (stores.functions, stores.deployments))
+        .unzip();
+    let (pool, _pool_task) = match &config.pool {
+        Some(pool) => {
+            let (store, task) = follow(
+                Api::<Deployment>::namespaced(client.clone(), &pool.namespace),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={}", pool.name))
+                    .any_semantic(),
+            );
+            (Some(store), Some(task))
+        }
+        None => (None, None),
+    };
+    tokio::pin!(shutdown);
+    let ready = async {
+        for store in &functions {
+            let _ = store.wait_until_ready().await;
+        }
+        for store in &deployments {
+            let _ = store.wait_until_ready().await;
+        }
+        if let Some(pool) = &pool {
+            let _ = pool.wait_until_ready().await;
+        }
+    };
+    tokio::select! {
+        () = ready => {}
+        () = &mut shutdown => return,
+    }
+    let mut autoscaler = Autoscaler {
+        waker: Waker::new(ctx.nats.clone()),
+        ctx,
+        config,
+        functions,
+        deployments,
+        pool,
+        tracked: HashMap::new(),
+        observed: HashMap::new(),
+        pool_written: None,
+        epoch: Instant::now(),
+    };
+    tracing::info!(
+        interval = ?autoscaler.config.interval,
+        pool = ?autoscaler.config.pool.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)),
+        "autoscaling"
+    );
+    // Read apart from the loop: with thousands of functions a listing takes
+    // a while of the server's, and a first invocation must not wait for it.
+    let (readings_tx, mut readings) = mpsc::channel(1);
+    let reader = tokio::spawn(read_queues(
+        autoscaler.ctx.layout.invocations.clone(),
+        autoscaler.config.interval,
+        readings_tx,
+    ));
+    let _reader = AbortOnDrop(reader.abort_handle());
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            (function, at) = autoscaler.waker.next() => autoscaler.wake(&function, at).await,
+            Some(reading) = readings.recv() => autoscaler.tick(reading).await,
+        }
+    }
+}
+
+/// One reading of every queue, and when it began.
+struct Reading {
+    observed: Result<HashMap<FunctionRef, Observation>, sluice_nats::depth::DepthError>,
+    started: Instant,
+}
+
+/// Reads every queue each `interval` (the next reading waits until the
+/// last one is taken, so none pile up) until the receiver is gone.
+async fn read_queues(
+    invocations: async_nats::jetstream::stream::Stream,
+    interval: Duration,
+    readings: mpsc::Sender<Reading>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let started = Instant::now();
+        let observed = sluice_nats::depth::queue_depths(&invocations).await;
+        if readings.send(Reading { observed, started }).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Autoscaler {
+    /// Decides and writes for every function from a reading of every
+    /// queue.
+    async fn tick(&mut self, reading: Reading) {
+        let started = reading.started;
+        match reading.observed {
+            Ok(observed) => {
+                self.observed = observed;
+                self.evaluate(None, Instant::now()).await;
+                self.ctx
+                    .metrics
+                    .autoscaler
+                    .ticked(started.elapsed().as_secs_f64(), true);
+            }
+            Err(e) => {
+                // Nothing is decided without a reading: replicas stay.
+                tracing::warn!(error = %e, "cannot read queue depths; replicas left as they are");
+                self.ctx
+                    .metrics
+                    .autoscaler
+                    .ticked(started.elapsed().as_secs_f64(), false);
+            }
+        }
+    }
+
+    /// A first invocation reached `function` at zero, seen `at`.
+    async fn wake(&mut self, function: &FunctionRef, at: Instant) {
+        let observed = self.observed.entry(function.clone()).or_default();
+        observed.pending = observed.pending.max(1);
+        tracing::debug!(%function, "first invocation at zero");
+        self.evaluate(Some(function), at).await;
+    }
+}

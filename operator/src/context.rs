@@ -1,0 +1,94 @@
+//! What the controller and the autoscaler share: the operator's
+//! [`Settings`] and the [`Context`] every reconcile and every scaling
+//! decision reads. Both import from here; neither imports the other.
+
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use sluice_api::ByteSize;
+use sluice_nats::Layout;
+use sluice_nats::publish::Publisher;
+
+use crate::metrics::Metrics;
+use crate::module::ModuleFetcher;
+use crate::resources::RuntimeTemplate;
+
+/// The operator's settings that shape what it writes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The gateway's external base URL; `status.url` is it plus
+    /// `/fn/<namespace>/<name>/`.
+    pub gateway_url: String,
+    /// How dedicated runtimes run.
+    pub runtime: RuntimeTemplate,
+    /// How runtimes are scaled.
+    pub autoscaling: AutoscalerConfig,
+    /// The largest `limits.memory` the runtimes take (their
+    /// `--max-instance-memory`); a Function asking for more is
+    /// `Ready=False`. `None`: not checked here (the runtime still refuses).
+    pub max_instance_memory: Option<ByteSize>,
+    /// Per-namespace prefix every trigger subject must start with
+    /// (`--trigger-subject-prefix`). Default: none.
+    pub trigger_scope: Option<sluice_api::TriggerScope>,
+    /// The namespaces served (`--watch-namespace`). Default: all.
+    pub scope: crate::scope::WatchScope,
+    /// Deleting unreferenced modules (`--module-gc-after`).
+    pub module_gc: crate::module_gc::ModuleGc,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The connection `layout` is on, for the autoscaler's subscriptions.
+    pub nats: async_nats::Client,
+    pub layout: Layout,
+    pub publisher: Publisher,
+    pub fetcher: ModuleFetcher,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    /// [`crate::OperatorConfig::jetstream_storage_bound`].
+    pub jetstream_storage_bound: Option<u64>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default of `--autoscale-interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How the autoscaler runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoscalerConfig {
+    /// How often every queue is read. Default: [`DEFAULT_INTERVAL`].
+    pub interval: Duration,
+    /// The runtime pool's Deployment; `None` leaves the pool's size to
+    /// someone else (pool functions still get `desiredReplicas`).
+    pub pool: Option<PoolTarget>,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_INTERVAL,
+            pool: None,
+        }
+    }
+}
+
+/// The Deployment of the shared runtime pool and its bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolTarget {
+    pub namespace: String,
+    pub name: String,
+    /// Fewest pool replicas, whatever its functions want. Default: `0`.
+    pub min_replicas: u32,
+    /// Most pool replicas. Default: `20`.
+    pub max_replicas: u32,
+}
