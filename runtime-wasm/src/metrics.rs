@@ -30,7 +30,9 @@ pub struct OutcomeLabels {
 pub struct ColdStartLabels {
     pub function: String,
     /// `fetched` (downloaded and compiled), `compiled` (bytes at hand,
-    /// compiled) or `precompiled` (loaded from the on-disk artifact).
+    /// compiled), `precompiled` (loaded from the on-disk artifact) or
+    /// `shared` (loaded from the artifact another runtime stored in
+    /// `sluice-artifacts`).
     pub source: &'static str,
 }
 
@@ -102,7 +104,7 @@ impl Metrics {
         );
         registry.register(
             "cold_start_seconds",
-            "Time to make a component servable the first time this process sees its digest",
+            "Time to make a component servable when an invocation needs it and this process does not hold it (its first use, or after it was dropped for room)",
             metrics.cold_starts.clone(),
         );
         registry.register(
@@ -203,7 +205,9 @@ impl Metrics {
 /// instances alive now) and `sluice_runtime_instance_slots` (at most, the
 /// `--max-instances` the pooling allocator reserves memory for). When the
 /// two are equal, invocations wait for a free instance: the pool's memory
-/// budget is spent.
+/// budget is spent. And the components in memory:
+/// `sluice_runtime_components_loaded`, `sluice_runtime_component_bytes`,
+/// `sluice_runtime_components_evicted`.
 pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
     let slots = i64::from(runtime.inner.config.max_instances);
     let inner = runtime.inner.clone();
@@ -218,5 +222,26 @@ pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
         "runtime_instance_slots",
         "Component instances the pooling allocator reserves memory for (--max-instances); more wait",
         move || slots,
+    );
+    let cache = runtime.clone();
+    sluice_serve::ScrapedGauge::register(
+        registry,
+        "runtime_components_loaded",
+        "Compiled components held in memory now (loaded on a function's first use)",
+        move || i64::try_from(cache.component_cache_use().components).unwrap_or(i64::MAX),
+    );
+    let cache = runtime.clone();
+    sluice_serve::ScrapedGauge::register(
+        registry,
+        "runtime_component_bytes",
+        "Bytes of compiled components held in memory now (at most --component-cache, beside the newest)",
+        move || i64::try_from(cache.component_cache_use().bytes).unwrap_or(i64::MAX),
+    );
+    let cache = runtime.clone();
+    sluice_serve::ScrapedGauge::register(
+        registry,
+        "runtime_components_evicted",
+        "Compiled components dropped from memory for room since the start (reloaded on their next use)",
+        move || i64::try_from(cache.component_cache_use().evicted).unwrap_or(i64::MAX),
     );
 }

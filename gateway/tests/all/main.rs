@@ -12,6 +12,7 @@ mod bounds;
 mod distributed;
 mod egress;
 mod hostile;
+mod loading;
 mod nats_mode;
 mod nats_security;
 mod polyglot;

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::names::result_subject;
 use sluice_api::{
-    FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState, Outcome, Settlement,
+    Invocation, InvocationId, InvocationRecord, InvocationState, Outcome, Settlement,
 };
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
@@ -20,9 +20,10 @@ use sluice_nats::{PAYLOAD_HEADROOM, header_pairs, reply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::loader::Served;
+use crate::Runtime;
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::{PreparedFunction, Runtime};
 
 /// How long one pull waits for messages. It bounds how long a stopping
 /// worker keeps taking the messages it asked for.
@@ -36,13 +37,6 @@ pub(crate) struct Shared {
     pub client: async_nats::Client,
     pub metrics: Metrics,
     pub callbacks: Callbacks,
-}
-
-/// A function as a worker serves it.
-#[derive(Debug)]
-pub(crate) struct Served {
-    pub prepared: PreparedFunction,
-    pub spec: FunctionSpec,
 }
 
 /// A running worker; stop it with [`Worker::stop`], then await [`Worker::join`].
@@ -79,7 +73,7 @@ async fn pull_loop(
     mut consumer: PullConsumer,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let function = &served.prepared.function;
+    let function = &served.function;
     let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
     let mut running = JoinSet::new();
     loop {
@@ -161,7 +155,7 @@ async fn handle(
         .unwrap_or(1)
         .max(1);
     if delivered > 1 {
-        shared.metrics.redelivered(&served.prepared.function);
+        shared.metrics.redelivered(&served.function);
     } else if let Some(info) = info {
         // The server's clock stamped it: a skew with ours reads as zero.
         let waited = std::time::SystemTime::now()
@@ -169,7 +163,7 @@ async fn handle(
             .unwrap_or_default();
         shared
             .metrics
-            .waited(&served.prepared.function, waited.as_secs_f64());
+            .waited(&served.function, waited.as_secs_f64());
     }
     let Some(received) = decode(&shared, &served, &message, delivered).await else {
         return;
@@ -206,7 +200,7 @@ async fn decode(
     message: &jetstream::Message,
     delivered: u32,
 ) -> Option<Received> {
-    let function = &served.prepared.function;
+    let function = &served.function;
     let pairs = header_pairs(message.headers.as_ref());
     let header = |name: &str| {
         pairs
@@ -327,9 +321,17 @@ async fn attempt(
     invocation: &Invocation,
     message: &jetstream::Message,
 ) -> Outcome {
-    let attempt = shared
-        .runtime
-        .attempt(&served.prepared, invocation, &shared.metrics);
+    let attempt = async {
+        match served.prepared().await {
+            Ok(prepared) => {
+                shared
+                    .runtime
+                    .attempt(&prepared, invocation, &shared.metrics)
+                    .await
+            }
+            Err(failed) => failed,
+        }
+    };
     let mut attempt = std::pin::pin!(attempt);
     let every = ack_wait(&served.spec) / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -423,7 +425,7 @@ async fn poison(
     reason: &str,
     delivered: u32,
 ) {
-    let function = &served.prepared.function;
+    let function = &served.function;
     tracing::warn!(%function, subject = %message.subject, %reason, "dead-lettering a message that cannot run");
     // Dead-lettered or not (that is counted and logged), it never runs.
     let _ = dead_letter(shared, served, message, reason, delivered).await;
@@ -450,7 +452,7 @@ async fn dead_letter(
     reason: &str,
     attempts: u32,
 ) -> Result<(), DeadLetterError> {
-    let function = &served.prepared.function;
+    let function = &served.function;
     let headers = message.headers.clone().unwrap_or_default();
     let given_up = GivenUp {
         reason,
