@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
 
+use crate::CacheUse;
 use crate::budget::MemoryBudget;
 use crate::callback::Callbacks;
 
@@ -201,6 +202,9 @@ impl Metrics {
     }
 }
 
+/// A gauge of the component cache: name, help, and what it reads.
+type CacheGauge = (&'static str, &'static str, fn(CacheUse) -> u64);
+
 /// Reports the instance pool's use: `sluice_runtime_instances` (component
 /// instances alive now) and `sluice_runtime_instance_slots` (at most, the
 /// `--max-instances` the pooling allocator reserves memory for). When the
@@ -223,25 +227,27 @@ pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
         "Component instances the pooling allocator reserves memory for (--max-instances); more wait",
         move || slots,
     );
-    let cache = runtime.clone();
-    sluice_serve::ScrapedGauge::register(
-        registry,
-        "runtime_components_loaded",
-        "Compiled components held in memory now (loaded on a function's first use)",
-        move || i64::try_from(cache.component_cache_use().components).unwrap_or(i64::MAX),
-    );
-    let cache = runtime.clone();
-    sluice_serve::ScrapedGauge::register(
-        registry,
-        "runtime_component_bytes",
-        "Bytes of compiled components held in memory now (at most --component-cache, beside the newest)",
-        move || i64::try_from(cache.component_cache_use().bytes).unwrap_or(i64::MAX),
-    );
-    let cache = runtime.clone();
-    sluice_serve::ScrapedGauge::register(
-        registry,
-        "runtime_components_evicted",
-        "Compiled components dropped from memory for room since the start (reloaded on their next use)",
-        move || i64::try_from(cache.component_cache_use().evicted).unwrap_or(i64::MAX),
-    );
+    let components: [CacheGauge; 3] = [
+        (
+            "runtime_components_loaded",
+            "Compiled components held in memory now (loaded on a function's first use)",
+            |held| held.components as u64,
+        ),
+        (
+            "runtime_component_bytes",
+            "Bytes of compiled components held in memory now (at most --component-cache, beside the newest)",
+            |held| held.bytes,
+        ),
+        (
+            "runtime_components_evicted",
+            "Compiled components dropped from memory for room since the start (reloaded on their next use)",
+            |held| held.evicted,
+        ),
+    ];
+    for (name, help, read) in components {
+        let runtime = runtime.clone();
+        sluice_serve::ScrapedGauge::register(registry, name, help, move || {
+            i64::try_from(read(runtime.component_cache_use())).unwrap_or(i64::MAX)
+        });
+    }
 }

@@ -161,6 +161,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let client =
         sluice_nats::connect_patiently(&config.nats_url, "sluice-runtime", &config.nats_security)
             .await?;
+    tracing::info!("connected to NATS");
     let mut config = config;
     // A response travels as one NATS message, and is stored in its record
     // as base64: both must fit the server's max_payload.
@@ -187,6 +188,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await
         .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
+    tracing::info!("layout opened, engine ready");
     let callbacks = Callbacks::new(config.runtime.egress.clone());
     admin.register(|registry| {
         crate::metrics::register_instances(registry, &runtime);
