@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Memory of a pool runtime per registered, never-invoked function, no
 # Kubernetes: the resident set (VmRSS) of `sluice-runtime` once ready with
-# no function registered, then with N (default 1000) copies of hello
-# registered and none invoked; prints both, the difference per function,
+# one copy of hello registered, then with N (default 1000) more, none
+# invoked; prints both, the difference per function,
 # and the runtime's own count of components in memory (none are loaded
 # before an invocation needs them).
 #
@@ -30,9 +30,22 @@ nats=nats://127.0.0.1:$nats_port
 "$SLUICE_NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$work/store" 2>"$work/nats.log" &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null && break; sleep 0.1; done
-mkdir "$work/none" "$work/functions"
-# `publish` creates the layout (here nothing else owns it).
-"$SLUICE_BIN/sluice-gateway" publish --nats "$nats" "$work/none" 2>"$work/publish.log"
+# functions I...: registers hello-I for each I (`publish` creates the
+# layout: nothing else owns it here).
+functions() {
+  mkdir -p "$work/functions"
+  for i in "$@"; do
+    cat <<EOF
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: hello-$i }
+spec:
+  module: { file: "$wasm" }
+EOF
+  done >"$work/functions/functions.yaml"
+  "$SLUICE_BIN/sluice-gateway" publish --nats "$nats" "$work/functions" 2>"$work/publish.log"
+}
 
 # measure NAME: prints "NAME rss_kib components_loaded" once the runtime is
 # ready (every registered function served) and has settled.
@@ -50,20 +63,11 @@ measure() {
   echo "$1 $rss $loaded"
 }
 
-base=$(measure none)
-for i in $(seq "$count"); do
-  cat <<EOF
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello-$i }
-spec:
-  module: { file: "$wasm" }
-EOF
-done >"$work/functions/functions.yaml"
-"$SLUICE_BIN/sluice-gateway" publish --nats "$nats" "$work/functions" 2>"$work/publish.log"
+functions 0
+base=$(measure one)
+functions $(seq "$count")
 with=$(measure "$count")
 read -r _ rss0 loaded0 <<<"$base"
 read -r _ rss1 loaded1 <<<"$with"
-echo "registered functions: 0 -> RSS ${rss0} KiB (components loaded: ${loaded0}); $count -> RSS ${rss1} KiB (components loaded: ${loaded1})"
+echo "registered functions: 1 -> RSS ${rss0} KiB (components loaded: ${loaded0}); $((count + 1)) -> RSS ${rss1} KiB (components loaded: ${loaded1})"
 echo "per registered, never-invoked function: $(((rss1 - rss0) / count)) KiB"
