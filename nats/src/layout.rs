@@ -458,7 +458,7 @@ impl Layout {
         config: &LayoutConfig,
     ) -> Result<Reconciled, NatsError> {
         let mut changes = Vec::new();
-        let layout = Self::build(client, config, Mode::Reconcile, &mut changes).await?;
+        let layout = Box::pin(Self::build(client, config, Mode::Reconcile, &mut changes)).await?;
         Ok(Reconciled { layout, changes })
     }
 
@@ -468,21 +468,30 @@ impl Layout {
         client: async_nats::Client,
         config: &LayoutConfig,
     ) -> Result<Self, NatsError> {
-        Self::build(client, config, Mode::CreateMissing, &mut Vec::new()).await
+        Box::pin(Self::build(
+            client,
+            config,
+            Mode::CreateMissing,
+            &mut Vec::new(),
+        ))
+        .await
     }
 
     /// Opens every stream and bucket; one that does not exist yet is
     /// [`NatsError::Missing`] (worth waiting for: its owner creates it).
     pub async fn open(client: async_nats::Client) -> Result<Self, NatsError> {
-        Self::build(
+        Box::pin(Self::build(
             client,
             &LayoutConfig::default(),
             Mode::Open,
             &mut Vec::new(),
-        )
+        ))
         .await
     }
 
+    /// Its callers box it: in a debug build its future (one step per
+    /// stream and bucket) is large enough to overflow a 2 MiB thread stack
+    /// where a caller's future holds it inline (the tests' threads).
     async fn build(
         client: async_nats::Client,
         config: &LayoutConfig,

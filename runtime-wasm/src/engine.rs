@@ -44,6 +44,12 @@ pub struct RuntimeConfig {
     /// artifact) on their next invocation. Part of the process's own
     /// share of memory, outside `memory_budget`. Default: 64Mi.
     pub component_cache: ByteSize,
+    /// Whether one compile spreads over every CPU (wasmtime's thread pool,
+    /// shared by all compiles of the process). The runtime node turns it
+    /// off: it compiles functions side by side, one per CPU
+    /// (`node::loader`), so that a small component's compile never queues
+    /// behind a large one's work in that pool. Default: true.
+    pub parallel_compilation: bool,
 }
 
 /// Each instance's fiber stack (wasmtime's async stack), bytes.
@@ -75,6 +81,7 @@ impl Default for RuntimeConfig {
             egress: Arc::default(),
             memory_budget: None,
             component_cache: ByteSize(64 << 20),
+            parallel_compilation: true,
         }
     }
 }
@@ -143,6 +150,7 @@ impl Runtime {
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
             .async_stack_size(ASYNC_STACK)
+            .parallel_compilation(config.parallel_compilation)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_error)?;
 

@@ -15,31 +15,20 @@ use crate::harness::{
     HELLO, NatsStack, TestGateway, eventually, manifest_dir, metric, stored_body,
 };
 
-/// Three large components (componentize-py and componentize-js bundle an
-/// interpreter: 13–20 MB of wasm each), given time to compile on a busy
-/// machine.
-const LARGE: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello-py }
-spec:
-  module: { file: "{hello-py}" }
-  timeout: 10m
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello-js }
-spec:
-  module: { file: "{hello-js}" }
-  timeout: 10m
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: events-py }
-spec:
-  module: { file: "{events-py}" }
-  timeout: 10m
-"#;
+/// The three large components (componentize-py and componentize-js
+/// bundle an interpreter: 13–20 MB of wasm each).
+const LARGE: [&str; 3] = ["hello-py", "hello-js", "events-py"];
+
+/// Manifests of [`LARGE`], given time to compile on a busy machine.
+fn large_functions() -> String {
+    LARGE
+        .map(|name| {
+            format!(
+                "---\napiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ file: \"{{{name}}}\" }}\n  timeout: 10m\n"
+            )
+        })
+        .concat()
+}
 
 /// Waits for the async invocation `id` to succeed: compiling a large
 /// component takes minutes on a busy machine with a debug build.
@@ -72,10 +61,10 @@ fn compiled(text: &str, function: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_function_answers_before_the_others_have_compiled() {
-    let dir = manifest_dir(LARGE);
+    let dir = manifest_dir(&large_functions());
     let stack = NatsStack::start().await;
     stack.publish_dir(dir.path()).await;
-    for name in ["hello-py", "hello-js", "events-py"] {
+    for name in LARGE {
         let function: FunctionRef = format!("default/{name}").parse().unwrap();
         stack.wait_serving(&function).await;
     }
@@ -141,7 +130,7 @@ async fn the_first_function_answers_before_the_others_have_compiled() {
         "{text}"
     );
     let text = metrics();
-    for name in ["hello-py", "hello-js", "events-py"] {
+    for name in LARGE {
         assert_eq!(compiled(&text, name), 1.0, "{name}: {text}");
     }
 }

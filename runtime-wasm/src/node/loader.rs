@@ -32,9 +32,9 @@ pub(crate) struct Loader {
     /// bucket (`sluice-artifacts`); only with `artifacts`.
     shared: bool,
     metrics: Metrics,
-    /// Compiles and deserializes under way at once: one per CPU the
-    /// process may use, so loads never starve the invocations of CPU for
-    /// long, and a waiting load is started in arrival order.
+    /// Compiles under way at once: one per CPU the process may use (each
+    /// on one thread: the node turns wasmtime's parallel compilation off),
+    /// started in arrival order.
     cpus: Semaphore,
     /// One gate per digest being loaded, so a digest loads once.
     loading: Mutex<HashMap<ModuleDigest, Arc<tokio::sync::Mutex<()>>>>,

@@ -184,7 +184,9 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         Layout::open(client.clone())
     })
     .await?;
-    let runtime_config = config.runtime.clone();
+    let mut runtime_config = config.runtime.clone();
+    // The loader compiles functions side by side, each on one CPU.
+    runtime_config.parallel_compilation = false;
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await
         .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
