@@ -30,26 +30,6 @@ fn large_functions() -> String {
         .concat()
 }
 
-/// Waits for the async invocation `id` to succeed: compiling a large
-/// component takes minutes on a busy machine with a debug build.
-async fn succeeded(gw: &TestGateway, id: &str) -> serde_json::Value {
-    let record = eventually(
-        &format!("invocation {id} finishes"),
-        Duration::from_secs(600),
-        async || {
-            let reply = gw.get(&format!("/invocations/{id}?wait=20s")).await;
-            let record = reply.json();
-            match record["state"].as_str() {
-                Some("queued" | "running") | None => Err(reply.text()),
-                Some(_) => Ok(record),
-            }
-        },
-    )
-    .await;
-    assert_eq!(record["state"], "succeeded", "{record}");
-    record
-}
-
 fn compiled(text: &str, function: &str) -> f64 {
     metric(
         text,
@@ -88,7 +68,7 @@ async fn the_first_function_answers_before_the_others_have_compiled() {
     );
 
     let first = gw.submit("/async/fn/default/hello-py/", &[], "").await;
-    let record = succeeded(&gw, &first).await;
+    let record = gw.wait_succeeded(&first).await;
     let body = String::from_utf8_lossy(&stored_body(&record)).into_owned();
     assert!(body.ends_with(" from Python!\n"), "{body}");
     // hello-py answered while the two other large components were still
@@ -118,8 +98,8 @@ async fn the_first_function_answers_before_the_others_have_compiled() {
             "{}",
         )
         .await;
-    succeeded(&gw, &js).await;
-    succeeded(&gw, &events).await;
+    gw.wait_succeeded(&js).await;
+    gw.wait_succeeded(&events).await;
     // Held or dropped for room (the three exceed the default 64Mi of
     // --component-cache), each compiled once.
     let text = metrics();
@@ -174,7 +154,7 @@ async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_a
     // call's 30 s.
     let hello_answers = async || {
         let id = gw.submit("/async/fn/default/hello", &[], "").await;
-        succeeded(&gw, &id).await;
+        gw.wait_succeeded(&id).await;
     };
 
     let (first, _disk) = start().await;
