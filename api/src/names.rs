@@ -36,6 +36,11 @@ pub const FUNCTIONS_BUCKET: &str = "sluice-functions";
 /// Object store of components, keyed `sha256-<hex>`
 /// ([`crate::ModuleDigest::object_key`]).
 pub const MODULES_BUCKET: &str = "sluice-modules";
+/// Object store of components precompiled by runtimes, keyed
+/// `<engine>.sha256-<hex>` (`<engine>`: the hash of what makes compiled
+/// code compatible), so a new runtime deserializes what another compiled.
+/// Only runtimes write it: they run what it holds.
+pub const ARTIFACTS_BUCKET: &str = "sluice-artifacts";
 
 /// The subject a record of the results bucket is written on: a record can
 /// be published without waiting for the store's answer.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use sluice_api::names::{
-    DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, FUNCTIONS_BUCKET, FunctionRef, INVOCATION_STREAM,
-    INVOKE_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
+    ARTIFACTS_BUCKET, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, FUNCTIONS_BUCKET, FunctionRef,
+    INVOCATION_STREAM, INVOKE_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
 };
 use sluice_api::{ByteSize, FunctionSpec, ModuleDigest};
 
@@ -40,11 +40,13 @@ pub const MAX_FUNCTIONS: i32 = 100_000;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-/// Default byte bounds ([`MaxBytes`]). Together 8 GiB and 64 MiB: they fit
-/// the chart's bundled server, whose `max_file_store` (9Gi) stays below its
-/// 10Gi volume. Queued invocations get the most room (4 GiB: 4,000 1 MiB
-/// bodies); records hold responses (2 GiB); dead letters keep their
+/// Default byte bounds ([`MaxBytes`]). Together 8 GiB and 576 MiB: they
+/// fit the chart's bundled server, whose `max_file_store` (9Gi) stays below
+/// its 10Gi volume. Queued invocations get the most room (4 GiB: 4,000
+/// 1 MiB bodies); records hold responses (2 GiB); dead letters keep their
 /// original message (1 GiB); modules are at most 64 MiB each (1 GiB);
+/// precompiled artifacts are a cache (512 MiB: a hundred Rust functions or
+/// ten Python ones; when full, new ones are compiled by each runtime);
 /// registry entries are small (64 MiB).
 pub const DEFAULT_MAX_BYTES: MaxBytes = MaxBytes {
     invocations: ByteSize(4 * GIB),
@@ -52,6 +54,7 @@ pub const DEFAULT_MAX_BYTES: MaxBytes = MaxBytes {
     results: ByteSize(2 * GIB),
     functions: ByteSize(64 * MIB),
     modules: ByteSize(GIB),
+    artifacts: ByteSize(512 * MIB),
 };
 
 // The defaults fit the chart's bundled file store
@@ -62,6 +65,7 @@ const _: () = assert!(
         + DEFAULT_MAX_BYTES.results.0
         + DEFAULT_MAX_BYTES.functions.0
         + DEFAULT_MAX_BYTES.modules.0
+        + DEFAULT_MAX_BYTES.artifacts.0
         < 9 * GIB
 );
 
@@ -81,6 +85,8 @@ pub struct MaxBytes {
     pub functions: ByteSize,
     /// `sluice-modules`.
     pub modules: ByteSize,
+    /// `sluice-artifacts`.
+    pub artifacts: ByteSize,
 }
 
 /// The layout's settings, applied by its owner when it creates the
@@ -166,6 +172,10 @@ pub struct LayoutArgs {
     /// Most bytes of stored modules.
     #[arg(long, env = "SLUICE_MODULES_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.modules)]
     pub modules_max_bytes: ByteSize,
+    /// Most bytes of components precompiled by runtimes (a cache: when
+    /// full, runtimes compile what it lacks).
+    #[arg(long, env = "SLUICE_ARTIFACTS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.artifacts)]
+    pub artifacts_max_bytes: ByteSize,
     /// Copies of every stream and bucket (a clustered JetStream; 1 on a
     /// single server).
     #[arg(long, env = "SLUICE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -188,6 +198,7 @@ impl LayoutArgs {
                 results: self.results_max_bytes,
                 functions: self.functions_max_bytes,
                 modules: self.modules_max_bytes,
+                artifacts: self.artifacts_max_bytes,
             },
             replicas: usize::from(self.stream_replicas),
         }
@@ -203,6 +214,8 @@ pub struct Layout {
     pub results: kv::Store,
     pub functions: kv::Store,
     pub modules: object_store::ObjectStore,
+    /// Precompiled components, written and read by runtimes only.
+    pub artifacts: object_store::ObjectStore,
 }
 
 impl std::fmt::Debug for Layout {
@@ -364,6 +377,7 @@ struct Wanted {
     results: stream::Config,
     functions: stream::Config,
     modules: stream::Config,
+    artifacts: stream::Config,
 }
 
 fn bytes(size: ByteSize) -> i64 {
@@ -428,6 +442,15 @@ impl Wanted {
                     format!("$O.{MODULES_BUCKET}.M.>"),
                 ],
                 max_bytes: bytes(max.modules),
+                ..common.clone()
+            },
+            artifacts: stream::Config {
+                name: format!("OBJ_{ARTIFACTS_BUCKET}"),
+                subjects: vec![
+                    format!("$O.{ARTIFACTS_BUCKET}.C.>"),
+                    format!("$O.{ARTIFACTS_BUCKET}.M.>"),
+                ],
+                max_bytes: bytes(max.artifacts),
                 ..common
             },
         }
@@ -452,7 +475,7 @@ impl Layout {
         config: &LayoutConfig,
     ) -> Result<Reconciled, NatsError> {
         let mut changes = Vec::new();
-        let layout = Self::build(client, config, Mode::Reconcile, &mut changes).await?;
+        let layout = Box::pin(Self::build(client, config, Mode::Reconcile, &mut changes)).await?;
         Ok(Reconciled { layout, changes })
     }
 
@@ -462,21 +485,30 @@ impl Layout {
         client: async_nats::Client,
         config: &LayoutConfig,
     ) -> Result<Self, NatsError> {
-        Self::build(client, config, Mode::CreateMissing, &mut Vec::new()).await
+        Box::pin(Self::build(
+            client,
+            config,
+            Mode::CreateMissing,
+            &mut Vec::new(),
+        ))
+        .await
     }
 
     /// Opens every stream and bucket; one that does not exist yet is
     /// [`NatsError::Missing`] (worth waiting for: its owner creates it).
     pub async fn open(client: async_nats::Client) -> Result<Self, NatsError> {
-        Self::build(
+        Box::pin(Self::build(
             client,
             &LayoutConfig::default(),
             Mode::Open,
             &mut Vec::new(),
-        )
+        ))
         .await
     }
 
+    /// Its callers box it: in a debug build its future (one step per
+    /// stream and bucket) is large enough to overflow a 2 MiB thread stack
+    /// where a caller's future holds it inline (the tests' threads).
     async fn build(
         client: async_nats::Client,
         config: &LayoutConfig,
@@ -535,6 +567,22 @@ impl Layout {
             .map(drop)
         })
         .await?;
+        stream_of(&js, &wanted.artifacts, mode, changes, || async {
+            js.create_object_store(object_store::Config {
+                bucket: ARTIFACTS_BUCKET.to_owned(),
+                description: Some(
+                    "Sluice components precompiled by runtimes, by <engine>.sha256-<hex>"
+                        .to_owned(),
+                ),
+                max_bytes: wanted.artifacts.max_bytes,
+                num_replicas: wanted.artifacts.num_replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+        })
+        .await?;
         let results = js
             .get_key_value(RESULTS_BUCKET)
             .await
@@ -547,6 +595,10 @@ impl Layout {
             .get_object_store(MODULES_BUCKET)
             .await
             .map_err(|e| layout_error(MODULES_BUCKET, e))?;
+        let artifacts = js
+            .get_object_store(ARTIFACTS_BUCKET)
+            .await
+            .map_err(|e| layout_error(ARTIFACTS_BUCKET, e))?;
         Ok(Self {
             js,
             invocations,
@@ -554,6 +606,7 @@ impl Layout {
             results,
             functions,
             modules,
+            artifacts,
         })
     }
 }

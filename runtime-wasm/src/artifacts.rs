@@ -7,7 +7,11 @@
 //!
 //! Loading an artifact runs its machine code, so a runtime loads only from
 //! directories and files that it owns and nobody else may write
-//! ([`private`]); it creates them so.
+//! ([`private`]); it creates them so. An artifact from the shared bucket
+//! (`sluice-artifacts`, written only by runtimes: the NATS permissions give
+//! its writes to the runtime user alone) is written here first and loaded
+//! like the others; its key names the engine too
+//! ([`Runtime::artifact_key`]).
 
 use std::hash::{Hash as _, Hasher as _};
 use std::io::Write as _;
@@ -22,15 +26,27 @@ use crate::engine::Runtime;
 use crate::invoke::{PreparedFunction, bind};
 
 impl Runtime {
-    /// Where the artifact of `digest` lives under `dir`.
-    pub fn artifact_path(&self, dir: &Path, digest: &ModuleDigest) -> PathBuf {
+    /// The hash of everything that makes this engine's compiled code
+    /// compatible (wasmtime version, target, settings), 16 hex digits.
+    fn engine_key(&self) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.inner
             .engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        dir.join(format!("{:016x}", hasher.finish()))
-            .join(format!("{digest}.cwasm"))
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Where the artifact of `digest` lives under `dir`.
+    pub fn artifact_path(&self, dir: &Path, digest: &ModuleDigest) -> PathBuf {
+        dir.join(self.engine_key()).join(format!("{digest}.cwasm"))
+    }
+
+    /// The name of the artifact of `digest` in the shared bucket
+    /// (`sluice-artifacts`): `<engine>.sha256-<hex>`, so a runtime never
+    /// fetches code another engine built.
+    pub fn artifact_key(&self, digest: &ModuleDigest) -> String {
+        format!("{}.{digest}", self.engine_key())
     }
 
     /// Binds the precompiled artifact of `digest` from `dir`. `None` when
@@ -78,14 +94,32 @@ impl Runtime {
             .component()
             .serialize()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        let parent = path.parent().unwrap_or(dir);
-        create_private_dir(parent)?;
-        private(dir, parent).map_err(std::io::Error::other)?;
-        let mut file = tempfile::NamedTempFile::new_in(parent)?;
-        file.write_all(&bytes)?;
-        file.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        write_private(dir, &path, &bytes)
     }
+
+    /// Keeps `bytes` (an artifact another runtime of this engine stored in
+    /// the shared bucket) as the artifact of `digest` under `dir`, to be
+    /// loaded by [`Runtime::prepare_precompiled`]. Blocking.
+    pub fn keep_precompiled(
+        &self,
+        digest: &ModuleDigest,
+        dir: &Path,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        write_private(dir, &self.artifact_path(dir, digest), bytes)
+    }
+}
+
+/// Writes `path` under `dir` atomically (a concurrent reader never sees
+/// half a file), in directories only this user may write.
+fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(dir);
+    create_private_dir(parent)?;
+    private(dir, parent).map_err(std::io::Error::other)?;
+    let mut file = tempfile::NamedTempFile::new_in(parent)?;
+    file.write_all(bytes)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -164,9 +198,13 @@ fn load(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
     // `Component::serialize` of a compatible engine and not altered since.
     // Only this runtime's user may write the file and the directories above
     // it (checked by `private` before each load), the runtime writes it
-    // atomically from `serialize`, the path is keyed by the engine's
-    // compatibility hash, and wasmtime itself rejects files whose header
-    // names another engine.
+    // atomically from `serialize` or from the shared bucket, the path is
+    // keyed by the engine's compatibility hash, and wasmtime itself
+    // rejects files whose header names another engine. What comes from the
+    // shared bucket was written there by a runtime from `serialize` under
+    // the same engine key (only the runtime's NATS user may publish to
+    // it), and arrived whole: the object store checks its SHA-256 as it is
+    // read.
     unsafe { Component::deserialize_file(engine, path) }
 }
 

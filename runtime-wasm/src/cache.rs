@@ -1,4 +1,7 @@
-//! Compiled, pre-instantiated components, keyed by SHA-256 of their bytes.
+//! Compiled, pre-instantiated components in memory, keyed by SHA-256 of
+//! their bytes, within a byte budget: past it the least recently used are
+//! dropped (a runtime reloads them from the precompiled artifact, a cheap
+//! deserialize).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,12 +14,48 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::RuntimeError;
 use crate::host::Host;
 
-#[derive(Default)]
 pub(crate) struct ComponentCache {
-    by_digest: Mutex<HashMap<ModuleDigest, ProxyPre<Host>>>,
+    /// Bytes of compiled code the cache keeps at most; it always keeps the
+    /// component inserted last, however large.
+    budget: u64,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_digest: HashMap<ModuleDigest, Entry>,
+    /// Sum of the entries' `bytes`.
+    bytes: u64,
+    /// Bumped on every use: an entry's `used` orders it for eviction.
+    clock: u64,
+    evicted: u64,
+}
+
+struct Entry {
+    pre: ProxyPre<Host>,
+    /// The size of its compiled image (code and data).
+    bytes: u64,
+    used: u64,
+}
+
+/// What the cache holds now (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheUse {
+    pub components: usize,
+    /// Bytes of compiled images held.
+    pub bytes: u64,
+    /// Components dropped for room since the start.
+    pub evicted: u64,
 }
 
 impl ComponentCache {
+    pub(crate) fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            held: Mutex::default(),
+        }
+    }
+
     /// The pre-instantiated component for `wasm`, compiling it on first
     /// sight. Returns its digest too.
     pub(crate) fn get_or_compile(
@@ -38,11 +77,19 @@ impl ComponentCache {
         Ok((digest, pre))
     }
 
+    /// The component of `digest` if it is held, marked as used now.
     pub(crate) fn get(&self, digest: &ModuleDigest) -> Option<ProxyPre<Host>> {
-        self.lock().get(digest).cloned()
+        let mut held = self.lock();
+        held.clock += 1;
+        let now = held.clock;
+        let entry = held.by_digest.get_mut(digest)?;
+        entry.used = now;
+        Some(entry.pre.clone())
     }
 
-    /// Pre-instantiates a compiled component and keeps it under `digest`.
+    /// Pre-instantiates a compiled component and keeps it under `digest`,
+    /// dropping the least recently used others while the cache is over
+    /// its budget.
     pub(crate) fn insert(
         &self,
         linker: &Linker<Host>,
@@ -54,13 +101,125 @@ impl ComponentCache {
             .map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
         let pre =
             ProxyPre::new(instance_pre).map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
-        Ok(self.lock().entry(digest.clone()).or_insert(pre).clone())
+        let image = component.image_range();
+        let bytes = (image.end as usize).saturating_sub(image.start as usize) as u64;
+        let mut held = self.lock();
+        held.clock += 1;
+        let now = held.clock;
+        if let Some(entry) = held.by_digest.get_mut(digest) {
+            entry.used = now;
+            return Ok(entry.pre.clone());
+        }
+        held.by_digest.insert(
+            digest.clone(),
+            Entry {
+                pre: pre.clone(),
+                bytes,
+                used: now,
+            },
+        );
+        held.bytes += bytes;
+        while held.bytes > self.budget && held.by_digest.len() > 1 {
+            let Some(oldest) = held
+                .by_digest
+                .iter()
+                .filter(|(_, entry)| entry.used != now)
+                .min_by_key(|(_, entry)| entry.used)
+                .map(|(digest, _)| digest.clone())
+            else {
+                break;
+            };
+            if let Some(entry) = held.by_digest.remove(&oldest) {
+                held.bytes -= entry.bytes;
+                held.evicted += 1;
+                tracing::debug!(digest = %oldest, bytes = entry.bytes, "dropping a component from memory for room");
+            }
+        }
+        Ok(pre)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ModuleDigest, ProxyPre<Host>>> {
-        // The map holds no invariant a panicking holder could break.
-        self.by_digest
+    pub(crate) fn usage(&self) -> CacheUse {
+        let held = self.lock();
+        CacheUse {
+            components: held.by_digest.len(),
+            bytes: held.bytes,
+            evicted: held.evicted,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        // The sums are updated together with the map under the lock, after
+        // anything that could panic.
+        self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Runtime, RuntimeConfig};
+
+    fn compile(runtime: &Runtime, name: &str) -> sluice_api::ModuleDigest {
+        let wasm = std::fs::read(sluice_examples::component(name)).unwrap();
+        let inner = &runtime.inner;
+        inner
+            .cache
+            .get_or_compile(&inner.engine, &inner.linker, &wasm)
+            .unwrap()
+            .0
+    }
+
+    /// The bytes each example's compiled image takes.
+    fn sizes() -> [u64; 3] {
+        let runtime = Runtime::new(small(u64::MAX)).unwrap();
+        ["hello", "echo", "misbehave"].map(|name| {
+            let before = runtime.component_cache_use().bytes;
+            compile(&runtime, name);
+            runtime.component_cache_use().bytes - before
+        })
+    }
+
+    fn small(component_cache: u64) -> RuntimeConfig {
+        RuntimeConfig {
+            max_instances: 4,
+            component_cache: sluice_api::ByteSize(component_cache),
+            ..RuntimeConfig::default()
+        }
+    }
+
+    #[test]
+    fn past_its_budget_the_cache_drops_the_least_recently_used() {
+        let [hello_bytes, _, misbehave_bytes] = sizes();
+        assert!(hello_bytes > 0);
+        let runtime = Runtime::new(small(hello_bytes + misbehave_bytes)).unwrap();
+        let hello = compile(&runtime, "hello");
+        let echo = compile(&runtime, "echo");
+        // hello used last, so echo is the one to go.
+        assert!(runtime.inner.cache.get(&hello).is_some());
+        let misbehave = compile(&runtime, "misbehave");
+        let held = runtime.component_cache_use();
+        assert!(runtime.inner.cache.get(&misbehave).is_some(), "{held:?}");
+        assert!(runtime.inner.cache.get(&hello).is_some(), "{held:?}");
+        assert!(runtime.inner.cache.get(&echo).is_none(), "{held:?}");
+        assert_eq!(
+            held,
+            super::CacheUse {
+                components: 2,
+                bytes: hello_bytes + misbehave_bytes,
+                evicted: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_component_larger_than_the_budget_is_still_kept_while_newest() {
+        let runtime = Runtime::new(small(1)).unwrap();
+        let hello = compile(&runtime, "hello");
+        assert!(runtime.inner.cache.get(&hello).is_some());
+        let echo = compile(&runtime, "echo");
+        assert!(runtime.inner.cache.get(&echo).is_some());
+        assert!(runtime.inner.cache.get(&hello).is_none());
+        assert_eq!(runtime.component_cache_use().components, 1);
     }
 }

@@ -11,7 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::RuntimeError;
 use crate::budget::{self, MemoryBudget};
-use crate::cache::ComponentCache;
+use crate::cache::{CacheUse, ComponentCache};
 use crate::host::Host;
 
 /// Process-wide runtime settings.
@@ -39,6 +39,17 @@ pub struct RuntimeConfig {
     /// without a memory limit. Default: `None` (`sluice-runtime` sizes it
     /// from its cgroup's memory limit).
     pub memory_budget: Option<ByteSize>,
+    /// Bytes of compiled components kept in memory; past it the least
+    /// recently used are dropped and loaded again (from the precompiled
+    /// artifact) on their next invocation. Part of the process's own
+    /// share of memory, outside `memory_budget`. Default: 64Mi.
+    pub component_cache: ByteSize,
+    /// Whether one compile spreads over every CPU (wasmtime's thread pool,
+    /// shared by all compiles of the process). The runtime node turns it
+    /// off: it compiles functions side by side, one per CPU
+    /// (`node::loader`), so that a small component's compile never queues
+    /// behind a large one's work in that pool. Default: true.
+    pub parallel_compilation: bool,
 }
 
 /// Each instance's fiber stack (wasmtime's async stack), bytes.
@@ -69,6 +80,8 @@ impl Default for RuntimeConfig {
             max_log_bytes: 64 << 10,
             egress: Arc::default(),
             memory_budget: None,
+            component_cache: ByteSize(64 << 20),
+            parallel_compilation: true,
         }
     }
 }
@@ -137,6 +150,7 @@ impl Runtime {
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
             .async_stack_size(ASYNC_STACK)
+            .parallel_compilation(config.parallel_compilation)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_error)?;
 
@@ -150,7 +164,7 @@ impl Runtime {
             inner: Arc::new(Inner {
                 instances: Semaphore::new(config.max_instances as usize),
                 memory: config.memory_budget.map(|b| MemoryBudget::new(b.0)),
-                cache: ComponentCache::default(),
+                cache: ComponentCache::new(config.component_cache.0),
                 engine,
                 linker,
                 config,
@@ -160,6 +174,11 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The compiled components held in memory now.
+    pub fn component_cache_use(&self) -> CacheUse {
+        self.inner.cache.usage()
     }
 
     /// The memory budget, if the runtime has one.

@@ -24,6 +24,7 @@ mod invoke;
 pub mod metrics;
 pub mod node;
 
+pub use cache::CacheUse;
 pub use engine::{Runtime, RuntimeConfig};
 pub use invoke::{Attempted, FunctionLimits, PreparedFunction};
 

@@ -35,6 +35,18 @@ struct Args {
     /// contents belong to this user and nobody else may write them.
     #[arg(long, env = "SLUICE_ARTIFACTS", default_value_os_t = default_artifacts_dir())]
     artifacts: PathBuf,
+    /// Load components other runtimes compiled from the NATS object store
+    /// sluice-artifacts, and store there what this one compiles. What it
+    /// holds runs as machine code: set false unless only Sluice's runtimes
+    /// may publish to $O.sluice-artifacts.> (the chart's NATS permissions
+    /// see to it).
+    #[arg(long, env = "SLUICE_SHARED_ARTIFACTS", default_value_t = true, action = clap::ArgAction::Set)]
+    shared_artifacts: bool,
+    /// Bytes of compiled components kept in memory; past it the least
+    /// recently used are dropped and reloaded from their precompiled
+    /// artifact when next invoked. Part of --memory-reserve.
+    #[arg(long, env = "SLUICE_COMPONENT_CACHE", default_value_t = RuntimeConfig::default().component_cache)]
+    component_cache: ByteSize,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
@@ -114,6 +126,8 @@ async fn run() -> anyhow::Result<()> {
     config.nats_security = args.nats_security.security()?;
     config.function = args.function.clone();
     config.artifacts = Some(args.artifacts.clone());
+    config.shared_artifacts = args.shared_artifacts;
+    config.runtime.component_cache = args.component_cache;
     config.admin_listen = args.admin_listen;
     config.drain_grace = args.drain_grace.0;
     config.runtime.max_response_body =

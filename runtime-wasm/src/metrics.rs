@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_api::names::FunctionRef;
 
+use crate::CacheUse;
 use crate::budget::MemoryBudget;
 use crate::callback::Callbacks;
 
@@ -30,7 +31,9 @@ pub struct OutcomeLabels {
 pub struct ColdStartLabels {
     pub function: String,
     /// `fetched` (downloaded and compiled), `compiled` (bytes at hand,
-    /// compiled) or `precompiled` (loaded from the on-disk artifact).
+    /// compiled), `precompiled` (loaded from the on-disk artifact) or
+    /// `shared` (loaded from the artifact another runtime stored in
+    /// `sluice-artifacts`).
     pub source: &'static str,
 }
 
@@ -125,7 +128,7 @@ impl Metrics {
         );
         registry.register(
             "cold_start_seconds",
-            "Time to make a component servable the first time this process sees its digest",
+            "Time to make a component servable when an invocation needs it and this process does not hold it (its first use, or after it was dropped for room)",
             metrics.cold_starts.clone(),
         );
         registry.register(
@@ -235,11 +238,16 @@ impl Metrics {
     }
 }
 
+/// A gauge of the component cache: name, help, and what it reads.
+type CacheGauge = (&'static str, &'static str, fn(CacheUse) -> u64);
+
 /// Reports the instance pool's use: `sluice_runtime_instances` (component
 /// instances alive now) and `sluice_runtime_instance_slots` (at most, the
 /// `--max-instances` the pooling allocator reserves memory for). When the
 /// two are equal, invocations wait for a free instance: the pool's memory
-/// budget is spent.
+/// budget is spent. And the components in memory:
+/// `sluice_runtime_components_loaded`, `sluice_runtime_component_bytes`,
+/// `sluice_runtime_components_evicted`.
 pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
     let slots = i64::from(runtime.inner.config.max_instances);
     let inner = runtime.inner.clone();
@@ -255,4 +263,27 @@ pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
         "Component instances the pooling allocator reserves memory for (--max-instances); more wait",
         move || slots,
     );
+    let components: [CacheGauge; 3] = [
+        (
+            "runtime_components_loaded",
+            "Compiled components held in memory now (loaded on a function's first use)",
+            |held| held.components as u64,
+        ),
+        (
+            "runtime_component_bytes",
+            "Bytes of compiled components held in memory now (at most --component-cache, beside the newest)",
+            |held| held.bytes,
+        ),
+        (
+            "runtime_components_evicted",
+            "Compiled components dropped from memory for room since the start (reloaded on their next use)",
+            |held| held.evicted,
+        ),
+    ];
+    for (name, help, read) in components {
+        let runtime = runtime.clone();
+        sluice_serve::ScrapedGauge::register(registry, name, help, move || {
+            i64::try_from(read(runtime.component_cache_use())).unwrap_or(i64::MAX)
+        });
+    }
 }

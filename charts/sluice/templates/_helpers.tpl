@@ -317,5 +317,6 @@ The operator's flags for the NATS layout it owns.
 - --results-max-bytes={{ $layout.maxBytes.results }}
 - --functions-max-bytes={{ $layout.maxBytes.functions }}
 - --modules-max-bytes={{ $layout.maxBytes.modules }}
+- --artifacts-max-bytes={{ $layout.maxBytes.artifacts }}
 - --stream-replicas={{ $replicas }}
 {{- end -}}

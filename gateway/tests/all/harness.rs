@@ -541,6 +541,27 @@ impl TestGateway {
         self.send(Method::GET, path, headers, Bytes::new()).await
     }
 
+    /// Waits up to 10 minutes for the async invocation `id` to succeed:
+    /// a runtime compiles a component on its first use, which takes
+    /// minutes for a large one on a busy machine with a debug build.
+    pub async fn wait_succeeded(&self, id: &str) -> serde_json::Value {
+        let record = eventually(
+            &format!("invocation {id} finishes"),
+            Duration::from_secs(600),
+            async || {
+                let reply = self.get(&format!("/invocations/{id}?wait=20s")).await;
+                let record = reply.json();
+                match record["state"].as_str() {
+                    Some("queued" | "running") | None => Err(reply.text()),
+                    Some(_) => Ok(record),
+                }
+            },
+        )
+        .await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+        record
+    }
+
     /// Polls an invocation until it is final (long-polling), at most 30s.
     pub async fn wait_final(&self, id: &str) -> serde_json::Value {
         let started = Instant::now();

@@ -16,6 +16,7 @@ mod failover;
 mod hostile;
 mod idle;
 mod lifecycle;
+mod loading;
 mod nats_mode;
 mod nats_security;
 mod polyglot;

@@ -4,7 +4,9 @@
 
 use http::StatusCode;
 
-use crate::harness::{Backend, Recorder, TestGateway, conformance, stored_body};
+use std::time::Duration;
+
+use crate::harness::{Backend, Recorder, TestGateway, conformance, eventually, stored_body};
 
 const FUNCTIONS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -30,8 +32,32 @@ spec:
 /// A structured-mode CloudEvent (CloudEvents 1.0 JSON format).
 const STRUCTURED: &str = r#"{"specversion":"1.0","id":"st-7","source":"/shop","type":"com.example.order.created","subject":"order-7","datacontenttype":"application/json","data":{"order":7}}"#;
 
+/// Invokes each function once, asynchronously, and waits until it ran
+/// (whatever it answered): a NATS runtime compiles a component on its
+/// first use, which may take longer than a sync call's timeout here.
+async fn warm(gw: &TestGateway, functions: &[&str]) {
+    for name in functions {
+        let id = gw
+            .submit(&format!("/async/fn/default/{name}/"), &[], "")
+            .await;
+        eventually(
+            &format!("{name} ran once"),
+            Duration::from_secs(600),
+            async || {
+                let reply = gw.get(&format!("/invocations/{id}?wait=20s")).await;
+                match reply.json()["state"].as_str() {
+                    Some("queued" | "running") | None => Err(reply.text()),
+                    Some(_) => Ok(()),
+                }
+            },
+        )
+        .await;
+    }
+}
+
 async fn python_and_javascript_examples_answer_sync_and_async(backend: Backend) {
     let gw = TestGateway::start(backend, FUNCTIONS).await;
+    warm(&gw, &["hello-py", "hello-js", "events-py"]).await;
 
     let reply = gw.get("/fn/default/hello-py/").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -139,6 +165,7 @@ spec:
         allowed.origin()
     );
     let gw = TestGateway::start(backend, &functions).await;
+    warm(&gw, &["hello-py", "hello-js"]).await;
 
     for language in ["py", "js"] {
         let function = format!("/fn/default/hello-{language}");

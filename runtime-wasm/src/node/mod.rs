@@ -1,10 +1,11 @@
-//! A runtime node (`sluice-runtime --nats URL`): follows the registry,
-//! loads each function's component by digest (from memory, the on-disk
-//! precompiled artifact, or the module store), and runs a worker per
-//! function on its durable consumer. Shutting down stops every worker's
+//! A runtime node (`sluice-runtime --nats URL`): follows the registry and
+//! runs a worker per function on its durable consumer; the function's
+//! component is loaded by digest when an invocation first needs it
+//! ([`loader`]). Shutting down stops every worker's
 //! pulling and waits for what they hold: nothing in flight is lost.
 
 mod cancel;
+mod loader;
 mod wake;
 mod worker;
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use sluice_api::names::{CANCEL_SUBJECTS, FunctionRef};
 use sluice_api::{FunctionSpec, Placement, RegistryEntry};
-use sluice_nats::layout::{FetchError, Layout};
+use sluice_nats::layout::Layout;
 use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
 use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::{Admin, Service};
@@ -27,8 +28,9 @@ use tokio::time::Instant;
 
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::{PreparedFunction, Runtime, RuntimeConfig, RuntimeError};
-use worker::{Served, Shared, Worker};
+use crate::{Runtime, RuntimeConfig, RuntimeError};
+use loader::{Loader, Served};
+use worker::{Shared, Worker};
 
 /// Default of [`NodeConfig::admin_listen`] (and `sluice-runtime
 /// --admin-listen`): beside the gateway's 9090.
@@ -55,6 +57,12 @@ pub struct NodeConfig {
     pub pool_serves_dedicated: bool,
     /// Where precompiled components are kept; `None` keeps none.
     pub artifacts: Option<PathBuf>,
+    /// Load components other runtimes compiled from the shared bucket
+    /// (`sluice-artifacts`), and store there what this one compiles (only
+    /// with `artifacts`). Its content is run as machine code: keep it on
+    /// only where no one but Sluice's runtimes may publish to
+    /// `$O.sluice-artifacts.>` (the chart's NATS permissions). Default: true.
+    pub shared_artifacts: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`].
     pub admin_listen: SocketAddr,
@@ -80,6 +88,7 @@ impl NodeConfig {
             function: None,
             pool_serves_dedicated: false,
             artifacts: None,
+            shared_artifacts: true,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
             drain_grace: DEFAULT_DRAIN_GRACE,
@@ -156,6 +165,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let client =
         sluice_nats::connect_patiently(&config.nats_url, "sluice-runtime", &config.nats_security)
             .await?;
+    tracing::info!("connected to NATS");
     let mut config = config;
     // A response travels as one NATS message, and is stored in its record
     // as base64: both must fit the server's max_payload.
@@ -178,10 +188,13 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         Layout::open(client.clone())
     })
     .await?;
-    let runtime_config = config.runtime.clone();
+    let mut runtime_config = config.runtime.clone();
+    // The loader compiles functions side by side, each on one CPU.
+    runtime_config.parallel_compilation = false;
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await
         .map_err(|e| RuntimeError::Engine(format!("engine task failed: {e}")))??;
+    tracing::info!("layout opened, engine ready");
     let callbacks = Callbacks::new(config.runtime.egress.clone());
     admin.register(|registry| {
         crate::metrics::register_instances(registry, &runtime);
@@ -200,6 +213,13 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     cancel::listen(client.clone(), Arc::downgrade(&running))
         .await
         .map_err(NodeError::Cancels)?;
+    let loader = Arc::new(Loader::new(
+        runtime.clone(),
+        layout.clone(),
+        config.artifacts,
+        config.shared_artifacts,
+        metrics.clone(),
+    ));
     let shared = Arc::new(Shared {
         runtime,
         layout,
@@ -218,7 +238,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         only: config.function,
         drain_grace: config.drain_grace,
         pool_serves_dedicated: config.pool_serves_dedicated,
-        artifacts: config.artifacts,
+        loader,
         workers: HashMap::new(),
         failed: HashMap::new(),
         retired: Vec::new(),
@@ -240,7 +260,7 @@ struct NodeLoop {
     shared: Arc<Shared>,
     only: Option<FunctionRef>,
     pool_serves_dedicated: bool,
-    artifacts: Option<PathBuf>,
+    loader: Arc<Loader>,
     workers: HashMap<FunctionRef, (RegistryEntry, Worker)>,
     /// Entries that could not be served yet (module store or consumer
     /// unreachable, say); tried again every [`RETRY_EVERY`].
@@ -363,17 +383,16 @@ impl NodeLoop {
             return;
         }
         let ready = async {
-            let prepared = self.load(&registered).await?;
-            let consumer = self
-                .shared
+            // What can never serve is refused before the component loads.
+            self.shared.runtime.check_limits(&registered.spec)?;
+            self.shared
                 .layout
                 .consumer(&function, &registered.spec)
                 .await
-                .map_err(LoadError::Consumer)?;
-            Ok::<_, LoadError>((prepared, consumer))
+                .map_err(DeployError::Consumer)
         };
-        let (prepared, consumer) = match ready.await {
-            Ok(ready) => ready,
+        let consumer = match ready.await {
+            Ok(consumer) => consumer,
             Err(e) => {
                 tracing::error!(%function, digest = %registered.module_digest, error = %e, "not serving it yet; trying again in {RETRY_EVERY:?}");
                 self.failed.insert(function, registered);
@@ -382,9 +401,17 @@ impl NodeLoop {
         };
         self.failed.remove(&function);
         let served = Arc::new(Served {
-            prepared,
+            function: function.clone(),
             spec: registered.spec.clone(),
+            digest: registered.module_digest.clone(),
+            loader: self.loader.clone(),
         });
+        if self.only.is_some() {
+            // A dedicated runtime serves this one function, started because
+            // it has work: load it now, beside the first pull.
+            let served = served.clone();
+            tokio::spawn(async move { drop(served.prepared().await) });
+        }
         tracing::info!(%function, digest = %registered.module_digest, "serving");
         let worker = Worker::start(self.shared.clone(), served, consumer);
         if let Some((_, old)) = self.workers.insert(function, (registered, worker)) {
@@ -398,66 +425,13 @@ impl NodeLoop {
         self.retired.retain(|w| !w.is_finished());
         self.retired.push(worker);
     }
-
-    /// Makes the function's component servable: from this process's cache,
-    /// the precompiled artifact on disk, or the module store.
-    async fn load(&self, registered: &RegistryEntry) -> Result<PreparedFunction, LoadError> {
-        let runtime = self.shared.runtime.clone();
-        let function = registered.function.clone();
-        let spec = registered.spec.clone();
-        let digest = registered.module_digest.clone();
-        if let Some(prepared) = runtime.prepare_cached(function.clone(), &spec, &digest)? {
-            return Ok(prepared);
-        }
-        let started = Instant::now();
-        if let Some(dir) = self.artifacts.clone() {
-            let (runtime, function, spec, digest) = (
-                runtime.clone(),
-                function.clone(),
-                spec.clone(),
-                digest.clone(),
-            );
-            let precompiled = tokio::task::spawn_blocking(move || {
-                runtime.prepare_precompiled(function, &spec, &digest, &dir)
-            })
-            .await??;
-            if let Some(prepared) = precompiled {
-                self.cold_start(&registered.function, "precompiled", started);
-                return Ok(prepared);
-            }
-        }
-        let wasm = self.shared.layout.fetch_module(&digest).await?;
-        let artifacts = self.artifacts.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = runtime.prepare(function, &spec, &wasm)?;
-            if let Some(dir) = artifacts
-                && let Err(e) = runtime.save_precompiled(&prepared, &dir)
-            {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the precompiled component");
-            }
-            Ok::<_, RuntimeError>(prepared)
-        })
-        .await??;
-        self.cold_start(&registered.function, "fetched", started);
-        Ok(prepared)
-    }
-
-    fn cold_start(&self, function: &FunctionRef, source: &'static str, started: Instant) {
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(%function, source, seconds, "cold start");
-        self.shared.metrics.cold_start(function, source, seconds);
-    }
 }
 
-/// Why a registered function could not be made servable.
+/// Why a registered function could not be served.
 #[derive(Debug, thiserror::Error)]
-enum LoadError {
+enum DeployError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error("the loading task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
     #[error("cannot open the function's consumer: {0}")]
     Consumer(#[source] NatsError),
 }

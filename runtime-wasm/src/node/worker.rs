@@ -11,9 +11,7 @@ use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::names::result_subject;
-use sluice_api::{
-    FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationState, Settlement,
-};
+use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, Settlement};
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
 use sluice_nats::patience::retry_delay;
@@ -23,10 +21,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Running;
+use super::loader::Served;
 use super::wake::{self, Wakes};
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
-use crate::{Attempted, PreparedFunction, Runtime};
+use crate::{Attempted, Runtime};
 
 /// How long one pull waits for messages. It bounds how long a stopping
 /// worker keeps taking the messages it asked for, and how long a woken
@@ -47,13 +46,6 @@ pub(crate) struct Shared {
     pub wakes: Wakes,
 }
 
-/// A function as a worker serves it.
-#[derive(Debug)]
-pub(crate) struct Served {
-    pub prepared: PreparedFunction,
-    pub spec: FunctionSpec,
-}
-
 /// A running worker; stop it with [`Worker::stop`], then await [`Worker::join`].
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -64,7 +56,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let wake = shared.wakes.register(&served.prepared.function);
+        let wake = shared.wakes.register(&served.function);
         let task = tokio::spawn(pull_loop(shared, served, consumer, wake, stopped));
         Self { stop, task }
     }
@@ -90,7 +82,7 @@ async fn pull_loop(
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let function = &served.prepared.function;
+    let function = &served.function;
     let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
     let mut running = JoinSet::new();
     // Awake at the start: what was queued before this worker is announced
@@ -197,7 +189,7 @@ async fn handle(
         .unwrap_or(1)
         .max(1);
     if delivered > 1 {
-        shared.metrics.redelivered(&served.prepared.function);
+        shared.metrics.redelivered(&served.function);
     } else if let Some(info) = info {
         // The server's clock stamped it: a skew with ours reads as zero.
         let waited = std::time::SystemTime::now()
@@ -205,7 +197,7 @@ async fn handle(
             .unwrap_or_default();
         shared
             .metrics
-            .waited(&served.prepared.function, waited.as_secs_f64());
+            .waited(&served.function, waited.as_secs_f64());
     }
     let Some(received) = decode(&shared, &served, &message, delivered).await else {
         return;
@@ -243,7 +235,7 @@ async fn decode(
     message: &jetstream::Message,
     delivered: u32,
 ) -> Option<Received> {
-    let function = &served.prepared.function;
+    let function = &served.function;
     let pairs = header_pairs(message.headers.as_ref());
     let header = |name: &str| {
         pairs
@@ -387,9 +379,20 @@ async fn attempt(
     message: &jetstream::Message,
     cancel: &CancellationToken,
 ) -> Attempted {
-    let attempt = shared
-        .runtime
-        .attempt(&served.prepared, invocation, &shared.metrics, cancel);
+    let attempt = async {
+        match served.prepared().await {
+            Ok(prepared) => {
+                shared
+                    .runtime
+                    .attempt(&prepared, invocation, &shared.metrics, cancel)
+                    .await
+            }
+            Err(failed) => Attempted {
+                outcome: failed,
+                usage: None,
+            },
+        }
+    };
     let mut attempt = std::pin::pin!(attempt);
     let every = ack_wait(&served.spec) / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -498,7 +501,7 @@ async fn poison(
     reason: &str,
     delivered: u32,
 ) {
-    let function = &served.prepared.function;
+    let function = &served.function;
     tracing::warn!(%function, subject = %message.subject, %reason, "dead-lettering a message that cannot run");
     // Dead-lettered or not (that is counted and logged), it never runs.
     let _ = dead_letter(shared, served, message, reason, delivered).await;
@@ -525,7 +528,7 @@ async fn dead_letter(
     reason: &str,
     attempts: u32,
 ) -> Result<(), DeadLetterError> {
-    let function = &served.prepared.function;
+    let function = &served.function;
     let headers = message.headers.clone().unwrap_or_default();
     let given_up = GivenUp {
         reason,

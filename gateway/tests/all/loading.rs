@@ -1,0 +1,202 @@
+//! How a runtime loads components: on an invocation's first need, each
+//! function on its own (never waiting for another's compile), from what
+//! another runtime compiled when it can.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::ObjectStore;
+use futures::TryStreamExt as _;
+use sluice_api::names::FunctionRef;
+use sluice_nats::layout::LayoutConfig;
+use sluice_runtime::node::{self, Node, NodeConfig};
+
+use crate::harness::{
+    HELLO, NatsStack, TestGateway, eventually, manifest_dir, metric, stored_body,
+};
+
+/// The three large components (componentize-py and componentize-js
+/// bundle an interpreter: 13–20 MB of wasm each).
+const LARGE: [&str; 3] = ["hello-py", "hello-js", "events-py"];
+
+/// Manifests of [`LARGE`], given time to compile on a busy machine.
+fn large_functions() -> String {
+    LARGE
+        .map(|name| {
+            format!(
+                "---\napiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ file: \"{{{name}}}\" }}\n  timeout: 10m\n"
+            )
+        })
+        .concat()
+}
+
+fn compiled(text: &str, function: &str) -> f64 {
+    metric(
+        text,
+        &format!(
+            r#"sluice_cold_start_seconds_count{{function="default/{function}",source="fetched"}}"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_function_answers_before_the_others_have_compiled() {
+    let dir = manifest_dir(&large_functions());
+    let stack = NatsStack::start().await;
+    stack.publish_dir(dir.path()).await;
+    for name in LARGE {
+        let function: FunctionRef = format!("default/{name}").parse().unwrap();
+        stack.wait_serving(&function).await;
+    }
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/hello-py").await;
+    let metrics = || {
+        gw.nats
+            .as_ref()
+            .unwrap()
+            .node
+            .as_ref()
+            .unwrap()
+            .metrics_text()
+    };
+    // Every function is registered and pulled for, none loaded yet.
+    let text = metrics();
+    assert_eq!(
+        metric(&text, "sluice_runtime_components_loaded"),
+        0.0,
+        "{text}"
+    );
+
+    let first = gw.submit("/async/fn/default/hello-py/", &[], "").await;
+    let record = gw.wait_succeeded(&first).await;
+    let body = String::from_utf8_lossy(&stored_body(&record)).into_owned();
+    assert!(body.ends_with(" from Python!\n"), "{body}");
+    // hello-py answered while the two other large components were still
+    // not compiled: it never waited for them.
+    let text = metrics();
+    assert_eq!(compiled(&text, "hello-py"), 1.0, "{text}");
+    assert_eq!(compiled(&text, "hello-js"), 0.0, "{text}");
+    assert_eq!(compiled(&text, "events-py"), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "sluice_runtime_components_loaded"),
+        1.0,
+        "{text}"
+    );
+
+    // The two others, asked at once, load side by side and both answer.
+    let js = gw.submit("/async/fn/default/hello-js/", &[], "").await;
+    let events = gw
+        .submit(
+            "/async/fn/default/events-py/",
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "e-1"),
+                ("ce-source", "/test"),
+                ("ce-type", "test.loaded"),
+                ("content-type", "application/json"),
+            ],
+            "{}",
+        )
+        .await;
+    gw.wait_succeeded(&js).await;
+    gw.wait_succeeded(&events).await;
+    // Held or dropped for room (the three exceed the default 64Mi of
+    // --component-cache), each compiled once.
+    let text = metrics();
+    assert_eq!(
+        metric(&text, "sluice_runtime_components_loaded")
+            + metric(&text, "sluice_runtime_components_evicted"),
+        3.0,
+        "{text}"
+    );
+    let text = metrics();
+    for name in LARGE {
+        assert_eq!(compiled(&text, name), 1.0, "{name}: {text}");
+    }
+}
+
+fn loads(node: &Node, source: &str) -> f64 {
+    metric(
+        &node.metrics_text(),
+        &format!(
+            r#"sluice_cold_start_seconds_count{{function="default/hello",source="{source}"}}"#
+        ),
+    )
+}
+
+/// The names of the artifacts in the shared bucket, with their sizes.
+async fn shared_artifacts(bucket: &ObjectStore) -> Vec<(String, usize)> {
+    let mut list = bucket.list().await.unwrap();
+    let mut names = Vec::new();
+    while let Some(info) = list.try_next().await.unwrap() {
+        names.push((info.name, info.size));
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_artifact() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    stack.publish_dir(manifest_dir(HELLO).path()).await;
+    let url = stack.server.url.clone();
+    let bucket = stack.layout.artifacts.clone();
+    let gw = TestGateway::on_nats(stack, tempfile::tempdir().unwrap()).await;
+    gw.wait_routed("default/hello").await;
+    // Each runtime has a disk of its own, as a new pod does.
+    let start = async || {
+        let disk = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(&url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(disk.path().to_owned());
+        (Box::pin(node::start(config)).await.unwrap(), disk)
+    };
+    // Async, given time: a compile on a busy machine may outlast a sync
+    // call's 30 s.
+    let hello_answers = async || {
+        let id = gw.submit("/async/fn/default/hello", &[], "").await;
+        gw.wait_succeeded(&id).await;
+    };
+
+    let (first, _disk) = start().await;
+    hello_answers().await;
+    assert_eq!(loads(&first, "fetched"), 1.0);
+    let stored = eventually(
+        "the compiled hello is shared",
+        Duration::from_secs(30),
+        async || match shared_artifacts(&bucket).await.pop() {
+            Some(artifact) => Ok(artifact),
+            None => Err("none yet".to_owned()),
+        },
+    )
+    .await;
+    first.shutdown().await;
+
+    let (second, _disk) = start().await;
+    hello_answers().await;
+    assert_eq!(loads(&second, "shared"), 1.0, "{}", second.metrics_text());
+    assert_eq!(loads(&second, "fetched"), 0.0);
+    second.shutdown().await;
+
+    // An artifact wasmtime refuses is not run: the runtime compiles, and
+    // stores a good one in its place.
+    bucket
+        .put(stored.0.as_str(), &mut b"not machine code".as_slice())
+        .await
+        .unwrap();
+    let (third, _disk) = start().await;
+    hello_answers().await;
+    assert_eq!(loads(&third, "shared"), 0.0);
+    assert_eq!(loads(&third, "fetched"), 1.0);
+    eventually(
+        "the good artifact is shared again",
+        Duration::from_secs(30),
+        async || {
+            let now = shared_artifacts(&bucket).await;
+            (now == [stored.clone()])
+                .then_some(())
+                .ok_or(format!("{now:?}"))
+        },
+    )
+    .await;
+    third.shutdown().await;
+}

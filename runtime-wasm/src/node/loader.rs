@@ -1,0 +1,300 @@
+//! Loading a function's component when an invocation needs it: from this
+//! process's memory, the precompiled artifact on disk, the artifact another
+//! runtime stored in the shared bucket (`sluice-artifacts`), or the module
+//! store (then compiled, and the artifact kept on disk and shared). A registered function that is
+//! never invoked holds no component; one that waits never waits for
+//! another function's compile: loads of different digests run side by
+//! side, as many compiling at once as the process has CPUs, first come
+//! first served; loads of one digest run once, the others waiting for it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::object_store;
+use sluice_api::names::FunctionRef;
+use sluice_api::{Failure, FailureKind, FunctionSpec, ModuleDigest, Outcome};
+use sluice_nats::layout::{FetchError, Layout};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::{PreparedFunction, Runtime, RuntimeError};
+
+/// Loads components for every worker of a node.
+#[derive(Debug)]
+pub(crate) struct Loader {
+    runtime: Runtime,
+    layout: Layout,
+    /// Where precompiled components are kept; `None` keeps none.
+    artifacts: Option<PathBuf>,
+    /// Whether components are loaded from, and stored to, the shared
+    /// bucket (`sluice-artifacts`); only with `artifacts`.
+    shared: bool,
+    metrics: Metrics,
+    /// Compiles under way at once: one per CPU the process may use (each
+    /// on one thread: the node turns wasmtime's parallel compilation off),
+    /// started in arrival order.
+    cpus: Semaphore,
+    /// One gate per digest being loaded, so a digest loads once.
+    loading: Mutex<HashMap<ModuleDigest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A function as a worker serves it: its spec and digest, its component
+/// loaded only when an invocation needs it.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub function: FunctionRef,
+    pub spec: FunctionSpec,
+    pub digest: ModuleDigest,
+    pub loader: Arc<Loader>,
+}
+
+impl Served {
+    /// The function bound to its component, loading the component first
+    /// if this process does not hold it. A load that fails is the
+    /// attempt's failure (retryable: the module store may be back later).
+    pub async fn prepared(&self) -> Result<PreparedFunction, Outcome> {
+        self.loader
+            .prepared(&self.function, &self.spec, &self.digest)
+            .await
+            .map_err(|e| {
+                tracing::error!(function = %self.function, digest = %self.digest, error = %e, "cannot load the function's component");
+                Outcome::Failed(Failure::new(
+                    FailureKind::Internal,
+                    format!("the runtime cannot load the function's component: {e}"),
+                ))
+            })
+    }
+}
+
+/// What the shared bucket gave.
+enum SharedArtifact {
+    Loaded(PreparedFunction),
+    /// None there (or the bucket unreachable, or no disk to keep it on).
+    Missing,
+    /// One there that cannot be loaded: to be replaced.
+    Unusable,
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the loading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Loader {
+    pub fn new(
+        runtime: Runtime,
+        layout: Layout,
+        artifacts: Option<PathBuf>,
+        shared: bool,
+        metrics: Metrics,
+    ) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            runtime,
+            layout,
+            artifacts,
+            shared,
+            metrics,
+            cpus: Semaphore::new(cpus),
+            loading: Mutex::default(),
+        }
+    }
+
+    /// `function` bound to the component of `digest`, loaded if needed.
+    pub async fn prepared(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+    ) -> Result<PreparedFunction, LoadError> {
+        if let Some(prepared) = self
+            .runtime
+            .prepare_cached(function.clone(), spec, digest)?
+        {
+            return Ok(prepared);
+        }
+        let gate = self.gates().entry(digest.clone()).or_default().clone();
+        let loaded = {
+            let _only_loader = gate.lock().await;
+            self.load(function, spec, digest).await
+        };
+        let mut gates = self.gates();
+        // The map's and ours: nobody else waits at this gate.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(digest);
+        }
+        loaded
+    }
+
+    fn gates(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ModuleDigest, Arc<tokio::sync::Mutex<()>>>> {
+        // The map holds no invariant a panicking holder could break.
+        self.loading.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the component servable: from this process's cache (another
+    /// caller may have loaded it meanwhile), the precompiled artifact on
+    /// disk, or the module store.
+    async fn load(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+    ) -> Result<PreparedFunction, LoadError> {
+        let runtime = self.runtime.clone();
+        if let Some(prepared) = runtime.prepare_cached(function.clone(), spec, digest)? {
+            return Ok(prepared);
+        }
+        let started = Instant::now();
+        if let Some(dir) = self.artifacts.clone() {
+            let (runtime, function, spec, digest) = (
+                runtime.clone(),
+                function.clone(),
+                spec.clone(),
+                digest.clone(),
+            );
+            // Not under a CPU: a deserialize is a file mapping, and must not
+            // wait behind other functions' compiles.
+            let precompiled = tokio::task::spawn_blocking(move || {
+                runtime.prepare_precompiled(function, &spec, &digest, &dir)
+            })
+            .await??;
+            if let Some(prepared) = precompiled {
+                self.cold_start(&prepared.function, "precompiled", started);
+                return Ok(prepared);
+            }
+        }
+        let replace = match self.load_shared(function, spec, digest).await? {
+            SharedArtifact::Loaded(prepared) => {
+                self.cold_start(&prepared.function, "shared", started);
+                return Ok(prepared);
+            }
+            SharedArtifact::Missing => false,
+            SharedArtifact::Unusable => true,
+        };
+        let wasm = self.layout.fetch_module(digest).await?;
+        let artifacts = self.artifacts.clone();
+        let (function, spec) = (function.clone(), spec.clone());
+        let _cpu = self.cpus.acquire().await;
+        tracing::info!(%function, %digest, "compiling");
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = runtime.prepare(function, &spec, &wasm)?;
+            if let Some(dir) = artifacts
+                && let Err(e) = runtime.save_precompiled(&prepared, &dir)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the precompiled component");
+            }
+            Ok::<_, RuntimeError>(prepared)
+        })
+        .await??;
+        self.cold_start(&prepared.function, "fetched", started);
+        if self.shared && self.artifacts.is_some() {
+            self.share(prepared.clone(), replace);
+        }
+        Ok(prepared)
+    }
+
+    /// The component from the artifact another runtime of this engine
+    /// stored in the shared bucket, kept on disk first. When there is none
+    /// or it is unusable, the caller compiles (and stores a good one in
+    /// its place).
+    async fn load_shared(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+    ) -> Result<SharedArtifact, LoadError> {
+        use tokio::io::AsyncReadExt as _;
+        let Some(dir) = self.artifacts.clone().filter(|_| self.shared) else {
+            return Ok(SharedArtifact::Missing);
+        };
+        let key = self.runtime.artifact_key(digest);
+        let mut object = match self.layout.artifacts.get(&key).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                return Ok(SharedArtifact::Missing);
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the shared precompiled component; compiling instead");
+                return Ok(SharedArtifact::Missing);
+            }
+        };
+        let mut bytes = Vec::new();
+        if let Err(e) = object.read_to_end(&mut bytes).await {
+            // Among others, a digest that does not match what was stored.
+            tracing::warn!(%key, error = %e, "the shared precompiled component did not arrive whole; compiling instead");
+            return Ok(SharedArtifact::Unusable);
+        }
+        let (runtime, function, spec, digest) = (
+            self.runtime.clone(),
+            function.clone(),
+            spec.clone(),
+            digest.clone(),
+        );
+        let prepared = tokio::task::spawn_blocking(move || {
+            if let Err(e) = runtime.keep_precompiled(&digest, &dir, &bytes) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the shared precompiled component; compiling instead");
+                return Ok(SharedArtifact::Missing);
+            }
+            // An artifact wasmtime refuses is logged, and removed from disk.
+            Ok::<_, RuntimeError>(
+                match runtime.prepare_precompiled(function, &spec, &digest, &dir)? {
+                    Some(prepared) => SharedArtifact::Loaded(prepared),
+                    None => SharedArtifact::Unusable,
+                },
+            )
+        })
+        .await??;
+        Ok(prepared)
+    }
+
+    /// Stores the compiled code of `prepared` in the shared bucket, unless
+    /// it holds it already (and is not to `replace` an unusable one), in
+    /// the background: the invocation that needed it does not wait.
+    fn share(&self, prepared: PreparedFunction, replace: bool) {
+        let runtime = self.runtime.clone();
+        let bucket = self.layout.artifacts.clone();
+        tokio::spawn(async move {
+            let key = runtime.artifact_key(&prepared.digest);
+            if !replace && bucket.info(&key).await.is_ok() {
+                return;
+            }
+            let serialized =
+                tokio::task::spawn_blocking(move || prepared.component().serialize()).await;
+            let bytes = match serialized {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(e)) => {
+                    tracing::warn!(%key, error = %format!("{e:#}"), "cannot serialize the compiled component to share it");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "the serializing task failed");
+                    return;
+                }
+            };
+            match bucket.put(key.as_str(), &mut bytes.as_slice()).await {
+                Ok(_) => {
+                    tracing::info!(%key, bytes = bytes.len(), "shared the precompiled component")
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot share the precompiled component (the bucket may be full); other runtimes compile it too")
+                }
+            }
+        });
+    }
+
+    fn cold_start(&self, function: &FunctionRef, source: &'static str, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(%function, source, seconds, "cold start");
+        self.metrics.cold_start(function, source, seconds);
+    }
+}
