@@ -167,6 +167,13 @@ async fn a_running_invocation_cancelled_ends_cancelled_and_is_not_retried(backen
     let recorder = Recorder::start().await;
     let gw = TestGateway::start(backend, &manifests(&recorder)).await;
     let origin = recorder.origin();
+    // Loaded first (components load on first use): "running" then means
+    // spinning in wasm, not compiling, which a cancel would end before
+    // any instance ran.
+    assert_eq!(
+        gw.get("/fn/default/slow/status/200").await.status,
+        StatusCode::OK
+    );
     let id = gw
         .submit(
             "/async/fn/default/slow/loop",
