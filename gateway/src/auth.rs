@@ -6,6 +6,7 @@
 //! function's digests (or another function's), or a JWT verified with
 //! `jsonwebtoken` against a static key or the issuer's JWKS ([`Jwks`]).
 
+use sluice_serve::sync;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -411,9 +412,7 @@ impl JwksCache {
     }
 
     fn get(&self, url: &str) -> Arc<Jwks> {
-        self.sets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.sets)
             .entry(url.to_owned())
             .or_insert_with(|| {
                 Arc::new(Jwks {
@@ -532,7 +531,7 @@ fn backoff(timing: &JwksTiming, failures: u32) -> Duration {
 
 impl Jwks {
     fn state(&self) -> std::sync::MutexGuard<'_, JwksState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.state)
     }
 
     /// The key for `kid` (or the only key, for a token without one);

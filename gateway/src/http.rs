@@ -1,6 +1,7 @@
 //! The HTTP ingress: turns requests into invocations and answers with
 //! their outcome (see the README, "Try it", for every path).
 
+use sluice_serve::sync;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -152,15 +153,11 @@ impl Gateway {
     /// Replaces the routed functions (the registry changed).
     pub fn set_functions(&self, functions: RoutedFunctions) {
         let access = Access::new(functions.auth(), self.config.auth_required, &self.jwks);
-        *self.routing.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Routing { functions, access });
+        *sync::write(&self.routing) = Arc::new(Routing { functions, access });
     }
 
     fn routing(&self) -> Arc<Routing> {
-        self.routing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        sync::read(&self.routing).clone()
     }
 
     /// Lets `request` through to `function`, or answers 401, 403 or (the

@@ -3,6 +3,7 @@
 //! dropped (a runtime reloads them from the precompiled artifact, a cheap
 //! deserialize).
 
+use sluice_serve::sync;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -150,9 +151,7 @@ impl ComponentCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         // The sums are updated together with the map under the lock, after
         // anything that could panic.
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.held)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Per-invocation host state: WASI and wasi-http contexts, the memory
 //! limiter, the outbound-HTTP policy and the log sink.
 
+use sluice_serve::sync;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -298,7 +299,7 @@ impl LogSink {
     }
 
     fn write(&self, bytes: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = sync::lock(&self.inner);
         let keep = bytes.len().min(buf.budget);
         buf.budget -= keep;
         buf.pending.extend_from_slice(&bytes[..keep]);
@@ -315,10 +316,7 @@ impl LogSink {
 
     /// Logs what is left without a trailing newline.
     pub(crate) fn flush_remaining(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .emit_lines(true);
+        sync::lock(&self.inner).emit_lines(true);
     }
 }
 

@@ -5,7 +5,8 @@
 //! OpenTelemetry traces ([`telemetry`]), the egress guard's resolver
 //! ([`egress`]), the container's memory limit ([`memory`]), and TLS on a
 //! listener with certificates reloaded from disk
-//! ([`tls`]). It links neither NATS nor wasmtime.
+//! ([`tls`]), and locks that outlive a panic ([`sync`]). It links neither
+//! NATS nor wasmtime.
 
 pub mod admin;
 pub mod egress;
@@ -14,6 +15,7 @@ mod refusal;
 pub mod scraped;
 pub mod server;
 pub mod signal;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 

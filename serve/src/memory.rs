@@ -10,6 +10,7 @@
 //! smallest of that cgroup's and its ancestors' up to the mount, since a
 //! parent's limit binds its children too.
 
+use crate::sync;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -245,7 +246,7 @@ impl MemoryBudget {
     }
 
     fn take(&self, bytes: u64) -> bool {
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserved = sync::lock(&self.reserved);
         let Some(after) = reserved
             .checked_add(bytes)
             .filter(|after| *after <= self.total)
@@ -258,7 +259,7 @@ impl MemoryBudget {
     }
 
     fn release(&self, bytes: u64) {
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserved = sync::lock(&self.reserved);
         *reserved -= bytes;
         self.gauge.set(i64::try_from(*reserved).unwrap_or(i64::MAX));
         drop(reserved);

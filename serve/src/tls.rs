@@ -10,6 +10,7 @@
 //! certificate) is logged as an error naming the file, and the previous
 //! certificate stays in service.
 
+use crate::sync;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
@@ -296,26 +297,21 @@ impl ReloadingCert {
         let key = read("private key", self.files.key.clone()).await?;
         let seen = fingerprint(&cert, &key);
         {
-            let mut last = self.fingerprint.write().unwrap_or_else(|e| e.into_inner());
+            let mut last = sync::write(&self.fingerprint);
             if *last == seen {
                 return Ok(false);
             }
             *last = seen;
         }
         let certified = certified_key(&self.files, &cert, &key, &self.provider)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
+        *sync::write(&self.current) = Arc::new(certified);
         Ok(true)
     }
 }
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(sync::read(&self.current).clone())
     }
 }
 

@@ -10,6 +10,7 @@
 //! the bound is on bytes waiting for a runtime, per gateway replica. What
 //! is delivered is bounded by the function's concurrency already.
 
+use sluice_serve::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -218,11 +219,6 @@ impl Drop for Reservation {
             all.remove(&self.function);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every update leaves the map consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

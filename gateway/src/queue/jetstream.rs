@@ -4,6 +4,7 @@
 //! in `sluice-results` and an id that doubles as `Nats-Msg-Id`, so a retried
 //! submit with the same `Idempotency-Key` is stored once.
 
+use sluice_serve::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -546,8 +547,4 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         lock(self.waiting).remove(self.id);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -5,6 +5,7 @@
 //! invocation here before it reads the record, so a cancel is seen either
 //! in the record or as the message, never lost between the two.
 
+use sluice_serve::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -84,10 +85,6 @@ pub(crate) async fn listen(
         }
     });
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! side, as many compiling at once as the process has CPUs, first come
 //! first served; loads of one digest run once, the others waiting for it.
 
+use sluice_serve::sync;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -138,7 +139,7 @@ impl Loader {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<ModuleDigest, Arc<tokio::sync::Mutex<()>>>> {
         // The map holds no invariant a panicking holder could break.
-        self.loading.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.loading)
     }
 
     /// Makes the component servable: from this process's cache (another

@@ -14,6 +14,7 @@
 //! before the worker started. A worker also wakes itself when a retry it
 //! asked for falls due ([`wake_after`]).
 
+use sluice_serve::sync;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,9 +71,7 @@ impl Wakes {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionRef, Arc<Notify>>> {
         // Nothing panics while holding it; a poisoned map is still whole.
-        self.workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.workers)
     }
 }
 
