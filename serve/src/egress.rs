@@ -19,6 +19,7 @@ use std::time::Duration;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use sluice_api::egress::{Cidr, EgressPolicy, Refusal};
 
@@ -230,27 +231,42 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
-/// The certificate authorities that https destinations chosen by users
-/// (callbacks, functions' outbound HTTP, JWKS URLs) are checked against:
-/// the system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for
-/// OpenSSL), or Mozilla's bundled roots where the system has none, as in a
-/// distroless image.
-fn trusted_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
+/// The certificate authorities every https destination Sluice reaches is
+/// checked against (callbacks, functions' outbound HTTP, JWKS URLs, the
+/// operator's module downloads and registries): the system's
+/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for OpenSSL), or
+/// Mozilla's bundled roots where the system has none, as in a distroless
+/// image. Certificates rustls cannot parse are left out: one would make
+/// building a client fail. Read once per process (milliseconds).
+pub static TRUSTED_ROOTS: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::warn!(%error, "skipping unreadable CA certificates");
     }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    if ignored > 0 {
-        tracing::warn!(ignored, "skipping CA certificates rustls cannot use");
+    let total = native.certs.len();
+    let usable: Vec<CertificateDer<'static>> = native
+        .certs
+        .into_iter()
+        .filter(|cert| RootCertStore::empty().add(cert.clone()).is_ok())
+        .collect();
+    if usable.len() < total {
+        tracing::warn!(
+            ignored = total - usable.len(),
+            "skipping CA certificates rustls cannot use"
+        );
     }
-    if added == 0 {
+    if usable.is_empty() {
         tracing::info!(
             "no system CA certificates; trusting Mozilla's roots for https destinations"
         );
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return webpki_root_certs::TLS_SERVER_ROOT_CERTS.to_vec();
     }
+    usable
+});
+
+fn trusted_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(TRUSTED_ROOTS.iter().cloned());
     roots
 }
 

@@ -20,14 +20,14 @@ pub(crate) const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 10;
 
 /// The client every download shares (its connections are reused): the
-/// timeouts above, the roots of [`super::tls::TRUSTED_ROOTS`], redirects
+/// timeouts above, the roots of [`sluice_serve::egress::TRUSTED_ROOTS`], redirects
 /// followed (release assets redirect to storage), the system's proxy
 /// settings (`HTTPS_PROXY`, `NO_PROXY`), and the egress guard: a
 /// Function's author chooses the URL, so names resolve only to addresses
 /// `egress` allows and a redirect to a refused address literal is not
 /// followed (the first URL's literal is checked by [`download`]).
 pub(crate) fn client(egress: Arc<EgressPolicy>) -> reqwest::Client {
-    let roots = super::tls::TRUSTED_ROOTS
+    let roots = sluice_serve::egress::TRUSTED_ROOTS
         .iter()
         .filter_map(|der| reqwest::Certificate::from_der(der).ok());
     let redirects = egress.clone();

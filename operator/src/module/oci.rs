@@ -218,7 +218,7 @@ fn client_config(insecure: &[String], proxy: &str) -> ClientConfig {
         http_proxy: Some(proxy.to_owned()),
         https_proxy: Some(proxy.to_owned()),
         no_proxy: None,
-        tls_certs_only: super::tls::TRUSTED_ROOTS
+        tls_certs_only: sluice_serve::egress::TRUSTED_ROOTS
             .iter()
             .map(|der| Certificate {
                 encoding: CertificateEncoding::Der,
