@@ -515,13 +515,11 @@ impl RetryPolicy {
         if failed_attempt >= self.max_attempts {
             return None;
         }
-        let doublings = failed_attempt.saturating_sub(1).min(32);
-        let delay = self
-            .backoff
-            .initial
-            .0
-            .saturating_mul(1u32 << doublings.min(31));
-        Some(delay.min(self.backoff.max.0))
+        Some(crate::backoff::doubling(
+            self.backoff.initial.0,
+            self.backoff.max.0,
+            failed_attempt,
+        ))
     }
 }
 

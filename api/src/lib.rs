@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod autoscale;
+pub mod backoff;
 pub mod callback;
 pub mod dead_letter;
 pub mod digest;

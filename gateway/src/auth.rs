@@ -523,10 +523,7 @@ fn refetch(
 
 /// The pause after `failures` failed fetches in a row.
 fn backoff(timing: &JwksTiming, failures: u32) -> Duration {
-    timing
-        .backoff
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(JWKS_MAX_BACKOFF)
+    sluice_api::backoff::doubling(timing.backoff, JWKS_MAX_BACKOFF, failures)
 }
 
 impl Jwks {

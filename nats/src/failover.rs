@@ -55,8 +55,7 @@ pub fn retryable(error: &PublishError) -> bool {
 /// (1-based), when `left` remains: doubling from [`RETRY_INITIAL`] to
 /// [`RETRY_MAX`]; `None` when not even the pause fits in `left` (give up).
 pub fn next_delay(failed: u32, left: Duration) -> Option<Duration> {
-    let doublings = failed.saturating_sub(1).min(16);
-    let delay = RETRY_INITIAL.saturating_mul(1 << doublings).min(RETRY_MAX);
+    let delay = sluice_api::backoff::doubling(RETRY_INITIAL, RETRY_MAX, failed);
     (delay < left).then_some(delay)
 }
 

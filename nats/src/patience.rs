@@ -19,8 +19,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(2);
 /// The delay after `failed` consecutive failed attempts (1-based): doubling
 /// from [`RETRY_INITIAL`] up to [`RETRY_MAX`].
 pub fn retry_delay(failed: u32) -> Duration {
-    let doublings = failed.saturating_sub(1).min(16);
-    RETRY_INITIAL.saturating_mul(1 << doublings).min(RETRY_MAX)
+    sluice_api::backoff::doubling(RETRY_INITIAL, RETRY_MAX, failed)
 }
 
 impl NatsError {

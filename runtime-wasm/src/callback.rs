@@ -28,6 +28,8 @@ use tokio_util::task::TaskTracker;
 
 /// Attempts per callback, with 1s, 2s, … between them.
 const ATTEMPTS: u32 = 3;
+/// The pause after a first failed delivery, doubling after each further one.
+const CALLBACK_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest a callback receiver may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries under way at once; past it a callback is dropped (counted
@@ -123,7 +125,12 @@ impl Callbacks {
                     Err(_) => format!("no answer within {TIMEOUT:?}"),
                 };
                 tracing::warn!(invocation = %record.id, %url, attempt, %error, "callback delivery failed");
-                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                tokio::time::sleep(sluice_api::backoff::doubling(
+                    CALLBACK_BACKOFF,
+                    Duration::MAX,
+                    attempt,
+                ))
+                .await;
             }
         });
     }

@@ -536,7 +536,6 @@ async fn dead_letter(
         original_subject: message.subject.as_str(),
     };
     let subject = served.spec.dead_letter_subject(function);
-    let mut pause = DEAD_LETTER_BACKOFF;
     let mut tries = 0;
     let error = loop {
         tries += 1;
@@ -557,8 +556,12 @@ async fn dead_letter(
             Err(e) if tries >= DEAD_LETTER_TRIES => break e,
             Err(e) => {
                 tracing::warn!(%function, error = %e, tries, "cannot dead-letter; trying again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+                tokio::time::sleep(sluice_api::backoff::doubling(
+                    DEAD_LETTER_BACKOFF,
+                    Duration::MAX,
+                    tries,
+                ))
+                .await;
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::debug!(error = %e, "cannot report progress");
                 }
