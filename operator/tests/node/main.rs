@@ -396,6 +396,21 @@ fn all_succeeded(ids: &[String]) {
     assert!(failed.is_empty(), "not succeeded: {failed:?}");
 }
 
+/// The median of 20 sequential GETs of `path` through the gateway's
+/// ClusterIP, each answered 200.
+fn warm_p50(path: &str) -> Duration {
+    let gateway = gateway();
+    let warm: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let (status, _) = get(gateway, path).expect("an answer");
+            assert_eq!(status, 200);
+            t.elapsed()
+        })
+        .collect();
+    median(warm)
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -527,7 +542,6 @@ spec:
 /// A function the running pool has never served (a component it has not
 /// compiled): its first request after Ready against its warm latency.
 fn a_function_at_zero_in_the_warm_pool() {
-    let gateway = gateway();
     for (component_name, path) in [("echo", "/"), ("misbehave", "/status/200")] {
         let name = format!("{component_name}-pool");
         config_map(
@@ -549,18 +563,10 @@ spec:
         let started = Instant::now();
         first_200(&url, "");
         let first = started.elapsed();
-        let warm: Vec<Duration> = (0..20)
-            .map(|_| {
-                let t = Instant::now();
-                let (status, _) = get(gateway, &url).expect("an answer");
-                assert_eq!(status, 200);
-                t.elapsed()
-            })
-            .collect();
         println!(
             "NODE-TIMING {component_name} at zero in the warm pool, first request after Ready: {} ms (warm p50 {} us)",
             first.as_millis(),
-            median(warm).as_micros()
+            warm_p50(&url).as_micros()
         );
     }
 }
@@ -593,17 +599,9 @@ fn cluster_examples_are_served() -> (String, String) {
 
     // Warm: the pool runs.
     let gateway = gateway();
-    let warm: Vec<Duration> = (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            let (status, _) = get(gateway, &hello).expect("an answer");
-            assert_eq!(status, 200);
-            t.elapsed()
-        })
-        .collect();
     println!(
         "NODE-TIMING warm pool request p50: {} us",
-        median(warm).as_micros()
+        warm_p50(&hello).as_micros()
     );
 
     // An OCI module from the node's registry, in the warm pool.
