@@ -190,6 +190,7 @@ async fn the_owner_raises_replicas_in_place_and_the_layout_survives_its_leader()
         [
             ("KV_sluice-functions", "replicas", "1", true),
             ("KV_sluice-results", "replicas", "1", true),
+            ("OBJ_sluice-artifacts", "replicas", "1", true),
             ("OBJ_sluice-modules", "replicas", "1", true),
             ("SLUICE_DEAD_LETTERS", "replicas", "1", true),
             ("SLUICE_INVOCATIONS", "replicas", "1", true),
