@@ -167,6 +167,20 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
+/// No container of a pod in [`NAMESPACE`] has restarted (`when` says
+/// during what, for the message).
+fn no_restarts(when: &str) {
+    let restarted: BTreeMap<_, _> = restarts(NAMESPACE)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        restarted.is_empty(),
+        "pods restarted {when}: {restarted:?}\n{}",
+        diagnostics()
+    );
+}
+
 /// Container restarts of every pod in `namespace`, by pod name.
 fn restarts(namespace: &str) -> BTreeMap<String, u64> {
     pods(namespace, None)
@@ -485,15 +499,7 @@ fn install_with_every_pod_ready_and_no_restarts() {
     }
     let pvc = json(&["get", "pvc", "-n", NAMESPACE]);
     assert_eq!(pvc["items"][0]["status"]["phase"], "Bound", "{pvc}");
-    let restarted: BTreeMap<_, _> = restarts(NAMESPACE)
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    assert!(
-        restarted.is_empty(),
-        "pods restarted during the install: {restarted:?}\n{}",
-        diagnostics()
-    );
+    no_restarts("during the install");
     eventually("the pool at zero", Duration::from_secs(60), || {
         let (spec, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
         let running = pods(NAMESPACE, Some("app.kubernetes.io/name=sluice-runtime")).len();
@@ -1199,15 +1205,7 @@ fn the_ci_values_install_on_an_external_nats_with_mutual_tls() {
             diagnostics()
         );
     }
-    let restarted: BTreeMap<_, _> = restarts(NAMESPACE)
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    assert!(
-        restarted.is_empty(),
-        "pods restarted during the install: {restarted:?}\n{}",
-        diagnostics()
-    );
+    no_restarts("during the install");
     helm_test_passes();
 
     let ca_file = cluster().dir().join("external-nats-ca.pem");
@@ -1327,11 +1325,7 @@ spec:
             (status == 200).then_some(())
         },
     );
-    assert!(
-        restarts(NAMESPACE).values().all(|n| *n == 0),
-        "a pod restarted\n{}",
-        diagnostics()
-    );
+    no_restarts("during the upgrade");
 
     let removed = Instant::now();
     kubectl_shop(&[
