@@ -226,6 +226,74 @@ pub struct Triggers {
     // The bound also keeps the CEL rules' estimated cost low.
     #[schemars(length(max = MAX_NATS_TRIGGERS))]
     pub nats: Vec<NatsTrigger>,
+    /// Cron schedules, each tick an asynchronous CloudEvent invocation,
+    /// queued also while the function runs no replica; at most
+    /// [`MAX_SCHEDULES`]. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SCHEDULES))]
+    pub schedule: Vec<ScheduleTrigger>,
+}
+
+/// Most schedules of a function.
+pub const MAX_SCHEDULES: u32 = 16;
+
+/// A cron schedule that invokes the function.
+///
+/// Each tick is queued once, however many gateways run, as a CloudEvents
+/// binary-mode `POST` (`ce-type: dev.sluice.schedule.<name>`, `ce-time`
+/// the tick). A tick is fired up to a minute late (a gateway that was
+/// suspended); ticks missed for longer (every gateway down) are skipped,
+/// never run late. The CRD checks the expression's shape, its CEL rules
+/// naming the field and what it takes; the gateway and operator parse it
+/// in full, and the operator reports a bad one as `Ready=False`, reason
+/// `InvalidSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.cron.matches('^\\\\s*(@[A-Za-z]+|[0-9A-Za-z*/,?#-]+(\\\\s+[0-9A-Za-z*/,?#-]+){4,5})\\\\s*$')",
+        "message": "cron must be five space-separated fields (minute hour day-of-month month day-of-week, e.g. */5 * * * *), six with a leading seconds field, or a nickname such as @hourly",
+        "fieldPath": ".cron",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(self.timeZone) || self.timeZone.matches('^[A-Za-z0-9_+/-]+$')",
+        "message": "timeZone must be an IANA time zone name such as UTC or Europe/Paris",
+        "fieldPath": ".timeZone",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct ScheduleTrigger {
+    /// Names the schedule in the event's `ce-type` and in the id of each
+    /// tick's invocation: lowercase letters, digits and `-`. Default: the
+    /// schedule's position in the list (`0`, `1`, …), which changes when
+    /// the list is reordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: Option<String>,
+    /// Standard five-field cron (`minute hour day-of-month month
+    /// day-of-week`, e.g. `*/5 * * * *`), or six fields whose first is
+    /// the second (`*/10 * * * * *`); names (`MON`, `JAN`) and nicknames
+    /// (`@hourly`, `@daily`, …) are accepted. No year field.
+    #[schemars(length(min = 1, max = 256))]
+    pub cron: String,
+    /// IANA time zone the expression is read in, e.g. `Europe/Paris`
+    /// (daylight-saving changes included). Default: `UTC`.
+    #[serde(default = "defaults::time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+    /// Path (and query) the request is sent to, starting with `/`.
+    /// Default: `/`.
+    #[serde(default = "defaults::schedule_path")]
+    #[schemars(length(max = 1024), regex(pattern = "^/[^\\s]*$"))]
+    pub path: String,
+    /// Request body (text). Default: empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+    /// `Content-Type` of the body. Default: none sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 /// An extra HTTP route served by the gateway.
@@ -846,6 +914,36 @@ impl FunctionSpec {
                 ));
             }
         }
+        if self.triggers.schedule.len() > MAX_SCHEDULES as usize {
+            return Err(SpecError::new(
+                "spec.triggers.schedule",
+                format!("may list at most {MAX_SCHEDULES} schedules"),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, trigger) in self.triggers.schedule.iter().enumerate() {
+            let field = |name: &str| format!("spec.triggers.schedule[{i}].{name}");
+            crate::schedule::Schedule::parse(&trigger.cron, &trigger.time_zone)
+                .map_err(|e| SpecError::new(field(e.field()), e.to_string()))?;
+            if !trigger.path.starts_with('/') || trigger.path.contains(char::is_whitespace) {
+                return Err(SpecError::new(
+                    field("path"),
+                    format!(
+                        "{:?} must start with / and hold no whitespace",
+                        trigger.path
+                    ),
+                ));
+            }
+            if !names.insert(trigger.name_at(i)) {
+                return Err(SpecError::new(
+                    field("name"),
+                    format!(
+                        "{:?} names another schedule of the function too: names must be unique",
+                        trigger.name_at(i)
+                    ),
+                ));
+            }
+        }
         if let Some(subject) = &self.dead_letter.subject
             && !is_dead_letter_subject(subject, &function.namespace)
         {
@@ -874,6 +972,12 @@ mod defaults {
 
     pub fn timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn time_zone() -> String {
+        "UTC".into()
+    }
+    pub fn schedule_path() -> String {
+        "/".into()
     }
     pub fn concurrency() -> u32 {
         64
@@ -1079,6 +1183,48 @@ mod tests {
             subject: subject.into(),
         }];
         spec
+    }
+
+    #[test]
+    fn bad_schedules_are_refused_naming_the_field() {
+        let schedule =
+            |name: Option<&str>, cron: &str, time_zone: &str, path: &str| ScheduleTrigger {
+                name: name.map(Into::into),
+                cron: cron.into(),
+                time_zone: time_zone.into(),
+                path: path.into(),
+                ..ScheduleTrigger::default()
+            };
+        let good = schedule(None, "*/5 * * * *", "Europe/Paris", "/tick");
+        for (schedules, field) in [
+            (vec![good.clone()], None),
+            (
+                vec![good.clone(), schedule(None, "61 * * * *", "UTC", "/")],
+                Some("spec.triggers.schedule[1].cron"),
+            ),
+            (
+                vec![schedule(None, "* * * * *", "Mars/Olympus", "/")],
+                Some("spec.triggers.schedule[0].timeZone"),
+            ),
+            (
+                vec![schedule(None, "* * * * *", "UTC", "tick")],
+                Some("spec.triggers.schedule[0].path"),
+            ),
+            // The second's default name is its position, 1.
+            (
+                vec![schedule(Some("1"), "@daily", "UTC", "/"), good.clone()],
+                Some("spec.triggers.schedule[1].name"),
+            ),
+            (
+                vec![good; MAX_SCHEDULES as usize + 1],
+                Some("spec.triggers.schedule"),
+            ),
+        ] {
+            let mut spec = minimal();
+            spec.triggers.schedule = schedules;
+            let error = spec.validate(&function()).err();
+            assert_eq!(error.as_ref().map(|e| e.field.as_str()), field, "{error:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod outcome;
 pub mod quantity;
 pub mod record;
 pub mod registry;
+pub mod schedule;
 
 pub use dead_letter::DeadLetter;
 pub use digest::ModuleDigest;

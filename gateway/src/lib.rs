@@ -18,3 +18,4 @@ pub mod nats;
 pub mod queue;
 pub mod routes;
 pub mod running;
+pub mod schedules;

@@ -20,6 +20,7 @@ use crate::routes::{RouteConflict, RoutedFunctions};
 use crate::running::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, ListenerTls, RunningGateway,
 };
+use crate::schedules::Scheduler;
 
 /// Everything local mode needs to start.
 #[derive(Debug, Clone)]
@@ -131,14 +132,18 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
             concurrency: spec.concurrency,
         });
     }
+    let queue = Arc::new(queue);
+    let mut scheduler = Scheduler::new(queue.clone(), config.http.async_deadline);
+    scheduler.update(&specs);
     let functions = RoutedFunctions::new(specs)?.with_api_keys(api_keys);
-    let gateway = Arc::new(Gateway::new(
-        Arc::new(queue),
-        functions,
-        config.http.clone(),
-        metrics,
-    ));
+    let gateway = Arc::new(Gateway::new(queue, functions, config.http.clone(), metrics));
     let admin = Arc::new(Admin::new(registry));
     admin.set_ready(true);
-    Ok(RunningGateway::start(gateway, admin, config.listen, config.admin_listen, tls).await?)
+    let running =
+        RunningGateway::start(gateway, admin, config.listen, config.admin_listen, tls).await?;
+    running.spawn_companion(|stop| async move {
+        stop.cancelled().await;
+        scheduler.shutdown().await;
+    });
+    Ok(running)
 }

@@ -27,6 +27,7 @@ use crate::routes::RoutedFunctions;
 use crate::running::{
     AdminEndpoint, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, ListenError, ListenerTls, RunningGateway,
 };
+use crate::schedules::Scheduler;
 
 /// Everything NATS mode needs to start.
 #[derive(Debug, Clone)]
@@ -177,6 +178,7 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
             sluice_nats::connect_events(&config.nats_url, &security, true, &bound).await?
         }
     };
+    let scheduler = Scheduler::new(queue.clone(), config.http.async_deadline);
     let bridge = EventBridge::new(
         events_client,
         config.event_buffer,
@@ -190,23 +192,25 @@ pub async fn start(mut config: NatsConfig) -> Result<RunningGateway, NatsModeErr
     let scope = config.trigger_scope.clone();
     running.spawn_companion(|stop| async move {
         let mut bridge = bridge;
+        let mut scheduler = scheduler;
         tokio::select! {
-            () = follow_registry(watcher, &gateway, &admin, &mut bridge, scope.as_ref()) => {}
+            () = follow_registry(watcher, &gateway, &admin, &mut bridge, &mut scheduler, scope.as_ref()) => {}
             () = stop.cancelled() => {}
         }
-        bridge.shutdown().await;
+        tokio::join!(bridge.shutdown(), scheduler.shutdown());
     });
     Ok(running)
 }
 
-/// Keeps the gateway's routes and the event bridge in step with the
-/// registry, applying changes in batches (when no more are known to be
+/// Keeps the gateway's routes, the event bridge and the schedules in step
+/// with the registry, applying changes in batches (when no more are known to be
 /// pending). Ready once the first full view of the registry is applied.
 async fn follow_registry(
     mut watcher: RegistryWatcher,
     gateway: &Gateway,
     admin: &Admin,
     bridge: &mut EventBridge,
+    scheduler: &mut Scheduler,
     scope: Option<&TriggerScope>,
 ) {
     let mut functions: HashMap<FunctionRef, Arc<FunctionSpec>> = HashMap::new();
@@ -241,6 +245,7 @@ async fn follow_registry(
                 tracing::error!(error = %conflict, "custom route not applied");
             }
             gateway.set_functions(routed.with_api_keys(api_keys.clone()));
+            scheduler.update(&functions);
             // A Function whose triggers leave its namespace's scope gets
             // no subscription (the operator says why in its status); its
             // HTTP routes stay.

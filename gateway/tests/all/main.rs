@@ -23,6 +23,7 @@ mod polyglot;
 mod publish;
 mod queue_bytes;
 mod retries;
+mod schedules;
 mod startup;
 mod sync_invocations;
 mod tenancy;

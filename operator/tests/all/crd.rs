@@ -78,6 +78,18 @@ fn bad_functions_are_refused_at_apply_time_naming_the_problem() {
             "  module: { configMap: { name: a, key: b } }\n  auth: { apiKey: { secretName: k } }\n",
             "apiKey",
         ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  triggers: { schedule: [ { cron: \"every minute\" } ] }\n",
+            "spec.triggers.schedule[0].cron: Invalid value",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  triggers: { schedule: [ { cron: \"* * * *\" } ] }\n",
+            "cron must be five space-separated fields",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  triggers: { schedule: [ { cron: \"* * * * *\", timeZone: \"Europe/Paris ; rm\" } ] }\n",
+            "spec.triggers.schedule[0].timeZone: Invalid value",
+        ),
     ];
     for (spec, expected) in cases {
         let output = sluice.cluster.apply(&function(spec));

@@ -15,6 +15,7 @@ mod module_gc;
 mod monitoring;
 mod nats_security;
 mod resilience;
+mod schedule;
 mod startup;
 mod support;
 mod tenancy;

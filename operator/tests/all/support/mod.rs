@@ -217,6 +217,12 @@ impl Sluice {
     /// Starts a NATS-mode gateway; returns it (its `/metrics` address in
     /// `admin`) and its invocation address.
     pub fn gateway(&self) -> (Process, SocketAddr) {
+        self.gateway_named("gateway")
+    }
+
+    /// The same, logging to `<name>.log`, for a test running more than
+    /// one.
+    pub fn gateway_named(&self, name: &str) -> (Process, SocketAddr) {
         let port = free_port();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-gateway"));
@@ -225,7 +231,7 @@ impl Sluice {
             .args(["--nats", &self.nats.url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &admin.to_string()]);
-        let mut process = Process::spawn(command, self.logs.path().join("gateway.log"));
+        let mut process = Process::spawn(command, self.logs.path().join(format!("{name}.log")));
         process.admin = Some(admin);
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
     }

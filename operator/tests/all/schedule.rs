@@ -1,0 +1,134 @@
+//! Schedule triggers end to end: two NATS-mode gateways both run a
+//! function's every-second schedule while it has no replica; each tick is
+//! queued once, and the queued ticks wake the function (the harness plays
+//! the kubelet), which runs them.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use sluice_api::names::{FunctionRef, INVOCATION_STREAM};
+use sluice_api::schedule::tick_invocation_id;
+
+use crate::support::{Sluice, component, eventually, http_get};
+
+fn ticking(schedule: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: ticking, namespace: default }}
+spec:
+  module: {{ configMap: {{ name: misbehave-wasm, key: misbehave.wasm }} }}
+  placement: dedicated
+  scaling: {{ scaleDownDelay: 0s, scaleToZeroAfter: 0s }}
+  triggers: {schedule}
+"
+    )
+}
+
+/// Messages ever stored on the invocation stream (its last sequence).
+fn stored_invocations(sluice: &Sluice) -> u64 {
+    let url = sluice.nats.url.clone();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(&url).await.unwrap();
+            let mut stream = async_nats::jetstream::new(client)
+                .get_stream(INVOCATION_STREAM)
+                .await
+                .unwrap();
+            stream.info().await.unwrap().state.last_sequence
+        })
+}
+
+#[test]
+fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_once() {
+    let sluice = Sluice::start();
+    let (_one, gateway) = sluice.gateway_named("gateway-1");
+    let (_two, _) = sluice.gateway_named("gateway-2");
+    let kubelet = sluice.kubelet(Duration::ZERO);
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    let _operator = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
+    sluice.apply(&ticking("{}"));
+    sluice.wait_ready("default", "ticking", "True", "Ready");
+    eventually("at zero", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", "ticking-runtime").last() == Some(&0)
+            && kubelet.alive("default", "ticking-runtime") == 0)
+            .then_some(())
+    });
+    assert_eq!(stored_invocations(&sluice), 0, "nothing queued yet");
+    let from = Timestamp::now();
+    sluice.apply(&ticking(
+        "{ schedule: [ { name: every-second, cron: \"* * * * * *\", timeZone: Europe/Paris, path: /sleep/1 } ] }",
+    ));
+    let function = FunctionRef::new("default", "ticking").unwrap();
+    let tick_state = |tick: Timestamp| {
+        let id = tick_invocation_id(&function, "every-second", tick);
+        let (status, body) = http_get(gateway, &format!("/invocations/{id}"))?;
+        let record: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200).then(|| record["state"].as_str().unwrap_or_default().to_owned())
+    };
+    let seconds_since_start = |to: Timestamp| {
+        let mut tick = Timestamp::from_second(from.as_second()).unwrap();
+        std::iter::from_fn(move || {
+            tick += SignedDuration::from_secs(1);
+            (tick <= to).then_some(tick)
+        })
+    };
+    // The ticks wake the function, which runs them.
+    eventually("three ticks run", Duration::from_secs(120), || {
+        let succeeded = seconds_since_start(Timestamp::now())
+            .filter(|&t| tick_state(t).as_deref() == Some("succeeded"))
+            .count();
+        (succeeded >= 3).then_some(())
+    });
+    assert!(
+        kubelet
+            .replica_history("default", "ticking-runtime")
+            .iter()
+            .any(|&replicas| replicas > 0),
+        "the function was woken"
+    );
+    // With the schedule gone, every stored message is a distinct tick:
+    // each of the two gateways fired each tick, one was kept.
+    sluice.apply(&ticking("{}"));
+    let (ticks, stored) = eventually(
+        "the stream holds one message per tick",
+        Duration::from_secs(60),
+        || {
+            let ticks = seconds_since_start(Timestamp::now())
+                .filter(|&t| tick_state(t).is_some())
+                .count() as u64;
+            let stored = stored_invocations(&sluice);
+            (ticks >= 3 && stored == ticks).then_some((ticks, stored))
+        },
+    );
+    assert_eq!(ticks, stored);
+}
+
+#[test]
+fn a_cron_the_schema_admits_but_no_clock_has_leaves_the_function_not_ready() {
+    let sluice = Sluice::start();
+    let _operator = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    // Five fields of the right shape, but no minute 61.
+    sluice.apply(&ticking("{ schedule: [ { cron: \"61 * * * *\" } ] }"));
+    let message = sluice.wait_ready("default", "ticking", "False", "InvalidSpec");
+    assert!(
+        message.contains("spec.triggers.schedule[0].cron"),
+        "{message}"
+    );
+    let reasons = sluice.event_reasons("default", "ticking");
+    assert!(reasons.iter().any(|r| r == "InvalidSpec"), "{reasons:?}");
+    sluice.apply(&ticking("{ schedule: [ { cron: \"1 * * * *\" } ] }"));
+    sluice.wait_ready("default", "ticking", "True", "Ready");
+}
