@@ -255,8 +255,11 @@ pub struct Layout {
     pub modules: object_store::ObjectStore,
     /// Precompiled components, written and read by runtimes only.
     pub artifacts: object_store::ObjectStore,
-    /// Functions' logs ([`crate::logs`]).
-    pub logs: stream::Stream,
+    /// Functions' logs ([`crate::logs`]). Behind an `Arc`: a stream
+    /// handle holds its whole info, and a larger `Layout` overflowed the
+    /// 2 MiB stacks of the tests' threads in a debug build (futures hold
+    /// several copies).
+    pub logs: std::sync::Arc<stream::Stream>,
 }
 
 impl std::fmt::Debug for Layout {
@@ -667,7 +670,7 @@ impl Layout {
             functions,
             modules,
             artifacts,
-            logs,
+            logs: std::sync::Arc::new(logs),
         })
     }
 }
