@@ -12,10 +12,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_api::logs::{DEFAULT_ATTEMPT_LOG_BYTES, LINE_OVERHEAD};
 
-use crate::harness::{Backend, TestGateway, conformance, eventually};
+use crate::harness::{
+    Backend, GUARDED_KEY, GUARDED_PAIR, OTHER_KEY, TestGateway, conformance, eventually,
+};
 
-const KEY: &str = "logs-key-0123456789abcdef0123456789abcdef";
-const OTHER: &str = "other-key-0123456789abcdef0123456789abcdef";
+const KEY: &str = GUARDED_KEY;
+const OTHER: &str = OTHER_KEY;
 
 const MANIFESTS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -136,34 +138,7 @@ async fn a_guest_writing_100_mib_is_cut_to_the_per_attempt_bound_and_says_so(bac
 }
 
 async fn only_who_may_read_a_function_reads_its_logs(backend: Backend) {
-    let manifests = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{ name: guarded-keys }}
-stringData: {{ ci: "{KEY}" }}
----
-apiVersion: v1
-kind: Secret
-metadata: {{ name: other-keys }}
-stringData: {{ ci: "{OTHER}" }}
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: guarded }}
-spec:
-  module: {{ file: "{{misbehave}}" }}
-  auth: {{ apiKeys: {{ secretName: guarded-keys }} }}
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: other }}
-spec:
-  module: {{ file: "{{misbehave}}" }}
-  auth: {{ apiKeys: {{ secretName: other-keys }} }}
-"#
-    );
-    let gw = TestGateway::start(backend, &manifests).await;
+    let gw = TestGateway::start(backend, GUARDED_PAIR).await;
     let id = gw
         .submit(
             "/async/fn/default/guarded/say/secret",
