@@ -102,7 +102,9 @@ impl Captured {
     }
 }
 
-/// Bytes of each stream dropped over the per-attempt bound.
+/// Bytes of each stream dropped over the per-attempt bound (a line
+/// dropped whole counts its newline too, so that dropped empty lines
+/// show).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {
     #[serde(default, skip_serializing_if = "is_zero")]

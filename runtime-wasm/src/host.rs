@@ -369,7 +369,8 @@ impl Capture {
             let open = &mut self.open[index(stream)];
             if !open.started {
                 if open.budget < LINE_OVERHEAD {
-                    self.drop_bytes(stream, text.len());
+                    // The newline too: a dropped empty line still counts.
+                    self.drop_bytes(stream, segment.len());
                     continue;
                 }
                 open.budget -= LINE_OVERHEAD;
@@ -495,6 +496,61 @@ mod tests {
             100,
             "the peak is what was held at once, refusals aside"
         );
+    }
+
+    fn captured(budget: usize, writes: &[(LogStream, &[u8])]) -> Captured {
+        let [stdout, stderr] =
+            LogSink::pair("default/f".parse().unwrap(), InvocationId::random(), budget);
+        for (stream, bytes) in writes {
+            match stream {
+                LogStream::Stdout => stdout.write(bytes),
+                LogStream::Stderr => stderr.write(bytes),
+            }
+        }
+        stdout.finish()
+    }
+
+    fn lines(c: &Captured) -> Vec<(LogStream, &str)> {
+        c.lines
+            .iter()
+            .map(|l| (l.stream, l.line.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn guest_output_is_kept_line_by_line_within_its_budget() {
+        use LogStream::{Stderr, Stdout};
+        let big = LINE_OVERHEAD + 10;
+        // Lines split over writes, streams interleaved, a last line
+        // without its newline.
+        let c = captured(
+            big * 4,
+            &[
+                (Stdout, b"hel"),
+                (Stderr, b"oops\n"),
+                (Stdout, b"lo\nwor"),
+                (Stdout, b"ld"),
+            ],
+        );
+        assert_eq!(
+            lines(&c),
+            [(Stderr, "oops"), (Stdout, "hello"), (Stdout, "world")]
+        );
+        assert!(c.dropped.is_empty());
+
+        // A long line is cut at the budget, and the rest counted.
+        let c = captured(big, &[(Stdout, &[b'x'; 100]), (Stdout, b"\nnext\n")]);
+        assert_eq!(lines(&c), [(Stdout, "xxxxxxxxxx")]);
+        assert_eq!(c.dropped.stdout, 90 + "next\n".len() as u64);
+
+        // Empty lines cost their overhead: a flood of them is bounded.
+        let c = captured(big * 3, &[(Stderr, &[b'\n'; 1000])]);
+        assert_eq!(c.lines.len(), 3);
+        assert_eq!(c.dropped.stderr, 997, "each dropped line counts");
+
+        // Each stream has a budget of its own.
+        let c = captured(big, &[(Stdout, b"0123456789\n"), (Stderr, b"0123456789\n")]);
+        assert_eq!(c.lines.len(), 2);
     }
 
     fn policy(origins: &[&str]) -> OutboundPolicy {
