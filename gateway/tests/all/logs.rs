@@ -242,3 +242,24 @@ async fn logs_outlive_the_runtime_that_ran_the_invocation() {
     )
     .await;
 }
+
+/// A response following a function's logs ends when the gateway stops,
+/// rather than holding its shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_ends_when_the_gateway_stops() {
+    let mut gw = TestGateway::start(Backend::Local, MANIFESTS).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = Request::get(format!("http://{}/logs/default/talker?follow=1", gw.addr))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.expect("the follow starts");
+    assert_eq!(response.status(), StatusCode::OK);
+    let stopping = gw.gateway.take().expect("a gateway").shutdown();
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("the gateway stops within 30s though a follow was open");
+    let body = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
+        .await
+        .expect("the follow ends");
+    assert!(body.is_ok_and(|b| b.to_bytes().is_empty()));
+}
