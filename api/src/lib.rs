@@ -15,6 +15,7 @@ pub mod digest;
 pub mod egress;
 pub mod function;
 pub mod invocation;
+pub mod logs;
 pub mod manifest;
 pub mod names;
 pub mod outcome;

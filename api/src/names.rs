@@ -29,6 +29,13 @@ pub const DEAD_LETTER_SUBJECT_PREFIX: &str = "sluice.dlq.";
 pub const CANCEL_SUBJECT_PREFIX: &str = "sluice.cancel.";
 /// Every cancel subject, as runtimes subscribe to them.
 pub const CANCEL_SUBJECTS: &str = "sluice.cancel.>";
+/// Stream holding functions' stdout/stderr, one message per attempt
+/// (`crate::logs::AttemptLog`) on its function's [`FunctionRef::log_subject`].
+pub const LOG_STREAM: &str = "SLUICE_LOGS";
+/// Subjects of the log stream.
+pub const LOG_SUBJECTS: &str = "sluice.logs.>";
+/// What every log subject starts with.
+pub const LOG_SUBJECT_PREFIX: &str = "sluice.logs.";
 /// KV bucket of async invocation records.
 pub const RESULTS_BUCKET: &str = "sluice-results";
 /// KV bucket of resolved function specs, keyed `<ns>.<fn>`.
@@ -126,6 +133,13 @@ impl FunctionRef {
     /// is announced to the runtimes.
     pub fn cancel_subject(&self) -> String {
         format!("{CANCEL_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
+    }
+
+    /// `sluice.logs.<ns>.<fn>`: where its attempts' logs are kept, one
+    /// subject per function so that the log stream bounds each function's
+    /// count of attempts on its own.
+    pub fn log_subject(&self) -> String {
+        format!("{LOG_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
     }
 
     /// `<ns>.<fn>`: the function's key in the registry bucket.

@@ -2,12 +2,16 @@
 //! their outcome (see the README, "Try it", for every path).
 
 use sluice_serve::sync;
+use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use sluice_api::dead_letter::Selection;
 use sluice_api::egress::EgressPolicy;
@@ -15,12 +19,14 @@ use sluice_api::invocation::{
     CALLBACK_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_REQUEST_HEADER_BLOCK, header_line_len,
     strip_hop_by_hop,
 };
+use sluice_api::logs::{InvocationLogs, parse_since};
 use sluice_api::names::{BadFunctionRef, FunctionRef};
 use sluice_api::{
     CancelDecision, FunctionSpec, Invocation, InvocationId, InvocationRecord, InvocationResponse,
 };
 use sluice_serve::egress::{self, EgressError};
 use sluice_serve::{ConnectionLimit, telemetry};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::admission::{Admission, Held, connection_limit};
@@ -40,6 +46,13 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Largest body of a dead-letter redrive or purge (a selection).
 const MAX_SELECTION_BODY: usize = 64 << 10;
+
+/// The body of every answer: whole, or (following a function's logs)
+/// streamed.
+pub type GatewayBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Default `since` of `GET /logs/<ns>/<name>`: the last hour.
+const DEFAULT_LOGS_SINCE: Duration = Duration::from_secs(3600);
 
 /// A handler's answer; an error carries the invocation id when one was
 /// assigned, so the caller can look it up.
@@ -108,6 +121,9 @@ pub struct Gateway {
     config: HttpConfig,
     metrics: Metrics,
     admission: Admission,
+    /// Cancelled when the gateway stops: ends the responses that follow
+    /// a function's logs, which would otherwise hold its shutdown.
+    stopping: CancellationToken,
 }
 
 /// The routed functions and who may invoke them, replaced together.
@@ -134,7 +150,14 @@ impl Gateway {
             config,
             metrics,
             admission,
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Ends every response following a function's logs (the gateway is
+    /// stopping).
+    pub fn stop_following(&self) {
+        self.stopping.cancel();
     }
 
     /// Waits up to `grace` for the invocations this process holds; returns
@@ -190,7 +213,23 @@ impl Gateway {
         Err(error)
     }
 
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<GatewayBody> {
+        let path = request.uri().path().to_owned();
+        if let Some(rest) = path.strip_prefix("/logs/") {
+            let response = match self.function_logs(rest, request).await {
+                Ok(response) => response,
+                Err((error, _)) => {
+                    self.metrics.refused(error.code());
+                    error.into_response(None).map(BodyExt::boxed_unsync)
+                }
+            };
+            self.metrics.answered(RouteKind::Logs, response.status());
+            return response;
+        }
+        self.handle_whole(request).await.map(BodyExt::boxed_unsync)
+    }
+
+    async fn handle_whole(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         let (kind, result) = if let Some(resolved) = resolve_default("/fn", &path) {
             (RouteKind::Sync, self.invoke_sync(resolved, request).await)
@@ -198,7 +237,9 @@ impl Gateway {
             (RouteKind::Async, self.invoke_async(resolved, request).await)
         } else if let Some(id) = path.strip_prefix("/invocations/") {
             let mut request = request;
-            let result = if request.method() == Method::DELETE {
+            let result = if let Some(id) = id.strip_suffix("/logs") {
+                self.invocation_logs(id, &mut request).await
+            } else if request.method() == Method::DELETE {
                 self.cancel(id, &mut request).await
             } else {
                 self.invocation_status(id, &mut request).await
@@ -405,6 +446,97 @@ impl Gateway {
             Err(e @ GatewayError::Unavailable(_)) => Err((e, None)),
             Err(_) => Err(unknown()),
         }
+    }
+
+    /// `GET /invocations/<id>/logs`: every attempt's kept log
+    /// ([`InvocationLogs`]); who may read them is who may read the record.
+    async fn invocation_logs(&self, id: &str, request: &mut Request<Incoming>) -> Handled {
+        require_method(request.method(), Method::GET, "GET")?;
+        let (parsed, record) = self.readable_record(id, request).await?;
+        let attempts = self
+            .queue
+            .invocation_logs(&record.function, &parsed)
+            .await
+            .map_err(|e| (queue_error(e), None))?;
+        let logs = InvocationLogs {
+            id: parsed,
+            function: record.function,
+            attempts,
+        };
+        Ok(json_response(StatusCode::OK, &logs))
+    }
+
+    /// `GET /logs/<ns>/<name>[?since=…][&follow=1]`: the function's kept
+    /// log lines since `since` (a duration back, or an RFC 3339 time;
+    /// default 1h), one JSON object a line (`application/x-ndjson`),
+    /// across every replica; with `follow`, then each new line until the
+    /// client hangs up. Who may read them is who may invoke the function.
+    async fn function_logs(
+        &self,
+        rest: &str,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<GatewayBody>, (GatewayError, Option<InvocationId>)> {
+        require_method(request.method(), Method::GET, "GET")?;
+        let no_route = || (GatewayError::NoRoute(format!("/logs/{rest}")), None);
+        let mut parts = rest.trim_end_matches('/').split('/');
+        let (Some(namespace), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(no_route());
+        };
+        let function = FunctionRef::new(namespace, name).map_err(|_| no_route())?;
+        let routing = self.routing();
+        if routing.functions.get(&function).is_none() {
+            return Err((GatewayError::UnknownFunction(function.to_string()), None));
+        }
+        self.authorize(&routing, &function, &mut request)
+            .await
+            .map_err(|e| (e, None))?;
+        let query = request.uri().query();
+        let now = SystemTime::now();
+        let since = match query_param(query, "since") {
+            None => now - DEFAULT_LOGS_SINCE,
+            Some(text) => parse_since(text, now)
+                .map_err(|e| (GatewayError::BadRequest(format!("since: {e}")), None))?,
+        };
+        let follow = match query_param(query, "follow") {
+            None | Some("0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => {
+                return Err((
+                    GatewayError::BadRequest(format!(
+                        "follow: {other:?} is not one of 1, true, 0, false"
+                    )),
+                    None,
+                ));
+            }
+        };
+        let feed = self
+            .queue
+            .function_logs(&function, since, follow)
+            .await
+            .map_err(|e| (queue_error(e), None))?;
+        let lines = feed
+            .take_until(self.stopping.clone().cancelled_owned())
+            .flat_map(move |log| {
+                let lines: Vec<_> = log
+                    .flatten()
+                    .filter(|line| line.time >= since)
+                    .map(|line| {
+                        let mut json = serde_json::to_vec(&line).unwrap_or_default();
+                        json.push(b'\n');
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(json)))
+                    })
+                    .collect();
+                futures::stream::iter(lines)
+            });
+        let mut response = Response::new(StreamBody::new(lines).boxed_unsync());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(response)
     }
 
     /// `DELETE /invocations/<id>`: 200 with the `cancelled` record (also

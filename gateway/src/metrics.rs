@@ -22,18 +22,22 @@ pub enum RouteKind {
     Status,
     /// `/dead-letters/<ns>/<name>`.
     DeadLetters,
+    /// `/logs/<ns>/<name>`.
+    Logs,
     /// Anything else (answered 404).
     Unrouted,
 }
 
 impl RouteKind {
-    /// The label value: `sync`, `async`, `status`, `dead_letters`, `unrouted`.
+    /// The label value: `sync`, `async`, `status`, `dead_letters`, `logs`,
+    /// `unrouted`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sync => "sync",
             Self::Async => "async",
             Self::Status => "status",
             Self::DeadLetters => "dead_letters",
+            Self::Logs => "logs",
             Self::Unrouted => "unrouted",
         }
     }

@@ -180,6 +180,7 @@ impl RunningGateway {
         // Load balancers stop sending new requests here meanwhile.
         self.admin.set_ready(false);
         self.stop_companions.cancel();
+        self.gateway.stop_following();
         self.service.shutdown().await;
         let deadline = Instant::now() + DRAIN_GRACE;
         self.companions.close();

@@ -12,9 +12,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use sluice_api::logs::{DEFAULT_ATTEMPTS_PER_FUNCTION, DEFAULT_LOGS_MAX_AGE, LogBounds};
 use sluice_api::names::{
     ARTIFACTS_BUCKET, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, FUNCTIONS_BUCKET, FunctionRef,
-    INVOCATION_STREAM, INVOKE_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
+    INVOCATION_STREAM, INVOKE_SUBJECTS, LOG_STREAM, LOG_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
 };
 use sluice_api::{ByteSize, FunctionSpec, ModuleDigest};
 
@@ -40,14 +41,15 @@ pub const MAX_FUNCTIONS: i32 = 100_000;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-/// Default byte bounds ([`MaxBytes`]). Together 8 GiB and 576 MiB: they
+/// Default byte bounds ([`MaxBytes`]). Together 8 GiB and 832 MiB: they
 /// fit the chart's bundled server, whose `max_file_store` (9Gi) stays below
 /// its 10Gi volume. Queued invocations get the most room (4 GiB: 4,000
 /// 1 MiB bodies); records hold responses (2 GiB); dead letters keep their
 /// original message (1 GiB); modules are at most 64 MiB each (1 GiB);
 /// precompiled artifacts are a cache (512 MiB: a hundred Rust functions or
 /// ten Python ones; when full, new ones are compiled by each runtime);
-/// registry entries are small (64 MiB).
+/// registry entries are small (64 MiB); functions' logs are a ring of
+/// recent attempts (256 MiB, `sluice_api::logs::DEFAULT_LOGS_MAX_BYTES`).
 pub const DEFAULT_MAX_BYTES: MaxBytes = MaxBytes {
     invocations: ByteSize(4 * GIB),
     dead_letters: ByteSize(GIB),
@@ -55,6 +57,7 @@ pub const DEFAULT_MAX_BYTES: MaxBytes = MaxBytes {
     functions: ByteSize(64 * MIB),
     modules: ByteSize(GIB),
     artifacts: ByteSize(512 * MIB),
+    logs: ByteSize(sluice_api::logs::DEFAULT_LOGS_MAX_BYTES),
 };
 
 // The defaults fit the chart's bundled file store
@@ -66,6 +69,7 @@ const _: () = assert!(
         + DEFAULT_MAX_BYTES.functions.0
         + DEFAULT_MAX_BYTES.modules.0
         + DEFAULT_MAX_BYTES.artifacts.0
+        + DEFAULT_MAX_BYTES.logs.0
         < 9 * GIB
 );
 
@@ -87,6 +91,9 @@ pub struct MaxBytes {
     pub modules: ByteSize,
     /// `sluice-artifacts`.
     pub artifacts: ByteSize,
+    /// `SLUICE_LOGS`: unlike the others, full makes room by dropping the
+    /// oldest attempts' logs.
+    pub logs: ByteSize,
 }
 
 /// The layout's settings, applied by its owner when it creates the
@@ -114,9 +121,27 @@ pub struct LayoutConfig {
     pub dead_letters_per_subject: i64,
     /// Byte bounds. Default: [`DEFAULT_MAX_BYTES`].
     pub max_bytes: MaxBytes,
+    /// Attempts whose logs are kept per function, the newest. Default:
+    /// 1000 (`sluice_api::logs::DEFAULT_ATTEMPTS_PER_FUNCTION`).
+    pub logs_per_function: i64,
+    /// How long an attempt's log is kept. Default: 24h
+    /// (`sluice_api::logs::DEFAULT_LOGS_MAX_AGE`).
+    pub logs_max_age: Duration,
     /// Copies of every stream and bucket in a clustered JetStream (1 to 5;
     /// a single server takes only 1). Default: 1.
     pub replicas: usize,
+}
+
+impl LayoutConfig {
+    /// The bounds of functions' logs it sets, for a store of them kept
+    /// elsewhere (local mode's, in memory) to keep the same.
+    pub fn log_bounds(&self) -> LogBounds {
+        LogBounds {
+            attempts_per_function: usize::try_from(self.logs_per_function).unwrap_or(usize::MAX),
+            max_bytes: self.max_bytes.logs.0,
+            max_age: self.logs_max_age,
+        }
+    }
 }
 
 impl Default for LayoutConfig {
@@ -128,6 +153,8 @@ impl Default for LayoutConfig {
             results_ttl: DEFAULT_RESULTS_TTL,
             dead_letters_per_subject: DEFAULT_DEAD_LETTERS_PER_SUBJECT,
             max_bytes: DEFAULT_MAX_BYTES,
+            logs_per_function: DEFAULT_ATTEMPTS_PER_FUNCTION as i64,
+            logs_max_age: DEFAULT_LOGS_MAX_AGE,
             replicas: 1,
         }
     }
@@ -176,6 +203,15 @@ pub struct LayoutArgs {
     /// full, runtimes compile what it lacks).
     #[arg(long, env = "SLUICE_ARTIFACTS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.artifacts)]
     pub artifacts_max_bytes: ByteSize,
+    /// Most bytes of functions' logs (all functions; the oldest go first).
+    #[arg(long, env = "SLUICE_LOGS_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES.logs)]
+    pub logs_max_bytes: ByteSize,
+    /// Attempts whose logs are kept per function, the newest.
+    #[arg(long, env = "SLUICE_LOGS_PER_FUNCTION", default_value_t = DEFAULT_ATTEMPTS_PER_FUNCTION as u64)]
+    pub logs_per_function: u64,
+    /// How long functions' logs are kept.
+    #[arg(long, env = "SLUICE_LOGS_MAX_AGE", default_value_t = sluice_api::Duration(DEFAULT_LOGS_MAX_AGE))]
+    pub logs_max_age: sluice_api::Duration,
     /// Copies of every stream and bucket (a clustered JetStream; 1 on a
     /// single server).
     #[arg(long, env = "SLUICE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -199,7 +235,10 @@ impl LayoutArgs {
                 functions: self.functions_max_bytes,
                 modules: self.modules_max_bytes,
                 artifacts: self.artifacts_max_bytes,
+                logs: self.logs_max_bytes,
             },
+            logs_per_function: count(self.logs_per_function),
+            logs_max_age: self.logs_max_age.0,
             replicas: usize::from(self.stream_replicas),
         }
     }
@@ -216,6 +255,11 @@ pub struct Layout {
     pub modules: object_store::ObjectStore,
     /// Precompiled components, written and read by runtimes only.
     pub artifacts: object_store::ObjectStore,
+    /// Functions' logs ([`crate::logs`]). Behind an `Arc`: a stream
+    /// handle holds its whole info, and a larger `Layout` overflowed the
+    /// 2 MiB stacks of the tests' threads in a debug build (futures hold
+    /// several copies).
+    pub logs: std::sync::Arc<stream::Stream>,
 }
 
 impl std::fmt::Debug for Layout {
@@ -378,6 +422,7 @@ struct Wanted {
     functions: stream::Config,
     modules: stream::Config,
     artifacts: stream::Config,
+    logs: stream::Config,
 }
 
 fn bytes(size: ByteSize) -> i64 {
@@ -451,6 +496,20 @@ impl Wanted {
                     format!("$O.{ARTIFACTS_BUCKET}.M.>"),
                 ],
                 max_bytes: bytes(max.artifacts),
+                ..common.clone()
+            },
+            logs: stream::Config {
+                name: LOG_STREAM.to_owned(),
+                description: Some(
+                    "Sluice functions' stdout/stderr, one message per attempt".to_owned(),
+                ),
+                subjects: vec![LOG_SUBJECTS.to_owned()],
+                max_messages_per_subject: config.logs_per_function,
+                max_age: config.logs_max_age,
+                duplicate_window: DEFAULT_DUPLICATE_WINDOW.min(config.logs_max_age),
+                // A ring: the newest logs make room.
+                discard: stream::DiscardPolicy::Old,
+                max_bytes: bytes(max.logs),
                 ..common
             },
         }
@@ -583,6 +642,10 @@ impl Layout {
             .map(drop)
         })
         .await?;
+        let logs = stream_of(&js, &wanted.logs, mode, changes, || {
+            js.create_stream(wanted.logs.clone())
+        })
+        .await?;
         let results = js
             .get_key_value(RESULTS_BUCKET)
             .await
@@ -607,6 +670,7 @@ impl Layout {
             functions,
             modules,
             artifacts,
+            logs: std::sync::Arc::new(logs),
         })
     }
 }

@@ -194,6 +194,7 @@ async fn the_owner_raises_replicas_in_place_and_the_layout_survives_its_leader()
             ("OBJ_sluice-modules", "replicas", "1", true),
             ("SLUICE_DEAD_LETTERS", "replicas", "1", true),
             ("SLUICE_INVOCATIONS", "replicas", "1", true),
+            ("SLUICE_LOGS", "replicas", "1", true),
         ]
     );
     let js = async_nats::jetstream::new(client.clone());

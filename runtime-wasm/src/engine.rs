@@ -27,8 +27,10 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Largest response body a function may send. Default: 6Mi.
     pub max_response_body: usize,
-    /// Bytes of stdout/stderr kept per invocation and stream; the rest is
-    /// dropped with a note. Default: 64Ki.
+    /// Bytes of stdout/stderr kept per attempt and stream, each line
+    /// counting `sluice_api::logs::LINE_OVERHEAD` besides its text; the
+    /// rest is dropped and counted in the attempt's log. Default: 64Ki
+    /// (`sluice_api::logs::DEFAULT_ATTEMPT_LOG_BYTES`).
     pub max_log_bytes: usize,
     /// Which addresses callbacks and functions' outbound HTTP may reach
     /// (see `sluice_api::egress`). Default: public addresses only.
@@ -77,7 +79,7 @@ impl Default for RuntimeConfig {
             max_instance_memory: ByteSize(1 << 30),
             epoch_tick: Duration::from_millis(5),
             max_response_body: 6 << 20,
-            max_log_bytes: 64 << 10,
+            max_log_bytes: sluice_api::logs::DEFAULT_ATTEMPT_LOG_BYTES,
             egress: Arc::default(),
             memory_budget: None,
             component_cache: ByteSize(64 << 20),

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_api::InvocationId;
 use sluice_api::egress::EgressPolicy;
+use sluice_api::logs::{Captured, LINE_OVERHEAD, LogLine, LogStream};
 use sluice_api::names::FunctionRef;
 use sluice_serve::egress::{EgressError, check_literal, redact_query};
 use tokio::io::AsyncWrite;
@@ -264,83 +265,158 @@ fn outbound_error(
 }
 
 /// Receives a guest's stdout or stderr and logs it line by line, tagged
-/// with the invocation, keeping at most `budget` bytes.
+/// with the invocation, and keeps the lines (both streams, in order) for
+/// the attempt's stored log: at most `budget` bytes per stream, each line
+/// costing [`LINE_OVERHEAD`] besides its text; the rest is dropped and
+/// counted.
 #[derive(Clone)]
 pub(crate) struct LogSink {
-    inner: Arc<Mutex<LogBuffer>>,
+    stream: LogStream,
+    capture: Arc<Mutex<Capture>>,
 }
 
-struct LogBuffer {
-    stream: &'static str,
+/// What both sinks of one attempt share.
+struct Capture {
     function: FunctionRef,
     invocation: InvocationId,
+    /// Stdout's, then stderr's.
+    open: [OpenLine; 2],
+    captured: Captured,
+}
+
+/// The line a stream is writing, and what is left of its budget.
+struct OpenLine {
+    /// Its kept text so far.
     pending: Vec<u8>,
+    /// Whether a line is under way (its overhead paid).
+    started: bool,
     budget: usize,
-    truncated: bool,
+    warned: bool,
 }
 
 impl LogSink {
-    pub(crate) fn new(
-        stream: &'static str,
+    /// Stdout's and stderr's sinks of one attempt.
+    pub(crate) fn pair(
         function: FunctionRef,
         invocation: InvocationId,
         budget: usize,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(LogBuffer {
-                stream,
-                function,
-                invocation,
-                pending: Vec::new(),
-                budget,
-                truncated: false,
-            })),
-        }
+    ) -> [Self; 2] {
+        let open = || OpenLine {
+            pending: Vec::new(),
+            started: false,
+            budget,
+            warned: false,
+        };
+        let capture = Arc::new(Mutex::new(Capture {
+            function,
+            invocation,
+            open: [open(), open()],
+            captured: Captured::default(),
+        }));
+        [LogStream::Stdout, LogStream::Stderr].map(|stream| Self {
+            stream,
+            capture: capture.clone(),
+        })
     }
 
     fn write(&self, bytes: &[u8]) {
-        let mut buf = sync::lock(&self.inner);
-        let keep = bytes.len().min(buf.budget);
-        buf.budget -= keep;
-        buf.pending.extend_from_slice(&bytes[..keep]);
-        if keep < bytes.len() && !buf.truncated {
-            buf.truncated = true;
-            buf.emit_lines(true);
-            tracing::warn!(
-                function = %buf.function, invocation = %buf.invocation, stream = buf.stream,
-                "guest output over the per-invocation budget; the rest is dropped"
-            );
-        }
-        buf.emit_lines(false);
+        sync::lock(&self.capture).write(self.stream, bytes);
     }
 
-    /// Logs what is left without a trailing newline.
-    pub(crate) fn flush_remaining(&self) {
-        sync::lock(&self.inner).emit_lines(true);
+    /// Ends the lines both streams left open, and hands over what was
+    /// kept (the sinks keep nothing after).
+    pub(crate) fn finish(&self) -> Captured {
+        let mut capture = sync::lock(&self.capture);
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            if capture.open[index(stream)].started {
+                capture.end_line(stream);
+            }
+        }
+        std::mem::take(&mut capture.captured)
     }
 }
 
-impl LogBuffer {
-    fn emit_lines(&mut self, everything: bool) {
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
-            self.emit(&line[..line.len() - 1]);
-        }
-        if everything && !self.pending.is_empty() {
-            let line = std::mem::take(&mut self.pending);
-            self.emit(&line);
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSink")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+fn index(stream: LogStream) -> usize {
+    match stream {
+        LogStream::Stdout => 0,
+        LogStream::Stderr => 1,
+    }
+}
+
+impl Capture {
+    fn write(&mut self, stream: LogStream, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let end = bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |p| p + 1);
+            let (segment, rest) = bytes.split_at(end);
+            bytes = rest;
+            let newline = segment.last() == Some(&b'\n');
+            let text = if newline {
+                &segment[..segment.len() - 1]
+            } else {
+                segment
+            };
+            let open = &mut self.open[index(stream)];
+            if !open.started {
+                if open.budget < LINE_OVERHEAD {
+                    // The newline too: a dropped empty line still counts.
+                    self.drop_bytes(stream, segment.len());
+                    continue;
+                }
+                open.budget -= LINE_OVERHEAD;
+                open.started = true;
+            }
+            let keep = text.len().min(open.budget);
+            open.budget -= keep;
+            open.pending.extend_from_slice(&text[..keep]);
+            self.drop_bytes(stream, text.len() - keep);
+            if newline {
+                self.end_line(stream);
+            }
         }
     }
 
-    fn emit(&self, line: &[u8]) {
+    fn drop_bytes(&mut self, stream: LogStream, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.captured.dropped.add(stream, bytes as u64);
+        let open = &mut self.open[index(stream)];
+        if !open.warned {
+            open.warned = true;
+            tracing::warn!(
+                function = %self.function, invocation = %self.invocation, stream = stream.as_str(),
+                "guest output over the per-invocation budget; the rest is dropped"
+            );
+        }
+    }
+
+    fn end_line(&mut self, stream: LogStream) {
+        let open = &mut self.open[index(stream)];
+        open.started = false;
+        let line = String::from_utf8_lossy(&std::mem::take(&mut open.pending)).into_owned();
         tracing::info!(
             target: "sluice::guest",
             function = %self.function,
             invocation = %self.invocation,
-            stream = self.stream,
-            "{}",
-            String::from_utf8_lossy(line)
+            stream = stream.as_str(),
+            "{line}"
         );
+        self.captured.lines.push(LogLine {
+            time: SystemTime::now(),
+            stream,
+            line,
+        });
     }
 }
 
@@ -420,6 +496,61 @@ mod tests {
             100,
             "the peak is what was held at once, refusals aside"
         );
+    }
+
+    fn captured(budget: usize, writes: &[(LogStream, &[u8])]) -> Captured {
+        let [stdout, stderr] =
+            LogSink::pair("default/f".parse().unwrap(), InvocationId::random(), budget);
+        for (stream, bytes) in writes {
+            match stream {
+                LogStream::Stdout => stdout.write(bytes),
+                LogStream::Stderr => stderr.write(bytes),
+            }
+        }
+        stdout.finish()
+    }
+
+    fn lines(c: &Captured) -> Vec<(LogStream, &str)> {
+        c.lines
+            .iter()
+            .map(|l| (l.stream, l.line.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn guest_output_is_kept_line_by_line_within_its_budget() {
+        use LogStream::{Stderr, Stdout};
+        let big = LINE_OVERHEAD + 10;
+        // Lines split over writes, streams interleaved, a last line
+        // without its newline.
+        let c = captured(
+            big * 4,
+            &[
+                (Stdout, b"hel"),
+                (Stderr, b"oops\n"),
+                (Stdout, b"lo\nwor"),
+                (Stdout, b"ld"),
+            ],
+        );
+        assert_eq!(
+            lines(&c),
+            [(Stderr, "oops"), (Stdout, "hello"), (Stdout, "world")]
+        );
+        assert!(c.dropped.is_empty());
+
+        // A long line is cut at the budget, and the rest counted.
+        let c = captured(big, &[(Stdout, &[b'x'; 100]), (Stdout, b"\nnext\n")]);
+        assert_eq!(lines(&c), [(Stdout, "xxxxxxxxxx")]);
+        assert_eq!(c.dropped.stdout, 90 + "next\n".len() as u64);
+
+        // Empty lines cost their overhead: a flood of them is bounded.
+        let c = captured(big * 3, &[(Stderr, &[b'\n'; 1000])]);
+        assert_eq!(c.lines.len(), 3);
+        assert_eq!(c.dropped.stderr, 997, "each dropped line counts");
+
+        // Each stream has a budget of its own.
+        let c = captured(big, &[(Stdout, b"0123456789\n"), (Stderr, b"0123456789\n")]);
+        assert_eq!(c.lines.len(), 2);
     }
 
     fn policy(origins: &[&str]) -> OutboundPolicy {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
 use sluice_api::invocation::strip_hop_by_hop;
+use sluice_api::logs::Captured;
 use sluice_api::names::FunctionRef;
 use sluice_api::{
     Failure, FailureKind, FunctionSpec, Invocation, InvocationResponse, ModuleDigest, Outcome,
@@ -96,6 +97,10 @@ pub struct Attempted {
     /// `None` when no instance ran (expired or cancelled while waiting for
     /// one, or the runtime stopping).
     pub usage: Option<Usage>,
+    /// What the guest wrote to stdout and stderr, within the runtime's
+    /// `max_log_bytes` per stream (also logged to the runtime's log as it
+    /// came). Empty when no instance ran.
+    pub logs: Captured,
 }
 
 /// What an attempt used so far: its guest's [`Meter`] and when it took an
@@ -104,6 +109,8 @@ pub struct Attempted {
 struct Metered {
     meter: Arc<Meter>,
     started: OnceLock<std::time::Instant>,
+    /// Either of the attempt's log sinks (they share what they keep).
+    logs: OnceLock<LogSink>,
 }
 
 impl Metered {
@@ -234,6 +241,7 @@ impl Runtime {
         Attempted {
             outcome,
             usage: metered.usage(self.inner.config.epoch_tick),
+            logs: metered.logs.get().map(LogSink::finish).unwrap_or_default(),
         }
     }
 
@@ -281,18 +289,12 @@ impl Runtime {
         let budget = time_left.min(function.limits.timeout);
         let deadline = Instant::now() + budget;
         let _ = metered.started.set(std::time::Instant::now());
-        let stdout = LogSink::new(
-            "stdout",
+        let [stdout, stderr] = LogSink::pair(
             function.function.clone(),
             invocation.id.clone(),
             self.inner.config.max_log_bytes,
         );
-        let stderr = LogSink::new(
-            "stderr",
-            function.function.clone(),
-            invocation.id.clone(),
-            self.inner.config.max_log_bytes,
-        );
+        let _ = metered.logs.set(stdout.clone());
         let (span, own_traceparent) = telemetry::attempt_span(invocation);
         let store = self.new_store(function, deadline, &stdout, &stderr, metered.meter.clone());
         let attempt = self.run(
@@ -308,8 +310,6 @@ impl Runtime {
                 Ok(outcome) => outcome,
                 Err(_) => timed_out(budget, function.limits.timeout),
             };
-        stdout.flush_remaining();
-        stderr.flush_remaining();
         if !span.is_disabled() {
             match &outcome {
                 Outcome::Responded(r) => span.record("sluice.outcome", r.status.as_u16()),

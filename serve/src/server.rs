@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -101,7 +100,7 @@ fn raw_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Bytes {
 /// [`HANDSHAKE_TIMEOUT`] is dropped.
 ///
 /// With `limit`, connections past its `max` get its answer and are closed.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, B>(
     listener: TcpListener,
     tls: Option<ServerTls>,
     handler: Arc<H>,
@@ -110,7 +109,8 @@ pub async fn serve<H, F>(
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
 {
     let graceful = GracefulShutdown::new();
     let slots = limit.as_ref().map(|l| Arc::new(Semaphore::new(l.max)));
@@ -257,11 +257,16 @@ const REFUSAL_DRAIN: usize = 64 << 10;
 
 /// Serves HTTP/1.1 on one connection until it closes, or, once serving
 /// stops, until its open request is answered.
-async fn connection<S, H, F>(stream: S, handler: Arc<H>, refusal: Option<Refusal>, watcher: Watcher)
-where
+async fn connection<S, H, F, B>(
+    stream: S,
+    handler: Arc<H>,
+    refusal: Option<Refusal>,
+    watcher: Watcher,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
 {
     let in_flight = InFlight::default();
     let requests = in_flight.clone();
@@ -294,12 +299,14 @@ where
 
 /// A response body that counts its request as in flight until hyper drops
 /// it (see [`InFlight`]).
-struct Tracked {
-    body: Full<Bytes>,
+struct Tracked<B> {
+    body: B,
     _guard: InFlightGuard,
 }
 
-impl hyper::body::Body for Tracked {
+impl<B: hyper::body::Body<Data = Bytes, Error = Infallible> + Unpin> hyper::body::Body
+    for Tracked<B>
+{
     type Data = Bytes;
     type Error = Infallible;
 

@@ -318,5 +318,8 @@ The operator's flags for the NATS layout it owns.
 - --functions-max-bytes={{ $layout.maxBytes.functions }}
 - --modules-max-bytes={{ $layout.maxBytes.modules }}
 - --artifacts-max-bytes={{ $layout.maxBytes.artifacts }}
+- --logs-max-bytes={{ $layout.maxBytes.logs }}
+- --logs-per-function={{ $layout.logsPerFunction }}
+- --logs-max-age={{ $layout.logsMaxAge }}
 - --stream-replicas={{ $replicas }}
 {{- end -}}

@@ -12,6 +12,8 @@
 //! | `/sleep/<ms>` | sleeps, then answers 200 |
 //! | `/big/<bytes>` | answers with a body of that many bytes |
 //! | `/log` | writes a line to stdout and to stderr, then answers 200 |
+//! | `/say/<text>` | writes `<text>` as a line to stdout, then answers 200 |
+//! | `/flood/<bytes>` | writes that many bytes to stdout (no newline), then answers 200 |
 //! | `/cookies` | answers 200 with two `Set-Cookie` fields and an `x-latin1` field whose value is not UTF-8 |
 //! | `/headers` | copies its request's header fields into a new field map (as a proxy would), answers how many |
 //! | `/call?url=<url>&status=<code>` | GETs `url` (outbound HTTP), then answers `status` (default: the upstream's) |
@@ -54,6 +56,25 @@ impl Guest for Misbehave {
                 println!("misbehave says hello on stdout");
                 eprintln!("misbehave says hello on stderr");
                 respond(response_out, 200, b"logged\n");
+            }
+            // One line of its own on stdout (`say/<text>`), or `<bytes>` of
+            // output on stdout with no newline (`flood/<bytes>`), in 64 KiB
+            // writes: the runtime keeps a bounded part of either.
+            "say" => {
+                println!("{arg}");
+                respond(response_out, 200, b"said\n");
+            }
+            "flood" => {
+                let mut left: usize = arg.parse().unwrap_or(0);
+                let chunk = vec![b'x'; 64 << 10];
+                let mut out = std::io::stdout().lock();
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    let _ = out.write_all(&chunk[..n]);
+                    left -= n;
+                }
+                let _ = out.flush();
+                respond(response_out, 200, b"flooded\n");
             }
             "cookies" => respond_with(
                 response_out,

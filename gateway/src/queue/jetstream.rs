@@ -18,6 +18,7 @@ use sluice_api::dead_letter::{
     DeadLetterDetail, PurgeReport, RedriveReport, Selection, Skipped, unredrivable,
 };
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
+use sluice_api::logs::AttemptLog;
 use sluice_api::names::FunctionRef;
 use sluice_api::{CancelDecision, DeadLetter, Invocation, InvocationId, InvocationRecord};
 use sluice_api::{Failure, FailureKind, InvocationState, cancel_decision};
@@ -27,7 +28,7 @@ use sluice_nats::{Oversize, failover, reply};
 use tokio::sync::oneshot;
 
 use super::budget::ByteBudget;
-use super::{CallResult, Cancelled, InvocationQueue, QueueBound, QueueError, Submitted};
+use super::{CallResult, Cancelled, InvocationQueue, LogFeed, QueueBound, QueueError, Submitted};
 
 /// Dead letters listed (and redriven or purged) at most per request.
 const MAX_DEAD_LETTERS: usize = 1000;
@@ -530,6 +531,40 @@ impl InvocationQueue for JetStreamQueue {
             report.purged += 1;
         }
         Ok(report)
+    }
+
+    async fn invocation_logs(
+        &self,
+        function: &FunctionRef,
+        id: &InvocationId,
+    ) -> Result<Vec<AttemptLog>, QueueError> {
+        self.check_connected()?;
+        sluice_nats::logs::of_invocation(&self.layout.logs, function, id)
+            .await
+            .map_err(|e| QueueError::Unavailable(e.to_string()))
+    }
+
+    async fn function_logs(
+        &self,
+        function: &FunctionRef,
+        since: SystemTime,
+        follow: bool,
+    ) -> Result<LogFeed, QueueError> {
+        self.check_connected()?;
+        let receiver = sluice_nats::logs::of_function(&self.layout.logs, function, since, follow)
+            .await
+            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        let function = function.clone();
+        Ok(futures::stream::unfold(receiver, |mut r| async move {
+            r.recv().await.map(|item| (item, r))
+        })
+        .filter_map(move |item| {
+            let kept = item
+                .inspect_err(|e| tracing::warn!(%function, error = %e, "reading the logs ended"))
+                .ok();
+            std::future::ready(kept)
+        })
+        .boxed())
     }
 }
 

@@ -15,6 +15,7 @@ use sluice_api::dead_letter::{
     DeadLetterDetail, PurgeReport, RedriveReport, Selection, Skipped, unredrivable,
 };
 use sluice_api::invocation::unix_millis;
+use sluice_api::logs::{AttemptLog, Captured, LogBounds};
 use sluice_api::names::FunctionRef;
 use sluice_api::record::CANCELLED_REASON;
 use sluice_api::{CancelDecision, DeadLetter, InvocationState, cancel_decision};
@@ -31,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use sluice_nats::layout;
 
 use super::budget::{ByteBudget, QueueBound, Reservation};
-use super::{CallResult, Cancelled, InvocationQueue, QueueError, Submitted};
+use super::logs::MemoryLogs;
+use super::{CallResult, Cancelled, InvocationQueue, LogFeed, QueueError, Submitted};
 use crate::metrics::Metrics;
 
 /// Settings of the in-process queue; its defaults are those of the
@@ -54,6 +56,9 @@ pub struct QueueConfig {
     /// Finished records kept before their TTL; past it the oldest go
     /// first. Default: 10000.
     pub max_finished_records: usize,
+    /// How much of functions' logs is kept. Default: those of the log
+    /// stream ([`LogBounds::default`]).
+    pub logs: LogBounds,
 }
 
 impl Default for QueueConfig {
@@ -66,6 +71,7 @@ impl Default for QueueConfig {
             dead_letter_capacity: usize::try_from(layout::DEFAULT_DEAD_LETTERS_PER_SUBJECT)
                 .unwrap_or(usize::MAX),
             max_finished_records: 10_000,
+            logs: LogBounds::default(),
         }
     }
 }
@@ -96,6 +102,7 @@ struct State {
     lanes: RwLock<HashMap<FunctionRef, Arc<Lane>>>,
     records: Mutex<HashMap<InvocationId, RecordEntry>>,
     dead_letters: Mutex<HashMap<FunctionRef, VecDeque<KeptLetter>>>,
+    logs: MemoryLogs,
 }
 
 #[derive(Debug)]
@@ -162,6 +169,7 @@ impl MemoryQueue {
     ) -> Self {
         let callbacks = Callbacks::new(runtime.config().egress.clone());
         let budget = ByteBudget::new(config.max_bytes, metrics.clone());
+        let logs = MemoryLogs::new(config.logs);
         let state = Arc::new(State {
             budget,
             runtime,
@@ -172,6 +180,7 @@ impl MemoryQueue {
             lanes: RwLock::default(),
             records: Mutex::default(),
             dead_letters: Mutex::default(),
+            logs,
         });
         tokio::spawn(sweep_expired_records(Arc::downgrade(&state)));
         Self { state }
@@ -449,6 +458,23 @@ impl InvocationQueue for MemoryQueue {
             purged: (before - list.len()) as u64,
         })
     }
+
+    async fn invocation_logs(
+        &self,
+        function: &FunctionRef,
+        id: &InvocationId,
+    ) -> Result<Vec<AttemptLog>, QueueError> {
+        Ok(self.state.logs.of_invocation(function, id))
+    }
+
+    async fn function_logs(
+        &self,
+        function: &FunctionRef,
+        since: SystemTime,
+        follow: bool,
+    ) -> Result<LogFeed, QueueError> {
+        Ok(self.state.logs.of_function(function, since, follow))
+    }
 }
 
 /// How often a draining queue looks whether it is empty.
@@ -497,7 +523,8 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
             reply,
             held,
         } => {
-            let outcome = attempt(state, lane, &invocation).await;
+            let Attempted { outcome, logs, .. } = attempt(state, lane, &invocation).await;
+            state.keep_logs(&invocation, 1, logs);
             drop(held);
             lane.adjust_depth(&state.metrics, -1);
             // The caller may have given up; then nobody needs the answer.
@@ -517,7 +544,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
                 lane.adjust_depth(&state.metrics, -1);
                 return;
             };
-            let attempted = state
+            let mut attempted = state
                 .runtime
                 .attempt(
                     &lane.function.prepared,
@@ -526,6 +553,8 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
                     &cancel,
                 )
                 .await;
+            let logs = std::mem::take(&mut attempted.logs);
+            state.keep_logs(&invocation, number, logs);
             let next = Next {
                 invocation,
                 attempt: number,
@@ -537,7 +566,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
     }
 }
 
-async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome {
+async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Attempted {
     state
         .runtime
         .attempt(
@@ -547,7 +576,6 @@ async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Outcome
             &CancellationToken::new(),
         )
         .await
-        .outcome
 }
 
 /// An async invocation after an attempt, with the bytes it holds.
@@ -572,7 +600,7 @@ fn settle(
         callback,
         held,
     } = next;
-    let Attempted { outcome, usage } = attempted;
+    let Attempted { outcome, usage, .. } = attempted;
     let mut settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
     if cancel.is_cancelled() && matches!(settlement, Settlement::Retry { .. }) {
         // Cancelled as the attempt failed: no retry follows.
@@ -631,6 +659,18 @@ fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {
 }
 
 impl State {
+    /// Keeps what attempt `number` of `invocation` wrote, if anything.
+    fn keep_logs(&self, invocation: &Invocation, number: u32, logs: Captured) {
+        if !logs.is_empty() {
+            self.logs.keep(AttemptLog::new(
+                invocation.id.clone(),
+                invocation.function.clone(),
+                number,
+                logs,
+            ));
+        }
+    }
+
     /// Marks attempt `number` of `id` running and returns its cancel
     /// token; `None` when it was cancelled before (it must not run). Under
     /// the records' lock, so that a cancel sees it queued or running.

@@ -6,6 +6,8 @@
 pub mod budget;
 pub mod jetstream;
 #[cfg(feature = "local")]
+pub mod logs;
+#[cfg(feature = "local")]
 pub mod memory;
 
 use std::time::{Duration, SystemTime};
@@ -14,10 +16,16 @@ use async_trait::async_trait;
 pub use budget::QueueBound;
 use sluice_api::Failure;
 use sluice_api::dead_letter::{DeadLetterDetail, PurgeReport, RedriveReport, Selection};
+use sluice_api::logs::AttemptLog;
 use sluice_api::names::FunctionRef;
 use sluice_api::{
     CancelDecision, DeadLetter, Invocation, InvocationId, InvocationRecord, InvocationResponse,
 };
+
+/// A function's logs as they are read: what was kept, then (following)
+/// what is kept next. It ends when nothing more is to come; an error
+/// reading ends it too (logged).
+pub type LogFeed = futures::stream::BoxStream<'static, AttemptLog>;
 
 /// What a synchronous call ends with: the function's response, or why
 /// there is none.
@@ -151,4 +159,22 @@ pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
         subject: &str,
         selection: &Selection,
     ) -> Result<PurgeReport, QueueError>;
+
+    /// Every attempt's log of invocation `id` of `function` still kept,
+    /// oldest first (attempts that wrote nothing have none).
+    async fn invocation_logs(
+        &self,
+        function: &FunctionRef,
+        id: &InvocationId,
+    ) -> Result<Vec<AttemptLog>, QueueError>;
+
+    /// The logs of `function`'s attempts kept since `since`, from every
+    /// replica; with `follow`, then each one kept after, until the feed
+    /// is dropped.
+    async fn function_logs(
+        &self,
+        function: &FunctionRef,
+        since: SystemTime,
+        follow: bool,
+    ) -> Result<LogFeed, QueueError>;
 }

@@ -812,3 +812,37 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// The API key of [`GUARDED_PAIR`]'s `guarded`.
+pub const GUARDED_KEY: &str = "key-for-guarded-0123456789abcdef012345678";
+/// The API key of [`GUARDED_PAIR`]'s `other`.
+pub const OTHER_KEY: &str = "key-for-other-0123456789abcdef0123456789a";
+
+/// Two `misbehave` functions, `guarded` and `other`, each behind its own
+/// API key ([`GUARDED_KEY`], [`OTHER_KEY`]): for the cases where a
+/// caller of one must not reach the other.
+pub const GUARDED_PAIR: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: guarded-keys }
+stringData: { ci: "key-for-guarded-0123456789abcdef012345678" }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: other-keys }
+stringData: { ci: "key-for-other-0123456789abcdef0123456789a" }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: guarded }
+spec:
+  module: { file: "{misbehave}" }
+  auth: { apiKeys: { secretName: guarded-keys } }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: other }
+spec:
+  module: { file: "{misbehave}" }
+  auth: { apiKeys: { secretName: other-keys } }
+"#;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::harness::{
-    BROKEN_UNTIL_FIXED, Backend, Recorder, TestGateway, conformance, eventually, metric,
+    BROKEN_UNTIL_FIXED, Backend, GUARDED_KEY, GUARDED_PAIR, OTHER_KEY, Recorder, TestGateway,
+    conformance, eventually, metric,
 };
 
 /// `misbehave` three ways: `slow` runs one invocation at a time, `meter`
@@ -388,36 +389,9 @@ async fn each_attempt_states_its_wall_time_guest_cpu_and_peak_memory(backend: Ba
 /// answer of an unknown id (so ids cannot be probed), and the invocation
 /// runs on.
 async fn only_a_caller_who_may_read_an_invocation_cancels_it(backend: Backend) {
-    const KEY: &str = "key-for-guarded-0123456789abcdef012345678";
-    const OTHER: &str = "key-for-other-0123456789abcdef0123456789a";
-    let manifests = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{ name: guarded-keys }}
-stringData: {{ ci: "{KEY}" }}
----
-apiVersion: v1
-kind: Secret
-metadata: {{ name: other-keys }}
-stringData: {{ ci: "{OTHER}" }}
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: guarded }}
-spec:
-  module: {{ file: "{{misbehave}}" }}
-  auth: {{ apiKeys: {{ secretName: guarded-keys }} }}
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: other }}
-spec:
-  module: {{ file: "{{misbehave}}" }}
-  auth: {{ apiKeys: {{ secretName: other-keys }} }}
-"#
-    );
-    let gw = TestGateway::start(backend, &manifests).await;
+    const KEY: &str = GUARDED_KEY;
+    const OTHER: &str = OTHER_KEY;
+    let gw = TestGateway::start(backend, GUARDED_PAIR).await;
     let id = gw
         .submit(
             "/async/fn/default/guarded/sleep/1000",

@@ -17,6 +17,7 @@ mod hostile;
 mod idle;
 mod lifecycle;
 mod loading;
+mod logs;
 mod nats_mode;
 mod nats_security;
 mod polyglot;

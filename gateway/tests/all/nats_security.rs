@@ -19,6 +19,15 @@ fn permissions_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice/files/nats-permissions.conf")
 }
 
+/// `misbehave` as `talker`, to write log lines.
+const TALKER: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: talker }
+spec:
+  module: { file: "{misbehave}" }
+"#;
+
 /// What the parts log when the server refuses them a subject.
 const VIOLATION: &str = "NATS refused a permission";
 
@@ -50,7 +59,7 @@ async fn gateway_and_runtime_serve_over_tls_with_the_documented_permissions() {
     let nats = SecureNats::start(&permissions_file(), &users());
     let work = tempfile::tempdir().unwrap();
     // The operator's set publishes, as the operator would.
-    let published = publish(&nats, "operator", HELLO);
+    let published = publish(&nats, "operator", &format!("{HELLO}---{TALKER}"));
     assert!(!published.contains(VIOLATION), "{published}");
     let runtime_env = nats.env("runtime");
     let runtime = Process::runtime(nats.url(), work.path(), "runtime", &borrowed(&runtime_env));
@@ -71,6 +80,17 @@ async fn gateway_and_runtime_serve_over_tls_with_the_documented_permissions() {
     assert_eq!(again.status, StatusCode::OK, "{}", again.text());
     let dead = gw.get("/dead-letters/default/hello").await;
     assert_eq!(dead.status, StatusCode::OK, "{}", dead.text());
+    // The runtime keeps each attempt's log; the gateway reads them back.
+    let id = gw
+        .submit("/async/fn/default/talker/say/permitted", &[], "")
+        .await;
+    let record = gw.wait_record(&id).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let logs = gw.get(&format!("/invocations/{id}/logs")).await;
+    assert_eq!(logs.status, StatusCode::OK, "{}", logs.text());
+    assert_eq!(logs.json()["attempts"][0]["lines"][0]["line"], "permitted");
+    let recent = gw.get("/logs/default/talker?since=10m").await;
+    assert!(recent.text().contains("permitted"), "{}", recent.text());
 
     for process in [&runtime, &gateway] {
         let log = process.log_text();

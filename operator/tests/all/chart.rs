@@ -379,6 +379,9 @@ fn the_operator_owns_the_layout_with_the_charts_values_and_the_file_store_fits_t
         "--max-queue-depth=10000",
         "--results-max-bytes=3Gi",
         "--invocations-max-bytes=4Gi",
+        "--logs-max-bytes=256Mi",
+        "--logs-per-function=1000",
+        "--logs-max-age=24h",
         "--stream-replicas=1",
     ] {
         assert!(

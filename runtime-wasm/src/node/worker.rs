@@ -10,6 +10,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
+use sluice_api::logs::{AttemptLog, Captured};
 use sluice_api::names::result_subject;
 use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, Settlement};
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
@@ -203,7 +204,17 @@ async fn handle(
         return;
     };
     match received.reply_to {
-        Some(inbox) => run_sync(&shared, &served, &message, &received.invocation, inbox).await,
+        Some(inbox) => {
+            run_sync(
+                &shared,
+                &served,
+                &message,
+                &received.invocation,
+                inbox,
+                delivered,
+            )
+            .await;
+        }
         None => {
             run_async(
                 &shared,
@@ -269,16 +280,16 @@ async fn run_sync(
     message: &jetstream::Message,
     invocation: &Invocation,
     inbox: String,
+    delivered: u32,
 ) {
-    let outcome = attempt(
+    let Attempted { outcome, logs, .. } = attempt(
         shared,
         served,
         invocation,
         message,
         &CancellationToken::new(),
     )
-    .await
-    .outcome;
+    .await;
     let (headers, body) = reply::encode(&outcome);
     if let Err(e) = shared
         .client
@@ -287,6 +298,8 @@ async fn run_sync(
     {
         tracing::warn!(function = %invocation.function, invocation = %invocation.id, error = %e, "cannot send the reply");
     }
+    // After the reply: the caller does not wait for it.
+    keep_logs(shared, invocation, delivered, logs).await;
     acknowledge(message, AckKind::Ack, &invocation.id).await;
 }
 
@@ -332,9 +345,14 @@ async fn run_async(
     }
     record.running(delivered);
     announce(shared, &record).await;
-    let Attempted { outcome, usage } =
-        attempt(shared, served, invocation, message, &registered.token).await;
+    let Attempted {
+        outcome,
+        usage,
+        logs,
+    } = attempt(shared, served, invocation, message, &registered.token).await;
     drop(registered);
+    // Before the record: once it shows the attempt, its log is kept.
+    keep_logs(shared, invocation, delivered, logs).await;
     let settlement = outcome.settle(&invocation.id, delivered, retry);
     record.after_attempt(&outcome, &settlement);
     record.usage = usage;
@@ -390,6 +408,7 @@ async fn attempt(
             Err(failed) => Attempted {
                 outcome: failed,
                 usage: None,
+                logs: Captured::default(),
             },
         }
     };
@@ -405,6 +424,24 @@ async fn attempt(
                 }
             }
         }
+    }
+}
+
+/// Keeps what attempt `number` of `invocation` wrote, if anything, in the
+/// log stream, so that it outlives this runtime. A log that cannot be kept
+/// is logged and left: the invocation goes on.
+async fn keep_logs(shared: &Shared, invocation: &Invocation, number: u32, logs: Captured) {
+    if logs.is_empty() {
+        return;
+    }
+    let log = AttemptLog::new(
+        invocation.id.clone(),
+        invocation.function.clone(),
+        number,
+        logs,
+    );
+    if let Err(e) = sluice_nats::logs::keep(&shared.layout.js, log).await {
+        tracing::warn!(function = %invocation.function, invocation = %invocation.id, error = %e, "cannot keep the attempt's log");
     }
 }
 
