@@ -17,6 +17,7 @@ pub mod function;
 pub mod invocation;
 pub mod manifest;
 pub mod names;
+pub mod ordering;
 pub mod outcome;
 pub mod quantity;
 pub mod record;

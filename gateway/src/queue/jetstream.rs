@@ -109,6 +109,8 @@ impl JetStreamQueue {
         extra: &[(&'static str, &str)],
         message_id: &str,
     ) -> Result<bool, QueueError> {
+        // With a key, on the key's bucket: run in order by its consumer.
+        super::ordering_key(invocation)?;
         let mut headers = async_nats::HeaderMap::new();
         invocation.write_wire_headers(|name, value| headers.append(name, value));
         for (name, value) in extra {
@@ -132,7 +134,7 @@ impl JetStreamQueue {
             .unwrap_or(Duration::ZERO);
         let ack = failover::publish_patiently(
             &self.layout.js,
-            &function.invoke_subject(),
+            &invocation.queue_subject(),
             message,
             tokio::time::Instant::now() + left,
         )
