@@ -19,6 +19,7 @@ mod lifecycle;
 mod loading;
 mod nats_mode;
 mod nats_security;
+mod ordering;
 mod polyglot;
 mod publish;
 mod queue_bytes;
