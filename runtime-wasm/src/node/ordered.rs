@@ -4,14 +4,17 @@
 //! created then (`max_ack_pending: 1`, [`sluice_nats::layout::keyed_consumer_config`]).
 //!
 //! A bucket lets one message out at a time to all runtimes together, so
-//! its loop pulls one message, runs it to its acknowledgement (or its
+//! its loop runs each message it receives to its acknowledgement (or its
 //! negative acknowledgement for a retry, which keeps the bucket held
-//! until the retry falls due) and only then pulls again. An empty pull
-//! means the bucket is empty or held by another runtime, which pulls the
-//! next message itself when it finishes: the loop sleeps until woken. A
-//! message waits for one of the function's slots (shared with its
-//! unordered queue) after it arrives, telling the server meanwhile that it
-//! is in progress, so a loop holds no slot while its pull waits.
+//! until the retry falls due) before it reads the next. One pull stays
+//! open up to [`PULL_EXPIRY`] for many messages: the server sends the next
+//! as soon as the last is acknowledged, so a busy bucket costs one pull
+//! request a second, not one per message. A pull that brings nothing
+//! means the bucket is empty or held by another runtime, which goes on
+//! itself when it finishes: the loop sleeps until woken. A message waits
+//! for one of the function's slots (shared with its unordered queue) after
+//! it arrives, telling the server meanwhile that it is in progress, so a
+//! loop holds no slot while its pull waits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,18 +107,8 @@ async fn bucket_loop(
             }
             continue;
         };
-        match pull_one(open).await {
-            Ok(Some(message)) => {
-                let Some(slot) = slot_for(&message, &served, &slots).await else {
-                    break;
-                };
-                // A retry is deliverable only after its delay, when its
-                // wake-up comes; otherwise the next message is due now.
-                let retrying =
-                    handle(shared.clone(), served.clone(), message, wake.clone(), slot).await;
-                awake = !retrying;
-            }
-            Ok(None) => awake = false,
+        match pull(&shared, &served, open, &wake, &slots, &stopped).await {
+            Ok(Pulled { received, retrying }) => awake = received > 0 && !retrying,
             Err(e) => {
                 // NATS away, or the consumer deleted: open it again.
                 tracing::warn!(%function, bucket, error = %e, "pulling ordered invocations failed; retrying");
@@ -128,22 +121,56 @@ async fn bucket_loop(
     }
 }
 
-/// One message of the bucket, or none within [`PULL_EXPIRY`].
-async fn pull_one(consumer: &PullConsumer) -> Result<Option<jetstream::Message>, String> {
+/// What one pull brought.
+struct Pulled {
+    received: usize,
+    /// The last message was handed back for a retry.
+    retrying: bool,
+}
+
+/// Most messages one pull may bring, one after the other.
+const BUCKET_BATCH: usize = 256;
+
+/// One pull, open up to [`PULL_EXPIRY`]: each message run to its end
+/// before the next comes. Once the worker stops, what still arrives is
+/// handed back at once (a negative acknowledgement without delay), so the
+/// bucket's next message goes to another runtime now rather than after
+/// `ack_wait`.
+async fn pull(
+    shared: &Arc<Shared>,
+    served: &Arc<Served>,
+    consumer: &PullConsumer,
+    wake: &Arc<Notify>,
+    slots: &Arc<Semaphore>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<Pulled, String> {
     let mut batch = consumer
         .batch()
-        .max_messages(1)
+        .max_messages(BUCKET_BATCH)
         .expires(PULL_EXPIRY)
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    let mut first = None;
+    let mut pulled = Pulled {
+        received: 0,
+        retrying: false,
+    };
     // Read to its end: the pull is over only then.
     while let Some(message) = batch.next().await {
         let message = message.map_err(|e| e.to_string())?;
-        first.get_or_insert(message);
+        if *stopped.borrow() {
+            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(error = %e, "cannot hand back an ordered invocation");
+            }
+            continue;
+        }
+        let Some(slot) = slot_for(&message, served, slots).await else {
+            return Ok(pulled);
+        };
+        pulled.received += 1;
+        pulled.retrying = handle(shared.clone(), served.clone(), message, wake.clone(), slot).await;
     }
-    Ok(first)
+    Ok(pulled)
 }
 
 /// A slot for `message`, telling the server every half `ack_wait` while it
