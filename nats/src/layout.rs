@@ -721,11 +721,43 @@ impl Layout {
         function: &FunctionRef,
         spec: &FunctionSpec,
     ) -> Result<consumer::PullConsumer, NatsError> {
-        let config = consumer_config(function, spec);
-        let what = format!("the consumer of {function}");
+        self.consumer_as(
+            consumer_config(function, spec),
+            format!("the consumer of {function}"),
+        )
+        .await
+    }
+
+    /// The durable consumer of `function`'s ordering bucket `bucket`
+    /// ([`keyed_consumer_config`]), created when it first has work (by the
+    /// runtime that finds it) or brought up to date with the spec. Only
+    /// buckets that were used have one: a function never given a key costs
+    /// no consumer beyond its own.
+    pub async fn keyed_consumer(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        bucket: u16,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        self.consumer_as(
+            keyed_consumer_config(function, spec, bucket),
+            format!("the consumer of {function}'s ordering bucket {bucket}"),
+        )
+        .await
+    }
+
+    /// The durable consumer `config` names: as it is when its
+    /// `max_ack_pending` and `ack_wait` are `config`'s, else updated to
+    /// `config`, or created.
+    async fn consumer_as(
+        &self,
+        config: consumer::pull::Config,
+        what: String,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        let name = config.durable_name.clone().unwrap_or_default();
         match self
             .invocations
-            .get_consumer::<consumer::pull::Config>(&function.consumer_name())
+            .get_consumer::<consumer::pull::Config>(&name)
             .await
         {
             Ok(existing)
@@ -741,7 +773,7 @@ impl Layout {
                 .map_err(|e| layout_error(&what, e)),
             Err(_) => self
                 .invocations
-                .get_or_create_consumer(&function.consumer_name(), config)
+                .get_or_create_consumer(&name, config)
                 .await
                 .map_err(|e| layout_error(&what, e)),
         }
@@ -749,41 +781,6 @@ impl Layout {
 }
 
 impl Layout {
-    /// The durable consumer of `function`'s ordering bucket `bucket`
-    /// ([`keyed_consumer_config`]), created when it first has work (by the
-    /// runtime that finds it) or brought up to date with the spec. Only
-    /// buckets that were used have one: a function never given a key costs
-    /// no consumer beyond its own.
-    pub async fn keyed_consumer(
-        &self,
-        function: &FunctionRef,
-        spec: &FunctionSpec,
-        bucket: u16,
-    ) -> Result<consumer::PullConsumer, NatsError> {
-        let config = keyed_consumer_config(function, spec, bucket);
-        let name = function.keyed_consumer_name(bucket);
-        let what = format!("the consumer of {function}'s ordering bucket {bucket}");
-        match self
-            .invocations
-            .get_consumer::<consumer::pull::Config>(&name)
-            .await
-        {
-            Ok(existing) if existing.cached_info().config.ack_wait == config.ack_wait => {
-                Ok(existing)
-            }
-            Ok(_) => self
-                .invocations
-                .update_consumer(config)
-                .await
-                .map_err(|e| layout_error(&what, e)),
-            Err(_) => self
-                .invocations
-                .get_or_create_consumer(&name, config)
-                .await
-                .map_err(|e| layout_error(&what, e)),
-        }
-    }
-
     /// Whether the module store holds the component `digest` (an object
     /// that was deleted does not count: its info outlives it).
     pub async fn has_module(&self, digest: &ModuleDigest) -> Result<bool, NatsError> {

@@ -12,7 +12,9 @@
 //! publish announces: a message whose runtime died (redelivered after its
 //! `ack_wait`), one published while this node was disconnected, one queued
 //! before the worker started. A worker also wakes itself when a retry it
-//! asked for falls due ([`wake_after`]).
+//! asked for falls due ([`wake_after`]). An ordering bucket's subject
+//! (`sluice.invoke.<ns>.<fn>.k.<bucket>`) wakes that bucket's loop of the
+//! function's worker ([`super::ordered`]), started by the first such wake.
 
 use sluice_serve::sync;
 use std::collections::{BTreeSet, HashMap};
