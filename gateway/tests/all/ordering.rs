@@ -23,7 +23,12 @@ use sluice_nats::layout::LayoutConfig;
 use tokio::net::TcpListener;
 
 use crate::distributed::Process;
-use crate::harness::{Backend, NatsStack, TestGateway, conformance, manifest_dir};
+use crate::harness::{
+    Backend, ECHO_ON_ORDERS, NatsStack, TestGateway, conformance, eventually, manifest_dir,
+    stored_header,
+};
+use sluice_api::names::FunctionRef;
+use sluice_gateway::events::event_invocation_id;
 
 /// Keys, invocations per key, and the function's concurrency.
 const KEYS: usize = 20;
@@ -381,3 +386,44 @@ async fn a_bad_ordering_key_is_refused_naming_the_header_and_nothing_runs(backen
 }
 
 conformance!(a_bad_ordering_key_is_refused_naming_the_header_and_nothing_runs);
+
+/// An event's CloudEvents `partitionkey` is its ordering key: it queues on
+/// the key's bucket (whose consumer the runtime then makes) and the
+/// function sees it as `sluice-ordering-key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_partitionkey_orders_it_on_its_keys_bucket() {
+    let gw = TestGateway::start(Backend::Nats, ECHO_ON_ORDERS).await;
+    let stack = gw.nats.as_ref().unwrap();
+    let client = async_nats::connect(&stack.server.url).await.unwrap();
+    let function: FunctionRef = "default/echo".parse().unwrap();
+    let id = event_invocation_id(&function, "orders.created", "order-7");
+    // Sent until it is taken: a plain subject drops what arrives before
+    // the gateway subscribes (the same event id runs once).
+    let record = eventually("the event runs", Duration::from_secs(30), async || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("ce-id", "order-7");
+        headers.insert("ce-partitionkey", "customer-17");
+        client
+            .publish_with_headers("orders.created", headers, "seven".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let reply = gw.get(&format!("/invocations/{id}?wait=2s")).await;
+        match reply.json()["state"].as_str() {
+            Some("succeeded") => Ok(reply.json()),
+            _ => Err(reply.text()),
+        }
+    })
+    .await;
+    assert_eq!(
+        stored_header(&record, "x-echo-h-sluice-ordering-key"),
+        "customer-17"
+    );
+    let bucket = function.keyed_consumer_name(bucket_of("customer-17"));
+    stack
+        .layout
+        .invocations
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&bucket)
+        .await
+        .unwrap_or_else(|e| panic!("no consumer {bucket}: {e}"));
+}
