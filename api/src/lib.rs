@@ -18,6 +18,7 @@ pub mod invocation;
 pub mod logs;
 pub mod manifest;
 pub mod names;
+pub mod ordering;
 pub mod outcome;
 pub mod quantity;
 pub mod record;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::invocation::InvocationId;
+use crate::ordering::ORDERING_BUCKETS;
 
 /// Stream holding queued invocations.
 pub const INVOCATION_STREAM: &str = "SLUICE_INVOCATIONS";
@@ -16,6 +17,11 @@ pub const INVOCATION_STREAM: &str = "SLUICE_INVOCATIONS";
 pub const INVOKE_SUBJECTS: &str = "sluice.invoke.>";
 /// What every invocation subject starts with.
 pub const INVOKE_SUBJECT_PREFIX: &str = "sluice.invoke.";
+/// The token after `sluice.invoke.<ns>.<fn>` that marks an ordering
+/// bucket's subject ([`FunctionRef::keyed_subject`]).
+const KEYED_TOKEN: &str = "k";
+/// Every ordering bucket's subject, of every function.
+pub const KEYED_INVOKE_SUBJECTS: &str = "sluice.invoke.*.*.k.*";
 /// Stream holding dead letters.
 pub const DEAD_LETTER_STREAM: &str = "SLUICE_DEAD_LETTERS";
 /// Subjects of the dead-letter stream.
@@ -106,9 +112,48 @@ impl FunctionRef {
         format!("{INVOKE_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
     }
 
-    /// The function whose invocations queue on `subject`, if any.
+    /// The function whose invocations queue on `subject`, if any: its
+    /// unordered subject or one of its ordering buckets'
+    /// ([`Self::keyed_subject`]).
     pub fn from_invoke_subject(subject: &str) -> Option<Self> {
-        Self::from_dotted(subject.strip_prefix(INVOKE_SUBJECT_PREFIX)?)
+        Self::queue_of_subject(subject).map(|(function, _)| function)
+    }
+
+    /// The function and ordering bucket (`None`: unordered) whose
+    /// invocations queue on `subject`, if any.
+    pub fn queue_of_subject(subject: &str) -> Option<(Self, Option<u16>)> {
+        let rest = subject.strip_prefix(INVOKE_SUBJECT_PREFIX)?;
+        let mut tokens = rest.split('.');
+        let function = Self::new(tokens.next()?, tokens.next()?).ok()?;
+        match (tokens.next(), tokens.next(), tokens.next()) {
+            (None, _, _) => Some((function, None)),
+            (Some(KEYED_TOKEN), Some(token), None) => {
+                let bucket = token.parse::<u16>().ok()?;
+                // Only the canonical spelling: `07` is no bucket.
+                (bucket < ORDERING_BUCKETS && bucket.to_string() == token)
+                    .then_some((function, Some(bucket)))
+            }
+            _ => None,
+        }
+    }
+
+    /// `sluice.invoke.<ns>.<fn>.k.<bucket>`: where the function's
+    /// invocations whose ordering key hashes to `bucket` queue
+    /// ([`crate::ordering`]). It overlaps no function's unordered subject,
+    /// as the work-queue stream requires of its consumers' filters.
+    pub fn keyed_subject(&self, bucket: u16) -> String {
+        format!("{}.{KEYED_TOKEN}.{bucket}", self.invoke_subject())
+    }
+
+    /// `sluice.invoke.<ns>.<fn>.k.*`: every ordering bucket of the function.
+    pub fn keyed_subjects(&self) -> String {
+        format!("{}.{KEYED_TOKEN}.*", self.invoke_subject())
+    }
+
+    /// Durable consumer of one ordering bucket, `fn_<ns>_<fn>_k<bucket>`
+    /// (`_` is in no DNS label, so it is no other function's name).
+    pub fn keyed_consumer_name(&self, bucket: u16) -> String {
+        format!("{}_k{bucket}", self.consumer_name())
     }
 
     /// The function whose registry key is `key` (`<ns>.<fn>`), if any.
@@ -237,6 +282,25 @@ mod tests {
             FunctionRef::from_invoke_subject("sluice.invoke.a.b.c"),
             None
         );
+        assert_eq!(f.keyed_subject(7), "sluice.invoke.default.hello.k.7");
+        assert_eq!(f.keyed_subjects(), "sluice.invoke.default.hello.k.*");
+        assert_eq!(f.keyed_consumer_name(7), "fn_default_hello_k7");
+        assert_eq!(
+            FunctionRef::queue_of_subject(&f.keyed_subject(7)),
+            Some((f.clone(), Some(7)))
+        );
+        assert_eq!(
+            FunctionRef::queue_of_subject(&f.invoke_subject()),
+            Some((f.clone(), None))
+        );
+        assert_eq!(
+            FunctionRef::from_invoke_subject(&f.keyed_subject(31)),
+            Some(f.clone())
+        );
+        for not_a_bucket in ["k.32", "k.07", "k.x", "k.1.2", "k", "q.1"] {
+            let subject = format!("{}.{not_a_bucket}", f.invoke_subject());
+            assert_eq!(FunctionRef::queue_of_subject(&subject), None, "{subject}");
+        }
         assert_eq!(f.registry_key(), "default.hello");
         assert_eq!(
             FunctionRef::from_registry_key("default.hello"),

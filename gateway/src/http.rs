@@ -738,7 +738,14 @@ impl Gateway {
             deadline: SystemTime::now(),
             traceparent,
         };
-        if let Err(e) = check_header_block(&invocation, callback) {
+        let refused = check_header_block(&invocation, callback).and_then(|()| {
+            // A key that cannot be carried is refused before anything is
+            // queued, naming the header.
+            sluice_api::ordering::from_headers(&invocation.headers)
+                .map(drop)
+                .map_err(|e| GatewayError::BadRequest(e.to_string()))
+        });
+        if let Err(e) = refused {
             // Read (and drop) what the client sends meanwhile, so that it
             // reads the 431 instead of a reset.
             let _ =
@@ -892,6 +899,7 @@ fn queue_error(e: QueueError) -> GatewayError {
         QueueError::Unavailable(reason) => GatewayError::Unavailable(reason),
         QueueError::HeadersTooLarge(reason) => GatewayError::HeadersTooLarge(reason),
         QueueError::TooLarge(reason) => GatewayError::RequestTooLarge(reason),
+        QueueError::BadOrderingKey(e) => GatewayError::BadRequest(e.to_string()),
     }
 }
 

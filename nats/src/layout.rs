@@ -17,6 +17,7 @@ use sluice_api::names::{
     ARTIFACTS_BUCKET, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, FUNCTIONS_BUCKET, FunctionRef,
     INVOCATION_STREAM, INVOKE_SUBJECTS, LOG_STREAM, LOG_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
 };
+use sluice_api::ordering::ORDERING_BUCKETS;
 use sluice_api::{ByteSize, FunctionSpec, ModuleDigest};
 
 use crate::NatsError;
@@ -784,11 +785,43 @@ impl Layout {
         function: &FunctionRef,
         spec: &FunctionSpec,
     ) -> Result<consumer::PullConsumer, NatsError> {
-        let config = consumer_config(function, spec);
-        let what = format!("the consumer of {function}");
+        self.consumer_as(
+            consumer_config(function, spec),
+            format!("the consumer of {function}"),
+        )
+        .await
+    }
+
+    /// The durable consumer of `function`'s ordering bucket `bucket`
+    /// ([`keyed_consumer_config`]), created when it first has work (by the
+    /// runtime that finds it) or brought up to date with the spec. Only
+    /// buckets that were used have one: a function never given a key costs
+    /// no consumer beyond its own.
+    pub async fn keyed_consumer(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        bucket: u16,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        self.consumer_as(
+            keyed_consumer_config(function, spec, bucket),
+            format!("the consumer of {function}'s ordering bucket {bucket}"),
+        )
+        .await
+    }
+
+    /// The durable consumer `config` names: as it is when its
+    /// `max_ack_pending` and `ack_wait` are `config`'s, else updated to
+    /// `config`, or created.
+    async fn consumer_as(
+        &self,
+        config: consumer::pull::Config,
+        what: String,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        let name = config.durable_name.clone().unwrap_or_default();
         match self
             .invocations
-            .get_consumer::<consumer::pull::Config>(&function.consumer_name())
+            .get_consumer::<consumer::pull::Config>(&name)
             .await
         {
             Ok(existing)
@@ -804,7 +837,7 @@ impl Layout {
                 .map_err(|e| layout_error(&what, e)),
             Err(_) => self
                 .invocations
-                .get_or_create_consumer(&function.consumer_name(), config)
+                .get_or_create_consumer(&name, config)
                 .await
                 .map_err(|e| layout_error(&what, e)),
         }
@@ -841,24 +874,43 @@ impl Layout {
             })
     }
 
-    /// Deletes the function's invocations still queued: a function deleted
-    /// and created again must not run its predecessor's.
+    /// Deletes the function's invocations still queued, ordered ones
+    /// included: a function deleted and created again must not run its
+    /// predecessor's.
     pub async fn purge_invocations(&self, function: &FunctionRef) -> Result<u64, NatsError> {
-        self.invocations
-            .purge()
-            .filter(function.invoke_subject())
-            .await
-            .map(|purged| purged.purged)
-            .map_err(|e| layout_error(&format!("the queue of {function}"), e))
+        let mut purged = 0;
+        for subject in [function.invoke_subject(), function.keyed_subjects()] {
+            purged += self
+                .invocations
+                .purge()
+                .filter(subject)
+                .await
+                .map(|purged| purged.purged)
+                .map_err(|e| layout_error(&format!("the queue of {function}"), e))?;
+        }
+        Ok(purged)
     }
 
-    /// Deletes the function's durable consumer; false when there was none.
+    /// Deletes the function's durable consumer and those of its ordering
+    /// buckets ([`Self::keyed_consumer`]); false when there was none.
     pub async fn delete_consumer(&self, function: &FunctionRef) -> Result<bool, NatsError> {
-        match self
-            .invocations
-            .delete_consumer(&function.consumer_name())
-            .await
-        {
+        let mut deleted = self
+            .delete_consumer_named(function, &function.consumer_name())
+            .await?;
+        for bucket in 0..ORDERING_BUCKETS {
+            deleted |= self
+                .delete_consumer_named(function, &function.keyed_consumer_name(bucket))
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_consumer_named(
+        &self,
+        function: &FunctionRef,
+        name: &str,
+    ) -> Result<bool, NatsError> {
+        match self.invocations.delete_consumer(name).await {
             Ok(_) => Ok(true),
             Err(e)
                 if matches!(
@@ -938,6 +990,30 @@ pub fn consumer_config(function: &FunctionRef, spec: &FunctionSpec) -> consumer:
         ack_wait: ack_wait(spec),
         max_deliver: -1,
         ..Default::default()
+    }
+}
+
+/// The durable pull consumer of one ordering bucket of a function
+/// ([`sluice_api::ordering`]): as [`consumer_config`], but filtering the
+/// bucket's subject and letting out one message at a time
+/// (`max_ack_pending: 1`), so the bucket's next message waits until the
+/// one out is acknowledged. A retry is a negative acknowledgement with a
+/// delay, which keeps the message pending: it holds the bucket until it
+/// succeeds or is dead-lettered. A runtime that dies holding it holds the
+/// bucket until `ack_wait` passes, then it is delivered again, first.
+pub fn keyed_consumer_config(
+    function: &FunctionRef,
+    spec: &FunctionSpec,
+    bucket: u16,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(function.keyed_consumer_name(bucket)),
+        description: Some(format!(
+            "Sluice invocations of {function} with an ordering key in bucket {bucket}"
+        )),
+        filter_subject: function.keyed_subject(bucket),
+        max_ack_pending: 1,
+        ..consumer_config(function, spec)
     }
 }
 

@@ -105,3 +105,53 @@ async fn the_depth_stays_right_when_the_consumer_leader_is_lost() {
     }
     drop(held);
 }
+
+/// Invocations with an ordering key count for their function's depth
+/// before any runtime made their bucket's consumer (a function at zero
+/// must scale up for them), and are counted once after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_invocations_count_for_their_function_with_or_without_a_bucket_consumer() {
+    let server = sluice_testing::NatsServer::start();
+    let client = sluice_nats::connect(&server.url, "test-depth", &Default::default())
+        .await
+        .expect("the server");
+    let layout = Layout::reconcile(client, &LayoutConfig::default())
+        .await
+        .expect("the layout")
+        .layout;
+    let function = FunctionRef::new("default", "f").expect("a name");
+    let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
+        "module": { "file": "f.wasm" }
+    }))
+    .expect("a spec");
+    layout
+        .consumer(&function, &spec)
+        .await
+        .expect("its consumer");
+    for subject in [
+        function.invoke_subject(),
+        function.keyed_subject(3),
+        function.keyed_subject(3),
+        function.keyed_subject(7),
+    ] {
+        layout
+            .js
+            .publish(subject, "x".into())
+            .await
+            .expect("sent")
+            .await
+            .expect("stored");
+    }
+    let depth = |depths: &std::collections::HashMap<FunctionRef, Observation>| {
+        depths.get(&function).map(Observation::depth)
+    };
+    let depths = queue_depths(&layout.invocations).await.expect("depths");
+    assert_eq!(depth(&depths), Some(4));
+    // A bucket's consumer, once made, is not counted a second time.
+    layout
+        .keyed_consumer(&function, &spec, 3)
+        .await
+        .expect("the bucket's consumer");
+    let depths = queue_depths(&layout.invocations).await.expect("depths");
+    assert_eq!(depth(&depths), Some(4));
+}

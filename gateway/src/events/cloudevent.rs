@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use sluice_api::InvocationId;
 use sluice_api::names::FunctionRef;
+use sluice_api::ordering;
 
 /// `ce-type` of an event whose message does not name one.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.sluice.nats.message";
@@ -143,6 +144,10 @@ impl CloudEvent {
         let content_type = HeaderValue::from_str(&content_type)
             .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
         headers.insert(http::header::CONTENT_TYPE, content_type);
+        order_by(
+            &mut headers,
+            given(&attributes, ordering::PARTITION_KEY_ATTRIBUTE),
+        );
         Self {
             headers,
             identity,
@@ -154,7 +159,7 @@ impl CloudEvent {
     /// headers and no `ce-*` added; its `source` and `id` name it.
     fn structured(pairs: &[(&str, &str)], body: &[u8], stream_id: Option<String>) -> Self {
         let Carried {
-            headers,
+            mut headers,
             traceparent,
             msg_id,
         } = Carried::from(pairs, |_, _| false);
@@ -172,6 +177,7 @@ impl CloudEvent {
             // Not a valid envelope (or a batch): named as a plain message is.
             _ => msg_id.filter(|id| !id.is_empty()).or(stream_id),
         };
+        order_by(&mut headers, attribute(ordering::PARTITION_KEY_ATTRIBUTE));
         Self {
             headers,
             identity,
@@ -217,6 +223,21 @@ impl Carried {
 }
 
 /// Whether a Content-Type is a CloudEvents structured-mode (or batch) one.
+/// Makes the event's CloudEvents `partitionkey` its ordering key
+/// ([`ordering::ORDERING_KEY_HEADER`], which the queue checks; a message's
+/// own `Sluice-Ordering-Key` header stands without one). A value no HTTP
+/// header can hold travels percent-encoded: the same key always maps to
+/// the same header, so its order holds, and the queue refuses what is
+/// over the bound.
+fn order_by(headers: &mut HeaderMap, key: Option<String>) {
+    let Some(key) = key else { return };
+    let printable = key.bytes().all(|b| (b' '..=b'~').contains(&b));
+    let key = if printable { key } else { encode(&key) };
+    if let Ok(value) = HeaderValue::from_str(&key) {
+        headers.insert(ordering::ORDERING_KEY_HEADER, value);
+    }
+}
+
 fn is_structured(content_type: &str) -> bool {
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     media_type
@@ -367,5 +388,35 @@ mod tests {
         assert!(is_structured("application/cloudevents-batch+json"));
         assert!(!is_structured("application/cloudeventsjson"));
         assert!(!is_structured("application/json"));
+    }
+
+    #[test]
+    fn the_partitionkey_extension_is_the_ordering_key_in_either_mode() {
+        let key = |event: &CloudEvent| {
+            event
+                .headers
+                .get(ordering::ORDERING_KEY_HEADER)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(key(&from(&[], b"")), None);
+        let binary = from(&[("ce-partitionkey", "customer%2017")], b"");
+        assert_eq!(key(&binary).as_deref(), Some("customer 17"));
+        // The extension outranks a header the publisher set.
+        let both = from(
+            &[("Sluice-Ordering-Key", "h"), ("ce-partitionkey", "p")],
+            b"",
+        );
+        assert_eq!(key(&both).as_deref(), Some("p"));
+        assert_eq!(
+            key(&from(&[("Sluice-Ordering-Key", "h")], b"")).as_deref(),
+            Some("h")
+        );
+        let unicode = from(&[("ce-partitionkey", "gr%C3%B6%C3%9Fe")], b"");
+        assert_eq!(key(&unicode).as_deref(), Some("gr%C3%B6%C3%9Fe"));
+        let structured = from(
+            &[("Content-Type", "application/cloudevents+json")],
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","partitionkey":"order-9"}"#,
+        );
+        assert_eq!(key(&structured).as_deref(), Some("order-9"));
     }
 }

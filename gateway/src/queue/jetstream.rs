@@ -110,6 +110,8 @@ impl JetStreamQueue {
         extra: &[(&'static str, &str)],
         message_id: &str,
     ) -> Result<bool, QueueError> {
+        // With a key, on the key's bucket: run in order by its consumer.
+        let keyed = super::ordering_key(invocation)?.is_some();
         let mut headers = async_nats::HeaderMap::new();
         invocation.write_wire_headers(|name, value| headers.append(name, value));
         for (name, value) in extra {
@@ -120,7 +122,15 @@ impl JetStreamQueue {
             .headers(headers)
             .message_id(message_id);
         let function = &invocation.function;
-        let held = self.budget.hold_queued(&self.layout, invocation).await?;
+        // The byte budget forgets what the function's own consumer has
+        // delivered, which an ordering bucket's messages are not: keyed
+        // invocations are bounded by the depth of their bucket's subject
+        // and the stream's bytes instead (README, "Ordering keys").
+        let held = if keyed {
+            None
+        } else {
+            Some(self.budget.hold_queued(&self.layout, invocation).await?)
+        };
         let refused = |e| match publish_error(function, e) {
             QueueError::Full { function, bound } => self.budget.full(&function, bound),
             other => other,
@@ -133,13 +143,15 @@ impl JetStreamQueue {
             .unwrap_or(Duration::ZERO);
         let ack = failover::publish_patiently(
             &self.layout.js,
-            &function.invoke_subject(),
+            &invocation.queue_subject(),
             message,
             tokio::time::Instant::now() + left,
         )
         .await
         .map_err(refused)?;
-        if !ack.duplicate {
+        if !ack.duplicate
+            && let Some(held) = held
+        {
             held.queued(ack.sequence);
         }
         Ok(ack.duplicate)

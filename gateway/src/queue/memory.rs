@@ -33,6 +33,7 @@ use sluice_nats::layout;
 
 use super::budget::{ByteBudget, QueueBound, Reservation};
 use super::logs::MemoryLogs;
+use super::ordered::KeyGate;
 use super::{CallResult, Cancelled, InvocationQueue, LogFeed, QueueError, Submitted};
 use crate::metrics::Metrics;
 
@@ -143,6 +144,8 @@ struct Lane {
     sender: mpsc::Sender<Job>,
     /// Queued, waiting for a retry, or running.
     depth: AtomicI64,
+    /// Ordering keys held, with the jobs waiting for them.
+    keys: KeyGate<Job>,
 }
 
 #[derive(Debug)]
@@ -158,6 +161,20 @@ enum Job {
         callback: Option<String>,
         held: Reservation,
     },
+}
+
+impl Job {
+    fn invocation(&self) -> &Invocation {
+        match self {
+            Self::Call { invocation, .. } => invocation,
+            Self::Deliver { invocation, .. } => invocation,
+        }
+    }
+
+    /// A retry: its first attempt took its ordering key, which it holds.
+    fn holds_key(&self) -> bool {
+        matches!(self, Self::Deliver { attempt, .. } if *attempt > 1)
+    }
 }
 
 impl MemoryQueue {
@@ -195,6 +212,7 @@ impl MemoryQueue {
             function,
             sender,
             depth: AtomicI64::new(0),
+            keys: KeyGate::default(),
         });
         tokio::spawn(dispatch(
             Arc::downgrade(&self.state),
@@ -482,10 +500,17 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 impl Lane {
     fn enqueue(&self, state: &State, job: Job) -> Result<(), QueueError> {
+        let function = &self.function.prepared.function;
+        if super::ordering_key(job.invocation())?.is_some() {
+            // Jobs waiting behind a key have left the channel: they count
+            // against the same depth bound.
+            let queued = self.sender.max_capacity() - self.sender.capacity();
+            if queued + self.keys.waiting() >= state.config.max_depth.max(1) {
+                return Err(state.budget.full(function, QueueBound::Depth));
+            }
+        }
         self.sender.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => state
-                .budget
-                .full(&self.function.prepared.function, QueueBound::Depth),
+            mpsc::error::TrySendError::Full(_) => state.budget.full(function, QueueBound::Depth),
             mpsc::error::TrySendError::Closed(_) => {
                 QueueError::Unavailable("the queue shut down".into())
             }
@@ -500,23 +525,58 @@ impl Lane {
     }
 }
 
-/// Takes a lane's jobs in order and runs up to `concurrency` at once.
+/// Takes a lane's jobs in order and runs up to `concurrency` at once; a
+/// job whose ordering key is held waits for it ([`KeyGate`]).
 async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut jobs: mpsc::Receiver<Job>) {
     let permits = Arc::new(Semaphore::new(lane.function.concurrency.max(1) as usize));
     while let Some(job) = jobs.recv().await {
+        let key = job.invocation().ordering_key().map(str::to_owned);
+        let Some(job) = lane.keys.admit(key.as_deref(), job.holds_key(), job) else {
+            continue;
+        };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let Some(state) = state.upgrade() else { return };
-        let lane = lane.clone();
-        tokio::spawn(async move {
-            run(&state, &lane, job).await;
-            drop(permit);
-        });
+        tokio::spawn(run_in_order(
+            state,
+            lane.clone(),
+            permits.clone(),
+            job,
+            permit,
+        ));
     }
 }
 
-async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
+/// Runs `job`, then, when it ended holding an ordering key, the next job
+/// waiting for that key (each with a permit of its own).
+async fn run_in_order(
+    state: Arc<State>,
+    lane: Arc<Lane>,
+    permits: Arc<Semaphore>,
+    mut job: Job,
+    mut permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    loop {
+        let key = job.invocation().ordering_key().map(str::to_owned);
+        let retrying = run(&state, &lane, job).await;
+        drop(permit);
+        // A retry keeps the key: it comes back through the channel.
+        let Some(key) = key.filter(|_| !retrying) else {
+            return;
+        };
+        let Some(next) = lane.keys.release(&key) else {
+            return;
+        };
+        let Ok(next_permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        (job, permit) = (next, next_permit);
+    }
+}
+
+/// Runs one attempt of `job`; true when a retry of it was scheduled.
+async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) -> bool {
     match job {
         Job::Call {
             invocation,
@@ -532,6 +592,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
                 Outcome::Responded(response) => Ok(response),
                 Outcome::Failed(failure) => Err(failure),
             });
+            false
         }
         Job::Deliver {
             invocation,
@@ -542,7 +603,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
             let Some(cancel) = state.start(&invocation.id, number) else {
                 // Cancelled while it waited: it never runs.
                 lane.adjust_depth(&state.metrics, -1);
-                return;
+                return false;
             };
             let mut attempted = state
                 .runtime
@@ -561,7 +622,7 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) {
                 callback,
                 held,
             };
-            settle(state, lane, next, attempted, &cancel);
+            settle(state, lane, next, attempted, &cancel)
         }
     }
 }
@@ -586,14 +647,15 @@ struct Next {
     held: Reservation,
 }
 
-/// Acts on what follows an async attempt: done, retry later, or dead letter.
+/// Acts on what follows an async attempt: done, retry later (true), or
+/// dead letter.
 fn settle(
     state: &Arc<State>,
     lane: &Arc<Lane>,
     next: Next,
     attempted: Attempted,
     cancel: &CancellationToken,
-) {
+) -> bool {
     let Next {
         invocation,
         attempt: number,
@@ -622,7 +684,7 @@ fn settle(
             held,
         };
         schedule_retry(lane.clone(), retry, delay);
-        return;
+        return true;
     }
     if let Settlement::Final {
         error: Some(reason),
@@ -642,6 +704,7 @@ fn settle(
     if let (Some(url), Some(record)) = (callback, record) {
         state.callbacks.deliver(url, record);
     }
+    false
 }
 
 fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {

@@ -9,6 +9,8 @@ pub mod jetstream;
 pub mod logs;
 #[cfg(feature = "local")]
 pub mod memory;
+#[cfg(feature = "local")]
+mod ordered;
 
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +20,7 @@ use sluice_api::Failure;
 use sluice_api::dead_letter::{DeadLetterDetail, PurgeReport, RedriveReport, Selection};
 use sluice_api::logs::AttemptLog;
 use sluice_api::names::FunctionRef;
+use sluice_api::ordering::BadOrderingKey;
 use sluice_api::{
     CancelDecision, DeadLetter, Invocation, InvocationId, InvocationRecord, InvocationResponse,
 };
@@ -70,6 +73,10 @@ pub enum QueueError {
     /// never will be smaller, so it is not retried.
     #[error("{0}")]
     TooLarge(String),
+    /// The ordering key cannot be carried (an event's `partitionkey`; the
+    /// HTTP path refuses it before it reaches the queue).
+    #[error(transparent)]
+    BadOrderingKey(#[from] BadOrderingKey),
 }
 
 impl QueueError {
@@ -77,9 +84,18 @@ impl QueueError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::UnknownFunction(_) | Self::HeadersTooLarge(_) | Self::TooLarge(_)
+            Self::UnknownFunction(_)
+                | Self::HeadersTooLarge(_)
+                | Self::TooLarge(_)
+                | Self::BadOrderingKey(_)
         )
     }
+}
+
+/// The invocation's ordering key, checked as every queue takes it
+/// ([`sluice_api::ordering::from_headers`]); `None` for an unordered one.
+pub fn ordering_key(invocation: &Invocation) -> Result<Option<String>, QueueError> {
+    Ok(sluice_api::ordering::from_headers(&invocation.headers)?)
 }
 
 #[async_trait]

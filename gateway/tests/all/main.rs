@@ -20,6 +20,7 @@ mod loading;
 mod logs;
 mod nats_mode;
 mod nats_security;
+mod ordering;
 mod polyglot;
 mod publish;
 mod queue_bytes;

@@ -38,12 +38,17 @@ impl Waker {
         if self.watching.contains_key(function) {
             return Ok(());
         }
-        let subject = function.invoke_subject();
-        let mut subscriber = self
-            .nats
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| Error::Subscribe { subject, source })?;
+        // Its unordered subject and its ordering buckets'.
+        let mut subscribers = Vec::new();
+        for subject in [function.invoke_subject(), function.keyed_subjects()] {
+            subscribers.push(
+                self.nats
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|source| Error::Subscribe { subject, source })?,
+            );
+        }
+        let mut subscriber = futures::stream::select_all(subscribers);
         let woken = self.woken.clone();
         let reference = function.clone();
         let task = tokio::spawn(async move {

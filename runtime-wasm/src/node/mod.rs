@@ -6,6 +6,7 @@
 
 mod cancel;
 mod loader;
+mod ordered;
 mod wake;
 mod worker;
 
@@ -231,7 +232,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     });
     let waking = tokio::spawn(wake::run(
         shared.clone(),
-        wake::subject(config.function.as_ref()),
+        wake::subjects(config.function.as_ref()),
     ));
     let node = NodeLoop {
         shared,

@@ -12,10 +12,12 @@
 //! publish announces: a message whose runtime died (redelivered after its
 //! `ack_wait`), one published while this node was disconnected, one queued
 //! before the worker started. A worker also wakes itself when a retry it
-//! asked for falls due ([`wake_after`]).
+//! asked for falls due ([`wake_after`]). An ordering bucket's subject
+//! (`sluice.invoke.<ns>.<fn>.k.<bucket>`) wakes that bucket's loop of the
+//! function's worker ([`super::ordered`]), started by the first such wake.
 
 use sluice_serve::sync;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,41 +37,86 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// reads a counter of the client.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
-/// The wake-up of each served function's worker, by function.
+/// The wake-ups of each served function's worker, by function.
 #[derive(Debug, Default)]
 pub(crate) struct Wakes {
-    workers: Mutex<HashMap<FunctionRef, Arc<Notify>>>,
+    workers: Mutex<HashMap<FunctionRef, WorkerWakes>>,
+}
+
+/// One worker's wake-ups: its unordered queue's, and its ordering
+/// buckets'.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkerWakes {
+    pub unordered: Arc<Notify>,
+    pub buckets: Arc<BucketWakes>,
+}
+
+/// The ordering buckets of one function found to have work, for its
+/// worker to pull from (it starts a bucket's loop when first woken for it).
+#[derive(Debug, Default)]
+pub(crate) struct BucketWakes {
+    woken: Mutex<BTreeSet<u16>>,
+    notify: Notify,
+}
+
+impl BucketWakes {
+    fn wake(&self, bucket: u16) {
+        sync::lock(&self.woken).insert(bucket);
+        self.notify.notify_one();
+    }
+
+    /// The buckets woken since the last call, waiting for one if none.
+    pub async fn next(&self) -> BTreeSet<u16> {
+        loop {
+            let woken = std::mem::take(&mut *sync::lock(&self.woken));
+            if !woken.is_empty() {
+                return woken;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 impl Wakes {
-    /// A new worker's wake-up for `function`, replacing the previous
+    /// A new worker's wake-ups for `function`, replacing the previous
     /// version's (which is stopping).
-    pub fn register(&self, function: &FunctionRef) -> Arc<Notify> {
-        let notify = Arc::new(Notify::new());
-        self.lock().insert(function.clone(), notify.clone());
-        notify
+    pub fn register(&self, function: &FunctionRef) -> WorkerWakes {
+        let wakes = WorkerWakes::default();
+        self.lock().insert(function.clone(), wakes.clone());
+        wakes
     }
 
-    /// Forgets `notify` unless a newer worker has replaced it.
-    pub fn unregister(&self, function: &FunctionRef, notify: &Arc<Notify>) {
+    /// Forgets `wakes` unless a newer worker has replaced them.
+    pub fn unregister(&self, function: &FunctionRef, wakes: &WorkerWakes) {
         let mut workers = self.lock();
         if workers
             .get(function)
-            .is_some_and(|n| Arc::ptr_eq(n, notify))
+            .is_some_and(|w| Arc::ptr_eq(&w.unordered, &wakes.unordered))
         {
             workers.remove(function);
         }
     }
 
-    /// Wakes `function`'s worker; a worker busy pulling keeps the wake-up
-    /// and pulls once more when it would have gone to sleep.
-    pub fn wake(&self, function: &FunctionRef) {
-        if let Some(notify) = self.lock().get(function) {
-            notify.notify_one();
+    /// Wakes `function`'s worker for its unordered queue (`bucket` `None`)
+    /// or one of its ordering buckets; a loop busy pulling keeps the
+    /// wake-up and pulls once more when it would have gone to sleep.
+    pub fn wake(&self, function: &FunctionRef, bucket: Option<u16>) {
+        if let Some(wakes) = self.lock().get(function) {
+            match bucket {
+                None => wakes.unordered.notify_one(),
+                Some(bucket) => wakes.buckets.wake(bucket),
+            }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionRef, Arc<Notify>>> {
+    /// Wakes whatever queues `subject` on (an invocation subject).
+    fn wake_subject(&self, subject: &str) {
+        if let Some((function, bucket)) = FunctionRef::queue_of_subject(subject) {
+            self.wake(&function, bucket);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionRef, WorkerWakes>> {
         // Nothing panics while holding it; a poisoned map is still whole.
         sync::lock(&self.workers)
     }
@@ -87,24 +134,31 @@ pub(crate) fn wake_after(notify: &Arc<Notify>, delay: Duration) {
     });
 }
 
-/// The subject a node listens on for new invocations: its one function's,
-/// or every function's.
-pub(crate) fn subject(only: Option<&FunctionRef>) -> String {
-    only.map_or_else(|| INVOKE_SUBJECTS.to_owned(), FunctionRef::invoke_subject)
+/// The subjects a node listens on for new invocations: its one
+/// function's (unordered and ordering buckets), or every function's.
+pub(crate) fn subjects(only: Option<&FunctionRef>) -> Vec<String> {
+    only.map_or_else(
+        || vec![INVOKE_SUBJECTS.to_owned()],
+        |f| vec![f.invoke_subject(), f.keyed_subjects()],
+    )
 }
 
 /// Wakes workers from the invocation subjects and the periodic sweep until
 /// aborted. A subscription that fails (NATS away, or a permissions set
 /// without `subscribe` on the invocation subjects) leaves the sweep, so
 /// work is still taken, up to [`SWEEP_EVERY`] late.
-pub(crate) async fn run(shared: Arc<Shared>, subject: String) {
-    let mut subscription = match shared.client.subscribe(subject.clone()).await {
-        Ok(subscription) => Some(subscription),
-        Err(e) => {
-            tracing::warn!(%subject, error = %e, "cannot subscribe to new invocations; work is found by the periodic sweep only");
-            None
+pub(crate) async fn run(shared: Arc<Shared>, subjects: Vec<String>) {
+    let mut subscribed = Vec::new();
+    for subject in &subjects {
+        match shared.client.subscribe(subject.clone()).await {
+            Ok(subscription) => subscribed.push(subscription),
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "cannot subscribe to new invocations; work is found by the periodic sweep only");
+            }
         }
-    };
+    }
+    let mut subscription =
+        (!subscribed.is_empty()).then(|| futures::stream::select_all(subscribed));
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconnects = tokio::time::interval(RECONNECT_CHECK);
@@ -118,33 +172,38 @@ pub(crate) async fn run(shared: Arc<Shared>, subject: String) {
     loop {
         tokio::select! {
             message = next(&mut subscription) => match message {
-                Some(message) => {
-                    if let Some(function) = FunctionRef::from_invoke_subject(&message.subject) {
-                        shared.wakes.wake(&function);
-                    }
-                }
+                Some(message) => shared.wakes.wake_subject(&message.subject),
                 None => subscription = None,
             },
-            _ = sweep.tick() => sweep_once(&shared, &subject).await,
+            _ = sweep.tick() => sweep_all(&shared, &subjects).await,
             _ = reconnects.tick() => {
                 if connects() != connected {
                     connected = connects();
-                    sweep_once(&shared, &subject).await;
+                    sweep_all(&shared, &subjects).await;
                 }
             }
         }
     }
 }
 
-async fn next(subscription: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+async fn next(
+    subscription: &mut Option<futures::stream::SelectAll<async_nats::Subscriber>>,
+) -> Option<async_nats::Message> {
     match subscription {
         Some(subscription) => subscription.next().await,
         None => std::future::pending().await,
     }
 }
 
-/// Wakes every function whose invocation subject holds messages (queued,
-/// or delivered and not yet acknowledged: a work queue keeps both).
+async fn sweep_all(shared: &Shared, subjects: &[String]) {
+    for subject in subjects {
+        sweep_once(shared, subject).await;
+    }
+}
+
+/// Wakes every function (or ordering bucket) whose invocation subject
+/// holds messages (queued, or delivered and not yet acknowledged: a work
+/// queue keeps both).
 async fn sweep_once(shared: &Shared, subject: &str) {
     let subjects = match shared.layout.invocations.info_with_subjects(subject).await {
         Ok(info) => info,
@@ -155,9 +214,7 @@ async fn sweep_once(shared: &Shared, subject: &str) {
     };
     let woken = subjects
         .try_for_each(|(subject, _count)| {
-            if let Some(function) = FunctionRef::from_invoke_subject(&subject) {
-                shared.wakes.wake(&function);
-            }
+            shared.wakes.wake_subject(&subject);
             std::future::ready(Ok(()))
         })
         .await;
@@ -177,9 +234,12 @@ mod tests {
         let old = wakes.register(&function);
         let new = wakes.register(&function);
         wakes.unregister(&function, &old);
-        wakes.wake(&function);
+        wakes.wake(&function, None);
         // The permit stored by the wake lets this return at once.
-        new.notified().await;
+        new.unordered.notified().await;
+        wakes.wake_subject(&function.keyed_subject(3));
+        wakes.wake_subject(&function.keyed_subject(5));
+        assert_eq!(new.buckets.next().await, BTreeSet::from([3, 5]));
         wakes.unregister(&function, &new);
         assert!(wakes.lock().is_empty());
     }
@@ -187,7 +247,10 @@ mod tests {
     #[test]
     fn a_node_listens_on_its_function_or_on_every_function() {
         let function: FunctionRef = "team/hello".parse().unwrap();
-        assert_eq!(subject(Some(&function)), "sluice.invoke.team.hello");
-        assert_eq!(subject(None), "sluice.invoke.>");
+        assert_eq!(
+            subjects(Some(&function)),
+            ["sluice.invoke.team.hello", "sluice.invoke.team.hello.k.*"]
+        );
+        assert_eq!(subjects(None), ["sluice.invoke.>"]);
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancel::Running;
 use super::loader::Served;
+use super::ordered;
 use super::wake::{self, Wakes};
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
@@ -32,7 +33,7 @@ use crate::{Attempted, Runtime};
 /// worker keeps taking the messages it asked for, and how long a woken
 /// worker stays awake without work (the wake can come before the stream
 /// has stored the message that caused it).
-const PULL_EXPIRY: Duration = Duration::from_secs(1);
+pub(super) const PULL_EXPIRY: Duration = Duration::from_secs(1);
 
 /// What every worker of a node shares.
 #[derive(Debug)]
@@ -55,10 +56,33 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Serves the function's unordered queue from `consumer` and, as they
+    /// are found to have work, its ordering buckets ([`ordered`]), all
+    /// within one `concurrency` of slots.
     pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let wake = shared.wakes.register(&served.function);
-        let task = tokio::spawn(pull_loop(shared, served, consumer, wake, stopped));
+        let wakes = shared.wakes.register(&served.function);
+        let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
+        let task = tokio::spawn(async move {
+            let unordered = pull_loop(
+                shared.clone(),
+                served.clone(),
+                consumer,
+                wakes.unordered.clone(),
+                slots.clone(),
+                stopped.clone(),
+            );
+            let buckets = ordered::serve_buckets(
+                shared.clone(),
+                served.clone(),
+                wakes.buckets.clone(),
+                slots,
+                stopped,
+            );
+            tokio::join!(unordered, buckets);
+            shared.wakes.unregister(&served.function, &wakes);
+            tracing::info!(function = %served.function, "stopped serving");
+        });
         Self { stop, task }
     }
 
@@ -81,10 +105,10 @@ async fn pull_loop(
     served: Arc<Served>,
     mut consumer: PullConsumer,
     wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let function = &served.function;
-    let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
     let mut running = JoinSet::new();
     // Awake at the start: what was queued before this worker is announced
     // by no publish.
@@ -163,26 +187,26 @@ async fn pull_loop(
             }
         }
     }
-    shared.wakes.unregister(function, &wake);
     while running.join_next().await.is_some() {}
-    tracing::info!(%function, "stopped serving");
 }
 
 /// Sleeps a little before a retry; true when the worker was told to stop.
-async fn pause_or_stop(stopped: &mut watch::Receiver<bool>) -> bool {
+pub(super) async fn pause_or_stop(stopped: &mut watch::Receiver<bool>) -> bool {
     tokio::time::timeout(Duration::from_millis(500), stopped.wait_for(|stop| *stop))
         .await
         .is_ok()
 }
 
-/// Takes one message to its acknowledgement.
-async fn handle(
+/// Takes one message to its acknowledgement; true when it was handed
+/// back for a retry (deliverable again after its delay, when `wake` is
+/// woken).
+pub(super) async fn handle(
     shared: Arc<Shared>,
     served: Arc<Served>,
     message: jetstream::Message,
     wake: Arc<Notify>,
     _slot: OwnedSemaphorePermit,
-) {
+) -> bool {
     let info = message.info().ok();
     let delivered = info
         .as_ref()
@@ -201,7 +225,7 @@ async fn handle(
             .waited(&served.function, waited.as_secs_f64());
     }
     let Some(received) = decode(&shared, &served, &message, delivered).await else {
-        return;
+        return false;
     };
     match received.reply_to {
         Some(inbox) => {
@@ -214,6 +238,7 @@ async fn handle(
                 delivered,
             )
             .await;
+            false
         }
         None => {
             run_async(
@@ -225,7 +250,7 @@ async fn handle(
                 delivered,
                 &wake,
             )
-            .await;
+            .await
         }
     }
 }
@@ -303,8 +328,8 @@ async fn run_sync(
     acknowledge(message, AckKind::Ack, &invocation.id).await;
 }
 
-/// An asynchronous invocation: an attempt, then a retry later, or its final
-/// record (and dead letter, when given up on).
+/// An asynchronous invocation: an attempt, then a retry later (true), or
+/// its final record (and dead letter, when given up on).
 async fn run_async(
     shared: &Shared,
     served: &Served,
@@ -313,7 +338,7 @@ async fn run_async(
     callback: Option<String>,
     delivered: u32,
     wake: &Arc<Notify>,
-) {
+) -> bool {
     let function = &invocation.function;
     let retry = &served.spec.retry;
     let mut record = InvocationRecord::accepted(invocation);
@@ -325,7 +350,7 @@ async fn run_async(
         );
         record.attempts = delivered;
         record.settled(InvocationState::DeadLettered, Some(error), None);
-        return give_up(
+        give_up(
             shared,
             served,
             message,
@@ -334,6 +359,7 @@ async fn run_async(
             invocation.deadline,
         )
         .await;
+        return false;
     }
     // Registered before the record is read: a cancel after the read
     // arrives as a message (see `super::cancel`).
@@ -341,7 +367,8 @@ async fn run_async(
     if cancelled(shared, &invocation.id).await {
         record.attempts = delivered - 1;
         record.cancel();
-        return finish(shared, message, record, callback, invocation.deadline).await;
+        finish(shared, message, record, callback, invocation.deadline).await;
+        return false;
     }
     record.running(delivered);
     announce(shared, &record).await;
@@ -365,6 +392,7 @@ async fn run_async(
             acknowledge(message, AckKind::Nak(Some(delay)), &invocation.id).await;
             // Deliverable again after `delay`, announced by no publish.
             wake::wake_after(wake, delay);
+            return true;
         }
         Settlement::Final {
             state: InvocationState::DeadLettered,
@@ -384,6 +412,7 @@ async fn run_async(
             finish(shared, message, record, callback, invocation.deadline).await;
         }
     }
+    false
 }
 
 /// Runs one attempt of the invocation `message` holds. Meanwhile the server
