@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use http::{Method, StatusCode};
 use sluice_api::names::INVOCATION_STREAM;
 use sluice_nats::layout::{Layout, LayoutConfig};
@@ -38,6 +39,44 @@ async fn cluster_with_layout() -> (NatsCluster, Layout) {
         .layout;
     publish_dir(&Publisher::new(layout.clone()), manifest_dir(SLOW).path()).await;
     (cluster, layout)
+}
+
+/// A gateway's environment here: it owns the layout (the default), so
+/// it must want it replicated three times too; with its default of one it
+/// would bring every stream down to R1 when it starts.
+const R3_OWNER: &[(&str, &str)] = &[("SLUICE_STREAM_REPLICAS", "3")];
+
+/// Fails unless every stream and bucket of the layout is replicated
+/// three times, with both followers known to its leader.
+async fn assert_replicated(layout: &Layout) {
+    let mut names = layout.js.stream_names();
+    let mut streams = Vec::new();
+    while let Some(name) = names.next().await {
+        streams.push(name.expect("a stream's name"));
+    }
+    assert!(streams.len() >= 5, "the layout's streams: {streams:?}");
+    for name in streams {
+        let replicas = eventually(
+            &format!("{name} is R3 with its followers"),
+            Duration::from_secs(60),
+            async || {
+                let mut stream = layout
+                    .js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let info = stream.info().await.map_err(|e| e.to_string())?;
+                let followers = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
+                if followers == 2 {
+                    Ok(info.config.num_replicas)
+                } else {
+                    Err(format!("{} followers: {:?}", followers, info.cluster))
+                }
+            },
+        )
+        .await;
+        assert_eq!(replicas, 3, "{name}");
+    }
 }
 
 /// The index of the server leading `stream` (asked until one is known).
@@ -182,10 +221,11 @@ async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
     let work = tempfile::tempdir().unwrap();
     let url = cluster.url();
     let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
-    let (_gateway, addr) = Process::gateway(&url, work.path(), &[]).await;
+    let (_gateway, addr) = Process::gateway(&url, work.path(), R3_OWNER).await;
     let gw = Arc::new(TestGateway::remote(addr));
     gw.wait_routed("default/slow").await;
     runtime.wait_for_log("\"message\":\"serving\"").await;
+    assert_replicated(&layout).await;
     let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
 
@@ -216,7 +256,7 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     for i in 0..2 {
         let dir = work.path().join(format!("gateway-{i}"));
         std::fs::create_dir(&dir).unwrap();
-        let (gateway, addr) = Process::gateway(&url, &dir, &[]).await;
+        let (gateway, addr) = Process::gateway(&url, &dir, R3_OWNER).await;
         let gw = Arc::new(TestGateway::remote(addr));
         gw.wait_routed("default/slow").await;
         gateways.push(gateway);
@@ -225,6 +265,7 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     for runtime in &runtimes {
         runtime.wait_for_log("\"message\":\"serving\"").await;
     }
+    assert_replicated(&layout).await;
     let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let victims = [gateways[1].pid(), runtimes[2].pid()];
@@ -253,4 +294,44 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     // Read through the gateway that lives.
     let records = all_succeeded(&clients[0], &ids).await;
     report(&records, &sync);
+}
+
+/// The gateway follows the registry through the loss of its bucket's
+/// leader after the two failovers above: a function published after it
+/// is routed. (Its watch is an ordered consumer of one replica: when that
+/// is lost the watch reopens; see `nats/tests/watches.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_published_after_the_registry_leader_dies_is_routed() {
+    let (cluster, layout) = cluster_with_layout().await;
+    let work = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
+    let (_gateway, addr) = Process::gateway(&url, work.path(), R3_OWNER).await;
+    let gw = Arc::new(TestGateway::remote(addr));
+    gw.wait_routed("default/slow").await;
+    runtime.wait_for_log("\"message\":\"serving\"").await;
+    assert_replicated(&layout).await;
+    let leader = leader_of(INVOCATION_STREAM, &layout).await;
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let ids = submit_through_failovers(&cluster, leader, vec![gw.clone()], 200, vec![]).await;
+    all_succeeded(&gw, &ids).await;
+    assert_replicated(&layout).await;
+
+    let registry_leader = leader_of("KV_sluice-functions", &layout).await;
+    eprintln!("SIGKILL n{registry_leader}, the registry's leader");
+    cluster.lock().unwrap().servers[registry_leader].kill();
+    let publisher = Publisher::new(layout.clone());
+    let hello = manifest_dir(crate::harness::HELLO);
+    let functions = sluice_gateway::local::load_dir(hello.path()).expect("the manifests load");
+    eventually("hello published", Duration::from_secs(60), async || {
+        for f in &functions {
+            publisher
+                .publish(&f.function, &f.spec, &f.api_keys, &f.wasm)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await;
+    gw.wait_routed("default/hello").await;
 }
