@@ -1,8 +1,14 @@
-//! The registry watch on a three-server JetStream cluster
-//! (`SLUICE_NATS_SERVER`) with an R3 layout: it follows changes made after
-//! the registry bucket's leader is SIGKILLed, and after a server restart.
+//! Watches and consumers on a three-server JetStream cluster
+//! (`SLUICE_NATS_SERVER`) with an R3 layout, each across the SIGKILL of
+//! its leader and the restart of servers: the registry watch follows
+//! changes, a function's pull consumer (pulled as a runtime does) hands
+//! out what is queued.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::PublishMessage;
+use futures::StreamExt as _;
 
 use sluice_api::names::FunctionRef;
 use sluice_api::{FunctionSpec, RegistryEntry};
@@ -131,4 +137,109 @@ async fn the_registry_watch_follows_its_bucket_leader_loss_and_a_restart() {
     let third = entry("h", "10s");
     put(&layout, &third).await;
     sees(&mut watcher, &third, Duration::from_secs(60)).await;
+}
+
+/// Queues invocation `n` of `function`, through a failover if one is on.
+async fn queue(layout: &Layout, function: &FunctionRef, n: usize) {
+    let message = PublishMessage::build()
+        .payload(n.to_string().into())
+        .message_id(format!("{function}-{n}"));
+    sluice_nats::failover::publish_patiently(
+        &layout.js,
+        &function.invoke_subject(),
+        message,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("invocation {n} not queued: {e}"));
+}
+
+/// Pulls and acknowledges as a runtime's worker does (batches that
+/// expire; after a failed pull, the consumer opened again) until
+/// `wanted` arrived, 60 s at most.
+async fn pull(
+    layout: &Layout,
+    function: &FunctionRef,
+    consumer: &mut async_nats::jetstream::consumer::PullConsumer,
+    wanted: std::ops::Range<usize>,
+) {
+    let wanted: BTreeSet<String> = wanted.map(|n| n.to_string()).collect();
+    let mut got = BTreeSet::new();
+    let started = Instant::now();
+    while !wanted.is_subset(&got) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pulled {got:?} of {wanted:?} within 60s"
+        );
+        let batch = consumer
+            .batch()
+            .max_messages(10)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let failed = match batch {
+            Ok(mut batch) => loop {
+                match batch.next().await {
+                    Some(Ok(message)) => {
+                        got.insert(String::from_utf8_lossy(&message.payload).into_owned());
+                        // An acknowledgement lost to the failover only
+                        // means the message comes again.
+                        let _ = message.ack().await;
+                    }
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break None,
+                }
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
+            eprintln!("pulling failed: {e}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(fresh) = layout.existing_consumer(function).await {
+                *consumer = fresh;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_consumer_hands_out_what_is_queued_after_its_leader_dies_and_a_restart() {
+    let mut cluster = NatsCluster::start(3);
+    let layout = r3_layout(&cluster, "test-runtime").await;
+    let function = FunctionRef::new("default", "f").expect("a name");
+    let mut consumer = layout
+        .consumer(&function, &entry("f", "10s").spec)
+        .await
+        .expect("its consumer");
+    for n in 0..5 {
+        queue(&layout, &function, n).await;
+    }
+    pull(&layout, &function, &mut consumer, 0..5).await;
+
+    let leader = consumer
+        .info()
+        .await
+        .expect("the consumer's info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a consumer leader");
+    let leader = NatsCluster::index_of(&leader).expect("one of ours");
+    eprintln!("SIGKILL n{leader}, the consumer's leader");
+    cluster.servers[leader].kill();
+    for n in 5..10 {
+        queue(&layout, &function, n).await;
+    }
+    pull(&layout, &function, &mut consumer, 5..10).await;
+
+    cluster.servers[leader].restart();
+    cluster.wait_healthy();
+    let other = (leader + 1) % 3;
+    eprintln!("restarting n{other}");
+    cluster.servers[other].restart();
+    cluster.wait_healthy();
+    for n in 10..15 {
+        queue(&layout, &function, n).await;
+    }
+    pull(&layout, &function, &mut consumer, 10..15).await;
 }
