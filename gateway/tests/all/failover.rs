@@ -23,6 +23,10 @@ use crate::harness::{TestGateway, eventually, manifest_dir, publish_dir};
 /// for a loaded machine. Past it, it hung.
 const SYNC_HANG: Duration = Duration::from_secs(30);
 
+/// `SLOW`'s timeout: a sync call's deadline. A 504 before it would be the
+/// gateway giving up early, not the deadline passing.
+const SYNC_DEADLINE: Duration = Duration::from_secs(2);
+
 /// A three-server cluster with an R3 layout and `SLOW` published.
 async fn cluster_with_layout() -> (NatsCluster, Layout) {
     let cluster = NatsCluster::start(3);
@@ -109,7 +113,8 @@ struct SyncTally {
 
 /// Sends sync calls one after another from each of `clients` tasks until
 /// `stop`, tallying their answers; a call that takes longer than
-/// [`SYNC_HANG`] counts as hung (`other`).
+/// [`SYNC_HANG`] counts as hung, and a 504 before [`SYNC_DEADLINE`] as
+/// premature (`other`).
 fn steady_sync_calls(
     gateways: Vec<Arc<TestGateway>>,
     clients: usize,
@@ -125,6 +130,7 @@ fn steady_sync_calls(
                     n += 1;
                     let gw = &gateways[n % gateways.len()];
                     let call = gw.try_send(Method::GET, "/fn/default/slow/sleep/10", &[], "");
+                    let sent = std::time::Instant::now();
                     match tokio::time::timeout(SYNC_HANG, call).await {
                         Ok(Some(reply)) if reply.status == StatusCode::OK => {
                             tally.ok.fetch_add(1, Ordering::SeqCst);
@@ -132,14 +138,18 @@ fn steady_sync_calls(
                         Ok(Some(reply)) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
                             tally.unavailable.fetch_add(1, Ordering::SeqCst);
                         }
-                        Ok(Some(reply)) if reply.status == StatusCode::GATEWAY_TIMEOUT => {
+                        Ok(Some(reply))
+                            if reply.status == StatusCode::GATEWAY_TIMEOUT
+                                && sent.elapsed() >= SYNC_DEADLINE =>
+                        {
                             tally.timed_out.fetch_add(1, Ordering::SeqCst);
                         }
                         // A gateway that was killed refuses connections.
                         Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
                         Ok(Some(reply)) => tally.other.lock().unwrap().push(format!(
-                            "{} {}",
+                            "{} after {:?}: {}",
                             reply.status,
+                            sent.elapsed(),
                             reply.text()
                         )),
                         Err(_) => tally
@@ -334,4 +344,166 @@ async fn a_function_published_after_the_registry_leader_dies_is_routed() {
     })
     .await;
     gw.wait_routed("default/hello").await;
+}
+
+/// `plain` on the core subject `plain.created`, `durable` on
+/// `orders.created` (bound to the R3 stream ORDERS).
+const TWO_TRIGGERS: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: plain }
+spec:
+  module: { file: "{echo}" }
+  triggers: { nats: [ { subject: plain.created } ] }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: durable }
+spec:
+  module: { file: "{echo}" }
+  triggers: { nats: [ { subject: orders.created } ] }
+"#;
+
+/// Sends event `id` on the core subject until the gateway recorded its
+/// invocation (core NATS drops what nobody subscribes to), and queues
+/// event `id` on the stream-bound subject (through a failover), then
+/// waits until both invocations succeeded, 90 s at most each.
+async fn events_arrive(gw: &TestGateway, js: &async_nats::jetstream::Context, id: &str) {
+    let client = js.client();
+    let plain = sluice_gateway::events::event_invocation_id(
+        &"default/plain".parse().unwrap(),
+        "plain.created",
+        id,
+    );
+    eventually(
+        &format!("core event {id} is recorded"),
+        Duration::from_secs(90),
+        async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            client
+                .publish_with_headers("plain.created", headers, id.to_owned().into())
+                .await
+                .map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match gw.get(&format!("/invocations/{plain}")).await {
+                reply if reply.status == StatusCode::OK => Ok(()),
+                reply => Err(format!("{} {}", reply.status, reply.text())),
+            }
+        },
+    )
+    .await;
+    let message = async_nats::jetstream::message::PublishMessage::build()
+        .payload(id.to_owned().into())
+        .message_id(id);
+    sluice_nats::failover::publish_patiently(
+        js,
+        "orders.created",
+        message,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("stream event {id} not stored: {e}"));
+    let durable = sluice_gateway::events::event_invocation_id(
+        &"default/durable".parse().unwrap(),
+        "orders.created",
+        id,
+    );
+    for invocation in [plain, durable] {
+        let record = eventually(
+            &format!("event {id}'s invocation {invocation} succeeds"),
+            Duration::from_secs(90),
+            async || {
+                let reply = gw.get(&format!("/invocations/{invocation}")).await;
+                match reply.json()["state"].as_str() {
+                    Some("succeeded") => Ok(reply.json()),
+                    _ => Err(format!("{} {}", reply.status, reply.text())),
+                }
+            },
+        )
+        .await;
+        assert_eq!(record["state"], "succeeded");
+    }
+}
+
+/// Event triggers follow the cluster: a core subscription and a
+/// stream-bound trigger's durable consumer (both R3) keep turning events
+/// into invocations after the SIGKILL of the trigger consumer's leader
+/// and after two servers restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_triggers_follow_a_leader_loss_and_restarts() {
+    let cluster = NatsCluster::start(3);
+    let client = sluice_nats::connect(&cluster.url(), "test-owner", &Default::default())
+        .await
+        .expect("the cluster");
+    let layout = Layout::reconcile(
+        client.clone(),
+        &LayoutConfig {
+            replicas: 3,
+            ..LayoutConfig::default()
+        },
+    )
+    .await
+    .expect("the R3 layout")
+    .layout;
+    let js = async_nats::jetstream::new(client);
+    let orders = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("the ORDERS stream");
+    publish_dir(
+        &Publisher::new(layout.clone()),
+        manifest_dir(TWO_TRIGGERS).path(),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
+    let (_gateway, addr) = Process::gateway(&url, work.path(), R3_OWNER).await;
+    let gw = TestGateway::remote(addr);
+    gw.wait_routed("default/plain").await;
+    gw.wait_routed("default/durable").await;
+    runtime.wait_for_log("\"message\":\"serving\"").await;
+    crate::nats_mode::wait_trigger_consumer(&orders).await;
+    assert_replicated(&layout).await;
+    events_arrive(&gw, &js, "before").await;
+
+    let mut cluster = cluster;
+    let name = {
+        let mut names = orders.consumer_names();
+        names.next().await.expect("a consumer").expect("its name")
+    };
+    let leader = eventually(
+        "the trigger's consumer has a leader",
+        Duration::from_secs(60),
+        async || {
+            let info = orders
+                .consumer_info(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            info.cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .ok_or_else(|| format!("{:?}", info.cluster))
+        },
+    )
+    .await;
+    let leader = NatsCluster::index_of(&leader).expect("one of ours");
+    eprintln!("SIGKILL n{leader}, the trigger consumer's leader");
+    cluster.servers[leader].kill();
+    events_arrive(&gw, &js, "after-the-leader").await;
+
+    cluster.servers[leader].restart();
+    cluster.wait_healthy();
+    let other = (leader + 1) % 3;
+    eprintln!("restarting n{other}");
+    cluster.servers[other].restart();
+    cluster.wait_healthy();
+    events_arrive(&gw, &js, "after-the-restarts").await;
 }
