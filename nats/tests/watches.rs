@@ -128,12 +128,7 @@ async fn the_registry_watch_follows_its_bucket_leader_loss_and_a_restart() {
     put(&layout, &second).await;
     sees(&mut watcher, &second, Duration::from_secs(60)).await;
 
-    cluster.servers[leader].restart();
-    cluster.wait_healthy();
-    let other = (leader + 1) % 3;
-    eprintln!("restarting n{other}");
-    cluster.servers[other].restart();
-    cluster.wait_healthy();
+    cluster.restart_with_another(leader);
     let third = entry("h", "10s");
     put(&layout, &third).await;
     sees(&mut watcher, &third, Duration::from_secs(60)).await;
@@ -232,12 +227,7 @@ async fn a_pull_consumer_hands_out_what_is_queued_after_its_leader_dies_and_a_re
     }
     pull(&layout, &function, &mut consumer, 5..10).await;
 
-    cluster.servers[leader].restart();
-    cluster.wait_healthy();
-    let other = (leader + 1) % 3;
-    eprintln!("restarting n{other}");
-    cluster.servers[other].restart();
-    cluster.wait_healthy();
+    cluster.restart_with_another(leader);
     for n in 10..15 {
         queue(&layout, &function, n).await;
     }

@@ -225,17 +225,28 @@ fn report(records: &[serde_json::Value], sync: &SyncTally) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
+/// A three-server cluster with an R3 layout and `SLOW` published, a
+/// runtime and a gateway (working in `work`) serving it, and a client of
+/// that gateway; the layout checked R3. The processes live as long as the
+/// vector returned.
+async fn one_gateway_one_runtime(
+    work: &std::path::Path,
+) -> (NatsCluster, Layout, Vec<Process>, Arc<TestGateway>) {
     let (cluster, layout) = cluster_with_layout().await;
-    let work = tempfile::tempdir().unwrap();
     let url = cluster.url();
-    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
-    let (_gateway, addr) = Process::gateway(&url, work.path(), R3_OWNER).await;
+    let runtime = Process::runtime(&url, work, "runtime-0", &[]);
+    let (gateway, addr) = Process::gateway(&url, work, R3_OWNER).await;
     let gw = Arc::new(TestGateway::remote(addr));
     gw.wait_routed("default/slow").await;
     runtime.wait_for_log("\"message\":\"serving\"").await;
     assert_replicated(&layout).await;
+    (cluster, layout, vec![runtime, gateway], gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
+    let work = tempfile::tempdir().unwrap();
+    let (cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
     let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
 
@@ -312,15 +323,8 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
 /// is lost the watch reopens; see `nats/tests/watches.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_published_after_the_registry_leader_dies_is_routed() {
-    let (cluster, layout) = cluster_with_layout().await;
     let work = tempfile::tempdir().unwrap();
-    let url = cluster.url();
-    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
-    let (_gateway, addr) = Process::gateway(&url, work.path(), R3_OWNER).await;
-    let gw = Arc::new(TestGateway::remote(addr));
-    gw.wait_routed("default/slow").await;
-    runtime.wait_for_log("\"message\":\"serving\"").await;
-    assert_replicated(&layout).await;
+    let (cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
     let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let ids = submit_through_failovers(&cluster, leader, vec![gw.clone()], 200, vec![]).await;
@@ -346,24 +350,6 @@ async fn a_function_published_after_the_registry_leader_dies_is_routed() {
     gw.wait_routed("default/hello").await;
 }
 
-/// `plain` on the core subject `plain.created`, `durable` on
-/// `orders.created` (bound to the R3 stream ORDERS).
-const TWO_TRIGGERS: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: plain }
-spec:
-  module: { file: "{echo}" }
-  triggers: { nats: [ { subject: plain.created } ] }
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: durable }
-spec:
-  module: { file: "{echo}" }
-  triggers: { nats: [ { subject: orders.created } ] }
-"#;
-
 /// Sends event `id` on the core subject until the gateway recorded its
 /// invocation (core NATS drops what nobody subscribes to), and queues
 /// event `id` on the stream-bound subject (through a failover), then
@@ -372,7 +358,7 @@ async fn events_arrive(gw: &TestGateway, js: &async_nats::jetstream::Context, id
     let client = js.client();
     let plain = sluice_gateway::events::event_invocation_id(
         &"default/plain".parse().unwrap(),
-        "plain.created",
+        "burst.plain",
         id,
     );
     eventually(
@@ -382,7 +368,7 @@ async fn events_arrive(gw: &TestGateway, js: &async_nats::jetstream::Context, id
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id);
             client
-                .publish_with_headers("plain.created", headers, id.to_owned().into())
+                .publish_with_headers("burst.plain", headers, id.to_owned().into())
                 .await
                 .map_err(|e| e.to_string())?;
             client.flush().await.map_err(|e| e.to_string())?;
@@ -459,7 +445,7 @@ async fn event_triggers_follow_a_leader_loss_and_restarts() {
         .expect("the ORDERS stream");
     publish_dir(
         &Publisher::new(layout.clone()),
-        manifest_dir(TWO_TRIGGERS).path(),
+        manifest_dir(crate::event_buffers::TWO_TRIGGERS).path(),
     )
     .await;
     let work = tempfile::tempdir().unwrap();
@@ -499,11 +485,6 @@ async fn event_triggers_follow_a_leader_loss_and_restarts() {
     cluster.servers[leader].kill();
     events_arrive(&gw, &js, "after-the-leader").await;
 
-    cluster.servers[leader].restart();
-    cluster.wait_healthy();
-    let other = (leader + 1) % 3;
-    eprintln!("restarting n{other}");
-    cluster.servers[other].restart();
-    cluster.wait_healthy();
+    cluster.restart_with_another(leader);
     events_arrive(&gw, &js, "after-the-restarts").await;
 }

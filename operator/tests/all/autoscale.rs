@@ -5,8 +5,10 @@
 use std::thread;
 use std::time::Duration;
 
+use sluice_testing::NatsCluster;
+
 use crate::support::{
-    Sluice, component, eventually, http_get, http_get_within, post_async, settled,
+    Sluice, component, eventually, http_get, http_get_within, http_post, post_async, settled,
 };
 
 /// A dedicated function of the `misbehave` component, whose `/sleep/<ms>`
@@ -340,5 +342,146 @@ spec:
             .last()
             == Some(&1))
         .then_some(())
+    });
+}
+
+/// The server leading the consumer of `default/<function>` on the
+/// invocation stream, asked over `nats` until one is known (60 s).
+fn consumer_leader(nats: &str, function: &str) -> usize {
+    let function = sluice_api::names::FunctionRef::new("default", function).expect("a name");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = sluice_nats::connect(nats, "test-leader", &Default::default())
+            .await
+            .expect("the cluster");
+        let js = async_nats::jetstream::new(client);
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(stream) = js.get_stream(sluice_api::names::INVOCATION_STREAM).await
+                && let Ok(info) = stream.consumer_info(function.consumer_name()).await
+                && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+            {
+                return NatsCluster::index_of(&leader).expect("one of ours");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the consumer of {function} has no leader within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// `count` async invocations of `path`, each posted again after a 503 (a
+/// publish that found no leader through a failover); their ids.
+fn post_async_through_failover(
+    gateway: std::net::SocketAddr,
+    path: &str,
+    count: usize,
+) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            eventually("a 202", Duration::from_secs(60), || {
+                let (status, body) = http_post(gateway, path)?;
+                if status == 503 {
+                    thread::sleep(Duration::from_millis(200));
+                    return None;
+                }
+                assert_eq!(status, 202, "{body}");
+                let accepted: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                Some(accepted["id"].as_str().expect("an id").to_owned())
+            })
+        })
+        .collect()
+}
+
+/// On a three-server NATS cluster with an R3 layout, a surge scales up to
+/// `maxReplicas` and no further, is served whole, and scales back to zero
+/// while the function's consumer leader is SIGKILLed mid-surge (and
+/// started again): the depth the autoscaler reads after the move is the
+/// new leader's, neither lost nor stale.
+#[test]
+fn a_surge_scales_to_max_replicas_and_back_while_the_consumer_leader_moves() {
+    let mut nats = NatsCluster::start(3);
+    let url = nats.url();
+    let sluice = Sluice::start();
+    let _operator = sluice.operator(
+        "op-1",
+        15,
+        &[
+            "--autoscale-interval",
+            "1s",
+            "--nats",
+            &url,
+            "--stream-replicas",
+            "3",
+        ],
+    );
+    let (_gateway, gateway) = sluice.gateway_on(&url, &["--own-layout=false"]);
+    let kubelet = sluice.kubelet(Duration::from_secs(1));
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    sluice.apply(&sleeper(
+        "surge",
+        "{ maxReplicas: 5, targetQueueDepth: 10, scaleDownDelay: 2s, scaleToZeroAfter: 3s }",
+    ));
+    sluice.wait_ready("default", "surge", "True", "Ready");
+    let deployment = "surge-runtime";
+    eventually("idle to zero", Duration::from_secs(60), || {
+        let at_zero = kubelet.replica_history("default", deployment).last() == Some(&0)
+            && kubelet.running("default", deployment) == 0;
+        at_zero.then_some(())
+    });
+    let before_surge = kubelet.replica_history("default", deployment).len();
+    let leader = consumer_leader(&url, "surge");
+
+    let posters: Vec<_> = (0..10)
+        .map(|_| {
+            thread::spawn(move || {
+                post_async_through_failover(gateway, "/async/fn/default/surge/sleep/100", 50)
+            })
+        })
+        .collect();
+    // Mid-surge: scaled up from zero, the queue still deep.
+    eventually("scaling up", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", deployment)[before_surge..]
+            .iter()
+            .any(|&n| n > 1))
+        .then_some(())
+    });
+    eprintln!("SIGKILL n{leader}, the consumer's leader");
+    nats.servers[leader].kill();
+    thread::sleep(Duration::from_secs(3));
+    nats.servers[leader].restart();
+    nats.wait_healthy();
+
+    let ids: Vec<String> = posters
+        .into_iter()
+        .flat_map(|p| p.join().expect("an async poster"))
+        .collect();
+    assert_eq!(ids.len(), 500);
+    for id in &ids {
+        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
+    }
+    eventually("back to zero", Duration::from_secs(90), || {
+        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
+    });
+    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
+    assert_eq!(
+        surge.iter().max(),
+        Some(&5),
+        "up to maxReplicas and no further: {surge:?}"
+    );
+    eventually("the status at zero", Duration::from_secs(30), || {
+        let desired = sluice.field("default", "surge", "{.status.desiredReplicas}");
+        let depth = sluice.field("default", "surge", "{.status.queueDepth}");
+        (desired == "0" && depth == "0").then_some(())
     });
 }

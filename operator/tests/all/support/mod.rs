@@ -217,14 +217,21 @@ impl Sluice {
     /// Starts a NATS-mode gateway; returns it (its `/metrics` address in
     /// `admin`) and its invocation address.
     pub fn gateway(&self) -> (Process, SocketAddr) {
+        self.gateway_on(&self.nats.url, &[])
+    }
+
+    /// [`Sluice::gateway`] on the NATS servers of `nats` (comma-separated),
+    /// plus `extra` flags.
+    pub fn gateway_on(&self, nats: &str, extra: &[&str]) -> (Process, SocketAddr) {
         let port = free_port();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-gateway"));
         command
             .envs(self.nats_env_of("gateway"))
-            .args(["--nats", &self.nats.url])
+            .args(["--nats", nats])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &admin.to_string()]);
+            .args(["--admin-listen", &admin.to_string()])
+            .args(extra);
         let mut process = Process::spawn(command, self.logs.path().join("gateway.log"));
         process.admin = Some(admin);
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
