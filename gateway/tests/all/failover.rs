@@ -488,3 +488,24 @@ async fn event_triggers_follow_a_leader_loss_and_restarts() {
     cluster.restart_with_another(leader);
     events_arrive(&gw, &js, "after-the-restarts").await;
 }
+
+/// A result long-poll (`?wait=`) under way when the results bucket's
+/// leader is SIGKILLed still answers with the invocation's final record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_long_poll_answers_the_final_record_across_the_results_leader_loss() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
+    let id = gw
+        .submit("/async/fn/default/slow/sleep/1500", &[], "")
+        .await;
+    let poll = {
+        let (gw, id) = (gw.clone(), id.clone());
+        tokio::spawn(async move { gw.get(&format!("/invocations/{id}?wait=60s")).await })
+    };
+    let leader = leader_of("KV_sluice-results", &layout).await;
+    eprintln!("SIGKILL n{leader}, the results' leader");
+    cluster.servers[leader].kill();
+    let reply = poll.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "succeeded", "{}", reply.text());
+}
