@@ -36,12 +36,10 @@ fn metrics(operator: &crate::support::Process) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero_and_a_pin_holds() {
-    let sluice = Sluice::start();
-    let operator = sluice.operator("op-1", 15, &["--autoscale-interval", "1s"]);
-    let (_gateway, gateway) = sluice.gateway();
-    let kubelet = sluice.kubelet(Duration::from_secs(1));
+/// Applies `surge` (at most 5 replicas, 10 queued per replica, quick to
+/// scale down) and waits until, created with one warm replica and idle
+/// for `scaleToZeroAfter`, it is at zero; its Deployment's name.
+fn surge_at_zero(sluice: &Sluice, kubelet: &sluice_testing::Kubelet) -> &'static str {
     sluice.config_map(
         "default",
         "misbehave-wasm",
@@ -54,13 +52,21 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
     ));
     sluice.wait_ready("default", "surge", "True", "Ready");
     let deployment = "surge-runtime";
-
-    // Created with one warm replica, idle for scaleToZeroAfter: zero.
     eventually("idle to zero", Duration::from_secs(60), || {
         let at_zero = kubelet.replica_history("default", deployment).last() == Some(&0)
             && kubelet.running("default", deployment) == 0;
         at_zero.then_some(())
     });
+    deployment
+}
+
+#[test]
+fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero_and_a_pin_holds() {
+    let sluice = Sluice::start();
+    let operator = sluice.operator("op-1", 15, &["--autoscale-interval", "1s"]);
+    let (_gateway, gateway) = sluice.gateway();
+    let kubelet = sluice.kubelet(Duration::from_secs(1));
+    let deployment = surge_at_zero(&sluice, &kubelet);
     eventually("Active=False", Duration::from_secs(30), || {
         let (status, reason, _) = sluice.condition("default", "surge", "Active")?;
         (status == "False" && reason == "ScaledToZero").then_some(())
@@ -422,23 +428,7 @@ fn a_surge_scales_to_max_replicas_and_back_while_the_consumer_leader_moves() {
     );
     let (_gateway, gateway) = sluice.gateway_on(&url, &["--own-layout=false"]);
     let kubelet = sluice.kubelet(Duration::from_secs(1));
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
-    sluice.apply(&sleeper(
-        "surge",
-        "{ maxReplicas: 5, targetQueueDepth: 10, scaleDownDelay: 2s, scaleToZeroAfter: 3s }",
-    ));
-    sluice.wait_ready("default", "surge", "True", "Ready");
-    let deployment = "surge-runtime";
-    eventually("idle to zero", Duration::from_secs(60), || {
-        let at_zero = kubelet.replica_history("default", deployment).last() == Some(&0)
-            && kubelet.running("default", deployment) == 0;
-        at_zero.then_some(())
-    });
+    let deployment = surge_at_zero(&sluice, &kubelet);
     let before_surge = kubelet.replica_history("default", deployment).len();
     let leader = consumer_leader(&url, "surge");
 
