@@ -475,3 +475,67 @@ fn a_surge_scales_to_max_replicas_and_back_while_the_consumer_leader_moves() {
         (desired == "0" && depth == "0").then_some(())
     });
 }
+
+/// On a three-server NATS cluster, the autoscaler's wake subscription
+/// outlives a restart of every server (one after another, so whichever
+/// the operator is connected to): a first invocation at zero still
+/// scales the function up without waiting for a tick.
+#[test]
+fn a_wake_at_zero_outlives_a_restart_of_every_nats_server() {
+    let mut nats = NatsCluster::start(3);
+    let url = nats.url();
+    let sluice = Sluice::start();
+    let on_cluster = ["--nats", &url, "--stream-replicas", "3"];
+    let (_gateway, gateway) = sluice.gateway_on(&url, &["--own-layout=false"]);
+    let kubelet = sluice.kubelet(Duration::ZERO);
+    sluice.config_map(
+        "default",
+        "misbehave-wasm",
+        "misbehave.wasm",
+        &component("misbehave"),
+    );
+    {
+        let _first = sluice.operator(
+            "op-1",
+            15,
+            &[&["--leader-elect", "false"][..], &on_cluster].concat(),
+        );
+        sluice.apply(&sleeper(
+            "woken",
+            "{ scaleDownDelay: 0s, scaleToZeroAfter: 0s }",
+        ));
+        sluice.wait_ready("default", "woken", "True", "Ready");
+    }
+    // Ticks an hour apart: the first, at start, finds the function idle
+    // and scales it to zero; no other comes within this test.
+    let operator = sluice.operator(
+        "op-2",
+        15,
+        &[
+            &["--leader-elect", "false", "--autoscale-interval", "1h"][..],
+            &on_cluster,
+        ]
+        .concat(),
+    );
+    eventually("at zero", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", "woken-runtime").last() == Some(&0)
+            && kubelet.alive("default", "woken-runtime") == 0)
+            .then_some(())
+    });
+    for i in 0..nats.servers.len() {
+        eprintln!("restarting n{i}");
+        nats.servers[i].restart();
+        nats.wait_healthy();
+    }
+    let answer = http_get_within(
+        gateway,
+        "/fn/default/woken/sleep/1",
+        Duration::from_secs(90),
+    );
+    assert!(matches!(answer, Some((200, _))), "{answer:?}");
+    eventually("the wake counted", Duration::from_secs(30), || {
+        metrics(&operator)
+            .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#)
+            .then_some(())
+    });
+}
