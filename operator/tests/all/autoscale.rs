@@ -172,11 +172,16 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
     });
 }
 
-#[test]
-fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
-    let sluice = Sluice::start();
-    let (_gateway, gateway) = sluice.gateway();
-    let kubelet = sluice.kubelet(Duration::ZERO);
+/// Applies `woken` (down to zero at once) with a first operator, then
+/// starts the one returned, whose ticks are an hour apart: the first, at
+/// start, finds the function idle and scales it to zero, and no other
+/// comes within a test; returns once no runtime is left, a stopping one
+/// included (only a scale can serve). Both operators get `extra` flags.
+fn woken_at_zero(
+    sluice: &Sluice,
+    kubelet: &sluice_testing::Kubelet,
+    extra: &[&str],
+) -> crate::support::Process {
     sluice.config_map(
         "default",
         "misbehave-wasm",
@@ -184,37 +189,53 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
         &component("misbehave"),
     );
     {
-        let _first = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
+        let _first = sluice.operator("op-1", 15, &[&["--leader-elect", "false"], extra].concat());
         sluice.apply(&sleeper(
             "woken",
             "{ scaleDownDelay: 0s, scaleToZeroAfter: 0s }",
         ));
         sluice.wait_ready("default", "woken", "True", "Ready");
     }
-    // Ticks an hour apart: the first, at start, finds the function idle
-    // and scales it to zero; no other comes within this test.
     let operator = sluice.operator(
         "op-2",
         15,
-        &["--leader-elect", "false", "--autoscale-interval", "1h"],
+        &[
+            &["--leader-elect", "false", "--autoscale-interval", "1h"],
+            extra,
+        ]
+        .concat(),
     );
-    // No runtime left, a stopping one included: only a scale can serve.
     eventually("at zero", Duration::from_secs(60), || {
         (kubelet.replica_history("default", "woken-runtime").last() == Some(&0)
             && kubelet.alive("default", "woken-runtime") == 0)
             .then_some(())
     });
+    operator
+}
+
+/// A sync call of `woken` at zero is answered, and `operator` counts
+/// the wake that scaled it up.
+fn woken_by_a_call(gateway: std::net::SocketAddr, operator: &crate::support::Process) {
     let answer = http_get_within(
         gateway,
         "/fn/default/woken/sleep/1",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     );
     assert!(matches!(answer, Some((200, _))), "{answer:?}");
     eventually("the wake counted", Duration::from_secs(30), || {
-        metrics(&operator)
+        metrics(operator)
             .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#)
             .then_some(())
     });
+}
+
+#[test]
+fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
+    let sluice = Sluice::start();
+    let (_gateway, gateway) = sluice.gateway();
+    let kubelet = sluice.kubelet(Duration::ZERO);
+    let operator = woken_at_zero(&sluice, &kubelet, &[]);
+    woken_by_a_call(gateway, &operator);
 }
 
 #[test]
@@ -488,54 +509,11 @@ fn a_wake_at_zero_outlives_a_restart_of_every_nats_server() {
     let on_cluster = ["--nats", &url, "--stream-replicas", "3"];
     let (_gateway, gateway) = sluice.gateway_on(&url, &["--own-layout=false"]);
     let kubelet = sluice.kubelet(Duration::ZERO);
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
-    {
-        let _first = sluice.operator(
-            "op-1",
-            15,
-            &[&["--leader-elect", "false"][..], &on_cluster].concat(),
-        );
-        sluice.apply(&sleeper(
-            "woken",
-            "{ scaleDownDelay: 0s, scaleToZeroAfter: 0s }",
-        ));
-        sluice.wait_ready("default", "woken", "True", "Ready");
-    }
-    // Ticks an hour apart: the first, at start, finds the function idle
-    // and scales it to zero; no other comes within this test.
-    let operator = sluice.operator(
-        "op-2",
-        15,
-        &[
-            &["--leader-elect", "false", "--autoscale-interval", "1h"][..],
-            &on_cluster,
-        ]
-        .concat(),
-    );
-    eventually("at zero", Duration::from_secs(60), || {
-        (kubelet.replica_history("default", "woken-runtime").last() == Some(&0)
-            && kubelet.alive("default", "woken-runtime") == 0)
-            .then_some(())
-    });
+    let operator = woken_at_zero(&sluice, &kubelet, &on_cluster);
     for i in 0..nats.servers.len() {
         eprintln!("restarting n{i}");
         nats.servers[i].restart();
         nats.wait_healthy();
     }
-    let answer = http_get_within(
-        gateway,
-        "/fn/default/woken/sleep/1",
-        Duration::from_secs(90),
-    );
-    assert!(matches!(answer, Some((200, _))), "{answer:?}");
-    eventually("the wake counted", Duration::from_secs(30), || {
-        metrics(&operator)
-            .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#)
-            .then_some(())
-    });
+    woken_by_a_call(gateway, &operator);
 }
