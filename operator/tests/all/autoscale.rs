@@ -60,6 +60,36 @@ fn surge_at_zero(sluice: &Sluice, kubelet: &sluice_testing::Kubelet) -> &'static
     deployment
 }
 
+/// Joins `posters` (500 async invocations in all), waits until each
+/// `succeeded`, then until `deployment` is back at zero, and checks that
+/// since `before_surge` (its length of replica history) it went up to 5
+/// replicas (`surge`'s maxReplicas) and no further.
+fn served_up_to_five_and_back_to_zero(
+    posters: Vec<thread::JoinHandle<Vec<String>>>,
+    gateway: std::net::SocketAddr,
+    kubelet: &sluice_testing::Kubelet,
+    deployment: &str,
+    before_surge: usize,
+) {
+    let ids: Vec<String> = posters
+        .into_iter()
+        .flat_map(|p| p.join().expect("an async poster"))
+        .collect();
+    assert_eq!(ids.len(), 500);
+    for id in &ids {
+        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
+    }
+    eventually("back to zero", Duration::from_secs(90), || {
+        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
+    });
+    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
+    assert_eq!(
+        surge.iter().max(),
+        Some(&5),
+        "up to maxReplicas and no further: {surge:?}"
+    );
+}
+
 #[test]
 fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero_and_a_pin_holds() {
     let sluice = Sluice::start();
@@ -97,24 +127,7 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
             "a synchronous invocation made at zero is answered once a runtime starts: {answer:?}"
         );
     }
-    let ids: Vec<String> = posters
-        .into_iter()
-        .flat_map(|p| p.join().expect("an async poster"))
-        .collect();
-    assert_eq!(ids.len(), 500);
-    for id in &ids {
-        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
-    }
-
-    eventually("back to zero", Duration::from_secs(60), || {
-        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
-    });
-    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
-    assert_eq!(
-        surge.iter().max(),
-        Some(&5),
-        "up to maxReplicas and no further: {surge:?}"
-    );
+    served_up_to_five_and_back_to_zero(posters, gateway, &kubelet, deployment, before_surge);
     let reasons = sluice.event_reasons("default", "surge");
     for reason in ["ScaledFromZero", "ScaledUp", "ScaledToZero"] {
         assert!(
@@ -473,23 +486,7 @@ fn a_surge_scales_to_max_replicas_and_back_while_the_consumer_leader_moves() {
     nats.servers[leader].restart();
     nats.wait_healthy();
 
-    let ids: Vec<String> = posters
-        .into_iter()
-        .flat_map(|p| p.join().expect("an async poster"))
-        .collect();
-    assert_eq!(ids.len(), 500);
-    for id in &ids {
-        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
-    }
-    eventually("back to zero", Duration::from_secs(90), || {
-        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
-    });
-    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
-    assert_eq!(
-        surge.iter().max(),
-        Some(&5),
-        "up to maxReplicas and no further: {surge:?}"
-    );
+    served_up_to_five_and_back_to_zero(posters, gateway, &kubelet, deployment, before_surge);
     eventually("the status at zero", Duration::from_secs(30), || {
         let desired = sluice.field("default", "surge", "{.status.desiredReplicas}");
         let depth = sluice.field("default", "surge", "{.status.queueDepth}");
