@@ -223,6 +223,20 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// Starts `servers[killed]` again, then stops and restarts the next
+    /// one (gracefully), waiting after each until the cluster is healthy:
+    /// what follows a leader's SIGKILL in the failover tests. Returns the
+    /// index of the server restarted besides.
+    pub fn restart_with_another(&mut self, killed: usize) -> usize {
+        self.servers[killed].restart();
+        self.wait_healthy();
+        let other = (killed + 1) % self.servers.len();
+        eprintln!("restarting n{other}");
+        self.servers[other].restart();
+        self.wait_healthy();
+        other
+    }
+
     /// Waits (60 s at most) until every running server answers its
     /// monitoring `/healthz` 200: JetStream is up and caught up with the
     /// cluster's meta leader.

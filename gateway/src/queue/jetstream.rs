@@ -36,6 +36,10 @@ const MAX_DEAD_LETTERS: usize = 1000;
 /// runtime keeps changing meanwhile.
 const CANCEL_TRIES: u32 = 5;
 
+/// The pause before a result long-poll reads its record again after a
+/// failed read or watch (a failover), within its wait.
+const RECORD_RETRY: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct JetStreamQueue {
     client: async_nats::Client,
@@ -104,6 +108,54 @@ impl JetStreamQueue {
     }
 
     /// Publishes an invocation onto its function's subject.
+    /// Reads invocation `id`'s record, then follows it until it is final
+    /// or `until`, keeping the newest in `known`: `None` when there is no
+    /// record, the record when final or at `until`, an error when the
+    /// read or the watch failed first.
+    async fn follow_record(
+        &self,
+        id: &InvocationId,
+        until: tokio::time::Instant,
+        known: &mut Option<InvocationRecord>,
+    ) -> Result<Option<InvocationRecord>, String> {
+        let Some(value) = self
+            .layout
+            .results
+            .get(id.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let record = parse_record(&value).map_err(|e| e.to_string())?;
+        let done = record.state.is_final();
+        *known = Some(record);
+        if done || tokio::time::Instant::now() >= until {
+            return Ok(known.clone());
+        }
+        let mut updates = self
+            .layout
+            .results
+            .watch_with_history(id.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let update = match tokio::time::timeout_at(until, updates.next()).await {
+                Err(_) => return Ok(known.clone()),
+                Ok(Some(Ok(entry))) => entry,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) => return Err("the record's watch ended".into()),
+            };
+            if let Ok(newer) = parse_record(&update.value) {
+                let done = newer.state.is_final();
+                *known = Some(newer);
+                if done {
+                    return Ok(known.clone());
+                }
+            }
+        }
+    }
+
     async fn enqueue(
         &self,
         invocation: &Invocation,
@@ -382,40 +434,27 @@ impl InvocationQueue for JetStreamQueue {
         wait: Duration,
     ) -> Result<Option<InvocationRecord>, QueueError> {
         self.check_connected()?;
-        let unavailable = |e: &dyn std::fmt::Display| {
-            QueueError::Unavailable(format!("cannot read the invocation record: {e}"))
-        };
-        let Some(value) = self
-            .layout
-            .results
-            .get(id.as_str())
-            .await
-            .map_err(|e| unavailable(&e))?
-        else {
-            return Ok(None);
-        };
-        let mut record = parse_record(&value).map_err(|e| unavailable(&e))?;
-        if wait.is_zero() || record.state.is_final() {
-            return Ok(Some(record));
-        }
-        let mut updates = self
-            .layout
-            .results
-            .watch_with_history(id.as_str())
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let _ = tokio::time::timeout(wait, async {
-            while let Some(Ok(entry)) = updates.next().await {
-                if let Ok(newer) = parse_record(&entry.value) {
-                    record = newer;
-                    if record.state.is_final() {
-                        return;
-                    }
-                }
+        let until = tokio::time::Instant::now() + wait;
+        let mut known = None;
+        // Through a failover (the results bucket electing a leader, the
+        // watch's consumer lost with its server) the read and the watch
+        // are tried again within the wait; past it, what is known.
+        loop {
+            let error = match self.follow_record(id, until, &mut known).await {
+                Ok(found) => return Ok(found),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() + RECORD_RETRY >= until {
+                return match known {
+                    Some(record) => Ok(Some(record)),
+                    None => Err(QueueError::Unavailable(format!(
+                        "cannot read the invocation record: {error}"
+                    ))),
+                };
             }
-        })
-        .await;
-        Ok(Some(record))
+            tracing::debug!(%id, %error, "reading the invocation record again");
+            tokio::time::sleep(RECORD_RETRY).await;
+        }
     }
 
     async fn dead_letter(

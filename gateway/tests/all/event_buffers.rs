@@ -12,7 +12,7 @@ use crate::nats_mode::{orders_stream, wait_trigger_consumer};
 
 /// `plain` on the core subject `burst.plain`, `durable` on `orders.created`
 /// (bound to the ORDERS stream).
-const TWO_TRIGGERS: &str = r#"
+pub(crate) const TWO_TRIGGERS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: Function
 metadata: { name: plain }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use http::{Method, StatusCode};
 use sluice_api::names::INVOCATION_STREAM;
 use sluice_nats::layout::{Layout, LayoutConfig};
@@ -21,6 +22,10 @@ use crate::harness::{TestGateway, eventually, manifest_dir, publish_dir};
 /// gateway's publish patience through a failover ends with it) and room
 /// for a loaded machine. Past it, it hung.
 const SYNC_HANG: Duration = Duration::from_secs(30);
+
+/// `SLOW`'s timeout: a sync call's deadline. A 504 before it would be the
+/// gateway giving up early, not the deadline passing.
+const SYNC_DEADLINE: Duration = Duration::from_secs(2);
 
 /// A three-server cluster with an R3 layout and `SLOW` published.
 async fn cluster_with_layout() -> (NatsCluster, Layout) {
@@ -38,6 +43,44 @@ async fn cluster_with_layout() -> (NatsCluster, Layout) {
         .layout;
     publish_dir(&Publisher::new(layout.clone()), manifest_dir(SLOW).path()).await;
     (cluster, layout)
+}
+
+/// A gateway's environment here: it owns the layout (the default), so
+/// it must want it replicated three times too; with its default of one it
+/// would bring every stream down to R1 when it starts.
+const R3_OWNER: &[(&str, &str)] = &[("SLUICE_STREAM_REPLICAS", "3")];
+
+/// Fails unless every stream and bucket of the layout is replicated
+/// three times, with both followers known to its leader.
+async fn assert_replicated(layout: &Layout) {
+    let mut names = layout.js.stream_names();
+    let mut streams = Vec::new();
+    while let Some(name) = names.next().await {
+        streams.push(name.expect("a stream's name"));
+    }
+    assert!(streams.len() >= 5, "the layout's streams: {streams:?}");
+    for name in streams {
+        let replicas = eventually(
+            &format!("{name} is R3 with its followers"),
+            Duration::from_secs(60),
+            async || {
+                let mut stream = layout
+                    .js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let info = stream.info().await.map_err(|e| e.to_string())?;
+                let followers = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
+                if followers == 2 {
+                    Ok(info.config.num_replicas)
+                } else {
+                    Err(format!("{} followers: {:?}", followers, info.cluster))
+                }
+            },
+        )
+        .await;
+        assert_eq!(replicas, 3, "{name}");
+    }
 }
 
 /// The index of the server leading `stream` (asked until one is known).
@@ -70,7 +113,8 @@ struct SyncTally {
 
 /// Sends sync calls one after another from each of `clients` tasks until
 /// `stop`, tallying their answers; a call that takes longer than
-/// [`SYNC_HANG`] counts as hung (`other`).
+/// [`SYNC_HANG`] counts as hung, and a 504 before [`SYNC_DEADLINE`] as
+/// premature (`other`).
 fn steady_sync_calls(
     gateways: Vec<Arc<TestGateway>>,
     clients: usize,
@@ -86,6 +130,7 @@ fn steady_sync_calls(
                     n += 1;
                     let gw = &gateways[n % gateways.len()];
                     let call = gw.try_send(Method::GET, "/fn/default/slow/sleep/10", &[], "");
+                    let sent = std::time::Instant::now();
                     match tokio::time::timeout(SYNC_HANG, call).await {
                         Ok(Some(reply)) if reply.status == StatusCode::OK => {
                             tally.ok.fetch_add(1, Ordering::SeqCst);
@@ -93,14 +138,18 @@ fn steady_sync_calls(
                         Ok(Some(reply)) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
                             tally.unavailable.fetch_add(1, Ordering::SeqCst);
                         }
-                        Ok(Some(reply)) if reply.status == StatusCode::GATEWAY_TIMEOUT => {
+                        Ok(Some(reply))
+                            if reply.status == StatusCode::GATEWAY_TIMEOUT
+                                && sent.elapsed() >= SYNC_DEADLINE =>
+                        {
                             tally.timed_out.fetch_add(1, Ordering::SeqCst);
                         }
                         // A gateway that was killed refuses connections.
                         Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
                         Ok(Some(reply)) => tally.other.lock().unwrap().push(format!(
-                            "{} {}",
+                            "{} after {:?}: {}",
                             reply.status,
+                            sent.elapsed(),
                             reply.text()
                         )),
                         Err(_) => tally
@@ -176,16 +225,28 @@ fn report(records: &[serde_json::Value], sync: &SyncTally) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
+/// A three-server cluster with an R3 layout and `SLOW` published, a
+/// runtime and a gateway (working in `work`) serving it, and a client of
+/// that gateway; the layout checked R3. The processes live as long as the
+/// vector returned.
+async fn one_gateway_one_runtime(
+    work: &std::path::Path,
+) -> (NatsCluster, Layout, Vec<Process>, Arc<TestGateway>) {
     let (cluster, layout) = cluster_with_layout().await;
-    let work = tempfile::tempdir().unwrap();
     let url = cluster.url();
-    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
-    let (_gateway, addr) = Process::gateway(&url, work.path(), &[]).await;
+    let runtime = Process::runtime(&url, work, "runtime-0", &[]);
+    let (gateway, addr) = Process::gateway(&url, work, R3_OWNER).await;
     let gw = Arc::new(TestGateway::remote(addr));
     gw.wait_routed("default/slow").await;
     runtime.wait_for_log("\"message\":\"serving\"").await;
+    assert_replicated(&layout).await;
+    (cluster, layout, vec![runtime, gateway], gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_invocation_is_lost_when_the_stream_leader_dies() {
+    let work = tempfile::tempdir().unwrap();
+    let (cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
     let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
 
@@ -216,7 +277,7 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     for i in 0..2 {
         let dir = work.path().join(format!("gateway-{i}"));
         std::fs::create_dir(&dir).unwrap();
-        let (gateway, addr) = Process::gateway(&url, &dir, &[]).await;
+        let (gateway, addr) = Process::gateway(&url, &dir, R3_OWNER).await;
         let gw = Arc::new(TestGateway::remote(addr));
         gw.wait_routed("default/slow").await;
         gateways.push(gateway);
@@ -225,6 +286,7 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     for runtime in &runtimes {
         runtime.wait_for_log("\"message\":\"serving\"").await;
     }
+    assert_replicated(&layout).await;
     let leader = leader_of(INVOCATION_STREAM, &layout).await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let victims = [gateways[1].pid(), runtimes[2].pid()];
@@ -253,4 +315,197 @@ async fn no_accepted_invocation_is_lost_when_a_leader_a_gateway_and_a_runtime_di
     // Read through the gateway that lives.
     let records = all_succeeded(&clients[0], &ids).await;
     report(&records, &sync);
+}
+
+/// The gateway follows the registry through the loss of its bucket's
+/// leader after the two failovers above: a function published after it
+/// is routed. (Its watch is an ordered consumer of one replica: when that
+/// is lost the watch reopens; see `nats/tests/watches.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_published_after_the_registry_leader_dies_is_routed() {
+    let work = tempfile::tempdir().unwrap();
+    let (cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
+    let leader = leader_of(INVOCATION_STREAM, &layout).await;
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let ids = submit_through_failovers(&cluster, leader, vec![gw.clone()], 200, vec![]).await;
+    all_succeeded(&gw, &ids).await;
+    assert_replicated(&layout).await;
+
+    let registry_leader = leader_of("KV_sluice-functions", &layout).await;
+    eprintln!("SIGKILL n{registry_leader}, the registry's leader");
+    cluster.lock().unwrap().servers[registry_leader].kill();
+    let publisher = Publisher::new(layout.clone());
+    let hello = manifest_dir(crate::harness::HELLO);
+    let functions = sluice_gateway::local::load_dir(hello.path()).expect("the manifests load");
+    eventually("hello published", Duration::from_secs(60), async || {
+        for f in &functions {
+            publisher
+                .publish(&f.function, &f.spec, &f.api_keys, &f.wasm)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await;
+    gw.wait_routed("default/hello").await;
+}
+
+/// Sends event `id` on the core subject until the gateway recorded its
+/// invocation (core NATS drops what nobody subscribes to), and queues
+/// event `id` on the stream-bound subject (through a failover), then
+/// waits until both invocations succeeded, 90 s at most each.
+async fn events_arrive(gw: &TestGateway, js: &async_nats::jetstream::Context, id: &str) {
+    let client = js.client();
+    let plain = sluice_gateway::events::event_invocation_id(
+        &"default/plain".parse().unwrap(),
+        "burst.plain",
+        id,
+    );
+    eventually(
+        &format!("core event {id} is recorded"),
+        Duration::from_secs(90),
+        async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            client
+                .publish_with_headers("burst.plain", headers, id.to_owned().into())
+                .await
+                .map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match gw.get(&format!("/invocations/{plain}")).await {
+                reply if reply.status == StatusCode::OK => Ok(()),
+                reply => Err(format!("{} {}", reply.status, reply.text())),
+            }
+        },
+    )
+    .await;
+    let message = async_nats::jetstream::message::PublishMessage::build()
+        .payload(id.to_owned().into())
+        .message_id(id);
+    sluice_nats::failover::publish_patiently(
+        js,
+        "orders.created",
+        message,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("stream event {id} not stored: {e}"));
+    let durable = sluice_gateway::events::event_invocation_id(
+        &"default/durable".parse().unwrap(),
+        "orders.created",
+        id,
+    );
+    for invocation in [plain, durable] {
+        let record = eventually(
+            &format!("event {id}'s invocation {invocation} succeeds"),
+            Duration::from_secs(90),
+            async || {
+                let reply = gw.get(&format!("/invocations/{invocation}")).await;
+                match reply.json()["state"].as_str() {
+                    Some("succeeded") => Ok(reply.json()),
+                    _ => Err(format!("{} {}", reply.status, reply.text())),
+                }
+            },
+        )
+        .await;
+        assert_eq!(record["state"], "succeeded");
+    }
+}
+
+/// Event triggers follow the cluster: a core subscription and a
+/// stream-bound trigger's durable consumer (both R3) keep turning events
+/// into invocations after the SIGKILL of the trigger consumer's leader
+/// and after two servers restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_triggers_follow_a_leader_loss_and_restarts() {
+    let cluster = NatsCluster::start(3);
+    let client = sluice_nats::connect(&cluster.url(), "test-owner", &Default::default())
+        .await
+        .expect("the cluster");
+    let layout = Layout::reconcile(
+        client.clone(),
+        &LayoutConfig {
+            replicas: 3,
+            ..LayoutConfig::default()
+        },
+    )
+    .await
+    .expect("the R3 layout")
+    .layout;
+    let js = async_nats::jetstream::new(client);
+    let orders = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("the ORDERS stream");
+    publish_dir(
+        &Publisher::new(layout.clone()),
+        manifest_dir(crate::event_buffers::TWO_TRIGGERS).path(),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let runtime = Process::runtime(&url, work.path(), "runtime-0", &[]);
+    let (_gateway, addr) = Process::gateway(&url, work.path(), R3_OWNER).await;
+    let gw = TestGateway::remote(addr);
+    gw.wait_routed("default/plain").await;
+    gw.wait_routed("default/durable").await;
+    runtime.wait_for_log("\"message\":\"serving\"").await;
+    crate::nats_mode::wait_trigger_consumer(&orders).await;
+    assert_replicated(&layout).await;
+    events_arrive(&gw, &js, "before").await;
+
+    let mut cluster = cluster;
+    let name = {
+        let mut names = orders.consumer_names();
+        names.next().await.expect("a consumer").expect("its name")
+    };
+    let leader = eventually(
+        "the trigger's consumer has a leader",
+        Duration::from_secs(60),
+        async || {
+            let info = orders
+                .consumer_info(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            info.cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .ok_or_else(|| format!("{:?}", info.cluster))
+        },
+    )
+    .await;
+    let leader = NatsCluster::index_of(&leader).expect("one of ours");
+    eprintln!("SIGKILL n{leader}, the trigger consumer's leader");
+    cluster.servers[leader].kill();
+    events_arrive(&gw, &js, "after-the-leader").await;
+
+    cluster.restart_with_another(leader);
+    events_arrive(&gw, &js, "after-the-restarts").await;
+}
+
+/// A result long-poll (`?wait=`) under way when the results bucket's
+/// leader is SIGKILLed still answers with the invocation's final record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_long_poll_answers_the_final_record_across_the_results_leader_loss() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
+    let id = gw
+        .submit("/async/fn/default/slow/sleep/1500", &[], "")
+        .await;
+    let poll = {
+        let (gw, id) = (gw.clone(), id.clone());
+        tokio::spawn(async move { gw.get(&format!("/invocations/{id}?wait=60s")).await })
+    };
+    let leader = leader_of("KV_sluice-results", &layout).await;
+    eprintln!("SIGKILL n{leader}, the results' leader");
+    cluster.servers[leader].kill();
+    let reply = poll.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "succeeded", "{}", reply.text());
 }

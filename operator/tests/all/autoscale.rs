@@ -5,8 +5,10 @@
 use std::thread;
 use std::time::Duration;
 
+use sluice_testing::NatsCluster;
+
 use crate::support::{
-    Sluice, component, eventually, http_get, http_get_within, post_async, settled,
+    Sluice, component, eventually, http_get, http_get_within, http_post, post_async, settled,
 };
 
 /// A dedicated function of the `misbehave` component, whose `/sleep/<ms>`
@@ -34,12 +36,10 @@ fn metrics(operator: &crate::support::Process) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero_and_a_pin_holds() {
-    let sluice = Sluice::start();
-    let operator = sluice.operator("op-1", 15, &["--autoscale-interval", "1s"]);
-    let (_gateway, gateway) = sluice.gateway();
-    let kubelet = sluice.kubelet(Duration::from_secs(1));
+/// Applies `surge` (at most 5 replicas, 10 queued per replica, quick to
+/// scale down) and waits until, created with one warm replica and idle
+/// for `scaleToZeroAfter`, it is at zero; its Deployment's name.
+fn surge_at_zero(sluice: &Sluice, kubelet: &sluice_testing::Kubelet) -> &'static str {
     sluice.config_map(
         "default",
         "misbehave-wasm",
@@ -52,13 +52,51 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
     ));
     sluice.wait_ready("default", "surge", "True", "Ready");
     let deployment = "surge-runtime";
-
-    // Created with one warm replica, idle for scaleToZeroAfter: zero.
     eventually("idle to zero", Duration::from_secs(60), || {
         let at_zero = kubelet.replica_history("default", deployment).last() == Some(&0)
             && kubelet.running("default", deployment) == 0;
         at_zero.then_some(())
     });
+    deployment
+}
+
+/// Joins `posters` (500 async invocations in all), waits until each
+/// `succeeded`, then until `deployment` is back at zero, and checks that
+/// since `before_surge` (its length of replica history) it went up to 5
+/// replicas (`surge`'s maxReplicas) and no further.
+fn served_up_to_five_and_back_to_zero(
+    posters: Vec<thread::JoinHandle<Vec<String>>>,
+    gateway: std::net::SocketAddr,
+    kubelet: &sluice_testing::Kubelet,
+    deployment: &str,
+    before_surge: usize,
+) {
+    let ids: Vec<String> = posters
+        .into_iter()
+        .flat_map(|p| p.join().expect("an async poster"))
+        .collect();
+    assert_eq!(ids.len(), 500);
+    for id in &ids {
+        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
+    }
+    eventually("back to zero", Duration::from_secs(90), || {
+        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
+    });
+    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
+    assert_eq!(
+        surge.iter().max(),
+        Some(&5),
+        "up to maxReplicas and no further: {surge:?}"
+    );
+}
+
+#[test]
+fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero_and_a_pin_holds() {
+    let sluice = Sluice::start();
+    let operator = sluice.operator("op-1", 15, &["--autoscale-interval", "1s"]);
+    let (_gateway, gateway) = sluice.gateway();
+    let kubelet = sluice.kubelet(Duration::from_secs(1));
+    let deployment = surge_at_zero(&sluice, &kubelet);
     eventually("Active=False", Duration::from_secs(30), || {
         let (status, reason, _) = sluice.condition("default", "surge", "Active")?;
         (status == "False" && reason == "ScaledToZero").then_some(())
@@ -89,24 +127,7 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
             "a synchronous invocation made at zero is answered once a runtime starts: {answer:?}"
         );
     }
-    let ids: Vec<String> = posters
-        .into_iter()
-        .flat_map(|p| p.join().expect("an async poster"))
-        .collect();
-    assert_eq!(ids.len(), 500);
-    for id in &ids {
-        assert_eq!(settled(gateway, id), "succeeded", "invocation {id}");
-    }
-
-    eventually("back to zero", Duration::from_secs(60), || {
-        (kubelet.replica_history("default", deployment).last() == Some(&0)).then_some(())
-    });
-    let surge = kubelet.replica_history("default", deployment)[before_surge..].to_vec();
-    assert_eq!(
-        surge.iter().max(),
-        Some(&5),
-        "up to maxReplicas and no further: {surge:?}"
-    );
+    served_up_to_five_and_back_to_zero(posters, gateway, &kubelet, deployment, before_surge);
     let reasons = sluice.event_reasons("default", "surge");
     for reason in ["ScaledFromZero", "ScaledUp", "ScaledToZero"] {
         assert!(
@@ -164,11 +185,16 @@ fn a_surge_at_zero_scales_up_to_max_replicas_is_served_whole_and_returns_to_zero
     });
 }
 
-#[test]
-fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
-    let sluice = Sluice::start();
-    let (_gateway, gateway) = sluice.gateway();
-    let kubelet = sluice.kubelet(Duration::ZERO);
+/// Applies `woken` (down to zero at once) with a first operator, then
+/// starts the one returned, whose ticks are an hour apart: the first, at
+/// start, finds the function idle and scales it to zero, and no other
+/// comes within a test; returns once no runtime is left, a stopping one
+/// included (only a scale can serve). Both operators get `extra` flags.
+fn woken_at_zero(
+    sluice: &Sluice,
+    kubelet: &sluice_testing::Kubelet,
+    extra: &[&str],
+) -> crate::support::Process {
     sluice.config_map(
         "default",
         "misbehave-wasm",
@@ -176,37 +202,53 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
         &component("misbehave"),
     );
     {
-        let _first = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
+        let _first = sluice.operator("op-1", 15, &[&["--leader-elect", "false"], extra].concat());
         sluice.apply(&sleeper(
             "woken",
             "{ scaleDownDelay: 0s, scaleToZeroAfter: 0s }",
         ));
         sluice.wait_ready("default", "woken", "True", "Ready");
     }
-    // Ticks an hour apart: the first, at start, finds the function idle
-    // and scales it to zero; no other comes within this test.
     let operator = sluice.operator(
         "op-2",
         15,
-        &["--leader-elect", "false", "--autoscale-interval", "1h"],
+        &[
+            &["--leader-elect", "false", "--autoscale-interval", "1h"],
+            extra,
+        ]
+        .concat(),
     );
-    // No runtime left, a stopping one included: only a scale can serve.
     eventually("at zero", Duration::from_secs(60), || {
         (kubelet.replica_history("default", "woken-runtime").last() == Some(&0)
             && kubelet.alive("default", "woken-runtime") == 0)
             .then_some(())
     });
+    operator
+}
+
+/// A sync call of `woken` at zero is answered, and `operator` counts
+/// the wake that scaled it up.
+fn woken_by_a_call(gateway: std::net::SocketAddr, operator: &crate::support::Process) {
     let answer = http_get_within(
         gateway,
         "/fn/default/woken/sleep/1",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     );
     assert!(matches!(answer, Some((200, _))), "{answer:?}");
     eventually("the wake counted", Duration::from_secs(30), || {
-        metrics(&operator)
+        metrics(operator)
             .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#)
             .then_some(())
     });
+}
+
+#[test]
+fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
+    let sluice = Sluice::start();
+    let (_gateway, gateway) = sluice.gateway();
+    let kubelet = sluice.kubelet(Duration::ZERO);
+    let operator = woken_at_zero(&sluice, &kubelet, &[]);
+    woken_by_a_call(gateway, &operator);
 }
 
 #[test]
@@ -341,4 +383,134 @@ spec:
             == Some(&1))
         .then_some(())
     });
+}
+
+/// The server leading the consumer of `default/<function>` on the
+/// invocation stream, asked over `nats` until one is known (60 s).
+fn consumer_leader(nats: &str, function: &str) -> usize {
+    let function = sluice_api::names::FunctionRef::new("default", function).expect("a name");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = sluice_nats::connect(nats, "test-leader", &Default::default())
+            .await
+            .expect("the cluster");
+        let js = async_nats::jetstream::new(client);
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(stream) = js.get_stream(sluice_api::names::INVOCATION_STREAM).await
+                && let Ok(info) = stream.consumer_info(function.consumer_name()).await
+                && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+            {
+                return NatsCluster::index_of(&leader).expect("one of ours");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the consumer of {function} has no leader within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// `count` async invocations of `path`, each posted again after a 503 (a
+/// publish that found no leader through a failover); their ids.
+fn post_async_through_failover(
+    gateway: std::net::SocketAddr,
+    path: &str,
+    count: usize,
+) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            eventually("a 202", Duration::from_secs(60), || {
+                let (status, body) = http_post(gateway, path)?;
+                if status == 503 {
+                    thread::sleep(Duration::from_millis(200));
+                    return None;
+                }
+                assert_eq!(status, 202, "{body}");
+                let accepted: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                Some(accepted["id"].as_str().expect("an id").to_owned())
+            })
+        })
+        .collect()
+}
+
+/// On a three-server NATS cluster with an R3 layout, a surge scales up to
+/// `maxReplicas` and no further, is served whole, and scales back to zero
+/// while the function's consumer leader is SIGKILLed mid-surge (and
+/// started again): the depth the autoscaler reads after the move is the
+/// new leader's, neither lost nor stale.
+#[test]
+fn a_surge_scales_to_max_replicas_and_back_while_the_consumer_leader_moves() {
+    let mut nats = NatsCluster::start(3);
+    let url = nats.url();
+    let sluice = Sluice::start();
+    let _operator = sluice.operator(
+        "op-1",
+        15,
+        &[
+            "--autoscale-interval",
+            "1s",
+            "--nats",
+            &url,
+            "--stream-replicas",
+            "3",
+        ],
+    );
+    let (_gateway, gateway) = sluice.gateway_on(&url, &["--own-layout=false"]);
+    let kubelet = sluice.kubelet(Duration::from_secs(1));
+    let deployment = surge_at_zero(&sluice, &kubelet);
+    let before_surge = kubelet.replica_history("default", deployment).len();
+    let leader = consumer_leader(&url, "surge");
+
+    let posters: Vec<_> = (0..10)
+        .map(|_| {
+            thread::spawn(move || {
+                post_async_through_failover(gateway, "/async/fn/default/surge/sleep/100", 50)
+            })
+        })
+        .collect();
+    // Mid-surge: scaled up from zero, the queue still deep.
+    eventually("scaling up", Duration::from_secs(60), || {
+        (kubelet.replica_history("default", deployment)[before_surge..]
+            .iter()
+            .any(|&n| n > 1))
+        .then_some(())
+    });
+    eprintln!("SIGKILL n{leader}, the consumer's leader");
+    nats.servers[leader].kill();
+    thread::sleep(Duration::from_secs(3));
+    nats.servers[leader].restart();
+    nats.wait_healthy();
+
+    served_up_to_five_and_back_to_zero(posters, gateway, &kubelet, deployment, before_surge);
+    eventually("the status at zero", Duration::from_secs(30), || {
+        let desired = sluice.field("default", "surge", "{.status.desiredReplicas}");
+        let depth = sluice.field("default", "surge", "{.status.queueDepth}");
+        (desired == "0" && depth == "0").then_some(())
+    });
+}
+
+/// On a three-server NATS cluster, the autoscaler's wake subscription
+/// outlives a restart of every server (one after another, so whichever
+/// the operator is connected to): a first invocation at zero still
+/// scales the function up without waiting for a tick.
+#[test]
+fn a_wake_at_zero_outlives_a_restart_of_every_nats_server() {
+    let mut nats = NatsCluster::start(3);
+    let url = nats.url();
+    let sluice = Sluice::start();
+    let on_cluster = ["--nats", &url, "--stream-replicas", "3"];
+    let (_gateway, gateway) = sluice.gateway_on(&url, &["--own-layout=false"]);
+    let kubelet = sluice.kubelet(Duration::ZERO);
+    let operator = woken_at_zero(&sluice, &kubelet, &on_cluster);
+    for i in 0..nats.servers.len() {
+        eprintln!("restarting n{i}");
+        nats.servers[i].restart();
+        nats.wait_healthy();
+    }
+    woken_by_a_call(gateway, &operator);
 }

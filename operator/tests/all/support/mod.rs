@@ -223,14 +223,25 @@ impl Sluice {
     /// The same, logging to `<name>.log`, for a test running more than
     /// one.
     pub fn gateway_named(&self, name: &str) -> (Process, SocketAddr) {
+        self.start_gateway(name, &self.nats.url, &[])
+    }
+
+    /// [`Sluice::gateway`] on the NATS servers of `nats` (comma-separated),
+    /// plus `extra` flags.
+    pub fn gateway_on(&self, nats: &str, extra: &[&str]) -> (Process, SocketAddr) {
+        self.start_gateway("gateway", nats, extra)
+    }
+
+    fn start_gateway(&self, name: &str, nats: &str, extra: &[&str]) -> (Process, SocketAddr) {
         let port = free_port();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-gateway"));
         command
             .envs(self.nats_env_of("gateway"))
-            .args(["--nats", &self.nats.url])
+            .args(["--nats", nats])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &admin.to_string()]);
+            .args(["--admin-listen", &admin.to_string()])
+            .args(extra);
         let mut process = Process::spawn(command, self.logs.path().join(format!("{name}.log")));
         process.admin = Some(admin);
         (process, SocketAddr::from(([127, 0, 0, 1], port)))
