@@ -130,6 +130,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
             prepared,
             retry: spec.retry.clone(),
             concurrency: spec.concurrency,
+            destinations: spec.destinations.clone(),
         });
     }
     let queue = Arc::new(queue);
