@@ -110,6 +110,18 @@ pub fn event_body(record: &InvocationRecord) -> Bytes {
     Bytes::from(serde_json::to_vec(record).unwrap_or_default())
 }
 
+/// The id of the invocation of `target` that invocation `source`'s `kind`
+/// destination starts: the same on every delivery of it.
+pub fn chained_id(
+    source: &InvocationId,
+    kind: DestinationKind,
+    target: &FunctionRef,
+) -> InvocationId {
+    // A newline cannot occur in an HTTP Idempotency-Key, so no request
+    // maps to a chained invocation's id.
+    InvocationId::for_idempotency_key(target, &format!("destination\n{source}\n{}", kind.as_str()))
+}
+
 /// The asynchronous invocation of `target` (a function of the record's
 /// namespace) that `record`'s `kind` destination starts: `POST /` with
 /// the event, under an id derived from the record's id and `kind` (so a
@@ -121,12 +133,7 @@ pub fn chained_invocation(
     target: &FunctionRef,
     deadline: SystemTime,
 ) -> Invocation {
-    // A newline cannot occur in an HTTP Idempotency-Key, so no request
-    // maps to a chained invocation's id.
-    let id = InvocationId::for_idempotency_key(
-        target,
-        &format!("destination\n{}\n{}", record.id, kind.as_str()),
-    );
+    let id = chained_id(&record.id, kind, target);
     let mut headers = HeaderMap::new();
     for (name, value) in event_headers(record, kind) {
         if let Ok(value) = HeaderValue::try_from(value) {

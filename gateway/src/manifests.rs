@@ -162,17 +162,25 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
     }
     for f in &mut functions {
         f.api_keys = local_api_keys(f, &secrets)?;
-        local_destinations(f, &seen)?;
     }
     Ok(functions)
 }
 
-/// Checks that `f`'s destinations can be delivered without NATS: a
-/// function destination names a function of the folder; a subject
-/// destination is refused (local mode has no NATS to publish on).
-fn local_destinations(
+/// Checks that local mode can deliver the destinations of `functions`
+/// (the folder's): a function destination names a function of the
+/// folder; a subject destination is refused, as local mode has no NATS to
+/// publish on.
+pub fn local_destinations(functions: &[LocalFunction]) -> Result<(), ManifestsError> {
+    let known: std::collections::HashSet<&FunctionRef> =
+        functions.iter().map(|f| &f.function).collect();
+    functions
+        .iter()
+        .try_for_each(|f| function_destinations(f, &known))
+}
+
+fn function_destinations(
     f: &LocalFunction,
-    functions: &HashMap<FunctionRef, PathBuf>,
+    functions: &std::collections::HashSet<&FunctionRef>,
 ) -> Result<(), ManifestsError> {
     let destinations = &f.spec.destinations;
     for (field, destination) in [
@@ -196,7 +204,7 @@ fn local_destinations(
         }
         if let Some(name) = &destination.function {
             let known = FunctionRef::new(&f.function.namespace, name)
-                .is_ok_and(|target| functions.contains_key(&target));
+                .is_ok_and(|target| functions.contains(&target));
             if !known {
                 return Err(error(
                     field,
