@@ -306,6 +306,7 @@ async fn run_async(
 ) {
     let function = &invocation.function;
     let retry = &served.spec.retry;
+    let deadline = invocation.deadline;
     let mut record = InvocationRecord::accepted(invocation);
     if delivered > retry.max_attempts {
         // Runtimes stopped during the last attempt(s) and the message came back.
@@ -315,15 +316,7 @@ async fn run_async(
         );
         record.attempts = delivered;
         record.settled(InvocationState::DeadLettered, Some(error), None);
-        return give_up(
-            shared,
-            served,
-            message,
-            record,
-            callback,
-            invocation.deadline,
-        )
-        .await;
+        return give_up(shared, served, message, record, callback, deadline).await;
     }
     // Registered before the record is read: a cancel after the read
     // arrives as a message (see `super::cancel`).
@@ -331,15 +324,7 @@ async fn run_async(
     if cancelled(shared, &invocation.id).await {
         record.attempts = delivered - 1;
         record.cancel();
-        return finish(
-            shared,
-            served,
-            message,
-            record,
-            callback,
-            invocation.deadline,
-        )
-        .await;
+        return finish(shared, served, message, record, callback, deadline).await;
     }
     record.running(delivered);
     announce(shared, &record).await;
@@ -363,26 +348,10 @@ async fn run_async(
             state: InvocationState::DeadLettered,
             ..
         } => {
-            give_up(
-                shared,
-                served,
-                message,
-                record,
-                callback,
-                invocation.deadline,
-            )
-            .await;
+            give_up(shared, served, message, record, callback, deadline).await;
         }
         Settlement::Final { .. } => {
-            finish(
-                shared,
-                served,
-                message,
-                record,
-                callback,
-                invocation.deadline,
-            )
-            .await;
+            finish(shared, served, message, record, callback, deadline).await;
         }
     }
 }
