@@ -81,6 +81,12 @@ pub struct FunctionSpec {
     /// Default: subject `sluice.dlq.<namespace>.<name>`.
     #[serde(default)]
     pub dead_letter: DeadLetterPolicy,
+    /// Where the final record of each asynchronous invocation is delivered,
+    /// as a CloudEvent, once: `onSuccess` and `onFailure`, each a subject
+    /// under `sluice.dest.<namespace>.` or another function of the
+    /// namespace. Default: none.
+    #[serde(default, skip_serializing_if = "Destinations::is_empty")]
+    pub destinations: Destinations,
     /// Queue-depth autoscaling. Default: 0 to 20 replicas, 16 queued per replica.
     #[serde(default)]
     pub scaling: Scaling,
@@ -621,6 +627,52 @@ pub struct DeadLetterPolicy {
     pub subject: Option<String>,
 }
 
+/// Where a function's final records go (see `crate::destination`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destinations {
+    /// Where a record that ended `succeeded` goes. Default: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Destination>,
+    /// Where a record that ended `failed`, `dead_lettered` or `expired`
+    /// goes (a `cancelled` one goes nowhere). Default: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Destination>,
+}
+
+impl Destinations {
+    /// Whether no destination is set.
+    pub fn is_empty(&self) -> bool {
+        self.on_success.is_none() && self.on_failure.is_none()
+    }
+}
+
+/// One destination: exactly one of `subject` and `function`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.subject) != has(self.function)",
+        "message": "exactly one of subject or function must be set"
+    },
+    {
+        "rule": "!has(self.subject) || self.subject.startsWith('sluice.dest.')",
+        "message": "subject must be under sluice.dest.<namespace>."
+    }
+]))]
+pub struct Destination {
+    /// A NATS subject under `sluice.dest.<namespace>.` (literal tokens of
+    /// letters, digits, `-` and `_`; no wildcards). NATS mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_SUBJECT_LEN))]
+    pub subject: Option<String>,
+    /// The name of another function of the same namespace, invoked
+    /// asynchronously with the record as its body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub function: Option<String>,
+}
+
 /// Queue-depth autoscaling bounds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -771,11 +823,12 @@ impl SpecError {
     }
 }
 
-/// Whether `subject` is a literal subject the dead-letter stream captures,
-/// under the namespace's own `sluice.dlq.<namespace>.`.
-fn is_dead_letter_subject(subject: &str, namespace: &str) -> bool {
+/// Whether `subject` is a literal subject under the namespace's own
+/// `<prefix><namespace>.` (`sluice.dlq.` for dead letters, `sluice.dest.`
+/// for destinations).
+fn is_scoped_subject(prefix: &str, subject: &str, namespace: &str) -> bool {
     subject
-        .strip_prefix(crate::names::DEAD_LETTER_SUBJECT_PREFIX)
+        .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix(namespace))
         .and_then(|rest| rest.strip_prefix('.'))
         .is_some_and(|rest| {
@@ -945,7 +998,11 @@ impl FunctionSpec {
             }
         }
         if let Some(subject) = &self.dead_letter.subject
-            && !is_dead_letter_subject(subject, &function.namespace)
+            && !is_scoped_subject(
+                crate::names::DEAD_LETTER_SUBJECT_PREFIX,
+                subject,
+                &function.namespace,
+            )
         {
             return Err(SpecError::new(
                 "spec.deadLetter.subject",
@@ -954,6 +1011,48 @@ impl FunctionSpec {
                     function.namespace
                 ),
             ));
+        }
+        for (field, destination) in [
+            ("spec.destinations.onSuccess", &self.destinations.on_success),
+            ("spec.destinations.onFailure", &self.destinations.on_failure),
+        ] {
+            let Some(destination) = destination else {
+                continue;
+            };
+            match (&destination.subject, &destination.function) {
+                (Some(subject), None) => {
+                    if !is_scoped_subject(
+                        crate::names::DESTINATION_SUBJECT_PREFIX,
+                        subject,
+                        &function.namespace,
+                    ) {
+                        return Err(SpecError::new(
+                            format!("{field}.subject"),
+                            format!(
+                                "{subject:?} must be a NATS subject under sluice.dest.{}. (the function's own namespace; letters, digits, '-', '_' and dots; no wildcards), so that no namespace publishes on another's subjects",
+                                function.namespace
+                            ),
+                        ));
+                    }
+                }
+                (None, Some(name)) => {
+                    if !crate::names::is_dns_label(name) {
+                        return Err(SpecError::new(
+                            format!("{field}.function"),
+                            format!(
+                                "{name:?} must name a function of the namespace {} (a DNS label)",
+                                function.namespace
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(SpecError::new(
+                        field,
+                        "must set exactly one of subject or function",
+                    ));
+                }
+            }
         }
         for (i, host) in self.allowed_outbound_hosts.iter().enumerate() {
             if !(host.starts_with("http://") || host.starts_with("https://")) {
@@ -1310,6 +1409,52 @@ mod tests {
         assert!(error.problem.contains("sluice.dlq.shop."), "{error}");
         spec.dead_letter.subject = Some("sluice.dlq.shop.other-fn".into());
         assert_eq!(spec.validate(&function()), Ok(()));
+    }
+
+    #[test]
+    fn destinations_stay_in_the_functions_own_namespace() {
+        let to = |subject: Option<&str>, function: Option<&str>| Destination {
+            subject: subject.map(Into::into),
+            function: function.map(Into::into),
+        };
+        for (success, failure, field) in [
+            (to(Some("sluice.dest.shop.orders.done"), None), None, None),
+            (to(None, Some("ship")), Some(to(None, Some("alert"))), None),
+            (
+                to(Some("sluice.dest.default.x"), None),
+                None,
+                Some("spec.destinations.onSuccess.subject"),
+            ),
+            (
+                to(Some("sluice.dest.shop.>"), None),
+                None,
+                Some("spec.destinations.onSuccess.subject"),
+            ),
+            (
+                to(Some("orders.done"), None),
+                None,
+                Some("spec.destinations.onSuccess.subject"),
+            ),
+            (
+                to(None, Some("ship")),
+                Some(to(None, Some("Not_A_Name"))),
+                Some("spec.destinations.onFailure.function"),
+            ),
+            (
+                to(Some("sluice.dest.shop.x"), Some("ship")),
+                None,
+                Some("spec.destinations.onSuccess"),
+            ),
+            (to(None, None), None, Some("spec.destinations.onSuccess")),
+        ] {
+            let mut spec = minimal();
+            spec.destinations = Destinations {
+                on_success: Some(success),
+                on_failure: failure,
+            };
+            let error = spec.validate(&function()).err();
+            assert_eq!(error.as_ref().map(|e| e.field.as_str()), field, "{error:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod autoscale;
 pub mod backoff;
 pub mod callback;
 pub mod dead_letter;
+pub mod destination;
 pub mod digest;
 pub mod egress;
 pub mod function;

@@ -29,6 +29,10 @@ pub const DEAD_LETTER_SUBJECTS: &str = "sluice.dlq.>";
 /// What every dead-letter subject starts with, so that the dead-letter
 /// stream keeps it.
 pub const DEAD_LETTER_SUBJECT_PREFIX: &str = "sluice.dlq.";
+/// What every destination subject starts with: a function of namespace
+/// `ns` delivers its final records under `sluice.dest.<ns>.` only
+/// (`spec.destinations`), so no tenant publishes on another's subjects.
+pub const DESTINATION_SUBJECT_PREFIX: &str = "sluice.dest.";
 /// What every cancel subject starts with: `DELETE /invocations/<id>`
 /// publishes the id on `sluice.cancel.<ns>.<fn>` (core NATS, no stream),
 /// and a runtime running it interrupts it.

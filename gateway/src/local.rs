@@ -11,7 +11,7 @@ use sluice_runtime::{Runtime, RuntimeConfig, RuntimeError};
 use sluice_serve::tls::TlsError;
 use sluice_serve::{Admin, TlsFiles};
 
-pub use crate::manifests::{LocalFunction, ManifestsError, load_dir};
+pub use crate::manifests::{LocalFunction, ManifestsError, load_dir, local_destinations};
 
 use crate::http::{Gateway, HttpConfig};
 use crate::metrics::Metrics;
@@ -82,6 +82,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
     let runtime_config = config.runtime.clone();
     let (runtime, loaded) = tokio::task::spawn_blocking(move || -> Result<_, LocalError> {
         let functions = load_dir(&dir)?;
+        local_destinations(&functions)?;
         let runtime = Runtime::new(runtime_config)?;
         let mut prepared = Vec::new();
         for f in functions {
@@ -130,6 +131,7 @@ pub async fn start(config: LocalConfig) -> Result<RunningGateway, LocalError> {
             prepared,
             retry: spec.retry.clone(),
             concurrency: spec.concurrency,
+            destinations: spec.destinations.clone(),
         });
     }
     let queue = Arc::new(queue);

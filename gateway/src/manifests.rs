@@ -52,6 +52,13 @@ pub enum ManifestsError {
         file: PathBuf,
         conflict: Box<PathConflict>,
     },
+    #[error("{file}: {function}: {field}: {problem}")]
+    Destination {
+        file: PathBuf,
+        function: FunctionRef,
+        field: &'static str,
+        problem: String,
+    },
     #[error("{file}: {function} is already defined in {first}")]
     Duplicate {
         file: PathBuf,
@@ -157,6 +164,59 @@ pub fn load_dir(dir: &Path) -> Result<Vec<LocalFunction>, ManifestsError> {
         f.api_keys = local_api_keys(f, &secrets)?;
     }
     Ok(functions)
+}
+
+/// Checks that local mode can deliver the destinations of `functions`
+/// (the folder's): a function destination names a function of the
+/// folder; a subject destination is refused, as local mode has no NATS to
+/// publish on.
+pub fn local_destinations(functions: &[LocalFunction]) -> Result<(), ManifestsError> {
+    let known: std::collections::HashSet<&FunctionRef> =
+        functions.iter().map(|f| &f.function).collect();
+    functions
+        .iter()
+        .try_for_each(|f| function_destinations(f, &known))
+}
+
+fn function_destinations(
+    f: &LocalFunction,
+    functions: &std::collections::HashSet<&FunctionRef>,
+) -> Result<(), ManifestsError> {
+    let destinations = &f.spec.destinations;
+    for (field, destination) in [
+        ("spec.destinations.onSuccess", &destinations.on_success),
+        ("spec.destinations.onFailure", &destinations.on_failure),
+    ] {
+        let Some(destination) = destination else {
+            continue;
+        };
+        let error = |field: &'static str, problem: String| ManifestsError::Destination {
+            file: f.file.clone(),
+            function: f.function.clone(),
+            field,
+            problem,
+        };
+        if destination.subject.is_some() {
+            return Err(error(
+                field,
+                "is a NATS subject, which local mode cannot publish on (it runs without NATS); name a function of the folder instead, or run with NATS".into(),
+            ));
+        }
+        if let Some(name) = &destination.function {
+            let known = FunctionRef::new(&f.function.namespace, name)
+                .is_ok_and(|target| functions.contains(&target));
+            if !known {
+                return Err(error(
+                    field,
+                    format!(
+                        "names function {name:?}, which no manifest of the folder defines in namespace {}",
+                        f.function.namespace
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The digests of `f`'s API keys, from the Secret manifest it names.

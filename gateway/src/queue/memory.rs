@@ -14,11 +14,12 @@ use async_trait::async_trait;
 use sluice_api::dead_letter::{
     DeadLetterDetail, PurgeReport, RedriveReport, Selection, Skipped, unredrivable,
 };
+use sluice_api::destination;
 use sluice_api::invocation::unix_millis;
 use sluice_api::logs::{AttemptLog, Captured, LogBounds};
 use sluice_api::names::FunctionRef;
 use sluice_api::record::CANCELLED_REASON;
-use sluice_api::{CancelDecision, DeadLetter, InvocationState, cancel_decision};
+use sluice_api::{CancelDecision, DeadLetter, Destinations, InvocationState, cancel_decision};
 use sluice_api::{
     Failure, FailureKind, Invocation, InvocationId, InvocationRecord, Outcome, RetryPolicy,
     Settlement,
@@ -83,6 +84,9 @@ pub struct QueuedFunction {
     pub prepared: PreparedFunction,
     pub retry: RetryPolicy,
     pub concurrency: u32,
+    /// Where final records go; only function destinations (the manifests
+    /// refuse subjects in local mode).
+    pub destinations: Destinations,
 }
 
 #[derive(Debug, Clone)]
@@ -273,34 +277,7 @@ impl InvocationQueue for MemoryQueue {
         invocation: Invocation,
         callback: Option<String>,
     ) -> Result<Submitted, QueueError> {
-        let lane = self.lane(&invocation.function)?;
-        let id = invocation.id.clone();
-        // The record and the job go in under one lock: a duplicate submit
-        // must never see a record whose job then fails to queue.
-        let mut records = lock(&self.state.records);
-        if let Some(entry) = records.get(&id)
-            && entry.accepted.elapsed() < self.state.config.dedupe_window
-        {
-            return Ok(Submitted {
-                id,
-                duplicate: true,
-            });
-        }
-        let record = InvocationRecord::accepted(&invocation);
-        let held = self.state.budget.hold(&invocation)?;
-        let job = Job::Deliver {
-            invocation: Arc::new(invocation),
-            attempt: 1,
-            callback: callback.clone(),
-            held,
-        };
-        lane.enqueue(&self.state, job)?;
-        records.insert(id.clone(), RecordEntry::new(record, callback));
-        drop(records);
-        Ok(Submitted {
-            id,
-            duplicate: false,
-        })
+        self.state.submit(invocation, callback)
     }
 
     async fn record(
@@ -701,6 +678,9 @@ fn settle(
     });
     drop(held);
     lane.adjust_depth(&state.metrics, -1);
+    if let Some(record) = &record {
+        state.deliver(&lane.function.destinations, record);
+    }
     if let (Some(url), Some(record)) = (callback, record) {
         state.callbacks.deliver(url, record);
     }
@@ -731,6 +711,70 @@ impl State {
                 number,
                 logs,
             ));
+        }
+    }
+
+    /// Queues an async invocation; a second one with the same id within
+    /// the dedupe window is a duplicate, queued no more.
+    fn submit(
+        &self,
+        invocation: Invocation,
+        callback: Option<String>,
+    ) -> Result<Submitted, QueueError> {
+        let lane = read(&self.lanes)
+            .get(&invocation.function)
+            .cloned()
+            .ok_or_else(|| QueueError::UnknownFunction(invocation.function.clone()))?;
+        let id = invocation.id.clone();
+        // The record and the job go in under one lock: a duplicate submit
+        // must never see a record whose job then fails to queue.
+        let mut records = lock(&self.records);
+        if let Some(entry) = records.get(&id)
+            && entry.accepted.elapsed() < self.config.dedupe_window
+        {
+            return Ok(Submitted {
+                id,
+                duplicate: true,
+            });
+        }
+        let record = InvocationRecord::accepted(&invocation);
+        let held = self.budget.hold(&invocation)?;
+        let job = Job::Deliver {
+            invocation: Arc::new(invocation),
+            attempt: 1,
+            callback: callback.clone(),
+            held,
+        };
+        lane.enqueue(self, job)?;
+        records.insert(id.clone(), RecordEntry::new(record, callback));
+        drop(records);
+        Ok(Submitted {
+            id,
+            duplicate: false,
+        })
+    }
+
+    /// Delivers a final `record` to its function destination, if it has
+    /// one: an async invocation under an id derived from the record's, so
+    /// it is queued once.
+    fn deliver(&self, destinations: &Destinations, record: &InvocationRecord) {
+        let Some((kind, destination)) = destinations.for_state(record.state) else {
+            return;
+        };
+        let Some(name) = &destination.function else {
+            return;
+        };
+        let queued = FunctionRef::new(&record.function.namespace, name)
+            .map_err(|e| QueueError::Unavailable(e.to_string()))
+            .and_then(|target| {
+                let deadline = SystemTime::now() + destination::CHAINED_DEADLINE;
+                self.submit(
+                    destination::chained_invocation(record, kind, &target, deadline),
+                    None,
+                )
+            });
+        if let Err(e) = queued {
+            tracing::warn!(function = %record.function, invocation = %record.id, destination = kind.as_str(), error = %e, "cannot deliver the final record to its destination");
         }
     }
 

@@ -9,6 +9,7 @@ mod async_invocations;
 mod auth;
 mod bad_input;
 mod bounds;
+mod destinations;
 mod distributed;
 mod egress;
 mod event_buffers;

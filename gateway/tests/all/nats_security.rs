@@ -54,12 +54,41 @@ fn publish(nats: &SecureNats, user: &str, manifest: &str) -> String {
     stderr
 }
 
+/// `hello`, whose successes chain into `echo`, whose successes go to a
+/// subject: both kinds of destination under the runtime's set.
+const CHAINED: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: hello }
+spec:
+  module: { file: "{hello}" }
+  destinations:
+    onSuccess: { function: echo }
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: echo }
+spec:
+  module: { file: "{echo}" }
+  destinations:
+    onSuccess: { subject: sluice.dest.default.echo.done }
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_and_runtime_serve_over_tls_with_the_documented_permissions() {
-    let nats = SecureNats::start(&permissions_file(), &users());
+    // The parts, and an application's client watching the destination.
+    let mut all = users().to_vec();
+    all.push(NatsUser {
+        name: "client",
+        permissions: None,
+    });
+    let nats = SecureNats::start(&permissions_file(), &all);
+    let (client, _) = crate::tenancy::client_as(&nats, "client").await;
+    let mut delivered = client.subscribe("sluice.dest.default.>").await.unwrap();
+    client.flush().await.unwrap();
     let work = tempfile::tempdir().unwrap();
     // The operator's set publishes, as the operator would.
-    let published = publish(&nats, "operator", &format!("{HELLO}---{TALKER}"));
+    let published = publish(&nats, "operator", &format!("{CHAINED}---{TALKER}"));
     assert!(!published.contains(VIOLATION), "{published}");
     let runtime_env = nats.env("runtime");
     let runtime = Process::runtime(nats.url(), work.path(), "runtime", &borrowed(&runtime_env));
@@ -80,6 +109,26 @@ async fn gateway_and_runtime_serve_over_tls_with_the_documented_permissions() {
     assert_eq!(again.status, StatusCode::OK, "{}", again.text());
     let dead = gw.get("/dead-letters/default/hello").await;
     assert_eq!(dead.status, StatusCode::OK, "{}", dead.text());
+    // The destination chains into echo, whose record then goes to its
+    // subject: neither is refused (checked in the logs below).
+    let chained = sluice_api::destination::chained_id(
+        &sluice_api::InvocationId::parse(&id).unwrap(),
+        sluice_api::destination::DestinationKind::Success,
+        &"default/echo".parse().unwrap(),
+    );
+    let record = gw.wait_succeeded(chained.as_str()).await;
+    assert_eq!(
+        crate::harness::stored_header(&record, "x-echo-h-ce-subject"),
+        id
+    );
+    let done = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::StreamExt::next(&mut delivered),
+    )
+    .await
+    .expect("echo's record reaches its subject")
+    .unwrap();
+    assert_eq!(done.subject.as_str(), "sluice.dest.default.echo.done");
     // The runtime keeps each attempt's log; the gateway reads them back.
     let id = gw
         .submit("/async/fn/default/talker/say/permitted", &[], "")

@@ -113,7 +113,7 @@ fn permissions_file() -> PathBuf {
 
 /// A client of `nats` as `user`, whose server errors (permission
 /// violations) arrive on the returned channel.
-async fn client_as(
+pub(crate) async fn client_as(
     nats: &SecureNats,
     user: &str,
 ) -> (

@@ -90,6 +90,18 @@ fn bad_functions_are_refused_at_apply_time_naming_the_problem() {
             "  module: { configMap: { name: a, key: b } }\n  triggers: { schedule: [ { cron: \"* * * * *\", timeZone: \"Europe/Paris ; rm\" } ] }\n",
             "spec.triggers.schedule[0].timeZone: Invalid value",
         ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  destinations: { onSuccess: { subject: sluice.dest.default.x, function: b } }\n",
+            "exactly one of subject or function must be set",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  destinations: { onFailure: {} }\n",
+            "spec.destinations.onFailure: Invalid value",
+        ),
+        (
+            "  module: { configMap: { name: a, key: b } }\n  destinations: { onSuccess: { subject: orders.done } }\n",
+            "subject must be under sluice.dest.<namespace>.",
+        ),
     ];
     for (spec, expected) in cases {
         let output = sluice.cluster.apply(&function(spec));

@@ -9,14 +9,17 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
+use sluice_api::destination::{self, DestinationKind};
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::logs::{AttemptLog, Captured};
-use sluice_api::names::result_subject;
-use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, Settlement};
+use sluice_api::names::{FunctionRef, result_subject};
+use sluice_api::{
+    Destination, Invocation, InvocationId, InvocationRecord, InvocationState, Settlement,
+};
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
 use sluice_nats::patience::retry_delay;
-use sluice_nats::{PAYLOAD_HEADROOM, header_pairs, reply};
+use sluice_nats::{PAYLOAD_HEADROOM, failover, header_pairs, reply};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -341,6 +344,7 @@ async fn run_async(
 ) -> bool {
     let function = &invocation.function;
     let retry = &served.spec.retry;
+    let deadline = invocation.deadline;
     let mut record = InvocationRecord::accepted(invocation);
     if delivered > retry.max_attempts {
         // Runtimes stopped during the last attempt(s) and the message came back.
@@ -350,15 +354,7 @@ async fn run_async(
         );
         record.attempts = delivered;
         record.settled(InvocationState::DeadLettered, Some(error), None);
-        give_up(
-            shared,
-            served,
-            message,
-            record,
-            callback,
-            invocation.deadline,
-        )
-        .await;
+        give_up(shared, served, message, record, callback, deadline).await;
         return false;
     }
     // Registered before the record is read: a cancel after the read
@@ -367,7 +363,7 @@ async fn run_async(
     if cancelled(shared, &invocation.id).await {
         record.attempts = delivered - 1;
         record.cancel();
-        finish(shared, message, record, callback, invocation.deadline).await;
+        finish(shared, served, message, record, callback, deadline).await;
         return false;
     }
     record.running(delivered);
@@ -398,18 +394,10 @@ async fn run_async(
             state: InvocationState::DeadLettered,
             ..
         } => {
-            give_up(
-                shared,
-                served,
-                message,
-                record,
-                callback,
-                invocation.deadline,
-            )
-            .await;
+            give_up(shared, served, message, record, callback, deadline).await;
         }
         Settlement::Final { .. } => {
-            finish(shared, message, record, callback, invocation.deadline).await;
+            finish(shared, served, message, record, callback, deadline).await;
         }
     }
     false
@@ -509,15 +497,17 @@ async fn give_up(
             record.response.clone(),
         );
     }
-    finish(shared, message, record, callback, deadline).await;
+    finish(shared, served, message, record, callback, deadline).await;
 }
 
-/// Stores the final record, then acknowledges, then calls back: a crash in
-/// between runs the invocation again rather than losing it. A store that
-/// fails is tried again here ([`store_final`]), never by redelivering the
-/// message: that would run the function again.
+/// Stores the final record, then delivers it to its destination, then
+/// acknowledges, then calls back: a crash in between runs the invocation
+/// again rather than losing it (its destination then gets the same message
+/// id again). A store that fails is tried again here ([`store_final`]),
+/// never by redelivering the message: that would run the function again.
 async fn finish(
     shared: &Shared,
+    served: &Served,
     message: &jetstream::Message,
     record: InvocationRecord,
     callback: Option<String>,
@@ -525,10 +515,81 @@ async fn finish(
 ) {
     let (record, json) = storable(record, shared.client.server_info().max_payload);
     store_final(shared, message, &record, json, deadline).await;
+    if let Some((kind, destination)) = served.spec.destinations.for_state(record.state)
+        && let Err(e) = deliver(shared, &record, kind, destination).await
+    {
+        tracing::warn!(function = %record.function, invocation = %record.id, destination = kind.as_str(), error = %e, "cannot deliver the final record to its destination");
+    }
     acknowledge(message, AckKind::Ack, &record.id).await;
     if let Some(url) = callback {
         shared.callbacks.deliver(url, record);
     }
+}
+
+/// Delivers `record` to its `kind` destination as a binary-mode
+/// CloudEvent ([`sluice_api::destination`]): on a subject by core NATS
+/// with `Nats-Msg-Id` (a stream capturing it keeps one copy), or to a
+/// function as an async invocation under an id derived from the record's,
+/// its record created first (an existing one, from an earlier delivery, is
+/// kept).
+async fn deliver(
+    shared: &Shared,
+    record: &InvocationRecord,
+    kind: DestinationKind,
+    to: &Destination,
+) -> Result<(), String> {
+    if let Some(subject) = &to.subject {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in destination::event_headers(record, kind) {
+            headers.insert(name, value.as_str());
+        }
+        headers.insert(
+            "Nats-Msg-Id",
+            destination::message_id(&record.id, kind).as_str(),
+        );
+        shared
+            .client
+            .publish_with_headers(subject.clone(), headers, destination::event_body(record))
+            .await
+            .map_err(|e| e.to_string())?;
+        return shared.client.flush().await.map_err(|e| e.to_string());
+    }
+    let Some(name) = &to.function else {
+        return Ok(());
+    };
+    let target = FunctionRef::new(&record.function.namespace, name).map_err(|e| e.to_string())?;
+    let deadline = SystemTime::now() + destination::CHAINED_DEADLINE;
+    let invocation = destination::chained_invocation(record, kind, &target, deadline);
+    let queued = serde_json::to_vec(&InvocationRecord::accepted(&invocation)).unwrap_or_default();
+    match shared
+        .layout
+        .results
+        .create(invocation.id.as_str(), queued.into())
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot create the record of {target}'s invocation: {e}"
+            ));
+        }
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    invocation.write_wire_headers(|name, value| headers.append(name, value));
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(invocation.body.clone())
+        .headers(headers)
+        .message_id(invocation.id.as_str());
+    failover::publish_patiently(
+        &shared.layout.js,
+        &target.invoke_subject(),
+        publish,
+        tokio::time::Instant::now() + failover::PUBLISH_PATIENCE,
+    )
+    .await
+    .map_err(|e| format!("cannot queue {target}'s invocation: {e}"))?;
+    Ok(())
 }
 
 /// Stores a final record, trying again with a backoff doubling from 100 ms
