@@ -5,6 +5,7 @@
 //! pulling and waits for what they hold: nothing in flight is lost.
 
 mod cancel;
+mod direct;
 mod loader;
 mod wake;
 mod worker;
@@ -228,11 +229,13 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         callbacks,
         running,
         wakes: wake::Wakes::default(),
+        loads: direct::Loads::default(),
     });
     let waking = tokio::spawn(wake::run(
         shared.clone(),
         wake::subject(config.function.as_ref()),
     ));
+    let reporting = tokio::spawn(direct::report(shared.clone()));
     let node = NodeLoop {
         shared,
         only: config.function,
@@ -247,6 +250,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let service = Service::spawn(|stop| async move {
         node.run(watcher, stop).await;
         waking.abort();
+        reporting.abort();
         admin_service.shutdown().await;
     });
     Ok(Node {

@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
-use sluice_api::names::result_subject;
+use sluice_api::names::{FunctionRef, result_subject};
 use sluice_api::{Invocation, InvocationId, InvocationRecord, InvocationState, Settlement};
 use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
@@ -21,6 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Running;
+use super::direct::{self, Loads};
 use super::loader::Served;
 use super::wake::{self, Wakes};
 use crate::callback::Callbacks;
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     /// Async invocations running here, for cancels to reach.
     pub running: Arc<Running>,
     pub wakes: Wakes,
+    /// Direct calls running, for the load reports.
+    pub loads: Loads,
 }
 
 /// A running worker; stop it with [`Worker::stop`], then await [`Worker::join`].
@@ -51,27 +54,40 @@ pub(crate) struct Shared {
 pub(crate) struct Worker {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Taking direct calls ([`super::direct`]).
+    calls: JoinHandle<()>,
 }
 
 impl Worker {
+    /// Pulls from `consumer` and takes direct calls, both on the same
+    /// `spec.concurrency` slots.
     pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
         let (stop, stopped) = watch::channel(false);
         let wake = shared.wakes.register(&served.function);
-        let task = tokio::spawn(pull_loop(shared, served, consumer, wake, stopped));
-        Self { stop, task }
+        let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
+        let calls = tokio::spawn(direct::serve(
+            shared.clone(),
+            served.clone(),
+            slots.clone(),
+            stopped.clone(),
+        ));
+        let task = tokio::spawn(pull_loop(shared, served, consumer, wake, slots, stopped));
+        Self { stop, task, calls }
     }
 
-    /// Stops pulling; what was pulled still runs to its acknowledgement.
+    /// Stops pulling and taking direct calls; what was taken still runs
+    /// to its acknowledgement or reply.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
 
     pub async fn join(self) {
         let _ = self.task.await;
+        let _ = self.calls.await;
     }
 
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.is_finished() && self.calls.is_finished()
     }
 }
 
@@ -80,10 +96,10 @@ async fn pull_loop(
     served: Arc<Served>,
     mut consumer: PullConsumer,
     wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let function = &served.function;
-    let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
     let mut running = JoinSet::new();
     // Awake at the start: what was queued before this worker is announced
     // by no publish.
@@ -97,7 +113,9 @@ async fn pull_loop(
             }
         }
         // Wait for a free slot, then ask for as many messages as are free,
-        // so every message received has a slot and none waits unacked.
+        // so every message received has a slot. (A direct call may take
+        // one meanwhile; a message then waits for the next to free, which
+        // takes less than its ack_wait.)
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
             _ = stopped.wait_for(|stop| *stop) => break,
@@ -220,8 +238,8 @@ async fn handle(
 }
 
 /// An invocation as the message carries it, with where its outcome goes.
-struct Received {
-    invocation: Invocation,
+pub(super) struct Received {
+    pub invocation: Invocation,
     /// A synchronous caller's inbox.
     reply_to: Option<String>,
     callback: Option<String>,
@@ -235,30 +253,45 @@ async fn decode(
     message: &jetstream::Message,
     delivered: u32,
 ) -> Option<Received> {
-    let function = &served.function;
-    let pairs = header_pairs(message.headers.as_ref());
+    match parse(
+        &served.function,
+        message.headers.as_ref(),
+        message.payload.clone(),
+    ) {
+        Ok(received) => Some(received),
+        Err(reason) => {
+            poison(shared, served, message, &reason, delivered).await;
+            None
+        }
+    }
+}
+
+/// The invocation of `function` that a message's headers and payload
+/// hold, or why they hold none.
+pub(super) fn parse(
+    function: &FunctionRef,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<Received, String> {
+    let pairs = header_pairs(headers);
     let header = |name: &str| {
         pairs
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| (*v).to_owned())
     };
-    let reason = match Invocation::from_wire(pairs.iter().copied(), message.payload.clone()) {
-        Ok(invocation) if invocation.function == *function => {
-            return Some(Received {
-                reply_to: header(REPLY_TO_HEADER),
-                callback: header(CALLBACK_HEADER),
-                invocation,
-            });
-        }
-        Ok(invocation) => format!(
-            "the message names function {} but was queued for {function}",
+    match Invocation::from_wire(pairs.iter().copied(), payload) {
+        Ok(invocation) if invocation.function == *function => Ok(Received {
+            reply_to: header(REPLY_TO_HEADER),
+            callback: header(CALLBACK_HEADER),
+            invocation,
+        }),
+        Ok(invocation) => Err(format!(
+            "the message names function {} but was sent for {function}",
             invocation.function
-        ),
-        Err(e) => format!("malformed invocation message: {e}"),
-    };
-    poison(shared, served, message, &reason, delivered).await;
-    None
+        )),
+        Err(e) => Err(format!("malformed invocation message: {e}")),
+    }
 }
 
 /// A synchronous invocation: one attempt, whatever its outcome, answered
@@ -379,21 +412,7 @@ async fn attempt(
     message: &jetstream::Message,
     cancel: &CancellationToken,
 ) -> Attempted {
-    let attempt = async {
-        match served.prepared().await {
-            Ok(prepared) => {
-                shared
-                    .runtime
-                    .attempt(&prepared, invocation, &shared.metrics, cancel)
-                    .await
-            }
-            Err(failed) => Attempted {
-                outcome: failed,
-                usage: None,
-            },
-        }
-    };
-    let mut attempt = std::pin::pin!(attempt);
+    let mut attempt = std::pin::pin!(run(shared, served, invocation, cancel));
     let every = ack_wait(&served.spec) / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -405,6 +424,28 @@ async fn attempt(
                 }
             }
         }
+    }
+}
+
+/// Runs one attempt of `invocation`, loading the component first if no
+/// invocation has needed it yet.
+pub(super) async fn run(
+    shared: &Shared,
+    served: &Served,
+    invocation: &Invocation,
+    cancel: &CancellationToken,
+) -> Attempted {
+    match served.prepared().await {
+        Ok(prepared) => {
+            shared
+                .runtime
+                .attempt(&prepared, invocation, &shared.metrics, cancel)
+                .await
+        }
+        Err(failed) => Attempted {
+            outcome: failed,
+            usage: None,
+        },
     }
 }
 
