@@ -1,6 +1,7 @@
 //! Direct calls: a gateway sends a sync invocation as a core NATS request
 //! on its function's call subject (`sluice.call.<ns>.<fn>`), which every
-//! worker of the function subscribes to in one queue group. The worker
+//! worker of the function subscribes to in one queue group once the
+//! function has been invoked (its first call comes through the stream). The worker
 //! that gets it runs it at once if it has a free slot and answers on the
 //! request's inbox; without one it declines at once, and the gateway
 //! queues the invocation on the stream instead (as it does when no runtime
@@ -100,16 +101,28 @@ impl Loads {
     }
 }
 
-/// Takes `served`'s direct calls, each on one of `slots`, until `stopped`;
-/// then declines what the server had already sent and waits for what
-/// runs. A subscription that fails leaves the function to the stream.
+/// Takes `served`'s direct calls, each on one of `slots`, from when the
+/// worker first pulled an invocation (`warmed`) until `stopped`; then
+/// declines what the server had already sent and waits for what runs. A
+/// subscription that fails leaves the function to the stream.
+///
+/// A function never invoked costs no subscription (a pool runtime may
+/// serve thousands): its first sync call goes through the stream.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     served: Arc<Served>,
     slots: Arc<Semaphore>,
+    mut warmed: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let function = &served.function;
+    let warm = tokio::select! {
+        warm = warmed.wait_for(|warm| *warm) => warm.is_ok(),
+        _ = stopped.wait_for(|stop| *stop) => false,
+    };
+    if !warm {
+        return;
+    }
     let mut calls = match shared
         .client
         .queue_subscribe(function.call_subject(), CALL_QUEUE_GROUP.to_owned())

@@ -65,13 +65,17 @@ impl Worker {
         let (stop, stopped) = watch::channel(false);
         let wake = shared.wakes.register(&served.function);
         let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
+        let (warm, warmed) = watch::channel(false);
         let calls = tokio::spawn(direct::serve(
             shared.clone(),
             served.clone(),
             slots.clone(),
+            warmed,
             stopped.clone(),
         ));
-        let task = tokio::spawn(pull_loop(shared, served, consumer, wake, slots, stopped));
+        let task = tokio::spawn(pull_loop(
+            shared, served, consumer, wake, slots, warm, stopped,
+        ));
         Self { stop, task, calls }
     }
 
@@ -97,6 +101,7 @@ async fn pull_loop(
     mut consumer: PullConsumer,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
+    warm: watch::Sender<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let function = &served.function;
@@ -142,6 +147,8 @@ async fn pull_loop(
                                 break;
                             };
                             received += 1;
+                            // Invoked: from now on it takes direct calls.
+                            warm.send_if_modified(|warm| !std::mem::replace(warm, true));
                             running.spawn(handle(
                                 shared.clone(),
                                 served.clone(),
