@@ -9,13 +9,7 @@
 # messages and CPU with $IDLE_FUNCTIONS (default 10,000) functions
 # (scripts/bench-idle.sh).
 # Installs wrk (Debian), wasmtime-cli 48.0.8 and nats-server when missing.
-# With BASE_BIN=<dir holding another build's sluice-gateway and
-# sluice-runtime> (say, the commit before), NATS mode is also served by
-# those, on a nats-server of their own, and measured in the same
-# alternating rounds ("nats-base"); SYNC_ONLY=1 stops after the sync
-# sections.
-# SLUICE_BIN=<dir> uses the binaries there instead of building them.
-# Usage: [BASE_BIN=dir] [SLUICE_BIN=dir] [SYNC_ONLY=1] scripts/bench-http.sh [rounds] [seconds]
+# Usage: scripts/bench-http.sh [rounds] [seconds]
 set -euo pipefail
 # Backtrace capture on every error value costs ~15µs per invocation; measure
 # every server as it runs in production, without it.
@@ -34,12 +28,8 @@ fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target
 scripts/polyglot.sh
-if [[ -n ${SLUICE_BIN:-} ]]; then
-  bin=$SLUICE_BIN
-else
-  cargo build --locked --release -p sluice-gateway -p sluice-runtime
-  bin=${CARGO_TARGET_DIR:-target}/release
-fi
+cargo build --locked --release -p sluice-gateway -p sluice-runtime
+bin=${CARGO_TARGET_DIR:-target}/release
 
 hello=examples/target/wasm32-wasip2/release/hello.wasm
 work=$(mktemp -d)
@@ -114,20 +104,6 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { awk -v c="$2" '{print $c}' "$1" | median; }
 
 urls=(wasmtime=http://127.0.0.1:18081/ local=http://127.0.0.1:18082/fn/default/hello/ nats=http://127.0.0.1:18083/fn/default/hello/)
-base=${BASE_BIN:-}
-if [[ -n $base ]]; then
-  "$SLUICE_NATS_SERVER" -c "$work/nats.conf" -a 127.0.0.1 -p 14223 -js -sd "$work/js-base" >"$work/nats-base.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14223) 2>/dev/null && break; sleep 0.1; done
-  RUST_LOG=warn "$base/sluice-gateway" --nats nats://127.0.0.1:14223 --max-queue-depth 1000000 --listen 127.0.0.1:18093 --admin-listen 127.0.0.1:19096 >"$work/gateway-base.log" 2>&1 &
-  pids+=($!)
-  wait_for http://127.0.0.1:19096/healthz
-  RUST_LOG=warn "$base/sluice-gateway" publish --nats nats://127.0.0.1:14223 "$work/functions"
-  RUST_LOG=warn "$base/sluice-runtime" --nats nats://127.0.0.1:14223 --artifacts "$work/artifacts-base" --admin-listen 127.0.0.1:19097 >"$work/runtime-base.log" 2>&1 &
-  pids+=($!)
-  wait_for http://127.0.0.1:18093/fn/default/hello/
-  urls+=(nats-base=http://127.0.0.1:18093/fn/default/hello/)
-fi
 echo "== warming up"
 for u in "${urls[@]}"; do wrk -t1 -c"$connections" -d2s "${u#*=}" >/dev/null; done
 for u in "${urls[@]}"; do : >"$work/${u%%=*}.txt"; done
@@ -151,27 +127,16 @@ awk -v lr="$(col "$work/local.txt" 1)" -v wr="$(col "$work/wasmtime.txt" 1)" -v 
   printf "  local/wasmtime: req/s %.2fx, p99 %.2fx\n", lr/wr, lp99/wp99
   printf "  nats/wasmtime : req/s %.2fx\n", nr/wr
   printf "  nats p50 - local p50: %.0f µs\n", np50-lp50 }'
-if [[ -n $base ]]; then
-  awk -v lr="$(col "$work/local.txt" 1)" -v nr="$(col "$work/nats.txt" 1)" -v br="$(col "$work/nats-base.txt" 1)" \
-      -v lp50="$(col "$work/local.txt" 2)" -v np50="$(col "$work/nats.txt" 2)" -v bp50="$(col "$work/nats-base.txt" 2)" 'BEGIN {
-    printf "  nats/local req/s: this build %.2fx, base %.2fx; nats p50 - local p50: this build %.0f µs, base %.0f µs\n", nr/lr, br/lr, np50-lp50, bp50-lp50 }'
-fi
 
 echo
 echo "== unloaded sync latency, wrk -t1 -c1, $rounds alternating rounds of $(( (seconds + 1) / 2 ))s"
-: >"$work/local1.txt"; : >"$work/nats1.txt"; : >"$work/base1.txt"
+: >"$work/local1.txt"; : >"$work/nats1.txt"
 for r in $(seq "$rounds"); do
   CONN=1 run_c1 http://127.0.0.1:18082/fn/default/hello/ >>"$work/local1.txt"
   CONN=1 run_c1 http://127.0.0.1:18083/fn/default/hello/ >>"$work/nats1.txt"
-  [[ -z $base ]] || CONN=1 run_c1 http://127.0.0.1:18093/fn/default/hello/ >>"$work/base1.txt"
 done
 awk -v l="$(col "$work/local1.txt" 2)" -v n="$(col "$work/nats1.txt" 2)" -v l99="$(col "$work/local1.txt" 3)" -v n99="$(col "$work/nats1.txt" 3)" 'BEGIN {
   printf "  local p50 %.0f µs (p99 %.0f), nats p50 %.0f µs (p99 %.0f): nats p50 - local p50 = %.0f µs\n", l, l99, n, n99, n-l }'
-if [[ -n $base ]]; then
-  awk -v l="$(col "$work/local1.txt" 2)" -v b="$(col "$work/base1.txt" 2)" -v b99="$(col "$work/base1.txt" 3)" 'BEGIN {
-    printf "  base nats p50 %.0f µs (p99 %.0f): base nats p50 - local p50 = %.0f µs\n", b, b99, b-l }'
-fi
-[[ -z ${SYNC_ONLY:-} ]] || exit 0
 
 echo
 echo "== Python and JavaScript beside hello: sync, $rounds alternating rounds, wrk -t1 -c$connections -d${seconds}s"
