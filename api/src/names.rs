@@ -46,6 +46,23 @@ pub const LOG_STREAM: &str = "SLUICE_LOGS";
 pub const LOG_SUBJECTS: &str = "sluice.logs.>";
 /// What every log subject starts with.
 pub const LOG_SUBJECT_PREFIX: &str = "sluice.logs.";
+/// What every direct-call subject starts with: a gateway sends a sync
+/// invocation as a core NATS request on `sluice.call.<ns>.<fn>` to the
+/// function's warm runtimes (one queue group), falling back to the
+/// invocation stream when none answers or all are busy.
+pub const CALL_SUBJECT_PREFIX: &str = "sluice.call.";
+/// Every direct-call subject.
+pub const CALL_SUBJECTS: &str = "sluice.call.>";
+/// The queue group a function's runtimes take direct calls in: one of
+/// them gets each call.
+pub const CALL_QUEUE_GROUP: &str = "sluice";
+/// What every load-report subject starts with: a runtime serving direct
+/// calls of a function reports how many ran at once on
+/// `sluice.load.<ns>.<fn>`, since the stream's consumer never sees them
+/// and the autoscaler must.
+pub const LOAD_SUBJECT_PREFIX: &str = "sluice.load.";
+/// Every load-report subject, as the autoscaler subscribes to them.
+pub const LOAD_SUBJECTS: &str = "sluice.load.>";
 /// KV bucket of async invocation records.
 pub const RESULTS_BUCKET: &str = "sluice-results";
 /// KV bucket of resolved function specs, keyed `<ns>.<fn>`.
@@ -158,6 +175,22 @@ impl FunctionRef {
     /// (`_` is in no DNS label, so it is no other function's name).
     pub fn keyed_consumer_name(&self, bucket: u16) -> String {
         format!("{}_k{bucket}", self.consumer_name())
+    }
+
+    /// `sluice.call.<ns>.<fn>`: where its sync invocations reach a warm
+    /// runtime directly.
+    pub fn call_subject(&self) -> String {
+        format!("{CALL_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
+    }
+
+    /// `sluice.load.<ns>.<fn>`: where its runtimes report direct calls.
+    pub fn load_subject(&self) -> String {
+        format!("{LOAD_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
+    }
+
+    /// The function whose load is reported on `subject`, if any.
+    pub fn from_load_subject(subject: &str) -> Option<Self> {
+        Self::from_dotted(subject.strip_prefix(LOAD_SUBJECT_PREFIX)?)
     }
 
     /// The function whose registry key is `key` (`<ns>.<fn>`), if any.
@@ -305,6 +338,12 @@ mod tests {
             let subject = format!("{}.{not_a_bucket}", f.invoke_subject());
             assert_eq!(FunctionRef::queue_of_subject(&subject), None, "{subject}");
         }
+        assert_eq!(f.call_subject(), "sluice.call.default.hello");
+        assert_eq!(
+            FunctionRef::from_load_subject(&f.load_subject()),
+            Some(f.clone())
+        );
+        assert_eq!(FunctionRef::from_load_subject("sluice.load.a.b.c"), None);
         assert_eq!(f.registry_key(), "default.hello");
         assert_eq!(
             FunctionRef::from_registry_key("default.hello"),

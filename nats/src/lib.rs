@@ -12,6 +12,7 @@ pub mod dead_letter;
 pub mod depth;
 pub mod failover;
 pub mod layout;
+pub mod load;
 pub mod logs;
 pub mod patience;
 pub mod publish;

@@ -10,6 +10,22 @@ use sluice_api::{InvocationResponse, WireError};
 use sluice_api::{Failure, FailureKind, Outcome};
 
 pub const FAILURE_HEADER: &str = "Sluice-Failure";
+/// Marks a runtime's answer to a direct call it did not take (no free
+/// slot, or stopping): the call never ran, and the gateway queues it on
+/// the invocation stream instead. Its value says why.
+pub const DECLINED_HEADER: &str = "Sluice-Declined";
+
+/// The answer to a direct call that was not taken, saying `why`.
+pub fn declined(why: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DECLINED_HEADER, why);
+    headers
+}
+
+/// Whether a reply is [`declined`]: the call did not run.
+pub fn is_declined(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers.is_some_and(|headers| headers.get(DECLINED_HEADER).is_some())
+}
 
 /// Encodes an attempt's outcome as reply headers and body.
 pub fn encode(outcome: &Outcome) -> (async_nats::HeaderMap, Bytes) {
@@ -73,6 +89,9 @@ mod tests {
             reason: "refused to grow memory past 16 MiB".into(),
         };
         let (h, b) = encode(&Outcome::Failed(failure.clone()));
+        assert!(!is_declined(Some(&h)));
         assert_eq!(decode(Some(&h), b), Err(failure));
+        assert!(is_declined(Some(&declined("busy"))));
+        assert!(!is_declined(None));
     }
 }

@@ -32,6 +32,10 @@ use super::{CallResult, Cancelled, InvocationQueue, LogFeed, QueueBound, QueueEr
 
 /// Dead letters listed (and redriven or purged) at most per request.
 const MAX_DEAD_LETTERS: usize = 1000;
+/// How long past an invocation's deadline a sync caller waits for the
+/// runtime's answer, which comes by the deadline with a more precise
+/// reason than the caller's own timeout.
+const REPLY_GRACE: Duration = Duration::from_millis(250);
 /// Times a cancel reads and conditionally rewrites a record that a
 /// runtime keeps changing meanwhile.
 const CANCEL_TRIES: u32 = 5;
@@ -164,8 +168,7 @@ impl JetStreamQueue {
     ) -> Result<bool, QueueError> {
         // With a key, on the key's bucket: run in order by its consumer.
         let keyed = super::ordering_key(invocation)?.is_some();
-        let mut headers = async_nats::HeaderMap::new();
-        invocation.write_wire_headers(|name, value| headers.append(name, value));
+        let mut headers = wire_headers(invocation);
         for (name, value) in extra {
             headers.insert(*name, *value);
         }
@@ -207,6 +210,38 @@ impl JetStreamQueue {
             held.queued(ack.sequence);
         }
         Ok(ack.duplicate)
+    }
+
+    /// Sends a sync invocation straight to a warm runtime of its function
+    /// (a core request on its call subject, `sluice_runtime`'s
+    /// `node::direct`): `None` when it did not run there (no runtime
+    /// subscribed, all busy, or the request could not be sent), and the
+    /// caller queues it on the stream instead.
+    async fn call_directly(&self, invocation: &Invocation) -> Option<CallResult> {
+        let wait = invocation
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let request = async_nats::Request::new()
+            .headers(wire_headers(invocation))
+            .payload(invocation.body.clone())
+            .timeout(Some(wait + REPLY_GRACE));
+        match self
+            .client
+            .send_request(invocation.function.call_subject(), request)
+            .await
+        {
+            Ok(message) if reply::is_declined(message.headers.as_ref()) => None,
+            Ok(message) => Some(reply::decode(message.headers.as_ref(), message.payload)),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => Some(Err(Failure {
+                kind: FailureKind::Timeout,
+                reason: "the runtime running it did not answer before the deadline".into(),
+            })),
+            // No responders: the function is at zero. Anything else (an
+            // oversized request, a broken connection) never reached a
+            // runtime, and the stream says precisely why it cannot either.
+            Err(_) => None,
+        }
     }
 
     /// One read and conditional write of the record for a cancel;
@@ -324,6 +359,13 @@ impl JetStreamQueue {
     }
 }
 
+/// The invocation's wire headers, as a NATS header map.
+fn wire_headers(invocation: &Invocation) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    invocation.write_wire_headers(|name, value| headers.append(name, value));
+    headers
+}
+
 fn publish_error(function: &FunctionRef, e: PublishError) -> QueueError {
     let text = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
     // 10077, JSStreamStoreFailedF: the store refused the message, saying
@@ -363,6 +405,12 @@ fn publish_error(function: &FunctionRef, e: PublishError) -> QueueError {
 impl InvocationQueue for JetStreamQueue {
     async fn call(&self, invocation: Invocation) -> Result<CallResult, QueueError> {
         self.check_connected()?;
+        // A keyed call waits its turn on its key's bucket: never direct.
+        if super::ordering_key(&invocation)?.is_none()
+            && let Some(answered) = self.call_directly(&invocation).await
+        {
+            return Ok(answered);
+        }
         let id = invocation.id.to_string();
         let (tx, reply) = oneshot::channel();
         lock(&self.waiting).insert(id.clone(), tx);
@@ -378,9 +426,7 @@ impl InvocationQueue for JetStreamQueue {
             .deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        // The runtime answers by the deadline at the latest; the grace lets
-        // its more precise reason arrive.
-        let answer = tokio::time::timeout(wait + Duration::from_millis(250), reply).await;
+        let answer = tokio::time::timeout(wait + REPLY_GRACE, reply).await;
         drop(forget);
         Ok(match answer {
             Ok(Ok(message)) => reply::decode(message.headers.as_ref(), message.payload),

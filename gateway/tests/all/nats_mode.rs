@@ -809,3 +809,67 @@ async fn a_refused_final_record_is_stored_later_without_running_the_function_aga
     assert_eq!(record["attempts"], 1, "{record}");
     assert_eq!(recorder.received("/hit").len(), 1, "the function ran once");
 }
+
+/// A sync invocation goes straight to a warm runtime with a free slot, past
+/// the stream; calls beyond its slots are declined and queued on the
+/// stream, and still answered. The runtime reports the direct calls, which
+/// no consumer sees, for the autoscaler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_calls_reach_a_warm_runtime_directly_and_overflow_to_the_stream() {
+    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let dir = manifest_dir(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: slow }
+spec:
+  module: { file: "{misbehave}" }
+  timeout: 20s
+  concurrency: 1
+"#,
+    );
+    stack.publish_dir(dir.path()).await;
+    stack.start_runtime().await;
+    let slow: FunctionRef = "default/slow".parse().unwrap();
+    stack.wait_serving(&slow).await;
+    let mut invocations = stack.layout.invocations.clone();
+    let watcher = async_nats::connect(&stack.server.url).await.unwrap();
+    let mut reports = watcher.subscribe(slow.load_subject()).await.unwrap();
+    watcher.flush().await.unwrap();
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/slow").await;
+
+    // Once the worker has subscribed (it may follow "serving" by a moment),
+    // a call leaves the stream untouched.
+    eventually(
+        "a sync call passes the stream by",
+        Duration::from_secs(10),
+        async || {
+            let before = invocations.info().await.unwrap().state.last_sequence;
+            let reply = gw.get("/fn/default/slow/sleep/0").await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            let after = invocations.info().await.unwrap().state.last_sequence;
+            (after == before)
+                .then_some(())
+                .ok_or(format!("queued: sequence {before} -> {after}"))
+        },
+    )
+    .await;
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut reports),
+    )
+    .await
+    .expect("a load report within 10s")
+    .unwrap();
+    let (_, peak) = sluice_nats::load::decode(&report.payload).expect("a load report");
+    assert_eq!(peak, 1);
+
+    // One slot: while one call sleeps, the others are declined and queued.
+    let calls = (0..3).map(|_| gw.get("/fn/default/slow/sleep/1500"));
+    for reply in futures::future::join_all(calls).await {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let queued = invocations.info().await.unwrap().state.last_sequence;
+    assert!(queued >= 1, "no call overflowed to the stream");
+}

@@ -4,7 +4,9 @@
 //! It is the one reader of queue depth. Every tick (default 1 s) it lists
 //! the invocation stream's consumers page by page (JetStream's
 //! `CONSUMER.LIST`, 256 a page: a few requests per tick however many
-//! functions there are), decides each function's replicas, and writes:
+//! functions there are), adds the sync calls warm runtimes took directly,
+//! which no consumer sees (their load reports, `sluice_nats::load`),
+//! decides each function's replicas, and writes:
 //! - the scale of a dedicated function's Deployment, or of the runtime
 //!   pool's (named in the operator's settings) from the sum over its
 //!   functions, through the `scale` subresource with its own field manager
@@ -41,7 +43,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use sluice_api::Function;
 use sluice_api::autoscale::{History, Observation};
-use sluice_api::names::FunctionRef;
+use sluice_api::names::{FunctionRef, LOAD_SUBJECTS};
+use sluice_nats::load::LoadReports;
 use tokio::sync::mpsc;
 
 use crate::context::{AutoscalerConfig, Context};
@@ -174,6 +177,7 @@ pub async fn run(
     // a while of the server's, and a first invocation must not wait for it.
     let (readings_tx, mut readings) = mpsc::channel(1);
     let reader = tokio::spawn(read_queues(
+        autoscaler.ctx.nats.clone(),
         autoscaler.ctx.layout.invocations.clone(),
         autoscaler.config.interval,
         readings_tx,
@@ -196,21 +200,62 @@ struct Reading {
 }
 
 /// Reads every queue each `interval` (the next reading waits until the
-/// last one is taken, so none pile up) until the receiver is gone.
+/// last one is taken, so none pile up) until the receiver is gone. Each
+/// reading's in-flight counts include the direct calls runtimes report
+/// (`sluice_nats::load`), received meanwhile on `nats`.
 async fn read_queues(
+    nats: async_nats::Client,
     invocations: async_nats::jetstream::stream::Stream,
     interval: Duration,
     readings: mpsc::Sender<Reading>,
 ) {
+    let mut reports = match nats.subscribe(LOAD_SUBJECTS).await {
+        Ok(reports) => Some(reports),
+        Err(e) => {
+            tracing::warn!(subject = LOAD_SUBJECTS, error = %e, "cannot follow the runtimes' load reports; direct sync calls do not count towards scaling");
+            None
+        }
+    };
+    let mut loads = LoadReports::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        let started = Instant::now();
-        let observed = sluice_nats::depth::queue_depths(&invocations).await;
-        if readings.send(Reading { observed, started }).await.is_err() {
-            return;
+        tokio::select! {
+            Some(report) = next_report(&mut reports) => {
+                if let (Some(function), Some((reporter, peak))) = (
+                    FunctionRef::from_load_subject(&report.subject),
+                    sluice_nats::load::decode(&report.payload),
+                ) {
+                    loads.record(function, reporter, peak, Instant::now());
+                }
+            }
+            _ = ticks.tick() => {
+                let started = Instant::now();
+                let observed = sluice_nats::depth::queue_depths(&invocations)
+                    .await
+                    .map(|mut observed| {
+                        loads.add_to(&mut observed, Instant::now());
+                        observed
+                    });
+                if readings.send(Reading { observed, started }).await.is_err() {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// The next load report; never, without a subscription (or once it ends).
+async fn next_report(reports: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match reports {
+        Some(subscriber) => match subscriber.next().await {
+            Some(report) => Some(report),
+            None => {
+                *reports = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

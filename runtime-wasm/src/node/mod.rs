@@ -5,6 +5,7 @@
 //! pulling and waits for what they hold: nothing in flight is lost.
 
 mod cancel;
+mod direct;
 mod loader;
 mod ordered;
 mod wake;
@@ -229,11 +230,13 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         callbacks,
         running,
         wakes: wake::Wakes::default(),
+        loads: direct::Loads::default(),
     });
     let waking = tokio::spawn(wake::run(
         shared.clone(),
         wake::subjects(config.function.as_ref()),
     ));
+    let reporting = tokio::spawn(direct::report(shared.clone()));
     let node = NodeLoop {
         shared,
         only: config.function,
@@ -248,6 +251,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let service = Service::spawn(|stop| async move {
         node.run(watcher, stop).await;
         waking.abort();
+        reporting.abort();
         admin_service.shutdown().await;
     });
     Ok(Node {

@@ -25,6 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Running;
+use super::direct::{self, Loads};
 use super::loader::Served;
 use super::ordered;
 use super::wake::{self, Wakes};
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     /// Async invocations running here, for cancels to reach.
     pub running: Arc<Running>,
     pub wakes: Wakes,
+    /// Direct calls running, for the load reports.
+    pub loads: Loads,
 }
 
 /// A running worker; stop it with [`Worker::stop`], then await [`Worker::join`].
@@ -56,16 +59,27 @@ pub(crate) struct Shared {
 pub(crate) struct Worker {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Taking direct calls ([`super::direct`]).
+    calls: JoinHandle<()>,
 }
 
 impl Worker {
-    /// Serves the function's unordered queue from `consumer` and, as they
-    /// are found to have work, its ordering buckets ([`ordered`]), all
-    /// within one `concurrency` of slots.
+    /// Serves the function's unordered queue from `consumer`, direct calls
+    /// once it is warm ([`direct`]) and, as they are found to have work,
+    /// its ordering buckets ([`ordered`]), all within one `concurrency` of
+    /// slots.
     pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
         let (stop, stopped) = watch::channel(false);
         let wakes = shared.wakes.register(&served.function);
         let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
+        let (warm, warmed) = watch::channel(false);
+        let calls = tokio::spawn(direct::serve(
+            shared.clone(),
+            served.clone(),
+            slots.clone(),
+            warmed,
+            stopped.clone(),
+        ));
         let task = tokio::spawn(async move {
             let unordered = pull_loop(
                 shared.clone(),
@@ -73,6 +87,7 @@ impl Worker {
                 consumer,
                 wakes.unordered.clone(),
                 slots.clone(),
+                warm,
                 stopped.clone(),
             );
             let buckets = ordered::serve_buckets(
@@ -86,20 +101,22 @@ impl Worker {
             shared.wakes.unregister(&served.function, &wakes);
             tracing::info!(function = %served.function, "stopped serving");
         });
-        Self { stop, task }
+        Self { stop, task, calls }
     }
 
-    /// Stops pulling; what was pulled still runs to its acknowledgement.
+    /// Stops pulling and taking direct calls; what was taken still runs
+    /// to its acknowledgement or reply.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
 
     pub async fn join(self) {
         let _ = self.task.await;
+        let _ = self.calls.await;
     }
 
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.is_finished() && self.calls.is_finished()
     }
 }
 
@@ -109,6 +126,7 @@ async fn pull_loop(
     mut consumer: PullConsumer,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
+    warm: watch::Sender<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let function = &served.function;
@@ -125,7 +143,9 @@ async fn pull_loop(
             }
         }
         // Wait for a free slot, then ask for as many messages as are free,
-        // so every message received has a slot and none waits unacked.
+        // so every message received has a slot. (A direct call may take
+        // one meanwhile; a message then waits for the next to free, which
+        // takes less than its ack_wait.)
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
             _ = stopped.wait_for(|stop| *stop) => break,
@@ -152,6 +172,8 @@ async fn pull_loop(
                                 break;
                             };
                             received += 1;
+                            // Invoked: from now on it takes direct calls.
+                            warm.send_if_modified(|warm| !std::mem::replace(warm, true));
                             running.spawn(handle(
                                 shared.clone(),
                                 served.clone(),
@@ -259,8 +281,8 @@ pub(super) async fn handle(
 }
 
 /// An invocation as the message carries it, with where its outcome goes.
-struct Received {
-    invocation: Invocation,
+pub(super) struct Received {
+    pub invocation: Invocation,
     /// A synchronous caller's inbox.
     reply_to: Option<String>,
     callback: Option<String>,
@@ -274,30 +296,45 @@ async fn decode(
     message: &jetstream::Message,
     delivered: u32,
 ) -> Option<Received> {
-    let function = &served.function;
-    let pairs = header_pairs(message.headers.as_ref());
+    match parse(
+        &served.function,
+        message.headers.as_ref(),
+        message.payload.clone(),
+    ) {
+        Ok(received) => Some(received),
+        Err(reason) => {
+            poison(shared, served, message, &reason, delivered).await;
+            None
+        }
+    }
+}
+
+/// The invocation of `function` that a message's headers and payload
+/// hold, or why they hold none.
+pub(super) fn parse(
+    function: &FunctionRef,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<Received, String> {
+    let pairs = header_pairs(headers);
     let header = |name: &str| {
         pairs
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| (*v).to_owned())
     };
-    let reason = match Invocation::from_wire(pairs.iter().copied(), message.payload.clone()) {
-        Ok(invocation) if invocation.function == *function => {
-            return Some(Received {
-                reply_to: header(REPLY_TO_HEADER),
-                callback: header(CALLBACK_HEADER),
-                invocation,
-            });
-        }
-        Ok(invocation) => format!(
-            "the message names function {} but was queued for {function}",
+    match Invocation::from_wire(pairs.iter().copied(), payload) {
+        Ok(invocation) if invocation.function == *function => Ok(Received {
+            reply_to: header(REPLY_TO_HEADER),
+            callback: header(CALLBACK_HEADER),
+            invocation,
+        }),
+        Ok(invocation) => Err(format!(
+            "the message names function {} but was sent for {function}",
             invocation.function
-        ),
-        Err(e) => format!("malformed invocation message: {e}"),
-    };
-    poison(shared, served, message, &reason, delivered).await;
-    None
+        )),
+        Err(e) => Err(format!("malformed invocation message: {e}")),
+    }
 }
 
 /// A synchronous invocation: one attempt, whatever its outcome, answered
@@ -414,22 +451,7 @@ async fn attempt(
     message: &jetstream::Message,
     cancel: &CancellationToken,
 ) -> Attempted {
-    let attempt = async {
-        match served.prepared().await {
-            Ok(prepared) => {
-                shared
-                    .runtime
-                    .attempt(&prepared, invocation, &shared.metrics, cancel)
-                    .await
-            }
-            Err(failed) => Attempted {
-                outcome: failed,
-                usage: None,
-                logs: Captured::default(),
-            },
-        }
-    };
-    let mut attempt = std::pin::pin!(attempt);
+    let mut attempt = std::pin::pin!(run(shared, served, invocation, cancel));
     let every = ack_wait(&served.spec) / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -447,7 +469,12 @@ async fn attempt(
 /// Keeps what attempt `number` of `invocation` wrote, if anything, in the
 /// log stream, so that it outlives this runtime. A log that cannot be kept
 /// is logged and left: the invocation goes on.
-async fn keep_logs(shared: &Shared, invocation: &Invocation, number: u32, logs: Captured) {
+pub(super) async fn keep_logs(
+    shared: &Shared,
+    invocation: &Invocation,
+    number: u32,
+    logs: Captured,
+) {
     if logs.is_empty() {
         return;
     }
@@ -459,6 +486,29 @@ async fn keep_logs(shared: &Shared, invocation: &Invocation, number: u32, logs: 
     );
     if let Err(e) = sluice_nats::logs::keep(&shared.layout.js, log).await {
         tracing::warn!(function = %invocation.function, invocation = %invocation.id, error = %e, "cannot keep the attempt's log");
+    }
+}
+
+/// Runs one attempt of `invocation`, loading the component first if no
+/// invocation has needed it yet.
+pub(super) async fn run(
+    shared: &Shared,
+    served: &Served,
+    invocation: &Invocation,
+    cancel: &CancellationToken,
+) -> Attempted {
+    match served.prepared().await {
+        Ok(prepared) => {
+            shared
+                .runtime
+                .attempt(&prepared, invocation, &shared.metrics, cancel)
+                .await
+        }
+        Err(failed) => Attempted {
+            outcome: failed,
+            usage: None,
+            logs: Captured::default(),
+        },
     }
 }
 
