@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # A one-off build gains nothing from incremental state, which is gigabytes.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# Test threads get 8 MiB of stack, not 2: an in-process gateway's request
+# (HTTP, queue, JetStream) is polled on the test's own thread, and in a
+# debug build its futures' frames outgrew 2 MiB in the NATS-mode
+# bad-input tests (a stack overflow aborts the whole test binary).
+export RUST_MIN_STACK=${RUST_MIN_STACK:-8388608}
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   echo "== installing the wasm32-wasip2 target"

@@ -20,6 +20,19 @@ spec:
   timeout: 300ms
 "#;
 
+/// The gateway serving [`FUNCTIONS`] with `misbehave` already loaded. In
+/// NATS mode a runtime compiles a component on its first call, inside that
+/// call's deadline, and `misbehave`'s 300 ms is less than a compile takes
+/// on a loaded machine: these tests are about limits, not cold starts.
+async fn start_warm(backend: Backend) -> TestGateway {
+    let gw = TestGateway::start(backend, FUNCTIONS).await;
+    gw.wait_answer("/fn/default/misbehave/status/200", |r| {
+        r.status == StatusCode::OK
+    })
+    .await;
+    gw
+}
+
 async fn an_unknown_function_gets_404_with_a_json_body(backend: Backend) {
     let gw = TestGateway::start(backend, FUNCTIONS).await;
     for path in ["/fn/default/nope", "/fn/default/nope/x", "/fn/BAD/name"] {
@@ -38,7 +51,7 @@ async fn an_unknown_function_gets_404_with_a_json_body(backend: Backend) {
 }
 
 async fn a_body_over_the_request_limit_gets_413(backend: Backend) {
-    let gw = TestGateway::start(backend, FUNCTIONS).await;
+    let gw = start_warm(backend).await;
     let limit = backend.max_request_body();
     // Not echoed back: on a stock server a response that large is over
     // what the reply carries.
@@ -69,7 +82,7 @@ async fn a_body_over_the_request_limit_gets_413(backend: Backend) {
 /// not copy) they get 431 with the JSON error before anything runs, never
 /// 503 or 202; hyper's own refusals get the same JSON body.
 async fn headers_up_to_the_limit_pass_and_over_it_get_431(backend: Backend) {
-    let gw = TestGateway::start(backend, FUNCTIONS).await;
+    let gw = start_warm(backend).await;
     // Sluice's own wire headers and the client's take under 1 KiB.
     let under = "v".repeat(MAX_REQUEST_HEADER_BLOCK - 1024);
     let body = vec![7u8; backend.max_request_body()];
@@ -255,7 +268,7 @@ async fn a_response_over_the_limit_fails_with_502_and_a_reason() {
 
 async fn outbound_http_is_refused_unless_the_origin_is_allowed(backend: Backend) {
     let recorder = Recorder::start().await;
-    let gw = TestGateway::start(backend, FUNCTIONS).await;
+    let gw = start_warm(backend).await;
     let reply = gw
         .get(&format!(
             "/fn/default/misbehave/call?url={}/x",
