@@ -10,6 +10,7 @@ mod crd;
 mod fetches;
 mod images;
 mod lifecycle;
+mod logs;
 mod module;
 mod module_gc;
 mod monitoring;
