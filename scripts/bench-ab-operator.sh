@@ -41,15 +41,19 @@ cleanup() {
 trap cleanup EXIT
 
 bench_exe() { # tree target-dir bench-name
-  (cd "$1" && CARGO_TARGET_DIR=$2 cargo bench --locked --no-run -p sluice-operator --bench "$3" --message-format json 2>/dev/null) \
+  (cd "$1" && CARGO_TARGET_DIR=$2 cargo bench --locked --no-run -p sluice-operator --bench "$3" --message-format json) \
     | python3 -c 'import json,sys; name=sys.argv[1]; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name][-1])' "$3"
 }
 
 mkdir -p "$work/new" "$work/base"
 (cd "$root" && cargo build --locked --release -p sluice-operator)
 cp "$target/release/sluice-operator" "$work/new/"
-cp "$(bench_exe "$root" "$target" reconcile)" "$work/reconcile-bench"
-cp "$(bench_exe "$root" "$target" autoscale)" "$work/autoscale-bench"
+# Assigned first, so that a bench that does not build stops the script
+# (set -e ignores a failing substitution inside another command).
+exe=$(bench_exe "$root" "$target" reconcile)
+cp "$exe" "$work/reconcile-bench"
+exe=$(bench_exe "$root" "$target" autoscale)
+cp "$exe" "$work/autoscale-bench"
 
 git worktree add --detach "$work/base-tree" "$base_rev" >/dev/null
 mkdir -p "$work/base-target"
