@@ -56,6 +56,46 @@ async fn changed_and_removed_functions_take_effect_without_restart() {
         .await;
 }
 
+/// A changed function's new worker takes over the direct calls of the old
+/// (nothing unsubscribes in between), and a removed function's runtime
+/// declines calls until the gateways know (runtime `node::direct`): under
+/// a steady stream of sync calls, every call answers at once, with either
+/// version, then 404. A call lost between a subscription's end and the
+/// server's knowing of it would instead wait out its 5s deadline for a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_call_through_changes_and_a_removal_answers() {
+    let version = |n: usize| hello(&format!("V{n}")).replace("  env:", "  timeout: 5s\n  env:");
+    let gw = TestGateway::start(Backend::Nats, &version(0)).await;
+    assert_eq!(
+        gw.get("/fn/default/hello").await.text(),
+        "V0 from Sluice!\n"
+    );
+    let stack = gw.nats.as_ref().unwrap();
+    let calls_until = async |last: &str| {
+        let mut answered = 0;
+        loop {
+            let reply = gw.get("/fn/default/hello").await;
+            answered += 1;
+            let text = reply.text();
+            match reply.status {
+                StatusCode::OK if text == last => return answered,
+                StatusCode::OK if text.ends_with(" from Sluice!\n") => {}
+                StatusCode::NOT_FOUND if last.is_empty() => return answered,
+                status => panic!("call {answered} answered {status} {text}"),
+            }
+        }
+    };
+    for n in 1..=8 {
+        let dir = manifest_dir(&version(n));
+        let last = format!("V{n} from Sluice!\n");
+        let (_, answered) = tokio::join!(stack.publish_dir(dir.path()), calls_until(&last));
+        assert!(answered > 0);
+    }
+    let function = "default/hello".parse().unwrap();
+    let (removed, _) = tokio::join!(stack.publisher.unpublish(&function), calls_until(""));
+    removed.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dedicated_runtime_serves_only_its_function() {
     let stack = NatsStack::without_runtime(LayoutConfig::default()).await;

@@ -1,14 +1,24 @@
 //! Direct calls: a gateway sends a sync invocation as a core NATS request
 //! on its function's call subject (`sluice.call.<ns>.<fn>`), which every
-//! worker of the function subscribes to in one queue group once the
-//! function has been invoked (its first call comes through the stream). The worker
-//! that gets it runs it at once if it has a free slot and answers on the
-//! request's inbox; without one it declines at once, and the gateway
-//! queues the invocation on the stream instead (as it does when no runtime
-//! subscribes: the function is at zero). A backlog therefore always waits
-//! in the stream, where the autoscaler sees it, and a worker waiting for a
-//! slot to pull from it gets the next free slot before any direct call
-//! (the slots' semaphore hands permits to waiters first).
+//! runtime serving the function subscribes to in one queue group once the
+//! function has been invoked (its first call comes through the stream). The
+//! runtime that gets it runs it at once if its worker has a free slot and
+//! answers on the request's inbox; without one it declines at once, and the
+//! gateway queues the invocation on the stream instead (as it does when no
+//! runtime subscribes: the function is at zero). A backlog therefore always
+//! waits in the stream, where the autoscaler sees it, and a worker waiting
+//! for a slot to pull from it gets the next free slot before any direct
+//! call (the slots' semaphore hands permits to waiters first).
+//!
+//! A runtime's subscription for a function, its [`Line`], outlives the
+//! worker of one version: a changed function's new worker takes the line
+//! over, and it is closed only [`LINE_GRACE`] after the last worker left
+//! (the function was removed, or the runtime stops), declining what comes
+//! meanwhile. Never unsubscribing while gateways still send matters because
+//! async-nats (0.51 and 0.52) forgets a subscription as soon as its `UNSUB`
+//! is written, before the server has read it: a call the server routed in
+//! between would be dropped unanswered, and its caller would wait out the
+//! whole deadline for a 504.
 //!
 //! What direct calls never pass is the function's consumer, whose counts
 //! the autoscaler reads: the most run at once is reported every
@@ -17,6 +27,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use sluice_api::names::{CALL_QUEUE_GROUP, FunctionRef};
@@ -25,13 +36,21 @@ use sluice_nats::load::{self, LOAD_REPORT_EVERY};
 use sluice_nats::reply;
 use sluice_serve::sync;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::loader::Served;
 use super::worker::{self, Shared};
 
-/// Direct calls of one function running on this node: now, and the most
+/// How long a line with no worker declines calls before it unsubscribes:
+/// long enough for every gateway to have seen a removal in the registry
+/// (milliseconds) and stopped sending, so that none is in flight when it
+/// goes.
+pub(crate) const LINE_GRACE: Duration = Duration::from_secs(2);
+
+/// Direct calls of one function running on this runtime: now, and the most
 /// at once since the last report.
 #[derive(Debug, Default)]
 pub(crate) struct Load {
@@ -63,66 +82,167 @@ impl Drop for Running {
     }
 }
 
-/// The [`Load`] of every function taking direct calls here.
-#[derive(Debug, Default)]
-pub(crate) struct Loads {
-    functions: Mutex<HashMap<FunctionRef, Arc<Load>>>,
+/// The worker a line hands its calls to: one version of the function,
+/// its slots, and the calls it runs (which its worker waits for when it
+/// stops).
+#[derive(Clone)]
+pub(crate) struct Handler {
+    served: Arc<Served>,
+    slots: Arc<Semaphore>,
+    calls: TaskTracker,
 }
 
-impl Loads {
-    /// A new worker's load for `function`, replacing the previous
-    /// version's (which is stopping: its last calls go unreported).
-    fn register(&self, function: &FunctionRef) -> Arc<Load> {
-        let load = Arc::new(Load::default());
-        sync::lock(&self.functions).insert(function.clone(), load.clone());
-        load
+impl Handler {
+    fn is(&self, other: &Handler) -> bool {
+        Arc::ptr_eq(&self.slots, &other.slots)
+    }
+}
+
+/// One function's subscription on this runtime: who takes its calls now
+/// (`None` once the last worker left) and their load.
+struct Line {
+    handler: watch::Sender<Option<Handler>>,
+    load: Arc<Load>,
+}
+
+/// Every function's open [`Line`] on this runtime.
+#[derive(Default)]
+pub(crate) struct Lines {
+    functions: Mutex<HashMap<FunctionRef, Line>>,
+}
+
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = sync::lock(&self.functions).len();
+        f.debug_struct("Lines").field("open", &open).finish()
+    }
+}
+
+impl Lines {
+    /// Hands `function`'s open line to `handler`; false when none is open.
+    fn take_over(&self, handler: &Handler) -> bool {
+        match sync::lock(&self.functions).get(&handler.served.function) {
+            Some(line) => {
+                line.handler.send_replace(Some(handler.clone()));
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Forgets `load` unless a newer worker has replaced it.
-    fn unregister(&self, function: &FunctionRef, load: &Arc<Load>) {
+    /// Opens a line for `handler`'s function, or hands it the one open;
+    /// what the new line's task needs when one was opened.
+    fn open(&self, handler: &Handler) -> Option<(watch::Receiver<Option<Handler>>, Arc<Load>)> {
         let mut functions = sync::lock(&self.functions);
-        if functions
+        if let Some(line) = functions.get(&handler.served.function) {
+            line.handler.send_replace(Some(handler.clone()));
+            return None;
+        }
+        let (sender, receiver) = watch::channel(Some(handler.clone()));
+        let load = Arc::new(Load::default());
+        functions.insert(
+            handler.served.function.clone(),
+            Line {
+                handler: sender,
+                load: load.clone(),
+            },
+        );
+        Some((receiver, load))
+    }
+
+    /// `handler` takes no more calls, unless another took over already.
+    fn leave(&self, handler: &Handler) {
+        if let Some(line) = sync::lock(&self.functions).get(&handler.served.function) {
+            line.handler.send_if_modified(|current| {
+                let leaves = current.as_ref().is_some_and(|c| c.is(handler));
+                if leaves {
+                    *current = None;
+                }
+                leaves
+            });
+        }
+    }
+
+    /// Forgets `function`'s line unless a worker took it over; true when
+    /// it was forgotten (its task then unsubscribes).
+    fn close_if_left(&self, function: &FunctionRef) -> bool {
+        let mut functions = sync::lock(&self.functions);
+        let left = functions
             .get(function)
-            .is_some_and(|l| Arc::ptr_eq(l, load))
-        {
+            .is_none_or(|line| line.handler.borrow().is_none());
+        if left {
             functions.remove(function);
         }
+        left
     }
 
     /// Each function's peak since the last time, those with none left out.
     fn take_peaks(&self) -> Vec<(FunctionRef, u64)> {
         sync::lock(&self.functions)
             .iter()
-            .filter_map(|(function, load)| {
-                let peak = load.take_peak();
+            .filter_map(|(function, line)| {
+                let peak = line.load.take_peak();
                 (peak > 0).then(|| (function.clone(), peak))
             })
             .collect()
     }
 }
 
-/// Takes `served`'s direct calls, each on one of `slots`, from when the
-/// worker first pulled an invocation (`warmed`) until `stopped`; then
-/// declines what the server had already sent and waits for what runs. A
-/// subscription that fails leaves the function to the stream.
-///
-/// A function never invoked costs no subscription (a pool runtime may
-/// serve thousands): its first sync call goes through the stream.
-pub(crate) async fn serve(
+/// Takes `served`'s direct calls, each on one of `slots`: at once when an
+/// earlier version left the function's line open (taken over before this
+/// returns, so before the caller retires that version), otherwise from
+/// when the worker first pulled an invocation (`warmed`); until `stopped`,
+/// then waits for the calls it took. A function never invoked costs no
+/// subscription (a pool runtime may serve thousands): its first sync call
+/// goes through the stream.
+pub(crate) fn serve(
     shared: Arc<Shared>,
     served: Arc<Served>,
     slots: Arc<Semaphore>,
     mut warmed: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
-) {
-    let function = &served.function;
-    let warm = tokio::select! {
-        warm = warmed.wait_for(|warm| *warm) => warm.is_ok(),
-        _ = stopped.wait_for(|stop| *stop) => false,
+) -> JoinHandle<()> {
+    let handler = Handler {
+        served,
+        slots,
+        calls: TaskTracker::new(),
     };
-    if !warm {
-        return;
-    }
+    let taken_over = shared.lines.take_over(&handler);
+    tokio::spawn(async move {
+        if !taken_over {
+            let warm = tokio::select! {
+                warm = warmed.wait_for(|warm| *warm) => warm.is_ok(),
+                _ = stopped.wait_for(|stop| *stop) => false,
+            };
+            if !warm {
+                return;
+            }
+            if let Some((receiver, load)) = shared.lines.open(&handler) {
+                tokio::spawn(line(
+                    shared.clone(),
+                    handler.served.function.clone(),
+                    receiver,
+                    load,
+                ));
+            }
+        }
+        let _ = stopped.wait_for(|stop| *stop).await;
+        shared.lines.leave(&handler);
+        handler.calls.close();
+        handler.calls.wait().await;
+    })
+}
+
+/// Runs `function`'s line: subscribes, hands each call to the current
+/// handler (or declines it), and unsubscribes [`LINE_GRACE`] after the
+/// last handler left. A subscription that fails leaves the function to
+/// the stream.
+async fn line(
+    shared: Arc<Shared>,
+    function: FunctionRef,
+    mut handler: watch::Receiver<Option<Handler>>,
+    load: Arc<Load>,
+) {
     let mut calls = match shared
         .client
         .queue_subscribe(function.call_subject(), CALL_QUEUE_GROUP.to_owned())
@@ -131,29 +251,51 @@ pub(crate) async fn serve(
         Ok(calls) => calls,
         Err(e) => {
             tracing::warn!(%function, error = %e, "cannot take direct calls; sync invocations come through the stream");
+            // Its workers' later versions then open a line again.
+            sync::lock(&shared.lines.functions).remove(&function);
             return;
         }
     };
-    let load = shared.loads.register(function);
-    let mut running = JoinSet::new();
+    let mut closing: Option<Instant> = None;
     loop {
-        let message = tokio::select! {
-            message = calls.next() => message,
-            _ = stopped.wait_for(|stop| *stop) => None,
-        };
-        let Some(message) = message else { break };
-        while running.try_join_next().is_some() {}
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                running.spawn(call(
-                    shared.clone(),
-                    served.clone(),
-                    message,
-                    load.start(),
-                    slot,
-                ));
+        let grace = async {
+            match closing {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            Err(_) => decline(&shared, message, "busy").await,
+        };
+        tokio::select! {
+            message = calls.next() => {
+                let Some(message) = message else { break };
+                let current = handler.borrow().clone();
+                match current {
+                    Some(current) => match current.slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            current.calls.spawn(call(
+                                shared.clone(),
+                                current.served.clone(),
+                                message,
+                                load.start(),
+                                slot,
+                            ));
+                        }
+                        Err(_) => decline(&shared, message, "busy").await,
+                    },
+                    None => decline(&shared, message, "stopping").await,
+                }
+            }
+            changed = handler.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                closing = handler.borrow().is_none().then(|| Instant::now() + LINE_GRACE);
+            }
+            () = grace => {
+                if shared.lines.close_if_left(&function) {
+                    break;
+                }
+                closing = None;
+            }
         }
     }
     // Unsubscribed once the server has confirmed it, so every call it
@@ -163,8 +305,6 @@ pub(crate) async fn serve(
             decline(&shared, message, "stopping").await;
         }
     }
-    while running.join_next().await.is_some() {}
-    shared.loads.unregister(function, &load);
 }
 
 /// Runs one direct call and answers it.
@@ -242,7 +382,7 @@ pub(crate) async fn report(shared: Arc<Shared>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        for (function, peak) in shared.loads.take_peaks() {
+        for (function, peak) in shared.lines.take_peaks() {
             if let Err(e) = shared
                 .client
                 .publish(function.load_subject(), load::encode(&reporter, peak))
@@ -260,22 +400,16 @@ mod tests {
 
     #[test]
     fn a_report_gives_the_most_at_once_then_what_still_runs() {
-        let loads = Loads::default();
-        let function: FunctionRef = "default/hello".parse().unwrap();
-        let load = loads.register(&function);
-        assert!(loads.take_peaks().is_empty(), "idle: nothing to report");
+        let load = Arc::new(Load::default());
+        assert_eq!(load.take_peak(), 0, "idle: nothing to report");
         let first = load.start();
         let second = load.start();
         drop(first);
-        assert_eq!(loads.take_peaks(), vec![(function.clone(), 2)]);
+        assert_eq!(load.take_peak(), 2);
         // One still runs: the next period starts from it.
-        assert_eq!(loads.take_peaks(), vec![(function.clone(), 1)]);
+        assert_eq!(load.take_peak(), 1);
         drop(second);
-        assert_eq!(loads.take_peaks(), vec![(function.clone(), 1)]);
-        assert_eq!(loads.take_peaks(), Vec::new());
-        let replaced = loads.register(&function);
-        loads.unregister(&function, &load);
-        let _call = replaced.start();
-        assert_eq!(loads.take_peaks(), vec![(function, 1)]);
+        assert_eq!(load.take_peak(), 1);
+        assert_eq!(load.take_peak(), 0);
     }
 }

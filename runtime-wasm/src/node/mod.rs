@@ -230,7 +230,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         callbacks,
         running,
         wakes: wake::Wakes::default(),
-        loads: direct::Loads::default(),
+        lines: direct::Lines::default(),
     });
     let waking = tokio::spawn(wake::run(
         shared.clone(),

@@ -25,7 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::Running;
-use super::direct::{self, Loads};
+use super::direct::{self, Lines};
 use super::loader::Served;
 use super::ordered;
 use super::wake::{self, Wakes};
@@ -50,8 +50,8 @@ pub(crate) struct Shared {
     /// Async invocations running here, for cancels to reach.
     pub running: Arc<Running>,
     pub wakes: Wakes,
-    /// Direct calls running, for the load reports.
-    pub loads: Loads,
+    /// Each function's direct calls ([`direct`]).
+    pub lines: Lines,
 }
 
 /// A running worker; stop it with [`Worker::stop`], then await [`Worker::join`].
@@ -73,13 +73,13 @@ impl Worker {
         let wakes = shared.wakes.register(&served.function);
         let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
         let (warm, warmed) = watch::channel(false);
-        let calls = tokio::spawn(direct::serve(
+        let calls = direct::serve(
             shared.clone(),
             served.clone(),
             slots.clone(),
             warmed,
             stopped.clone(),
-        ));
+        );
         let task = tokio::spawn(async move {
             let unordered = pull_loop(
                 shared.clone(),
