@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use sluice_testing::free_port;
 
 /// The user of [`Registry::with_basic_auth`].
 pub const USER: &str = "sluice";
@@ -201,15 +202,6 @@ pub async fn push_artifact(
     );
     client.push(&reference, &layers, config, auth, None).await?;
     client.fetch_manifest_digest(&reference, auth).await
-}
-
-/// A port free on loopback a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Drop for Registry {
