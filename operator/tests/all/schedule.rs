@@ -111,7 +111,7 @@ fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_
 }
 
 #[test]
-fn a_cron_the_schema_admits_but_no_clock_has_leaves_the_function_not_ready() {
+fn a_spec_the_schema_admits_but_the_operator_refuses_leaves_the_function_not_ready() {
     let sluice = Sluice::start();
     let _operator = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
     sluice.config_map(
@@ -130,5 +130,21 @@ fn a_cron_the_schema_admits_but_no_clock_has_leaves_the_function_not_ready() {
     let reasons = sluice.event_reasons("default", "ticking");
     assert!(reasons.iter().any(|r| r == "InvalidSpec"), "{reasons:?}");
     sluice.apply(&ticking("{ schedule: [ { cron: \"1 * * * *\" } ] }"));
+    sluice.wait_ready("default", "ticking", "True", "Ready");
+
+    // The schema checks a destination's prefix; the namespace after it is
+    // the operator's to check, so that no tenant publishes on another's.
+    let elsewhere = ticking("{}").replace(
+        "  triggers:",
+        "  destinations: { onSuccess: { subject: sluice.dest.shop.done } }\n  triggers:",
+    );
+    sluice.apply(&elsewhere);
+    let message = sluice.wait_ready("default", "ticking", "False", "InvalidSpec");
+    assert!(
+        message.contains("spec.destinations.onSuccess.subject")
+            && message.contains("sluice.dest.default."),
+        "{message}"
+    );
+    sluice.apply(&ticking("{}"));
     sluice.wait_ready("default", "ticking", "True", "Ready");
 }
