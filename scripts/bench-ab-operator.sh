@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A/B benchmark of the operator: this tree's `sluice-operator` against an
-# earlier commit's, both driven by this tree's `reconcile` and `autoscale`
+# A/B benchmark of the operator: this tree's `sluice-operator` (or NEW_REV's)
+# against an earlier commit's, both driven by this tree's `reconcile` and `autoscale`
 # benches (operator/benches), run alternately in one sitting so the
 # machine's drift hits both alike. Both operators are release builds; the
 # base builds in a temporary git worktree with a copy of this tree's release
@@ -14,12 +14,13 @@
 # so a round fits in minutes on two cores: SLUICE_BENCH_SEQUENTIAL (20),
 # SLUICE_BENCH_BURST (200), SLUICE_BENCH_TRIALS (30),
 # SLUICE_BENCH_FUNCTIONS (300), SLUICE_BENCH_SECONDS (15).
-# Usage: scripts/bench-ab-operator.sh BASE_REV [rounds]
+# Usage: scripts/bench-ab-operator.sh BASE_REV [rounds] [NEW_REV]
 set -euo pipefail
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 cd "$(dirname "$0")/.."
-base_rev=${1:?usage: scripts/bench-ab-operator.sh BASE_REV [rounds]}
+base_rev=${1:?usage: scripts/bench-ab-operator.sh BASE_REV [rounds] [NEW_REV]}
 rounds=${2:-2}
+new_rev=${3:-}
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 
@@ -36,6 +37,7 @@ export SLUICE_BENCH_SECONDS=${SLUICE_BENCH_SECONDS:-15}
 work=$(mktemp -d)
 cleanup() {
   git -C "$root" worktree remove --force "$work/base-tree" 2>/dev/null || true
+  git -C "$root" worktree remove --force "$work/new-tree" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -46,8 +48,10 @@ bench_exe() { # tree target-dir bench-name
 }
 
 mkdir -p "$work/new" "$work/base"
-(cd "$root" && cargo build --locked --release -p sluice-operator)
-cp "$target/release/sluice-operator" "$work/new/"
+if [ -z "$new_rev" ]; then
+  (cd "$root" && cargo build --locked --release -p sluice-operator)
+  cp "$target/release/sluice-operator" "$work/new/"
+fi
 # Assigned first, so that a bench that does not build stops the script
 # (set -e ignores a failing substitution inside another command).
 exe=$(bench_exe "$root" "$target" reconcile)
@@ -55,12 +59,18 @@ cp "$exe" "$work/reconcile-bench"
 exe=$(bench_exe "$root" "$target" autoscale)
 cp "$exe" "$work/autoscale-bench"
 
-git worktree add --detach "$work/base-tree" "$base_rev" >/dev/null
-mkdir -p "$work/base-target"
-cp -a "$target/release" "$work/base-target/"
-(cd "$work/base-tree" && CARGO_TARGET_DIR=$work/base-target cargo build --locked --release -p sluice-operator)
-cp "$work/base-target/release/sluice-operator" "$work/base/"
-rm -rf "$work/base-target"
+build_at() { # rev name
+  git worktree add --detach "$work/$2-tree" "$1" >/dev/null
+  mkdir -p "$work/$2-target"
+  cp -a "$target/release" "$work/$2-target/"
+  (cd "$work/$2-tree" && CARGO_TARGET_DIR=$work/$2-target cargo build --locked --release -p sluice-operator)
+  cp "$work/$2-target/release/sluice-operator" "$work/$2/"
+  rm -rf "$work/$2-target"
+}
+build_at "$base_rev" base
+if [ -n "$new_rev" ]; then
+  build_at "$new_rev" new
+fi
 
 # The benches print their results as indented `name: value` lines after a
 # `==` heading; keep every line that carries a number.
@@ -74,4 +84,4 @@ for round in $(seq "$rounds"); do
   done
 done
 echo
-echo "base $base_rev, new $(git rev-parse --short HEAD); each round's output above, in run order"
+echo "base $base_rev, new ${new_rev:-$(git rev-parse --short HEAD)}; each round's output above, in run order"
