@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod names;
 pub mod ordering;
 pub mod outcome;
+pub mod priority;
 pub mod quantity;
 pub mod record;
 pub mod registry;

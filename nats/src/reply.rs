@@ -15,6 +15,18 @@ pub const FAILURE_HEADER: &str = "Sluice-Failure";
 /// the invocation stream instead. Its value says why.
 pub const DECLINED_HEADER: &str = "Sluice-Declined";
 
+/// Why a direct call is declined: every slot of its function is taken.
+pub const BUSY: &str = "busy";
+/// Why a direct call is declined: the runtime stops serving its function.
+pub const STOPPING: &str = "stopping";
+
+/// Set on a direct call sent again after a runtime declined it as
+/// [`BUSY`]: the runtime that gets it waits for its function's next free
+/// slot, which it takes before the function's async backlog, rather than
+/// declining; unless as many calls as the function has slots wait there
+/// already. Value: `1`.
+pub const WAIT_HEADER: &str = "Sluice-Wait-For-Slot";
+
 /// The answer to a direct call that was not taken, saying `why`.
 pub fn declined(why: &str) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
@@ -25,6 +37,18 @@ pub fn declined(why: &str) -> async_nats::HeaderMap {
 /// Whether a reply is [`declined`]: the call did not run.
 pub fn is_declined(headers: Option<&async_nats::HeaderMap>) -> bool {
     headers.is_some_and(|headers| headers.get(DECLINED_HEADER).is_some())
+}
+
+/// Whether a reply is [`declined`] as [`BUSY`].
+pub fn is_declined_busy(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers
+        .and_then(|headers| headers.get(DECLINED_HEADER))
+        .is_some_and(|why| why.as_str() == BUSY)
+}
+
+/// Whether a direct call asks to wait for a slot ([`WAIT_HEADER`]).
+pub fn waits_for_slot(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers.is_some_and(|headers| headers.get(WAIT_HEADER).is_some())
 }
 
 /// Encodes an attempt's outcome as reply headers and body.

@@ -214,34 +214,49 @@ impl JetStreamQueue {
 
     /// Sends a sync invocation straight to a warm runtime of its function
     /// (a core request on its call subject, `sluice_runtime`'s
-    /// `node::direct`): `None` when it did not run there (no runtime
-    /// subscribed, all busy, or the request could not be sent), and the
-    /// caller queues it on the stream instead.
+    /// `node::direct`); when the runtime that got it is busy, once more
+    /// asking the one that gets it to wait for a slot
+    /// ([`reply::WAIT_HEADER`]), which puts the call ahead of the
+    /// function's async backlog. `None` when it did not run there (no
+    /// runtime subscribed, declined, or the request could not be sent),
+    /// and the caller queues it on the stream instead.
     async fn call_directly(&self, invocation: &Invocation) -> Option<CallResult> {
-        let wait = invocation
-            .deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        let request = async_nats::Request::new()
-            .headers(wire_headers(invocation))
-            .payload(invocation.body.clone())
-            .timeout(Some(wait + REPLY_GRACE));
-        match self
-            .client
-            .send_request(invocation.function.call_subject(), request)
-            .await
-        {
-            Ok(message) if reply::is_declined(message.headers.as_ref()) => None,
-            Ok(message) => Some(reply::decode(message.headers.as_ref(), message.payload)),
-            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => Some(Err(Failure {
-                kind: FailureKind::Timeout,
-                reason: "the runtime running it did not answer before the deadline".into(),
-            })),
-            // No responders: the function is at zero. Anything else (an
-            // oversized request, a broken connection) never reached a
-            // runtime, and the stream says precisely why it cannot either.
-            Err(_) => None,
+        let mut headers = wire_headers(invocation);
+        for wait in [false, true] {
+            if wait {
+                headers.insert(reply::WAIT_HEADER, "1");
+            }
+            let left = invocation
+                .deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            let request = async_nats::Request::new()
+                .headers(headers.clone())
+                .payload(invocation.body.clone())
+                .timeout(Some(left + REPLY_GRACE));
+            match self
+                .client
+                .send_request(invocation.function.call_subject(), request)
+                .await
+            {
+                Ok(message) if reply::is_declined_busy(message.headers.as_ref()) => continue,
+                Ok(message) if reply::is_declined(message.headers.as_ref()) => return None,
+                Ok(message) => {
+                    return Some(reply::decode(message.headers.as_ref(), message.payload));
+                }
+                Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                    return Some(Err(Failure {
+                        kind: FailureKind::Timeout,
+                        reason: "the runtime running it did not answer before the deadline".into(),
+                    }));
+                }
+                // No responders: the function is at zero. Anything else (an
+                // oversized request, a broken connection) never reached a
+                // runtime, and the stream says precisely why it cannot either.
+                Err(_) => return None,
+            }
         }
+        None
     }
 
     /// One read and conditional write of the record for a cancel;

@@ -18,6 +18,7 @@ use sluice_api::destination;
 use sluice_api::invocation::unix_millis;
 use sluice_api::logs::{AttemptLog, Captured, LogBounds};
 use sluice_api::names::FunctionRef;
+use sluice_api::priority;
 use sluice_api::record::CANCELLED_REASON;
 use sluice_api::{CancelDecision, DeadLetter, Destinations, InvocationState, cancel_decision};
 use sluice_api::{
@@ -42,8 +43,9 @@ use crate::metrics::Metrics;
 /// JetStream layout, so both queues behave alike.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
-    /// Invocations a function may have queued before submits get 429.
-    /// Default: 10000.
+    /// Invocations a function may have queued before submits get 429;
+    /// sync calls have a bound of this size of their own, so a full async
+    /// queue leaves them room. Default: 10000.
     pub max_depth: usize,
     /// Bytes of invocations a function may hold (queued, waiting for a
     /// retry, or running) before submits get 429. Default: 512Mi.
@@ -145,7 +147,13 @@ struct KeptLetter {
 #[derive(Debug)]
 struct Lane {
     function: QueuedFunction,
+    /// Async invocations, their retries, and calls with an ordering key,
+    /// in the order accepted.
     sender: mpsc::Sender<Job>,
+    /// Sync calls without an ordering key, which start before the async
+    /// backlog ([`priority`]) and are bounded apart from it, so a full
+    /// async queue leaves them room.
+    calls: mpsc::Sender<Job>,
     /// Queued, waiting for a retry, or running.
     depth: AtomicI64,
     /// Ordering keys held, with the jobs waiting for them.
@@ -211,10 +219,12 @@ impl MemoryQueue {
     /// Work already queued for the earlier version finishes on it.
     pub fn deploy(&self, function: QueuedFunction) {
         let (sender, receiver) = mpsc::channel(self.state.config.max_depth.max(1));
+        let (calls, call_receiver) = mpsc::channel(self.state.config.max_depth.max(1));
         let name = function.prepared.function.clone();
         let lane = Arc::new(Lane {
             function,
             sender,
+            calls,
             depth: AtomicI64::new(0),
             keys: KeyGate::default(),
         });
@@ -222,6 +232,7 @@ impl MemoryQueue {
             Arc::downgrade(&self.state),
             lane.clone(),
             receiver,
+            call_receiver,
         ));
         write(&self.state.lanes).insert(name, lane);
     }
@@ -478,7 +489,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 impl Lane {
     fn enqueue(&self, state: &State, job: Job) -> Result<(), QueueError> {
         let function = &self.function.prepared.function;
-        if super::ordering_key(job.invocation())?.is_some() {
+        let keyed = super::ordering_key(job.invocation())?.is_some();
+        if keyed {
             // Jobs waiting behind a key have left the channel: they count
             // against the same depth bound.
             let queued = self.sender.max_capacity() - self.sender.capacity();
@@ -486,7 +498,11 @@ impl Lane {
                 return Err(state.budget.full(function, QueueBound::Depth));
             }
         }
-        self.sender.try_send(job).map_err(|e| match e {
+        let queue = match job {
+            Job::Call { .. } if !keyed => &self.calls,
+            _ => &self.sender,
+        };
+        queue.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => state.budget.full(function, QueueBound::Depth),
             mpsc::error::TrySendError::Closed(_) => {
                 QueueError::Unavailable("the queue shut down".into())
@@ -502,17 +518,36 @@ impl Lane {
     }
 }
 
-/// Takes a lane's jobs in order and runs up to `concurrency` at once; a
-/// job whose ordering key is held waits for it ([`KeyGate`]).
-async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut jobs: mpsc::Receiver<Job>) {
+/// Starts a lane's jobs, up to `concurrency` at once: whenever a slot is
+/// free, the next from its sync calls or its async queue as
+/// [`priority::next`] says, each queue in order; a job whose ordering key
+/// is held waits for it ([`KeyGate`]).
+async fn dispatch(
+    state: Weak<State>,
+    lane: Arc<Lane>,
+    mut jobs: mpsc::Receiver<Job>,
+    mut calls: mpsc::Receiver<Job>,
+) {
     let permits = Arc::new(Semaphore::new(lane.function.concurrency.max(1) as usize));
-    while let Some(job) = jobs.recv().await {
+    let mut syncs_in_a_row = 0;
+    let mut permit = None;
+    loop {
+        // The slot first, the job then: what starts is chosen when it can.
+        let slot = match permit.take() {
+            Some(slot) => slot,
+            None => match permits.clone().acquire_owned().await {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let Some((job, sync)) = next_job(&mut calls, &mut jobs, syncs_in_a_row).await else {
+            return;
+        };
+        syncs_in_a_row = if sync { syncs_in_a_row + 1 } else { 0 };
         let key = job.invocation().ordering_key().map(str::to_owned);
         let Some(job) = lane.keys.admit(key.as_deref(), job.holds_key(), job) else {
+            permit = Some(slot);
             continue;
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
         };
         let Some(state) = state.upgrade() else { return };
         tokio::spawn(run_in_order(
@@ -520,8 +555,32 @@ async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut jobs: mpsc::Receiver<
             lane.clone(),
             permits.clone(),
             job,
-            permit,
+            slot,
         ));
+    }
+}
+
+/// The next job to start and whether it is a sync call: from the queue
+/// [`priority::next`] picks when either has one waiting, else the first
+/// to receive one. `None` once both are closed.
+async fn next_job(
+    calls: &mut mpsc::Receiver<Job>,
+    jobs: &mut mpsc::Receiver<Job>,
+    syncs_in_a_row: u32,
+) -> Option<(Job, bool)> {
+    let taken = match priority::next(!calls.is_empty(), !jobs.is_empty(), syncs_in_a_row) {
+        Some(priority::Next::Sync) => calls.try_recv().ok().map(|job| (job, true)),
+        Some(priority::Next::Async) => jobs.try_recv().ok().map(|job| (job, false)),
+        None => None,
+    };
+    if taken.is_some() {
+        return taken;
+    }
+    tokio::select! {
+        biased;
+        Some(job) = calls.recv() => Some((job, true)),
+        Some(job) = jobs.recv() => Some((job, false)),
+        else => None,
     }
 }
 

@@ -431,6 +431,28 @@ impl TestGateway {
         .await;
     }
 
+    /// Waits up to 10s until a sync `GET path` (which must answer 200) goes
+    /// straight to a warm runtime, leaving the invocation stream untouched:
+    /// a worker subscribes for direct calls after its first pull, which
+    /// the first call through the stream brings. NATS mode only.
+    pub async fn wait_direct(&self, path: &str) {
+        let mut invocations = self.nats.as_ref().unwrap().layout.invocations.clone();
+        eventually(
+            "a sync call passes the stream by",
+            Duration::from_secs(10),
+            async || {
+                let before = invocations.info().await.unwrap().state.last_sequence;
+                let reply = self.get(path).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                let after = invocations.info().await.unwrap().state.last_sequence;
+                (after == before)
+                    .then_some(())
+                    .ok_or(format!("queued: sequence {before} -> {after}"))
+            },
+        )
+        .await;
+    }
+
     /// Waits up to 30s until `GET path` answers what `done` accepts.
     pub async fn wait_answer(&self, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
         eventually(

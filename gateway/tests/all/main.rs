@@ -23,6 +23,7 @@ mod nats_mode;
 mod nats_security;
 mod ordering;
 mod polyglot;
+mod priority;
 mod publish;
 mod queue_bytes;
 mod retries;

@@ -90,11 +90,69 @@ pub(crate) struct Handler {
     served: Arc<Served>,
     slots: Arc<Semaphore>,
     calls: TaskTracker,
+    /// Calls waiting for a slot ([`reply::WAIT_HEADER`]).
+    waiting: Arc<AtomicU64>,
 }
 
 impl Handler {
     fn is(&self, other: &Handler) -> bool {
         Arc::ptr_eq(&self.slots, &other.slots)
+    }
+
+    /// Counts one more call waiting for a slot, unless as many as the
+    /// function has slots wait already.
+    fn may_wait(&self) -> bool {
+        let most = u64::from(self.served.spec.concurrency.max(1));
+        self.waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |waiting| {
+                (waiting < most).then_some(waiting + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Waits for `handler`'s next free slot (counted in [`Handler::may_wait`]),
+/// then runs the call; one whose deadline passes first fails as a timeout
+/// without running.
+async fn call_when_free(
+    shared: Arc<Shared>,
+    handler: Handler,
+    message: async_nats::Message,
+    running: Running,
+) {
+    let deadline = worker::parse(
+        &handler.served.function,
+        message.headers.as_ref(),
+        message.payload.clone(),
+    )
+    .ok()
+    .and_then(|received| {
+        received
+            .invocation
+            .deadline
+            .duration_since(std::time::SystemTime::now())
+            .ok()
+    })
+    .unwrap_or_default();
+    let slot = tokio::time::timeout(deadline, handler.slots.clone().acquire_owned()).await;
+    handler.waiting.fetch_sub(1, Ordering::Relaxed);
+    match slot {
+        Ok(Ok(slot)) => call(shared, handler.served, message, running, slot).await,
+        Ok(Err(_)) => decline(&shared, message, reply::STOPPING).await,
+        Err(_) => {
+            let Some(inbox) = message.reply else { return };
+            let (headers, body) = reply::encode(&Outcome::Failed(Failure {
+                kind: FailureKind::Timeout,
+                reason: "no slot of the function freed before the deadline".into(),
+            }));
+            if let Err(e) = shared
+                .client
+                .publish_with_headers(inbox, headers, body)
+                .await
+            {
+                tracing::warn!(function = %handler.served.function, error = %e, "cannot send the reply");
+            }
+        }
     }
 }
 
@@ -206,6 +264,7 @@ pub(crate) fn serve(
         served,
         slots,
         calls: TaskTracker::new(),
+        waiting: Arc::default(),
     };
     let taken_over = shared.lines.take_over(&handler);
     tokio::spawn(async move {
@@ -279,9 +338,19 @@ async fn line(
                                 slot,
                             ));
                         }
-                        Err(_) => decline(&shared, message, "busy").await,
+                        Err(_) if reply::waits_for_slot(message.headers.as_ref())
+                            && current.may_wait() =>
+                        {
+                            current.calls.spawn(call_when_free(
+                                shared.clone(),
+                                current.clone(),
+                                message,
+                                load.start(),
+                            ));
+                        }
+                        Err(_) => decline(&shared, message, reply::BUSY).await,
                     },
-                    None => decline(&shared, message, "stopping").await,
+                    None => decline(&shared, message, reply::STOPPING).await,
                 }
             }
             changed = handler.changed() => {
@@ -302,7 +371,7 @@ async fn line(
     // sent before arrives here and is declined (the gateway queues it).
     if calls.drain().await.is_ok() {
         while let Some(message) = calls.next().await {
-            decline(&shared, message, "stopping").await;
+            decline(&shared, message, reply::STOPPING).await;
         }
     }
 }
