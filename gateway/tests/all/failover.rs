@@ -53,12 +53,25 @@ const R3_OWNER: &[(&str, &str)] = &[("SLUICE_STREAM_REPLICAS", "3")];
 /// Fails unless every stream and bucket of the layout is replicated
 /// three times, with both followers known to its leader.
 async fn assert_replicated(layout: &Layout) {
-    let mut names = layout.js.stream_names();
-    let mut streams = Vec::new();
-    while let Some(name) = names.next().await {
-        streams.push(name.expect("a stream's name"));
-    }
-    assert!(streams.len() >= 5, "the layout's streams: {streams:?}");
+    // Listed until it answers: right after a failover the JetStream API
+    // may time out while the meta leader is elected.
+    let streams = eventually(
+        "the layout's streams are listed",
+        Duration::from_secs(60),
+        async || {
+            let mut names = layout.js.stream_names();
+            let mut streams = Vec::new();
+            while let Some(name) = names.next().await {
+                streams.push(name.map_err(|e| e.to_string())?);
+            }
+            if streams.len() >= 5 {
+                Ok(streams)
+            } else {
+                Err(format!("the layout's streams: {streams:?}"))
+            }
+        },
+    )
+    .await;
     for name in streams {
         let replicas = eventually(
             &format!("{name} is R3 with its followers"),
