@@ -3,12 +3,17 @@
 //! runtime serving the function subscribes to in one queue group once the
 //! function has been invoked (its first call comes through the stream). The
 //! runtime that gets it runs it at once if its worker has a free slot and
-//! answers on the request's inbox; without one it declines at once, and the
-//! gateway queues the invocation on the stream instead (as it does when no
-//! runtime subscribes: the function is at zero). A backlog therefore always
-//! waits in the stream, where the autoscaler sees it, and a worker waiting
-//! for a slot to pull from it gets the next free slot before any direct
-//! call (the slots' semaphore hands permits to waiters first).
+//! answers on the request's inbox; without one it declines at once as
+//! busy, and the gateway sends it again asking to wait
+//! ([`reply::WAIT_HEADER`]). The runtime that gets that one waits for the
+//! function's next free slot, which it gets before the next invocation the
+//! worker pulls from the async backlog (the slots' semaphore serves waiters
+//! in turn, and the worker asks for a slot before each pull), so a caller
+//! waiting on its connection is not queued behind thousands of async
+//! invocations. As many calls as the function has slots may wait on one
+//! runtime; beyond them, and when no runtime subscribes (the function is
+//! at zero), the gateway queues the call on the stream, where the
+//! autoscaler sees it. Calls waiting count in the load reports.
 //!
 //! A runtime's subscription for a function, its [`Line`], outlives the
 //! worker of one version: a changed function's new worker takes the line
