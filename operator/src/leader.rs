@@ -48,7 +48,13 @@ pub async fn run_as_leader(
         .with_identity(identity)
         .with_duration(seconds)
         .with_grace((seconds / 3).max(1))
-        .with_field_manager("sluice-operator-lease")
+        // One field manager per replica: the lock is server-side apply
+        // without force, so a second replica taking the Lease meanwhile is
+        // refused as a conflict between managers. Under one shared manager
+        // both applies succeeded and both replicas led until the next
+        // renewal (seen in CI: two operators started together, one
+        // reconciled, then stopped on losing a Lease it never held alone).
+        .with_field_manager(format!("sluice-operator-lease-{identity}"))
         .build()
         .await
         .map_err(|source| OperatorError::Lease {
