@@ -192,10 +192,7 @@ impl JetStreamQueue {
         };
         // Through a failover (the stream electing a leader) the publish is
         // sent again, with the same id, within the invocation's deadline.
-        let left = invocation
-            .deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let left = invocation.time_left();
         let ack = failover::publish_patiently(
             &self.layout.js,
             &invocation.queue_subject(),
@@ -226,10 +223,7 @@ impl JetStreamQueue {
             if wait {
                 headers.insert(reply::WAIT_HEADER, "1");
             }
-            let left = invocation
-                .deadline
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
+            let left = invocation.time_left();
             let request = async_nats::Request::new()
                 .headers(headers.clone())
                 .payload(invocation.body.clone())
@@ -437,10 +431,7 @@ impl InvocationQueue for JetStreamQueue {
         // The id makes a publish sent again through a failover one message.
         self.enqueue(&invocation, &[(REPLY_TO_HEADER, &reply_to)], &id)
             .await?;
-        let wait = invocation
-            .deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let wait = invocation.time_left();
         let answer = tokio::time::timeout(wait + REPLY_GRACE, reply).await;
         drop(forget);
         Ok(match answer {

@@ -131,13 +131,7 @@ async fn call_when_free(
         message.payload.clone(),
     )
     .ok()
-    .and_then(|received| {
-        received
-            .invocation
-            .deadline
-            .duration_since(std::time::SystemTime::now())
-            .ok()
-    })
+    .map(|received| received.invocation.time_left())
     .unwrap_or_default();
     let slot = tokio::time::timeout(deadline, handler.slots.clone().acquire_owned()).await;
     handler.waiting.fetch_sub(1, Ordering::Relaxed);
