@@ -90,6 +90,11 @@ pub struct FunctionSpec {
     /// Queue-depth autoscaling. Default: 0 to 20 replicas, 16 queued per replica.
     #[serde(default)]
     pub scaling: Scaling,
+    /// Priority classes of its invocations (`Sluice-Priority`): the class
+    /// of one that names none, and the highest a caller may ask for.
+    /// Default: `normal` and `normal`.
+    #[serde(default)]
+    pub priority: crate::priority::PrioritySpec,
     /// Resource limits of each invocation. Default: 64Mi of memory.
     #[serde(default)]
     pub limits: Limits,
@@ -892,6 +897,15 @@ impl FunctionSpec {
                     format!("must be at most {}", Duration(MAX_DURATION)),
                 ));
             }
+        }
+        if !self.priority.is_consistent() {
+            return Err(SpecError::new(
+                "spec.priority.default",
+                format!(
+                    "{} is above spec.priority.max ({})",
+                    self.priority.default, self.priority.max
+                ),
+            ));
         }
         if self.timeout.0.is_zero() {
             return Err(SpecError::new("spec.timeout", "must be longer than 0s"));

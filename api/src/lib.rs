@@ -33,6 +33,7 @@ pub use function::*;
 pub use invocation::{Invocation, InvocationId, InvocationResponse, WireError};
 pub use manifest::{FunctionManifest, ManifestError, parse_functions};
 pub use outcome::{Failure, FailureKind, Outcome, Settlement, Verdict, gave_up, reason_line};
+pub use priority::{BadPriority, Lane, Priority, PrioritySpec, WeightedPick};
 pub use quantity::{ByteSize, Duration};
 pub use record::{
     CancelDecision, InvocationRecord, InvocationState, StoredHeader, StoredResponse, Usage,

@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::invocation::InvocationId;
 use crate::ordering::ORDERING_BUCKETS;
+use crate::priority::Lane;
 
 /// Stream holding queued invocations.
 pub const INVOCATION_STREAM: &str = "SLUICE_INVOCATIONS";
@@ -20,8 +21,11 @@ pub const INVOKE_SUBJECT_PREFIX: &str = "sluice.invoke.";
 /// The token after `sluice.invoke.<ns>.<fn>` that marks an ordering
 /// bucket's subject ([`FunctionRef::keyed_subject`]).
 const KEYED_TOKEN: &str = "k";
-/// Every ordering bucket's subject, of every function.
-pub const KEYED_INVOKE_SUBJECTS: &str = "sluice.invoke.*.*.k.*";
+/// The token before a priority lane's name in its subject.
+const LANE_TOKEN: &str = "p";
+/// Every priority lane's and ordering bucket's subject, of every function
+/// (everything but the functions' `normal` subjects).
+pub const SIDE_INVOKE_SUBJECTS: &str = "sluice.invoke.*.*.*.*";
 /// Stream holding dead letters.
 pub const DEAD_LETTER_STREAM: &str = "SLUICE_DEAD_LETTERS";
 /// Subjects of the dead-letter stream.
@@ -116,6 +120,15 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// One of a function's queues on the invocation stream: a priority lane
+/// ([`FunctionRef::lane_subject`]) or an ordering bucket
+/// ([`FunctionRef::keyed_subject`]), each a subject with its own consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Queue {
+    Lane(Lane),
+    Bucket(u16),
+}
+
 impl FunctionRef {
     pub fn new(namespace: &str, name: &str) -> Result<Self, BadFunctionRef> {
         if is_dns_label(namespace) && is_dns_label(name) {
@@ -133,42 +146,74 @@ impl FunctionRef {
         format!("{INVOKE_SUBJECT_PREFIX}{}.{}", self.namespace, self.name)
     }
 
-    /// The function whose invocations queue on `subject`, if any: its
-    /// unordered subject or one of its ordering buckets'
+    /// The function whose invocations queue on `subject`, if any: any of
+    /// its lanes' ([`Self::lane_subject`]) or ordering buckets'
     /// ([`Self::keyed_subject`]).
     pub fn from_invoke_subject(subject: &str) -> Option<Self> {
         Self::queue_of_subject(subject).map(|(function, _)| function)
     }
 
-    /// The function and ordering bucket (`None`: unordered) whose
-    /// invocations queue on `subject`, if any.
-    pub fn queue_of_subject(subject: &str) -> Option<(Self, Option<u16>)> {
+    /// The function and queue whose invocations wait on `subject`, if any.
+    pub fn queue_of_subject(subject: &str) -> Option<(Self, Queue)> {
         let rest = subject.strip_prefix(INVOKE_SUBJECT_PREFIX)?;
         let mut tokens = rest.split('.');
         let function = Self::new(tokens.next()?, tokens.next()?).ok()?;
-        match (tokens.next(), tokens.next(), tokens.next()) {
-            (None, _, _) => Some((function, None)),
+        let queue = match (tokens.next(), tokens.next(), tokens.next()) {
+            (None, _, _) => Queue::Lane(Lane::Normal),
             (Some(KEYED_TOKEN), Some(token), None) => {
                 let bucket = token.parse::<u16>().ok()?;
                 // Only the canonical spelling: `07` is no bucket.
-                (bucket < ORDERING_BUCKETS && bucket.to_string() == token)
-                    .then_some((function, Some(bucket)))
+                if bucket >= ORDERING_BUCKETS || bucket.to_string() != token {
+                    return None;
+                }
+                Queue::Bucket(bucket)
             }
-            _ => None,
+            // `normal` has the bare subject only.
+            (Some(LANE_TOKEN), Some(token), None) => {
+                Queue::Lane(Lane::parse(token).filter(|lane| *lane != Lane::Normal)?)
+            }
+            _ => return None,
+        };
+        Some((function, queue))
+    }
+
+    /// Where the invocations of `lane` wait: `sluice.invoke.<ns>.<fn>` for
+    /// `normal` (the subject from before lanes), else
+    /// `sluice.invoke.<ns>.<fn>.p.<lane>` (`sync`, `high` or `low`). Each
+    /// lane's subject has the stream's per-subject depth bound to itself.
+    pub fn lane_subject(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Normal => self.invoke_subject(),
+            other => format!("{}.{LANE_TOKEN}.{}", self.invoke_subject(), other.as_str()),
+        }
+    }
+
+    /// Durable consumer of one lane: [`Self::consumer_name`] for `normal`,
+    /// else `fn_<ns>_<fn>_p<lane>` (`_` is in no DNS label, so it is no
+    /// other function's name).
+    pub fn lane_consumer_name(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Normal => self.consumer_name(),
+            other => format!("{}_p{}", self.consumer_name(), other.as_str()),
         }
     }
 
     /// `sluice.invoke.<ns>.<fn>.k.<bucket>`: where the function's
     /// invocations whose ordering key hashes to `bucket` queue
-    /// ([`crate::ordering`]). It overlaps no function's unordered subject,
-    /// as the work-queue stream requires of its consumers' filters.
+    /// ([`crate::ordering`]). It overlaps no function's other subjects, as
+    /// the work-queue stream requires of its consumers' filters.
     pub fn keyed_subject(&self, bucket: u16) -> String {
         format!("{}.{KEYED_TOKEN}.{bucket}", self.invoke_subject())
     }
 
-    /// `sluice.invoke.<ns>.<fn>.k.*`: every ordering bucket of the function.
-    pub fn keyed_subjects(&self) -> String {
-        format!("{}.{KEYED_TOKEN}.*", self.invoke_subject())
+    /// The two subjects that hold every queue of the function, for a
+    /// subscription or a stream filter: its `normal` lane's and
+    /// `sluice.invoke.<ns>.<fn>.*.*` (its other lanes and its ordering
+    /// buckets).
+    pub fn queue_subjects(&self) -> [String; 2] {
+        let normal = self.invoke_subject();
+        let side = format!("{normal}.*.*");
+        [normal, side]
     }
 
     /// Durable consumer of one ordering bucket, `fn_<ns>_<fn>_k<bucket>`
@@ -306,6 +351,41 @@ mod tests {
     }
 
     #[test]
+    fn every_lane_has_its_subject_and_consumer() {
+        let f: FunctionRef = "default/hello".parse().unwrap();
+        let table = [
+            (
+                Lane::Sync,
+                "sluice.invoke.default.hello.p.sync",
+                "fn_default_hello_psync",
+            ),
+            (
+                Lane::High,
+                "sluice.invoke.default.hello.p.high",
+                "fn_default_hello_phigh",
+            ),
+            (
+                Lane::Normal,
+                "sluice.invoke.default.hello",
+                "fn_default_hello",
+            ),
+            (
+                Lane::Low,
+                "sluice.invoke.default.hello.p.low",
+                "fn_default_hello_plow",
+            ),
+        ];
+        for (lane, subject, consumer) in table {
+            assert_eq!(f.lane_subject(lane), subject);
+            assert_eq!(f.lane_consumer_name(lane), consumer);
+            assert_eq!(
+                FunctionRef::queue_of_subject(subject),
+                Some((f.clone(), Queue::Lane(lane)))
+            );
+        }
+    }
+
+    #[test]
     fn names_follow_the_nats_layout() {
         let f: FunctionRef = "default/hello".parse().unwrap();
         assert_eq!(f.invoke_subject(), "sluice.invoke.default.hello");
@@ -320,21 +400,29 @@ mod tests {
             None
         );
         assert_eq!(f.keyed_subject(7), "sluice.invoke.default.hello.k.7");
-        assert_eq!(f.keyed_subjects(), "sluice.invoke.default.hello.k.*");
+        assert_eq!(
+            f.queue_subjects(),
+            [
+                "sluice.invoke.default.hello",
+                "sluice.invoke.default.hello.*.*"
+            ]
+        );
         assert_eq!(f.keyed_consumer_name(7), "fn_default_hello_k7");
         assert_eq!(
             FunctionRef::queue_of_subject(&f.keyed_subject(7)),
-            Some((f.clone(), Some(7)))
+            Some((f.clone(), Queue::Bucket(7)))
         );
         assert_eq!(
             FunctionRef::queue_of_subject(&f.invoke_subject()),
-            Some((f.clone(), None))
+            Some((f.clone(), Queue::Lane(Lane::Normal)))
         );
         assert_eq!(
             FunctionRef::from_invoke_subject(&f.keyed_subject(31)),
             Some(f.clone())
         );
-        for not_a_bucket in ["k.32", "k.07", "k.x", "k.1.2", "k", "q.1"] {
+        for not_a_bucket in [
+            "k.32", "k.07", "k.x", "k.1.2", "k", "q.1", "p.normal", "p.urgent", "p.high.x", "high",
+        ] {
             let subject = format!("{}.{not_a_bucket}", f.invoke_subject());
             assert_eq!(FunctionRef::queue_of_subject(&subject), None, "{subject}");
         }

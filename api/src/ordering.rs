@@ -95,12 +95,15 @@ impl crate::Invocation {
             .filter(|key| !key.is_empty())
     }
 
-    /// The subject the invocation queues on: its function's unordered
-    /// subject, or with an ordering key, the key's bucket's.
-    pub fn queue_subject(&self) -> String {
+    /// The subject the invocation queues on: with an ordering key, the
+    /// key's bucket's; else its lane's, the `sync` lane for a synchronous
+    /// call (`sync`) and its class's for the rest.
+    pub fn queue_subject(&self, sync: bool) -> String {
         match self.ordering_key() {
             Some(key) => self.function.keyed_subject(bucket_of(key)),
-            None => self.function.invoke_subject(),
+            None => self
+                .function
+                .lane_subject(crate::Lane::of(sync, self.priority())),
         }
     }
 }

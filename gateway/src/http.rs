@@ -285,6 +285,7 @@ impl Gateway {
         let mut invocation = self
             .invocation(
                 resolved,
+                &spec.priority,
                 request,
                 InvocationId::random(),
                 spec.timeout.0,
@@ -313,7 +314,7 @@ impl Gateway {
         mut request: Request<Incoming>,
     ) -> Handled {
         require_method(request.method(), Method::POST, "POST")?;
-        let (resolved, _) = self
+        let (resolved, spec) = self
             .function(resolved, &mut request)
             .await
             .map_err(|e| (e, None))?;
@@ -332,6 +333,7 @@ impl Gateway {
         let mut invocation = self
             .invocation(
                 resolved,
+                &spec.priority,
                 request,
                 id,
                 self.config.async_deadline,
@@ -711,9 +713,11 @@ impl Gateway {
     /// The invocation `request` makes. Its headers are checked before its
     /// body is read, so a request no queue can carry is refused (431)
     /// before anything runs, in both modes alike.
+    #[allow(clippy::too_many_arguments)]
     async fn invocation(
         &self,
         resolved: Resolved,
+        priority: &sluice_api::PrioritySpec,
         request: Request<Incoming>,
         id: InvocationId,
         budget: Duration,
@@ -739,19 +743,25 @@ impl Gateway {
             traceparent,
         };
         let refused = check_header_block(&invocation, callback).and_then(|()| {
-            // A key that cannot be carried is refused before anything is
-            // queued, naming the header.
+            // A key that cannot be carried, or a class the function does
+            // not allow, is refused before anything is queued, naming the
+            // header.
             sluice_api::ordering::from_headers(&invocation.headers)
-                .map(drop)
+                .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+            sluice_api::priority::requested(priority, &invocation.headers)
                 .map_err(|e| GatewayError::BadRequest(e.to_string()))
         });
-        if let Err(e) = refused {
-            // Read (and drop) what the client sends meanwhile, so that it
-            // reads the 431 instead of a reset.
-            let _ =
-                tokio::time::timeout(DRAIN_TIME, read_body(body, &parts.headers, 0, held)).await;
-            return Err(e);
-        }
+        let class = match refused {
+            Ok(class) => class,
+            Err(e) => {
+                // Read (and drop) what the client sends meanwhile, so that
+                // it reads the 431 instead of a reset.
+                let _ = tokio::time::timeout(DRAIN_TIME, read_body(body, &parts.headers, 0, held))
+                    .await;
+                return Err(e);
+            }
+        };
+        sluice_api::priority::stamp(&mut invocation.headers, class);
         invocation.body = tokio::time::timeout(
             self.config.body_timeout,
             read_body(body, &parts.headers, self.config.max_request_body, held),

@@ -43,6 +43,8 @@ struct Key {
     function: FunctionRef,
     name: String,
     trigger: ScheduleTrigger,
+    /// Its ticks' class: the function's default (`spec.priority.default`).
+    priority: sluice_api::Priority,
 }
 
 impl Scheduler {
@@ -72,6 +74,7 @@ impl Scheduler {
                         function: function.clone(),
                         name: trigger.name_at(i),
                         trigger: trigger.clone(),
+                        priority: spec.priority.default,
                     })
             })
             .collect();
@@ -124,6 +127,7 @@ async fn run(
         function,
         name,
         trigger,
+        ..
     } = &key;
     let schedule = match Schedule::parse(&trigger.cron, &trigger.time_zone) {
         Ok(schedule) => schedule,
@@ -178,13 +182,15 @@ async fn submit(
         function,
         name,
         trigger,
+        priority,
     }: &Key,
     tick: Timestamp,
     stop: &CancellationToken,
 ) -> bool {
     loop {
-        let invocation =
+        let mut invocation =
             tick_invocation(function, trigger, name, tick, SystemTime::now() + deadline);
+        sluice_api::priority::stamp(&mut invocation.headers, *priority);
         match queue.submit(invocation, None).await {
             Ok(submitted) => {
                 tracing::info!(%function, schedule = %name, %tick, id = %submitted.id, duplicate = submitted.duplicate, "tick queued");

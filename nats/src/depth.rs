@@ -6,15 +6,16 @@ use std::collections::HashMap;
 
 use async_nats::jetstream::{consumer, stream};
 use futures::TryStreamExt as _;
+use sluice_api::Lane;
 use sluice_api::autoscale::Observation;
-use sluice_api::names::{FunctionRef, KEYED_INVOKE_SUBJECTS};
+use sluice_api::names::{FunctionRef, Queue, SIDE_INVOKE_SUBJECTS};
 
 /// Why depths could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DepthError {
     #[error("cannot list the invocation stream's consumers: {0}")]
     Consumers(#[source] stream::ConsumersError),
-    #[error("cannot count the invocations queued with ordering keys: {0}")]
+    #[error("cannot count the invocations queued in priority lanes or with ordering keys: {0}")]
     Keyed(String),
 }
 
@@ -33,20 +34,22 @@ pub fn observe(info: &consumer::Info) -> Observation {
 /// request per function. Consumers that filter no function's subject are
 /// left out.
 ///
-/// Invocations with an ordering key are counted from the stream instead
-/// (one `STREAM.INFO` with a subjects filter, its answer as long as the
-/// list of ordering buckets holding messages): a bucket's consumer is
-/// created only when a runtime first takes its work, so a function at
-/// zero replicas has none to read. A work queue holds what is queued and
-/// what is running, so the bucket's count is both; it is added to
-/// `pending`.
+/// Invocations in the `sync`, `high` and `low` lanes or with an ordering
+/// key are counted from the stream instead (one `STREAM.INFO` with a
+/// subjects filter, its answer as long as the list of such subjects
+/// holding messages): their consumers are created only when a runtime
+/// first takes their work, so a function at zero replicas has none to
+/// read. A work queue holds what is queued and what is running, so a
+/// subject's count is both; it is added to `pending`.
 pub async fn queue_depths(
     invocations: &stream::Stream,
 ) -> Result<HashMap<FunctionRef, Observation>, DepthError> {
     let mut depths = HashMap::<FunctionRef, Observation>::new();
     let mut consumers = invocations.consumers();
     while let Some(info) = consumers.try_next().await.map_err(DepthError::Consumers)? {
-        if let Some((function, None)) = FunctionRef::queue_of_subject(&info.config.filter_subject) {
+        if let Some((function, Queue::Lane(Lane::Normal))) =
+            FunctionRef::queue_of_subject(&info.config.filter_subject)
+        {
             let seen = observe(&info);
             let total = depths.entry(function).or_default();
             total.pending += seen.pending;
@@ -55,11 +58,13 @@ pub async fn queue_depths(
     }
     let keyed = |e: &dyn std::fmt::Display| DepthError::Keyed(e.to_string());
     let mut subjects = invocations
-        .info_with_subjects(KEYED_INVOKE_SUBJECTS)
+        .info_with_subjects(SIDE_INVOKE_SUBJECTS)
         .await
         .map_err(|e| keyed(&e))?;
     while let Some((subject, count)) = subjects.try_next().await.map_err(|e| keyed(&e))? {
-        if let Some((function, Some(_))) = FunctionRef::queue_of_subject(&subject) {
+        if let Some((function, queue)) = FunctionRef::queue_of_subject(&subject)
+            && queue != Queue::Lane(Lane::Normal)
+        {
             depths.entry(function).or_default().pending += count as u64;
         }
     }

@@ -18,7 +18,7 @@ use sluice_api::names::{
     INVOCATION_STREAM, INVOKE_SUBJECTS, LOG_STREAM, LOG_SUBJECTS, MODULES_BUCKET, RESULTS_BUCKET,
 };
 use sluice_api::ordering::ORDERING_BUCKETS;
-use sluice_api::{ByteSize, FunctionSpec, ModuleDigest};
+use sluice_api::{ByteSize, FunctionSpec, Lane, ModuleDigest};
 
 use crate::NatsError;
 
@@ -810,6 +810,25 @@ impl Layout {
         .await
     }
 
+    /// The durable consumer of `function`'s priority lane `lane`
+    /// ([`lane_consumer_config`]; `normal`'s is [`Self::consumer`]),
+    /// created when the lane first has work (by the runtime that finds
+    /// it) or brought up to date with the spec. Only lanes that were used
+    /// have one: a function whose invocations are all `normal` costs no
+    /// consumer beyond its own.
+    pub async fn lane_consumer(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        lane: Lane,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        self.consumer_as(
+            lane_consumer_config(function, spec, lane),
+            format!("the consumer of {function}'s {} lane", lane.as_str()),
+        )
+        .await
+    }
+
     /// The durable consumer `config` names: as it is when its
     /// `max_ack_pending` and `ack_wait` are `config`'s, else updated to
     /// `config`, or created.
@@ -864,12 +883,13 @@ impl Layout {
     pub async fn existing_consumer(
         &self,
         function: &FunctionRef,
+        lane: Lane,
     ) -> Result<consumer::PullConsumer, NatsError> {
         self.invocations
-            .get_consumer::<consumer::pull::Config>(&function.consumer_name())
+            .get_consumer::<consumer::pull::Config>(&function.lane_consumer_name(lane))
             .await
             .map_err(|source| NatsError::Layout {
-                what: format!("the consumer of {function}"),
+                what: format!("the consumer of {function}'s {} lane", lane.as_str()),
                 source,
             })
     }
@@ -879,7 +899,7 @@ impl Layout {
     /// predecessor's.
     pub async fn purge_invocations(&self, function: &FunctionRef) -> Result<u64, NatsError> {
         let mut purged = 0;
-        for subject in [function.invoke_subject(), function.keyed_subjects()] {
+        for subject in function.queue_subjects() {
             purged += self
                 .invocations
                 .purge()
@@ -891,12 +911,16 @@ impl Layout {
         Ok(purged)
     }
 
-    /// Deletes the function's durable consumer and those of its ordering
-    /// buckets ([`Self::keyed_consumer`]); false when there was none.
+    /// Deletes the function's durable consumers: its lanes'
+    /// ([`Self::lane_consumer`]) and its ordering buckets'
+    /// ([`Self::keyed_consumer`]); false when there was none.
     pub async fn delete_consumer(&self, function: &FunctionRef) -> Result<bool, NatsError> {
-        let mut deleted = self
-            .delete_consumer_named(function, &function.consumer_name())
-            .await?;
+        let mut deleted = false;
+        for lane in Lane::ALL {
+            deleted |= self
+                .delete_consumer_named(function, &function.lane_consumer_name(lane))
+                .await?;
+        }
         for bucket in 0..ORDERING_BUCKETS {
             deleted |= self
                 .delete_consumer_named(function, &function.keyed_consumer_name(bucket))
@@ -1013,6 +1037,26 @@ pub fn keyed_consumer_config(
         )),
         filter_subject: function.keyed_subject(bucket),
         max_ack_pending: 1,
+        ..consumer_config(function, spec)
+    }
+}
+
+/// The durable pull consumer of one priority lane of a function
+/// ([`sluice_api::priority`]): as [`consumer_config`], filtering the lane's
+/// subject. Lanes share the function's `max_ack_pending` each (the
+/// runtime's slots bound what runs at once).
+pub fn lane_consumer_config(
+    function: &FunctionRef,
+    spec: &FunctionSpec,
+    lane: Lane,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(function.lane_consumer_name(lane)),
+        description: Some(format!(
+            "Sluice invocations of {function} in its {} lane",
+            lane.as_str()
+        )),
+        filter_subject: function.lane_subject(lane),
         ..consumer_config(function, spec)
     }
 }

@@ -190,7 +190,10 @@ async fn pull(
         if let Some(e) = failed {
             eprintln!("pulling failed: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Ok(fresh) = layout.existing_consumer(function).await {
+            if let Ok(fresh) = layout
+                .existing_consumer(function, sluice_api::Lane::Normal)
+                .await
+            {
                 *consumer = fresh;
             }
         }

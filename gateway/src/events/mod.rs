@@ -67,6 +67,9 @@ struct Trigger {
     subject: String,
     /// Where events that cannot be queued go.
     dead_letter_subject: String,
+    /// Its events' class: the function's default, whatever the event's
+    /// headers say (a publisher cannot promote its events).
+    priority: sluice_api::Priority,
 }
 
 impl EventBridge {
@@ -113,6 +116,7 @@ impl EventBridge {
                     function: f.clone(),
                     subject: t.subject.clone(),
                     dead_letter_subject: dead_letter_subject.clone(),
+                    priority: spec.priority.default,
                 })
             })
             .collect();
@@ -237,7 +241,8 @@ impl Source {
     ) -> Invocation {
         let info = self.client.server_info();
         let server = format!("{}:{}", info.host, info.port);
-        let event = CloudEvent::from_message(headers, &body, subject, &server, stream_id);
+        let mut event = CloudEvent::from_message(headers, &body, subject, &server, stream_id);
+        sluice_api::priority::stamp(&mut event.headers, self.trigger.priority);
         Invocation {
             id: match &event.identity {
                 Some(id) => event_invocation_id(&self.trigger.function, subject, id),

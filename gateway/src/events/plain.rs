@@ -115,6 +115,7 @@ impl Source {
             function,
             subject,
             dead_letter_subject,
+            ..
         } = &self.trigger;
         let reason = format!("the event could not be queued: {e}");
         match self

@@ -114,6 +114,7 @@ impl Source {
             function,
             subject,
             dead_letter_subject,
+            ..
         } = &self.trigger;
         match self
             .queue

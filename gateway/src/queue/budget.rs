@@ -5,17 +5,18 @@
 //!
 //! Local mode holds an invocation's bytes from its submit until its last
 //! attempt ends. On JetStream, which has no per-subject byte limit, each
-//! gateway counts what it queued itself until the function's consumer has
+//! gateway counts what it queued itself until the consumer of its lane has
 //! delivered it (its `delivered.stream_sequence` passed the message's):
-//! the bound is on bytes waiting for a runtime, per gateway replica. What
-//! is delivered is bounded by the function's concurrency already.
+//! the bound is on bytes waiting for a runtime, per gateway replica, all
+//! of a function's lanes together. What is delivered is bounded by the
+//! function's concurrency already.
 
 use sluice_serve::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use sluice_api::Invocation;
 use sluice_api::names::FunctionRef;
+use sluice_api::{Invocation, Lane};
 use sluice_nats::layout::Layout;
 
 use super::QueueError;
@@ -33,6 +34,11 @@ pub fn invocation_bytes(invocation: &Invocation) -> u64 {
     let target = invocation.path.len() + invocation.query.as_ref().map_or(0, String::len);
     u64::try_from(invocation.body.len() + headers + target).unwrap_or(u64::MAX)
 }
+
+/// Synchronous calls may hold `1 / SYNC_HEADROOM` more than the byte
+/// limit that refuses async work, so a backlog that fills the budget
+/// leaves room for callers who wait.
+pub const SYNC_HEADROOM: u64 = 4;
 
 /// Which limit refused an invocation (the `bound` of a 429 `queue_full`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,11 +76,11 @@ pub struct ByteBudget {
 }
 
 /// One function's bytes: reserved by submits under way, and queued (by
-/// stream sequence) until delivered.
+/// lane, then stream sequence) until delivered.
 #[derive(Debug, Default)]
 struct Held {
     reserved: u64,
-    queued: BTreeMap<u64, u64>,
+    queued: [BTreeMap<u64, u64>; 4],
     queued_bytes: u64,
 }
 
@@ -101,10 +107,27 @@ impl ByteBudget {
     /// gets its invocation in, however large: the limit never makes one
     /// invocation impossible.
     pub fn reserve(self: &Arc<Self>, function: &FunctionRef, size: u64) -> Option<Reservation> {
+        self.reserve_within(function, size, self.max)
+    }
+
+    /// The limit of work of `lane`: a sync call's has [`SYNC_HEADROOM`].
+    fn limit(&self, lane: Lane) -> u64 {
+        match lane {
+            Lane::Sync => self.max.saturating_add(self.max / SYNC_HEADROOM),
+            _ => self.max,
+        }
+    }
+
+    fn reserve_within(
+        self: &Arc<Self>,
+        function: &FunctionRef,
+        size: u64,
+        limit: u64,
+    ) -> Option<Reservation> {
         let mut all = lock(&self.held);
         let held = all.entry(function.clone()).or_default();
         let total = held.total();
-        if total > 0 && total.saturating_add(size) > self.max {
+        if total > 0 && total.saturating_add(size) > limit {
             return None;
         }
         held.reserved += size;
@@ -116,20 +139,20 @@ impl ByteBudget {
         })
     }
 
-    /// Forgets `function`'s queued messages up to stream sequence
-    /// `delivered` (its consumer has handed them to runtimes); with
-    /// `u64::MAX`, all of them (its subject holds none).
-    pub fn delivered_through(&self, function: &FunctionRef, delivered: u64) {
+    /// Forgets `function`'s queued messages of `lane` up to stream
+    /// sequence `delivered` (the lane's consumer has handed them to
+    /// runtimes); with `u64::MAX`, all of them (its subject holds none).
+    pub fn delivered_through(&self, function: &FunctionRef, lane: Lane, delivered: u64) {
         let mut all = lock(&self.held);
         let Some(held) = all.get_mut(function) else {
             return;
         };
-        let waiting = match delivered.checked_add(1) {
-            Some(next) => held.queued.split_off(&next),
+        let queued = &mut held.queued[lane.index()];
+        *queued = match delivered.checked_add(1) {
+            Some(next) => queued.split_off(&next),
             None => BTreeMap::new(),
         };
-        held.queued = waiting;
-        held.queued_bytes = held.queued.values().sum();
+        held.queued_bytes = held.queued.iter().flat_map(BTreeMap::values).sum();
         self.show(function, held);
         if held.total() == 0 {
             all.remove(function);
@@ -139,30 +162,63 @@ impl ByteBudget {
     /// Holds the invocation's bytes against its function's budget, or
     /// refuses it (counted) at the `bytes` bound.
     pub fn hold(self: &Arc<Self>, invocation: &Invocation) -> Result<Reservation, QueueError> {
-        self.reserve(&invocation.function, invocation_bytes(invocation))
-            .ok_or_else(|| self.full(&invocation.function, QueueBound::Bytes))
+        self.hold_within(invocation, Lane::Normal)
     }
 
-    /// [`ByteBudget::hold`] for the JetStream queue: past the limit as last
-    /// known, it first forgets what the function's consumer delivered
-    /// since (one request to JetStream, only then).
+    /// [`ByteBudget::hold`] for a synchronous call, whose caller waits: it
+    /// may pass the limit by a quarter ([`SYNC_HEADROOM`]).
+    pub fn hold_sync(self: &Arc<Self>, invocation: &Invocation) -> Result<Reservation, QueueError> {
+        self.hold_within(invocation, Lane::Sync)
+    }
+
+    fn hold_within(
+        self: &Arc<Self>,
+        invocation: &Invocation,
+        lane: Lane,
+    ) -> Result<Reservation, QueueError> {
+        self.reserve_within(
+            &invocation.function,
+            invocation_bytes(invocation),
+            self.limit(lane),
+        )
+        .ok_or_else(|| self.full(&invocation.function, QueueBound::Bytes))
+    }
+
+    /// [`ByteBudget::hold`] (or [`ByteBudget::hold_sync`]) for the
+    /// JetStream queue, of an invocation queued in `lane`: past the limit
+    /// as last known, it first forgets what the consumers of the lanes
+    /// holding bytes delivered since (a request per such lane to
+    /// JetStream, only then).
     pub async fn hold_queued(
         self: &Arc<Self>,
         layout: &Layout,
         invocation: &Invocation,
+        lane: Lane,
     ) -> Result<Reservation, QueueError> {
         let function = &invocation.function;
-        if let Some(held) = self.reserve(function, invocation_bytes(invocation)) {
+        let limit = self.limit(lane);
+        if let Some(held) = self.reserve_within(function, invocation_bytes(invocation), limit) {
             return Ok(held);
         }
-        // No consumer yet (no runtime started), or NATS unreachable: what
-        // was queued still waits, as far as this gateway knows.
-        if let Ok(mut consumer) = layout.existing_consumer(function).await
-            && let Ok(info) = consumer.info().await
-        {
-            self.delivered_through(function, info.delivered.stream_sequence);
+        let holding: Vec<Lane> = lock(&self.held)
+            .get(function)
+            .map_or_else(Vec::new, |held| {
+                Lane::ALL
+                    .into_iter()
+                    .filter(|lane| !held.queued[lane.index()].is_empty())
+                    .collect()
+            });
+        for holding in holding {
+            // No consumer yet (no runtime took the lane's work), or NATS
+            // unreachable: what was queued still waits, as far as this
+            // gateway knows.
+            if let Ok(mut consumer) = layout.existing_consumer(function, holding).await
+                && let Ok(info) = consumer.info().await
+            {
+                self.delivered_through(function, holding, info.delivered.stream_sequence);
+            }
         }
-        self.hold(invocation)
+        self.hold_within(invocation, lane)
     }
 
     /// A refusal at `bound`, counted.
@@ -195,12 +251,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The invocation is stored at stream sequence `sequence`: its bytes
-    /// stay held until the consumer delivers it.
-    pub fn queued(self, sequence: u64) {
+    /// The invocation is stored at stream sequence `sequence` in `lane`:
+    /// its bytes stay held until the lane's consumer delivers it.
+    pub fn queued(self, lane: Lane, sequence: u64) {
         let mut all = lock(&self.budget.held);
         let held = all.entry(self.function.clone()).or_default();
-        held.queued.insert(sequence, self.size);
+        held.queued[lane.index()].insert(sequence, self.size);
         held.queued_bytes += self.size;
         // Then dropping `self` takes the bytes out of `reserved`.
         drop(all);
@@ -242,6 +298,22 @@ mod tests {
     }
 
     #[test]
+    fn sync_calls_have_a_quarter_more_room_than_async_work() {
+        let budget = ByteBudget::new(100, Metrics::default());
+        let backlog = budget.reserve(&f("a"), 100).expect("room");
+        assert!(budget.reserve(&f("a"), 1).is_none(), "async is full");
+        let call = budget
+            .reserve_within(&f("a"), 25, budget.limit(Lane::Sync))
+            .expect("headroom");
+        assert!(
+            budget
+                .reserve_within(&f("a"), 1, budget.limit(Lane::Sync))
+                .is_none()
+        );
+        drop((backlog, call));
+    }
+
+    #[test]
     fn one_invocation_always_fits_an_empty_queue() {
         let budget = ByteBudget::new(10, Metrics::default());
         let huge = budget.reserve(&f("a"), 1000).expect("nothing held");
@@ -258,14 +330,20 @@ mod tests {
             budget
                 .reserve(&f("a"), size)
                 .expect("room")
-                .queued(sequence);
+                .queued(Lane::Normal, sequence);
         }
-        assert_eq!(budget.held(&f("a")), 90);
+        budget
+            .reserve(&f("a"), 5)
+            .expect("room")
+            .queued(Lane::High, 7);
+        assert_eq!(budget.held(&f("a")), 95);
         assert!(budget.reserve(&f("a"), 30).is_none());
-        // Delivered: everything up to 9, not 12.
-        budget.delivered_through(&f("a"), 9);
-        assert_eq!(budget.held(&f("a")), 30);
-        budget.delivered_through(&f("a"), u64::MAX);
+        // Delivered from normal: everything up to 9, not 12; high's 7 stays.
+        budget.delivered_through(&f("a"), Lane::Normal, 9);
+        assert_eq!(budget.held(&f("a")), 35);
+        budget.delivered_through(&f("a"), Lane::Normal, u64::MAX);
+        assert_eq!(budget.held(&f("a")), 5);
+        budget.delivered_through(&f("a"), Lane::High, 7);
         assert_eq!(budget.held(&f("a")), 0);
     }
 }

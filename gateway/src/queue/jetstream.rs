@@ -21,7 +21,7 @@ use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::logs::AttemptLog;
 use sluice_api::names::FunctionRef;
 use sluice_api::{CancelDecision, DeadLetter, Invocation, InvocationId, InvocationRecord};
-use sluice_api::{Failure, FailureKind, InvocationState, cancel_decision};
+use sluice_api::{Failure, FailureKind, InvocationState, Lane, cancel_decision};
 use sluice_nats::dead_letter::{self, GivenUp};
 use sluice_nats::layout::Layout;
 use sluice_nats::{Oversize, failover, reply};
@@ -160,9 +160,13 @@ impl JetStreamQueue {
         }
     }
 
+    /// Publishes `invocation` on its queue's subject
+    /// ([`Invocation::queue_subject`]; `sync` for a synchronous call),
+    /// holding its bytes against the function's budget unless keyed.
     async fn enqueue(
         &self,
         invocation: &Invocation,
+        sync: bool,
         extra: &[(&'static str, &str)],
         message_id: &str,
     ) -> Result<bool, QueueError> {
@@ -181,10 +185,15 @@ impl JetStreamQueue {
         // delivered, which an ordering bucket's messages are not: keyed
         // invocations are bounded by the depth of their bucket's subject
         // and the stream's bytes instead (README, "Ordering keys").
+        let lane = Lane::of(sync, invocation.priority());
         let held = if keyed {
             None
         } else {
-            Some(self.budget.hold_queued(&self.layout, invocation).await?)
+            Some(
+                self.budget
+                    .hold_queued(&self.layout, invocation, lane)
+                    .await?,
+            )
         };
         let refused = |e| match publish_error(function, e) {
             QueueError::Full { function, bound } => self.budget.full(&function, bound),
@@ -195,7 +204,7 @@ impl JetStreamQueue {
         let left = invocation.time_left();
         let ack = failover::publish_patiently(
             &self.layout.js,
-            &invocation.queue_subject(),
+            &invocation.queue_subject(sync),
             message,
             tokio::time::Instant::now() + left,
         )
@@ -204,7 +213,7 @@ impl JetStreamQueue {
         if !ack.duplicate
             && let Some(held) = held
         {
-            held.queued(ack.sequence);
+            held.queued(lane, ack.sequence);
         }
         Ok(ack.duplicate)
     }
@@ -355,7 +364,7 @@ impl JetStreamQueue {
             .collect();
         let message_id = format!("{}.redrive.{}", invocation.id, stored.sequence);
         let duplicate = self
-            .enqueue(&invocation, &extra, &message_id)
+            .enqueue(&invocation, false, &extra, &message_id)
             .await
             .map_err(|e| e.to_string())?;
         dead_letter::delete(&self.layout.dead_letters, stored.sequence)
@@ -429,7 +438,7 @@ impl InvocationQueue for JetStreamQueue {
         };
         let reply_to = format!("{}.{id}", self.inbox);
         // The id makes a publish sent again through a failover one message.
-        self.enqueue(&invocation, &[(REPLY_TO_HEADER, &reply_to)], &id)
+        self.enqueue(&invocation, true, &[(REPLY_TO_HEADER, &reply_to)], &id)
             .await?;
         let wait = invocation.time_left();
         let answer = tokio::time::timeout(wait + REPLY_GRACE, reply).await;
@@ -466,7 +475,7 @@ impl InvocationQueue for JetStreamQueue {
         // newer record stays.
         let (created, enqueued) = tokio::join!(
             self.layout.results.create(id.as_str(), json),
-            self.enqueue(&invocation, &extra, id.as_str()),
+            self.enqueue(&invocation, false, &extra, id.as_str()),
         );
         let duplicate = match enqueued {
             Ok(duplicate) => duplicate,
@@ -528,7 +537,7 @@ impl InvocationQueue for JetStreamQueue {
             GivenUp {
                 reason,
                 attempts: 0,
-                original_subject: &invocation.function.invoke_subject(),
+                original_subject: &invocation.queue_subject(false),
             },
         )
         .await

@@ -18,13 +18,13 @@ use sluice_api::destination;
 use sluice_api::invocation::unix_millis;
 use sluice_api::logs::{AttemptLog, Captured, LogBounds};
 use sluice_api::names::FunctionRef;
-use sluice_api::priority;
 use sluice_api::record::CANCELLED_REASON;
 use sluice_api::{CancelDecision, DeadLetter, Destinations, InvocationState, cancel_decision};
 use sluice_api::{
     Failure, FailureKind, Invocation, InvocationId, InvocationRecord, Outcome, RetryPolicy,
     Settlement,
 };
+use sluice_api::{Lane as Class, WeightedPick};
 use sluice_runtime::callback::Callbacks;
 use sluice_runtime::{Attempted, PreparedFunction, Runtime};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -43,9 +43,11 @@ use crate::metrics::Metrics;
 /// JetStream layout, so both queues behave alike.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
-    /// Invocations a function may have queued before submits get 429;
-    /// sync calls have a bound of this size of their own, so a full async
-    /// queue leaves them room. Default: 10000.
+    /// Invocations a function may have queued in each of its lanes
+    /// (sync calls; `high`, `normal` and `low` async work, keyed work in
+    /// `normal`) before submits get 429, as each lane is a subject of its
+    /// own on JetStream; so a full async queue leaves sync calls room.
+    /// Default: 10000.
     pub max_depth: usize,
     /// Bytes of invocations a function may hold (queued, waiting for a
     /// retry, or running) before submits get 429. Default: 512Mi.
@@ -147,13 +149,11 @@ struct KeptLetter {
 #[derive(Debug)]
 struct Lane {
     function: QueuedFunction,
-    /// Async invocations, their retries, and calls with an ordering key,
-    /// in the order accepted.
-    sender: mpsc::Sender<Job>,
-    /// Sync calls without an ordering key, which start before the async
-    /// backlog ([`priority`]) and are bounded apart from it, so a full
-    /// async queue leaves them room.
-    calls: mpsc::Sender<Job>,
+    /// Its lanes ([`sluice_api::Lane`], indexed by [`Class::index`]), each
+    /// in the order accepted: sync calls without an ordering key, then
+    /// async invocations and their retries by class. Everything with an
+    /// ordering key waits in `normal`, so its key's order holds.
+    lanes: [mpsc::Sender<Job>; 4],
     /// Queued, waiting for a retry, or running.
     depth: AtomicI64,
     /// Ordering keys held, with the jobs waiting for them.
@@ -181,6 +181,17 @@ impl Job {
             Self::Call { invocation, .. } => invocation,
             Self::Deliver { invocation, .. } => invocation,
         }
+    }
+
+    /// The lane it waits in: `normal` with an ordering key (so its key's
+    /// order holds), else the sync lane for a call and its class's for
+    /// the rest.
+    fn lane(&self) -> Class {
+        let invocation = self.invocation();
+        if invocation.ordering_key().is_some() {
+            return Class::Normal;
+        }
+        Class::of(matches!(self, Self::Call { .. }), invocation.priority())
     }
 
     /// A retry: its first attempt took its ordering key, which it holds.
@@ -218,21 +229,20 @@ impl MemoryQueue {
     /// Starts serving `function`, replacing an earlier version of it.
     /// Work already queued for the earlier version finishes on it.
     pub fn deploy(&self, function: QueuedFunction) {
-        let (sender, receiver) = mpsc::channel(self.state.config.max_depth.max(1));
-        let (calls, call_receiver) = mpsc::channel(self.state.config.max_depth.max(1));
+        let depth = self.state.config.max_depth.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            Class::ALL.map(|_| mpsc::channel(depth)).into_iter().unzip();
         let name = function.prepared.function.clone();
         let lane = Arc::new(Lane {
             function,
-            sender,
-            calls,
+            lanes: senders.try_into().expect("one per lane"),
             depth: AtomicI64::new(0),
             keys: KeyGate::default(),
         });
         tokio::spawn(dispatch(
             Arc::downgrade(&self.state),
             lane.clone(),
-            receiver,
-            call_receiver,
+            receivers.try_into().expect("one per lane"),
         ));
         write(&self.state.lanes).insert(name, lane);
     }
@@ -259,7 +269,7 @@ impl InvocationQueue for MemoryQueue {
         let lane = self.lane(&invocation.function)?;
         let deadline = invocation.deadline;
         let (reply, answer) = oneshot::channel();
-        let held = self.state.budget.hold(&invocation)?;
+        let held = self.state.budget.hold_sync(&invocation)?;
         lane.enqueue(
             &self.state,
             Job::Call {
@@ -490,18 +500,15 @@ impl Lane {
     fn enqueue(&self, state: &State, job: Job) -> Result<(), QueueError> {
         let function = &self.function.prepared.function;
         let keyed = super::ordering_key(job.invocation())?.is_some();
+        let queue = &self.lanes[job.lane().index()];
         if keyed {
             // Jobs waiting behind a key have left the channel: they count
             // against the same depth bound.
-            let queued = self.sender.max_capacity() - self.sender.capacity();
+            let queued = queue.max_capacity() - queue.capacity();
             if queued + self.keys.waiting() >= state.config.max_depth.max(1) {
                 return Err(state.budget.full(function, QueueBound::Depth));
             }
         }
-        let queue = match job {
-            Job::Call { .. } if !keyed => &self.calls,
-            _ => &self.sender,
-        };
         queue.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => state.budget.full(function, QueueBound::Depth),
             mpsc::error::TrySendError::Closed(_) => {
@@ -518,18 +525,13 @@ impl Lane {
     }
 }
 
-/// Starts a lane's jobs, up to `concurrency` at once: whenever a slot is
-/// free, the next from its sync calls or its async queue as
-/// [`priority::next`] says, each queue in order; a job whose ordering key
-/// is held waits for it ([`KeyGate`]).
-async fn dispatch(
-    state: Weak<State>,
-    lane: Arc<Lane>,
-    mut jobs: mpsc::Receiver<Job>,
-    mut calls: mpsc::Receiver<Job>,
-) {
+/// Starts a function's jobs, up to `concurrency` at once: whenever a slot
+/// is free, the head of the lane [`WeightedPick`] picks among those with
+/// work (sync 8 : high 4 : normal 2 : low 1), each lane in order; a job
+/// whose ordering key is held waits for it ([`KeyGate`]).
+async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut lanes: [mpsc::Receiver<Job>; 4]) {
     let permits = Arc::new(Semaphore::new(lane.function.concurrency.max(1) as usize));
-    let mut syncs_in_a_row = 0;
+    let mut pick = WeightedPick::default();
     let mut permit = None;
     loop {
         // The slot first, the job then: what starts is chosen when it can.
@@ -540,10 +542,9 @@ async fn dispatch(
                 Err(_) => return,
             },
         };
-        let Some((job, sync)) = next_job(&mut calls, &mut jobs, syncs_in_a_row).await else {
+        let Some(job) = next_job(&mut lanes, &mut pick).await else {
             return;
         };
-        syncs_in_a_row = if sync { syncs_in_a_row + 1 } else { 0 };
         let key = job.invocation().ordering_key().map(str::to_owned);
         let Some(job) = lane.keys.admit(key.as_deref(), job.holds_key(), job) else {
             permit = Some(slot);
@@ -560,26 +561,22 @@ async fn dispatch(
     }
 }
 
-/// The next job to start and whether it is a sync call: from the queue
-/// [`priority::next`] picks when either has one waiting, else the first
-/// to receive one. `None` once both are closed.
-async fn next_job(
-    calls: &mut mpsc::Receiver<Job>,
-    jobs: &mut mpsc::Receiver<Job>,
-    syncs_in_a_row: u32,
-) -> Option<(Job, bool)> {
-    let taken = match priority::next(!calls.is_empty(), !jobs.is_empty(), syncs_in_a_row) {
-        Some(priority::Next::Sync) => calls.try_recv().ok().map(|job| (job, true)),
-        Some(priority::Next::Async) => jobs.try_recv().ok().map(|job| (job, false)),
-        None => None,
-    };
-    if taken.is_some() {
-        return taken;
+/// The next job to start: the head of the lane `pick` chooses among those
+/// with work waiting, else the first to receive one (the highest lane if
+/// several do at once). `None` once every lane is closed.
+async fn next_job(lanes: &mut [mpsc::Receiver<Job>; 4], pick: &mut WeightedPick) -> Option<Job> {
+    if let Some(class) = pick.pick(|class| !lanes[class.index()].is_empty())
+        && let Ok(job) = lanes[class.index()].try_recv()
+    {
+        return Some(job);
     }
+    let [sync, high, normal, low] = lanes;
     tokio::select! {
         biased;
-        Some(job) = calls.recv() => Some((job, true)),
-        Some(job) = jobs.recv() => Some((job, false)),
+        Some(job) = sync.recv() => Some(job),
+        Some(job) = high.recv() => Some(job),
+        Some(job) = normal.recv() => Some(job),
+        Some(job) = low.recv() => Some(job),
         else => None,
     }
 }
@@ -756,7 +753,7 @@ fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {
             held: next.held,
         };
         // A retry waits for room rather than failing: it was accepted once.
-        let _ = lane.sender.send(job).await;
+        let _ = lane.lanes[job.lane().index()].send(job).await;
     });
 }
 

@@ -631,6 +631,10 @@ pub const REFUSED_TWICE: &str = "/refused-twice/";
 /// http://<host:port>/<path>`.
 pub const REDIRECT: &str = "/redirect/";
 
+/// Requests to a path under this prefix are recorded as they arrive and
+/// answered 10 ms later: a function calling one takes that long.
+pub const SLOW: &str = "/slow/";
+
 /// Requests to a path under this prefix get 503 until [`Recorder::fix`].
 pub const BROKEN_UNTIL_FIXED: &str = "/broken-until-fixed/";
 
@@ -764,26 +768,33 @@ async fn record_connection(
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let path = parts.uri.path().to_owned();
-            let mut log = log.lock().unwrap();
-            let seen = log.iter().filter(|r| r.path == path).count();
-            let status = if seen < 2 && path.starts_with(REFUSED_TWICE)
-                || broken && path.starts_with(BROKEN_UNTIL_FIXED)
-            {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else if path.starts_with(REDIRECT) {
-                StatusCode::FOUND
-            } else {
-                StatusCode::OK
+            let slow = path.starts_with(SLOW);
+            let (status, location) = {
+                let mut log = log.lock().unwrap();
+                let seen = log.iter().filter(|r| r.path == path).count();
+                let status = if seen < 2 && path.starts_with(REFUSED_TWICE)
+                    || broken && path.starts_with(BROKEN_UNTIL_FIXED)
+                {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else if path.starts_with(REDIRECT) {
+                    StatusCode::FOUND
+                } else {
+                    StatusCode::OK
+                };
+                let location = path
+                    .strip_prefix(REDIRECT)
+                    .map(|target| format!("http://{target}"));
+                log.push(Recorded {
+                    at,
+                    path,
+                    headers: parts.headers,
+                    body,
+                });
+                (status, location)
             };
-            let location = path
-                .strip_prefix(REDIRECT)
-                .map(|target| format!("http://{target}"));
-            log.push(Recorded {
-                at,
-                path,
-                headers: parts.headers,
-                body,
-            });
+            if slow {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
             *response.status_mut() = status;
             if let Some(location) = location {

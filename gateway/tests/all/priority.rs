@@ -1,15 +1,21 @@
-//! A sync call has its caller waiting on the connection: it starts before
-//! its function's async backlog (`sluice_api::priority`), and a queue full
-//! of async work leaves it room. The backlogs here would take longer than
-//! the call's 5s timeout, so a call queued behind them would get 504.
+//! Priority classes (README, "Priorities"): `Sluice-Priority` bounded by
+//! `spec.priority`, higher classes taken first without starving lower
+//! ones (sync 8 : high 4 : normal 2 : low 1). A sync call has its caller
+//! waiting on the connection: it starts before its function's async
+//! backlog, and a queue full of async work leaves it room. The backlogs
+//! here would take longer than the call's 5s timeout, so a call queued
+//! behind them would get 504.
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use sluice_api::names::FunctionRef;
 use sluice_nats::layout::LayoutConfig;
 
-use crate::harness::{NatsStack, TestGateway, manifest_dir};
+use crate::harness::{
+    Backend, NatsStack, Recorder, Reply, SLOW as SLOW_PATH, TestGateway, conformance, manifest_dir,
+    metric,
+};
 
 /// `slow` (misbehave), one at a time, 5s per attempt.
 const SLOW: &str = r#"
@@ -86,3 +92,158 @@ async fn nats_a_sync_call_behind_an_async_backlog_is_answered_first() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     a_sync_call_is_answered_before(&gw, &accepted).await;
 }
+
+/// `work` (misbehave, two at a time, callers may ask for `high`, may
+/// call `{recorder}`) and `capped` (callers may not raise its default
+/// `low`).
+const FUNCTIONS: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: work }
+spec:
+  module: { file: "{misbehave}" }
+  concurrency: 2
+  timeout: 10s
+  priority: { default: normal, max: high }
+  allowedOutboundHosts: [ "{recorder}" ]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: capped }
+spec:
+  module: { file: "{echo}" }
+  priority: { default: low, max: low }
+"#;
+
+fn functions(recorder: &str) -> String {
+    FUNCTIONS.replace("{recorder}", recorder)
+}
+
+/// Lows queued before the highs arrive.
+const LOWS: usize = 2000;
+/// Highs sent behind them.
+const HIGHS: usize = 20;
+
+/// `work`'s concurrency.
+const CONCURRENCY: usize = 2;
+
+/// The bound on lows that start between the first high's start and the
+/// last high's: while highs wait, the weighted rule gives lows one slot in
+/// five (`HIGHS / 4`), plus one for where its rotation stood; and the
+/// highs, sent together, still arrive over a few milliseconds, in which
+/// a slot freeing with no high queued yet goes to a low (`CONCURRENCY`).
+/// First in, first out would start every low still queued first.
+const LOWS_AMONG_HIGHS: usize = HIGHS / 4 + 1 + CONCURRENCY;
+
+/// Each invocation calls the recorder as it starts (`/slow/<class>`, which
+/// answers 10 ms later): the recorder's log is the order they started in.
+async fn highs_overtake_a_low_backlog_and_lows_still_progress(backend: Backend) {
+    let recorder = Recorder::start().await;
+    let gw = TestGateway::start(backend, &functions(&recorder.origin())).await;
+    let path = |class: &str| {
+        format!(
+            "/async/fn/default/work/call?url={}{SLOW_PATH}{class}",
+            recorder.origin()
+        )
+    };
+    let low = path("low");
+    for _ in 0..LOWS {
+        gw.submit(&low, &[("sluice-priority", "low")], "").await;
+    }
+    let high = path("high");
+    // The lows started before the first high is queued cannot be
+    // overtaken: they are not counted.
+    let before = recorder.received("/slow/low").len();
+    futures::future::join_all(
+        (0..HIGHS).map(|_| gw.submit(&high, &[("sluice-priority", "high")], "")),
+    )
+    .await;
+    recorder.wait_for("/slow/high", HIGHS).await;
+    let order: Vec<String> = recorder
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    let last_high = order.iter().rposition(|p| p == "/slow/high").unwrap();
+    let lows_until_last_high = order[..last_high]
+        .iter()
+        .filter(|p| *p == "/slow/low")
+        .count();
+    let among = lows_until_last_high - before;
+    eprintln!("{before} lows started when the highs came, {among} more before the last high");
+    assert!(
+        before + among < LOWS,
+        "the lows were all done before the highs ran: submit them faster"
+    );
+    let first_high = order.iter().position(|p| p == "/slow/high").unwrap();
+    let overtaken = order[first_high..last_high]
+        .iter()
+        .filter(|p| *p == "/slow/low")
+        .count();
+    assert!(
+        overtaken <= LOWS_AMONG_HIGHS,
+        "{overtaken} lows started between the first and the last high (bound {LOWS_AMONG_HIGHS}); {} were still queued",
+        LOWS - before
+    );
+    // Lows still progress: they keep starting after the highs.
+    recorder
+        .wait_for("/slow/low", lows_until_last_high + 5)
+        .await;
+}
+
+async fn refused(reply: &Reply) {
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["error"], "bad_request", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sluice-Priority: "),
+        "{body}"
+    );
+}
+
+async fn bad_priorities_get_400_naming_the_header(backend: Backend) {
+    let gw = TestGateway::start(backend, &functions("http://127.0.0.1:1")).await;
+    for (path, class) in [
+        ("/fn/default/work/", "urgent"),
+        ("/async/fn/default/work/", "urgent"),
+        ("/fn/default/capped/", "normal"),
+        ("/async/fn/default/capped/", "high"),
+    ] {
+        let method = if path.starts_with("/async") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        refused(
+            &gw.send(method, path, &[("sluice-priority", class)], "")
+                .await,
+        )
+        .await;
+    }
+    // Nothing was queued: no attempt ran.
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, r#"sluice_queue_depth{function="default/capped"}"#),
+        0.0
+    );
+    // Within the allowance it is served.
+    let reply = gw
+        .send(
+            Method::POST,
+            "/fn/default/capped/",
+            &[("sluice-priority", "LOW")],
+            "ok",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+conformance!(
+    highs_overtake_a_low_backlog_and_lows_still_progress,
+    bad_priorities_get_400_naming_the_header
+);

@@ -38,9 +38,9 @@ impl Waker {
         if self.watching.contains_key(function) {
             return Ok(());
         }
-        // Its unordered subject and its ordering buckets'.
+        // Its lanes' subjects and its ordering buckets'.
         let mut subscribers = Vec::new();
-        for subject in [function.invoke_subject(), function.keyed_subjects()] {
+        for subject in function.queue_subjects() {
             subscribers.push(
                 self.nats
                     .subscribe(subject.clone())

@@ -5,12 +5,11 @@
 //! runtime that gets it runs it at once if its worker has a free slot and
 //! answers on the request's inbox; without one it declines at once as
 //! busy, and the gateway sends it again asking to wait
-//! ([`reply::WAIT_HEADER`]). The runtime that gets that one waits for the
-//! function's next free slot, which it gets before the next invocation the
-//! worker pulls from the async backlog (the slots' semaphore serves waiters
-//! in turn, and the worker asks for a slot before each pull), so a caller
-//! waiting on its connection is not queued behind thousands of async
-//! invocations. As many calls as the function has slots may wait on one
+//! ([`reply::WAIT_HEADER`]). The runtime that gets that one waits for one
+//! of the function's slots in the `sync` lane ([`LaneSlots`]), which takes
+//! 8 of every 10 slots freed while the `normal` backlog also waits (8 of
+//! 9 against `low`, 2 of 3 against `high`), so a caller waiting on its
+//! connection is not queued behind thousands of async invocations. As many calls as the function has slots may wait on one
 //! runtime; beyond them, and when no runtime subscribes (the function is
 //! at zero), the gateway queues the call on the stream, where the
 //! autoscaler sees it. Calls waiting count in the load reports.
@@ -40,13 +39,16 @@ use sluice_api::{Failure, FailureKind, Outcome};
 use sluice_nats::load::{self, LOAD_REPORT_EVERY};
 use sluice_nats::reply;
 use sluice_serve::sync;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use sluice_api::Lane;
+
 use super::loader::Served;
+use super::slots::{LaneSlot, LaneSlots};
 use super::worker::{self, Shared};
 
 /// How long a line with no worker declines calls before it unsubscribes:
@@ -93,7 +95,7 @@ impl Drop for Running {
 #[derive(Clone)]
 pub(crate) struct Handler {
     served: Arc<Served>,
-    slots: Arc<Semaphore>,
+    slots: Arc<LaneSlots>,
     calls: TaskTracker,
     /// Calls waiting for a slot ([`reply::WAIT_HEADER`]).
     waiting: Arc<AtomicU64>,
@@ -133,11 +135,10 @@ async fn call_when_free(
     .ok()
     .map(|received| received.invocation.time_left())
     .unwrap_or_default();
-    let slot = tokio::time::timeout(deadline, handler.slots.clone().acquire_owned()).await;
+    let slot = tokio::time::timeout(deadline, handler.slots.acquire(Lane::Sync)).await;
     handler.waiting.fetch_sub(1, Ordering::Relaxed);
     match slot {
-        Ok(Ok(slot)) => call(shared, handler.served, message, running, slot).await,
-        Ok(Err(_)) => decline(&shared, message, reply::STOPPING).await,
+        Ok(slot) => call(shared, handler.served, message, running, slot).await,
         Err(_) => {
             let Some(inbox) = message.reply else { return };
             let (headers, body) = reply::encode(&Outcome::Failed(Failure {
@@ -255,7 +256,7 @@ impl Lines {
 pub(crate) fn serve(
     shared: Arc<Shared>,
     served: Arc<Served>,
-    slots: Arc<Semaphore>,
+    slots: Arc<LaneSlots>,
     mut warmed: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -327,8 +328,8 @@ async fn line(
                 let Some(message) = message else { break };
                 let current = handler.borrow().clone();
                 match current {
-                    Some(current) => match current.slots.clone().try_acquire_owned() {
-                        Ok(slot) => {
+                    Some(current) => match current.slots.try_acquire() {
+                        Some(slot) => {
                             current.calls.spawn(call(
                                 shared.clone(),
                                 current.served.clone(),
@@ -337,7 +338,7 @@ async fn line(
                                 slot,
                             ));
                         }
-                        Err(_) if reply::waits_for_slot(message.headers.as_ref())
+                        None if reply::waits_for_slot(message.headers.as_ref())
                             && current.may_wait() =>
                         {
                             current.calls.spawn(call_when_free(
@@ -347,7 +348,7 @@ async fn line(
                                 load.start(),
                             ));
                         }
-                        Err(_) => decline(&shared, message, reply::BUSY).await,
+                        None => decline(&shared, message, reply::BUSY).await,
                     },
                     None => decline(&shared, message, reply::STOPPING).await,
                 }
@@ -381,7 +382,7 @@ async fn call(
     served: Arc<Served>,
     message: async_nats::Message,
     _running: Running,
-    _slot: OwnedSemaphorePermit,
+    _slot: LaneSlot,
 ) {
     let Some(inbox) = message.reply else {
         tracing::debug!(function = %served.function, "a direct call without an inbox; dropped");

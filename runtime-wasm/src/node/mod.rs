@@ -8,6 +8,7 @@ mod cancel;
 mod direct;
 mod loader;
 mod ordered;
+mod slots;
 mod wake;
 mod worker;
 

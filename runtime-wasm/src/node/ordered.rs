@@ -16,67 +16,29 @@
 //! it arrives, telling the server meanwhile that it is in progress, so a
 //! loop holds no slot while its pull waits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
-use sluice_nats::layout::ack_wait;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use sluice_api::Lane;
+use tokio::sync::{Notify, watch};
 
 use super::loader::Served;
-use super::wake::BucketWakes;
-use super::worker::{PULL_EXPIRY, Shared, handle, pause_or_stop};
-
-/// Starts a loop for each bucket as it is first woken, and wakes those
-/// already running, until told to stop; then waits for every loop to
-/// finish what it holds.
-pub(super) async fn serve_buckets(
-    shared: Arc<Shared>,
-    served: Arc<Served>,
-    woken: Arc<BucketWakes>,
-    slots: Arc<Semaphore>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut loops: HashMap<u16, Arc<Notify>> = HashMap::new();
-    let mut running = JoinSet::new();
-    loop {
-        let buckets = tokio::select! {
-            buckets = woken.next() => buckets,
-            _ = stopped.wait_for(|stop| *stop) => break,
-        };
-        for bucket in buckets {
-            if let Some(wake) = loops.get(&bucket) {
-                wake.notify_one();
-                continue;
-            }
-            let wake = Arc::new(Notify::new());
-            loops.insert(bucket, wake.clone());
-            running.spawn(bucket_loop(
-                shared.clone(),
-                served.clone(),
-                bucket,
-                wake,
-                slots.clone(),
-                stopped.clone(),
-            ));
-        }
-    }
-    while running.join_next().await.is_some() {}
-}
+use super::slots::LaneSlots;
+use super::worker::{PULL_EXPIRY, Puller, Shared, handle, pause_or_stop, slot_for};
 
 /// Serves one bucket: pull one message, run it, pull again; asleep while
-/// the bucket has nothing deliverable.
-async fn bucket_loop(
-    shared: Arc<Shared>,
-    served: Arc<Served>,
-    bucket: u16,
-    wake: Arc<Notify>,
-    slots: Arc<Semaphore>,
-    mut stopped: watch::Receiver<bool>,
-) {
+/// the bucket has nothing deliverable. Started by its first wake
+/// ([`Puller`]'s side queues).
+pub(super) async fn bucket_loop(puller: Puller, bucket: u16, wake: Arc<Notify>) {
+    let Puller {
+        shared,
+        served,
+        slots,
+        mut stopped,
+        ..
+    } = puller;
     let function = &served.function;
     let mut consumer: Option<PullConsumer> = None;
     // Awake at the start: it was started because the bucket has work.
@@ -141,7 +103,7 @@ async fn pull(
     served: &Arc<Served>,
     consumer: &PullConsumer,
     wake: &Arc<Notify>,
-    slots: &Arc<Semaphore>,
+    slots: &Arc<LaneSlots>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<Pulled, String> {
     let mut batch = consumer
@@ -164,34 +126,11 @@ async fn pull(
             }
             continue;
         }
-        let Some(slot) = slot_for(&message, served, slots).await else {
-            return Ok(pulled);
-        };
+        // A keyed invocation takes its slot as `normal` work, as in local
+        // mode: its key's order, not its class, decides when it runs.
+        let slot = slot_for(&message, served, slots, Lane::Normal).await;
         pulled.received += 1;
         pulled.retrying = handle(shared.clone(), served.clone(), message, wake.clone(), slot).await;
     }
     Ok(pulled)
-}
-
-/// A slot for `message`, telling the server every half `ack_wait` while it
-/// waits that the message is in progress; `None` if the slots are closed.
-async fn slot_for(
-    message: &jetstream::Message,
-    served: &Served,
-    slots: &Arc<Semaphore>,
-) -> Option<OwnedSemaphorePermit> {
-    let every = ack_wait(&served.spec) / 2;
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let acquire = slots.clone().acquire_owned();
-    let mut acquire = std::pin::pin!(acquire);
-    loop {
-        tokio::select! {
-            slot = &mut acquire => return slot.ok(),
-            _ = progress.tick() => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "cannot report progress");
-                }
-            }
-        }
-    }
 }

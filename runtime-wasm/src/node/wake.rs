@@ -12,9 +12,10 @@
 //! publish announces: a message whose runtime died (redelivered after its
 //! `ack_wait`), one published while this node was disconnected, one queued
 //! before the worker started. A worker also wakes itself when a retry it
-//! asked for falls due ([`wake_after`]). An ordering bucket's subject
-//! (`sluice.invoke.<ns>.<fn>.k.<bucket>`) wakes that bucket's loop of the
-//! function's worker ([`super::ordered`]), started by the first such wake.
+//! asked for falls due ([`wake_after`]). A priority lane's subject
+//! (`sluice.invoke.<ns>.<fn>.p.<lane>`) or an ordering bucket's
+//! (`….k.<bucket>`) wakes that queue's loop of the function's worker
+//! ([`super::worker`], [`super::ordered`]), started by the first such wake.
 
 use sluice_serve::sync;
 use std::collections::{BTreeSet, HashMap};
@@ -22,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use sluice_api::names::{FunctionRef, INVOKE_SUBJECTS};
+use sluice_api::Lane;
+use sluice_api::names::{FunctionRef, INVOKE_SUBJECTS, Queue};
 use tokio::sync::Notify;
 
 use super::worker::Shared;
@@ -43,30 +45,31 @@ pub(crate) struct Wakes {
     workers: Mutex<HashMap<FunctionRef, WorkerWakes>>,
 }
 
-/// One worker's wake-ups: its unordered queue's, and its ordering
-/// buckets'.
+/// One worker's wake-ups: its `normal` lane's, and those of its other
+/// lanes and its ordering buckets.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WorkerWakes {
-    pub unordered: Arc<Notify>,
-    pub buckets: Arc<BucketWakes>,
+    pub normal: Arc<Notify>,
+    pub side: Arc<SideWakes>,
 }
 
-/// The ordering buckets of one function found to have work, for its
-/// worker to pull from (it starts a bucket's loop when first woken for it).
+/// The queues of one function other than its `normal` lane (its other
+/// lanes, its ordering buckets) found to have work, for its worker to pull
+/// from (it starts a queue's loop when first woken for it).
 #[derive(Debug, Default)]
-pub(crate) struct BucketWakes {
-    woken: Mutex<BTreeSet<u16>>,
+pub(crate) struct SideWakes {
+    woken: Mutex<BTreeSet<Queue>>,
     notify: Notify,
 }
 
-impl BucketWakes {
-    fn wake(&self, bucket: u16) {
-        sync::lock(&self.woken).insert(bucket);
+impl SideWakes {
+    fn wake(&self, queue: Queue) {
+        sync::lock(&self.woken).insert(queue);
         self.notify.notify_one();
     }
 
-    /// The buckets woken since the last call, waiting for one if none.
-    pub async fn next(&self) -> BTreeSet<u16> {
+    /// The queues woken since the last call, waiting for one if none.
+    pub async fn next(&self) -> BTreeSet<Queue> {
         loop {
             let woken = std::mem::take(&mut *sync::lock(&self.woken));
             if !woken.is_empty() {
@@ -91,28 +94,28 @@ impl Wakes {
         let mut workers = self.lock();
         if workers
             .get(function)
-            .is_some_and(|w| Arc::ptr_eq(&w.unordered, &wakes.unordered))
+            .is_some_and(|w| Arc::ptr_eq(&w.normal, &wakes.normal))
         {
             workers.remove(function);
         }
     }
 
-    /// Wakes `function`'s worker for its unordered queue (`bucket` `None`)
-    /// or one of its ordering buckets; a loop busy pulling keeps the
-    /// wake-up and pulls once more when it would have gone to sleep.
-    pub fn wake(&self, function: &FunctionRef, bucket: Option<u16>) {
+    /// Wakes `function`'s worker for one of its queues; a loop busy
+    /// pulling keeps the wake-up and pulls once more when it would have
+    /// gone to sleep.
+    pub fn wake(&self, function: &FunctionRef, queue: Queue) {
         if let Some(wakes) = self.lock().get(function) {
-            match bucket {
-                None => wakes.unordered.notify_one(),
-                Some(bucket) => wakes.buckets.wake(bucket),
+            match queue {
+                Queue::Lane(Lane::Normal) => wakes.normal.notify_one(),
+                side => wakes.side.wake(side),
             }
         }
     }
 
-    /// Wakes whatever queues `subject` on (an invocation subject).
-    fn wake_subject(&self, subject: &str) {
-        if let Some((function, bucket)) = FunctionRef::queue_of_subject(subject) {
-            self.wake(&function, bucket);
+    /// Wakes whatever queues on `subject` (an invocation subject).
+    pub fn wake_subject(&self, subject: &str) {
+        if let Some((function, queue)) = FunctionRef::queue_of_subject(subject) {
+            self.wake(&function, queue);
         }
     }
 
@@ -135,11 +138,11 @@ pub(crate) fn wake_after(notify: &Arc<Notify>, delay: Duration) {
 }
 
 /// The subjects a node listens on for new invocations: its one
-/// function's (unordered and ordering buckets), or every function's.
+/// function's (every lane and ordering bucket), or every function's.
 pub(crate) fn subjects(only: Option<&FunctionRef>) -> Vec<String> {
     only.map_or_else(
         || vec![INVOKE_SUBJECTS.to_owned()],
-        |f| vec![f.invoke_subject(), f.keyed_subjects()],
+        |f| f.queue_subjects().to_vec(),
     )
 }
 
@@ -201,10 +204,10 @@ async fn sweep_all(shared: &Shared, subjects: &[String]) {
     }
 }
 
-/// Wakes every function (or ordering bucket) whose invocation subject
-/// holds messages (queued, or delivered and not yet acknowledged: a work
-/// queue keeps both).
-async fn sweep_once(shared: &Shared, subject: &str) {
+/// Wakes every queue whose invocation subject (matching `subject`) holds
+/// messages (queued, or delivered and not yet acknowledged: a work queue
+/// keeps both).
+pub(crate) async fn sweep_once(shared: &Shared, subject: &str) {
     let subjects = match shared.layout.invocations.info_with_subjects(subject).await {
         Ok(info) => info,
         Err(e) => {
@@ -234,12 +237,16 @@ mod tests {
         let old = wakes.register(&function);
         let new = wakes.register(&function);
         wakes.unregister(&function, &old);
-        wakes.wake(&function, None);
+        wakes.wake(&function, Queue::Lane(Lane::Normal));
         // The permit stored by the wake lets this return at once.
-        new.unordered.notified().await;
+        new.normal.notified().await;
         wakes.wake_subject(&function.keyed_subject(3));
+        wakes.wake_subject(&function.lane_subject(Lane::High));
         wakes.wake_subject(&function.keyed_subject(5));
-        assert_eq!(new.buckets.next().await, BTreeSet::from([3, 5]));
+        assert_eq!(
+            new.side.next().await,
+            BTreeSet::from([Queue::Lane(Lane::High), Queue::Bucket(3), Queue::Bucket(5)])
+        );
         wakes.unregister(&function, &new);
         assert!(wakes.lock().is_empty());
     }
@@ -249,7 +256,7 @@ mod tests {
         let function: FunctionRef = "team/hello".parse().unwrap();
         assert_eq!(
             subjects(Some(&function)),
-            ["sluice.invoke.team.hello", "sluice.invoke.team.hello.k.*"]
+            ["sluice.invoke.team.hello", "sluice.invoke.team.hello.*.*"]
         );
         assert_eq!(subjects(None), ["sluice.invoke.>"]);
     }

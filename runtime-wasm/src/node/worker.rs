@@ -3,16 +3,18 @@
 //! until a pull comes back empty; run each, then reply, record, dead-letter
 //! or retry, and only then acknowledge.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, kv};
 use futures::StreamExt as _;
+use sluice_api::Lane;
 use sluice_api::destination::{self, DestinationKind};
 use sluice_api::invocation::{CALLBACK_HEADER, REPLY_TO_HEADER};
 use sluice_api::logs::{AttemptLog, Captured};
-use sluice_api::names::{FunctionRef, result_subject};
+use sluice_api::names::{FunctionRef, Queue, result_subject};
 use sluice_api::{
     Destination, Invocation, InvocationId, InvocationRecord, InvocationState, Settlement,
 };
@@ -20,7 +22,7 @@ use sluice_nats::dead_letter::{self, DeadLetterError, GivenUp};
 use sluice_nats::layout::{Layout, ack_wait};
 use sluice_nats::patience::retry_delay;
 use sluice_nats::{PAYLOAD_HEADROOM, failover, header_pairs, reply};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +30,8 @@ use super::cancel::Running;
 use super::direct::{self, Lines};
 use super::loader::Served;
 use super::ordered;
-use super::wake::{self, Wakes};
+use super::slots::{LaneSlot, LaneSlots};
+use super::wake::{self, SideWakes, Wakes};
 use crate::callback::Callbacks;
 use crate::metrics::Metrics;
 use crate::{Attempted, Runtime};
@@ -64,14 +67,14 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Serves the function's unordered queue from `consumer`, direct calls
+    /// Serves the function's `normal` lane from `consumer`, direct calls
     /// once it is warm ([`direct`]) and, as they are found to have work,
-    /// its ordering buckets ([`ordered`]), all within one `concurrency` of
-    /// slots.
+    /// its other lanes and its ordering buckets ([`ordered`]), all within
+    /// one `concurrency` of slots shared by lane ([`LaneSlots`]).
     pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
         let (stop, stopped) = watch::channel(false);
         let wakes = shared.wakes.register(&served.function);
-        let slots = Arc::new(Semaphore::new(served.spec.concurrency.max(1) as usize));
+        let slots = LaneSlots::new(served.spec.concurrency.max(1) as usize);
         let (warm, warmed) = watch::channel(false);
         let calls = direct::serve(
             shared.clone(),
@@ -81,23 +84,23 @@ impl Worker {
             stopped.clone(),
         );
         let task = tokio::spawn(async move {
-            let unordered = pull_loop(
-                shared.clone(),
-                served.clone(),
-                consumer,
-                wakes.unordered.clone(),
-                slots.clone(),
-                warm,
-                stopped.clone(),
-            );
-            let buckets = ordered::serve_buckets(
-                shared.clone(),
-                served.clone(),
-                wakes.buckets.clone(),
+            let puller = Puller {
+                shared: shared.clone(),
+                served: served.clone(),
                 slots,
+                warm: Arc::new(warm),
                 stopped,
-            );
-            tokio::join!(unordered, buckets);
+            };
+            let normal =
+                puller
+                    .clone()
+                    .pull_loop(Lane::Normal, Some(consumer), wakes.normal.clone());
+            let side = puller.serve_side_queues(wakes.side.clone());
+            // What waits in the other lanes and buckets from before this
+            // worker is announced by no publish: ask the stream now.
+            let [_, side_subjects] = served.function.queue_subjects();
+            let swept = wake::sweep_once(&shared, &side_subjects);
+            tokio::join!(normal, side, swept);
             shared.wakes.unregister(&served.function, &wakes);
             tracing::info!(function = %served.function, "stopped serving");
         });
@@ -120,56 +123,137 @@ impl Worker {
     }
 }
 
-async fn pull_loop(
-    shared: Arc<Shared>,
-    served: Arc<Served>,
-    mut consumer: PullConsumer,
-    wake: Arc<Notify>,
-    slots: Arc<Semaphore>,
-    warm: watch::Sender<bool>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let function = &served.function;
-    let mut running = JoinSet::new();
-    // Awake at the start: what was queued before this worker is announced
-    // by no publish.
-    let mut awake = true;
-    loop {
-        while running.try_join_next().is_some() {}
-        if !awake {
-            tokio::select! {
-                () = wake.notified() => awake = true,
+/// What every pull loop of one worker shares.
+#[derive(Clone)]
+pub(super) struct Puller {
+    pub shared: Arc<Shared>,
+    pub served: Arc<Served>,
+    /// The function's slots, shared by its lanes, buckets and direct calls.
+    pub slots: Arc<LaneSlots>,
+    /// Set once any of its loops took an invocation: from then on the
+    /// function takes direct calls.
+    warm: Arc<watch::Sender<bool>>,
+    pub stopped: watch::Receiver<bool>,
+}
+
+impl Puller {
+    /// Starts a loop for each lane other than `normal` and each ordering
+    /// bucket as it is first woken, and wakes those already running, until
+    /// told to stop; then waits for every loop to finish what it holds.
+    async fn serve_side_queues(self, woken: Arc<SideWakes>) {
+        let mut loops: HashMap<Queue, Arc<Notify>> = HashMap::new();
+        let mut running = JoinSet::new();
+        let mut stopped = self.stopped.clone();
+        loop {
+            let queues = tokio::select! {
+                queues = woken.next() => queues,
                 _ = stopped.wait_for(|stop| *stop) => break,
+            };
+            for queue in queues {
+                if let Some(wake) = loops.get(&queue) {
+                    wake.notify_one();
+                    continue;
+                }
+                let wake = Arc::new(Notify::new());
+                loops.insert(queue, wake.clone());
+                match queue {
+                    Queue::Lane(lane) => {
+                        running.spawn(self.clone().pull_loop(lane, None, wake));
+                    }
+                    Queue::Bucket(bucket) => {
+                        running.spawn(ordered::bucket_loop(self.clone(), bucket, wake));
+                    }
+                }
             }
         }
-        // Wait for a free slot, then ask for as many messages as are free,
-        // so every message received has a slot. (A direct call may take
-        // one meanwhile; a message then waits for the next to free, which
-        // takes less than its ack_wait.)
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            _ = stopped.wait_for(|stop| *stop) => break,
-        };
-        let Ok(slot) = slot else { break };
-        let free = slots.available_permits() + 1;
-        drop(slot);
-        let batch = consumer
-            .batch()
-            .max_messages(free)
-            .expires(PULL_EXPIRY)
-            .messages()
-            .await;
-        let mut received = 0_usize;
-        let pulled = match batch {
-            Ok(mut batch) => {
-                // A batch is read to its end even when stopping: the server
-                // may already have sent what it holds for this pull.
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Serves one lane: asleep until woken, then fetches as many messages
+    /// as it got slots until a pull comes back empty. Without
+    /// `consumer`, the lane's is opened (created) first; one that fails is
+    /// reopened only if it exists (a deleted function's is not brought
+    /// back).
+    async fn pull_loop(self, lane: Lane, mut consumer: Option<PullConsumer>, wake: Arc<Notify>) {
+        let Self {
+            shared,
+            served,
+            slots,
+            warm,
+            mut stopped,
+        } = self;
+        let function = &served.function;
+        let mut running = JoinSet::new();
+        // Awake at the start: what was queued before this loop is
+        // announced by no publish (or it was started by a wake).
+        let mut awake = true;
+        // The next slot of a lane that found work, in line while it fetched.
+        let mut upcoming = None;
+        loop {
+            while running.try_join_next().is_some() {}
+            if !awake {
+                tokio::select! {
+                    () = wake.notified() => awake = true,
+                    _ = stopped.wait_for(|stop| *stop) => break,
+                }
+            }
+            if *stopped.borrow() {
+                break;
+            }
+            let Some(open) = &mut consumer else {
+                match shared
+                    .layout
+                    .lane_consumer(function, &served.spec, lane)
+                    .await
+                {
+                    Ok(opened) => consumer = Some(opened),
+                    Err(e) => {
+                        tracing::warn!(%function, lane = lane.as_str(), error = %e, "cannot open the lane's consumer; retrying");
+                        if pause_or_stop(&mut stopped).await {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            };
+            // A slot of this lane first (the weighted rule decides between
+            // lanes waiting for one), then the slots free besides (none
+            // while another lane waits), and as many messages as it holds
+            // slots, fetched without waiting: slots are never handed to
+            // another lane between the grant and the fetch. Only a fetch
+            // that finds nothing waits (up to `PULL_EXPIRY`, holding no
+            // slot) for a message a wake announced before the stream
+            // stored it.
+            let request = upcoming.take().unwrap_or_else(|| slots.request(lane));
+            let slot = tokio::select! {
+                slot = request.wait() => slot,
+                _ = stopped.wait_for(|stop| *stop) => break,
+            };
+            let mut held = vec![slot];
+            while let Some(slot) = slots.try_acquire() {
+                held.push(slot);
+            }
+            // In line for the next slot meanwhile: one freeing during the
+            // fetch goes to the lane the weighted rule picks, this included.
+            let mut next = Some(slots.request(lane));
+            let mut pull = open.fetch().max_messages(held.len()).messages().await;
+            let mut received = 0_usize;
+            let mut waited = false;
+            let pulled = loop {
+                let mut batch = match pull {
+                    Ok(batch) => batch,
+                    Err(e) => break Err(e.to_string()),
+                };
+                // A batch is read to its end even when stopping: the
+                // server may already have sent what it holds for it.
                 let mut ended = Ok(());
                 while let Some(message) = batch.next().await {
                     match message {
                         Ok(message) => {
-                            let Ok(slot) = slots.clone().acquire_owned().await else {
-                                break;
+                            let slot = match held.pop() {
+                                Some(slot) => slot,
+                                // From the waiting pull, which holds none.
+                                None => slot_for(&message, &served, &slots, lane).await,
                             };
                             received += 1;
                             // Invoked: from now on it takes direct calls.
@@ -188,31 +272,72 @@ async fn pull_loop(
                         }
                     }
                 }
-                ended
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        match pulled {
-            // Nothing came while the pull waited: the queue is empty (what
-            // is published from now on wakes the worker again).
-            Ok(()) if received == 0 => awake = false,
-            Ok(()) => {}
-            Err(e) => {
-                // NATS away, or the consumer deleted: pause, open it again.
-                tracing::warn!(%function, error = %e, "pulling invocations failed; retrying");
-                if pause_or_stop(&mut stopped).await {
-                    break;
+                if received > 0 || waited || ended.is_err() {
+                    break ended;
                 }
-                // Only an existing consumer: if the function was deleted, the
-                // node stops this worker when the registry says so.
-                match shared.layout.existing_consumer(function).await {
-                    Ok(fresh) => consumer = fresh,
-                    Err(e) => tracing::warn!(%function, error = %e, "cannot open the consumer"),
+                // Nothing stored yet: wait a little for one, holding no
+                // slot and out of line meanwhile (a slot granted to an
+                // empty lane would idle).
+                held.clear();
+                next = None;
+                waited = true;
+                pull = open
+                    .batch()
+                    .max_messages(1)
+                    .expires(PULL_EXPIRY)
+                    .messages()
+                    .await;
+            };
+            drop(held);
+            match pulled {
+                // Nothing came while the pull waited: the lane is empty
+                // (what is published from now on wakes it again).
+                Ok(()) if received == 0 => awake = false,
+                Ok(()) => upcoming = next,
+                Err(e) => {
+                    // NATS away, or the consumer deleted: pause, open it again.
+                    tracing::warn!(%function, lane = lane.as_str(), error = %e, "pulling invocations failed; retrying");
+                    if pause_or_stop(&mut stopped).await {
+                        break;
+                    }
+                    // Only an existing consumer: if the function was
+                    // deleted, the node stops this worker when the registry
+                    // says so.
+                    match shared.layout.existing_consumer(function, lane).await {
+                        Ok(fresh) => consumer = Some(fresh),
+                        Err(e) => {
+                            tracing::warn!(%function, lane = lane.as_str(), error = %e, "cannot open the consumer");
+                        }
+                    }
+                }
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// A slot of `lane` for `message`, telling the server every half
+/// `ack_wait` while it waits that the message is in progress, so a message
+/// waiting behind other lanes is not delivered again meanwhile.
+pub(super) async fn slot_for(
+    message: &jetstream::Message,
+    served: &Served,
+    slots: &Arc<LaneSlots>,
+    lane: Lane,
+) -> LaneSlot {
+    let every = ack_wait(&served.spec) / 2;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut acquire = std::pin::pin!(slots.acquire(lane));
+    loop {
+        tokio::select! {
+            slot = &mut acquire => return slot,
+            _ = progress.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "cannot report progress");
                 }
             }
         }
     }
-    while running.join_next().await.is_some() {}
 }
 
 /// Sleeps a little before a retry; true when the worker was told to stop.
@@ -230,7 +355,7 @@ pub(super) async fn handle(
     served: Arc<Served>,
     message: jetstream::Message,
     wake: Arc<Notify>,
-    _slot: OwnedSemaphorePermit,
+    _slot: LaneSlot,
 ) -> bool {
     let info = message.info().ok();
     let delivered = info
