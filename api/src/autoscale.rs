@@ -307,6 +307,7 @@ mod tests {
             target_queue_depth: 10,
             scale_down_delay: crate::Duration(secs(30)),
             scale_to_zero_after: crate::Duration(secs(60)),
+            ..Scaling::default()
         }
     }
 

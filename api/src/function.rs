@@ -699,7 +699,18 @@ pub struct Scaling {
     /// How long the queue must stay empty before scaling to zero. Default: `60s`.
     #[serde(default = "defaults::scale_to_zero_after")]
     pub scale_to_zero_after: Duration,
+    /// Its share of a runtime shared with its namespace's other functions
+    /// when they wait for instances or memory together (1 to 100; a
+    /// weight-2 function gets twice the instances of a weight-1 one).
+    /// Namespaces share a runtime equally whatever their functions'
+    /// weights ([`crate::share`]). Default: `1`.
+    #[serde(default = "defaults::weight")]
+    #[schemars(range(min = 1, max = MAX_WEIGHT))]
+    pub weight: u32,
 }
+
+/// Largest `spec.scaling.weight`.
+pub const MAX_WEIGHT: u32 = 100;
 
 impl Default for Scaling {
     fn default() -> Self {
@@ -709,6 +720,7 @@ impl Default for Scaling {
             target_queue_depth: defaults::target_queue_depth(),
             scale_down_delay: defaults::scale_down_delay(),
             scale_to_zero_after: defaults::scale_to_zero_after(),
+            weight: defaults::weight(),
         }
     }
 }
@@ -934,6 +946,12 @@ impl FunctionSpec {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_WEIGHT).contains(&self.scaling.weight) {
+            return Err(SpecError::new(
+                "spec.scaling.weight",
+                format!("must be 1 to {MAX_WEIGHT}"),
+            ));
+        }
         if let Some(http) = &self.triggers.http
             && (!http.path.starts_with('/')
                 || http.path == "/"
@@ -1082,6 +1100,10 @@ impl FunctionSpec {
 
 mod defaults {
     use super::{ByteSize, Duration};
+
+    pub fn weight() -> u32 {
+        1
+    }
 
     pub fn timeout() -> Duration {
         Duration::from_secs(30)

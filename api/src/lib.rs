@@ -26,6 +26,7 @@ pub mod quantity;
 pub mod record;
 pub mod registry;
 pub mod schedule;
+pub mod share;
 
 pub use dead_letter::DeadLetter;
 pub use digest::ModuleDigest;

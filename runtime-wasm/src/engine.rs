@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use sluice_api::ByteSize;
 use sluice_api::egress::EgressPolicy;
-use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -13,6 +12,7 @@ use crate::RuntimeError;
 use crate::budget::{self, MemoryBudget};
 use crate::cache::{CacheUse, ComponentCache};
 use crate::host::Host;
+use crate::share::Share;
 
 /// Process-wide runtime settings.
 #[derive(Clone, Debug)]
@@ -100,10 +100,9 @@ pub(crate) struct Inner {
     pub(crate) cache: ComponentCache,
     pub(crate) config: RuntimeConfig,
     /// Bounds live instances to the pool's size, so that a burst waits
-    /// instead of failing to allocate.
-    pub(crate) instances: Semaphore,
-    /// Bounds the memory the live instances may hold together.
-    pub(crate) memory: Option<Arc<MemoryBudget>>,
+    /// instead of failing to allocate, and the memory they may hold
+    /// together; shared fairly between functions ([`Share`]).
+    pub(crate) share: Arc<Share>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -164,8 +163,10 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                instances: Semaphore::new(config.max_instances as usize),
-                memory: config.memory_budget.map(|b| MemoryBudget::new(b.0)),
+                share: Share::new(
+                    config.max_instances as usize,
+                    config.memory_budget.map(|b| MemoryBudget::new(b.0)),
+                ),
                 cache: ComponentCache::new(config.component_cache.0),
                 engine,
                 linker,
@@ -185,7 +186,7 @@ impl Runtime {
 
     /// The memory budget, if the runtime has one.
     pub fn memory_budget(&self) -> Option<&Arc<MemoryBudget>> {
-        self.inner.memory.as_ref()
+        self.inner.share.memory()
     }
 }
 

@@ -37,6 +37,9 @@ use crate::metrics::Metrics;
 pub struct FunctionLimits {
     pub timeout: Duration,
     pub memory: u64,
+    /// `spec.scaling.weight`: its share of the runtime's instances among
+    /// its namespace's functions ([`crate::share`]).
+    pub weight: u32,
 }
 
 /// A function ready to be invoked: its component pre-instantiated and its
@@ -79,6 +82,7 @@ pub(crate) fn bind(
         limits: FunctionLimits {
             timeout: spec.timeout.0,
             memory: spec.limits.memory.0,
+            weight: spec.scaling.weight,
         },
         pre,
         env: spec
@@ -175,7 +179,7 @@ impl Runtime {
                 max: max.to_string(),
             });
         }
-        if let Some(budget) = &self.inner.memory
+        if let Some(budget) = self.inner.share.memory()
             && self.inner.config.instance_reservation(spec.limits.memory) > budget.total()
         {
             return Err(RuntimeError::MemoryBudgetTooSmall {
@@ -260,25 +264,22 @@ impl Runtime {
                 "the caller's deadline passed before the invocation ran",
             )
         };
-        // Memory first: an invocation waiting for budget holds no instance
-        // that another function could use.
-        let _reservation = match &self.inner.memory {
-            Some(budget) => {
-                let bytes = self
-                    .inner
-                    .config
-                    .instance_reservation(sluice_api::ByteSize(function.limits.memory));
-                match tokio::time::timeout(invocation.time_left(), budget.reserve(bytes)).await {
-                    Ok(reservation) => Some(reservation),
-                    Err(_) => return expired(),
-                }
-            }
-            None => None,
+        // An instance slot and its memory together, handed out fairly
+        // between the functions this runtime serves ([`crate::share`]).
+        let bytes = match self.inner.share.memory() {
+            Some(_) => self
+                .inner
+                .config
+                .instance_reservation(sluice_api::ByteSize(function.limits.memory)),
+            None => 0,
         };
-        let permit = tokio::time::timeout(invocation.time_left(), self.inner.instances.acquire());
-        let _permit = match permit.await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return failed(FailureKind::Internal, "the runtime is shutting down"),
+        let admitted = self
+            .inner
+            .share
+            .admit(&function.function, function.limits.weight, bytes);
+        let _admitted = match tokio::time::timeout(invocation.time_left(), admitted).await {
+            Ok(Some(admitted)) => admitted,
+            Ok(None) => return failed(FailureKind::Internal, "the runtime is shutting down"),
             Err(_) => return expired(),
         };
         // A free instance is taken even at the deadline: check it again.

@@ -23,6 +23,7 @@ mod host;
 mod invoke;
 pub mod metrics;
 pub mod node;
+mod share;
 
 pub use cache::CacheUse;
 pub use engine::{Runtime, RuntimeConfig};

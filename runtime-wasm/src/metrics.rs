@@ -255,7 +255,7 @@ pub fn register_instances(registry: &mut Registry, runtime: &crate::Runtime) {
         registry,
         "runtime_instances",
         "Component instances alive now, each in a slot of the pooling allocator",
-        move || slots - i64::try_from(inner.instances.available_permits()).unwrap_or(slots),
+        move || i64::try_from(inner.share.in_use()).unwrap_or(slots),
     );
     sluice_serve::ScrapedGauge::register(
         registry,

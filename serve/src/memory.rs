@@ -216,6 +216,11 @@ impl MemoryBudget {
         self.total
     }
 
+    /// Bytes reserved now.
+    pub fn reserved(&self) -> u64 {
+        *sync::lock(&self.reserved)
+    }
+
     /// The gauge of bytes reserved now (to register in a registry).
     pub fn reserved_gauge(&self) -> Gauge {
         self.gauge.clone()

@@ -28,6 +28,7 @@ mod publish;
 mod queue_bytes;
 mod retries;
 mod schedules;
+mod share;
 mod startup;
 mod sync_invocations;
 mod tenancy;
