@@ -417,10 +417,16 @@ impl TestGateway {
 
     /// Waits up to 30s until the gateway routes `function` (`ns/name`).
     pub async fn wait_routed(&self, function: &str) {
+        self.wait_routed_within(function, Duration::from_secs(30))
+            .await;
+    }
+
+    /// Waits up to `limit` until the gateway routes `function`.
+    pub async fn wait_routed_within(&self, function: &str, limit: Duration) {
         let path = format!("/dead-letters/{function}");
         eventually(
             &format!("the gateway routes {function}"),
-            Duration::from_secs(30),
+            limit,
             // A function behind spec.auth answers 401 when routed.
             async || match self.get(&path).await {
                 reply if reply.status == StatusCode::OK => Ok(()),
