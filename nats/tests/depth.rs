@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use sluice_api::FunctionSpec;
+use sluice_api::Lane;
 use sluice_api::autoscale::Observation;
 use sluice_api::names::FunctionRef;
 use sluice_nats::depth::{observe, queue_depths};
@@ -108,7 +109,8 @@ async fn the_depth_stays_right_when_the_consumer_leader_is_lost() {
 
 /// Invocations with an ordering key count for their function's depth
 /// before any runtime made their bucket's consumer (a function at zero
-/// must scale up for them), and are counted once after.
+/// must scale up for them), and are counted once after; so are those of
+/// the priority lanes besides `normal`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_invocations_count_for_their_function_with_or_without_a_bucket_consumer() {
     let server = sluice_testing::NatsServer::start();
@@ -133,6 +135,8 @@ async fn keyed_invocations_count_for_their_function_with_or_without_a_bucket_con
         function.keyed_subject(3),
         function.keyed_subject(3),
         function.keyed_subject(7),
+        function.lane_subject(Lane::High),
+        function.lane_subject(Lane::Sync),
     ] {
         layout
             .js
@@ -146,12 +150,17 @@ async fn keyed_invocations_count_for_their_function_with_or_without_a_bucket_con
         depths.get(&function).map(Observation::depth)
     };
     let depths = queue_depths(&layout.invocations).await.expect("depths");
-    assert_eq!(depth(&depths), Some(4));
-    // A bucket's consumer, once made, is not counted a second time.
+    assert_eq!(depth(&depths), Some(6));
+    // A bucket's or a lane's consumer, once made, is not counted a second
+    // time.
     layout
         .keyed_consumer(&function, &spec, 3)
         .await
         .expect("the bucket's consumer");
+    layout
+        .lane_consumer(&function, &spec, Lane::High)
+        .await
+        .expect("the lane's consumer");
     let depths = queue_depths(&layout.invocations).await.expect("depths");
-    assert_eq!(depth(&depths), Some(4));
+    assert_eq!(depth(&depths), Some(6));
 }
