@@ -24,7 +24,7 @@ use sluice_api::{
     Failure, FailureKind, Invocation, InvocationId, InvocationRecord, Outcome, RetryPolicy,
     Settlement,
 };
-use sluice_api::{Lane as Class, WeightedPick};
+use sluice_api::{Lane, WeightedPick};
 use sluice_runtime::callback::Callbacks;
 use sluice_runtime::{Attempted, PreparedFunction, Runtime};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -108,7 +108,7 @@ struct State {
     /// The runtime's: attempts, retries, dead letters.
     runtime_metrics: sluice_runtime::metrics::Metrics,
     callbacks: Callbacks,
-    lanes: RwLock<HashMap<FunctionRef, Arc<Lane>>>,
+    queues: RwLock<HashMap<FunctionRef, Arc<FunctionQueue>>>,
     records: Mutex<HashMap<InvocationId, RecordEntry>>,
     dead_letters: Mutex<HashMap<FunctionRef, VecDeque<KeptLetter>>>,
     logs: MemoryLogs,
@@ -147,9 +147,9 @@ struct KeptLetter {
 
 /// One function's queue.
 #[derive(Debug)]
-struct Lane {
+struct FunctionQueue {
     function: QueuedFunction,
-    /// Its lanes ([`sluice_api::Lane`], indexed by [`Class::index`]), each
+    /// Its lanes ([`sluice_api::Lane`], indexed by [`Lane::index`]), each
     /// in the order accepted: sync calls without an ordering key, then
     /// async invocations and their retries by class. Everything with an
     /// ordering key waits in `normal`, so its key's order holds.
@@ -186,12 +186,12 @@ impl Job {
     /// The lane it waits in: `normal` with an ordering key (so its key's
     /// order holds), else the sync lane for a call and its class's for
     /// the rest.
-    fn lane(&self) -> Class {
+    fn lane(&self) -> Lane {
         let invocation = self.invocation();
         if invocation.ordering_key().is_some() {
-            return Class::Normal;
+            return Lane::Normal;
         }
-        Class::of(matches!(self, Self::Call { .. }), invocation.priority())
+        Lane::of(matches!(self, Self::Call { .. }), invocation.priority())
     }
 
     /// A retry: its first attempt took its ordering key, which it holds.
@@ -217,7 +217,7 @@ impl MemoryQueue {
             metrics,
             runtime_metrics,
             callbacks,
-            lanes: RwLock::default(),
+            queues: RwLock::default(),
             records: Mutex::default(),
             dead_letters: Mutex::default(),
             logs,
@@ -231,32 +231,32 @@ impl MemoryQueue {
     pub fn deploy(&self, function: QueuedFunction) {
         let depth = self.state.config.max_depth.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) =
-            Class::ALL.map(|_| mpsc::channel(depth)).into_iter().unzip();
+            Lane::ALL.map(|_| mpsc::channel(depth)).into_iter().unzip();
         let name = function.prepared.function.clone();
-        let lane = Arc::new(Lane {
+        let queue = Arc::new(FunctionQueue {
             function,
-            lanes: senders.try_into().expect("one per lane"),
+            lanes: senders.try_into().expect("one per queue"),
             depth: AtomicI64::new(0),
             keys: KeyGate::default(),
         });
         tokio::spawn(dispatch(
             Arc::downgrade(&self.state),
-            lane.clone(),
-            receivers.try_into().expect("one per lane"),
+            queue.clone(),
+            receivers.try_into().expect("one per queue"),
         ));
-        write(&self.state.lanes).insert(name, lane);
+        write(&self.state.queues).insert(name, queue);
     }
 
     /// Invocations queued, waiting for a retry, or running.
     fn held(&self) -> usize {
-        read(&self.state.lanes)
+        read(&self.state.queues)
             .values()
-            .map(|lane| usize::try_from(lane.depth.load(Ordering::Relaxed)).unwrap_or(0))
+            .map(|queue| usize::try_from(queue.depth.load(Ordering::Relaxed)).unwrap_or(0))
             .sum()
     }
 
-    fn lane(&self, function: &FunctionRef) -> Result<Arc<Lane>, QueueError> {
-        read(&self.state.lanes)
+    fn queue_of(&self, function: &FunctionRef) -> Result<Arc<FunctionQueue>, QueueError> {
+        read(&self.state.queues)
             .get(function)
             .cloned()
             .ok_or_else(|| QueueError::UnknownFunction(function.clone()))
@@ -266,11 +266,11 @@ impl MemoryQueue {
 #[async_trait]
 impl InvocationQueue for MemoryQueue {
     async fn call(&self, invocation: Invocation) -> Result<CallResult, QueueError> {
-        let lane = self.lane(&invocation.function)?;
+        let queue = self.queue_of(&invocation.function)?;
         let deadline = invocation.deadline;
         let (reply, answer) = oneshot::channel();
         let held = self.state.budget.hold_sync(&invocation)?;
-        lane.enqueue(
+        queue.enqueue(
             &self.state,
             Job::Call {
                 invocation: Box::new(invocation),
@@ -411,7 +411,7 @@ impl InvocationQueue for MemoryQueue {
         selection: &Selection,
         deadline: SystemTime,
     ) -> Result<RedriveReport, QueueError> {
-        let lane = self.lane(function)?;
+        let queue = self.queue_of(function)?;
         let mut report = RedriveReport::default();
         // Taken out under the lock: a concurrent redrive cannot take the
         // same dead letter.
@@ -432,7 +432,7 @@ impl InvocationQueue for MemoryQueue {
                     callback: kept.callback.clone(),
                     held,
                 };
-                lane.enqueue(&self.state, job)
+                queue.enqueue(&self.state, job)
             });
             match queued {
                 Ok(()) => {
@@ -496,7 +496,7 @@ impl InvocationQueue for MemoryQueue {
 /// How often a draining queue looks whether it is empty.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-impl Lane {
+impl FunctionQueue {
     fn enqueue(&self, state: &State, job: Job) -> Result<(), QueueError> {
         let function = &self.function.prepared.function;
         let keyed = super::ordering_key(job.invocation())?.is_some();
@@ -529,8 +529,12 @@ impl Lane {
 /// is free, the head of the lane [`WeightedPick`] picks among those with
 /// work (sync 8 : high 4 : normal 2 : low 1), each lane in order; a job
 /// whose ordering key is held waits for it ([`KeyGate`]).
-async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut lanes: [mpsc::Receiver<Job>; 4]) {
-    let permits = Arc::new(Semaphore::new(lane.function.concurrency.max(1) as usize));
+async fn dispatch(
+    state: Weak<State>,
+    queue: Arc<FunctionQueue>,
+    mut lanes: [mpsc::Receiver<Job>; 4],
+) {
+    let permits = Arc::new(Semaphore::new(queue.function.concurrency.max(1) as usize));
     let mut pick = WeightedPick::default();
     let mut permit = None;
     loop {
@@ -546,14 +550,14 @@ async fn dispatch(state: Weak<State>, lane: Arc<Lane>, mut lanes: [mpsc::Receive
             return;
         };
         let key = job.invocation().ordering_key().map(str::to_owned);
-        let Some(job) = lane.keys.admit(key.as_deref(), job.holds_key(), job) else {
+        let Some(job) = queue.keys.admit(key.as_deref(), job.holds_key(), job) else {
             permit = Some(slot);
             continue;
         };
         let Some(state) = state.upgrade() else { return };
         tokio::spawn(run_in_order(
             state,
-            lane.clone(),
+            queue.clone(),
             permits.clone(),
             job,
             slot,
@@ -585,20 +589,20 @@ async fn next_job(lanes: &mut [mpsc::Receiver<Job>; 4], pick: &mut WeightedPick)
 /// waiting for that key (each with a permit of its own).
 async fn run_in_order(
     state: Arc<State>,
-    lane: Arc<Lane>,
+    queue: Arc<FunctionQueue>,
     permits: Arc<Semaphore>,
     mut job: Job,
     mut permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     loop {
         let key = job.invocation().ordering_key().map(str::to_owned);
-        let retrying = run(&state, &lane, job).await;
+        let retrying = run(&state, &queue, job).await;
         drop(permit);
         // A retry keeps the key: it comes back through the channel.
         let Some(key) = key.filter(|_| !retrying) else {
             return;
         };
-        let Some(next) = lane.keys.release(&key) else {
+        let Some(next) = queue.keys.release(&key) else {
             return;
         };
         let Ok(next_permit) = permits.clone().acquire_owned().await else {
@@ -609,17 +613,17 @@ async fn run_in_order(
 }
 
 /// Runs one attempt of `job`; true when a retry of it was scheduled.
-async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) -> bool {
+async fn run(state: &Arc<State>, queue: &Arc<FunctionQueue>, job: Job) -> bool {
     match job {
         Job::Call {
             invocation,
             reply,
             held,
         } => {
-            let Attempted { outcome, logs, .. } = attempt(state, lane, &invocation).await;
+            let Attempted { outcome, logs, .. } = attempt(state, queue, &invocation).await;
             state.keep_logs(&invocation, 1, logs);
             drop(held);
-            lane.adjust_depth(&state.metrics, -1);
+            queue.adjust_depth(&state.metrics, -1);
             // The caller may have given up; then nobody needs the answer.
             let _ = reply.send(match outcome {
                 Outcome::Responded(response) => Ok(response),
@@ -635,13 +639,13 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) -> bool {
         } => {
             let Some(cancel) = state.start(&invocation.id, number) else {
                 // Cancelled while it waited: it never runs.
-                lane.adjust_depth(&state.metrics, -1);
+                queue.adjust_depth(&state.metrics, -1);
                 return false;
             };
             let mut attempted = state
                 .runtime
                 .attempt(
-                    &lane.function.prepared,
+                    &queue.function.prepared,
                     &invocation,
                     &state.runtime_metrics,
                     &cancel,
@@ -655,16 +659,16 @@ async fn run(state: &Arc<State>, lane: &Arc<Lane>, job: Job) -> bool {
                 callback,
                 held,
             };
-            settle(state, lane, next, attempted, &cancel)
+            settle(state, queue, next, attempted, &cancel)
         }
     }
 }
 
-async fn attempt(state: &State, lane: &Lane, invocation: &Invocation) -> Attempted {
+async fn attempt(state: &State, queue: &FunctionQueue, invocation: &Invocation) -> Attempted {
     state
         .runtime
         .attempt(
-            &lane.function.prepared,
+            &queue.function.prepared,
             invocation,
             &state.runtime_metrics,
             &CancellationToken::new(),
@@ -684,7 +688,7 @@ struct Next {
 /// dead letter.
 fn settle(
     state: &Arc<State>,
-    lane: &Arc<Lane>,
+    queue: &Arc<FunctionQueue>,
     next: Next,
     attempted: Attempted,
     cancel: &CancellationToken,
@@ -696,7 +700,7 @@ fn settle(
         held,
     } = next;
     let Attempted { outcome, usage, .. } = attempted;
-    let mut settlement = outcome.settle(&invocation.id, number, &lane.function.retry);
+    let mut settlement = outcome.settle(&invocation.id, number, &queue.function.retry);
     if cancel.is_cancelled() && matches!(settlement, Settlement::Retry { .. }) {
         // Cancelled as the attempt failed: no retry follows.
         settlement = Settlement::Final {
@@ -716,7 +720,7 @@ fn settle(
             callback,
             held,
         };
-        schedule_retry(lane.clone(), retry, delay);
+        schedule_retry(queue.clone(), retry, delay);
         return true;
     }
     if let Settlement::Final {
@@ -733,9 +737,9 @@ fn settle(
         r.usage = usage;
     });
     drop(held);
-    lane.adjust_depth(&state.metrics, -1);
+    queue.adjust_depth(&state.metrics, -1);
     if let Some(record) = &record {
-        state.deliver(&lane.function.destinations, record);
+        state.deliver(&queue.function.destinations, record);
     }
     if let (Some(url), Some(record)) = (callback, record) {
         state.callbacks.deliver(url, record);
@@ -743,7 +747,7 @@ fn settle(
     false
 }
 
-fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {
+fn schedule_retry(queue: Arc<FunctionQueue>, next: Next, delay: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let job = Job::Deliver {
@@ -753,7 +757,7 @@ fn schedule_retry(lane: Arc<Lane>, next: Next, delay: Duration) {
             held: next.held,
         };
         // A retry waits for room rather than failing: it was accepted once.
-        let _ = lane.lanes[job.lane().index()].send(job).await;
+        let _ = queue.lanes[job.lane().index()].send(job).await;
     });
 }
 
@@ -777,7 +781,7 @@ impl State {
         invocation: Invocation,
         callback: Option<String>,
     ) -> Result<Submitted, QueueError> {
-        let lane = read(&self.lanes)
+        let queue = read(&self.queues)
             .get(&invocation.function)
             .cloned()
             .ok_or_else(|| QueueError::UnknownFunction(invocation.function.clone()))?;
@@ -801,7 +805,7 @@ impl State {
             callback: callback.clone(),
             held,
         };
-        lane.enqueue(self, job)?;
+        queue.enqueue(self, job)?;
         records.insert(id.clone(), RecordEntry::new(record, callback));
         drop(records);
         Ok(Submitted {
