@@ -236,8 +236,14 @@ impl Lane {
 /// rule): each take, every waiting lane gains its weight, the one with
 /// the most is taken and pays the sum of the waiting lanes' weights. While
 /// lanes `W` all wait, lane `l` gets `weight(l) / Σ weight(W)` of the takes,
-/// evenly spread; so within any run of 15 consecutive takes with every
-/// lane waiting, low gets at least one and never waits longer than that.
+/// evenly spread: from a balanced start with every lane waiting, low gets
+/// one of every 15. The counters carry over while lanes come and go, so a
+/// history of changing waiting sets can leave low further behind (a
+/// review's simulation found waits of up to about 20 takes); but it is
+/// never starved: the counters always sum to zero, each take leaves the
+/// one taken at no less than minus the sum of the weights (15), and a
+/// waiting low gains on every take, so it is taken within a bounded
+/// number of takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedPick {
     current: [i64; 4],

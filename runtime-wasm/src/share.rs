@@ -86,7 +86,8 @@ impl Share {
     /// Waits for an instance slot and `bytes` of memory for an invocation
     /// of `function` (of `spec.scaling.weight` `weight`): at once when both
     /// are free and nobody waits, else when the fair rule picks it.
-    /// Cancel-safe: a grant whose waiter went away is given back. `None`
+    /// Cancel-safe: a grant whose waiter went away, before or after it
+    /// was sent, is given back ([`Pending`]). `None`
     /// never happens while the share lives (a waiter is only dropped
     /// unsent once its receiver is gone).
     pub(crate) async fn admit(
@@ -112,7 +113,14 @@ impl Share {
                 });
             self.grant(&mut state);
         }
-        let grant = receiver.await.ok()?;
+        let mut pending = Pending {
+            share: self,
+            function,
+            receiver: Some(receiver),
+        };
+        let grant = pending.receiver.as_mut()?.await.ok()?;
+        // Granted and taken: from here the `Admitted` gives it back.
+        pending.receiver = None;
         Some(Admitted {
             share: self.clone(),
             function: function.clone(),
@@ -215,6 +223,30 @@ impl Share {
     }
 }
 
+/// A waiter's place in [`Share::admit`]. Dropped before its grant was
+/// taken (the invocation cancelled, or its deadline passed, just as a slot
+/// was granted to it), it stops further grants and gives back one already
+/// sent, which no `Admitted` would otherwise ever release.
+struct Pending<'a> {
+    share: &'a Arc<Share>,
+    function: &'a FunctionRef,
+    receiver: Option<oneshot::Receiver<Grant>>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let Some(mut receiver) = self.receiver.take() else {
+            return;
+        };
+        receiver.close();
+        if let Ok(grant) = receiver.try_recv() {
+            // The memory first, so the next grant sees it free.
+            drop(grant.reservation);
+            self.share.release(self.function);
+        }
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         // The memory first, so the next grant sees it free.
@@ -292,6 +324,25 @@ mod tests {
         drop((small, large));
         assert_eq!(budget.reserved(), 0);
         assert_eq!(share.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_after_its_grant_gives_the_slot_back() {
+        let budget = MemoryBudget::new(100);
+        let share = Share::new(1, Some(budget.clone()));
+        let held = share.admit(&f("a/x"), 1, 10).await.unwrap();
+        let y = f("b/y");
+        let mut waiting = Box::pin(share.admit(&y, 1, 10));
+        assert!(futures::poll!(&mut waiting).is_pending());
+        // The slot is granted to the waiter, which is then dropped (its
+        // invocation cancelled) before it ever runs again.
+        drop(held);
+        drop(waiting);
+        assert_eq!(share.in_use(), 0);
+        assert_eq!(budget.reserved(), 0);
+        let again = share.admit(&f("c/z"), 1, 10).await.unwrap();
+        assert_eq!(share.in_use(), 1);
+        drop(again);
     }
 
     #[tokio::test]

@@ -106,13 +106,22 @@ async fn cleanup(function: &Function, ctx: &Context) -> Result<(), Error> {
             function: reference.clone(),
             source,
         })?;
+    // Purged before its consumers go, so that a runtime that has not seen
+    // the removal yet finds no work in a lane or ordering bucket whose
+    // consumer it would make again (left behind, it would count against
+    // the stream's consumers for good); and purged again after, as a work
+    // queue keeps messages without consumers and a Function created again
+    // under the name must not run what a gateway queued meanwhile.
+    let mut purged = ctx
+        .layout
+        .purge_invocations(&reference)
+        .await
+        .map_err(queue_failed)?;
     ctx.layout
         .delete_consumer(&reference)
         .await
         .map_err(queue_failed)?;
-    // A work queue keeps its messages without consumers: a Function created
-    // again under the name must not run these.
-    let purged = ctx
+    purged += ctx
         .layout
         .purge_invocations(&reference)
         .await
