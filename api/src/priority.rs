@@ -238,12 +238,11 @@ impl Lane {
 /// lanes `W` all wait, lane `l` gets `weight(l) / Σ weight(W)` of the takes,
 /// evenly spread: from a balanced start with every lane waiting, low gets
 /// one of every 15. The counters carry over while lanes come and go, so a
-/// history of changing waiting sets can leave low further behind (a
-/// review's simulation found waits of up to about 20 takes); but it is
-/// never starved: the counters always sum to zero, each take leaves the
-/// one taken at no less than minus the sum of the weights (15), and a
-/// waiting low gains on every take, so it is taken within a bounded
-/// number of takes.
+/// history of changing waiting sets can leave low further behind: a
+/// review's simulation of mixed histories found waits of up to about 20
+/// takes. A waiting low gains on every take while the lane taken pays
+/// more than it gains, so it keeps its long-run share; no tighter bound
+/// is proven here.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedPick {
     current: [i64; 4],
