@@ -1168,7 +1168,8 @@ fn the_bundled_nats_credentials_are_secrets_each_part_mounts_its_own() {
             "{secrets:?}"
         );
     }
-    // Every Deployment mounts only its own parts' Secrets.
+    // Every Deployment uses only its own parts' Secrets (mounted, or for
+    // the runtime pool put into its environment).
     for (component, own) in [
         (
             "gateway",
