@@ -4,29 +4,41 @@
 //! certificate for mutual TLS). Everything is handed to async-nats'
 //! own `ConnectOptions`; nothing here signs or encrypts by itself.
 //!
-//! Secrets are named by file, never given as values, so they appear in no
-//! process listing and a mounted Kubernetes Secret can be used as it is.
-//! Files are read at each [`crate::connect`], not when flags are parsed.
+//! Secrets are named by file or by environment variable, never given as
+//! values, so they appear in no process listing: a mounted Kubernetes
+//! Secret can be used as it is, and so can one Kubernetes puts into the
+//! environment (`valueFrom.secretKeyRef`, which needs no volume, so the
+//! kubelet starts the pod without waiting for volumes to mount). Both are
+//! read at each [`crate::connect`], not when flags are parsed.
 
 use std::path::{Path, PathBuf};
+
+/// Where a secret is read from (at each connect): never the value itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file.
+    File(PathBuf),
+    /// An environment variable of this process, by name.
+    Env(String),
+}
 
 /// How to authenticate; at most one method per connection (NATS accepts
 /// one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NatsAuth {
-    /// `user` with the password held in `password_file`.
+    /// `user` with the password held in `password`.
     UserPassword {
         user: String,
-        password_file: PathBuf,
+        password: SecretSource,
     },
-    /// The token held in `file`.
-    Token { file: PathBuf },
-    /// The NKey seed (`SU…`) held in `seed_file`; the server must know the
+    /// The token held in `token`.
+    Token { token: SecretSource },
+    /// The NKey seed (`SU…`) held in `seed`; the server must know the
     /// matching public key.
-    NKey { seed_file: PathBuf },
-    /// A `.creds` file: a user JWT and its NKey seed, as `nsc` writes them
-    /// (decentralised, operator-mode auth).
-    Creds { file: PathBuf },
+    NKey { seed: SecretSource },
+    /// A `.creds` file's content: a user JWT and its NKey seed, as `nsc`
+    /// writes them (decentralised, operator-mode auth).
+    Creds { creds: SecretSource },
 }
 
 /// TLS towards the server.
@@ -73,9 +85,12 @@ pub enum SecurityError {
         #[source]
         source: std::io::Error,
     },
-    /// A secret file holds nothing once trailing whitespace is removed.
-    #[error("{flag} {} is empty", path.display())]
-    Empty { flag: &'static str, path: PathBuf },
+    /// A secret holds nothing once trailing whitespace is removed.
+    #[error("{flag} {from} is empty")]
+    Empty { flag: &'static str, from: String },
+    /// The environment variable naming a secret is not set (or not UTF-8).
+    #[error("{flag} {var}: no such environment variable")]
+    Env { flag: &'static str, var: String },
 }
 
 /// The command-line flags (and environment variables) of
@@ -83,21 +98,56 @@ pub enum SecurityError {
 /// arguments. All are unset by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct NatsSecurityArgs {
-    /// NATS user name; the password comes from --nats-password-file.
+    /// NATS user name; the password comes from --nats-password-file or
+    /// --nats-password-env.
     #[arg(long, env = "SLUICE_NATS_USER", value_name = "USER")]
     pub nats_user: Option<String>,
     /// File holding the NATS password of --nats-user.
     #[arg(long, env = "SLUICE_NATS_PASSWORD_FILE", value_name = "FILE")]
     pub nats_password_file: Option<PathBuf>,
+    /// Environment variable holding the NATS password of --nats-user
+    /// (e.g. filled from a Kubernetes Secret), instead of a file.
+    #[arg(
+        long,
+        env = "SLUICE_NATS_PASSWORD_ENV",
+        value_name = "VAR",
+        conflicts_with = "nats_password_file"
+    )]
+    pub nats_password_env: Option<String>,
     /// File holding a NATS token.
     #[arg(long, env = "SLUICE_NATS_TOKEN_FILE", value_name = "FILE")]
     pub nats_token_file: Option<PathBuf>,
+    /// Environment variable holding a NATS token, instead of a file.
+    #[arg(
+        long,
+        env = "SLUICE_NATS_TOKEN_ENV",
+        value_name = "VAR",
+        conflicts_with = "nats_token_file"
+    )]
+    pub nats_token_env: Option<String>,
     /// File holding an NKey seed (SU...).
     #[arg(long, env = "SLUICE_NATS_NKEY_FILE", value_name = "FILE")]
     pub nats_nkey_file: Option<PathBuf>,
+    /// Environment variable holding an NKey seed, instead of a file.
+    #[arg(
+        long,
+        env = "SLUICE_NATS_NKEY_ENV",
+        value_name = "VAR",
+        conflicts_with = "nats_nkey_file"
+    )]
+    pub nats_nkey_env: Option<String>,
     /// NATS .creds file (user JWT and NKey seed).
     #[arg(long, env = "SLUICE_NATS_CREDS_FILE", value_name = "FILE")]
     pub nats_creds_file: Option<PathBuf>,
+    /// Environment variable holding a .creds file's content, instead of
+    /// the file.
+    #[arg(
+        long,
+        env = "SLUICE_NATS_CREDS_ENV",
+        value_name = "VAR",
+        conflicts_with = "nats_creds_file"
+    )]
+    pub nats_creds_env: Option<String>,
     /// PEM file of the CA that signed the NATS server's certificate
     /// (implies TLS). Default: the system's roots.
     #[arg(long, env = "SLUICE_NATS_CA_FILE", value_name = "FILE")]
@@ -118,14 +168,23 @@ impl NatsSecurityArgs {
     /// they ask for two authentication methods or give half a pair
     /// (user without password, certificate without key).
     pub fn security(&self) -> Result<NatsSecurity, SecurityError> {
+        let source = |file: &Option<PathBuf>, env: &Option<String>| {
+            file.clone()
+                .map(SecretSource::File)
+                .or_else(|| env.clone().map(SecretSource::Env))
+        };
+        let password = source(&self.nats_password_file, &self.nats_password_env);
+        let token = source(&self.nats_token_file, &self.nats_token_env);
+        let nkey = source(&self.nats_nkey_file, &self.nats_nkey_env);
+        let creds = source(&self.nats_creds_file, &self.nats_creds_env);
         let methods: Vec<&str> = [
-            (self.nats_user.is_some(), "--nats-user"),
-            (self.nats_token_file.is_some(), "--nats-token-file"),
-            (self.nats_nkey_file.is_some(), "--nats-nkey-file"),
-            (self.nats_creds_file.is_some(), "--nats-creds-file"),
+            self.nats_user.as_ref().map(|_| "--nats-user"),
+            token.as_ref().map(SecretSource::token_flag),
+            nkey.as_ref().map(SecretSource::nkey_flag),
+            creds.as_ref().map(SecretSource::creds_flag),
         ]
         .into_iter()
-        .filter_map(|(given, flag)| given.then_some(flag))
+        .flatten()
         .collect();
         if methods.len() > 1 {
             return Err(SecurityError::Conflict(format!(
@@ -133,32 +192,25 @@ impl NatsSecurityArgs {
                 methods.join(" and ")
             )));
         }
-        let auth = match (
-            &self.nats_user,
-            &self.nats_password_file,
-            &self.nats_token_file,
-            &self.nats_nkey_file,
-            &self.nats_creds_file,
-        ) {
-            (Some(user), Some(password_file), ..) => Some(NatsAuth::UserPassword {
+        let auth = match (&self.nats_user, password, token, nkey, creds) {
+            (Some(user), Some(password), ..) => Some(NatsAuth::UserPassword {
                 user: user.clone(),
-                password_file: password_file.clone(),
+                password,
             }),
             (Some(_), None, ..) => {
                 return Err(SecurityError::Conflict(
-                    "--nats-user needs --nats-password-file".into(),
+                    "--nats-user needs --nats-password-file or --nats-password-env".into(),
                 ));
             }
-            (None, Some(_), ..) => {
-                return Err(SecurityError::Conflict(
-                    "--nats-password-file needs --nats-user".into(),
-                ));
+            (None, Some(password), ..) => {
+                return Err(SecurityError::Conflict(format!(
+                    "{} needs --nats-user",
+                    password.password_flag()
+                )));
             }
-            (None, None, Some(file), ..) => Some(NatsAuth::Token { file: file.clone() }),
-            (None, None, None, Some(seed_file), _) => Some(NatsAuth::NKey {
-                seed_file: seed_file.clone(),
-            }),
-            (None, None, None, None, Some(file)) => Some(NatsAuth::Creds { file: file.clone() }),
+            (None, None, Some(token), ..) => Some(NatsAuth::Token { token }),
+            (None, None, None, Some(seed), _) => Some(NatsAuth::NKey { seed }),
+            (None, None, None, None, Some(creds)) => Some(NatsAuth::Creds { creds }),
             (None, None, None, None, None) => None,
         };
         let client_cert = match (&self.nats_cert_file, &self.nats_key_file) {
@@ -205,26 +257,34 @@ impl NatsSecurity {
     ) -> Result<async_nats::ConnectOptions, SecurityError> {
         options = match &self.auth {
             None => options,
-            Some(NatsAuth::UserPassword {
-                user,
-                password_file,
-            }) => options.user_and_password(
+            Some(NatsAuth::UserPassword { user, password }) => options.user_and_password(
                 user.clone(),
-                read_secret("--nats-password-file", password_file).await?,
+                read_secret(password.password_flag(), password).await?,
             ),
-            Some(NatsAuth::Token { file }) => {
-                options.token(read_secret("--nats-token-file", file).await?)
+            Some(NatsAuth::Token { token }) => {
+                options.token(read_secret(token.token_flag(), token).await?)
             }
-            Some(NatsAuth::NKey { seed_file }) => {
-                options.nkey(read_secret("--nats-nkey-file", seed_file).await?)
+            Some(NatsAuth::NKey { seed }) => {
+                options.nkey(read_secret(seed.nkey_flag(), seed).await?)
             }
-            Some(NatsAuth::Creds { file }) => {
+            Some(NatsAuth::Creds {
+                creds: SecretSource::File(file),
+            }) => options
+                .credentials_file(file)
+                .await
+                .map_err(|source| SecurityError::Read {
+                    flag: "--nats-creds-file",
+                    path: file.clone(),
+                    source,
+                })?,
+            Some(NatsAuth::Creds { creds }) => {
+                let flag = creds.creds_flag();
+                let text = read_secret(flag, creds).await?;
                 options
-                    .credentials_file(file)
-                    .await
+                    .credentials(&text)
                     .map_err(|source| SecurityError::Read {
-                        flag: "--nats-creds-file",
-                        path: file.clone(),
+                        flag,
+                        path: creds.shown().into(),
                         source,
                     })?
             }
@@ -244,22 +304,66 @@ impl NatsSecurity {
     }
 }
 
-/// The secret in `path`, without the trailing newline editors and
+impl SecretSource {
+    /// The flag that names this source: `file` for a file, `env` for an
+    /// environment variable.
+    fn flag(&self, file: &'static str, env: &'static str) -> &'static str {
+        match self {
+            Self::File(_) => file,
+            Self::Env(_) => env,
+        }
+    }
+
+    fn password_flag(&self) -> &'static str {
+        self.flag("--nats-password-file", "--nats-password-env")
+    }
+
+    fn token_flag(&self) -> &'static str {
+        self.flag("--nats-token-file", "--nats-token-env")
+    }
+
+    fn nkey_flag(&self) -> &'static str {
+        self.flag("--nats-nkey-file", "--nats-nkey-env")
+    }
+
+    fn creds_flag(&self) -> &'static str {
+        self.flag("--nats-creds-file", "--nats-creds-env")
+    }
+
+    /// The file's path, or `$VAR`.
+    fn shown(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Env(var) => format!("${var}"),
+        }
+    }
+}
+
+/// The secret `source` holds, without the trailing newline editors and
 /// `kubectl create secret --from-file` leave.
-async fn read_secret(flag: &'static str, path: &Path) -> Result<String, SecurityError> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| SecurityError::Read {
-            flag,
-            path: path.to_owned(),
-            source,
-        })?;
+async fn read_secret(flag: &'static str, source: &SecretSource) -> Result<String, SecurityError> {
+    let (text, from) = match source {
+        SecretSource::File(path) => (
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| SecurityError::Read {
+                    flag,
+                    path: path.to_owned(),
+                    source,
+                })?,
+            source.shown(),
+        ),
+        SecretSource::Env(var) => (
+            std::env::var(var).map_err(|_| SecurityError::Env {
+                flag,
+                var: var.clone(),
+            })?,
+            source.shown(),
+        ),
+    };
     let secret = text.trim_end();
     if secret.is_empty() {
-        return Err(SecurityError::Empty {
-            flag,
-            path: path.to_owned(),
-        });
+        return Err(SecurityError::Empty { flag, from });
     }
     Ok(secret.to_owned())
 }
@@ -362,22 +466,51 @@ mod tests {
             ok(&["--nats-user", "gw", "--nats-password-file", "/p"]).auth,
             Some(NatsAuth::UserPassword {
                 user: "gw".into(),
-                password_file: "/p".into()
+                password: SecretSource::File("/p".into())
+            })
+        );
+        assert_eq!(
+            ok(&["--nats-user", "gw", "--nats-password-env", "PW"]).auth,
+            Some(NatsAuth::UserPassword {
+                user: "gw".into(),
+                password: SecretSource::Env("PW".into())
             })
         );
         assert_eq!(
             ok(&["--nats-creds-file", "/c"]).auth,
-            Some(NatsAuth::Creds { file: "/c".into() })
+            Some(NatsAuth::Creds {
+                creds: SecretSource::File("/c".into())
+            })
+        );
+        assert_eq!(
+            ok(&["--nats-creds-env", "C"]).auth,
+            Some(NatsAuth::Creds {
+                creds: SecretSource::Env("C".into())
+            })
         );
         assert_eq!(
             ok(&["--nats-nkey-file", "/n"]).auth,
             Some(NatsAuth::NKey {
-                seed_file: "/n".into()
+                seed: SecretSource::File("/n".into())
+            })
+        );
+        assert_eq!(
+            ok(&["--nats-nkey-env", "N"]).auth,
+            Some(NatsAuth::NKey {
+                seed: SecretSource::Env("N".into())
             })
         );
         assert_eq!(
             ok(&["--nats-token-file", "/t"]).auth,
-            Some(NatsAuth::Token { file: "/t".into() })
+            Some(NatsAuth::Token {
+                token: SecretSource::File("/t".into())
+            })
+        );
+        assert_eq!(
+            ok(&["--nats-token-env", "T"]).auth,
+            Some(NatsAuth::Token {
+                token: SecretSource::Env("T".into())
+            })
         );
         let tls = ok(&[
             "--nats-ca-file",
@@ -398,12 +531,20 @@ mod tests {
             "--nats-token-file and --nats-creds-file cannot be combined: NATS takes one authentication method"
         );
         assert_eq!(
+            err(&["--nats-token-env", "T", "--nats-user", "u"]),
+            "--nats-user and --nats-token-env cannot be combined: NATS takes one authentication method"
+        );
+        assert_eq!(
             err(&["--nats-user", "u"]),
-            "--nats-user needs --nats-password-file"
+            "--nats-user needs --nats-password-file or --nats-password-env"
         );
         assert_eq!(
             err(&["--nats-password-file", "/p"]),
             "--nats-password-file needs --nats-user"
+        );
+        assert_eq!(
+            err(&["--nats-password-env", "PW"]),
+            "--nats-password-env needs --nats-user"
         );
         assert_eq!(
             err(&["--nats-cert-file", "/c"]),
@@ -422,7 +563,7 @@ mod tests {
         std::fs::write(&empty, "\n").unwrap();
         let security = |file: &Path| NatsSecurity {
             auth: Some(NatsAuth::Token {
-                file: file.to_owned(),
+                token: SecretSource::File(file.to_owned()),
             }),
             ..NatsSecurity::default()
         };
@@ -456,8 +597,36 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cret\n").unwrap();
         assert_eq!(
-            read_secret("--nats-token-file", &token).await.unwrap(),
+            read_secret("--nats-token-file", &SecretSource::File(token))
+                .await
+                .unwrap(),
             "s3cret"
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_in_the_environment_are_read_and_missing_ones_named() {
+        // Set by Cargo for every test process; no test may change the
+        // environment of the others.
+        let set = SecretSource::Env("CARGO_PKG_NAME".into());
+        assert_eq!(
+            read_secret("--nats-token-env", &set).await.unwrap(),
+            "sluice-nats"
+        );
+        let missing = NatsSecurity {
+            auth: Some(NatsAuth::UserPassword {
+                user: "u".into(),
+                password: SecretSource::Env("SLUICE_TEST_NO_SUCH_VARIABLE".into()),
+            }),
+            ..NatsSecurity::default()
+        };
+        let e = missing
+            .apply(async_nats::ConnectOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--nats-password-env SLUICE_TEST_NO_SUCH_VARIABLE: no such environment variable"
         );
     }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -37,12 +37,6 @@ pub fn controlled_by(object: &impl kube::Resource, uid: &str) -> bool {
 pub const FUNCTION_LABEL: &str = "sluice.dev/function";
 /// Port of the runtime's `/healthz`, `/readyz` and `/metrics`.
 pub const RUNTIME_ADMIN_PORT: i32 = 9091;
-/// The `emptyDir` a runtime writes to (the root filesystem is read-only).
-const CACHE_DIR: &str = "/var/cache/sluice";
-/// Where a runtime keeps precompiled components: a folder it makes inside
-/// the `emptyDir`, whose own root is writable by everyone, so the runtime
-/// would refuse to load code from it.
-const ARTIFACTS_DIR: &str = "/var/cache/sluice/artifacts";
 /// The non-root user of the Sluice images.
 const RUNTIME_USER: i64 = 65532;
 
@@ -163,8 +157,11 @@ pub fn dedicated_deployment(
         function.to_string(),
         "--admin-listen".into(),
         format!("0.0.0.0:{RUNTIME_ADMIN_PORT}"),
-        "--artifacts".into(),
-        ARTIFACTS_DIR.into(),
+        // No folder for precompiled components: the root filesystem is
+        // read-only, and a volume would hold the pod's start back by about
+        // 300 ms (the kubelet's volume manager polls for its mount).
+        // Components come from the shared bucket into memory.
+        "--artifacts-in-memory".into(),
         "--log-json".into(),
     ];
     args.extend(template.nats_secrets.args());
@@ -172,20 +169,11 @@ pub fn dedicated_deployment(
         .into_iter()
         .chain(template.nats_secrets.env())
         .collect();
-    let mut volumes = vec![Volume {
-        name: "artifacts".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }];
-    let mut volume_mounts = vec![VolumeMount {
-        name: "artifacts".into(),
-        mount_path: CACHE_DIR.into(),
-        ..VolumeMount::default()
-    }];
-    for (volume, mount) in template.nats_secrets.volumes() {
-        volumes.push(volume);
-        volume_mounts.push(mount);
-    }
+    // Only for NATS TLS files: each volume delays the pod's start.
+    let (volumes, volume_mounts): (Vec<Volume>, Vec<VolumeMount>) =
+        template.nats_secrets.volumes().into_iter().unzip();
+    let volumes = (!volumes.is_empty()).then_some(volumes);
+    let volume_mounts = (!volume_mounts.is_empty()).then_some(volume_mounts);
     let container = Container {
         name: "runtime".into(),
         image: Some(template.image.clone()),
@@ -219,7 +207,7 @@ pub fn dedicated_deployment(
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(volume_mounts),
+        volume_mounts,
         ..Container::default()
     };
     Deployment {
@@ -257,7 +245,7 @@ pub fn dedicated_deployment(
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(volumes),
+                    volumes,
                     ..PodSpec::default()
                 }),
             },
@@ -350,13 +338,23 @@ mod tests {
     }
 
     #[test]
-    fn dedicated_runtimes_mount_the_nats_secrets_they_are_given() {
+    fn dedicated_runtimes_take_the_nats_secrets_they_are_given_without_mounting_credentials() {
         let function: FunctionRef = "team-a/echo".parse().unwrap();
         let plain =
             serde_json::to_value(dedicated_deployment(&function, owner(), &template())).unwrap();
         let pod = &plain["spec"]["template"]["spec"];
-        assert_eq!(pod["volumes"].as_array().unwrap().len(), 1, "{pod}");
+        // No volume at all: a pod with one starts ~300 ms later.
+        assert!(pod.get("volumes").is_none(), "{pod}");
+        assert!(pod["containers"][0].get("volumeMounts").is_none(), "{pod}");
         assert_eq!(pod["containers"][0]["env"].as_array().unwrap().len(), 1);
+        assert!(
+            plain["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "--artifacts-in-memory"),
+            "{pod}"
+        );
 
         let mut secured = template();
         secured.nats_secrets = RuntimeNatsSecrets {
@@ -376,9 +374,9 @@ mod tests {
             .map(|a| a.as_str().unwrap())
             .collect();
         assert_eq!(
-            args[7..],
+            args[6..],
             [
-                "--nats-password-file=/etc/sluice/nats-auth/password",
+                "--nats-password-env=SLUICE_NATS_PASSWORD",
                 "--nats-ca-file=/etc/sluice/nats-ca/ca.crt",
                 "--nats-cert-file=/etc/sluice/nats-client/tls.crt",
                 "--nats-key-file=/etc/sluice/nats-client/tls.key",
@@ -389,6 +387,11 @@ mod tests {
         assert_eq!(
             container["env"][1]["valueFrom"]["secretKeyRef"],
             serde_json::json!({ "name": "nats-runtime", "key": "user" })
+        );
+        assert_eq!(container["env"][2]["name"], "SLUICE_NATS_PASSWORD");
+        assert_eq!(
+            container["env"][2]["valueFrom"]["secretKeyRef"],
+            serde_json::json!({ "name": "nats-runtime", "key": "password" })
         );
         let mounted: Vec<(&str, &str)> = container["volumeMounts"]
             .as_array()
@@ -401,18 +404,55 @@ mod tests {
                 )
             })
             .collect();
+        // The credentials come through the environment; only the TLS
+        // files, which the NATS client reads from files, are mounted.
         assert_eq!(
             mounted,
             [
-                ("artifacts", "/var/cache/sluice"),
-                ("nats-auth", "/etc/sluice/nats-auth"),
                 ("nats-ca", "/etc/sluice/nats-ca"),
                 ("nats-client", "/etc/sluice/nats-client"),
             ]
         );
-        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "nats-runtime");
-        assert_eq!(pod["volumes"][2]["secret"]["items"][0]["key"], "ca.crt");
-        assert_eq!(pod["volumes"][3]["secret"]["secretName"], "nats-client");
+        assert_eq!(pod["volumes"][0]["secret"]["items"][0]["key"], "ca.crt");
+        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "nats-client");
+        assert_eq!(pod["volumes"].as_array().unwrap().len(), 2);
+
+        // Every method: its secret from its key, named by its flag.
+        for (method, flag, var, key) in [
+            (
+                NatsAuthMethod::Token,
+                "--nats-token-env",
+                "SLUICE_NATS_TOKEN",
+                "token",
+            ),
+            (
+                NatsAuthMethod::Nkey,
+                "--nats-nkey-env",
+                "SLUICE_NATS_NKEY",
+                "nkey",
+            ),
+            (
+                NatsAuthMethod::Creds,
+                "--nats-creds-env",
+                "SLUICE_NATS_CREDS",
+                "creds",
+            ),
+        ] {
+            let mut only_auth = template();
+            only_auth.nats_secrets.auth = Some((method, "s".into()));
+            let json =
+                serde_json::to_value(dedicated_deployment(&function, owner(), &only_auth)).unwrap();
+            let pod = &json["spec"]["template"]["spec"];
+            let container = &pod["containers"][0];
+            assert_eq!(container["args"][6], format!("{flag}={var}"), "{container}");
+            assert_eq!(container["env"][1]["name"], var);
+            assert_eq!(
+                container["env"][1]["valueFrom"]["secretKeyRef"],
+                serde_json::json!({ "name": "s", "key": key })
+            );
+            assert!(container["env"].get(2).is_none(), "{container}");
+            assert!(pod.get("volumes").is_none(), "{pod}");
+        }
         assert_eq!("nkey".parse::<NatsAuthMethod>(), Ok(NatsAuthMethod::Nkey));
         assert!("password".parse::<NatsAuthMethod>().is_err());
     }

@@ -83,6 +83,32 @@ impl Runtime {
         Ok(Some(bind(function, spec, digest.clone(), pre)))
     }
 
+    /// Binds `bytes`, an artifact of `digest` another runtime of this
+    /// engine stored in the shared bucket, straight from memory: for a
+    /// runtime with no folder to keep artifacts in. `None` when wasmtime
+    /// refuses it. Blocking.
+    pub fn prepare_serialized(
+        &self,
+        function: FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+        bytes: &[u8],
+    ) -> Result<Option<PreparedFunction>, RuntimeError> {
+        self.check_limits(spec)?;
+        let component = match load_bytes(&self.inner.engine, bytes) {
+            Ok(component) => component,
+            Err(e) => {
+                tracing::warn!(%digest, error = %format!("{e:#}"), "discarding an unusable shared precompiled component");
+                return Ok(None);
+            }
+        };
+        let pre = self
+            .inner
+            .cache
+            .insert(&self.inner.linker, digest, &component)?;
+        Ok(Some(bind(function, spec, digest.clone(), pre)))
+    }
+
     /// Saves the compiled code of `prepared` under `dir`, atomically, so a
     /// concurrent reader never sees half a file. Blocking.
     pub fn save_precompiled(&self, prepared: &PreparedFunction, dir: &Path) -> std::io::Result<()> {
@@ -206,6 +232,18 @@ fn load(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
     // it), and arrived whole: the object store checks its SHA-256 as it is
     // read.
     unsafe { Component::deserialize_file(engine, path) }
+}
+
+#[allow(unsafe_code)]
+fn load_bytes(engine: &wasmtime::Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: as in `load` for what comes from the shared bucket: written
+    // there by a runtime from `serialize` under the same engine key (only
+    // the runtime's NATS user may publish to it), arrived whole (the object
+    // store checks its SHA-256 as it is read), and wasmtime itself rejects
+    // bytes whose header names another engine. They go from the bucket to
+    // here in this process's memory, with no file in between that anyone
+    // could change.
+    unsafe { Component::deserialize(engine, bytes) }
 }
 
 #[cfg(all(test, unix))]

@@ -35,6 +35,12 @@ struct Args {
     /// contents belong to this user and nobody else may write them.
     #[arg(long, env = "SLUICE_ARTIFACTS", default_value_os_t = default_artifacts_dir())]
     artifacts: PathBuf,
+    /// Keep precompiled components in memory only, with no folder (then
+    /// --artifacts is not used): those of sluice-artifacts are loaded
+    /// straight from memory, and a restarted runtime fetches them again.
+    /// For a container with a read-only root and no volume.
+    #[arg(long, env = "SLUICE_ARTIFACTS_IN_MEMORY", conflicts_with = "artifacts")]
+    artifacts_in_memory: bool,
     /// Load components other runtimes compiled from the NATS object store
     /// sluice-artifacts, and store there what this one compiles. What it
     /// holds runs as machine code: set false unless only Sluice's runtimes
@@ -125,7 +131,8 @@ async fn run() -> anyhow::Result<()> {
     let mut config = NodeConfig::new(&args.nats);
     config.nats_security = args.nats_security.security()?;
     config.function = args.function.clone();
-    config.artifacts = Some(args.artifacts.clone());
+    config.artifacts = (!args.artifacts_in_memory).then(|| args.artifacts.clone());
+    config.artifacts_in_memory = args.artifacts_in_memory;
     config.shared_artifacts = args.shared_artifacts;
     config.runtime.component_cache = args.component_cache;
     config.admin_listen = args.admin_listen;

@@ -73,3 +73,22 @@ fn a_bad_function_reference_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_password_variable_that_is_not_set_is_named_and_fatal() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-runtime"))
+        .args(["--nats", "nats://127.0.0.1:1", "--nats-user", "u"])
+        .args(["--nats-password-env", "SLUICE_TEST_NO_SUCH_VARIABLE"])
+        .args(["--artifacts-in-memory", "--admin-listen", "127.0.0.1:0"])
+        .env_remove("SLUICE_TEST_NO_SUCH_VARIABLE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--nats-password-env SLUICE_TEST_NO_SUCH_VARIABLE: no such environment variable"
+        ),
+        "{stderr}"
+    );
+}

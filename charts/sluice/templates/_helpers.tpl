@@ -151,8 +151,11 @@ which passes them on to dedicated runtimes).
 {{- end }}
 {{- /* The NATS credentials and TLS of one part (.component: gateway,
 events (the gateway's event bridge), runtime or operator): each secret is
-a file from a Secret volume (never an argument or a plain variable), and
-each part reads its own Secret, so each is its own NATS user with its own
+a file from a Secret volume (never an argument or a plain variable) or,
+with .fromEnv (the runtime pool, whose pods start on a request's path and
+would wait ~300 ms for any volume), an environment variable filled from the
+Secret (secretKeyRef) and named by a flag; TLS files stay mounted. Each part
+reads its own Secret, so each is its own NATS user with its own
 permissions (files/nats-permissions.conf). The bundled server's Secrets are
 the chart's own (templates/nats-auth.yaml); an external server's are named
 in nats.external.auth.secrets (events optional: without it the bridge
@@ -187,7 +190,11 @@ natsArgs, natsEnv, natsVolumeMounts and natsVolumes. */ -}}
 {{- $s := include "sluice.natsSecurity" . | fromJson -}}
 {{- $file := dict "userPassword" "password-file=/etc/sluice/nats-auth/password" "token" "token-file=/etc/sluice/nats-auth/token" "nkey" "nkey-file=/etc/sluice/nats-auth/nkey" "creds" "creds-file=/etc/sluice/nats-auth/creds" -}}
 {{- if ne $s.method "none" }}
+{{- if .fromEnv }}
+- --nats-{{ include "sluice.natsSecretKey" $s.method }}-env={{ include "sluice.natsSecretVar" $s.method }}
+{{- else }}
 - --nats-{{ index $file $s.method }}
+{{- end }}
 {{- end }}
 {{- if $s.ca }}
 - --nats-ca-file=/etc/sluice/nats-ca/ca.crt
@@ -207,11 +214,24 @@ natsArgs, natsEnv, natsVolumeMounts and natsVolumes. */ -}}
 - name: SLUICE_NATS_USER
   valueFrom: { secretKeyRef: { name: {{ $s.secret }}, key: user } }
 {{- end }}
+{{- if and .fromEnv (ne $s.method "none") }}
+- name: {{ include "sluice.natsSecretVar" $s.method }}
+  valueFrom: { secretKeyRef: { name: {{ $s.secret }}, key: {{ include "sluice.natsSecretKey" $s.method }} } }
+{{- end }}
+{{- end -}}
+
+{{- /* The Secret key (and flag stem) of an auth method's secret, and the
+environment variable a runtime takes it from when .fromEnv. */ -}}
+{{- define "sluice.natsSecretKey" -}}
+{{- index (dict "userPassword" "password" "token" "token" "nkey" "nkey" "creds" "creds") . -}}
+{{- end -}}
+{{- define "sluice.natsSecretVar" -}}
+{{- printf "SLUICE_NATS_%s" (include "sluice.natsSecretKey" . | upper) -}}
 {{- end -}}
 
 {{- define "sluice.natsVolumeMounts" -}}
 {{- $s := include "sluice.natsSecurity" . | fromJson -}}
-{{- if ne $s.method "none" }}
+{{- if and (ne $s.method "none") (not .fromEnv) }}
 - { name: nats-auth, mountPath: /etc/sluice/nats-auth, readOnly: true }
 {{- end }}
 {{- if $s.ca }}
@@ -224,7 +244,7 @@ natsArgs, natsEnv, natsVolumeMounts and natsVolumes. */ -}}
 
 {{- define "sluice.natsVolumes" -}}
 {{- $s := include "sluice.natsSecurity" . | fromJson -}}
-{{- if ne $s.method "none" }}
+{{- if and (ne $s.method "none") (not .fromEnv) }}
 - name: nats-auth
   secret: { secretName: {{ $s.secret }} }
 {{- end }}

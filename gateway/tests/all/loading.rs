@@ -200,3 +200,55 @@ async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_a
     .await;
     third.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_without_a_folder_shares_and_loads_artifacts_in_memory() {
+    let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    stack.publish_dir(manifest_dir(HELLO).path()).await;
+    let url = stack.server.url.clone();
+    let bucket = stack.layout.artifacts.clone();
+    let gw = TestGateway::on_nats(stack, tempfile::tempdir().unwrap()).await;
+    gw.wait_routed("default/hello").await;
+    // No folder at all, as a pod with a read-only root and no volume.
+    let start = async |in_memory: bool| {
+        let mut config = NodeConfig::new(&url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = None;
+        config.artifacts_in_memory = in_memory;
+        Box::pin(node::start(config)).await.unwrap()
+    };
+    let hello_answers = async || {
+        let id = gw.submit("/async/fn/default/hello", &[], "").await;
+        gw.wait_succeeded(&id).await;
+    };
+
+    // What one compiles is shared from memory...
+    let first = start(true).await;
+    hello_answers().await;
+    assert_eq!(loads(&first, "fetched"), 1.0);
+    eventually(
+        "the compiled hello is shared",
+        Duration::from_secs(30),
+        async || match shared_artifacts(&bucket).await.pop() {
+            Some(artifact) => Ok(artifact),
+            None => Err("none yet".to_owned()),
+        },
+    )
+    .await;
+    first.shutdown().await;
+
+    // ...and the next loads it into memory, compiling nothing.
+    let second = start(true).await;
+    hello_answers().await;
+    assert_eq!(loads(&second, "shared"), 1.0, "{}", second.metrics_text());
+    assert_eq!(loads(&second, "fetched"), 0.0);
+    second.shutdown().await;
+
+    // Without a folder and without in_memory the bucket is left alone, as
+    // before.
+    let third = start(false).await;
+    hello_answers().await;
+    assert_eq!(loads(&third, "shared"), 0.0);
+    assert_eq!(loads(&third, "fetched"), 1.0);
+    third.shutdown().await;
+}

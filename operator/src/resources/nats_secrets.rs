@@ -1,5 +1,13 @@
 //! The NATS credentials and TLS files of dedicated runtimes: which Secrets
-//! their pods mount, where, and the runtime flags that point at them.
+//! their pods take them from, and the runtime flags that point at them.
+//!
+//! Credentials come through the environment (`valueFrom.secretKeyRef`),
+//! not a Secret volume: the kubelet resolves those as it creates the
+//! container, while a pod with any volume starts only once the kubelet's
+//! volume manager has seen it mounted, which it checks every 300 ms after
+//! a first look (`podAttachAndMountRetryInterval`), so about 300 ms later
+//! on every start from zero. TLS files (the CA, the client certificate)
+//! are still mounted: the NATS client reads them only from files.
 
 use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
@@ -33,23 +41,23 @@ impl std::str::FromStr for NatsAuthMethod {
 }
 
 impl NatsAuthMethod {
-    /// The runtime flag naming the secret file, and the Secret key (the
-    /// file's name) it reads.
-    fn file_flag(self) -> (&'static str, &'static str) {
+    /// The runtime flag naming the environment variable that holds the
+    /// secret, that variable, and the Secret key it is filled from.
+    fn env_flag(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::UserPassword => ("--nats-password-file", "password"),
-            Self::Token => ("--nats-token-file", "token"),
-            Self::Nkey => ("--nats-nkey-file", "nkey"),
-            Self::Creds => ("--nats-creds-file", "creds"),
+            Self::UserPassword => ("--nats-password-env", "SLUICE_NATS_PASSWORD", "password"),
+            Self::Token => ("--nats-token-env", "SLUICE_NATS_TOKEN", "token"),
+            Self::Nkey => ("--nats-nkey-env", "SLUICE_NATS_NKEY", "nkey"),
+            Self::Creds => ("--nats-creds-env", "SLUICE_NATS_CREDS", "creds"),
         }
     }
 }
 
 /// Secrets holding the NATS credentials and TLS files of dedicated
-/// runtimes, mounted as files where the chart mounts the pool's. A pod
-/// mounts Secrets of its own namespace only, so each must exist, under
-/// these names, in every namespace with a dedicated function. All unset
-/// by default.
+/// runtimes: the credentials put into the environment, the TLS files
+/// mounted where the chart mounts the pool's. A pod takes Secrets of its
+/// own namespace only, so each must exist, under these names, in every
+/// namespace with a dedicated function. All unset by default.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeNatsSecrets {
     /// The method and the Secret holding its credentials.
@@ -62,12 +70,11 @@ pub struct RuntimeNatsSecrets {
     pub tls_required: bool,
 }
 
-const NATS_AUTH_DIR: &str = "/etc/sluice/nats-auth";
 const NATS_CA_DIR: &str = "/etc/sluice/nats-ca";
 const NATS_CLIENT_DIR: &str = "/etc/sluice/nats-client";
 
 impl RuntimeNatsSecrets {
-    /// The names of the Secrets a dedicated runtime's pod mounts.
+    /// The names of the Secrets a dedicated runtime's pod uses.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.auth
             .iter()
@@ -79,8 +86,8 @@ impl RuntimeNatsSecrets {
     pub(super) fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if let Some((method, _)) = self.auth {
-            let (flag, key) = method.file_flag();
-            args.push(format!("{flag}={NATS_AUTH_DIR}/{key}"));
+            let (flag, var, _) = method.env_flag();
+            args.push(format!("{flag}={var}"));
         }
         if self.ca.is_some() {
             args.push(format!("--nats-ca-file={NATS_CA_DIR}/ca.crt"));
@@ -95,25 +102,34 @@ impl RuntimeNatsSecrets {
         args
     }
 
-    pub(super) fn env(&self) -> Option<EnvVar> {
-        let Some((NatsAuthMethod::UserPassword, secret)) = &self.auth else {
-            return None;
+    /// The environment filled from the credentials' Secret: the user
+    /// name (`SLUICE_NATS_USER`) and the secret the method needs.
+    pub(super) fn env(&self) -> Vec<EnvVar> {
+        let Some((method, secret)) = &self.auth else {
+            return Vec::new();
         };
-        Some(EnvVar {
-            name: "SLUICE_NATS_USER".into(),
+        let from_secret = |name: &str, key: &str| EnvVar {
+            name: name.into(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: secret.clone(),
-                    key: "user".into(),
+                    key: key.into(),
                     ..SecretKeySelector::default()
                 }),
                 ..EnvVarSource::default()
             }),
             ..EnvVar::default()
-        })
+        };
+        let mut env = Vec::new();
+        if *method == NatsAuthMethod::UserPassword {
+            env.push(from_secret("SLUICE_NATS_USER", "user"));
+        }
+        let (_, var, key) = method.env_flag();
+        env.push(from_secret(var, key));
+        env
     }
 
-    /// Volumes and where they are mounted.
+    /// Volumes and where they are mounted: the TLS files only.
     pub(super) fn volumes(&self) -> Vec<(Volume, VolumeMount)> {
         let secret = |volume: &str, name: &str, dir: &str, only: Option<&str>| {
             (
@@ -141,9 +157,6 @@ impl RuntimeNatsSecrets {
             )
         };
         let mut volumes = Vec::new();
-        if let Some((_, name)) = &self.auth {
-            volumes.push(secret("nats-auth", name, NATS_AUTH_DIR, None));
-        }
         if let Some(name) = &self.ca {
             volumes.push(secret("nats-ca", name, NATS_CA_DIR, Some("ca.crt")));
         }

@@ -932,19 +932,30 @@ fn with_the_charts_flags_and_service_account_a_function_becomes_ready_and_is_ser
         .env("SLUICE_NATS_USER", "sluice-gateway")
         .env("SLUICE_EVENTS_NATS_USER", "sluice-events");
     let gateway_process = Process::spawn(command, logs.path().join("gateway.log"));
+    // The pool runtime takes its password from the environment, as its
+    // pod does from its Secret (secretKeyRef): the chart gives it no
+    // volume, so the flag names the variable and stays as rendered.
     let mut command = Command::new(binary("sluice-runtime"));
+    let runtime_args = chart_args(
+        &cluster,
+        "runtime",
+        &[
+            ("--nats", nats.server.url.clone()),
+            ("--admin-listen", "127.0.0.1:0".into()),
+        ],
+    );
+    assert!(
+        runtime_args.contains(&"--nats-password-env=SLUICE_NATS_PASSWORD".to_owned())
+            && runtime_args.contains(&"--artifacts-in-memory".to_owned()),
+        "{runtime_args:?}"
+    );
     command
-        .args(chart_args(
-            &cluster,
-            "runtime",
-            &[
-                ("--nats", nats.server.url.clone()),
-                ("--admin-listen", "127.0.0.1:0".into()),
-                ("--artifacts", path_str(&logs.path().join("artifacts"))),
-                ("--nats-password-file", password_file("runtime")),
-            ],
-        ))
-        .env("SLUICE_NATS_USER", "sluice-runtime");
+        .args(runtime_args)
+        .env("SLUICE_NATS_USER", "sluice-runtime")
+        .env(
+            "SLUICE_NATS_PASSWORD",
+            std::fs::read_to_string(password_file("runtime")).expect("the runtime's password"),
+        );
     let runtime = Process::spawn(command, logs.path().join("runtime.log"));
     wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
     for (part, log) in [
@@ -1157,7 +1168,8 @@ fn the_bundled_nats_credentials_are_secrets_each_part_mounts_its_own() {
             "{secrets:?}"
         );
     }
-    // Every Deployment mounts only its own parts' Secrets.
+    // Every Deployment uses only its own parts' Secrets (mounted, or for
+    // the runtime pool put into its environment).
     for (component, own) in [
         (
             "gateway",

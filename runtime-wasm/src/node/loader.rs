@@ -1,7 +1,9 @@
 //! Loading a function's component when an invocation needs it: from this
 //! process's memory, the precompiled artifact on disk, the artifact another
 //! runtime stored in the shared bucket (`sluice-artifacts`), or the module
-//! store (then compiled, and the artifact kept on disk and shared). A registered function that is
+//! store (then compiled, and the artifact kept on disk and shared). A
+//! runtime with no folder for artifacts loads those of the shared bucket
+//! straight from memory. A registered function that is
 //! never invoked holds no component; one that waits never waits for
 //! another function's compile: loads of different digests run side by
 //! side, as many compiling at once as the process has CPUs, first come
@@ -30,7 +32,8 @@ pub(crate) struct Loader {
     /// Where precompiled components are kept; `None` keeps none.
     artifacts: Option<PathBuf>,
     /// Whether components are loaded from, and stored to, the shared
-    /// bucket (`sluice-artifacts`); only with `artifacts`.
+    /// bucket (`sluice-artifacts`): through `artifacts`, or straight from
+    /// memory without it.
     shared: bool,
     metrics: Metrics,
     /// Compiles under way at once: one per CPU the process may use (each
@@ -198,7 +201,7 @@ impl Loader {
         })
         .await??;
         self.cold_start(&prepared.function, "fetched", started);
-        if self.shared && self.artifacts.is_some() {
+        if self.shared {
             self.share(prepared.clone(), replace);
         }
         Ok(prepared)
@@ -215,9 +218,9 @@ impl Loader {
         digest: &ModuleDigest,
     ) -> Result<SharedArtifact, LoadError> {
         use tokio::io::AsyncReadExt as _;
-        let Some(dir) = self.artifacts.clone().filter(|_| self.shared) else {
+        if !self.shared {
             return Ok(SharedArtifact::Missing);
-        };
+        }
         let key = self.runtime.artifact_key(digest);
         let mut object = match self.layout.artifacts.get(&key).await {
             Ok(object) => object,
@@ -241,6 +244,19 @@ impl Loader {
             spec.clone(),
             digest.clone(),
         );
+        let Some(dir) = self.artifacts.clone() else {
+            // No folder: loaded from memory.
+            let prepared = tokio::task::spawn_blocking(move || {
+                Ok::<_, RuntimeError>(
+                    match runtime.prepare_serialized(function, &spec, &digest, &bytes)? {
+                        Some(prepared) => SharedArtifact::Loaded(prepared),
+                        None => SharedArtifact::Unusable,
+                    },
+                )
+            })
+            .await??;
+            return Ok(prepared);
+        };
         let prepared = tokio::task::spawn_blocking(move || {
             if let Err(e) = runtime.keep_precompiled(&digest, &dir, &bytes) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the shared precompiled component; compiling instead");

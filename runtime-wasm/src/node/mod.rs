@@ -62,10 +62,17 @@ pub struct NodeConfig {
     pub artifacts: Option<PathBuf>,
     /// Load components other runtimes compiled from the shared bucket
     /// (`sluice-artifacts`), and store there what this one compiles (only
-    /// with `artifacts`). Its content is run as machine code: keep it on
-    /// only where no one but Sluice's runtimes may publish to
-    /// `$O.sluice-artifacts.>` (the chart's NATS permissions). Default: true.
+    /// with `artifacts` or `artifacts_in_memory`). Its content is run as
+    /// machine code: keep it on only where no one but Sluice's runtimes may
+    /// publish to `$O.sluice-artifacts.>` (the chart's NATS permissions).
+    /// Default: true.
     pub shared_artifacts: bool,
+    /// Without `artifacts`, still use the shared bucket (with
+    /// `shared_artifacts`), loading its artifacts straight from memory: for
+    /// a pod with no writable folder, which then needs no volume (the
+    /// kubelet starts a pod with volumes only once its volume manager has
+    /// seen them mounted, about 300 ms later). Default: false.
+    pub artifacts_in_memory: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`].
     pub admin_listen: SocketAddr,
@@ -92,6 +99,7 @@ impl NodeConfig {
             pool_serves_dedicated: false,
             artifacts: None,
             shared_artifacts: true,
+            artifacts_in_memory: false,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
             drain_grace: DEFAULT_DRAIN_GRACE,
@@ -219,8 +227,8 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let loader = Arc::new(Loader::new(
         runtime.clone(),
         layout.clone(),
-        config.artifacts,
-        config.shared_artifacts,
+        config.artifacts.clone(),
+        config.shared_artifacts && (config.artifacts.is_some() || config.artifacts_in_memory),
         metrics.clone(),
     ));
     let shared = Arc::new(Shared {
