@@ -76,11 +76,8 @@ impl Runtime {
                 return Ok(None);
             }
         };
-        let pre = self
-            .inner
-            .cache
-            .insert(&self.inner.linker, digest, &component)?;
-        Ok(Some(bind(function, spec, digest.clone(), pre)))
+        self.bind_loaded(function, spec, digest, &component)
+            .map(Some)
     }
 
     /// Binds `bytes`, an artifact of `digest` another runtime of this
@@ -102,11 +99,24 @@ impl Runtime {
                 return Ok(None);
             }
         };
+        self.bind_loaded(function, spec, digest, &component)
+            .map(Some)
+    }
+
+    /// Binds a component loaded from an artifact, held in the component
+    /// cache under `digest`.
+    fn bind_loaded(
+        &self,
+        function: FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+        component: &wasmtime::component::Component,
+    ) -> Result<PreparedFunction, RuntimeError> {
         let pre = self
             .inner
             .cache
-            .insert(&self.inner.linker, digest, &component)?;
-        Ok(Some(bind(function, spec, digest.clone(), pre)))
+            .insert(&self.inner.linker, digest, component)?;
+        Ok(bind(function, spec, digest.clone(), pre))
     }
 
     /// Saves the compiled code of `prepared` under `dir`, atomically, so a
