@@ -236,15 +236,7 @@ impl Puller {
             // In line for the next slot meanwhile: one freeing during the
             // fetch goes to the lane the weighted rule picks, this included.
             let mut next = Some(slots.request(lane));
-            // No wait, but an expiry all the same: without one the client
-            // waits for the server's answer for ever, and a fetch lost in a
-            // leader election would stall the lane (and hold its slots).
-            let mut pull = open
-                .fetch()
-                .max_messages(held.len())
-                .expires(PULL_EXPIRY)
-                .messages()
-                .await;
+            let mut pull = open.fetch().max_messages(held.len()).messages().await;
             let mut received = 0_usize;
             let mut waited = false;
             let pulled = loop {
