@@ -42,6 +42,11 @@ use crate::{Attempted, Runtime};
 /// has stored the message that caused it).
 pub(super) const PULL_EXPIRY: Duration = Duration::from_secs(1);
 
+/// How long a pull may go without any answer from the server before it is
+/// given up as lost: past a waiting pull's own expiry and async-nats' 5 s
+/// of grace after it.
+const PULL_UNANSWERED: Duration = Duration::from_secs(10);
+
 /// What every worker of a node shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -245,9 +250,19 @@ impl Puller {
                     Err(e) => break Err(e.to_string()),
                 };
                 // A batch is read to its end even when stopping: the
-                // server may already have sent what it holds for it.
+                // server may already have sent what it holds for it. A
+                // no-wait fetch has no client-side timer in async-nats
+                // (it arms one only from `expires`, which would change what
+                // the server does with the fetch): one whose answer is
+                // lost, as while a leader moves, is given up here instead
+                // of stalling the lane with its slots.
                 let mut ended = Ok(());
-                while let Some(message) = batch.next().await {
+                loop {
+                    let Ok(next) = tokio::time::timeout(PULL_UNANSWERED, batch.next()).await else {
+                        ended = Err("the server did not answer a pull".to_owned());
+                        break;
+                    };
+                    let Some(message) = next else { break };
                     match message {
                         Ok(message) => {
                             let slot = match held.pop() {
