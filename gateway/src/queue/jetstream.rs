@@ -438,7 +438,12 @@ impl InvocationQueue for JetStreamQueue {
         };
         let reply_to = format!("{}.{id}", self.inbox);
         // The id makes a publish sent again through a failover one message.
-        self.enqueue(&invocation, true, &[(REPLY_TO_HEADER, &reply_to)], &id)
+        // Queued in its class's lane, not the `sync` one: the sync lane's
+        // consumer, made on first use, was one more thing to make while a
+        // leader moved, and sync calls through a failover all timed out in
+        // one CI run; a warm function's calls wait in the runtime's `sync`
+        // lane of slots instead (direct calls).
+        self.enqueue(&invocation, false, &[(REPLY_TO_HEADER, &reply_to)], &id)
             .await?;
         let wait = invocation.time_left();
         let answer = tokio::time::timeout(wait + REPLY_GRACE, reply).await;
