@@ -125,6 +125,19 @@ fn loads(node: &Node, source: &str) -> f64 {
 }
 
 /// The names of the artifacts in the shared bucket, with their sizes.
+/// Waits up to 30 s until the bucket holds an artifact; the newest one.
+async fn wait_shared(bucket: &ObjectStore) -> (String, usize) {
+    eventually(
+        "the compiled hello is shared",
+        Duration::from_secs(30),
+        async || match shared_artifacts(bucket).await.pop() {
+            Some(artifact) => Ok(artifact),
+            None => Err("none yet".to_owned()),
+        },
+    )
+    .await
+}
+
 async fn shared_artifacts(bucket: &ObjectStore) -> Vec<(String, usize)> {
     let mut list = bucket.list().await.unwrap();
     let mut names = Vec::new();
@@ -160,15 +173,7 @@ async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_a
     let (first, _disk) = start().await;
     hello_answers().await;
     assert_eq!(loads(&first, "fetched"), 1.0);
-    let stored = eventually(
-        "the compiled hello is shared",
-        Duration::from_secs(30),
-        async || match shared_artifacts(&bucket).await.pop() {
-            Some(artifact) => Ok(artifact),
-            None => Err("none yet".to_owned()),
-        },
-    )
-    .await;
+    let stored = wait_shared(&bucket).await;
     first.shutdown().await;
 
     let (second, _disk) = start().await;
@@ -226,15 +231,7 @@ async fn a_runtime_without_a_folder_shares_and_loads_artifacts_in_memory() {
     let first = start(true).await;
     hello_answers().await;
     assert_eq!(loads(&first, "fetched"), 1.0);
-    eventually(
-        "the compiled hello is shared",
-        Duration::from_secs(30),
-        async || match shared_artifacts(&bucket).await.pop() {
-            Some(artifact) => Ok(artifact),
-            None => Err("none yet".to_owned()),
-        },
-    )
-    .await;
+    wait_shared(&bucket).await;
     first.shutdown().await;
 
     // ...and the next loads it into memory, compiling nothing.
