@@ -6,11 +6,20 @@
 # alternating order:
 #   - local mode, sync `hello` (wrk on loopback);
 #   - NATS mode, sync `hello` (gateway + one runtime + nats-server);
-#   - NATS mode, async accept rate (202s per second);
+#   - NATS mode, async accept rate (202s per second), no runtime running;
+#   - async end to end, local mode and NATS mode with one runtime: wrk
+#     submits for the round's seconds, then the clock runs until the
+#     runtime's `sluice_invocation_attempts_total{outcome="succeeded"}` has
+#     counted every 202; completions per second = 202s ÷ that time;
 # then an idle runtime serving $IDLE_FUNCTIONS (default 10,000) functions,
 # each build twice alternately (scripts/bench-idle.sh: NATS messages/s by
 # nats-server's counters, CPU from /proc); and finally the in-process
 # invoke bench of each tree, alternately.
+# With MUSL=1, a third build joins the NATS-mode rounds: this tree as the
+# container images build it (x86_64-unknown-linux-musl, profile `image`, the
+# gateway without local mode; its own target dir, $MUSL_TARGET_DIR, default
+# target/images as scripts/test.sh uses), so the images' allocator and libc
+# are measured against the glibc build on the same benchmark.
 # Usage: scripts/bench-ab.sh BASE_REV [rounds] [seconds]
 set -euo pipefail
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -53,6 +62,17 @@ build "$root" new "$target"
 mkdir -p "$work/base-target"
 cp -a "$target/release" "$work/base-target/"
 build "$work/base-tree" base "$work/base-target"
+builds="base new"
+if [ "${MUSL:-0}" = 1 ]; then
+  musl_target=${MUSL_TARGET_DIR:-$root/target/images}
+  rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+  command -v musl-gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq musl-tools; }
+  CARGO_TARGET_DIR=$musl_target cargo build --locked --profile image --target x86_64-unknown-linux-musl -p sluice-runtime
+  CARGO_TARGET_DIR=$musl_target cargo build --locked --profile image --target x86_64-unknown-linux-musl -p sluice-gateway --no-default-features
+  mkdir -p "$work/musl"
+  cp "$musl_target/x86_64-unknown-linux-musl/image/sluice-gateway" "$musl_target/x86_64-unknown-linux-musl/image/sluice-runtime" "$work/musl/"
+  builds="base new musl"
+fi
 
 hello=$root/examples/target/wasm32-wasip2/release/hello.wasm
 mkdir "$work/functions"
@@ -67,15 +87,32 @@ YAML
 wait_for() { for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 stop() { for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 rps() { wrk -t1 -c"$connections" -d"${seconds}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+succeeded() { # admin address: succeeded attempts so far
+  curl -sf "http://$1/metrics" | awk '/^sluice_invocation_attempts_total\{/ && /outcome="succeeded"/ {n += $NF} END {printf "%d", n}'
+}
+completions() { # admin address, async URL: completions per second, submit to last success
+  local before start accepted end
+  before=$(succeeded "$1")
+  start=$(date +%s.%N)
+  accepted=$(wrk -t1 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$2" \
+    | awk '/requests in/ {n = $1} /Non-2xx/ {bad = $NF} END {print n - bad}')
+  for _ in $(seq 1200); do
+    [ $(($(succeeded "$1") - before)) -ge "$accepted" ] && break
+    sleep 0.05
+  done
+  end=$(date +%s.%N)
+  awk -v n="$accepted" -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", n / (e - s)}'
+}
 
 declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
 
 local_round() { # build
-  RUST_LOG=warn "$work/$1/sluice-gateway" --local "$work/functions" --listen 127.0.0.1:18182 --admin-listen 127.0.0.1:19192 >"$work/$1-local.log" 2>&1 &
+  RUST_LOG=warn "$work/$1/sluice-gateway" --local "$work/functions" --max-queue-depth 1000000 --listen 127.0.0.1:18182 --admin-listen 127.0.0.1:19192 >"$work/$1-local.log" 2>&1 &
   local gw=$!
   wait_for http://127.0.0.1:19192/readyz
   record "$1 local-sync" "$(rps http://127.0.0.1:18182/fn/default/hello/)"
+  record "$1 local-async" "$(completions 127.0.0.1:19192 http://127.0.0.1:18182/async/fn/default/hello/)"
   stop "$gw"
 }
 
@@ -94,6 +131,7 @@ nats_round() { # build
   local rt=$!
   for _ in $(seq 300); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18183/fn/default/hello/)" = 200 ] && break; sleep 0.1; done
   record "$1 nats-sync" "$(rps http://127.0.0.1:18183/fn/default/hello/)"
+  record "$1 nats-async" "$(completions 127.0.0.1:19194 http://127.0.0.1:18183/async/fn/default/hello/)"
   stop "$rt"
   record "$1 nats-accept" "$(rps -s "$work/post.lua" http://127.0.0.1:18183/async/fn/default/hello/)"
   stop "$gw" "$nats"
@@ -101,10 +139,11 @@ nats_round() { # build
 printf 'wrk.method = "POST"\nwrk.body = "x"\n' > "$work/post.lua"
 
 for round in $(seq "$rounds"); do
-  order="base new"; [ $((round % 2)) = 0 ] && order="new base"
+  # Each round reverses the last one's order, so no build always goes first.
+  order=$builds; [ $((round % 2)) = 0 ] && order=$(echo "$builds" | tr ' ' '\n' | tac | tr '\n' ' ')
   for b in $order; do
     echo "== round $round: $b"
-    local_round "$b"
+    [ "$b" = musl ] || local_round "$b"
     nats_round "$b"
   done
 done
@@ -113,12 +152,22 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[i
 echo
 echo "requests per second, median of $rounds rounds of ${seconds}s (each round's values in brackets)"
 printf '%-12s %-28s %-28s %s\n' what "base $base_rev" "new $(git rev-parse --short HEAD)" "new/base"
-for what in local-sync nats-sync nats-accept; do
+for what in local-sync nats-sync nats-accept local-async nats-async; do
   b=$(echo "${results[base $what]}" | median); n=$(echo "${results[new $what]}" | median)
   printf '%-12s %-28s %-28s %s\n' "$what" "$b [${results[base $what]# }]" "$n [${results[new $what]# }]" "$(awk -v n="$n" -v b="$b" 'BEGIN {printf "%.3f", n / b}')"
 done
 ratio() { awk -v n="$(echo "${results[$1 nats-sync]}" | median)" -v l="$(echo "${results[$1 local-sync]}" | median)" 'BEGIN {printf "%.2f", n / l}'; }
 printf '%-12s %-28s %-28s\n' "nats/local" "$(ratio base)" "$(ratio new)"
+async_ratio() { awk -v n="$(echo "${results[$1 nats-async]}" | median)" -v l="$(echo "${results[$1 local-async]}" | median)" 'BEGIN {printf "%.2f", n / l}'; }
+printf '%-12s %-28s %-28s\n' "async n/l" "$(async_ratio base)" "$(async_ratio new)"
+if [ "$builds" = "base new musl" ]; then
+  echo
+  echo "the image build (musl, profile image) against this tree's glibc release build, NATS mode"
+  for what in nats-sync nats-accept nats-async; do
+    g=$(echo "${results[new $what]}" | median); m=$(echo "${results[musl $what]}" | median)
+    printf '%-12s glibc %-28s musl %-28s musl/glibc %s\n' "$what" "$g [${results[new $what]# }]" "$m [${results[musl $what]# }]" "$(awk -v m="$m" -v g="$g" 'BEGIN {printf "%.3f", m / g}')"
+  done
+fi
 
 echo
 echo "== idle runtime serving ${IDLE_FUNCTIONS:-10000} functions, none invoked, alternately"
