@@ -1044,12 +1044,16 @@ pub fn keyed_consumer_config(
 /// The durable pull consumer of one priority lane of a function
 /// ([`sluice_api::priority`]): as [`consumer_config`], filtering the lane's
 /// subject. Lanes share the function's `max_ack_pending` each (the
-/// runtime's slots bound what runs at once).
+/// runtime's slots bound what runs at once). `normal`'s is the function's
+/// own consumer, [`consumer_config`].
 pub fn lane_consumer_config(
     function: &FunctionRef,
     spec: &FunctionSpec,
     lane: Lane,
 ) -> consumer::pull::Config {
+    if lane == Lane::Normal {
+        return consumer_config(function, spec);
+    }
     consumer::pull::Config {
         durable_name: Some(function.lane_consumer_name(lane)),
         description: Some(format!(

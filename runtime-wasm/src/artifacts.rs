@@ -49,6 +49,19 @@ impl Runtime {
         format!("{}.{digest}", self.engine_key())
     }
 
+    /// `wasm` compiled for this engine and serialized, as the shared bucket
+    /// holds it under [`Self::artifact_key`], without keeping it in this
+    /// process. Blocking (a compile).
+    ///
+    /// # Errors
+    /// [`RuntimeError::NotAComponent`] when wasmtime cannot compile it.
+    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+        self.inner
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| RuntimeError::NotAComponent(format!("{e:#}")))
+    }
+
     /// Binds the precompiled artifact of `digest` from `dir`. `None` when
     /// there is none, or when it is unusable (then it is removed, so the
     /// caller compiles and saves a good one). Blocking.

@@ -78,6 +78,11 @@ impl ComponentCache {
         Ok((digest, pre))
     }
 
+    /// Whether the component of `digest` is held (not marking it used).
+    pub(crate) fn contains(&self, digest: &ModuleDigest) -> bool {
+        self.lock().by_digest.contains_key(digest)
+    }
+
     /// The component of `digest` if it is held, marked as used now.
     pub(crate) fn get(&self, digest: &ModuleDigest) -> Option<ProxyPre<Host>> {
         let mut held = self.lock();

@@ -171,6 +171,11 @@ impl Runtime {
             .map(|pre| bind(function, spec, digest.clone(), pre)))
     }
 
+    /// Whether this process holds the component of `digest` compiled.
+    pub(crate) fn holds(&self, digest: &ModuleDigest) -> bool {
+        self.inner.cache.contains(digest)
+    }
+
     pub(crate) fn check_limits(&self, spec: &FunctionSpec) -> Result<(), RuntimeError> {
         let max = self.inner.config.max_instance_memory;
         if spec.limits.memory > max {

@@ -48,6 +48,13 @@ struct Args {
     /// see to it).
     #[arg(long, env = "SLUICE_SHARED_ARTIFACTS", default_value_t = true, action = clap::ArgAction::Set)]
     shared_artifacts: bool,
+    /// Without --function (a pool runtime): compile each registered
+    /// component ahead of its first invocation, one at a time in the
+    /// background, and store it in sluice-artifacts (with
+    /// --shared-artifacts), so that first invocation, here or in a
+    /// dedicated runtime, loads it instead of compiling.
+    #[arg(long, env = "SLUICE_PRECOMPILE_REGISTERED", default_value_t = true, action = clap::ArgAction::Set)]
+    precompile_registered: bool,
     /// Bytes of compiled components kept in memory; past it the least
     /// recently used are dropped and reloaded from their precompiled
     /// artifact when next invoked. Part of --memory-reserve.
@@ -134,6 +141,7 @@ async fn run() -> anyhow::Result<()> {
     config.artifacts = (!args.artifacts_in_memory).then(|| args.artifacts.clone());
     config.artifacts_in_memory = args.artifacts_in_memory;
     config.shared_artifacts = args.shared_artifacts;
+    config.precompile_registered = args.precompile_registered;
     config.runtime.component_cache = args.component_cache;
     config.admin_listen = args.admin_listen;
     config.drain_grace = args.drain_grace.0;

@@ -133,6 +133,10 @@ pub struct NatsStack {
     /// The egress policy of gateways on it (and of its runtime node, unless
     /// changed after it started). Default: [`loopback_egress`].
     pub egress: Arc<EgressPolicy>,
+    /// Whether its runtime node compiles registered components ahead of
+    /// their first invocation ([`NodeConfig::precompile_registered`]).
+    /// Default: true.
+    pub precompile: bool,
     _artifacts: tempfile::TempDir,
 }
 
@@ -161,6 +165,7 @@ impl NatsStack {
         let mut config = NodeConfig::new(&self.server.url);
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = Some(self._artifacts.path().to_owned());
+        config.precompile_registered = self.precompile;
         config.runtime.egress = self.egress.clone();
         // Boxed: a test's future sits on its thread's stack, and the node's
         // start is large in a debug build.
@@ -192,6 +197,7 @@ impl NatsStack {
             layout,
             settings,
             egress: loopback_egress(),
+            precompile: true,
             _artifacts: artifacts,
         }
     }
@@ -200,22 +206,29 @@ impl NatsStack {
         publish_dir(&self.publisher, dir).await;
     }
 
-    /// Waits up to 30s until a runtime has opened `function`'s consumer.
+    /// Waits up to 30s until this stack's runtime serves `function`.
     pub async fn wait_serving(&self, function: &FunctionRef) {
-        let consumers = &self.layout.invocations;
-        eventually(
-            &format!("a runtime serves {function}"),
-            Duration::from_secs(30),
-            async || {
-                consumers
-                    .consumer_info(function.consumer_name())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
+        wait_serving(
+            self.node.as_ref().expect("a runtime in this stack"),
+            function,
         )
         .await;
     }
+}
+
+/// Waits up to 30s until `node` serves `function` (its worker starts at
+/// the function's first invocation).
+pub async fn wait_serving(node: &Node, function: &FunctionRef) {
+    eventually(
+        &format!("a runtime serves {function}"),
+        Duration::from_secs(30),
+        async || {
+            node.serves(function)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await;
 }
 
 /// Publishes the functions of the manifests in `dir` with `publisher`.

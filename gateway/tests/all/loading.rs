@@ -42,7 +42,10 @@ fn compiled(text: &str, function: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_function_answers_before_the_others_have_compiled() {
     let dir = manifest_dir(&large_functions());
-    let stack = NatsStack::start().await;
+    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    // Each compile is the first invocation's here.
+    stack.precompile = false;
+    stack.start_runtime().await;
     stack.publish_dir(dir.path()).await;
     for name in LARGE {
         let function: FunctionRef = format!("default/{name}").parse().unwrap();
@@ -148,6 +151,33 @@ async fn shared_artifacts(bucket: &ObjectStore) -> Vec<(String, usize)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_runtime_compiles_a_registered_function_before_its_first_invocation() {
+    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let bucket = stack.layout.artifacts.clone();
+    stack.start_runtime().await;
+    let dir = manifest_dir(HELLO);
+    stack.publish_dir(dir.path()).await;
+    // Shared before anything invoked it, and not kept in memory.
+    wait_shared(&bucket).await;
+    let text = stack.node.as_ref().unwrap().metrics_text();
+    assert_eq!(
+        metric(&text, "sluice_runtime_components_loaded"),
+        0.0,
+        "{text}"
+    );
+
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/hello").await;
+    assert_eq!(
+        gw.get("/fn/default/hello").await.text(),
+        "Hello from Sluice!\n"
+    );
+    let node = gw.nats.as_ref().unwrap().node.as_ref().unwrap();
+    assert_eq!(loads(node, "shared"), 1.0, "{}", node.metrics_text());
+    assert_eq!(loads(node, "fetched"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_artifact() {
     let stack = NatsStack::without_runtime(LayoutConfig::default()).await;
     stack.publish_dir(manifest_dir(HELLO).path()).await;
@@ -161,6 +191,8 @@ async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_a
         let mut config = NodeConfig::new(&url);
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = Some(disk.path().to_owned());
+        // The first compiles at its first invocation, not before.
+        config.precompile_registered = false;
         (Box::pin(node::start(config)).await.unwrap(), disk)
     };
     // Async, given time: a compile on a busy machine may outlast a sync
@@ -220,6 +252,7 @@ async fn a_runtime_without_a_folder_shares_and_loads_artifacts_in_memory() {
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = None;
         config.artifacts_in_memory = in_memory;
+        config.precompile_registered = false;
         Box::pin(node::start(config)).await.unwrap()
     };
     let hello_answers = async || {

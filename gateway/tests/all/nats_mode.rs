@@ -17,7 +17,7 @@ use sluice_runtime::node::{self, NodeConfig};
 
 use crate::harness::{
     Backend, ECHO_ON_ORDERS, NatsStack, STOCK_MAX_PAYLOAD, TestGateway, eventually, manifest_dir,
-    metric, stored_body, stored_header, stored_headers,
+    metric, stored_body, stored_header, stored_headers, wait_serving,
 };
 use sluice_testing::NatsServer;
 
@@ -106,7 +106,7 @@ async fn a_dedicated_runtime_serves_only_its_function() {
     config.function = Some("default/echo".parse().unwrap());
     let node = node::start(config).await.unwrap();
     let echo: FunctionRef = "default/echo".parse().unwrap();
-    stack.wait_serving(&echo).await;
+    wait_serving(&node, &echo).await;
     let gw = TestGateway::on_nats(stack, dir).await;
     gw.wait_routed("default/echo").await;
     let reply = gw.get("/fn/default/echo/x").await;
@@ -132,6 +132,36 @@ async fn a_dedicated_runtime_serves_only_its_function() {
         "the dedicated runtime opened hello's consumer"
     );
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_never_invoked_costs_no_consumer_until_its_first_invocation() {
+    let dir = manifest_dir(&hello("Hi"));
+    let stack = NatsStack::start().await;
+    stack.publish_dir(dir.path()).await;
+    let hello: FunctionRef = "default/hello".parse().unwrap();
+    stack.wait_serving(&hello).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/hello").await;
+    let layout = &gw.nats.as_ref().unwrap().layout;
+    let consumer = async || {
+        layout
+            .invocations
+            .consumer_info(hello.consumer_name())
+            .await
+            .is_ok()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !consumer().await,
+        "the runtime opened the consumer of a function never invoked"
+    );
+
+    assert_eq!(
+        gw.get("/fn/default/hello/").await.text(),
+        "Hi from Sluice!\n"
+    );
+    assert!(consumer().await, "the first invocation started the worker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,6 +200,7 @@ async fn a_restarted_runtime_loads_the_precompiled_component_from_disk() {
         let mut config = NodeConfig::new(url);
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.artifacts = Some(artifacts.path().to_owned());
+        config.precompile_registered = false;
         config
     };
     stack.publish_dir(manifest_dir(&hello("Hi")).path()).await;

@@ -8,9 +8,14 @@
 //! another function's compile: loads of different digests run side by
 //! side, as many compiling at once as the process has CPUs, first come
 //! first served; loads of one digest run once, the others waiting for it.
+//!
+//! A pool node also compiles each newly registered component ahead of its
+//! first invocation ([`Loader::precompile`]) and stores it in the shared
+//! bucket, keeping nothing in memory: a function's first invocation on any
+//! runtime is then a download and a deserialize, not a compile.
 
 use sluice_serve::sync;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -42,6 +47,15 @@ pub(crate) struct Loader {
     cpus: Semaphore,
     /// One gate per digest being loaded, so a digest loads once.
     loading: Mutex<HashMap<ModuleDigest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compile registered components ahead of their first invocation
+    /// (with `shared` only: the bucket is where they are kept).
+    ahead: bool,
+    /// Digests already looked at for [`Loader::precompile`]: one look per
+    /// component, however many functions share it.
+    looked_at: Mutex<HashSet<ModuleDigest>>,
+    /// One compile ahead at a time, beside (never holding a CPU from) the
+    /// compiles invocations wait for.
+    one_ahead: Semaphore,
 }
 
 /// A function as a worker serves it: its spec and digest, its component
@@ -90,6 +104,8 @@ pub(crate) enum LoadError {
     Fetch(#[from] FetchError),
     #[error("the loading task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot store the compiled component in the shared bucket: {0}")]
+    Share(String),
 }
 
 impl Loader {
@@ -98,6 +114,7 @@ impl Loader {
         layout: Layout,
         artifacts: Option<PathBuf>,
         shared: bool,
+        ahead: bool,
         metrics: Metrics,
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -109,7 +126,50 @@ impl Loader {
             metrics,
             cpus: Semaphore::new(cpus),
             loading: Mutex::default(),
+            ahead: ahead && shared,
+            looked_at: Mutex::default(),
+            one_ahead: Semaphore::new(1),
         }
+    }
+
+    /// Compiles the component of `digest` in the background unless this
+    /// process or the shared bucket holds it already, and stores it in the
+    /// bucket; nothing is kept in memory or on disk, so registering many
+    /// functions costs neither. An invocation needing it meanwhile waits
+    /// for this compile (one gate per digest) rather than compiling it
+    /// again. Failures are logged: the first invocation compiles as
+    /// before.
+    pub fn precompile(self: &Arc<Self>, function: &FunctionRef, digest: &ModuleDigest) {
+        if !self.ahead || !sync::lock(&self.looked_at).insert(digest.clone()) {
+            return;
+        }
+        let (loader, function, digest) = (self.clone(), function.clone(), digest.clone());
+        tokio::spawn(async move {
+            let Ok(_one) = loader.one_ahead.acquire().await else {
+                return;
+            };
+            if let Err(e) = loader.gated(&digest, loader.precompile_now(&digest)).await {
+                tracing::warn!(%function, %digest, error = %e, "cannot compile the component ahead of its first invocation; that invocation compiles it");
+            }
+        });
+    }
+
+    async fn precompile_now(&self, digest: &ModuleDigest) -> Result<(), LoadError> {
+        let key = self.runtime.artifact_key(digest);
+        if self.runtime.holds(digest) || self.layout.artifacts.info(&key).await.is_ok() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let wasm = self.layout.fetch_module(digest).await?;
+        let runtime = self.runtime.clone();
+        let bytes = tokio::task::spawn_blocking(move || runtime.precompile(&wasm)).await??;
+        self.layout
+            .artifacts
+            .put(key.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| LoadError::Share(e.to_string()))?;
+        tracing::info!(%key, bytes = bytes.len(), seconds = started.elapsed().as_secs_f64(), "compiled ahead of its first invocation and shared");
+        Ok(())
     }
 
     /// `function` bound to the component of `digest`, loaded if needed.
@@ -125,17 +185,22 @@ impl Loader {
         {
             return Ok(prepared);
         }
+        self.gated(digest, self.load(function, spec, digest)).await
+    }
+
+    /// Runs `work` as the only load of `digest` under way.
+    async fn gated<T>(&self, digest: &ModuleDigest, work: impl Future<Output = T>) -> T {
         let gate = self.gates().entry(digest.clone()).or_default().clone();
-        let loaded = {
+        let done = {
             let _only_loader = gate.lock().await;
-            self.load(function, spec, digest).await
+            work.await
         };
         let mut gates = self.gates();
         // The map's and ours: nobody else waits at this gate.
         if Arc::strong_count(&gate) == 2 {
             gates.remove(digest);
         }
-        loaded
+        done
     }
 
     fn gates(

@@ -1,8 +1,10 @@
 //! A runtime node (`sluice-runtime --nats URL`): follows the registry and
-//! runs a worker per function on its durable consumer; the function's
-//! component is loaded by digest when an invocation first needs it
-//! ([`loader`]). Shutting down stops every worker's
-//! pulling and waits for what they hold: nothing in flight is lost.
+//! runs a worker per function on its durable consumer, started by the
+//! function's first wake ([`wake`]); the function's component is loaded by
+//! digest when an invocation first needs it ([`loader`]). So a function
+//! registered and never invoked costs a pool node its registry entry
+//! alone. Shutting down stops every worker's pulling and waits for what
+//! they hold: nothing in flight is lost.
 
 mod cancel;
 mod direct;
@@ -26,7 +28,7 @@ use sluice_nats::registry::{RegistryEvent, RegistryWatcher};
 use sluice_nats::{NatsError, NatsSecurity, PAYLOAD_HEADROOM};
 use sluice_serve::{Admin, Service};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::callback::Callbacks;
@@ -73,6 +75,12 @@ pub struct NodeConfig {
     /// kubelet starts a pod with volumes only once its volume manager has
     /// seen them mounted, about 300 ms later). Default: false.
     pub artifacts_in_memory: bool,
+    /// A pool node (no `function`) compiles each component registered,
+    /// dedicated functions' included, ahead of its first invocation and
+    /// stores it in the shared bucket (with `shared_artifacts` only), one
+    /// at a time in the background: a function's first invocation then
+    /// loads it instead of compiling. Default: true.
+    pub precompile_registered: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`].
     pub admin_listen: SocketAddr,
@@ -100,6 +108,7 @@ impl NodeConfig {
             artifacts: None,
             shared_artifacts: true,
             artifacts_in_memory: false,
+            precompile_registered: true,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
             drain_grace: DEFAULT_DRAIN_GRACE,
@@ -130,9 +139,15 @@ pub struct Node {
     pub admin_addr: SocketAddr,
     admin: Arc<Admin>,
     service: Service,
+    shared: Arc<Shared>,
 }
 
 impl Node {
+    /// Whether this node serves `function` (its worker started or not).
+    pub fn serves(&self, function: &FunctionRef) -> bool {
+        self.shared.wakes.serves(function)
+    }
+
     /// What `/metrics` answers now.
     pub fn metrics_text(&self) -> String {
         self.admin.encode_metrics()
@@ -229,8 +244,10 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         layout.clone(),
         config.artifacts.clone(),
         config.shared_artifacts && (config.artifacts.is_some() || config.artifacts_in_memory),
+        config.precompile_registered && config.function.is_none(),
         metrics.clone(),
     ));
+    let (starts, start_requests) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         runtime,
         layout,
@@ -238,16 +255,16 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         metrics,
         callbacks,
         running,
-        wakes: wake::Wakes::default(),
         lines: direct::Lines::default(),
+        wakes: wake::Wakes::new(starts),
     });
-    let waking = tokio::spawn(wake::run(
-        shared.clone(),
-        wake::subjects(config.function.as_ref()),
-    ));
+    let subjects = wake::subjects(config.function.as_ref());
+    let waking = tokio::spawn(wake::run(shared.clone(), subjects.clone()));
     let reporting = tokio::spawn(direct::report(shared.clone()));
     let node = NodeLoop {
-        shared,
+        shared: shared.clone(),
+        subjects,
+        caught_up: false,
         only: config.function,
         drain_grace: config.drain_grace,
         pool_serves_dedicated: config.pool_serves_dedicated,
@@ -258,7 +275,7 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         admin: admin.clone(),
     };
     let service = Service::spawn(|stop| async move {
-        node.run(watcher, stop).await;
+        node.run(watcher, start_requests, stop).await;
         waking.abort();
         reporting.abort();
         admin_service.shutdown().await;
@@ -267,17 +284,23 @@ pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         admin_addr,
         admin,
         service,
+        shared,
     })
 }
 
 struct NodeLoop {
     shared: Arc<Shared>,
+    /// The invocation subjects this node serves ([`wake::subjects`]).
+    subjects: Vec<String>,
+    /// Whether the registry as it was at start has been read.
+    caught_up: bool,
     only: Option<FunctionRef>,
     pool_serves_dedicated: bool,
     loader: Arc<Loader>,
-    workers: HashMap<FunctionRef, (RegistryEntry, Worker)>,
-    /// Entries that could not be served yet (module store or consumer
-    /// unreachable, say); tried again every [`RETRY_EVERY`].
+    /// Every function served here: its worker once woken ([`wake`]).
+    workers: HashMap<FunctionRef, (RegistryEntry, Option<Worker>)>,
+    /// Entries that could not be served yet (over this node's limits);
+    /// tried again every [`RETRY_EVERY`].
     failed: HashMap<FunctionRef, RegistryEntry>,
     /// Replaced or removed workers finishing what they hold.
     retired: Vec<Worker>,
@@ -285,19 +308,25 @@ struct NodeLoop {
     drain_grace: Duration,
 }
 
-/// How often entries that failed to load are tried again.
+/// How often entries that could not be served are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 /// The part of the drain kept for callbacks of what finished last (one
 /// delivery's attempt takes at most 10 s).
 const CALLBACK_SHARE: Duration = Duration::from_secs(10);
 
 impl NodeLoop {
-    async fn run(mut self, mut watcher: RegistryWatcher, mut shutdown: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        mut watcher: RegistryWatcher,
+        mut start_requests: mpsc::UnboundedReceiver<FunctionRef>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) {
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = watcher.next() => self.apply(event).await,
+                Some(function) = start_requests.recv() => self.wake_up(&function),
                 _ = retry.tick() => self.retry_failed().await,
                 _ = &mut shutdown => break,
             }
@@ -307,7 +336,7 @@ impl NodeLoop {
             functions = self.workers.len(),
             "draining: finishing held invocations"
         );
-        let mut workers: Vec<_> = self.workers.drain().map(|(_, (_, w))| w).collect();
+        let mut workers: Vec<_> = self.workers.drain().filter_map(|(_, (_, w))| w).collect();
         workers.append(&mut self.retired);
         let deadline = Instant::now() + self.drain_grace;
         for worker in &workers {
@@ -344,18 +373,31 @@ impl NodeLoop {
         match event {
             // Ready once every function registered at start is served or
             // known to have failed (and is being retried).
-            RegistryEvent::CaughtUp => self.admin.set_ready(true),
+            RegistryEvent::CaughtUp => {
+                self.admin.set_ready(true);
+                self.caught_up = true;
+                // What was queued before this node knew its functions woke
+                // nobody: ask the stream once for all of them.
+                let (shared, subjects) = (self.shared.clone(), self.subjects.clone());
+                tokio::spawn(async move { wake::sweep_all(&shared, &subjects).await });
+            }
             RegistryEvent::Removed { function, .. } => {
                 if self.wanted(&function) {
                     self.stop_serving(&function, "removed from the registry; stopping");
                 }
             }
             RegistryEvent::Put { entry, .. } if !self.wanted(&entry.function) => {}
-            RegistryEvent::Put { entry, .. } if !self.serves(&entry.spec) => self.stop_serving(
-                &entry.function,
-                "placement: dedicated; leaving it to its own runtime",
-            ),
-            RegistryEvent::Put { entry, .. } => self.deploy(*entry).await,
+            RegistryEvent::Put { entry, .. } if !self.serves(&entry.spec) => {
+                // Its own runtime, started at its first invocation, loads
+                // what this node compiled.
+                self.loader
+                    .precompile(&entry.function, &entry.module_digest);
+                self.stop_serving(
+                    &entry.function,
+                    "placement: dedicated; leaving it to its own runtime",
+                );
+            }
+            RegistryEvent::Put { entry, .. } => self.deploy(*entry),
         }
     }
 
@@ -372,22 +414,27 @@ impl NodeLoop {
 
     fn stop_serving(&mut self, function: &FunctionRef, why: &str) {
         self.failed.remove(function);
+        self.shared.wakes.forget(function);
         if let Some((_, worker)) = self.workers.remove(function) {
             tracing::info!(%function, "{why}");
-            self.retire(worker);
+            if let Some(worker) = worker {
+                self.retire(worker);
+            }
         }
     }
 
     async fn retry_failed(&mut self) {
         let failed: Vec<_> = self.failed.drain().map(|(_, entry)| entry).collect();
         for registered in failed {
-            self.deploy(registered).await;
+            self.deploy(registered);
         }
     }
 
-    /// Serves `registered`, replacing the version served so far; on failure
-    /// it is tried again later.
-    async fn deploy(&mut self, registered: RegistryEntry) {
+    /// Serves `registered`, replacing the version served so far: a worker
+    /// at once for a dedicated node's function (started because it has
+    /// work) or in place of a running one, else at the function's first
+    /// wake. One over this node's limits is tried again later.
+    fn deploy(&mut self, registered: RegistryEntry) {
         let function = registered.function.clone();
         if self
             .workers
@@ -396,24 +443,48 @@ impl NodeLoop {
         {
             return;
         }
-        let ready = async {
-            // What can never serve is refused before the component loads.
-            self.shared.runtime.check_limits(&registered.spec)?;
-            self.shared
-                .layout
-                .consumer(&function, &registered.spec)
-                .await
-                .map_err(DeployError::Consumer)
-        };
-        let consumer = match ready.await {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                tracing::error!(%function, digest = %registered.module_digest, error = %e, "not serving it yet; trying again in {RETRY_EVERY:?}");
-                self.failed.insert(function, registered);
-                return;
-            }
-        };
+        // What can never serve is refused before the component loads.
+        if let Err(e) = self.shared.runtime.check_limits(&registered.spec) {
+            tracing::error!(%function, digest = %registered.module_digest, error = %e, "not serving it yet; trying again in {RETRY_EVERY:?}");
+            self.failed.insert(function, registered);
+            return;
+        }
         self.failed.remove(&function);
+        tracing::info!(%function, digest = %registered.module_digest, "serving");
+        self.loader.precompile(&function, &registered.module_digest);
+        let awake = self.only.is_some()
+            || self
+                .workers
+                .get(&function)
+                .is_some_and(|(_, worker)| worker.is_some());
+        let old = self.workers.insert(function.clone(), (registered, None));
+        if let Some((_, Some(old))) = old {
+            // The old version finishes what it holds; the new one pulls.
+            self.retire(old);
+        }
+        if awake {
+            self.wake_up(&function);
+            return;
+        }
+        self.shared.wakes.sleep(&function);
+        if self.caught_up {
+            // Registered after the start's sweep: what was queued for it
+            // before now woke nobody.
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                for subject in function.queue_subjects() {
+                    wake::sweep_once(&shared, &subject).await;
+                }
+            });
+        }
+    }
+
+    /// Starts the worker of `function` if it is served here and has none.
+    fn wake_up(&mut self, function: &FunctionRef) {
+        let Some((registered, worker @ None)) = self.workers.get_mut(function) else {
+            return;
+        };
+        self.shared.wakes.forget(function);
         let served = Arc::new(Served {
             function: function.clone(),
             spec: registered.spec.clone(),
@@ -426,12 +497,7 @@ impl NodeLoop {
             let served = served.clone();
             tokio::spawn(async move { drop(served.prepared().await) });
         }
-        tracing::info!(%function, digest = %registered.module_digest, "serving");
-        let worker = Worker::start(self.shared.clone(), served, consumer);
-        if let Some((_, old)) = self.workers.insert(function, (registered, worker)) {
-            // The old version finishes what it holds; the new one pulls.
-            self.retire(old);
-        }
+        *worker = Some(Worker::start(self.shared.clone(), served));
     }
 
     fn retire(&mut self, worker: Worker) {
@@ -439,13 +505,4 @@ impl NodeLoop {
         self.retired.retain(|w| !w.is_finished());
         self.retired.push(worker);
     }
-}
-
-/// Why a registered function could not be served.
-#[derive(Debug, thiserror::Error)]
-enum DeployError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("cannot open the function's consumer: {0}")]
-    Consumer(#[source] NatsError),
 }

@@ -16,16 +16,22 @@
 //! (`sluice.invoke.<ns>.<fn>.p.<lane>`) or an ordering bucket's
 //! (`….k.<bucket>`) wakes that queue's loop of the function's worker
 //! ([`super::worker`], [`super::ordered`]), started by the first such wake.
+//!
+//! A pool node starts no worker for a function until its first wake: a
+//! function registered and never invoked costs its registry entry and a
+//! name in [`Wakes`], not a task, a consumer handle or a consumer on the
+//! server. The first wake of such a function asks the node to start its
+//! worker (once: the name leaves the asleep set as the request goes).
 
 use sluice_serve::sync;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use sluice_api::Lane;
 use sluice_api::names::{FunctionRef, INVOKE_SUBJECTS, Queue};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::worker::Shared;
 
@@ -39,10 +45,16 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// reads a counter of the client.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
-/// The wake-ups of each served function's worker, by function.
+/// The wake-ups of each served function's worker, by function, and the
+/// functions served with no worker yet.
 #[derive(Debug, Default)]
 pub(crate) struct Wakes {
     workers: Mutex<HashMap<FunctionRef, WorkerWakes>>,
+    asleep: Mutex<HashSet<FunctionRef>>,
+    /// Where a wake of an asleep function asks for its worker. Unbounded,
+    /// yet holding at most one request per function served: a name is
+    /// sent only as it leaves `asleep`.
+    starts: Option<mpsc::UnboundedSender<FunctionRef>>,
 }
 
 /// One worker's wake-ups: its `normal` lane's, and those of its other
@@ -81,6 +93,31 @@ impl SideWakes {
 }
 
 impl Wakes {
+    /// Wakes whose first wake of an asleep function ([`Self::sleep`]) is
+    /// sent on `starts`.
+    pub fn new(starts: mpsc::UnboundedSender<FunctionRef>) -> Self {
+        Self {
+            starts: Some(starts),
+            ..Self::default()
+        }
+    }
+
+    /// `function` is served here with no worker: its next wake asks for one.
+    pub fn sleep(&self, function: &FunctionRef) {
+        sync::lock(&self.asleep).insert(function.clone());
+    }
+
+    /// `function` is no longer served here, or its worker is starting.
+    pub fn forget(&self, function: &FunctionRef) {
+        sync::lock(&self.asleep).remove(function);
+    }
+
+    /// Whether `function` is served here: asleep, or with a worker (a
+    /// moment neither while its worker starts).
+    pub fn serves(&self, function: &FunctionRef) -> bool {
+        sync::lock(&self.asleep).contains(function) || self.lock().contains_key(function)
+    }
+
     /// A new worker's wake-ups for `function`, replacing the previous
     /// version's (which is stopping).
     pub fn register(&self, function: &FunctionRef) -> WorkerWakes {
@@ -103,12 +140,21 @@ impl Wakes {
     /// Wakes `function`'s worker for one of its queues; a loop busy
     /// pulling keeps the wake-up and pulls once more when it would have
     /// gone to sleep.
+    /// An asleep function's worker is asked for instead; it starts
+    /// awake, so the wake is not lost.
     pub fn wake(&self, function: &FunctionRef, queue: Queue) {
         if let Some(wakes) = self.lock().get(function) {
             match queue {
                 Queue::Lane(Lane::Normal) => wakes.normal.notify_one(),
                 side => wakes.side.wake(side),
             }
+            return;
+        }
+        if sync::lock(&self.asleep).remove(function)
+            && let Some(starts) = &self.starts
+        {
+            // The node gone (stopping): nothing to start.
+            let _ = starts.send(function.clone());
         }
     }
 
@@ -198,7 +244,7 @@ async fn next(
     }
 }
 
-async fn sweep_all(shared: &Shared, subjects: &[String]) {
+pub(crate) async fn sweep_all(shared: &Shared, subjects: &[String]) {
     for subject in subjects {
         sweep_once(shared, subject).await;
     }
@@ -249,6 +295,31 @@ mod tests {
         );
         wakes.unregister(&function, &new);
         assert!(wakes.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_asleep_function_asks_for_its_worker_once() {
+        let (starts, mut requested) = mpsc::unbounded_channel();
+        let wakes = Wakes::new(starts);
+        let asleep: FunctionRef = "default/asleep".parse().unwrap();
+        let forgotten: FunctionRef = "default/forgotten".parse().unwrap();
+        let unknown: FunctionRef = "default/unknown".parse().unwrap();
+        wakes.sleep(&asleep);
+        wakes.sleep(&forgotten);
+        wakes.forget(&forgotten);
+        for _ in 0..3 {
+            wakes.wake(&asleep, Queue::Lane(Lane::Normal));
+            wakes.wake_subject(&asleep.lane_subject(Lane::High));
+            wakes.wake(&forgotten, Queue::Lane(Lane::Normal));
+            wakes.wake(&unknown, Queue::Bucket(1));
+        }
+        assert_eq!(requested.try_recv().ok(), Some(asleep.clone()));
+        assert!(requested.try_recv().is_err(), "one request per function");
+        // Its worker registered: wakes go to it, not to the node.
+        let worker = wakes.register(&asleep);
+        wakes.wake(&asleep, Queue::Lane(Lane::Normal));
+        worker.normal.notified().await;
+        assert!(requested.try_recv().is_err());
     }
 
     #[test]

@@ -72,11 +72,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Serves the function's `normal` lane from `consumer`, direct calls
+    /// Serves the function's `normal` lane, direct calls
     /// once it is warm ([`direct`]) and, as they are found to have work,
     /// its other lanes and its ordering buckets ([`ordered`]), all within
     /// one `concurrency` of slots shared by lane ([`LaneSlots`]).
-    pub fn start(shared: Arc<Shared>, served: Arc<Served>, consumer: PullConsumer) -> Self {
+    /// The `normal` lane's consumer is opened (created if missing) by its
+    /// loop, which retries while NATS cannot.
+    pub fn start(shared: Arc<Shared>, served: Arc<Served>) -> Self {
         let (stop, stopped) = watch::channel(false);
         let wakes = shared.wakes.register(&served.function);
         let slots = LaneSlots::new(served.spec.concurrency.max(1) as usize);
@@ -96,10 +98,7 @@ impl Worker {
                 warm: Arc::new(warm),
                 stopped,
             };
-            let normal =
-                puller
-                    .clone()
-                    .pull_loop(Lane::Normal, Some(consumer), wakes.normal.clone());
+            let normal = puller.clone().pull_loop(Lane::Normal, wakes.normal.clone());
             let side = puller.serve_side_queues(wakes.side.clone());
             // What waits in the other lanes and buckets from before this
             // worker is announced by no publish: ask the stream now.
@@ -163,7 +162,7 @@ impl Puller {
                 loops.insert(queue, wake.clone());
                 match queue {
                     Queue::Lane(lane) => {
-                        running.spawn(self.clone().pull_loop(lane, None, wake));
+                        running.spawn(self.clone().pull_loop(lane, wake));
                     }
                     Queue::Bucket(bucket) => {
                         running.spawn(ordered::bucket_loop(self.clone(), bucket, wake));
@@ -175,11 +174,10 @@ impl Puller {
     }
 
     /// Serves one lane: asleep until woken, then fetches as many messages
-    /// as it got slots until a pull comes back empty. Without
-    /// `consumer`, the lane's is opened (created) first; one that fails is
-    /// reopened only if it exists (a deleted function's is not brought
-    /// back).
-    async fn pull_loop(self, lane: Lane, mut consumer: Option<PullConsumer>, wake: Arc<Notify>) {
+    /// as it got slots until a pull comes back empty. The lane's consumer
+    /// is opened (created) first; one that fails later is reopened only if
+    /// it exists (a deleted function's is not brought back).
+    async fn pull_loop(self, lane: Lane, wake: Arc<Notify>) {
         let Self {
             shared,
             served,
@@ -188,6 +186,7 @@ impl Puller {
             mut stopped,
         } = self;
         let function = &served.function;
+        let mut consumer: Option<PullConsumer> = None;
         let mut running = JoinSet::new();
         // Awake at the start: what was queued before this loop is
         // announced by no publish (or it was started by a wake).
