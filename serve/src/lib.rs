@@ -26,6 +26,15 @@ pub use server::{ConnectionLimit, MAX_HEADER_FIELDS, MAX_REQUEST_HEAD, Service, 
 pub use signal::shutdown_signal;
 pub use tls::{ServerTls, TlsFiles};
 
+/// The container images' static binaries (musl) allocate with mimalloc:
+/// musl's own allocator takes one lock for every allocation, which costs
+/// the gateway and the runtime throughput on their many threads (README,
+/// "Benchmarks": the image build beside the glibc build). glibc builds keep
+/// glibc's allocator.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How a binary ends: success, or the error and its causes on one line
 /// of standard error (`Error: <error>: <cause>: …`, each cause once) and
 /// exit status 1.
