@@ -8,9 +8,10 @@
 #   - NATS mode, sync `hello` (gateway + one runtime + nats-server);
 #   - NATS mode, async accept rate (202s per second), no runtime running;
 #   - async end to end, local mode and NATS mode with one runtime: wrk
-#     submits for the round's seconds, then the clock runs until the
-#     runtime's `sluice_invocation_attempts_total{outcome="succeeded"}` has
-#     counted every 202; completions per second = 202s ÷ that time;
+#     submits $SUBMITS (default 10,000) async invocations, and the clock
+#     runs from the first until the runtime's
+#     `sluice_invocation_attempts_total{outcome="succeeded"}` has counted
+#     every 202; completions per second = 202s ÷ that time;
 # then an idle runtime serving $IDLE_FUNCTIONS (default 10,000) functions,
 # each build twice alternately (scripts/bench-idle.sh: NATS messages/s by
 # nats-server's counters, CPU from /proc); and finally the in-process
@@ -94,12 +95,14 @@ completions() { # admin address, async URL: completions per second, submit to la
   local before start accepted end
   before=$(succeeded "$1")
   start=$(date +%s.%N)
-  accepted=$(wrk -t1 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$2" \
+  accepted=$(SLUICE_SUBMITS=${SUBMITS:-10000} wrk -t1 -c"$connections" -d300s -s "$work/submit.lua" "$2" \
     | awk '/requests in/ {n = $1} /Non-2xx/ {bad = $NF} END {print n - bad}')
-  for _ in $(seq 1200); do
-    [ $(($(succeeded "$1") - before)) -ge "$accepted" ] && break
+  local done=false
+  for _ in $(seq 6000); do
+    [ $(($(succeeded "$1") - before)) -ge "$accepted" ] && { done=true; break; }
     sleep 0.05
   done
+  $done || echo "not every accepted invocation succeeded within 300 s" >&2
   end=$(date +%s.%N)
   awk -v n="$accepted" -v s="$start" -v e="$end" 'BEGIN {printf "%.0f", n / (e - s)}'
 }
@@ -137,6 +140,16 @@ nats_round() { # build
   stop "$gw" "$nats"
 }
 printf 'wrk.method = "POST"\nwrk.body = "x"\n' > "$work/post.lua"
+# The same, stopping once $SLUICE_SUBMITS have been answered.
+cat > "$work/submit.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = "x"
+local answered, limit = 0, tonumber(os.getenv("SLUICE_SUBMITS"))
+function response(status, headers, body)
+  answered = answered + 1
+  if answered >= limit then wrk.thread:stop() end
+end
+LUA
 
 for round in $(seq "$rounds"); do
   # Each round reverses the last one's order, so no build always goes first.

@@ -35,12 +35,14 @@ done
 RUST_LOG=warn "$bin/sluice-gateway" publish --nats "$url" "$work/functions" >"$work/publish.log" 2>&1
 RUST_LOG=warn "$bin/sluice-runtime" --nats "$url" --admin-listen 127.0.0.1:19524 >"$work/runtime.log" 2>&1 &
 runtime=$!; pids+=($runtime)
-consumers() { curl -sf "http://127.0.0.1:$monitor/jsz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["consumers"])'; }
-until [ "$(consumers)" -ge "$functions" ]; do
+# Ready once it has read the registry: every function served (a runtime
+# before b78b63f opened each consumer first; later ones start a worker at
+# a function's first invocation).
+until curl -sf -o /dev/null http://127.0.0.1:19524/readyz; do
   kill -0 "$runtime" || { echo "the runtime exited: $(tail -5 "$work/runtime.log")" >&2; exit 1; }
   sleep 1
 done
-# Each worker's first pull (for what was queued before it) expires first.
+# Past the start: a worker's first pull, or the start's sweep.
 sleep 3
 sent() { curl -sf "http://127.0.0.1:$monitor/connz?limit=1024" | python3 -c 'import json,sys; print(next(c["in_msgs"] for c in json.load(sys.stdin)["connections"] if c.get("name") == "sluice-runtime"))'; }
 cpu() { awk '{print $14 + $15}' "/proc/$runtime/stat"; }
