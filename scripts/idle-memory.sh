@@ -33,17 +33,13 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null &&
 # functions I...: registers hello-I for each I (`publish` creates the
 # layout: nothing else owns it here).
 functions() {
+  rm -rf "$work/functions"
   mkdir -p "$work/functions"
+  # A file each: a manifest file holds at most 1,024 documents.
   for i in "$@"; do
-    cat <<EOF
----
-apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: { name: hello-$i }
-spec:
-  module: { file: "$wasm" }
-EOF
-  done >"$work/functions/functions.yaml"
+    printf -- 'apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: { name: hello-%s }\nspec:\n  module: { file: "%s" }\n' \
+      "$i" "$wasm" >"$work/functions/hello-$i.yaml"
+  done
   "$SLUICE_BIN/sluice-gateway" publish --nats "$nats" "$work/functions" 2>"$work/publish.log"
 }
 

@@ -50,7 +50,7 @@ struct Args {
     shared_artifacts: bool,
     /// Without --function (a pool runtime): compile each registered
     /// component ahead of its first invocation, one at a time in the
-    /// background, and store it in sluice-artifacts (with
+    /// background while no invocation waits for a load, and store it in sluice-artifacts (with
     /// --shared-artifacts), so that first invocation, here or in a
     /// dedicated runtime, loads it instead of compiling.
     #[arg(long, env = "SLUICE_PRECOMPILE_REGISTERED", default_value_t = true, action = clap::ArgAction::Set)]

@@ -10,14 +10,17 @@
 //! first served; loads of one digest run once, the others waiting for it.
 //!
 //! A pool node also compiles each newly registered component ahead of its
-//! first invocation ([`Loader::precompile`]) and stores it in the shared
-//! bucket, keeping nothing in memory: a function's first invocation on any
+//! first invocation ([`Loader::precompile`]), while no invocation waits
+//! for a load, and stores it in the shared bucket, keeping nothing in
+//! memory: a function's first invocation on any
 //! runtime is then a download and a deserialize, not a compile.
 
 use sluice_serve::sync;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream::object_store;
 use sluice_api::names::FunctionRef;
@@ -28,6 +31,14 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::{PreparedFunction, Runtime, RuntimeError};
+
+/// How long an invocation's load waits for a compile ahead's artifact to
+/// be stored before it compiles the component itself.
+const SHARE_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a compile ahead that waits for invocations' loads to end
+/// looks again.
+const YIELD_TO_DEMAND: Duration = Duration::from_millis(100);
 
 /// Loads components for every worker of a node.
 #[derive(Debug)]
@@ -56,6 +67,10 @@ pub(crate) struct Loader {
     /// One compile ahead at a time, beside (never holding a CPU from) the
     /// compiles invocations wait for.
     one_ahead: Semaphore,
+    /// Loads invocations wait for, under way: a compile ahead starts only
+    /// while there are none, so it takes CPU from no invocation it could
+    /// avoid.
+    demand: AtomicUsize,
 }
 
 /// A function as a worker serves it: its spec and digest, its component
@@ -86,6 +101,23 @@ impl Served {
     }
 }
 
+/// One load an invocation waits for, counted while it lives (a load
+/// whose invocation went away is dropped mid-way).
+struct Demand<'a>(&'a AtomicUsize);
+
+impl<'a> Demand<'a> {
+    fn count(loads: &'a AtomicUsize) -> Self {
+        loads.fetch_add(1, Ordering::Relaxed);
+        Self(loads)
+    }
+}
+
+impl Drop for Demand<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What the shared bucket gave.
 enum SharedArtifact {
     Loaded(PreparedFunction),
@@ -104,8 +136,8 @@ pub(crate) enum LoadError {
     Fetch(#[from] FetchError),
     #[error("the loading task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    #[error("cannot store the compiled component in the shared bucket: {0}")]
-    Share(String),
+    #[error("the compiling thread failed: {0}")]
+    Thread(String),
 }
 
 impl Loader {
@@ -129,6 +161,7 @@ impl Loader {
             ahead: ahead && shared,
             looked_at: Mutex::default(),
             one_ahead: Semaphore::new(1),
+            demand: AtomicUsize::new(0),
         }
     }
 
@@ -148,6 +181,9 @@ impl Loader {
             let Ok(_one) = loader.one_ahead.acquire().await else {
                 return;
             };
+            while loader.demand.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(YIELD_TO_DEMAND).await;
+            }
             if let Err(e) = loader.gated(&digest, loader.precompile_now(&digest)).await {
                 tracing::warn!(%function, %digest, error = %e, "cannot compile the component ahead of its first invocation; that invocation compiles it");
             }
@@ -162,13 +198,40 @@ impl Loader {
         let started = Instant::now();
         let wasm = self.layout.fetch_module(digest).await?;
         let runtime = self.runtime.clone();
-        let bytes = tokio::task::spawn_blocking(move || runtime.precompile(&wasm)).await??;
-        self.layout
-            .artifacts
-            .put(key.as_str(), &mut bytes.as_slice())
+        // A thread of its own at the lowest CPU priority: a compile ahead
+        // already under way when invocations need CPU gives it to them
+        // (the thread ends with it, so no pool thread keeps the priority).
+        let (compiled, bytes) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sluice-precompile".into())
+            .spawn(move || {
+                if let Err(e) =
+                    rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
+                {
+                    tracing::debug!(error = %e, "cannot lower the compile's CPU priority");
+                }
+                let _ = compiled.send(runtime.precompile(&wasm));
+            })
+            .map_err(|e| LoadError::Thread(e.to_string()))?;
+        let bytes = bytes
             .await
-            .map_err(|e| LoadError::Share(e.to_string()))?;
-        tracing::info!(%key, bytes = bytes.len(), seconds = started.elapsed().as_secs_f64(), "compiled ahead of its first invocation and shared");
+            .map_err(|_| LoadError::Thread("it ended without an answer".into()))??;
+        let seconds = started.elapsed().as_secs_f64();
+        let bucket = self.layout.artifacts.clone();
+        let stored = tokio::spawn(async move {
+            match bucket.put(key.as_str(), &mut bytes.as_slice()).await {
+                Ok(_) => {
+                    tracing::info!(%key, bytes = bytes.len(), seconds, "compiled ahead of its first invocation and shared");
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot share the component compiled ahead (the bucket may be full); its first invocation compiles it");
+                }
+            }
+        });
+        // An invocation waiting at the gate meanwhile loads it from the
+        // bucket once stored; a store slowed down (a leader moving, a
+        // large component) holds it no longer than this, then it compiles.
+        let _ = tokio::time::timeout(SHARE_WAIT, stored).await;
         Ok(())
     }
 
@@ -185,6 +248,7 @@ impl Loader {
         {
             return Ok(prepared);
         }
+        let _demand = Demand::count(&self.demand);
         self.gated(digest, self.load(function, spec, digest)).await
     }
 

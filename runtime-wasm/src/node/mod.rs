@@ -78,8 +78,9 @@ pub struct NodeConfig {
     /// A pool node (no `function`) compiles each component registered,
     /// dedicated functions' included, ahead of its first invocation and
     /// stores it in the shared bucket (with `shared_artifacts` only), one
-    /// at a time in the background: a function's first invocation then
-    /// loads it instead of compiling. Default: true.
+    /// at a time in the background and only while no invocation waits for
+    /// a load: a function's first invocation then loads it instead of
+    /// compiling. Default: true.
     pub precompile_registered: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`].
