@@ -10,7 +10,7 @@
 #   - async end to end, local mode and NATS mode with one runtime: wrk
 #     submits $SUBMITS (default 10,000) async invocations, and the clock
 #     runs from the first until the runtime's
-#     `sluice_invocation_attempts_total{outcome="succeeded"}` has counted
+#     `sluice_invocation_attempts_total{outcome="success"}` has counted
 #     every 202; completions per second = 202s ÷ that time;
 # then an idle runtime serving $IDLE_FUNCTIONS (default 10,000) functions,
 # each build twice alternately (scripts/bench-idle.sh: NATS messages/s by
@@ -89,7 +89,7 @@ wait_for() { for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return 0; sle
 stop() { for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 rps() { wrk -t1 -c"$connections" -d"${seconds}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
 succeeded() { # admin address: succeeded attempts so far
-  curl -sf "http://$1/metrics" | awk '/^sluice_invocation_attempts_total\{/ && /outcome="succeeded"/ {n += $NF} END {printf "%d", n}'
+  curl -sf "http://$1/metrics" | awk '/^sluice_invocation_attempts_total\{/ && /outcome="success"/ {n += $NF} END {printf "%d", n}'
 }
 completions() { # admin address, async URL: completions per second, submit to last success
   local before start accepted end
