@@ -100,7 +100,9 @@ done
 
 stats() { # seconds... -> "p50 p90 p99" in ms
   tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1 * 1000} END {
-    printf "p50 %.1f  p90 %.1f  p99 %.1f ms (%d)", a[int((NR + 1) / 2)], a[int(NR * 0.9 + 0.5)], a[int(NR * 0.99 + 0.5) > 0 ? int(NR * 0.99 + 0.5) : 1], NR }'
+    p50 = int((NR + 1) / 2); p90 = int(NR * 0.9 + 0.5); p99 = int(NR * 0.99 + 0.5)
+    if (p99 < 1) p99 = 1
+    printf "p50 %.1f  p90 %.1f  p99 %.1f ms (%d)", a[p50], a[p90], a[p99], NR }'
 }
 echo
 for precompile in true false; do
