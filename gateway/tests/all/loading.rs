@@ -154,6 +154,7 @@ async fn shared_artifacts(bucket: &ObjectStore) -> Vec<(String, usize)> {
 async fn a_pool_runtime_compiles_a_registered_function_before_its_first_invocation() {
     let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
     let bucket = stack.layout.artifacts.clone();
+    stack.precompile = true;
     stack.start_runtime().await;
     let dir = manifest_dir(HELLO);
     stack.publish_dir(dir.path()).await;
