@@ -36,7 +36,7 @@ RUST_LOG=warn "$bin/sluice-gateway" publish --nats "$url" "$work/functions" >"$w
 RUST_LOG=warn "$bin/sluice-runtime" --nats "$url" --admin-listen 127.0.0.1:19524 >"$work/runtime.log" 2>&1 &
 runtime=$!; pids+=($runtime)
 # Ready once it has read the registry: every function served (a runtime
-# before b78b63f opened each consumer first; later ones start a worker at
+# before d0256bf opened each consumer first; later ones start a worker at
 # a function's first invocation).
 until curl -sf -o /dev/null http://127.0.0.1:19524/readyz; do
   kill -0 "$runtime" || { echo "the runtime exited: $(tail -5 "$work/runtime.log")" >&2; exit 1; }
