@@ -9,11 +9,12 @@
 //! side, as many compiling at once as the process has CPUs, first come
 //! first served; loads of one digest run once, the others waiting for it.
 //!
-//! A pool node also compiles each newly registered component ahead of its
-//! first invocation ([`Loader::precompile`]), while no invocation waits
-//! for a load, and stores it in the shared bucket, keeping nothing in
-//! memory: a function's first invocation on any
-//! runtime is then a download and a deserialize, not a compile.
+//! A pool node started with `--precompile-registered` (opt-in) also
+//! compiles each newly registered component ahead of its first invocation
+//! ([`Loader::precompile`]), while no invocation waits for a load, and
+//! stores it in the shared bucket, keeping nothing in memory: a function's
+//! first invocation on any runtime is then a download and a deserialize,
+//! not a compile.
 
 use sluice_serve::sync;
 use std::collections::{HashMap, HashSet};
@@ -118,6 +119,17 @@ impl Drop for Demand<'_> {
     }
 }
 
+/// Stores a compiled component's artifact in the shared bucket under `key`,
+/// logging the outcome: a failure only means other runtimes compile it too.
+async fn put_shared(bucket: &object_store::ObjectStore, key: &str, bytes: &[u8]) {
+    match bucket.put(key, &mut &bytes[..]).await {
+        Ok(_) => tracing::info!(%key, bytes = bytes.len(), "shared the precompiled component"),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "cannot share the precompiled component (the bucket may be full); other runtimes compile it too")
+        }
+    }
+}
+
 /// What the shared bucket gave.
 enum SharedArtifact {
     Loaded(PreparedFunction),
@@ -216,18 +228,9 @@ impl Loader {
         let bytes = bytes
             .await
             .map_err(|_| LoadError::Thread("it ended without an answer".into()))??;
-        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), "compiled ahead of its first invocation");
         let bucket = self.layout.artifacts.clone();
-        let stored = tokio::spawn(async move {
-            match bucket.put(key.as_str(), &mut bytes.as_slice()).await {
-                Ok(_) => {
-                    tracing::info!(%key, bytes = bytes.len(), seconds, "compiled ahead of its first invocation and shared");
-                }
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "cannot share the component compiled ahead (the bucket may be full); its first invocation compiles it");
-                }
-            }
-        });
+        let stored = tokio::spawn(async move { put_shared(&bucket, &key, &bytes).await });
         // An invocation waiting at the gate meanwhile loads it from the
         // bucket once stored; a store slowed down (a leader moving, a
         // large component) holds it no longer than this, then it compiles.
@@ -427,14 +430,7 @@ impl Loader {
                     return;
                 }
             };
-            match bucket.put(key.as_str(), &mut bytes.as_slice()).await {
-                Ok(_) => {
-                    tracing::info!(%key, bytes = bytes.len(), "shared the precompiled component")
-                }
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "cannot share the precompiled component (the bucket may be full); other runtimes compile it too")
-                }
-            }
+            put_shared(&bucket, &key, &bytes).await;
         });
     }
 

@@ -139,9 +139,8 @@ impl Wakes {
 
     /// Wakes `function`'s worker for one of its queues; a loop busy
     /// pulling keeps the wake-up and pulls once more when it would have
-    /// gone to sleep.
-    /// An asleep function's worker is asked for instead; it starts
-    /// awake, so the wake is not lost.
+    /// gone to sleep. An asleep function's worker is asked for instead; it
+    /// starts awake, so the wake is not lost.
     pub fn wake(&self, function: &FunctionRef, queue: Queue) {
         if let Some(wakes) = self.lock().get(function) {
             match queue {
