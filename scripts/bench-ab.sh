@@ -128,8 +128,7 @@ local_round() { # build
 
 nats_round() { # build
   rm -rf "$work/js"
-  echo "max_payload: 8MB" > "$work/nats.conf"
-  "$SLUICE_NATS_SERVER" -c "$work/nats.conf" -a 127.0.0.1 -p 14322 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+  "$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p 14322 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
   local nats=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14322) 2>/dev/null && break; sleep 0.1; done
   local url=nats://127.0.0.1:14322

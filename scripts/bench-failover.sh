@@ -58,7 +58,7 @@ start_server() {
   server[i]=$!
 }
 for i in 0 1 2; do
-  printf 'server_name: n%d\nmax_payload: 8MB\nhttp: "127.0.0.1:%d"\ncluster {\n  name: bench\n  listen: "127.0.0.1:%d"\n  routes: [%s]\n}\n' \
+  printf 'server_name: n%d\nmax_payload: 8MB\njetstream { max_file_store: 1TB }\nhttp: "127.0.0.1:%d"\ncluster {\n  name: bench\n  listen: "127.0.0.1:%d"\n  routes: [%s]\n}\n' \
     "$i" $((28220 + i)) $((26220 + i)) "$routes" >"$work/n$i.conf"
   start_server "$i"
 done

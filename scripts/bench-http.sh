@@ -53,8 +53,7 @@ done
 # each) before they answer.
 wait_for() { for _ in $(seq 1200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
-echo "max_payload: 8MB" > "$work/nats.conf"
-"$SLUICE_NATS_SERVER" -c "$work/nats.conf" -a 127.0.0.1 -p 14222 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p 14222 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
 pids+=($!)
 nats=nats://127.0.0.1:14222
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14222) 2>/dev/null && break; sleep 0.1; done

@@ -20,7 +20,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 port=14522 monitor=18522
-"$SLUICE_NATS_SERVER" -a 127.0.0.1 -p $port -m $monitor -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p $port -m $monitor -js -sd "$work/js" >"$work/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$monitor/varz" && break; sleep 0.1; done
 url=nats://127.0.0.1:$port

@@ -51,7 +51,7 @@ end
 LUA
 
 wait_for() { for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-"$SLUICE_NATS_SERVER" -a 127.0.0.1 -p 14232 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p 14232 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
 pids+=($!)
 nats=nats://127.0.0.1:14232
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14232) 2>/dev/null && break; sleep 0.1; done

@@ -22,7 +22,7 @@ mkdir "$work/functions"
 printf 'apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: { name: hello }\nspec:\n  module: { file: %s }\n' "$hello" >"$work/functions/hello.yaml"
 wait_for() { for _ in $(seq 1200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
-"$SLUICE_NATS_SERVER" -a 127.0.0.1 -p 14522 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
+"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p 14522 -js -sd "$work/js" >"$work/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/14522) 2>/dev/null && break; sleep 0.1; done
 RUST_LOG=warn "$bin/sluice-gateway" --local "$work/functions" --listen 127.0.0.1:18582 --admin-listen 127.0.0.1:19582 >"$work/local.log" 2>&1 &

@@ -14,8 +14,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 mkdir -p .sluice/nats
-echo "max_payload: 8MB" > .sluice/nats/nats.conf
-"$SLUICE_NATS_SERVER" -c .sluice/nats/nats.conf -a 127.0.0.1 -p 4222 -js -sd .sluice/nats/store &
+"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p 4222 -js -sd .sluice/nats/store &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done
 nats=nats://127.0.0.1:4222

@@ -269,6 +269,27 @@ impl std::fmt::Debug for Layout {
     }
 }
 
+/// Added to the error when a server's JetStream cannot reserve a stream's
+/// `max_bytes` (error code 10047): a server started without
+/// `max_file_store` reserves at most 75 % of the disk free at its start.
+const STORAGE_HINT: &str = ": the server's JetStream file store cannot reserve that many bytes beside the other streams; raise its max_file_store (by default 75 % of the disk free when it started) or lower Sluice's --*-max-bytes bounds";
+
+/// Whether `e`, or an error it wraps, is JetStream's "insufficient storage
+/// resources" (code 10047): the server cannot reserve the bytes asked.
+fn storage_exceeded(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(create) = e.downcast_ref::<jetstream::context::CreateStreamError>()
+            && let jetstream::context::CreateStreamErrorKind::JetStream(js) = create.kind()
+            && js.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 fn layout_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> NatsError {
     NatsError::Layout {
         what: what.to_owned(),
@@ -704,14 +725,16 @@ where
                 Err(e) if js.get_stream(name).await.is_ok() => {
                     tracing::debug!(stream = %name, error = %e, "made meanwhile by another part");
                 }
-                // The bound is in the message: a server that cannot
-                // reserve it (JetStream's "insufficient storage resources")
-                // needs a larger max_file_store or smaller layout bounds.
+                // The bound is in the message, and what to change when the
+                // server cannot reserve it.
                 Err(e) => {
-                    let what = format!(
+                    let mut what = format!(
                         "{name} (max_bytes {}, replicas {})",
                         wanted.max_bytes, wanted.num_replicas
                     );
+                    if storage_exceeded(&e) {
+                        what.push_str(STORAGE_HINT);
+                    }
                     return Err(layout_error(&what, e));
                 }
             }

@@ -150,6 +150,21 @@ async fn a_missing_layout_is_worth_waiting_for() {
     Layout::open(client).await.expect("the layout, once made");
 }
 
+/// A server whose file store cannot reserve the layout's bounds gets an
+/// error that names the stream, its bound and what to change.
+#[tokio::test]
+async fn a_file_store_too_small_for_the_bounds_is_named_with_what_to_change() {
+    let nats = NatsServer::with_config("jetstream { max_file_store: 1GB }\n");
+    let client = async_nats::connect(&nats.url).await.expect("NATS");
+    let error = Layout::reconcile(client, &LayoutConfig::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("(max_bytes "), "{error}");
+    assert!(error.contains("raise its max_file_store"), "{error}");
+    assert!(error.contains("insufficient storage resources"), "{error}");
+}
+
 /// On a three-server cluster the owner raises a layout made with one copy
 /// to three in place (what it holds kept), and the layout then survives
 /// the loss of a stream's leader: a record stored before is read after,

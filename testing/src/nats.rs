@@ -53,7 +53,11 @@ impl NatsServer {
 
     /// `port` -1 picks a free one.
     fn in_dir_on(dir: tempfile::TempDir, config: &str, port: i32) -> Self {
-        std::fs::write(dir.path().join("nats.conf"), config).unwrap();
+        std::fs::write(
+            dir.path().join("nats.conf"),
+            format!("{FILE_STORE}{config}"),
+        )
+        .unwrap();
         let child = spawn(&dir, port);
         let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
         let started = Instant::now();
@@ -118,6 +122,15 @@ impl NatsServer {
         }
     }
 }
+
+/// JetStream's file store, set rather than left to its default: 75 % of
+/// the disk free when the server starts, which on a test machine with
+/// less than about 13 GB free is below what the streams' and buckets'
+/// `max_bytes` reserve (8.81 GiB by default, `sluice_nats::layout`), and
+/// every layout then fails with "insufficient storage resources". The
+/// tests store megabytes, so the bound is never what stops a write. A
+/// caller's own `jetstream` block comes after it, and wins.
+const FILE_STORE: &str = "jetstream { max_file_store: 1TB }\n";
 
 /// Where the server's own log goes, in its folder.
 const LOG: &str = "nats-server.log";
