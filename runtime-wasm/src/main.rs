@@ -53,9 +53,9 @@ struct Args {
     /// background while no invocation waits for a load, and store it in sluice-artifacts (with
     /// --shared-artifacts), so that first invocation, here or in a
     /// dedicated runtime, loads it instead of compiling.
-    /// Off by default: an invocation arriving while its component compiles
-    /// ahead waits for that compile.
-    #[arg(long, env = "SLUICE_PRECOMPILE_REGISTERED", default_value_t = false, action = clap::ArgAction::Set)]
+    /// An invocation arriving while its component compiles ahead takes
+    /// the compiled bytes as that compile ends.
+    #[arg(long, env = "SLUICE_PRECOMPILE_REGISTERED", default_value_t = true, action = clap::ArgAction::Set)]
     precompile_registered: bool,
     /// Bytes of compiled components kept in memory; past it the least
     /// recently used are dropped and reloaded from their precompiled

@@ -30,11 +30,19 @@ pub struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ColdStartLabels {
     pub function: String,
-    /// `fetched` (downloaded and compiled), `compiled` (bytes at hand,
-    /// compiled), `precompiled` (loaded from the on-disk artifact) or
+    /// `fetched` (downloaded and compiled), `precompiled` (loaded from the
+    /// on-disk artifact),
     /// `shared` (loaded from the artifact another runtime stored in
-    /// `sluice-artifacts`).
+    /// `sluice-artifacts`) or `ahead` (loaded from this process's compile
+    /// ahead of the first invocation, handed over as it ended).
     pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompileLabels {
+    /// `invocation` (a load an invocation waited for) or `ahead` (a
+    /// registered component compiled before its first invocation).
+    pub trigger: &'static str,
 }
 
 type HistogramFamily = Family<FunctionLabels, Histogram, fn() -> Histogram>;
@@ -56,6 +64,7 @@ pub struct Metrics {
     wall: Family<FunctionLabels, Counter<f64>>,
     guest_cpu: Family<FunctionLabels, Counter<f64>>,
     memory: Family<FunctionLabels, Counter<f64>>,
+    compiles: Family<CompileLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -78,6 +87,7 @@ impl Metrics {
             wall: Family::default(),
             guest_cpu: Family::default(),
             memory: Family::default(),
+            compiles: Family::default(),
         };
         // What each attempt used (sluice_api::Usage), summed per function,
         // for charging by use: Lambda's GB-seconds are `memory`'s bytes.
@@ -130,6 +140,11 @@ impl Metrics {
             "cold_start_seconds",
             "Time to make a component servable when an invocation needs it and this process does not hold it (its first use, or after it was dropped for room)",
             metrics.cold_starts.clone(),
+        );
+        registry.register(
+            "runtime_compiles",
+            "Components this process compiled, by trigger: an invocation's load, or ahead of a registered function's first invocation",
+            metrics.compiles.clone(),
         );
         registry.register(
             "queue_wait_seconds",
@@ -226,6 +241,12 @@ impl Metrics {
         self.queue_wait
             .get_or_create(&Self::labels(function))
             .observe(seconds);
+    }
+
+    pub fn compiled(&self, trigger: &'static str) {
+        self.compiles
+            .get_or_create(&CompileLabels { trigger })
+            .inc();
     }
 
     pub fn cold_start(&self, function: &FunctionRef, source: &'static str, seconds: f64) {

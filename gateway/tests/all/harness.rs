@@ -135,7 +135,7 @@ pub struct NatsStack {
     pub egress: Arc<EgressPolicy>,
     /// Whether its runtime node compiles registered components ahead of
     /// their first invocation ([`NodeConfig::precompile_registered`]).
-    /// Default: false, as the runtime's.
+    /// Default: true, as the runtime's.
     pub precompile: bool,
     _artifacts: tempfile::TempDir,
 }
@@ -197,7 +197,7 @@ impl NatsStack {
             layout,
             settings,
             egress: loopback_egress(),
-            precompile: false,
+            precompile: true,
             _artifacts: artifacts,
         }
     }

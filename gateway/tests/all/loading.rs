@@ -178,6 +178,48 @@ async fn a_pool_runtime_compiles_a_registered_function_before_its_first_invocati
     assert_eq!(loads(node, "fetched"), 0.0);
 }
 
+/// The first invocation of a component still compiling ahead takes the
+/// compiled bytes as the compile ends: the component is compiled once,
+/// and the invocation waits neither for the upload nor for a second
+/// compile. (hello-py compiles for seconds, so an invocation sent 2 s
+/// after it is routed arrives mid-compile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_invocation_during_the_compile_ahead_takes_its_bytes() {
+    let dir = manifest_dir(
+        "apiVersion: sluice.dev/v1alpha1\nkind: Function\nmetadata: { name: hello-py }\nspec:\n  module: { file: \"{hello-py}\" }\n  timeout: 10m\n",
+    );
+    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let bucket = stack.layout.artifacts.clone();
+    stack.precompile = true;
+    stack.start_runtime().await;
+    stack.publish_dir(dir.path()).await;
+    let gw = TestGateway::on_nats(stack, dir).await;
+    gw.wait_routed("default/hello-py").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let id = gw.submit("/async/fn/default/hello-py/", &[], "").await;
+    gw.wait_succeeded(&id).await;
+    wait_shared(&bucket).await;
+    let node = gw.nats.as_ref().unwrap().node.as_ref().unwrap();
+    let text = node.metrics_text();
+    let compiles = |trigger: &str| {
+        metric(
+            &text,
+            &format!(r#"sluice_runtime_compiles_total{{trigger="{trigger}"}}"#),
+        )
+    };
+    let cold_start = |source: &str| {
+        metric(
+            &text,
+            &format!(
+                r#"sluice_cold_start_seconds_count{{function="default/hello-py",source="{source}"}}"#
+            ),
+        )
+    };
+    assert_eq!(compiles("ahead"), 1.0, "{text}");
+    assert_eq!(compiles("invocation"), 0.0, "{text}");
+    assert_eq!(cold_start("ahead"), 1.0, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_runtime_loads_what_another_compiled_and_compiles_past_a_corrupt_artifact() {
     let stack = NatsStack::without_runtime(LayoutConfig::default()).await;

@@ -9,12 +9,15 @@
 //! side, as many compiling at once as the process has CPUs, first come
 //! first served; loads of one digest run once, the others waiting for it.
 //!
-//! A pool node started with `--precompile-registered` (opt-in) also
+//! A pool node (unless started with `--precompile-registered=false`) also
 //! compiles each newly registered component ahead of its first invocation
 //! ([`Loader::precompile`]), while no invocation waits for a load, and
-//! stores it in the shared bucket, keeping nothing in memory: a function's
-//! first invocation on any runtime is then a download and a deserialize,
-//! not a compile.
+//! stores it in the shared bucket, keeping nothing in memory once stored:
+//! a function's first invocation on any runtime is then a download and a
+//! deserialize, not a compile. An invocation that needs the component
+//! while it compiles ahead takes the compiled bytes as the compile ends
+//! (the compile's thread raised to normal priority for it), never waiting
+//! for the upload, and never compiling the same component twice.
 
 use sluice_serve::sync;
 use std::collections::{HashMap, HashSet};
@@ -32,10 +35,6 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::{PreparedFunction, Runtime, RuntimeError};
-
-/// How long an invocation's load waits for a compile ahead's artifact to
-/// be stored before it compiles the component itself.
-const SHARE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a compile ahead that waits for invocations' loads to end
 /// looks again.
@@ -68,6 +67,9 @@ pub(crate) struct Loader {
     /// One compile ahead at a time, beside (never holding a CPU from) the
     /// compiles invocations wait for.
     one_ahead: Semaphore,
+    /// Compiles ahead from the moment their module is fetched until their
+    /// artifact is stored: a load of the digest takes its bytes.
+    under_way: Mutex<HashMap<ModuleDigest, Arc<Ahead>>>,
     /// Loads invocations wait for, under way: a compile ahead starts only
     /// while there are none, so it takes CPU from no invocation it could
     /// avoid.
@@ -99,6 +101,58 @@ impl Served {
                     format!("the runtime cannot load the function's component: {e}"),
                 ))
             })
+    }
+}
+
+/// A compile ahead under way.
+#[derive(Debug)]
+struct Ahead {
+    thread: Mutex<AheadThread>,
+    /// The artifact once compiled; closed without one if the compile failed.
+    compiled: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
+}
+
+/// The compiling thread, as far as its priority goes.
+#[derive(Debug, Default)]
+struct AheadThread {
+    /// Known once it runs.
+    tid: Option<rustix::thread::Pid>,
+    /// A load waits for it: it keeps (or is given back) normal priority.
+    urgent: bool,
+}
+
+impl Ahead {
+    /// Called by its compiling thread first: the lowest CPU priority,
+    /// unless a load already waits for it, so that a compile nobody waits
+    /// for yet takes CPU from no invocation.
+    fn started(&self) {
+        let mut thread = sync::lock(&self.thread);
+        let tid = rustix::thread::gettid();
+        if !thread.urgent
+            && let Err(e) = rustix::process::setpriority_process(Some(tid), 19)
+        {
+            tracing::debug!(error = %e, "cannot lower the compile's CPU priority");
+        }
+        thread.tid = Some(tid);
+    }
+
+    /// Marks the compile as waited for and gives its thread normal
+    /// priority back. False when that is not allowed (raising a priority
+    /// needs CAP_SYS_NICE): the load then compiles at normal priority
+    /// itself rather than wait behind the lowest.
+    fn hurry(&self) -> bool {
+        let mut thread = sync::lock(&self.thread);
+        thread.urgent = true;
+        match thread.tid {
+            None => true,
+            Some(tid) => match rustix::process::setpriority_process(Some(tid), 0) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot raise the compile ahead's CPU priority; the invocation compiles the component itself");
+                    false
+                }
+            },
+        }
     }
 }
 
@@ -173,17 +227,18 @@ impl Loader {
             ahead: ahead && shared,
             looked_at: Mutex::default(),
             one_ahead: Semaphore::new(1),
+            under_way: Mutex::default(),
             demand: AtomicUsize::new(0),
         }
     }
 
     /// Compiles the component of `digest` in the background unless this
-    /// process or the shared bucket holds it already, and stores it in the
-    /// bucket; nothing is kept in memory or on disk, so registering many
-    /// functions costs neither. An invocation needing it meanwhile waits
-    /// for this compile (one gate per digest) rather than compiling it
-    /// again. Failures are logged: the first invocation compiles as
-    /// before.
+    /// process or the shared bucket holds it already, or an invocation's
+    /// load of it is under way, and stores it in the bucket; nothing is
+    /// kept in memory or on disk once stored, so registering many
+    /// functions costs neither. An invocation needing it meanwhile takes
+    /// the compiled bytes ([`Loader::load`]). Failures are logged: the
+    /// first invocation compiles as before.
     pub fn precompile(self: &Arc<Self>, function: &FunctionRef, digest: &ModuleDigest) {
         if !self.ahead || !sync::lock(&self.looked_at).insert(digest.clone()) {
             return;
@@ -196,7 +251,7 @@ impl Loader {
             while loader.demand.load(Ordering::Relaxed) > 0 {
                 tokio::time::sleep(YIELD_TO_DEMAND).await;
             }
-            if let Err(e) = loader.gated(&digest, loader.precompile_now(&digest)).await {
+            if let Err(e) = loader.precompile_now(&digest).await {
                 tracing::warn!(%function, %digest, error = %e, "cannot compile the component ahead of its first invocation; that invocation compiles it");
             }
         });
@@ -209,32 +264,57 @@ impl Loader {
         }
         let started = Instant::now();
         let wasm = self.layout.fetch_module(digest).await?;
+        let (done, compiled) = tokio::sync::watch::channel(None);
+        let ahead = Arc::new(Ahead {
+            thread: Mutex::default(),
+            compiled,
+        });
+        {
+            // Under the gates' lock: a load takes its gate before it looks
+            // for a compile ahead, so either it finds this one or this one
+            // finds its gate (or what it loaded) and leaves the component
+            // to it.
+            let gates = self.gates();
+            if gates.contains_key(digest) || self.runtime.holds(digest) {
+                return Ok(());
+            }
+            sync::lock(&self.under_way).insert(digest.clone(), ahead.clone());
+        }
         let runtime = self.runtime.clone();
-        // A thread of its own at the lowest CPU priority: a compile ahead
-        // already under way when invocations need CPU gives it to them
-        // (the thread ends with it, so no pool thread keeps the priority).
-        let (compiled, bytes) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
+        let (sent, bytes) = tokio::sync::oneshot::channel();
+        // A thread of its own, so that its priority can be lowered and
+        // raised again without touching a pool thread.
+        let spawned = std::thread::Builder::new()
             .name("sluice-precompile".into())
-            .spawn(move || {
-                if let Err(e) =
-                    rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
-                {
-                    tracing::debug!(error = %e, "cannot lower the compile's CPU priority");
+            .spawn({
+                let ahead = ahead.clone();
+                move || {
+                    ahead.started();
+                    let _ = sent.send(runtime.precompile(&wasm));
                 }
-                let _ = compiled.send(runtime.precompile(&wasm));
-            })
-            .map_err(|e| LoadError::Thread(e.to_string()))?;
-        let bytes = bytes
-            .await
-            .map_err(|_| LoadError::Thread("it ended without an answer".into()))??;
+            });
+        let bytes = match spawned {
+            Ok(_) => bytes
+                .await
+                .map_err(|_| LoadError::Thread("it ended without an answer".into()))
+                .and_then(|r| r.map_err(LoadError::from)),
+            Err(e) => Err(LoadError::Thread(e.to_string())),
+        };
+        let bytes = match bytes {
+            Ok(bytes) => Arc::new(bytes),
+            Err(e) => {
+                // Closes `compiled`: a load waiting for it compiles.
+                sync::lock(&self.under_way).remove(digest);
+                return Err(e);
+            }
+        };
+        self.metrics.compiled("ahead");
         tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), "compiled ahead of its first invocation");
-        let bucket = self.layout.artifacts.clone();
-        let stored = tokio::spawn(async move { put_shared(&bucket, &key, &bytes).await });
-        // An invocation waiting at the gate meanwhile loads it from the
-        // bucket once stored; a store slowed down (a leader moving, a
-        // large component) holds it no longer than this, then it compiles.
-        let _ = tokio::time::timeout(SHARE_WAIT, stored).await;
+        done.send_replace(Some(bytes.clone()));
+        // Handed to loads until stored: one arriving before the upload ends
+        // takes the bytes rather than compiling again.
+        put_shared(&self.layout.artifacts, &key, &bytes).await;
+        sync::lock(&self.under_way).remove(digest);
         Ok(())
     }
 
@@ -309,6 +389,10 @@ impl Loader {
                 return Ok(prepared);
             }
         }
+        if let Some(prepared) = self.take_ahead(function, spec, digest).await? {
+            self.cold_start(&prepared.function, "ahead", started);
+            return Ok(prepared);
+        }
         let replace = match self.load_shared(function, spec, digest).await? {
             SharedArtifact::Loaded(prepared) => {
                 self.cold_start(&prepared.function, "shared", started);
@@ -322,6 +406,7 @@ impl Loader {
         let (function, spec) = (function.clone(), spec.clone());
         let _cpu = self.cpus.acquire().await;
         tracing::info!(%function, %digest, "compiling");
+        self.metrics.compiled("invocation");
         let prepared = tokio::task::spawn_blocking(move || {
             let prepared = runtime.prepare(function, &spec, &wasm)?;
             if let Some(dir) = artifacts
@@ -370,6 +455,52 @@ impl Loader {
             tracing::warn!(%key, error = %e, "the shared precompiled component did not arrive whole; compiling instead");
             return Ok(SharedArtifact::Unusable);
         }
+        self.load_artifact(function, spec, digest, Arc::new(bytes))
+            .await
+    }
+
+    /// The component of the compile ahead of `digest` under way, if there
+    /// is one and it can be hurried: its bytes as soon as it ends. `None`
+    /// (the caller loads otherwise) when there is none, it failed, or its
+    /// thread cannot be given normal priority.
+    async fn take_ahead(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+    ) -> Result<Option<PreparedFunction>, LoadError> {
+        let ahead = sync::lock(&self.under_way).get(digest).cloned();
+        let Some(ahead) = ahead.filter(|ahead| ahead.hurry()) else {
+            return Ok(None);
+        };
+        let mut compiled = ahead.compiled.clone();
+        let Ok(bytes) = compiled
+            .wait_for(Option::is_some)
+            .await
+            .map(|bytes| bytes.clone())
+        else {
+            return Ok(None);
+        };
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        Ok(
+            match self.load_artifact(function, spec, digest, bytes).await? {
+                SharedArtifact::Loaded(prepared) => Some(prepared),
+                SharedArtifact::Missing | SharedArtifact::Unusable => None,
+            },
+        )
+    }
+
+    /// The component from a precompiled artifact's `bytes`: kept on disk
+    /// first and loaded from there, or, with no folder, from memory.
+    async fn load_artifact(
+        &self,
+        function: &FunctionRef,
+        spec: &FunctionSpec,
+        digest: &ModuleDigest,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<SharedArtifact, LoadError> {
         let (runtime, function, spec, digest) = (
             self.runtime.clone(),
             function.clone(),

@@ -80,9 +80,8 @@ pub struct NodeConfig {
     /// stores it in the shared bucket (with `shared_artifacts` only), one
     /// at a time in the background and only while no invocation waits for
     /// a load: a function's first invocation then loads it instead of
-    /// compiling. Default: false (opt-in: an invocation that arrives while
-    /// its component compiles ahead waits for that compile, and its load
-    /// may then compile again while a large artifact is still uploading).
+    /// compiling; one arriving while its component compiles ahead takes
+    /// the compiled bytes as that compile ends. Default: true.
     pub precompile_registered: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`].
@@ -111,7 +110,7 @@ impl NodeConfig {
             artifacts: None,
             shared_artifacts: true,
             artifacts_in_memory: false,
-            precompile_registered: false,
+            precompile_registered: true,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             runtime: RuntimeConfig::default(),
             drain_grace: DEFAULT_DRAIN_GRACE,
