@@ -57,7 +57,7 @@ OVERVIEW = [
      [("max by (function) (sluice_autoscaler_desired_replicas)", "{{function}} desired"),
       ("max by (function) (sluice_autoscaler_replicas)", "{{function}} running")]),
     ("Cold starts/s", "ops",
-     "Components loaded by a runtime process because an invocation needed one it did not hold (its first use, or after it was dropped for room), by source: fetched (downloaded and compiled), compiled, precompiled (loaded from the on-disk artifact) or shared (loaded from the artifact another runtime stored in sluice-artifacts).",
+     "Components loaded by a runtime process because an invocation needed one it did not hold (its first use, or after it was dropped for room), by source: fetched (downloaded and compiled), precompiled (loaded from the on-disk artifact), shared (loaded from the artifact another runtime stored in sluice-artifacts) or ahead (handed over by this process's compile ahead of the first invocation).",
      [(f"sum by (source) (rate(sluice_cold_start_seconds_count[{RATE}]))", "{{source}}")]),
     ("Auth failures/s", "ops",
      "Requests spec.auth refused, by function and code: unauthenticated (401) or forbidden (403).",
