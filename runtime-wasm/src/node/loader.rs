@@ -17,7 +17,9 @@
 //! deserialize, not a compile. An invocation that needs the component
 //! while it compiles ahead takes the compiled bytes as the compile ends
 //! (the compile's thread raised to normal priority for it), never waiting
-//! for the upload, and never compiling the same component twice.
+//! for the upload, and never compiling the same component twice. Where a
+//! thread's priority cannot be raised again (no `CAP_SYS_NICE`), the
+//! compile ahead runs at normal priority from the start.
 
 use sluice_serve::sync;
 use std::collections::{HashMap, HashSet};
@@ -67,6 +69,10 @@ pub(crate) struct Loader {
     /// One compile ahead at a time, beside (never holding a CPU from) the
     /// compiles invocations wait for.
     one_ahead: Semaphore,
+    /// Whether a compile ahead runs at the lowest CPU priority: only where
+    /// a thread's priority can be raised again ([`can_raise_priority`]),
+    /// so that an invocation waiting for it never waits behind the lowest.
+    ahead_lowered: bool,
     /// Compiles ahead from the moment their module is fetched until their
     /// artifact is stored: a load of the digest takes its bytes.
     under_way: Mutex<HashMap<ModuleDigest, Arc<Ahead>>>,
@@ -107,6 +113,8 @@ impl Served {
 /// A compile ahead under way.
 #[derive(Debug)]
 struct Ahead {
+    /// Whether its thread lowers its priority ([`Loader::ahead_lowered`]).
+    lowered: bool,
     thread: Mutex<AheadThread>,
     /// The artifact once compiled; closed without one if the compile failed.
     compiled: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
@@ -122,13 +130,15 @@ struct AheadThread {
 }
 
 impl Ahead {
-    /// Called by its compiling thread first: the lowest CPU priority,
-    /// unless a load already waits for it, so that a compile nobody waits
-    /// for yet takes CPU from no invocation.
+    /// Called by its compiling thread first: the lowest CPU priority
+    /// (where it can be raised again), unless a load already waits for it,
+    /// so that a compile nobody waits for yet takes CPU from no
+    /// invocation.
     fn started(&self) {
         let mut thread = sync::lock(&self.thread);
         let tid = rustix::thread::gettid();
-        if !thread.urgent
+        if self.lowered
+            && !thread.urgent
             && let Err(e) = rustix::process::setpriority_process(Some(tid), 19)
         {
             tracing::debug!(error = %e, "cannot lower the compile's CPU priority");
@@ -137,14 +147,15 @@ impl Ahead {
     }
 
     /// Marks the compile as waited for and gives its thread normal
-    /// priority back. False when that is not allowed (raising a priority
-    /// needs CAP_SYS_NICE): the load then compiles at normal priority
-    /// itself rather than wait behind the lowest.
+    /// priority back. False when that fails (it was possible at start):
+    /// the load then compiles at normal priority itself rather than wait
+    /// behind the lowest.
     fn hurry(&self) -> bool {
         let mut thread = sync::lock(&self.thread);
         thread.urgent = true;
         match thread.tid {
             None => true,
+            Some(_) if !self.lowered => true,
             Some(tid) => match rustix::process::setpriority_process(Some(tid), 0) {
                 Ok(()) => true,
                 Err(e) => {
@@ -154,6 +165,20 @@ impl Ahead {
             },
         }
     }
+}
+
+/// Whether this process may give a thread whose priority it lowered its
+/// normal priority back: raising a priority needs `CAP_SYS_NICE` (or an
+/// `RLIMIT_NICE` that allows it), which a container that drops every
+/// capability lacks. Tried on a thread of its own, which ends with it.
+fn can_raise_priority() -> bool {
+    std::thread::spawn(|| {
+        let tid = Some(rustix::thread::gettid());
+        rustix::process::setpriority_process(tid, 19).is_ok()
+            && rustix::process::setpriority_process(tid, 0).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 /// One load an invocation waits for, counted while it lives (a load
@@ -227,6 +252,7 @@ impl Loader {
             ahead: ahead && shared,
             looked_at: Mutex::default(),
             one_ahead: Semaphore::new(1),
+            ahead_lowered: ahead && shared && can_raise_priority(),
             under_way: Mutex::default(),
             demand: AtomicUsize::new(0),
         }
@@ -266,6 +292,7 @@ impl Loader {
         let wasm = self.layout.fetch_module(digest).await?;
         let (done, compiled) = tokio::sync::watch::channel(None);
         let ahead = Arc::new(Ahead {
+            lowered: self.ahead_lowered,
             thread: Mutex::default(),
             compiled,
         });
