@@ -8,8 +8,10 @@
 # request (the worker starts, the component loads: compiled, or loaded as
 # precompiled) and at once a second (warm). Rounds alternate the runtime's
 # --precompile-registered between true and false (a new runtime each).
-# Prints, per setting, the median, p90 and p99 of the first request, the
-# warm one, and their difference, over every function of its rounds.
+# Prints, per round, how the components were loaded and who compiled them
+# (the runtime's cold-start and compile counters), and per setting the
+# median, p90 and p99 of the first request, the warm one, and their
+# difference, over every function of its rounds.
 #
 #   scripts/bench-first-call.sh [functions] [rounds] [settle-seconds]
 #
@@ -94,8 +96,13 @@ for round in $(seq "$rounds"); do
     samples[$precompile warm]+=" $warm"
     samples[$precompile extra]+=" $(awk -v a="$first" -v b="$warm" 'BEGIN {print a - b}')"
   done
+  # How each component got loaded, and who compiled it.
+  loads=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '
+    /^sluice_cold_start_seconds_count/ { match($0, /source="[a-z]+"/); n[substr($0, RSTART + 8, RLENGTH - 9)] += $NF }
+    /^sluice_runtime_compiles_total/ { match($0, /trigger="[a-z]+"/); c[substr($0, RSTART + 9, RLENGTH - 10)] += $NF }
+    END { printf "loaded"; for (k in n) printf " %s %d", k, n[k]; printf "; compiled"; for (k in c) printf " %s %d", k, c[k] }')
   kill "$runtime"; wait "$runtime" 2>/dev/null || true
-  echo "round $round (--precompile-registered=$precompile): $functions functions"
+  echo "round $round (--precompile-registered=$precompile): $functions functions; $loads"
 done
 
 stats() { # seconds... -> "p50 p90 p99" in ms
