@@ -34,12 +34,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-nats_port=$(free_port) http_port=$(free_port) admin_port=$(free_port)
-nats=nats://127.0.0.1:$nats_port
-"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p "$nats_port" -js -sd "$work/js" 2>"$work/nats.log" &
-pids+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null && break; sleep 0.1; done
+start_nats_server "$work"
+pids+=("$nats_pid")
+http_port=$(free_port) admin_port=$(free_port)
 RUST_LOG=warn "$BIN_DIR/sluice-gateway" --nats "$nats" --listen "127.0.0.1:$http_port" \
   --admin-listen "127.0.0.1:$(free_port)" >"$work/gateway.log" 2>&1 &
 pids+=($!)

@@ -33,12 +33,9 @@ esac
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-nats_port=$(free_port) http_port=$(free_port) admin_port=$(free_port)
-nats=nats://127.0.0.1:$nats_port
-"$SLUICE_NATS_SERVER" -c "$SLUICE_NATS_CONF" -a 127.0.0.1 -p "$nats_port" -js -sd "$work/store" 2>"$work/nats.log" &
-pids+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null && break; sleep 0.1; done
+start_nats_server "$work"
+pids+=("$nats_pid")
+http_port=$(free_port) admin_port=$(free_port)
 mkdir "$work/functions"
 cat >"$work/functions/$fn.yaml" <<EOF
 apiVersion: sluice.dev/v1alpha1
