@@ -241,6 +241,7 @@ impl Loader {
         metrics: Metrics,
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let ahead = ahead && shared;
         Self {
             runtime,
             layout,
@@ -249,10 +250,10 @@ impl Loader {
             metrics,
             cpus: Semaphore::new(cpus),
             loading: Mutex::default(),
-            ahead: ahead && shared,
+            ahead,
             looked_at: Mutex::default(),
             one_ahead: Semaphore::new(1),
-            ahead_lowered: ahead && shared && can_raise_priority(),
+            ahead_lowered: ahead && can_raise_priority(),
             under_way: Mutex::default(),
             demand: AtomicUsize::new(0),
         }
@@ -501,14 +502,13 @@ impl Loader {
             return Ok(None);
         };
         let mut compiled = ahead.compiled.clone();
-        let Ok(bytes) = compiled
+        // An error: the compile failed (its sender is gone).
+        let Some(bytes) = compiled
             .wait_for(Option::is_some)
             .await
-            .map(|bytes| bytes.clone())
+            .ok()
+            .and_then(|bytes| (*bytes).clone())
         else {
-            return Ok(None);
-        };
-        let Some(bytes) = bytes else {
             return Ok(None);
         };
         Ok(
@@ -549,7 +549,7 @@ impl Loader {
         };
         let prepared = tokio::task::spawn_blocking(move || {
             if let Err(e) = runtime.keep_precompiled(&digest, &dir, &bytes) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the shared precompiled component; compiling instead");
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the precompiled component on disk; compiling instead");
                 return Ok(SharedArtifact::Missing);
             }
             // An artifact wasmtime refuses is logged, and removed from disk.
