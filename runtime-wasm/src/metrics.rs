@@ -65,6 +65,19 @@ pub struct Metrics {
     guest_cpu: Family<FunctionLabels, Counter<f64>>,
     memory: Family<FunctionLabels, Counter<f64>>,
     compiles: Family<CompileLabels, Counter>,
+    compiling: Family<CompileLabels, Gauge>,
+}
+
+/// A compile under way, counted in `sluice_runtime_compiles_in_progress`
+/// until dropped.
+#[derive(Debug)]
+#[must_use]
+pub struct CompileUnderWay(Gauge);
+
+impl Drop for CompileUnderWay {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -88,6 +101,7 @@ impl Metrics {
             guest_cpu: Family::default(),
             memory: Family::default(),
             compiles: Family::default(),
+            compiling: Family::default(),
         };
         // What each attempt used (sluice_api::Usage), summed per function,
         // for charging by use: Lambda's GB-seconds are `memory`'s bytes.
@@ -143,8 +157,13 @@ impl Metrics {
         );
         registry.register(
             "runtime_compiles",
-            "Components this process compiled, by trigger: an invocation's load, or ahead of a registered function's first invocation",
+            "Compiles of components this process started, by trigger: an invocation's load, or ahead of a registered function's first invocation",
             metrics.compiles.clone(),
+        );
+        registry.register(
+            "runtime_compiles_in_progress",
+            "Compiles of components under way in this process, by trigger",
+            metrics.compiling.clone(),
         );
         registry.register(
             "queue_wait_seconds",
@@ -243,10 +262,14 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn compiled(&self, trigger: &'static str) {
-        self.compiles
-            .get_or_create(&CompileLabels { trigger })
-            .inc();
+    /// Counts a compile started by `trigger` (`invocation` or `ahead`),
+    /// under way until the value returned is dropped.
+    pub fn compile_started(&self, trigger: &'static str) -> CompileUnderWay {
+        let labels = CompileLabels { trigger };
+        self.compiles.get_or_create(&labels).inc();
+        let under_way = self.compiling.get_or_create(&labels).clone();
+        under_way.inc();
+        CompileUnderWay(under_way)
     }
 
     pub fn cold_start(&self, function: &FunctionRef, source: &'static str, seconds: f64) {

@@ -181,8 +181,8 @@ async fn a_pool_runtime_compiles_a_registered_function_before_its_first_invocati
 /// The first invocation of a component still compiling ahead takes the
 /// compiled bytes as the compile ends: the component is compiled once,
 /// and the invocation waits neither for the upload nor for a second
-/// compile. (hello-py compiles for seconds, so an invocation sent 2 s
-/// after it is routed arrives mid-compile.)
+/// compile. It is sent once the runtime reports the compile ahead under
+/// way (whose bytes stay handed over until their upload ends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_invocation_during_the_compile_ahead_takes_its_bytes() {
     let dir = manifest_dir(
@@ -195,11 +195,23 @@ async fn a_first_invocation_during_the_compile_ahead_takes_its_bytes() {
     stack.publish_dir(dir.path()).await;
     let gw = TestGateway::on_nats(stack, dir).await;
     gw.wait_routed("default/hello-py").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = gw.nats.as_ref().unwrap().node.as_ref().unwrap();
+    eventually(
+        "hello-py compiles ahead",
+        Duration::from_secs(60),
+        async || {
+            let text = node.metrics_text();
+            let under_way = metric(
+                &text,
+                r#"sluice_runtime_compiles_in_progress{trigger="ahead"}"#,
+            );
+            if under_way == 1.0 { Ok(()) } else { Err(text) }
+        },
+    )
+    .await;
     let id = gw.submit("/async/fn/default/hello-py/", &[], "").await;
     gw.wait_succeeded(&id).await;
     wait_shared(&bucket).await;
-    let node = gw.nats.as_ref().unwrap().node.as_ref().unwrap();
     let text = node.metrics_text();
     let compiles = |trigger: &str| {
         metric(

@@ -308,6 +308,7 @@ impl Loader {
             }
             sync::lock(&self.under_way).insert(digest.clone(), ahead.clone());
         }
+        let compiling = self.metrics.compile_started("ahead");
         let runtime = self.runtime.clone();
         let (sent, bytes) = tokio::sync::oneshot::channel();
         // A thread of its own, so that its priority can be lowered and
@@ -328,6 +329,7 @@ impl Loader {
                 .and_then(|r| r.map_err(LoadError::from)),
             Err(e) => Err(LoadError::Thread(e.to_string())),
         };
+        drop(compiling);
         let bytes = match bytes {
             Ok(bytes) => Arc::new(bytes),
             Err(e) => {
@@ -336,7 +338,6 @@ impl Loader {
                 return Err(e);
             }
         };
-        self.metrics.compiled("ahead");
         tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), "compiled ahead of its first invocation");
         done.send_replace(Some(bytes.clone()));
         // Handed to loads until stored: one arriving before the upload ends
@@ -434,7 +435,7 @@ impl Loader {
         let (function, spec) = (function.clone(), spec.clone());
         let _cpu = self.cpus.acquire().await;
         tracing::info!(%function, %digest, "compiling");
-        self.metrics.compiled("invocation");
+        let _compiling = self.metrics.compile_started("invocation");
         let prepared = tokio::task::spawn_blocking(move || {
             let prepared = runtime.prepare(function, &spec, &wasm)?;
             if let Some(dir) = artifacts
