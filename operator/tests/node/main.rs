@@ -58,10 +58,15 @@ fn apply(yaml: &str) {
 fn helm(args: &[&str]) -> String {
     let mut helm = cluster().helm();
     helm.args(args);
-    ok(
-        run_with_stdin(helm, ""),
-        &format!("helm {}", args.join(" ")),
-    )
+    let output = run_with_stdin(helm, "");
+    // `helm --wait` says only which resources were not ready; why is in
+    // the pods, the events and the node's conditions.
+    let what = if output.status.success() {
+        format!("helm {}", args.join(" "))
+    } else {
+        format!("helm {}\n{}", args.join(" "), diagnostics())
+    };
+    ok(output, &what)
 }
 
 /// Polls `check` every 100 ms until it gives `Some`, at most `limit`.
@@ -116,8 +121,20 @@ fn diagnostics() -> String {
             String::from_utf8_lossy(&logs.stdout)
         );
     }
+    // A pressure condition taints the node and leaves every new pod
+    // Pending; the node's line says so before forty events do.
+    let node = cluster().kubectl_with(
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} taints={.spec.taints} {range .status.conditions[*]}{.type}={.status} {end}{\"\\n\"}{end}",
+        ],
+        "",
+    );
     format!(
-        "pods:\n{}\nlast events:\n{}\n{previous}",
+        "nodes:\n{}pods:\n{}\nlast events:\n{}\n{previous}",
+        String::from_utf8_lossy(&node.stdout),
         String::from_utf8_lossy(&pods.stdout),
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     )
@@ -343,15 +360,46 @@ fn wait_ready_in(namespace: &str, name: &str) {
 /// The first 200 from `path`, retried (a sync call that found no runtime
 /// yet may time out while a pod starts).
 fn first_200(path: &str, text: &str) -> String {
+    first_200_timed(path, text).body
+}
+
+/// A [`first_200_timed`]'s answer.
+struct First200 {
+    body: String,
+    /// From the first try's send to the 200 (no Service lookup in it).
+    since_first_try: Duration,
+    /// What the tries before it got (a 404 while the gateway's registry
+    /// watch has yet to see a new Function, a timeout while a pod starts),
+    /// each with its time.
+    tries: Vec<String>,
+}
+
+/// [`first_200`], timed.
+fn first_200_timed(path: &str, text: &str) -> First200 {
     let gateway = gateway();
-    eventually(
+    let mut tries = Vec::new();
+    let first_try = Instant::now();
+    let body = eventually(
         &format!("200 from {path}"),
         Duration::from_secs(120),
         || {
-            let (status, body) = get_within(gateway, path, Duration::from_secs(30))?;
-            (status == 200 && body.contains(text)).then_some(body)
+            let sent = Instant::now();
+            let Some((status, body)) = get_within(gateway, path, Duration::from_secs(30)) else {
+                tries.push(format!("no answer {} ms", sent.elapsed().as_millis()));
+                return None;
+            };
+            if status == 200 && body.contains(text) {
+                return Some(body);
+            }
+            tries.push(format!("{status} {} ms", sent.elapsed().as_millis()));
+            None
         },
-    )
+    );
+    First200 {
+        body,
+        since_first_try: first_try.elapsed(),
+        tries,
+    }
 }
 
 fn deployment_replicas(namespace: &str, name: &str) -> (u64, u64) {
@@ -502,7 +550,7 @@ fn install_with_every_pod_ready_and_no_restarts() {
     no_restarts("during the install");
     eventually("the pool at zero", Duration::from_secs(60), || {
         let (spec, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
-        let running = pods(NAMESPACE, Some("app.kubernetes.io/name=sluice-runtime")).len();
+        let running = pods(NAMESPACE, Some(POOL)).len();
         (spec == 0 && running == 0).then_some(())
     });
 }
@@ -545,8 +593,12 @@ spec:
     kubectl(&["delete", "function", "needs-secret", "-n", FUNCTIONS]);
 }
 
-/// A function the running pool has never served (a component it has not
-/// compiled): its first request after Ready against its warm latency.
+/// A function the running pool has never served: its first request after
+/// Ready against its warm latency. `echo`'s component the pool already
+/// holds (for `secured-echo`); `misbehave`'s it compiles ahead as the
+/// Function is registered, so a request right after Ready may take the
+/// compile's bytes. Then the case of a function registered a while before
+/// its first call: a component new to the pool, its compile ahead ended.
 fn a_function_at_zero_in_the_warm_pool() {
     for (component_name, path) in [("echo", "/"), ("misbehave", "/status/200")] {
         let name = format!("{component_name}-pool");
@@ -566,15 +618,113 @@ spec:
         ));
         wait_ready(&name);
         let url = format!("/fn/{FUNCTIONS}/{name}{path}");
-        let started = Instant::now();
-        first_200(&url, "");
-        let first = started.elapsed();
+        let first = first_200_timed(&url, "");
         println!(
-            "NODE-TIMING {component_name} at zero in the warm pool, first request after Ready: {} ms (warm p50 {} us)",
-            first.as_millis(),
+            "NODE-TIMING {component_name} at zero in the warm pool, first request sent as the Function is Ready: its 200 in {} ms ({:?} before it), warm p50 {} us",
+            first.since_first_try.as_millis(),
+            first.tries,
             warm_p50(&url).as_micros()
         );
+        pool_log(&name);
     }
+    a_function_compiled_ahead_in_the_warm_pool();
+}
+
+/// A component no runtime has compiled (echo's, with a custom section of
+/// its own, so a digest of its own), registered in the warm pool; its
+/// first request is sent once the pool has compiled it ahead and stored
+/// the artifact, so the request pays only the component's load
+/// (`cold start source="shared"`) and its worker's start.
+fn a_function_compiled_ahead_in_the_warm_pool() {
+    let mut wasm = std::fs::read(component("echo")).expect("the echo component");
+    let name = b"sluice-node-test";
+    let payload = b"compiled ahead";
+    // A custom section: id 0, its size, then its name and bytes (each
+    // size a one-byte LEB128 here).
+    wasm.push(0);
+    wasm.push((1 + name.len() + payload.len()) as u8);
+    wasm.push(name.len() as u8);
+    wasm.extend_from_slice(name);
+    wasm.extend_from_slice(payload);
+    let file = cluster().dir().join("echo-ahead.wasm");
+    std::fs::write(&file, &wasm).expect("write the component");
+    config_map("echo-ahead-wasm", "module.wasm", &file);
+    let before = pool_compiles_ahead();
+    apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: echo-ahead, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: echo-ahead-wasm, key: module.wasm }} }}
+"
+    ));
+    wait_ready("echo-ahead");
+    eventually(
+        "the pool compiled echo-ahead ahead",
+        Duration::from_secs(60),
+        || {
+            // One pod compiles it; the others find its artifact stored.
+            let now = pool_compiles_ahead();
+            let started = |all: &BTreeMap<String, (u64, u64)>| -> u64 {
+                all.values().map(|(started, _)| started).sum()
+            };
+            (started(&now) > started(&before) && now.values().all(|(_, under_way)| *under_way == 0))
+                .then_some(())
+        },
+    );
+    // The artifact's upload follows the compile's end by milliseconds.
+    thread::sleep(Duration::from_secs(1));
+    let url = format!("/fn/{FUNCTIONS}/echo-ahead/");
+    let first = first_200_timed(&url, "");
+    println!(
+        "NODE-TIMING a component compiled ahead in the warm pool, first request: its 200 in {} ms ({:?} before it), warm p50 {} us",
+        first.since_first_try.as_millis(),
+        first.tries,
+        warm_p50(&url).as_micros()
+    );
+    pool_log("echo-ahead");
+}
+
+/// The pool pods' log lines that name `function`, beside the
+/// `NODE-TIMING` lines: when its worker started and where its component
+/// came from.
+fn pool_log(function: &str) {
+    for pod in pods(NAMESPACE, Some(POOL)) {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let logs = cluster().kubectl_with(&["logs", name, "-n", NAMESPACE], "");
+        for line in String::from_utf8_lossy(&logs.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("{FUNCTIONS}/{function}\"")))
+        {
+            println!("NODE-BREAKDOWN {name} log: {line}");
+        }
+    }
+}
+
+/// Each running pool pod's compiles ahead: (started, under way), by pod.
+fn pool_compiles_ahead() -> BTreeMap<String, (u64, u64)> {
+    let value = |text: &str, metric: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{metric}{{trigger=\"ahead\"}} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    pods(NAMESPACE, Some(POOL))
+        .iter()
+        .filter(|pod| ready(pod))
+        .filter_map(|pod| {
+            let ip: std::net::IpAddr = pod["status"]["podIP"].as_str()?.parse().ok()?;
+            let (_, text) = get(SocketAddr::new(ip, 9091), "/metrics")?;
+            Some((
+                pod["metadata"]["name"].as_str()?.to_owned(),
+                (
+                    value(&text, "sluice_runtime_compiles_total"),
+                    value(&text, "sluice_runtime_compiles_in_progress"),
+                ),
+            ))
+        })
+        .collect()
 }
 
 fn helm_test_passes() {
@@ -602,6 +752,7 @@ fn cluster_examples_are_served() -> (String, String) {
     );
     let (replicas, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
     assert!(replicas >= 1, "the pool woke");
+    the_pool_at_zero_answers_its_first_request(&hello);
 
     // Warm: the pool runs.
     let gateway = gateway();
@@ -674,40 +825,85 @@ spec:
     ));
     wait_ready("echo");
     let echo = format!("/fn/{FUNCTIONS}/echo/");
+    // echo answers a GET with its (empty) body.
+    first_requests_at_zero(
+        "dedicated function",
+        &echo,
+        "",
+        (FUNCTIONS, "echo-runtime"),
+        "sluice.dev/function=echo",
+    );
+    (hello, echo)
+}
+
+/// The pool's wake from zero, five times: `hello`, the pool's only
+/// function, idles out in seconds instead of a minute, each request waits
+/// for the pool Deployment at zero with no pod left, and its time to a 200
+/// includes the pool pod's start. Then `hello` gets its default scaling
+/// back, so the steps after this find the pool warm as a user would.
+fn the_pool_at_zero_answers_its_first_request(hello: &str) {
+    let scaling = |value: &str| {
+        kubectl(&[
+            "patch",
+            "function",
+            "hello",
+            "-n",
+            FUNCTIONS,
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{{\"scaling\":{value}}}}}"),
+        ])
+    };
+    scaling(r#"{"scaleDownDelay":"2s","scaleToZeroAfter":"3s"}"#);
+    first_requests_at_zero("pool", hello, "Hello", (NAMESPACE, "sluice-runtime"), POOL);
+    scaling("null");
+}
+
+/// Five first requests to `path`, each sent once `deployment` (namespace,
+/// name) is at zero with no pod of `selector` left; prints their median,
+/// slowest and all, and where each woken pod's start went.
+fn first_requests_at_zero(
+    what: &str,
+    path: &str,
+    text: &str,
+    deployment: (&str, &str),
+    selector: &str,
+) {
+    let (namespace, name) = deployment;
     let mut cold = Vec::new();
     for _ in 0..5 {
         eventually(
-            "the dedicated echo at zero",
-            Duration::from_secs(90),
+            &format!("the {what} at zero"),
+            Duration::from_secs(120),
             || {
-                let (spec, _) = deployment_replicas(FUNCTIONS, "echo-runtime");
-                let running = pods(FUNCTIONS, Some("sluice.dev/function=echo")).len();
+                let (spec, _) = deployment_replicas(namespace, name);
+                let running = pods(namespace, Some(selector)).len();
                 (spec == 0 && running == 0).then_some(())
             },
         );
-        let t = Instant::now();
-        // echo answers a GET with its (empty) body.
-        first_200(&echo, "");
-        cold.push(t.elapsed());
-        pod_start_breakdown("echo");
+        cold.push(first_200_timed(path, text).since_first_try);
+        pod_start_breakdown(namespace, selector);
     }
     let mut sorted = cold.clone();
     sorted.sort();
     println!(
-        "NODE-TIMING dedicated function at zero, first request p50 of {}: {} ms, slowest {} ms ({:?})",
+        "NODE-TIMING {what} at zero, first request p50 of {}: {} ms, slowest {} ms ({:?})",
         cold.len(),
         median(cold.clone()).as_millis(),
         sorted.last().map_or(0, Duration::as_millis),
         cold.iter().map(Duration::as_millis).collect::<Vec<_>>()
     );
-    (hello, echo)
 }
 
-/// Where a woken dedicated runtime's start went: the pod's own timestamps
-/// (whole seconds) and the runtime's log lines (microseconds) up to the
+/// The pool runtime's pods.
+const POOL: &str = "app.kubernetes.io/name=sluice-runtime";
+
+/// Where a woken runtime's start went: the pod's own timestamps (whole
+/// seconds) and the runtime's log lines (microseconds) up to the
 /// component's cold start, printed beside the `NODE-TIMING` lines.
-fn pod_start_breakdown(function: &str) {
-    let pods = pods(FUNCTIONS, Some(&format!("sluice.dev/function={function}")));
+fn pod_start_breakdown(namespace: &str, selector: &str) {
+    let pods = pods(namespace, Some(selector));
     let Some(pod) = pods.first() else { return };
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let conditions: Vec<String> = pod["status"]["conditions"]
@@ -730,7 +926,7 @@ fn pod_start_breakdown(function: &str) {
             .as_str()
             .unwrap_or("?"),
     );
-    let logs = cluster().kubectl_with(&["logs", name, "-n", FUNCTIONS], "");
+    let logs = cluster().kubectl_with(&["logs", name, "-n", namespace], "");
     for line in String::from_utf8_lossy(&logs.stdout).lines().take(12) {
         println!("NODE-BREAKDOWN {name} log: {line}");
     }
