@@ -872,6 +872,7 @@ fn first_requests_at_zero(
 ) {
     let (namespace, name) = deployment;
     let mut cold = Vec::new();
+    let first_sent = jiff::Timestamp::now();
     for _ in 0..5 {
         eventually(
             &format!("the {what} at zero"),
@@ -882,8 +883,29 @@ fn first_requests_at_zero(
                 (spec == 0 && running == 0).then_some(())
             },
         );
+        println!(
+            "NODE-BREAKDOWN {what} request sent {}",
+            jiff::Timestamp::now()
+        );
         cold.push(first_200_timed(path, text).since_first_try);
         pod_start_breakdown(namespace, selector);
+    }
+    // When the autoscaler wrote each scale, to set beside the sends.
+    let operator = cluster().kubectl_with(
+        &[
+            "logs",
+            "deployment/sluice-operator",
+            "-n",
+            NAMESPACE,
+            &format!("--since-time={first_sent}"),
+        ],
+        "",
+    );
+    for line in String::from_utf8_lossy(&operator.stdout)
+        .lines()
+        .filter(|l| l.contains("replica"))
+    {
+        println!("NODE-BREAKDOWN operator log: {line}");
     }
     let mut sorted = cold.clone();
     sorted.sort();
