@@ -887,7 +887,17 @@ fn first_requests_at_zero(
             "NODE-BREAKDOWN {what} request sent {}",
             jiff::Timestamp::now()
         );
-        cold.push(first_200_timed(path, text).since_first_try);
+        let first = first_200_timed(path, text);
+        if !first.tries.is_empty() {
+            // A slow wake's tries say whether the time went to the
+            // connection (no answer at the 2 s connect timeout) or not.
+            println!(
+                "NODE-BREAKDOWN {what} 200 after {} ms, tries before it: {:?}",
+                first.since_first_try.as_millis(),
+                first.tries
+            );
+        }
+        cold.push(first.since_first_try);
         pod_start_breakdown(namespace, selector);
     }
     // When the autoscaler wrote each scale, to set beside the sends.
