@@ -607,25 +607,14 @@ fn a_function_at_zero_in_the_warm_pool() {
             "module.wasm",
             &component(component_name),
         );
-        apply(&format!(
-            "apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: {name}, namespace: {FUNCTIONS} }}
-spec:
-  auth: {{ public: true }}
-  module: {{ configMap: {{ name: {name}-wasm, key: module.wasm }} }}
-"
-        ));
-        wait_ready(&name);
-        let url = format!("/fn/{FUNCTIONS}/{name}{path}");
-        let first = first_200_timed(&url, "");
-        println!(
-            "NODE-TIMING {component_name} at zero in the warm pool, first request sent as the Function is Ready: its 200 in {} ms ({:?} before it), warm p50 {} us",
-            first.since_first_try.as_millis(),
-            first.tries,
-            warm_p50(&url).as_micros()
+        pool_function(&name);
+        first_request_in_the_warm_pool(
+            &format!(
+                "{component_name} at zero in the warm pool, first request sent as the Function is Ready"
+            ),
+            &name,
+            path,
         );
-        pool_log(&name);
     }
     a_function_compiled_ahead_in_the_warm_pool();
 }
@@ -650,16 +639,7 @@ fn a_function_compiled_ahead_in_the_warm_pool() {
     std::fs::write(&file, &wasm).expect("write the component");
     config_map("echo-ahead-wasm", "module.wasm", &file);
     let before = pool_compiles_ahead();
-    apply(&format!(
-        "apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: echo-ahead, namespace: {FUNCTIONS} }}
-spec:
-  auth: {{ public: true }}
-  module: {{ configMap: {{ name: echo-ahead-wasm, key: module.wasm }} }}
-"
-    ));
-    wait_ready("echo-ahead");
+    pool_function("echo-ahead");
     eventually(
         "the pool compiled echo-ahead ahead",
         Duration::from_secs(60),
@@ -675,15 +655,42 @@ spec:
     );
     // The artifact's upload follows the compile's end by milliseconds.
     thread::sleep(Duration::from_secs(1));
-    let url = format!("/fn/{FUNCTIONS}/echo-ahead/");
+    first_request_in_the_warm_pool(
+        "a component compiled ahead in the warm pool, first request",
+        "echo-ahead",
+        "/",
+    );
+}
+
+/// A public pool Function `name` whose component is key `module.wasm` of
+/// ConfigMap `<name>-wasm`, applied and Ready.
+fn pool_function(name: &str) {
+    apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: {name}, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: {name}-wasm, key: module.wasm }} }}
+"
+    ));
+    wait_ready(name);
+}
+
+/// Times the first request to `path` of pool Function `name` (to its 200,
+/// with what the tries before it got) against its warm latency, printed
+/// as a `NODE-TIMING` line labelled `what`, then the pool's log lines
+/// about it.
+fn first_request_in_the_warm_pool(what: &str, name: &str, path: &str) {
+    let url = format!("/fn/{FUNCTIONS}/{name}{path}");
     let first = first_200_timed(&url, "");
     println!(
-        "NODE-TIMING a component compiled ahead in the warm pool, first request: its 200 in {} ms ({:?} before it), warm p50 {} us",
+        "NODE-TIMING {what}: its 200 in {} ms ({:?} before it), warm p50 {} us",
         first.since_first_try.as_millis(),
         first.tries,
         warm_p50(&url).as_micros()
     );
-    pool_log("echo-ahead");
+    pool_log(name);
 }
 
 /// The pool pods' log lines that name `function`, beside the
