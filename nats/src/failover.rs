@@ -15,15 +15,41 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, ErrorCode};
 use tokio::time::Instant;
 
-/// The longest a publish is retried, whatever its deadline: a leader
-/// election takes a few seconds (nats-server's election timeout is 4 to
-/// 9 s), and a caller waiting longer for an answer is better told 503.
-pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(15);
+/// The longest a publish, or a read a caller waits on, is retried through
+/// a failover, whatever its deadline: a leader election takes a few
+/// seconds (nats-server's election timeout is 4 to 9 s), and a caller
+/// waiting longer for an answer is better told 503.
+pub const PATIENCE: Duration = Duration::from_secs(15);
 /// The pause after a first failed attempt; it doubles up to
 /// [`RETRY_MAX`].
 pub const RETRY_INITIAL: Duration = Duration::from_millis(50);
 /// The longest pause between attempts.
 pub const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// How long a request that finds its client disconnected waits for it to
+/// reconnect: on a cluster the client reconnects to a surviving server
+/// within milliseconds of losing its own, and a caller arriving meanwhile
+/// should not get a 503 for it; with every server gone, the caller hears
+/// so after this long.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+/// How often [`connected_within`] looks again: async-nats tells its
+/// connection's changes only through the one event callback, which
+/// [`crate::connect`] keeps for logging.
+const RECONNECT_POLL: Duration = Duration::from_millis(20);
+
+/// Whether `client` is connected, or reconnects within `grace`.
+pub async fn connected_within(client: &async_nats::Client, grace: Duration) -> bool {
+    let until = Instant::now() + grace;
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return true;
+        }
+        if Instant::now() + RECONNECT_POLL > until {
+            return false;
+        }
+        tokio::time::sleep(RECONNECT_POLL).await;
+    }
+}
 
 /// JetStream's answers while a stream or the cluster has no leader (or the
 /// server asked is catching up): another attempt, later, may succeed.
@@ -60,7 +86,7 @@ pub fn next_delay(failed: u32, left: Duration) -> Option<Duration> {
 }
 
 /// Publishes `message` on `subject`, sending it again on a [`retryable`]
-/// failure until `until` (and at most [`PUBLISH_PATIENCE`] from now).
+/// failure until `until` (and at most [`PATIENCE`] from now).
 /// Give `message` a `Nats-Msg-Id`: an attempt whose acknowledgement was
 /// lost may have been stored, and the id makes the next one a duplicate
 /// instead of a second copy. Returns the acknowledgement (`duplicate`
@@ -73,7 +99,7 @@ pub async fn publish_patiently(
     message: PublishMessage,
     until: Instant,
 ) -> Result<PublishAck, PublishError> {
-    let until = until.min(Instant::now() + PUBLISH_PATIENCE);
+    let until = until.min(Instant::now() + PATIENCE);
     let mut failed = 0u32;
     let mut maybe_stored = false;
     loop {

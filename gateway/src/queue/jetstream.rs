@@ -40,8 +40,8 @@ const REPLY_GRACE: Duration = Duration::from_millis(250);
 /// runtime keeps changing meanwhile.
 const CANCEL_TRIES: u32 = 5;
 
-/// The pause before a result long-poll reads its record again after a
-/// failed read or watch (a failover), within its wait.
+/// The pause before a record's read, or a result long-poll, is tried
+/// again after a failed read or watch (a failover).
 const RECORD_RETRY: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
@@ -102,16 +102,18 @@ impl JetStreamQueue {
         })
     }
 
-    fn check_connected(&self) -> Result<(), QueueError> {
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            _ => Err(QueueError::Unavailable(
+    /// Connected, or reconnected within [`failover::RECONNECT_GRACE`]
+    /// (its server died and it moves to another); else 503.
+    async fn check_connected(&self) -> Result<(), QueueError> {
+        if failover::connected_within(&self.client, failover::RECONNECT_GRACE).await {
+            Ok(())
+        } else {
+            Err(QueueError::Unavailable(
                 "NATS is unreachable; try again shortly".into(),
-            )),
+            ))
         }
     }
 
-    /// Publishes an invocation onto its function's subject.
     /// Reads invocation `id`'s record, then follows it until it is final
     /// or `until`, keeping the newest in `known`: `None` when there is no
     /// record, the record when final or at `until`, an error when the
@@ -262,6 +264,26 @@ impl JetStreamQueue {
         None
     }
 
+    /// Invocation `id`'s record as stored, read again after a failed read
+    /// (a failover: the results bucket electing a leader) for
+    /// [`failover::PATIENCE`] at most; then the last error.
+    async fn record_entry(
+        &self,
+        id: &InvocationId,
+    ) -> Result<Option<async_nats::jetstream::kv::Entry>, async_nats::jetstream::kv::EntryError>
+    {
+        let give_up = tokio::time::Instant::now() + failover::PATIENCE;
+        loop {
+            match self.layout.results.entry(id.as_str()).await {
+                Err(error) if tokio::time::Instant::now() + RECORD_RETRY < give_up => {
+                    tracing::debug!(%id, %error, "reading the invocation record again");
+                    tokio::time::sleep(RECORD_RETRY).await;
+                }
+                read => return read,
+            }
+        }
+    }
+
     /// One read and conditional write of the record for a cancel;
     /// `Ok(None)` when a runtime changed it in between, `Ok(Some(None))`
     /// for an unknown id.
@@ -272,13 +294,7 @@ impl JetStreamQueue {
         let unavailable = |e: &dyn std::fmt::Display| {
             QueueError::Unavailable(format!("cannot cancel the invocation: {e}"))
         };
-        let Some(entry) = self
-            .layout
-            .results
-            .entry(id.as_str())
-            .await
-            .map_err(|e| unavailable(&e))?
-        else {
+        let Some(entry) = self.record_entry(id).await.map_err(|e| unavailable(&e))? else {
             return Ok(Some(None));
         };
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
@@ -324,7 +340,7 @@ impl JetStreamQueue {
         subject: &str,
         selection: &Selection,
     ) -> Result<Vec<dead_letter::Stored>, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         let mut all = dead_letter::read(
             &self.layout.dead_letters,
             function,
@@ -422,7 +438,7 @@ fn publish_error(function: &FunctionRef, e: PublishError) -> QueueError {
 #[async_trait]
 impl InvocationQueue for JetStreamQueue {
     async fn call(&self, invocation: Invocation) -> Result<CallResult, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         // A keyed call waits its turn on its key's bucket: never direct.
         if super::ordering_key(&invocation)?.is_none()
             && let Some(answered) = self.call_directly(&invocation).await
@@ -467,7 +483,7 @@ impl InvocationQueue for JetStreamQueue {
         invocation: Invocation,
         callback: Option<String>,
     ) -> Result<Submitted, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         let id = invocation.id.clone();
         let record = InvocationRecord::accepted(&invocation);
         let json = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
@@ -499,18 +515,24 @@ impl InvocationQueue for JetStreamQueue {
         id: &InvocationId,
         wait: Duration,
     ) -> Result<Option<InvocationRecord>, QueueError> {
-        self.check_connected()?;
-        let until = tokio::time::Instant::now() + wait;
-        let mut known = None;
+        self.check_connected().await?;
+        let started = tokio::time::Instant::now();
+        let until = started + wait;
         // Through a failover (the results bucket electing a leader, the
         // watch's consumer lost with its server) the read and the watch
-        // are tried again within the wait; past it, what is known.
+        // are tried again: within the wait once a record is known, and
+        // for a failover's patience at least until one is, so that a read
+        // with no wait (every status request's first) outlasts an election
+        // instead of answering 503 while it runs.
+        let mut known = None;
+        let give_up = started + wait.max(failover::PATIENCE);
         loop {
             let error = match self.follow_record(id, until, &mut known).await {
                 Ok(found) => return Ok(found),
                 Err(e) => e,
             };
-            if tokio::time::Instant::now() + RECORD_RETRY >= until {
+            let now = tokio::time::Instant::now();
+            if (known.is_some() && now >= until) || now + RECORD_RETRY >= give_up {
                 return match known {
                     Some(record) => Ok(Some(record)),
                     None => Err(QueueError::Unavailable(format!(
@@ -529,7 +551,7 @@ impl InvocationQueue for JetStreamQueue {
         subject: &str,
         reason: &str,
     ) -> Result<(), QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         // The message a runtime would have dead-lettered: the invocation as
         // queued, plus why.
         let mut headers = async_nats::HeaderMap::new();
@@ -561,7 +583,7 @@ impl InvocationQueue for JetStreamQueue {
         function: &FunctionRef,
         subject: &str,
     ) -> Result<Vec<DeadLetter>, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         dead_letter::list(
             &self.layout.dead_letters,
             function,
@@ -577,7 +599,7 @@ impl InvocationQueue for JetStreamQueue {
     /// one is announced on its function's cancel subject, and the runtime
     /// running it ends it `cancelled`.
     async fn cancel(&self, id: &InvocationId) -> Result<Option<Cancelled>, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         for _ in 0..CANCEL_TRIES {
             if let Some(done) = self.cancel_once(id).await? {
                 return Ok(done);
@@ -655,7 +677,7 @@ impl InvocationQueue for JetStreamQueue {
         function: &FunctionRef,
         id: &InvocationId,
     ) -> Result<Vec<AttemptLog>, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         sluice_nats::logs::of_invocation(&self.layout.logs, function, id)
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))
@@ -667,7 +689,7 @@ impl InvocationQueue for JetStreamQueue {
         since: SystemTime,
         follow: bool,
     ) -> Result<LogFeed, QueueError> {
-        self.check_connected()?;
+        self.check_connected().await?;
         let receiver = sluice_nats::logs::of_function(&self.layout.logs, function, since, follow)
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))?;

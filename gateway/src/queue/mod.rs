@@ -112,7 +112,10 @@ pub trait InvocationQueue: Send + Sync + std::fmt::Debug {
     ) -> Result<Submitted, QueueError>;
 
     /// The record of an invocation; with `wait`, waits up to that long for
-    /// it to reach a final state.
+    /// it to reach a final state. A read that fails (in NATS mode, a
+    /// failover) is tried again, for `wait` or 15 s
+    /// (`sluice_nats::failover::PATIENCE`), whichever is longer, before
+    /// [`QueueError::Unavailable`].
     async fn record(
         &self,
         id: &InvocationId,

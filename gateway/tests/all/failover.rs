@@ -511,23 +511,96 @@ async fn event_triggers_follow_a_leader_loss_and_restarts() {
     events_arrive(&gw, &js, "after-the-restarts").await;
 }
 
-/// A result long-poll (`?wait=`) under way when the results bucket's
-/// leader is SIGKILLed still answers with the invocation's final record.
+/// A function whose invocations may run past a failover: `SLOW`'s 2 s
+/// timeout ends them before a leader is elected.
+const PATIENT: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: patient }
+spec:
+  module: { file: "{misbehave}" }
+  timeout: 60s
+  concurrency: 4
+"#;
+
+/// Publishes `PATIENT` and waits until `gw` routes it.
+async fn publish_patient(layout: &Layout, gw: &TestGateway) {
+    publish_dir(
+        &Publisher::new(layout.clone()),
+        manifest_dir(PATIENT).path(),
+    )
+    .await;
+    gw.wait_routed("default/patient").await;
+}
+
+/// Across a SIGKILL of the results bucket's leader: a result long-poll
+/// (`?wait=`) under way still answers with the invocation's final record,
+/// and a status read sent during the election (every status request reads
+/// its record first) waits it out instead of answering 503. Both reads are
+/// placed: the long-poll starts once the record is known to be readable
+/// and running, the plain read right after the kill. (A long-poll spawned
+/// just before the kill sometimes made its first read during the
+/// election, which answered 503 then: one CI failure.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_long_poll_answers_the_final_record_across_the_results_leader_loss() {
+async fn record_reads_outlast_the_results_leader_loss() {
     let work = tempfile::tempdir().unwrap();
     let (mut cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
+    publish_patient(&layout, &gw).await;
     let id = gw
-        .submit("/async/fn/default/slow/sleep/1500", &[], "")
+        .submit("/async/fn/default/patient/sleep/4000", &[], "")
+        .await;
+    let status = format!("/invocations/{id}");
+    gw.wait_answer(&status, |r| r.json()["state"] == "running")
         .await;
     let poll = {
         let (gw, id) = (gw.clone(), id.clone());
         tokio::spawn(async move { gw.get(&format!("/invocations/{id}?wait=60s")).await })
     };
+    // Long enough for the long-poll to be following the record.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let leader = leader_of("KV_sluice-results", &layout).await;
     eprintln!("SIGKILL n{leader}, the results' leader");
     cluster.servers[leader].kill();
+    let read = gw.get(&status).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    assert!(
+        ["running", "succeeded"].contains(&read.json()["state"].as_str().unwrap_or("")),
+        "{}",
+        read.text()
+    );
     let reply = poll.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["state"], "succeeded", "{}", reply.text());
+}
+
+/// A cancel sent while the results bucket elects a leader (its leader
+/// SIGKILLed just before) reads the record once one is elected, and the
+/// running invocation ends `cancelled`, instead of a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_outlasts_the_results_leader_loss() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
+    publish_patient(&layout, &gw).await;
+    let id = gw
+        .submit("/async/fn/default/patient/sleep/30000", &[], "")
+        .await;
+    let status = format!("/invocations/{id}");
+    gw.wait_answer(&status, |r| r.json()["state"] == "running")
+        .await;
+    let leader = leader_of("KV_sluice-results", &layout).await;
+    eprintln!("SIGKILL n{leader}, the results' leader");
+    cluster.servers[leader].kill();
+    let reply = gw.send(Method::DELETE, &status, &[], "").await;
+    assert!(
+        [StatusCode::ACCEPTED, StatusCode::OK].contains(&reply.status),
+        "{} {}",
+        reply.status,
+        reply.text()
+    );
+    let record = gw
+        .wait_answer(&format!("{status}?wait=20s"), |r| {
+            r.status == StatusCode::OK && r.json()["state"] != "running"
+        })
+        .await;
+    assert_eq!(record.json()["state"], "cancelled", "{}", record.text());
 }

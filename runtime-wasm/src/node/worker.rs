@@ -774,7 +774,7 @@ async fn deliver(
         &shared.layout.js,
         &target.invoke_subject(),
         publish,
-        tokio::time::Instant::now() + failover::PUBLISH_PATIENCE,
+        tokio::time::Instant::now() + failover::PATIENCE,
     )
     .await
     .map_err(|e| format!("cannot queue {target}'s invocation: {e}"))?;
