@@ -41,6 +41,14 @@ impl RegistryEvent {
 
 /// How long a failed watch waits before it is opened again.
 const REWATCH_PAUSE: Duration = Duration::from_secs(1);
+/// How often an open watch is compared with the bucket (one `STREAM.INFO`
+/// request): a watch that delivered nothing since the previous comparison
+/// while still short of a revision the bucket held then has stalled, and
+/// is opened again. The failover tests saw a gateway's watch deliver
+/// nothing for 90 s after a leader's SIGKILL (once, under load), which
+/// async-nats' own recovery (missed heartbeats) did not end; the cause is
+/// not known, so this guard does not depend on it.
+const BEHIND_CHECK: Duration = Duration::from_secs(10);
 
 /// Reports the registry's entries (the current one of every function
 /// first, then changes as they happen) and reopens its watch by itself
@@ -54,6 +62,16 @@ pub struct RegistryWatcher {
     caught_up: bool,
     /// The last watch failed: pause before opening another.
     failed: bool,
+    /// The highest revision the current watch delivered.
+    seen: u64,
+    /// The bucket's last revision at the previous comparison
+    /// ([`BEHIND_CHECK`]); `None` before one, or when the bucket was empty.
+    stored_at_check: Option<u64>,
+    /// `seen` at the previous comparison.
+    seen_at_check: u64,
+    /// When the next comparison is due: kept here, since `next` is
+    /// cancel-safe and may be dropped and called again at any point.
+    next_check: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for RegistryWatcher {
@@ -73,6 +91,10 @@ impl RegistryWatcher {
             owe_caught_up: false,
             caught_up: false,
             failed: false,
+            seen: 0,
+            stored_at_check: None,
+            seen_at_check: 0,
+            next_check: tokio::time::Instant::now(),
         }
     }
 
@@ -89,19 +111,31 @@ impl RegistryWatcher {
                 self.open().await;
                 continue;
             };
-            let entry = match watch.next().await {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => {
+            // Biased: entries already delivered are taken before the
+            // comparison, which would otherwise count them as missing.
+            let next = tokio::select! {
+                biased;
+                next = watch.next() => Some(next),
+                () = tokio::time::sleep_until(self.next_check) => None,
+            };
+            let entry = match next {
+                None => {
+                    self.compare_with_bucket().await;
+                    continue;
+                }
+                Some(Some(Ok(entry))) => entry,
+                Some(Some(Err(e))) => {
                     tracing::warn!(error = %e, "the registry watch failed; watching again");
                     self.lost();
                     continue;
                 }
-                None => {
+                Some(None) => {
                     tracing::warn!("the registry watch ended; watching again");
                     self.lost();
                     continue;
                 }
             };
+            self.seen = self.seen.max(entry.revision);
             if entry.delta == 0 && !self.caught_up {
                 self.owe_caught_up = true;
             }
@@ -114,6 +148,31 @@ impl RegistryWatcher {
     fn lost(&mut self) {
         self.watch = None;
         self.failed = true;
+    }
+
+    /// Compares the watch with the bucket ([`BEHIND_CHECK`]); a stalled
+    /// watch is dropped, to be opened again. A bucket that cannot be read
+    /// (NATS away) is compared again next time.
+    async fn compare_with_bucket(&mut self) {
+        self.next_check = tokio::time::Instant::now() + BEHIND_CHECK;
+        let state = match self.functions.stream.get_info().await {
+            Ok(info) => info.state,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot compare the registry watch with the bucket");
+                return;
+            }
+        };
+        if fell_behind(self.stored_at_check, self.seen_at_check, self.seen) {
+            tracing::warn!(
+                seen = self.seen,
+                stored = ?self.stored_at_check,
+                "the registry watch fell behind the bucket; watching again"
+            );
+            self.lost();
+            return;
+        }
+        self.stored_at_check = (state.messages > 0).then_some(state.last_sequence);
+        self.seen_at_check = self.seen;
     }
 
     /// Opens a watch with history: the last entry (or delete marker) of
@@ -132,8 +191,12 @@ impl RegistryWatcher {
         };
         // An empty bucket reports nothing, so nothing would say it is caught
         // up; entries stored meanwhile still arrive, after the CaughtUp.
-        let empty = match self.functions.status().await {
-            Ok(status) => status.info.state.messages == 0,
+        // Asked of the server: the store's `status()` is the stream's info
+        // from when the store was opened, so a watch reopened later took a
+        // bucket empty then for empty now, and said CaughtUp before any
+        // entry.
+        let empty = match self.functions.stream.get_info().await {
+            Ok(info) => info.state.messages == 0,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the registry's size; retrying");
                 self.failed = true;
@@ -144,7 +207,22 @@ impl RegistryWatcher {
         self.failed = false;
         self.caught_up = false;
         self.owe_caught_up = empty;
+        self.seen = 0;
+        self.stored_at_check = None;
+        self.seen_at_check = 0;
+        self.next_check = tokio::time::Instant::now() + BEHIND_CHECK;
     }
+}
+
+/// Whether a watch has stalled: the bucket held revision `stored` at the
+/// previous comparison, a whole [`BEHIND_CHECK`] ago; the highest revision
+/// the watch had delivered then, `seen_then`, is still the highest now,
+/// `seen`; and it is short of `stored`. (A watch with history delivers
+/// every key's last entry, so the bucket's last revision is always among
+/// what it delivers.) A watch still delivering, however far behind (a
+/// large registry's first listing on a slow machine), has not stalled.
+fn fell_behind(stored: Option<u64>, seen_then: u64, seen: u64) -> bool {
+    seen == seen_then && stored.is_some_and(|stored| stored > seen)
 }
 
 /// The event an entry means; `None` for a key that names no function.
@@ -167,4 +245,32 @@ fn interpret(entry: Entry) -> Option<RegistryEvent> {
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fell_behind;
+
+    #[test]
+    fn a_watch_has_stalled_when_it_delivered_nothing_and_is_short_of_what_was_stored_a_check_ago() {
+        let cases = [
+            // (stored at the previous check, seen then, seen now, stalled)
+            (None, 0, 0, false),
+            (None, 7, 7, false),
+            (Some(7), 7, 7, false),
+            (Some(7), 9, 9, false),
+            (Some(7), 6, 6, true),
+            (Some(1), 0, 0, true),
+            // Still delivering, though short of it: not stalled.
+            (Some(7), 2, 6, false),
+            (Some(9000), 0, 1, false),
+        ];
+        for (stored, seen_then, seen, stalled) in cases {
+            assert_eq!(
+                fell_behind(stored, seen_then, seen),
+                stalled,
+                "{stored:?} {seen_then} {seen}"
+            );
+        }
+    }
 }

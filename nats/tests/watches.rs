@@ -236,3 +236,67 @@ async fn a_pull_consumer_hands_out_what_is_queued_after_its_leader_dies_and_a_re
     }
     pull(&layout, &function, &mut consumer, 10..15).await;
 }
+
+/// A watch whose consumer stops delivering while the server still keeps
+/// it (paused here, as a stall after a failover leaves it: async-nats sees
+/// its heartbeats and does not recreate it) is compared with the bucket
+/// and opened again, and reports what was stored meanwhile, then
+/// `CaughtUp`; not `CaughtUp` first because the bucket was empty when the
+/// watcher's store was opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_watch_that_stalls_is_opened_again() {
+    let server = sluice_testing::NatsServer::start();
+    let client = sluice_nats::connect(&server.url, "test-owner", &Default::default())
+        .await
+        .expect("the server");
+    let layout = Layout::reconcile(client.clone(), &LayoutConfig::default())
+        .await
+        .expect("the layout")
+        .layout;
+    let mut watcher = RegistryWatcher::new(layout.functions.clone());
+    assert_eq!(
+        watcher.next().await,
+        RegistryEvent::CaughtUp,
+        "an empty bucket"
+    );
+    let first = entry("f", "10s");
+    put(&layout, &first).await;
+    sees(&mut watcher, &first, Duration::from_secs(30)).await;
+
+    let stream = layout.js.get_stream(FUNCTIONS_STREAM).await.unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .map(|name| name.expect("a consumer name"))
+        .collect()
+        .await;
+    assert_eq!(names.len(), 1, "the watch's consumer alone: {names:?}");
+    let paused: serde_json::Value = serde_json::from_slice(
+        &client
+            .request(
+                format!("$JS.API.CONSUMER.PAUSE.{FUNCTIONS_STREAM}.{}", names[0]),
+                r#"{"pause_until": "2099-01-01T00:00:00Z"}"#.into(),
+            )
+            .await
+            .expect("the pause answered")
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(paused["paused"], true, "{paused}");
+
+    let second = entry("g", "10s");
+    put(&layout, &second).await;
+    // Two comparisons (10 s apart) and the reopen, with room.
+    let reported = tokio::time::timeout(Duration::from_secs(40), async {
+        let mut reported = Vec::new();
+        loop {
+            match watcher.next().await {
+                RegistryEvent::CaughtUp => return reported,
+                RegistryEvent::Put { entry, .. } => reported.push(entry.function.to_string()),
+                RegistryEvent::Removed { function, .. } => reported.push(function.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("the stalled watch opened again within 40s");
+    assert_eq!(reported, ["default/f", "default/g"]);
+}
