@@ -163,12 +163,13 @@ impl JetStreamQueue {
     }
 
     /// Publishes `invocation` on its queue's subject
-    /// ([`Invocation::queue_subject`]; `sync` for a synchronous call),
-    /// holding its bytes against the function's budget unless keyed.
+    /// ([`Invocation::queue_subject`]: its class's lane, or its ordering
+    /// key's bucket), holding its bytes against the function's budget
+    /// unless keyed. Sync calls are queued there too, not in the `sync`
+    /// lane: `call` says why.
     async fn enqueue(
         &self,
         invocation: &Invocation,
-        sync: bool,
         extra: &[(&'static str, &str)],
         message_id: &str,
     ) -> Result<bool, QueueError> {
@@ -187,7 +188,7 @@ impl JetStreamQueue {
         // delivered, which an ordering bucket's messages are not: keyed
         // invocations are bounded by the depth of their bucket's subject
         // and the stream's bytes instead (README, "Ordering keys").
-        let lane = Lane::of(sync, invocation.priority());
+        let lane = Lane::of(false, invocation.priority());
         let held = if keyed {
             None
         } else {
@@ -206,7 +207,7 @@ impl JetStreamQueue {
         let left = invocation.time_left();
         let ack = failover::publish_patiently(
             &self.layout.js,
-            &invocation.queue_subject(sync),
+            &invocation.queue_subject(false),
             message,
             tokio::time::Instant::now() + left,
         )
@@ -380,7 +381,7 @@ impl JetStreamQueue {
             .collect();
         let message_id = format!("{}.redrive.{}", invocation.id, stored.sequence);
         let duplicate = self
-            .enqueue(&invocation, false, &extra, &message_id)
+            .enqueue(&invocation, &extra, &message_id)
             .await
             .map_err(|e| e.to_string())?;
         dead_letter::delete(&self.layout.dead_letters, stored.sequence)
@@ -459,7 +460,7 @@ impl InvocationQueue for JetStreamQueue {
         // leader moved, and sync calls through a failover all timed out in
         // one CI run; a warm function's calls wait in the runtime's `sync`
         // lane of slots instead (direct calls).
-        self.enqueue(&invocation, false, &[(REPLY_TO_HEADER, &reply_to)], &id)
+        self.enqueue(&invocation, &[(REPLY_TO_HEADER, &reply_to)], &id)
             .await?;
         let wait = invocation.time_left();
         let answer = tokio::time::timeout(wait + REPLY_GRACE, reply).await;
@@ -496,7 +497,7 @@ impl InvocationQueue for JetStreamQueue {
         // newer record stays.
         let (created, enqueued) = tokio::join!(
             self.layout.results.create(id.as_str(), json),
-            self.enqueue(&invocation, false, &extra, id.as_str()),
+            self.enqueue(&invocation, &extra, id.as_str()),
         );
         let duplicate = match enqueued {
             Ok(duplicate) => duplicate,

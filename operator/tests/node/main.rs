@@ -939,8 +939,8 @@ fn first_requests_at_zero(
 const POOL: &str = "app.kubernetes.io/name=sluice-runtime";
 
 /// Where a woken runtime's start went: the pod's own timestamps (whole
-/// seconds) and the runtime's log lines (microseconds) up to the
-/// component's cold start, printed beside the `NODE-TIMING` lines.
+/// seconds) and the runtime's log lines (microseconds) up to its first
+/// invocation taken, printed beside the `NODE-TIMING` lines.
 fn pod_start_breakdown(namespace: &str, selector: &str) {
     let pods = pods(namespace, Some(selector));
     let Some(pod) = pods.first() else { return };
@@ -966,7 +966,7 @@ fn pod_start_breakdown(namespace: &str, selector: &str) {
             .unwrap_or("?"),
     );
     let logs = cluster().kubectl_with(&["logs", name, "-n", namespace], "");
-    for line in String::from_utf8_lossy(&logs.stdout).lines().take(12) {
+    for line in String::from_utf8_lossy(&logs.stdout).lines().take(16) {
         println!("NODE-BREAKDOWN {name} log: {line}");
     }
 }

@@ -271,7 +271,11 @@ impl Puller {
                             };
                             received += 1;
                             // Invoked: from now on it takes direct calls.
-                            warm.send_if_modified(|warm| !std::mem::replace(warm, true));
+                            // Logged the first time: where a wake from zero
+                            // spends its time after the component's load.
+                            if warm.send_if_modified(|warm| !std::mem::replace(warm, true)) {
+                                tracing::info!(%function, lane = lane.as_str(), "took the first invocation");
+                            }
                             running.spawn(handle(
                                 shared.clone(),
                                 served.clone(),
