@@ -523,14 +523,27 @@ spec:
   concurrency: 4
 "#;
 
-/// Publishes `PATIENT` and waits until `gw` routes it.
-async fn publish_patient(layout: &Layout, gw: &TestGateway) {
+/// Publishes `PATIENT`, submits `path` to it through `gw` and waits until
+/// the invocation runs; returns its status path (`/invocations/<id>`).
+async fn running_on_patient(layout: &Layout, gw: &TestGateway, path: &str) -> String {
     publish_dir(
         &Publisher::new(layout.clone()),
         manifest_dir(PATIENT).path(),
     )
     .await;
     gw.wait_routed("default/patient").await;
+    let id = gw.submit(path, &[], "").await;
+    let status = format!("/invocations/{id}");
+    gw.wait_answer(&status, |r| r.json()["state"] == "running")
+        .await;
+    status
+}
+
+/// SIGKILLs the results bucket's leader.
+async fn kill_the_results_leader(cluster: &mut NatsCluster, layout: &Layout) {
+    let leader = leader_of("KV_sluice-results", layout).await;
+    eprintln!("SIGKILL n{leader}, the results' leader");
+    cluster.servers[leader].kill();
 }
 
 /// Across a SIGKILL of the results bucket's leader: a result long-poll
@@ -545,22 +558,14 @@ async fn publish_patient(layout: &Layout, gw: &TestGateway) {
 async fn record_reads_outlast_the_results_leader_loss() {
     let work = tempfile::tempdir().unwrap();
     let (mut cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
-    publish_patient(&layout, &gw).await;
-    let id = gw
-        .submit("/async/fn/default/patient/sleep/4000", &[], "")
-        .await;
-    let status = format!("/invocations/{id}");
-    gw.wait_answer(&status, |r| r.json()["state"] == "running")
-        .await;
+    let status = running_on_patient(&layout, &gw, "/async/fn/default/patient/sleep/4000").await;
     let poll = {
-        let (gw, id) = (gw.clone(), id.clone());
-        tokio::spawn(async move { gw.get(&format!("/invocations/{id}?wait=60s")).await })
+        let (gw, status) = (gw.clone(), status.clone());
+        tokio::spawn(async move { gw.get(&format!("{status}?wait=60s")).await })
     };
     // Long enough for the long-poll to be following the record.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let leader = leader_of("KV_sluice-results", &layout).await;
-    eprintln!("SIGKILL n{leader}, the results' leader");
-    cluster.servers[leader].kill();
+    kill_the_results_leader(&mut cluster, &layout).await;
     let read = gw.get(&status).await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.text());
     assert!(
@@ -580,16 +585,8 @@ async fn record_reads_outlast_the_results_leader_loss() {
 async fn a_cancel_outlasts_the_results_leader_loss() {
     let work = tempfile::tempdir().unwrap();
     let (mut cluster, layout, _parts, gw) = one_gateway_one_runtime(work.path()).await;
-    publish_patient(&layout, &gw).await;
-    let id = gw
-        .submit("/async/fn/default/patient/sleep/30000", &[], "")
-        .await;
-    let status = format!("/invocations/{id}");
-    gw.wait_answer(&status, |r| r.json()["state"] == "running")
-        .await;
-    let leader = leader_of("KV_sluice-results", &layout).await;
-    eprintln!("SIGKILL n{leader}, the results' leader");
-    cluster.servers[leader].kill();
+    let status = running_on_patient(&layout, &gw, "/async/fn/default/patient/sleep/30000").await;
+    kill_the_results_leader(&mut cluster, &layout).await;
     let reply = gw.send(Method::DELETE, &status, &[], "").await;
     assert!(
         [StatusCode::ACCEPTED, StatusCode::OK].contains(&reply.status),
