@@ -62,16 +62,35 @@ pub struct RegistryWatcher {
     caught_up: bool,
     /// The last watch failed: pause before opening another.
     failed: bool,
-    /// The highest revision the current watch delivered.
+    /// The current watch's progress, for [`BEHIND_CHECK`].
+    progress: Progress,
+}
+
+/// What [`RegistryWatcher`] compares a watch with its bucket by; anew for
+/// each watch.
+#[derive(Debug)]
+struct Progress {
+    /// The highest revision the watch delivered.
     seen: u64,
-    /// The bucket's last revision at the previous comparison
-    /// ([`BEHIND_CHECK`]); `None` before one, or when the bucket was empty.
+    /// The bucket's last revision at the previous comparison; `None`
+    /// before one, or when the bucket was empty.
     stored_at_check: Option<u64>,
     /// `seen` at the previous comparison.
     seen_at_check: u64,
     /// When the next comparison is due: kept here, since `next` is
     /// cancel-safe and may be dropped and called again at any point.
     next_check: tokio::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            seen: 0,
+            stored_at_check: None,
+            seen_at_check: 0,
+            next_check: tokio::time::Instant::now() + BEHIND_CHECK,
+        }
+    }
 }
 
 impl std::fmt::Debug for RegistryWatcher {
@@ -91,10 +110,7 @@ impl RegistryWatcher {
             owe_caught_up: false,
             caught_up: false,
             failed: false,
-            seen: 0,
-            stored_at_check: None,
-            seen_at_check: 0,
-            next_check: tokio::time::Instant::now(),
+            progress: Progress::new(),
         }
     }
 
@@ -116,7 +132,7 @@ impl RegistryWatcher {
             let next = tokio::select! {
                 biased;
                 next = watch.next() => Some(next),
-                () = tokio::time::sleep_until(self.next_check) => None,
+                () = tokio::time::sleep_until(self.progress.next_check) => None,
             };
             let entry = match next {
                 None => {
@@ -135,7 +151,7 @@ impl RegistryWatcher {
                     continue;
                 }
             };
-            self.seen = self.seen.max(entry.revision);
+            self.progress.seen = self.progress.seen.max(entry.revision);
             if entry.delta == 0 && !self.caught_up {
                 self.owe_caught_up = true;
             }
@@ -154,7 +170,7 @@ impl RegistryWatcher {
     /// watch is dropped, to be opened again. A bucket that cannot be read
     /// (NATS away) is compared again next time.
     async fn compare_with_bucket(&mut self) {
-        self.next_check = tokio::time::Instant::now() + BEHIND_CHECK;
+        self.progress.next_check = tokio::time::Instant::now() + BEHIND_CHECK;
         let state = match self.functions.stream.get_info().await {
             Ok(info) => info.state,
             Err(e) => {
@@ -162,17 +178,22 @@ impl RegistryWatcher {
                 return;
             }
         };
-        if fell_behind(self.stored_at_check, self.seen_at_check, self.seen) {
+        let progress = &mut self.progress;
+        if fell_behind(
+            progress.stored_at_check,
+            progress.seen_at_check,
+            progress.seen,
+        ) {
             tracing::warn!(
-                seen = self.seen,
-                stored = ?self.stored_at_check,
+                seen = progress.seen,
+                stored = ?progress.stored_at_check,
                 "the registry watch fell behind the bucket; watching again"
             );
             self.lost();
             return;
         }
-        self.stored_at_check = (state.messages > 0).then_some(state.last_sequence);
-        self.seen_at_check = self.seen;
+        progress.stored_at_check = (state.messages > 0).then_some(state.last_sequence);
+        progress.seen_at_check = progress.seen;
     }
 
     /// Opens a watch with history: the last entry (or delete marker) of
@@ -207,10 +228,7 @@ impl RegistryWatcher {
         self.failed = false;
         self.caught_up = false;
         self.owe_caught_up = empty;
-        self.seen = 0;
-        self.stored_at_check = None;
-        self.seen_at_check = 0;
-        self.next_check = tokio::time::Instant::now() + BEHIND_CHECK;
+        self.progress = Progress::new();
     }
 }
 
