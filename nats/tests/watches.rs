@@ -238,8 +238,8 @@ async fn a_pull_consumer_hands_out_what_is_queued_after_its_leader_dies_and_a_re
 }
 
 /// A watch whose consumer stops delivering while the server still keeps
-/// it (paused here, as a stall after a failover leaves it: async-nats sees
-/// its heartbeats and does not recreate it) is compared with the bucket
+/// it (paused here, as a stall after a failover leaves it; async-nats'
+/// own recovery did not recreate it within 40 s) is compared with the bucket
 /// and opened again, and reports what was stored meanwhile, then
 /// `CaughtUp`; not `CaughtUp` first because the bucket was empty when the
 /// watcher's store was opened.
