@@ -49,17 +49,62 @@ impl Runtime {
         format!("{}.{digest}", self.engine_key())
     }
 
-    /// `wasm` compiled for this engine and serialized, as the shared bucket
-    /// holds it under [`Self::artifact_key`], without keeping it in this
-    /// process. Blocking (a compile).
+    /// `wasm` (whose digest is `digest`) compiled for this engine and
+    /// serialized, as the shared bucket holds it under
+    /// [`Self::artifact_key`]; the compiled component also stays in memory
+    /// when the component cache has room for it without dropping another
+    /// (it is then the first dropped for room). Returns the artifact and
+    /// whether it stayed. Blocking (a compile).
     ///
     /// # Errors
     /// [`RuntimeError::NotAComponent`] when wasmtime cannot compile it.
-    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+    pub fn compile_ahead(
+        &self,
+        digest: &ModuleDigest,
+        wasm: &[u8],
+    ) -> Result<(Vec<u8>, bool), RuntimeError> {
+        let not_a_component = |e: wasmtime::Error| RuntimeError::NotAComponent(format!("{e:#}"));
+        let component = Component::new(&self.inner.engine, wasm).map_err(not_a_component)?;
+        let artifact = component.serialize().map_err(not_a_component)?;
+        Ok((artifact, self.hold_ahead(digest, &component)))
+    }
+
+    /// Loads `artifact` (of `digest`, from the shared bucket) and keeps it
+    /// in memory as [`Self::compile_ahead`] does, if the component cache
+    /// has room for it. Whether it is held now. Blocking.
+    pub fn hold_serialized(&self, digest: &ModuleDigest, artifact: &[u8]) -> bool {
+        if self.inner.cache.contains(digest) {
+            return true;
+        }
+        // The compiled image is about the size of its artifact: no load for
+        // what would not fit.
+        if artifact.len() as u64 > self.inner.cache.room() {
+            return false;
+        }
+        match load_bytes(&self.inner.engine, artifact) {
+            Ok(component) => self.hold_ahead(digest, &component),
+            Err(e) => {
+                tracing::warn!(%digest, error = %format!("{e:#}"), "cannot load the shared precompiled component ahead; its first invocation loads it");
+                false
+            }
+        }
+    }
+
+    /// Bytes of compiled components the component cache can take without
+    /// dropping any.
+    pub fn component_room(&self) -> u64 {
+        self.inner.cache.room()
+    }
+
+    fn hold_ahead(&self, digest: &ModuleDigest, component: &Component) -> bool {
         self.inner
-            .engine
-            .precompile_component(wasm)
-            .map_err(|e| RuntimeError::NotAComponent(format!("{e:#}")))
+            .cache
+            .insert_ahead(&self.inner.linker, digest, component)
+            .unwrap_or_else(|e| {
+                // Its invocations fail with the same error when they load it.
+                tracing::debug!(%digest, error = %e, "not holding the component ahead");
+                false
+            })
     }
 
     /// Binds the precompiled artifact of `digest` from `dir`. `None` when
@@ -274,6 +319,36 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+    use crate::RuntimeConfig;
+
+    fn runtime(component_cache: u64) -> Runtime {
+        Runtime::new(RuntimeConfig {
+            max_instances: 4,
+            component_cache: sluice_api::ByteSize(component_cache),
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_component_is_held_ahead_only_where_the_cache_has_room() {
+        let wasm = std::fs::read(sluice_examples::component("hello")).unwrap();
+        let digest = ModuleDigest::of(&wasm);
+        let roomy = runtime(64 << 20);
+        let (artifact, held) = roomy.compile_ahead(&digest, &wasm).unwrap();
+        assert!(held);
+        assert_eq!(roomy.component_cache_use().components, 1);
+
+        let cramped = runtime(1024);
+        assert!(!cramped.hold_serialized(&digest, &artifact));
+        assert!(!cramped.compile_ahead(&digest, &wasm).unwrap().1);
+        assert_eq!(cramped.component_cache_use().components, 0);
+
+        let other = runtime(64 << 20);
+        assert!(!other.hold_serialized(&digest, b"not machine code"));
+        assert!(other.hold_serialized(&digest, &artifact));
+        assert_eq!(other.component_cache_use().components, 1);
+    }
 
     #[test]
     fn artifacts_load_only_from_what_nobody_else_may_write() {

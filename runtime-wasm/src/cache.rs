@@ -27,7 +27,8 @@ struct Held {
     by_digest: HashMap<ModuleDigest, Entry>,
     /// Sum of the entries' `bytes`.
     bytes: u64,
-    /// Bumped on every use: an entry's `used` orders it for eviction.
+    /// Bumped on every use: an entry's `used` orders it for eviction
+    /// (0 for one held ahead and never used since).
     clock: u64,
     evicted: u64,
 }
@@ -102,13 +103,8 @@ impl ComponentCache {
         digest: &ModuleDigest,
         component: &Component,
     ) -> Result<ProxyPre<Host>, RuntimeError> {
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
-        let pre =
-            ProxyPre::new(instance_pre).map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
-        let image = component.image_range();
-        let bytes = (image.end as usize).saturating_sub(image.start as usize) as u64;
+        let pre = pre_instantiate(linker, component)?;
+        let bytes = image_bytes(component);
         let mut held = self.lock();
         held.clock += 1;
         let now = held.clock;
@@ -144,6 +140,52 @@ impl ComponentCache {
         Ok(pre)
     }
 
+    /// Keeps a component no invocation asked for yet (compiled or fetched
+    /// ahead of its first invocation), only in room the budget leaves
+    /// free: it never drops another component, and it is the first to be
+    /// dropped for one an invocation needs (it counts as never used). True
+    /// when the cache holds it now.
+    ///
+    /// # Errors
+    /// [`RuntimeError::NotAProxy`] when it cannot be pre-instantiated.
+    pub(crate) fn insert_ahead(
+        &self,
+        linker: &Linker<Host>,
+        digest: &ModuleDigest,
+        component: &Component,
+    ) -> Result<bool, RuntimeError> {
+        let bytes = image_bytes(component);
+        if self.contains(digest) {
+            return Ok(true);
+        }
+        if bytes > self.room() {
+            return Ok(false);
+        }
+        let pre = pre_instantiate(linker, component)?;
+        let mut held = self.lock();
+        if held.by_digest.contains_key(digest) {
+            return Ok(true);
+        }
+        if held.bytes.saturating_add(bytes) > self.budget {
+            return Ok(false);
+        }
+        held.by_digest.insert(
+            digest.clone(),
+            Entry {
+                pre,
+                bytes,
+                used: 0,
+            },
+        );
+        held.bytes += bytes;
+        Ok(true)
+    }
+
+    /// Bytes the budget leaves free.
+    pub(crate) fn room(&self) -> u64 {
+        self.budget.saturating_sub(self.lock().bytes)
+    }
+
     pub(crate) fn usage(&self) -> CacheUse {
         let held = self.lock();
         CacheUse {
@@ -158,6 +200,22 @@ impl ComponentCache {
         // anything that could panic.
         sync::lock(&self.held)
     }
+}
+
+fn pre_instantiate(
+    linker: &Linker<Host>,
+    component: &Component,
+) -> Result<ProxyPre<Host>, RuntimeError> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))?;
+    ProxyPre::new(instance_pre).map_err(|e| RuntimeError::NotAProxy(format!("{e:#}")))
+}
+
+/// The size of a component's compiled image (code and data).
+fn image_bytes(component: &Component) -> u64 {
+    let image = component.image_range();
+    (image.end as usize).saturating_sub(image.start as usize) as u64
 }
 
 #[cfg(test)]
@@ -214,6 +272,70 @@ mod tests {
                 evicted: 1
             }
         );
+    }
+
+    /// `name` compiled, not held.
+    fn component(
+        runtime: &Runtime,
+        name: &str,
+    ) -> (sluice_api::ModuleDigest, wasmtime::component::Component) {
+        let wasm = std::fs::read(sluice_examples::component(name)).unwrap();
+        let component = wasmtime::component::Component::new(&runtime.inner.engine, &wasm).unwrap();
+        (sluice_api::ModuleDigest::of(&wasm), component)
+    }
+
+    fn insert_ahead(runtime: &Runtime, name: &str) -> (sluice_api::ModuleDigest, bool) {
+        let (digest, component) = component(runtime, name);
+        let inner = &runtime.inner;
+        let held = inner
+            .cache
+            .insert_ahead(&inner.linker, &digest, &component)
+            .unwrap();
+        (digest, held)
+    }
+
+    #[test]
+    fn a_component_held_ahead_takes_only_free_room_and_goes_first() {
+        let [hello_bytes, echo_bytes, misbehave_bytes] = sizes();
+        let runtime = Runtime::new(small(hello_bytes + echo_bytes.max(misbehave_bytes))).unwrap();
+        let hello = compile(&runtime, "hello");
+        let (echo, held) = insert_ahead(&runtime, "echo");
+        assert!(held);
+        // Already held: nothing changes.
+        assert!(insert_ahead(&runtime, "echo").1);
+        // No room left for a third, and none is made.
+        let (misbehave, held) = insert_ahead(&runtime, "misbehave");
+        assert!(!held);
+        assert_eq!(
+            runtime.component_cache_use(),
+            super::CacheUse {
+                components: 2,
+                bytes: hello_bytes + echo_bytes,
+                evicted: 0
+            }
+        );
+        assert!(!runtime.inner.cache.contains(&misbehave));
+        // An invocation's component takes the room of the one held ahead,
+        // though hello was used before it was held.
+        compile(&runtime, "misbehave");
+        assert!(runtime.inner.cache.contains(&hello));
+        assert!(runtime.inner.cache.contains(&misbehave));
+        assert!(!runtime.inner.cache.contains(&echo));
+        assert_eq!(runtime.component_cache_use().evicted, 1);
+    }
+
+    #[test]
+    fn a_component_held_ahead_and_then_used_is_kept_like_any_other() {
+        let [hello_bytes, echo_bytes, misbehave_bytes] = sizes();
+        // Room for any two, not for the three.
+        let runtime = Runtime::new(small(hello_bytes + echo_bytes + misbehave_bytes - 1)).unwrap();
+        let (echo, _) = insert_ahead(&runtime, "echo");
+        let hello = compile(&runtime, "hello");
+        assert!(runtime.inner.cache.get(&echo).is_some());
+        // hello is now the least recently used.
+        compile(&runtime, "misbehave");
+        assert!(runtime.inner.cache.contains(&echo));
+        assert!(!runtime.inner.cache.contains(&hello));
     }
 
     #[test]

@@ -52,7 +52,9 @@ struct Args {
     /// component ahead of its first invocation, one at a time in the
     /// background while no invocation waits for a load, and store it in sluice-artifacts (with
     /// --shared-artifacts), so that first invocation, here or in a
-    /// dedicated runtime, loads it instead of compiling.
+    /// dedicated runtime, loads it instead of compiling. Here it stays in
+    /// memory while --component-cache has room to spare (never dropping
+    /// another component for it), as do those another runtime stored.
     /// An invocation arriving while its component compiles ahead takes
     /// the compiled bytes as that compile ends.
     #[arg(long, env = "SLUICE_PRECOMPILE_REGISTERED", default_value_t = true, action = clap::ArgAction::Set)]

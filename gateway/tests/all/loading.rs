@@ -158,12 +158,13 @@ async fn a_pool_runtime_compiles_a_registered_function_before_its_first_invocati
     stack.start_runtime().await;
     let dir = manifest_dir(HELLO);
     stack.publish_dir(dir.path()).await;
-    // Shared before anything invoked it, and not kept in memory.
+    // Shared before anything invoked it, and held in memory: the default
+    // 64Mi of --component-cache has room for it.
     wait_shared(&bucket).await;
     let text = stack.node.as_ref().unwrap().metrics_text();
     assert_eq!(
         metric(&text, "sluice_runtime_components_loaded"),
-        0.0,
+        1.0,
         "{text}"
     );
 
@@ -173,9 +174,62 @@ async fn a_pool_runtime_compiles_a_registered_function_before_its_first_invocati
         gw.get("/fn/default/hello").await.text(),
         "Hello from Sluice!\n"
     );
+    // The first invocation loaded nothing.
     let node = gw.nats.as_ref().unwrap().node.as_ref().unwrap();
-    assert_eq!(loads(node, "shared"), 1.0, "{}", node.metrics_text());
-    assert_eq!(loads(node, "fetched"), 0.0);
+    for source in ["shared", "fetched", "precompiled", "ahead"] {
+        assert_eq!(
+            loads(node, source),
+            0.0,
+            "{source}: {}",
+            node.metrics_text()
+        );
+    }
+    assert_eq!(compiles(node, "ahead"), 1.0);
+    assert_eq!(compiles(node, "invocation"), 0.0);
+}
+
+/// A pool runtime started after another compiled a registered component
+/// holds that one's artifact in memory before any invocation, compiling
+/// nothing (one with no room for it holds nothing: the runtime's unit
+/// tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_runtime_holds_what_another_compiled_ahead() {
+    let mut stack = NatsStack::without_runtime(LayoutConfig::default()).await;
+    let bucket = stack.layout.artifacts.clone();
+    stack.precompile = true;
+    stack.start_runtime().await;
+    stack.publish_dir(manifest_dir(HELLO).path()).await;
+    wait_shared(&bucket).await;
+    let start = async |component_cache: u64| {
+        let disk = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(&stack.server.url);
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.artifacts = Some(disk.path().to_owned());
+        config.runtime.component_cache = sluice_api::ByteSize(component_cache);
+        (Box::pin(node::start(config)).await.unwrap(), disk)
+    };
+    let held = |node: &Node| metric(&node.metrics_text(), "sluice_runtime_components_loaded");
+
+    let (second, _disk) = start(64 << 20).await;
+    eventually(
+        "the second runtime holds hello",
+        Duration::from_secs(30),
+        async || {
+            (held(&second) == 1.0)
+                .then_some(())
+                .ok_or(second.metrics_text())
+        },
+    )
+    .await;
+    assert_eq!(compiles(&second, "ahead"), 0.0);
+    second.shutdown().await;
+}
+
+fn compiles(node: &Node, trigger: &str) -> f64 {
+    metric(
+        &node.metrics_text(),
+        &format!(r#"sluice_runtime_compiles_total{{trigger="{trigger}"}}"#),
+    )
 }
 
 /// The first invocation of a component still compiling ahead takes the

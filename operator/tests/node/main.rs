@@ -622,8 +622,9 @@ fn a_function_at_zero_in_the_warm_pool() {
 /// A component no runtime has compiled (echo's, with a custom section of
 /// its own, so a digest of its own), registered in the warm pool; its
 /// first request is sent once the pool has compiled it ahead and stored
-/// the artifact, so the request pays only the component's load
-/// (`cold start source="shared"`) and its worker's start.
+/// the artifact. The pod that compiled it holds it in memory, the others
+/// fetch and hold it, so the request pays only its worker's start (a
+/// `cold start` log line means a pod did not hold it and loaded it).
 fn a_function_compiled_ahead_in_the_warm_pool() {
     let mut wasm = std::fs::read(component("echo")).expect("the echo component");
     let name = b"sluice-node-test";

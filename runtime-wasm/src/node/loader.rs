@@ -12,9 +12,11 @@
 //! A pool node (unless started with `--precompile-registered=false`) also
 //! compiles each newly registered component ahead of its first invocation
 //! ([`Loader::precompile`]), while no invocation waits for a load, and
-//! stores it in the shared bucket, keeping nothing in memory once stored:
-//! a function's first invocation on any runtime is then a download and a
-//! deserialize, not a compile. An invocation that needs the component
+//! stores it in the shared bucket, keeping it in memory only where the
+//! component cache has room to spare (a pool runtime does the same with
+//! what another stored): a function's first invocation is then no load at
+//! all on a runtime that holds it, and a download and a deserialize, not a
+//! compile, on any other. An invocation that needs the component
 //! while it compiles ahead takes the compiled bytes as the compile ends
 //! (the compile's thread raised to normal priority for it), never waiting
 //! for the upload, and never compiling the same component twice. Where a
@@ -261,11 +263,14 @@ impl Loader {
 
     /// Compiles the component of `digest` in the background unless this
     /// process or the shared bucket holds it already, or an invocation's
-    /// load of it is under way, and stores it in the bucket; nothing is
-    /// kept in memory or on disk once stored, so registering many
-    /// functions costs neither. An invocation needing it meanwhile takes
-    /// the compiled bytes ([`Loader::load`]). Failures are logged: the
-    /// first invocation compiles as before.
+    /// load of it is under way, and stores it in the bucket. It stays in
+    /// memory only in room the component cache has free (never dropping
+    /// another, and dropped first for one an invocation needs), as does
+    /// one the bucket holds already: its first invocation here then loads
+    /// nothing. Nothing is kept on disk, so registering many functions
+    /// costs memory only up to the cache's budget. An invocation needing
+    /// it meanwhile takes the compiled bytes ([`Loader::load`]). Failures
+    /// are logged: the first invocation loads or compiles as before.
     pub fn precompile(self: &Arc<Self>, function: &FunctionRef, digest: &ModuleDigest) {
         if !self.ahead || !sync::lock(&self.looked_at).insert(digest.clone()) {
             return;
@@ -286,7 +291,14 @@ impl Loader {
 
     async fn precompile_now(&self, digest: &ModuleDigest) -> Result<(), LoadError> {
         let key = self.runtime.artifact_key(digest);
-        if self.runtime.holds(digest) || self.layout.artifacts.info(&key).await.is_ok() {
+        if self.runtime.holds(digest) {
+            return Ok(());
+        }
+        if let Ok(info) = self.layout.artifacts.info(&key).await {
+            // Another runtime compiled it: held here too, room permitting.
+            if info.size as u64 <= self.runtime.component_room() {
+                self.gated(digest, self.hold_shared(&key, digest)).await;
+            }
             return Ok(());
         }
         let started = Instant::now();
@@ -316,10 +328,10 @@ impl Loader {
         let spawned = std::thread::Builder::new()
             .name("sluice-precompile".into())
             .spawn({
-                let ahead = ahead.clone();
+                let (ahead, digest_) = (ahead.clone(), digest.clone());
                 move || {
                     ahead.started();
-                    let _ = sent.send(runtime.precompile(&wasm));
+                    let _ = sent.send(runtime.compile_ahead(&digest_, &wasm));
                 }
             });
         let bytes = match spawned {
@@ -330,21 +342,49 @@ impl Loader {
             Err(e) => Err(LoadError::Thread(e.to_string())),
         };
         drop(compiling);
-        let bytes = match bytes {
-            Ok(bytes) => Arc::new(bytes),
+        let (bytes, held) = match bytes {
+            Ok((bytes, held)) => (Arc::new(bytes), held),
             Err(e) => {
                 // Closes `compiled`: a load waiting for it compiles.
                 sync::lock(&self.under_way).remove(digest);
                 return Err(e);
             }
         };
-        tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), "compiled ahead of its first invocation");
+        tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), held, "compiled ahead of its first invocation");
         done.send_replace(Some(bytes.clone()));
         // Handed to loads until stored: one arriving before the upload ends
         // takes the bytes rather than compiling again.
         put_shared(&self.layout.artifacts, &key, &bytes).await;
         sync::lock(&self.under_way).remove(digest);
         Ok(())
+    }
+
+    /// Keeps in memory, room permitting, the artifact of `digest` another
+    /// runtime stored under `key`, so that its first invocation here loads
+    /// nothing. Run at the digest's gate; a failure leaves the load to
+    /// that invocation.
+    async fn hold_shared(&self, key: &str, digest: &ModuleDigest) {
+        use tokio::io::AsyncReadExt as _;
+        if self.runtime.holds(digest) {
+            return;
+        }
+        let started = Instant::now();
+        let mut bytes = Vec::new();
+        let read = match self.layout.artifacts.get(key).await {
+            Ok(mut object) => object.read_to_end(&mut bytes).await.map(drop),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Err(e) = read {
+            tracing::debug!(%key, error = %e, "cannot fetch the shared precompiled component ahead; its first invocation loads it");
+            return;
+        }
+        let (runtime, digest) = (self.runtime.clone(), digest.clone());
+        let held = tokio::task::spawn_blocking(move || runtime.hold_serialized(&digest, &bytes))
+            .await
+            .unwrap_or(false);
+        if held {
+            tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), "holding the shared precompiled component ahead of its first invocation");
+        }
     }
 
     /// `function` bound to the component of `digest`, loaded if needed.
@@ -512,6 +552,13 @@ impl Loader {
         else {
             return Ok(None);
         };
+        // Held by the compile itself when the cache had room.
+        if let Some(prepared) = self
+            .runtime
+            .prepare_cached(function.clone(), spec, digest)?
+        {
+            return Ok(Some(prepared));
+        }
         Ok(
             match self.load_artifact(function, spec, digest, bytes).await? {
                 SharedArtifact::Loaded(prepared) => Some(prepared),

@@ -79,9 +79,11 @@ pub struct NodeConfig {
     /// dedicated functions' included, ahead of its first invocation and
     /// stores it in the shared bucket (with `shared_artifacts` only), one
     /// at a time in the background and only while no invocation waits for
-    /// a load: a function's first invocation then loads it instead of
-    /// compiling; one arriving while its component compiles ahead takes
-    /// the compiled bytes as that compile ends. Default: true.
+    /// a load, holding it in memory while the component cache has room
+    /// to spare (and the same with one the bucket holds already): a
+    /// function's first invocation then finds it loaded, or loads it
+    /// instead of compiling; one arriving while its component compiles
+    /// ahead takes the compiled bytes as that compile ends. Default: true.
     pub precompile_registered: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served. Default:
     /// [`DEFAULT_ADMIN_LISTEN`].
