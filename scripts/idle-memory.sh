@@ -3,8 +3,9 @@
 # Kubernetes: the resident set (VmRSS) of `sluice-runtime` once ready with
 # one copy of hello registered, then with N (default 1000) more, none
 # invoked; prints both, the difference per function,
-# and the runtime's own count of components in memory (none are loaded
-# before an invocation needs them).
+# and the runtime's own count of components in memory: hello's one, held
+# ahead of its first invocation in room --component-cache has free (at
+# most that budget, 64Mi by default, whatever the number of components).
 #
 #   scripts/idle-memory.sh [N]
 #
