@@ -275,6 +275,11 @@ impl Sluice {
     /// Starts a pool runtime (every pool function), its `/metrics` address
     /// in `admin`.
     pub fn runtime(&self) -> Process {
+        self.runtime_with(&[])
+    }
+
+    /// The same with `args` added.
+    pub fn runtime_with(&self, args: &[&str]) -> Process {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(binary("sluice-runtime"));
         command
@@ -282,7 +287,8 @@ impl Sluice {
             .args(["--nats", &self.nats.url])
             .args(["--admin-listen", &admin.to_string()])
             .arg("--artifacts")
-            .arg(self.logs.path().join("artifacts"));
+            .arg(self.logs.path().join("artifacts"))
+            .args(args);
         let mut process = Process::spawn(command, self.logs.path().join("runtime.log"));
         process.admin = Some(admin);
         process
