@@ -57,7 +57,7 @@ OVERVIEW = [
      [("max by (function) (sluice_autoscaler_desired_replicas)", "{{function}} desired"),
       ("max by (function) (sluice_autoscaler_replicas)", "{{function}} running")]),
     ("Cold starts/s", "ops",
-     "Components loaded by a runtime process because an invocation needed one it did not hold (its first use, or after it was dropped for room), by source: fetched (downloaded and compiled), precompiled (loaded from the on-disk artifact), shared (loaded from the artifact another runtime stored in sluice-artifacts) or ahead (handed over by this process's compile ahead of the first invocation).",
+     "Components loaded by a runtime process because an invocation needed one it did not hold (its first use, or after it was dropped for room), by source: fetched (downloaded and compiled), precompiled (loaded from the on-disk artifact), shared (loaded from the artifact another runtime stored in sluice-artifacts) or ahead (handed over by this process's compile ahead of the first invocation). A component held ahead of its first invocation (compiled or fetched ahead into the component cache's free room) loads nothing then and is not counted.",
      [(f"sum by (source) (rate(sluice_cold_start_seconds_count[{RATE}]))", "{{source}}")]),
     ("Compiles/s by trigger", "ops",
      "Components runtime processes compiled, by trigger: invocation (a load an invocation waited for) or ahead (a registered component compiled before its first invocation and stored in sluice-artifacts). Each takes a CPU for its duration.",
