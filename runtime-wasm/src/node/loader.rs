@@ -211,6 +211,31 @@ async fn put_shared(bucket: &object_store::ObjectStore, key: &str, bytes: &[u8])
     }
 }
 
+/// Why an artifact could not be read from the shared bucket.
+#[derive(Debug, thiserror::Error)]
+enum SharedReadError {
+    #[error(transparent)]
+    Get(object_store::GetError),
+    /// Among others, a digest that does not match what was stored.
+    #[error(transparent)]
+    Read(std::io::Error),
+}
+
+/// The bytes of object `key` of the shared bucket.
+async fn read_shared(
+    bucket: &object_store::ObjectStore,
+    key: &str,
+) -> Result<Vec<u8>, SharedReadError> {
+    use tokio::io::AsyncReadExt as _;
+    let mut object = bucket.get(key).await.map_err(SharedReadError::Get)?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(SharedReadError::Read)?;
+    Ok(bytes)
+}
+
 /// What the shared bucket gave.
 enum SharedArtifact {
     Loaded(PreparedFunction),
@@ -328,10 +353,10 @@ impl Loader {
         let spawned = std::thread::Builder::new()
             .name("sluice-precompile".into())
             .spawn({
-                let (ahead, digest_) = (ahead.clone(), digest.clone());
+                let (ahead, digest) = (ahead.clone(), digest.clone());
                 move || {
                     ahead.started();
-                    let _ = sent.send(runtime.compile_ahead(&digest_, &wasm));
+                    let _ = sent.send(runtime.compile_ahead(&digest, &wasm));
                 }
             });
         let bytes = match spawned {
@@ -364,20 +389,17 @@ impl Loader {
     /// nothing. Run at the digest's gate; a failure leaves the load to
     /// that invocation.
     async fn hold_shared(&self, key: &str, digest: &ModuleDigest) {
-        use tokio::io::AsyncReadExt as _;
         if self.runtime.holds(digest) {
             return;
         }
         let started = Instant::now();
-        let mut bytes = Vec::new();
-        let read = match self.layout.artifacts.get(key).await {
-            Ok(mut object) => object.read_to_end(&mut bytes).await.map(drop),
-            Err(e) => Err(std::io::Error::other(e)),
+        let bytes = match read_shared(&self.layout.artifacts, key).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "cannot fetch the shared precompiled component ahead; its first invocation loads it");
+                return;
+            }
         };
-        if let Err(e) = read {
-            tracing::debug!(%key, error = %e, "cannot fetch the shared precompiled component ahead; its first invocation loads it");
-            return;
-        }
         let (runtime, digest) = (self.runtime.clone(), digest.clone());
         let held = tokio::task::spawn_blocking(move || runtime.hold_serialized(&digest, &bytes))
             .await
@@ -503,27 +525,25 @@ impl Loader {
         spec: &FunctionSpec,
         digest: &ModuleDigest,
     ) -> Result<SharedArtifact, LoadError> {
-        use tokio::io::AsyncReadExt as _;
         if !self.shared {
             return Ok(SharedArtifact::Missing);
         }
         let key = self.runtime.artifact_key(digest);
-        let mut object = match self.layout.artifacts.get(&key).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+        let bytes = match read_shared(&self.layout.artifacts, &key).await {
+            Ok(bytes) => bytes,
+            Err(SharedReadError::Get(e)) if e.kind() == object_store::GetErrorKind::NotFound => {
                 return Ok(SharedArtifact::Missing);
             }
-            Err(e) => {
+            Err(e @ SharedReadError::Get(_)) => {
                 tracing::warn!(%key, error = %e, "cannot read the shared precompiled component; compiling instead");
                 return Ok(SharedArtifact::Missing);
             }
+            Err(e @ SharedReadError::Read(_)) => {
+                // Among others, a digest that does not match what was stored.
+                tracing::warn!(%key, error = %e, "the shared precompiled component did not arrive whole; compiling instead");
+                return Ok(SharedArtifact::Unusable);
+            }
         };
-        let mut bytes = Vec::new();
-        if let Err(e) = object.read_to_end(&mut bytes).await {
-            // Among others, a digest that does not match what was stored.
-            tracing::warn!(%key, error = %e, "the shared precompiled component did not arrive whole; compiling instead");
-            return Ok(SharedArtifact::Unusable);
-        }
         self.load_artifact(function, spec, digest, Arc::new(bytes))
             .await
     }
