@@ -26,7 +26,9 @@ use tokio::sync::{Notify, watch};
 
 use super::loader::Served;
 use super::slots::LaneSlots;
-use super::worker::{PULL_EXPIRY, Puller, Shared, handle, pause_or_stop, slot_for};
+use super::worker::{
+    PULL_EXPIRY, Puller, Retry, Shared, handle, pause_or_stop, sleep_or_stop, slot_for,
+};
 
 /// Serves one bucket: pull one message, run it, pull again; asleep while
 /// the bucket has nothing deliverable. Started by its first wake
@@ -41,6 +43,7 @@ pub(super) async fn bucket_loop(puller: Puller, bucket: u16, wake: Arc<Notify>) 
     } = puller;
     let function = &served.function;
     let mut consumer: Option<PullConsumer> = None;
+    let mut retry = Retry::default();
     // Awake at the start: it was started because the bucket has work.
     let mut awake = true;
     loop {
@@ -70,12 +73,22 @@ pub(super) async fn bucket_loop(puller: Puller, bucket: u16, wake: Arc<Notify>) 
             continue;
         };
         match pull(&shared, &served, open, &wake, &slots, &stopped).await {
-            Ok(Pulled { received, retrying }) => awake = received > 0 && !retrying,
+            Ok(Pulled { received, retrying }) => {
+                if retry.succeeded() {
+                    tracing::info!(%function, bucket, "pulling ordered invocations again");
+                }
+                awake = received > 0 && !retrying;
+            }
             Err(e) => {
-                // NATS away, or the consumer deleted: open it again.
-                tracing::warn!(%function, bucket, error = %e, "pulling ordered invocations failed; retrying");
-                consumer = None;
-                if pause_or_stop(&mut stopped).await {
+                // NATS away, or the consumer without a leader: the same
+                // consumer again after a pause, as a lane's loop does.
+                let (pause, first) = retry.failed();
+                if first {
+                    tracing::warn!(%function, bucket, error = %e, "pulling ordered invocations failed; retrying");
+                } else {
+                    tracing::debug!(%function, bucket, error = %e, "pulling ordered invocations failed again");
+                }
+                if sleep_or_stop(&mut stopped, pause).await {
                     break;
                 }
             }

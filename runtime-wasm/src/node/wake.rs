@@ -45,6 +45,12 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// reads a counter of the client.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
+/// How soon a failed sweep is tried again (then twice as late each time,
+/// up to [`SWEEP_EVERY`]): one after a reconnect that fails while the
+/// stream has no leader must not wait a whole period to find what was
+/// published during the outage.
+const SWEEP_RETRY: Duration = Duration::from_secs(1);
+
 /// The wake-ups of each served function's worker, by function, and the
 /// functions served with no worker yet.
 #[derive(Debug, Default)]
@@ -195,6 +201,14 @@ pub(crate) fn subjects(only: Option<&FunctionRef>) -> Vec<String> {
 /// aborted. A subscription that fails (NATS away, or a permissions set
 /// without `subscribe` on the invocation subjects) leaves the sweep, so
 /// work is still taken, up to [`SWEEP_EVERY`] late.
+///
+/// Sweeps run beside the wakes, never in their way: while a stream elects
+/// a leader, a sweep's request waits out its whole timeout (10 s), and the
+/// wakes of what the new leader stores meanwhile must reach their workers
+/// at once. (They waited behind the sweep a reconnect started: an
+/// invocation accepted 5 s after its stream's leader was killed ran 5 s
+/// after its 202, at the sweep's timeout.) A sweep that fails is tried
+/// again after [`SWEEP_RETRY`], doubling up to [`SWEEP_EVERY`].
 pub(crate) async fn run(shared: Arc<Shared>, subjects: Vec<String>) {
     let mut subscribed = Vec::new();
     for subject in &subjects {
@@ -205,59 +219,102 @@ pub(crate) async fn run(shared: Arc<Shared>, subjects: Vec<String>) {
             }
         }
     }
-    let mut subscription =
-        (!subscribed.is_empty()).then(|| futures::stream::select_all(subscribed));
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reconnects = tokio::time::interval(RECONNECT_CHECK);
+    let published = (!subscribed.is_empty()).then(|| {
+        futures::stream::select_all(subscribed).map(|message| message.subject.to_string())
+    });
     let statistics = shared.client.statistics();
     let connects = || {
         statistics
             .connects
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let mut connected = connects();
-    loop {
-        tokio::select! {
-            message = next(&mut subscription) => match message {
-                Some(message) => shared.wakes.wake_subject(&message.subject),
-                None => subscription = None,
-            },
-            _ = sweep.tick() => sweep_all(&shared, &subjects).await,
-            _ = reconnects.tick() => {
-                if connects() != connected {
-                    connected = connects();
-                    sweep_all(&shared, &subjects).await;
+    wake_and_sweep(
+        &shared.wakes,
+        published,
+        || sweep_all(&shared, &subjects),
+        connects,
+    )
+    .await;
+}
+
+/// [`run`]'s loop: wakes the queue of each subject `published` yields,
+/// and runs `sweep` (true when it swept) at the start, every
+/// [`SWEEP_EVERY`] and when `connects` (the client's count of connections)
+/// changes, beside the wakes; one that fails again after [`SWEEP_RETRY`],
+/// doubling. Never returns.
+async fn wake_and_sweep<P, S, F>(
+    wakes: &Wakes,
+    mut published: Option<P>,
+    sweep: S,
+    connects: impl Fn() -> u64,
+) where
+    P: futures::Stream<Item = String> + Unpin,
+    S: Fn() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    // One permit at most: sweeps asked for while one runs make one more.
+    let wanted = Notify::new();
+    let sweeps = async {
+        loop {
+            wanted.notified().await;
+            let mut retry = SWEEP_RETRY;
+            while !sweep().await {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(SWEEP_EVERY);
+            }
+        }
+    };
+    let waking = async {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconnects = tokio::time::interval(RECONNECT_CHECK);
+        let mut connected = connects();
+        loop {
+            tokio::select! {
+                subject = next(&mut published) => match subject {
+                    Some(subject) => wakes.wake_subject(&subject),
+                    None => published = None,
+                },
+                _ = every.tick() => wanted.notify_one(),
+                _ = reconnects.tick() => {
+                    if connects() != connected {
+                        connected = connects();
+                        wanted.notify_one();
+                    }
                 }
             }
         }
-    }
+    };
+    tokio::join!(sweeps, waking);
 }
 
-async fn next(
-    subscription: &mut Option<futures::stream::SelectAll<async_nats::Subscriber>>,
-) -> Option<async_nats::Message> {
-    match subscription {
-        Some(subscription) => subscription.next().await,
+async fn next<P: futures::Stream<Item = String> + Unpin>(
+    published: &mut Option<P>,
+) -> Option<String> {
+    match published {
+        Some(published) => published.next().await,
         None => std::future::pending().await,
     }
 }
 
-pub(crate) async fn sweep_all(shared: &Shared, subjects: &[String]) {
+/// Sweeps every subject in turn; false when one could not be swept.
+pub(crate) async fn sweep_all(shared: &Shared, subjects: &[String]) -> bool {
+    let mut swept = true;
     for subject in subjects {
-        sweep_once(shared, subject).await;
+        swept &= sweep_once(shared, subject).await;
     }
+    swept
 }
 
 /// Wakes every queue whose invocation subject (matching `subject`) holds
 /// messages (queued, or delivered and not yet acknowledged: a work queue
-/// keeps both).
-pub(crate) async fn sweep_once(shared: &Shared, subject: &str) {
+/// keeps both); false when the stream could not be asked (logged).
+pub(crate) async fn sweep_once(shared: &Shared, subject: &str) -> bool {
     let subjects = match shared.layout.invocations.info_with_subjects(subject).await {
         Ok(info) => info,
         Err(e) => {
             tracing::debug!(error = %e, "cannot ask which functions have work");
-            return;
+            return false;
         }
     };
     let woken = subjects
@@ -266,9 +323,10 @@ pub(crate) async fn sweep_once(shared: &Shared, subject: &str) {
             std::future::ready(Ok(()))
         })
         .await;
-    if let Err(e) = woken {
+    if let Err(e) = &woken {
         tracing::debug!(error = %e, "cannot ask which functions have work");
     }
+    woken.is_ok()
 }
 
 #[cfg(test)]
@@ -319,6 +377,43 @@ mod tests {
         wakes.wake(&asleep, Queue::Lane(Lane::Normal));
         worker.normal.notified().await;
         assert!(requested.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_reaches_its_worker_while_a_sweep_hangs() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let wakes = Wakes::default();
+        let function: FunctionRef = "default/hello".parse().unwrap();
+        let worker = wakes.register(&function);
+        let (publish, published) = futures::channel::mpsc::unbounded::<String>();
+        let sweeps = AtomicU64::new(0);
+        let connects = AtomicU64::new(1);
+        // Every sweep hangs, as one does on a stream electing a leader
+        // until its request times out.
+        let hanging = || {
+            sweeps.fetch_add(1, Ordering::Relaxed);
+            std::future::pending::<bool>()
+        };
+        let looping = wake_and_sweep(&wakes, Some(published), hanging, || {
+            connects.load(Ordering::Relaxed)
+        });
+        let woken = async {
+            // The first sweep (at the start) is under way and hangs.
+            while sweeps.load(Ordering::Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+            connects.store(2, Ordering::Relaxed);
+            tokio::time::sleep(RECONNECT_CHECK * 2).await;
+            publish
+                .unbounded_send(function.queue_subjects()[0].clone())
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(1), worker.normal.notified()).await
+        };
+        tokio::select! {
+            () = looping => unreachable!("the loop never returns"),
+            woken = woken => assert!(woken.is_ok(), "the wake waited behind the sweep"),
+        }
+        assert_eq!(sweeps.load(Ordering::Relaxed), 1, "one sweep at a time");
     }
 
     #[test]

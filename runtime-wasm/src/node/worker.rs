@@ -175,8 +175,9 @@ impl Puller {
 
     /// Serves one lane: asleep until woken, then fetches as many messages
     /// as it got slots until a pull comes back empty. The lane's consumer
-    /// is opened (created) first; one that fails later is reopened only if
-    /// it exists (a deleted function's is not brought back).
+    /// is opened (created) first; a pull that fails is tried again on it
+    /// after a pause ([`Retry`]), never creating it again (a deleted
+    /// function's is not brought back).
     async fn pull_loop(self, lane: Lane, wake: Arc<Notify>) {
         let Self {
             shared,
@@ -193,6 +194,7 @@ impl Puller {
         let mut awake = true;
         // The next slot of a lane that found work, in line while it fetched.
         let mut upcoming = None;
+        let mut retry = Retry::default();
         loop {
             while running.try_join_next().is_some() {}
             if !awake {
@@ -308,24 +310,35 @@ impl Puller {
             };
             drop(held);
             match pulled {
-                // Nothing came while the pull waited: the lane is empty
-                // (what is published from now on wakes it again).
-                Ok(()) if received == 0 => awake = false,
-                Ok(()) => upcoming = next,
-                Err(e) => {
-                    // NATS away, or the consumer deleted: pause, open it again.
-                    tracing::warn!(%function, lane = lane.as_str(), error = %e, "pulling invocations failed; retrying");
-                    if pause_or_stop(&mut stopped).await {
-                        break;
+                Ok(()) => {
+                    if retry.succeeded() {
+                        tracing::info!(%function, lane = lane.as_str(), "pulling invocations again");
                     }
-                    // Only an existing consumer: if the function was
-                    // deleted, the node stops this worker when the registry
-                    // says so.
-                    match shared.layout.existing_consumer(function, lane).await {
-                        Ok(fresh) => consumer = Some(fresh),
-                        Err(e) => {
-                            tracing::warn!(%function, lane = lane.as_str(), error = %e, "cannot open the consumer");
-                        }
+                    if received == 0 {
+                        // Nothing came while the pull waited: the lane is
+                        // empty (what is published from now on wakes it).
+                        awake = false;
+                    } else {
+                        upcoming = next;
+                    }
+                }
+                Err(e) => {
+                    // NATS away, or the consumer without a leader: pause,
+                    // then pull from the same consumer again. A consumer
+                    // handle is its stream's and its own name, nothing the
+                    // server holds. (Asking the server for the consumer
+                    // again first, while it elected a leader, waited out
+                    // that request's 10 s timeout with the lane unserved.)
+                    // If the function was deleted, the node stops this
+                    // worker when the registry says so.
+                    let (pause, first) = retry.failed();
+                    if first {
+                        tracing::warn!(%function, lane = lane.as_str(), error = %e, "pulling invocations failed; retrying");
+                    } else {
+                        tracing::debug!(%function, lane = lane.as_str(), error = %e, "pulling invocations failed again");
+                    }
+                    if sleep_or_stop(&mut stopped, pause).await {
+                        break;
                     }
                 }
             }
@@ -360,9 +373,46 @@ pub(super) async fn slot_for(
 
 /// Sleeps a little before a retry; true when the worker was told to stop.
 pub(super) async fn pause_or_stop(stopped: &mut watch::Receiver<bool>) -> bool {
-    tokio::time::timeout(Duration::from_millis(500), stopped.wait_for(|stop| *stop))
+    sleep_or_stop(stopped, Duration::from_millis(500)).await
+}
+
+/// Sleeps `pause`; true when the worker was told to stop meanwhile.
+pub(super) async fn sleep_or_stop(stopped: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::time::timeout(pause, stopped.wait_for(|stop| *stop))
         .await
         .is_ok()
+}
+
+/// The first pause after a failed pull: a consumer electing a leader
+/// answers 503 at once, so the pull is tried again soon, taking the lane
+/// back within this of the new leader.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// The longest pause between failed pulls: bounds how late a lane resumes
+/// after a long outage, at one pull per lane per period meanwhile.
+const RETRY_MOST: Duration = Duration::from_secs(2);
+
+/// The pauses of a run of failed pulls: [`RETRY_FIRST`], doubling up to
+/// [`RETRY_MOST`]; a success starts the next run from the first again.
+#[derive(Debug, Default)]
+pub(super) struct Retry {
+    next: Option<Duration>,
+}
+
+impl Retry {
+    /// A pull failed: the pause before the next, and whether this is the
+    /// run's first failure (the one worth a warning).
+    pub fn failed(&mut self) -> (Duration, bool) {
+        let first = self.next.is_none();
+        let pause = self.next.unwrap_or(RETRY_FIRST);
+        self.next = Some((pause * 2).min(RETRY_MOST));
+        (pause, first)
+    }
+
+    /// A pull succeeded: true when it ended a run of failures.
+    pub fn succeeded(&mut self) -> bool {
+        self.next.take().is_some()
+    }
 }
 
 /// Takes one message to its acknowledgement; true when it was handed
@@ -968,6 +1018,27 @@ mod tests {
     use sluice_api::{StoredHeader, StoredResponse};
 
     use super::*;
+
+    #[test]
+    fn failed_pulls_pause_longer_each_time_until_one_succeeds() {
+        let ms = Duration::from_millis;
+        let mut retry = Retry::default();
+        assert!(!retry.succeeded(), "no failure to end yet");
+        // (pause, the run's first failure) for each failure in a row.
+        let run = [
+            (ms(250), true),
+            (ms(500), false),
+            (ms(1000), false),
+            (ms(2000), false),
+            (ms(2000), false),
+        ];
+        for expected in run {
+            assert_eq!(retry.failed(), expected);
+        }
+        assert!(retry.succeeded(), "the success ends the run");
+        assert!(!retry.succeeded());
+        assert_eq!(retry.failed(), (ms(250), true), "a new run starts short");
+    }
 
     #[test]
     fn a_record_too_large_to_store_keeps_its_outcome_without_the_response() {
