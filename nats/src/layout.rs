@@ -901,7 +901,7 @@ impl Layout {
     }
 
     /// The function's durable consumer if it exists; never creates it (a
-    /// runtime recovering from a failed pull must not bring back the
+    /// gateway looking at a function's queue must not bring back the
     /// consumer of a function deleted meanwhile).
     pub async fn existing_consumer(
         &self,

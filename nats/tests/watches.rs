@@ -150,17 +150,16 @@ async fn queue(layout: &Layout, function: &FunctionRef, n: usize) {
 }
 
 /// Pulls and acknowledges as a runtime's worker does (batches that
-/// expire; after a failed pull, the consumer opened again) until
-/// `wanted` arrived, 60 s at most.
+/// expire; after a failed pull, the same consumer again after a pause
+/// growing from 250 ms to 2 s) until `wanted` arrived, 60 s at most.
 async fn pull(
-    layout: &Layout,
-    function: &FunctionRef,
-    consumer: &mut async_nats::jetstream::consumer::PullConsumer,
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
     wanted: std::ops::Range<usize>,
 ) {
     let wanted: BTreeSet<String> = wanted.map(|n| n.to_string()).collect();
     let mut got = BTreeSet::new();
     let started = Instant::now();
+    let mut pause = Duration::from_millis(250);
     while !wanted.is_subset(&got) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -187,15 +186,13 @@ async fn pull(
             },
             Err(e) => Some(e.to_string()),
         };
-        if let Some(e) = failed {
-            eprintln!("pulling failed: {e}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Ok(fresh) = layout
-                .existing_consumer(function, sluice_api::Lane::Normal)
-                .await
-            {
-                *consumer = fresh;
+        match failed {
+            Some(e) => {
+                eprintln!("pulling failed: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
+            None => pause = Duration::from_millis(250),
         }
     }
 }
@@ -212,7 +209,7 @@ async fn a_pull_consumer_hands_out_what_is_queued_after_its_leader_dies_and_a_re
     for n in 0..5 {
         queue(&layout, &function, n).await;
     }
-    pull(&layout, &function, &mut consumer, 0..5).await;
+    pull(&consumer, 0..5).await;
 
     let leader = consumer
         .info()
@@ -228,13 +225,13 @@ async fn a_pull_consumer_hands_out_what_is_queued_after_its_leader_dies_and_a_re
     for n in 5..10 {
         queue(&layout, &function, n).await;
     }
-    pull(&layout, &function, &mut consumer, 5..10).await;
+    pull(&consumer, 5..10).await;
 
     cluster.restart_with_another(leader);
     for n in 10..15 {
         queue(&layout, &function, n).await;
     }
-    pull(&layout, &function, &mut consumer, 10..15).await;
+    pull(&consumer, 10..15).await;
 }
 
 /// A watch whose consumer stops delivering while the server still keeps

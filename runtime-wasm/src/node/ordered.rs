@@ -81,7 +81,9 @@ pub(super) async fn bucket_loop(puller: Puller, bucket: u16, wake: Arc<Notify>) 
             }
             Err(e) => {
                 // NATS away, or the consumer without a leader: the same
-                // consumer again after a pause, as a lane's loop does.
+                // consumer again after a pause, as a lane's loop does,
+                // without waiting for another wake.
+                awake = true;
                 let (pause, first) = retry.failed();
                 if first {
                     tracing::warn!(%function, bucket, error = %e, "pulling ordered invocations failed; retrying");

@@ -241,7 +241,7 @@ pub(crate) async fn run(shared: Arc<Shared>, subjects: Vec<String>) {
 /// and runs `sweep` (true when it swept) at the start, every
 /// [`SWEEP_EVERY`] and when `connects` (the client's count of connections)
 /// changes, beside the wakes; one that fails again after [`SWEEP_RETRY`],
-/// doubling. Never returns.
+/// doubling, or as soon as another is asked for. Never returns.
 async fn wake_and_sweep<P, S, F>(
     wakes: &Wakes,
     mut published: Option<P>,
@@ -259,7 +259,11 @@ async fn wake_and_sweep<P, S, F>(
             wanted.notified().await;
             let mut retry = SWEEP_RETRY;
             while !sweep().await {
-                tokio::time::sleep(retry).await;
+                // A reconnect meanwhile asks at once: the pause ends.
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = wanted.notified() => {}
+                }
                 retry = (retry * 2).min(SWEEP_EVERY);
             }
         }
@@ -414,6 +418,41 @@ mod tests {
             woken = woken => assert!(woken.is_ok(), "the wake waited behind the sweep"),
         }
         assert_eq!(sweeps.load(Ordering::Relaxed), 1, "one sweep at a time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_sweep_is_tried_again_later_each_time_and_at_once_after_a_reconnect() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let wakes = Wakes::default();
+        let started = tokio::time::Instant::now();
+        let sweeps = Mutex::new(Vec::new());
+        let connects = AtomicU64::new(1);
+        // The first three sweeps fail, as while the stream has no leader.
+        let sweep = || {
+            let mut at = sync::lock(&sweeps);
+            at.push(started.elapsed().as_millis());
+            std::future::ready(at.len() > 3)
+        };
+        let looping = wake_and_sweep(
+            &wakes,
+            None::<futures::stream::Empty<String>>,
+            sweep,
+            || connects.load(Ordering::Relaxed),
+        );
+        let checked = async {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            // At the start, then 1 s and 2 s after a failure.
+            assert_eq!(*sync::lock(&sweeps), [0, 1000, 3000]);
+            // The next would come 4 s after the last; a reconnect (seen
+            // within RECONNECT_CHECK) asks sooner, and that one succeeds.
+            connects.store(2, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert_eq!(*sync::lock(&sweeps), [0, 1000, 3000, 4000]);
+        };
+        tokio::select! {
+            () = looping => unreachable!("the loop never returns"),
+            () = checked => {}
+        }
     }
 
     #[test]
