@@ -159,7 +159,7 @@ async fn pull(
     let wanted: BTreeSet<String> = wanted.map(|n| n.to_string()).collect();
     let mut got = BTreeSet::new();
     let started = Instant::now();
-    let mut pause = Duration::from_millis(250);
+    let mut failures = 0;
     while !wanted.is_subset(&got) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -189,10 +189,15 @@ async fn pull(
         match failed {
             Some(e) => {
                 eprintln!("pulling failed: {e}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+                failures += 1;
+                tokio::time::sleep(sluice_api::backoff::doubling(
+                    Duration::from_millis(250),
+                    Duration::from_secs(2),
+                    failures,
+                ))
+                .await;
             }
-            None => pause = Duration::from_millis(250),
+            None => failures = 0,
         }
     }
 }

@@ -257,14 +257,15 @@ async fn wake_and_sweep<P, S, F>(
     let sweeps = async {
         loop {
             wanted.notified().await;
-            let mut retry = SWEEP_RETRY;
+            let mut failed = 0;
             while !sweep().await {
+                failed += 1;
+                let retry = sluice_api::backoff::doubling(SWEEP_RETRY, SWEEP_EVERY, failed);
                 // A reconnect meanwhile asks at once: the pause ends.
                 tokio::select! {
                     () = tokio::time::sleep(retry) => {}
                     () = wanted.notified() => {}
                 }
-                retry = (retry * 2).min(SWEEP_EVERY);
             }
         }
     };

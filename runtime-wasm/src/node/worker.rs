@@ -396,22 +396,22 @@ const RETRY_MOST: Duration = Duration::from_secs(2);
 /// [`RETRY_MOST`]; a success starts the next run from the first again.
 #[derive(Debug, Default)]
 pub(super) struct Retry {
-    next: Option<Duration>,
+    /// Failed pulls in a row.
+    failed: u32,
 }
 
 impl Retry {
     /// A pull failed: the pause before the next, and whether this is the
     /// run's first failure (the one worth a warning).
     pub fn failed(&mut self) -> (Duration, bool) {
-        let first = self.next.is_none();
-        let pause = self.next.unwrap_or(RETRY_FIRST);
-        self.next = Some((pause * 2).min(RETRY_MOST));
-        (pause, first)
+        self.failed = self.failed.saturating_add(1);
+        let pause = sluice_api::backoff::doubling(RETRY_FIRST, RETRY_MOST, self.failed);
+        (pause, self.failed == 1)
     }
 
     /// A pull succeeded: true when it ended a run of failures.
     pub fn succeeded(&mut self) -> bool {
-        self.next.take().is_some()
+        std::mem::take(&mut self.failed) > 0
     }
 }
 
