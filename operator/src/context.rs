@@ -50,6 +50,11 @@ pub struct Context {
     pub metrics: Metrics,
     /// [`crate::OperatorConfig::jetstream_storage_bound`].
     pub jetstream_storage_bound: Option<u64>,
+    /// Signalled by the controller when it has written a function's
+    /// registry entry (its consumer exists), so that the autoscaler watches
+    /// a new pool function for its first invocation at once rather than
+    /// from its first queue reading, up to `--autoscale-interval` later.
+    pub registered: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Context {

@@ -148,6 +148,7 @@ pub async fn run(
         client: client.clone(),
         nats,
         jetstream_storage_bound: config.jetstream_storage_bound,
+        registered: tokio::sync::Notify::new(),
     });
     let result = match &config.leader_election {
         None => {

@@ -183,11 +183,13 @@ pub async fn run(
         readings_tx,
     ));
     let _reader = AbortOnDrop(reader.abort_handle());
+    let ctx = autoscaler.ctx.clone();
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             (function, at) = autoscaler.waker.next() => autoscaler.wake(&function, at).await,
+            () = ctx.registered.notified() => autoscaler.watch_registered().await,
             Some(reading) = readings.recv() => autoscaler.tick(reading).await,
         }
     }

@@ -275,6 +275,31 @@ impl Autoscaler {
         }
     }
 
+    /// Watches every pool function that no queue reading has shown yet
+    /// (registered since the last) for its first invocation, so that a
+    /// function applied while the pool is at zero wakes the pool at its
+    /// first invocation, not at the first reading that finds it queued.
+    /// The next reading that shows it takes over ([`Self::watch_if_idle`]).
+    pub(super) async fn watch_registered(&mut self) {
+        if self.pool.is_none() {
+            return;
+        }
+        let functions: Vec<_> = self.functions.iter().flat_map(Store::state).collect();
+        for function in functions {
+            let Some(reference) = reference(&function) else {
+                continue;
+            };
+            if !watched_before_its_first_reading(&function, self.observed.contains_key(&reference))
+            {
+                continue;
+            }
+            if let Err(e) = self.waker.watch(&reference).await {
+                // Its first reading sees its first invocation instead.
+                tracing::warn!(function = %reference, error = %e, "cannot watch for a first invocation");
+            }
+        }
+    }
+
     /// Holds a subscription on an unpinned function's invocations while its
     /// runtimes are at zero.
     async fn watch_if_idle(&mut self, function: &Function, reference: &FunctionRef, scaled: u32) {
@@ -336,6 +361,17 @@ fn spec_replicas(deployment: &Deployment) -> u32 {
         .map_or(1, |r| u32::try_from(r).unwrap_or(0))
 }
 
+/// Whether `function` is watched for a first invocation before a queue
+/// reading shows it (`observed`): a pool function the autoscaler sizes
+/// (no `spec.replicas` pin) and not being deleted. A dedicated function
+/// needs no such watch: its new Deployment starts with one replica.
+fn watched_before_its_first_reading(function: &Function, observed: bool) -> bool {
+    !observed
+        && function.spec.placement == Placement::Pool
+        && function.spec.replicas.is_none()
+        && function.metadata.deletion_timestamp.is_none()
+}
+
 /// Pods a Deployment runs now (`status.replicas`).
 fn status_replicas(deployment: &Deployment) -> u32 {
     deployment
@@ -348,6 +384,43 @@ fn status_replicas(deployment: &Deployment) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_new_unpinned_pool_function_is_watched_before_its_first_reading() {
+        let function = |placement: Placement, replicas: Option<u32>, deleting: bool| {
+            let mut function = Function::new(
+                "f",
+                serde_json::from_value(serde_json::json!({ "module": { "file": "f.wasm" } }))
+                    .expect("a spec"),
+            );
+            function.spec.placement = placement;
+            function.spec.replicas = replicas;
+            if deleting {
+                function.metadata.deletion_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+                );
+            }
+            function
+        };
+        // (placement, pinned replicas, being deleted, in a reading) → watched
+        let table = [
+            (Placement::Pool, None, false, false, true),
+            (Placement::Pool, None, false, true, false),
+            (Placement::Pool, Some(2), false, false, false),
+            (Placement::Pool, None, true, false, false),
+            (Placement::Dedicated, None, false, false, false),
+        ];
+        for (placement, replicas, deleting, observed, watched) in table {
+            assert_eq!(
+                watched_before_its_first_reading(
+                    &function(placement, replicas, deleting),
+                    observed
+                ),
+                watched,
+                "{placement:?} replicas {replicas:?} deleting {deleting} observed {observed}"
+            );
+        }
+    }
 
     #[test]
     fn a_deployment_without_replicas_runs_one() {

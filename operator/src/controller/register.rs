@@ -57,7 +57,11 @@ pub(super) async fn resolve(
             Ok(keys) => (keys, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-    match register(function, spec, api_keys, &fetched, created, ctx).await {
+    let registered = register(function, spec, api_keys, &fetched, created, ctx).await;
+    if matches!(registered, Ok(true)) {
+        ctx.registered.notify_one();
+    }
+    match registered {
         Ok(published) => Outcome {
             module,
             queue: match &keys_failed {

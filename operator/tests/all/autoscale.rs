@@ -251,18 +251,17 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
     woken_by_a_call(gateway, &operator);
 }
 
-#[test]
-fn the_pool_scales_on_its_functions_sum_a_restarted_operator_resumes_without_a_dip_and_no_functions_mean_its_minimum()
- {
-    let sluice = Sluice::start();
+/// The pool, as the Helm chart makes it, at zero, and the `misbehave`
+/// component in ConfigMap `default/misbehave-wasm`. Its pods never start
+/// here, so what is queued stays queued: the returned stand-in kubelet
+/// only records the pool's scales.
+fn pool_at_zero(sluice: &Sluice) -> sluice_testing::Kubelet {
     sluice.config_map(
         "default",
         "misbehave-wasm",
         "misbehave.wasm",
         &component("misbehave"),
     );
-    // The pool, as the Helm chart makes it; its pods never start here, so
-    // what is queued stays queued.
     sluice.apply(
         "apiVersion: apps/v1
 kind: Deployment
@@ -278,13 +277,76 @@ spec:
     spec: { containers: [ { name: runtime, image: registry.test/sluice-runtime:test } ] }
 ",
     );
-    let pool_watch = sluice_testing::Kubelet::start(
+    sluice_testing::Kubelet::start(
         &sluice.cluster,
         "app.kubernetes.io/name=sluice-runtime-pool",
         std::path::Path::new("/nonexistent/never-started"),
         Duration::from_secs(3600),
         sluice.cluster.dir(),
+    )
+}
+
+/// A pool function applied while the pool is at zero wakes the pool with
+/// its first invocation, not at the first queue reading that finds it:
+/// the operator's readings are an hour apart, and its first was taken
+/// before the function existed. (Before, a new function's first request
+/// waited up to `--autoscale-interval` for a reading to show its consumer,
+/// the real node's `kubectl apply` to first 200 being 0.7–1.6 s.)
+#[test]
+fn a_pool_function_applied_at_zero_wakes_the_pool_with_its_first_invocation() {
+    let sluice = Sluice::start();
+    let pool_watch = pool_at_zero(&sluice);
+    let operator = sluice.operator(
+        "op-1",
+        15,
+        &[
+            "--leader-elect",
+            "false",
+            "--autoscale-interval",
+            "1h",
+            "--pool-deployment",
+            "sluice-system/sluice-runtime-pool",
+        ],
     );
+    eventually(
+        "the operator's first reading",
+        Duration::from_secs(60),
+        || {
+            metrics(&operator)
+                .contains("sluice_autoscaler_tick_duration_seconds_count 1")
+                .then_some(())
+        },
+    );
+    let (_gateway, gateway) = sluice.gateway();
+    sluice.apply(
+        "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: { name: fresh, namespace: default }
+spec:
+  module: { configMap: { name: misbehave-wasm, key: misbehave.wasm } }
+",
+    );
+    sluice.wait_ready("default", "fresh", "True", "Ready");
+    post_async(gateway, "/async/fn/default/fresh/status/200", 1);
+    eventually("the pool woken", Duration::from_secs(30), || {
+        (pool_watch
+            .replica_history("sluice-system", "sluice-runtime-pool")
+            .last()
+            == Some(&1))
+        .then_some(())
+    });
+    assert!(
+        metrics(&operator)
+            .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#),
+        "woken by its first invocation, not by a reading"
+    );
+}
+
+#[test]
+fn the_pool_scales_on_its_functions_sum_a_restarted_operator_resumes_without_a_dip_and_no_functions_mean_its_minimum()
+ {
+    let sluice = Sluice::start();
+    let pool_watch = pool_at_zero(&sluice);
     let flags = [
         "--leader-elect",
         "false",
