@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use sluice_api::ByteSize;
+use sluice_api::names::FunctionRef;
 use sluice_nats::Layout;
 use sluice_nats::publish::Publisher;
 
@@ -50,11 +51,46 @@ pub struct Context {
     pub metrics: Metrics,
     /// [`crate::OperatorConfig::jetstream_storage_bound`].
     pub jetstream_storage_bound: Option<u64>,
-    /// Signalled by the controller when it has written a function's
-    /// registry entry (its consumer exists), so that the autoscaler watches
-    /// a new pool function for its first invocation at once rather than
-    /// from its first queue reading, up to `--autoscale-interval` later.
-    pub registered: tokio::sync::Notify,
+    /// What the controller registered, for the autoscaler.
+    pub registered: Registrations,
+}
+
+/// Functions whose registry entry the controller has written (their
+/// consumer made) since the autoscaler last looked, so that it can watch a
+/// new pool function for its first invocation at once rather than from its
+/// first queue reading, up to `--autoscale-interval` later.
+#[derive(Debug, Default)]
+pub struct Registrations {
+    pending: std::sync::Mutex<Vec<FunctionRef>>,
+    added: tokio::sync::Notify,
+}
+
+impl Registrations {
+    /// `function`'s entry was written.
+    pub fn push(&self, function: FunctionRef) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(function);
+        self.added.notify_one();
+    }
+
+    /// Every function pushed since the last call, in order, once there is
+    /// at least one. Cancel-safe: what it has not returned stays pending.
+    pub async fn next(&self) -> Vec<FunctionRef> {
+        loop {
+            let pending = std::mem::take(
+                &mut *self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if !pending.is_empty() {
+                return pending;
+            }
+            self.added.notified().await;
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {

@@ -148,7 +148,7 @@ pub async fn run(
         client: client.clone(),
         nats,
         jetstream_storage_bound: config.jetstream_storage_bound,
-        registered: tokio::sync::Notify::new(),
+        registered: context::Registrations::default(),
     });
     let result = match &config.leader_election {
         None => {

@@ -80,6 +80,12 @@ struct Autoscaler {
     waker: Waker,
     /// The pool's replicas as last decided.
     pool_written: Option<u32>,
+    /// Whether a reading has been taken in: before one, nothing is
+    /// tracked.
+    read: bool,
+    /// When each function was last woken, until a reading begun after it
+    /// has been taken in ([`keep_woken`]).
+    woken: HashMap<FunctionRef, Instant>,
     /// Zero of the clock that histories count in.
     epoch: Instant,
 }
@@ -166,6 +172,8 @@ pub async fn run(
         tracked: HashMap::new(),
         observed: HashMap::new(),
         pool_written: None,
+        read: false,
+        woken: HashMap::new(),
         epoch: Instant::now(),
     };
     tracing::info!(
@@ -189,8 +197,8 @@ pub async fn run(
             biased;
             () = &mut shutdown => break,
             (function, at) = autoscaler.waker.next() => autoscaler.wake(&function, at).await,
-            () = ctx.registered.notified() => autoscaler.watch_registered().await,
             Some(reading) = readings.recv() => autoscaler.tick(reading).await,
+            registered = ctx.registered.next() => autoscaler.watch_registered(registered).await,
         }
     }
 }
@@ -267,8 +275,10 @@ impl Autoscaler {
     async fn tick(&mut self, reading: Reading) {
         let started = reading.started;
         match reading.observed {
-            Ok(observed) => {
+            Ok(mut observed) => {
+                keep_woken(&mut observed, &self.observed, &mut self.woken, started);
                 self.observed = observed;
+                self.read = true;
                 self.evaluate(None, Instant::now()).await;
                 self.ctx
                     .metrics
@@ -288,9 +298,82 @@ impl Autoscaler {
 
     /// A first invocation reached `function` at zero, seen `at`.
     async fn wake(&mut self, function: &FunctionRef, at: Instant) {
+        self.woken.insert(function.clone(), at);
         let observed = self.observed.entry(function.clone()).or_default();
         observed.pending = observed.pending.max(1);
         tracing::debug!(%function, "first invocation at zero");
         self.evaluate(Some(function), at).await;
+    }
+}
+
+/// Takes `before`'s observation of each function woken after `started`
+/// (when the reading `reading` began) into `reading` where the reading
+/// lacks it: a function registered and woken while the queues were being
+/// read has no consumer in that listing, and without its wake's
+/// observation the pool's sum would drop it until the next reading. Wakes
+/// before `started` are forgotten: the reading covers them.
+fn keep_woken(
+    reading: &mut HashMap<FunctionRef, Observation>,
+    before: &HashMap<FunctionRef, Observation>,
+    woken: &mut HashMap<FunctionRef, Instant>,
+    started: Instant,
+) {
+    woken.retain(|_, at| *at >= started);
+    for function in woken.keys() {
+        if !reading.contains_key(function)
+            && let Some(seen) = before.get(function)
+        {
+            reading.insert(function.clone(), *seen);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_function_woken_after_a_reading_began_keeps_its_wake_in_that_reading() {
+        let function = |name: &str| FunctionRef::new("default", name).expect("a reference");
+        let woken = |pending: u64| Observation {
+            pending,
+            ..Observation::default()
+        };
+        let started = Instant::now();
+        let before: HashMap<_, _> = [
+            (function("new"), woken(1)),
+            (function("old-wake"), woken(1)),
+            (function("read"), woken(1)),
+            (function("gone"), woken(3)),
+        ]
+        .into();
+        let mut wakes: HashMap<_, _> = [
+            (function("new"), started + Duration::from_millis(5)),
+            (function("old-wake"), started - Duration::from_millis(5)),
+            (function("read"), started + Duration::from_millis(5)),
+        ]
+        .into();
+        let mut reading: HashMap<_, _> = [(function("read"), woken(7))].into();
+        keep_woken(&mut reading, &before, &mut wakes, started);
+        // Woken after the reading began and missing from it: kept. Woken
+        // before, or not woken: the reading decides. In the reading: its own.
+        let expected: HashMap<_, _> =
+            [(function("new"), woken(1)), (function("read"), woken(7))].into();
+        assert_eq!(reading, expected);
+        // Until a reading begun after the wake comes in.
+        assert_eq!(
+            wakes.keys().collect::<std::collections::BTreeSet<_>>(),
+            [function("new"), function("read")].iter().collect()
+        );
+        let mut later = HashMap::new();
+        keep_woken(
+            &mut later,
+            &reading,
+            &mut wakes,
+            started + Duration::from_millis(10),
+        );
+        assert!(later.is_empty() && wakes.is_empty(), "{later:?} {wakes:?}");
     }
 }

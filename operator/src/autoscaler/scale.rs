@@ -104,6 +104,9 @@ impl Autoscaler {
             self.ctx.metrics.autoscaler.forget(&function);
         }
         self.observed.retain(|f, _| present.contains(f));
+        // Watched before any reading showed them (`watch_registered`), so
+        // possibly never tracked.
+        self.waker.retain(|f| present.contains(f));
     }
 
     /// Decides `function`'s replicas, resuming its history at `resume`
@@ -221,11 +224,11 @@ impl Autoscaler {
     ) {
         // No members (the last pool Function deleted) still scales: the
         // pool goes to its minimum rather than staying at its last size.
-        let pool = self.config.pool.clone().and_then(|target| {
-            let store = self.pool.as_ref()?;
-            let deployment = store.get(&ObjectRef::new(&target.name).within(&target.namespace));
-            Some((target, deployment))
-        });
+        let pool = self
+            .config
+            .pool
+            .clone()
+            .map(|target| (target, self.pool_deployment()));
         let (running, scaled) = match pool {
             Some((target, Some(deployment))) => {
                 let current = spec_replicas(&deployment);
@@ -275,18 +278,21 @@ impl Autoscaler {
         }
     }
 
-    /// Watches every pool function that no queue reading has shown yet
-    /// (registered since the last) for its first invocation, so that a
-    /// function applied while the pool is at zero wakes the pool at its
-    /// first invocation, not at the first reading that finds it queued.
-    /// The next reading that shows it takes over ([`Self::watch_if_idle`]).
-    pub(super) async fn watch_registered(&mut self) {
-        if self.pool.is_none() {
+    /// Watches each of `registered` that is a pool function no queue
+    /// reading has shown yet for its first invocation, so that a function
+    /// applied while the pool is at zero wakes the pool at its first
+    /// invocation, not at the first reading that finds it queued. Only for
+    /// a pool at zero and once a reading has been taken in: before one
+    /// nothing is tracked, and a wake's decision would stand for the whole
+    /// pool; a pool above zero serves a new function without a wake. The
+    /// next reading that shows it takes over ([`Self::watch_if_idle`]).
+    pub(super) async fn watch_registered(&mut self, registered: Vec<FunctionRef>) {
+        if !self.read || self.pool_deployment().map(|d| spec_replicas(&d)) != Some(0) {
             return;
         }
-        let functions: Vec<_> = self.functions.iter().flat_map(Store::state).collect();
-        for function in functions {
-            let Some(reference) = reference(&function) else {
+        for reference in registered {
+            let key = ObjectRef::new(&reference.name).within(&reference.namespace);
+            let Some(function) = self.functions.iter().find_map(|store| store.get(&key)) else {
                 continue;
             };
             if !watched_before_its_first_reading(&function, self.observed.contains_key(&reference))
@@ -298,6 +304,14 @@ impl Autoscaler {
                 tracing::warn!(function = %reference, error = %e, "cannot watch for a first invocation");
             }
         }
+    }
+
+    /// The pool's Deployment, if there is a pool and it exists.
+    fn pool_deployment(&self) -> Option<Arc<Deployment>> {
+        let target = self.config.pool.as_ref()?;
+        self.pool
+            .as_ref()?
+            .get(&ObjectRef::new(&target.name).within(&target.namespace))
     }
 
     /// Holds a subscription on an unpinned function's invocations while its

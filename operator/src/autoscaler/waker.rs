@@ -61,6 +61,18 @@ impl Waker {
         Ok(())
     }
 
+    /// Ends the subscriptions of functions `keep` refuses (gone from the
+    /// cluster).
+    pub(super) fn retain(&mut self, keep: impl Fn(&FunctionRef) -> bool) {
+        self.watching.retain(|function, task| {
+            let kept = keep(function);
+            if !kept {
+                task.abort();
+            }
+            kept
+        });
+    }
+
     pub(super) fn unwatch(&mut self, function: &FunctionRef) {
         if let Some(task) = self.watching.remove(function) {
             task.abort();

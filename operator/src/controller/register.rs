@@ -59,7 +59,7 @@ pub(super) async fn resolve(
         };
     let registered = register(function, spec, api_keys, &fetched, created, ctx).await;
     if matches!(registered, Ok(true)) {
-        ctx.registered.notify_one();
+        ctx.registered.push(function.clone());
     }
     match registered {
         Ok(published) => Outcome {

@@ -335,11 +335,13 @@ spec:
             == Some(&1))
         .then_some(())
     });
-    assert!(
+    // Woken by its first invocation, not by a reading (counted once the
+    // scale is written).
+    eventually("the wake counted", Duration::from_secs(30), || {
         metrics(&operator)
-            .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#),
-        "woken by its first invocation, not by a reading"
-    );
+            .contains(r#"sluice_autoscaler_decision_latency_seconds_count{trigger="wake"} 1"#)
+            .then_some(())
+    });
 }
 
 #[test]
