@@ -174,11 +174,7 @@ impl Autoscaler {
         let uid = function.metadata.uid.as_deref().unwrap_or_default();
         // Only the Deployment this Function controls: one of the same name
         // that it does not (its status says PlacementConflict) is left be.
-        let key = ObjectRef::new(&name).within(&reference.namespace);
-        let Some(deployment) = self
-            .deployments
-            .iter()
-            .find_map(|store| store.get(&key))
+        let Some(deployment) = find(&self.deployments, &reference.namespace, &name)
             .filter(|d| resources::controlled_by(d.as_ref(), uid))
         else {
             return;
@@ -291,8 +287,8 @@ impl Autoscaler {
             return;
         }
         for reference in registered {
-            let key = ObjectRef::new(&reference.name).within(&reference.namespace);
-            let Some(function) = self.functions.iter().find_map(|store| store.get(&key)) else {
+            let Some(function) = find(&self.functions, &reference.namespace, &reference.name)
+            else {
                 continue;
             };
             if !watched_before_its_first_reading(&function, self.observed.contains_key(&reference))
@@ -373,6 +369,16 @@ fn spec_replicas(deployment: &Deployment) -> u32 {
         .spec
         .replicas
         .map_or(1, |r| u32::try_from(r).unwrap_or(0))
+}
+
+/// `namespace/name` in whichever of `stores` (one per watched namespace,
+/// or one for the cluster) holds it.
+fn find<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    let key = ObjectRef::new(name).within(namespace);
+    stores.iter().find_map(|store| store.get(&key))
 }
 
 /// Whether `function` is watched for a first invocation before a queue

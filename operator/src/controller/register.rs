@@ -57,11 +57,7 @@ pub(super) async fn resolve(
             Ok(keys) => (keys, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-    let registered = register(function, spec, api_keys, &fetched, created, ctx).await;
-    if matches!(registered, Ok(true)) {
-        ctx.registered.push(function.clone());
-    }
-    match registered {
+    match register(function, spec, api_keys, &fetched, created, ctx).await {
         Ok(published) => Outcome {
             module,
             queue: match &keys_failed {
@@ -170,6 +166,9 @@ async fn register(
     }
     if changed || !in_store {
         ctx.publisher.publish_entry(&wanted, &fetched.wasm).await?;
+    }
+    if changed {
+        ctx.registered.push(function.clone());
     }
     Ok(changed)
 }
