@@ -273,6 +273,70 @@ fn release_args(verb: &str, chart: &str) -> Vec<String> {
     args
 }
 
+/// [`release_args`] for this repository's chart, with its values files
+/// `values` (paths under `charts/sluice/`, e.g. `ci/…`) in order.
+fn chart_args(verb: &str, values: &[&str]) -> Vec<String> {
+    let chart = repo_root().join("charts/sluice");
+    let mut args = release_args(verb, &chart.display().to_string());
+    for file in values {
+        args.extend(["-f".to_owned(), chart.join(file).display().to_string()]);
+    }
+    args
+}
+
+/// [`helm`] with owned arguments.
+fn helm_with(args: &[String]) -> String {
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `helm uninstall --wait` of the release.
+fn helm_uninstall() {
+    helm(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+}
+
+/// The release's pods but the pool's, each asserted Ready (kubelet
+/// refuses a root image under `runAsNonRoot`: Ready also proves the
+/// restricted context held).
+fn parts_ready() -> Vec<Value> {
+    let parts: Vec<Value> = pods(NAMESPACE, None)
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] != "sluice-runtime")
+        .collect();
+    for pod in &parts {
+        assert!(
+            ready(pod),
+            "{} not Ready\n{}",
+            pod["metadata"]["name"],
+            diagnostics()
+        );
+    }
+    parts
+}
+
+/// Waits for the pool at zero with no pod left (the autoscaler takes an
+/// idle pool there, from the one replica a Deployment without `replicas`
+/// starts with).
+fn wait_pool_at_zero() {
+    eventually("the pool at zero", Duration::from_secs(60), || {
+        let (spec, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
+        (spec == 0 && pods(NAMESPACE, Some(POOL)).is_empty()).then_some(())
+    });
+}
+
+/// A pool pod's `/metrics` text, from its admin port on the pod network.
+fn metrics_of(pod: &Value) -> Option<String> {
+    let ip: std::net::IpAddr = pod["status"]["podIP"].as_str()?.parse().ok()?;
+    get(SocketAddr::new(ip, 9091), "/metrics").map(|(_, text)| text)
+}
+
 /// Every part connects as its own NATS user with exactly its permission
 /// set: the server has refused none of them anything (it logs each
 /// refusal as a `Permissions Violation`).
@@ -528,17 +592,10 @@ fn bench_install_and_first_requests() {
         let volume = format!("nats-bench-{round}");
         nats_volume_named(&volume);
         let started = Instant::now();
-        let args = release_args(
-            "install",
-            &repo_root().join("charts/sluice").display().to_string(),
-        );
-        helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        helm_with(&chart_args("install", &[]));
         sample("helm install --wait to every pod Ready", started.elapsed());
         no_restarts("during the install");
-        eventually("the pool at zero", Duration::from_secs(60), || {
-            let (spec, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
-            (spec == 0 && pods(NAMESPACE, Some(POOL)).is_empty()).then_some(())
-        });
+        wait_pool_at_zero();
 
         config_map("hello-wasm", "module.wasm", &component("hello"));
         let applied = Instant::now();
@@ -575,15 +632,7 @@ fn bench_install_and_first_requests() {
             "--wait",
             "--timeout=120s",
         ]);
-        helm(&[
-            "uninstall",
-            RELEASE,
-            "-n",
-            NAMESPACE,
-            "--wait",
-            "--timeout",
-            "3m",
-        ]);
+        helm_uninstall();
         sample(
             "Functions deleted, then helm uninstall --wait",
             removed.elapsed(),
@@ -613,34 +662,17 @@ fn install_with_every_pod_ready_and_no_restarts() {
     kubectl(&["create", "namespace", NAMESPACE]);
     kubectl(&["create", "namespace", FUNCTIONS]);
     nats_volume();
-    let args = release_args(
-        "install",
-        &repo_root().join("charts/sluice").display().to_string(),
-    );
-    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    helm_with(&chart_args("install", &[]));
     report("helm install --wait (every pod Ready)", started);
 
-    // The defaults: NATS, two gateways, the operator; the pool at zero
-    // (the autoscaler takes it there, from the one replica a Deployment
-    // without `replicas` starts with).
-    let parts: Vec<Value> = pods(NAMESPACE, None)
-        .into_iter()
-        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] != "sluice-runtime")
-        .collect();
+    // The defaults: NATS, two gateways, the operator; the pool at zero.
+    let parts = parts_ready();
     let names: Vec<&str> = parts
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str())
         .collect();
     assert_eq!(parts.len(), 4, "{names:?}");
     for pod in &parts {
-        assert!(
-            ready(pod),
-            "{} not Ready\n{}",
-            pod["metadata"]["name"],
-            diagnostics()
-        );
-        // kubelet refuses to start a container whose image runs as root
-        // under runAsNonRoot: Ready proves the restricted context held.
         let spec = &pod["spec"];
         assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{names:?}");
         for container in spec["containers"].as_array().into_iter().flatten() {
@@ -660,11 +692,7 @@ fn install_with_every_pod_ready_and_no_restarts() {
     let pvc = json(&["get", "pvc", "-n", NAMESPACE]);
     assert_eq!(pvc["items"][0]["status"]["phase"], "Bound", "{pvc}");
     no_restarts("during the install");
-    eventually("the pool at zero", Duration::from_secs(60), || {
-        let (spec, _) = deployment_replicas(NAMESPACE, "sluice-runtime");
-        let running = pods(NAMESPACE, Some(POOL)).len();
-        (spec == 0 && running == 0).then_some(())
-    });
+    wait_pool_at_zero();
 }
 
 /// Copies the runtime's NATS credentials into [`FUNCTIONS`], as the
@@ -840,8 +868,7 @@ fn pool_compiles_ahead() -> BTreeMap<String, (u64, u64)> {
         .iter()
         .filter(|pod| ready(pod))
         .filter_map(|pod| {
-            let ip: std::net::IpAddr = pod["status"]["podIP"].as_str()?.parse().ok()?;
-            let (_, text) = get(SocketAddr::new(ip, 9091), "/metrics")?;
+            let text = metrics_of(pod)?;
             Some((
                 pod["metadata"]["name"].as_str()?.to_owned(),
                 (
@@ -1313,15 +1340,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn uninstall_completes_and_keeps_the_crd() {
     let started = Instant::now();
-    helm(&[
-        "uninstall",
-        RELEASE,
-        "-n",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "3m",
-    ]);
+    helm_uninstall();
     report("helm uninstall", started);
     eventually("the release's pods gone", Duration::from_secs(120), || {
         pods(NAMESPACE, None).is_empty().then_some(())
@@ -1536,32 +1555,11 @@ fn the_ci_values_install_on_an_external_nats_with_mutual_tls() {
     eventually("the external NATS Ready", Duration::from_secs(120), || {
         pods("nats", None).iter().any(ready).then_some(())
     });
-    let mut args = release_args(
-        "install",
-        &repo_root().join("charts/sluice").display().to_string(),
-    );
-    args.extend([
-        "-f".to_owned(),
-        repo_root()
-            .join("charts/sluice/ci/external-nats-values.yaml")
-            .display()
-            .to_string(),
-    ]);
-    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    helm_with(&chart_args("install", &["ci/external-nats-values.yaml"]));
     report("helm install --wait, ci/external-nats-values.yaml", started);
     // The pool's pod may be on its way out: the autoscaler takes an idle
     // pool to zero.
-    for pod in pods(NAMESPACE, None)
-        .into_iter()
-        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] != "sluice-runtime")
-    {
-        assert!(
-            ready(&pod),
-            "{} not Ready\n{}",
-            pod["metadata"]["name"],
-            diagnostics()
-        );
-    }
+    parts_ready();
     no_restarts("during the install");
     helm_test_passes();
 
@@ -1659,15 +1657,10 @@ spec:
         ]);
     }
     let upgraded = Instant::now();
-    args[0] = "upgrade".to_owned();
-    args.extend([
-        "-f".to_owned(),
-        repo_root()
-            .join("charts/sluice/ci/monitoring-values.yaml")
-            .display()
-            .to_string(),
-    ]);
-    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    helm_with(&chart_args(
+        "upgrade",
+        &["ci/external-nats-values.yaml", "ci/monitoring-values.yaml"],
+    ));
     report("helm upgrade --wait, + ci/monitoring-values.yaml", upgraded);
     for kind in ["servicemonitor", "prometheusrule"] {
         let made = kubectl(&["get", kind, "-n", NAMESPACE, "-o", "name"]);
@@ -1692,15 +1685,7 @@ spec:
         "--wait",
         "--timeout=120s",
     ]);
-    helm(&[
-        "uninstall",
-        RELEASE,
-        "-n",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "3m",
-    ]);
+    helm_uninstall();
     kubectl(&["delete", "crd", "functions.sluice.dev", "--timeout=60s"]);
     report(
         "full removal (Functions deleted, uninstall, CRD deleted)",
@@ -1737,26 +1722,12 @@ fn a_nats_cluster_install_survives_a_server_killed() {
         nats_volume_named(&format!("nats-cluster-{i}"));
     }
     let started = Instant::now();
-    let mut args = release_args(
-        "install",
-        &repo_root().join("charts/sluice").display().to_string(),
-    );
-    args.extend([
-        "-f".to_owned(),
-        repo_root()
-            .join("charts/sluice/ci/nats-cluster-values.yaml")
-            .display()
-            .to_string(),
-    ]);
-    helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    helm_with(&chart_args("install", &["ci/nats-cluster-values.yaml"]));
     report(
         "helm install --wait, ci/nats-cluster-values.yaml (three NATS servers)",
         started,
     );
-    let parts: Vec<Value> = pods(NAMESPACE, None)
-        .into_iter()
-        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] != "sluice-runtime")
-        .collect();
+    let parts = parts_ready();
     let names: Vec<&str> = parts
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str())
@@ -1766,14 +1737,6 @@ fn a_nats_cluster_install_survives_a_server_killed() {
         6,
         "three servers, two gateways, the operator: {names:?}"
     );
-    for pod in &parts {
-        assert!(
-            ready(pod),
-            "{} not Ready\n{}",
-            pod["metadata"]["name"],
-            diagnostics()
-        );
-    }
     let claims = json(&["get", "pvc", "-n", NAMESPACE]);
     let bound = claims["items"]
         .as_array()
@@ -1785,17 +1748,8 @@ fn a_nats_cluster_install_survives_a_server_killed() {
     no_restarts("during the install");
     helm_test_passes();
 
-    config_map("hello-wasm", "hello.wasm", &component("hello"));
-    apply(&format!(
-        "apiVersion: sluice.dev/v1alpha1
-kind: Function
-metadata: {{ name: hello-ha, namespace: {FUNCTIONS} }}
-spec:
-  auth: {{ public: true }}
-  module: {{ configMap: {{ name: hello-wasm, key: hello.wasm }} }}
-"
-    ));
-    wait_ready("hello-ha");
+    config_map("hello-ha-wasm", "module.wasm", &component("hello"));
+    pool_function("hello-ha");
     let path = format!("/fn/{FUNCTIONS}/hello-ha/");
     first_200(&path, "Hello");
 
@@ -1877,8 +1831,7 @@ fn pool_successes() -> f64 {
     pods(NAMESPACE, Some(POOL))
         .iter()
         .filter_map(|pod| {
-            let ip: std::net::IpAddr = pod["status"]["podIP"].as_str()?.parse().ok()?;
-            let (_, text) = get(SocketAddr::new(ip, 9091), "/metrics")?;
+            let text = metrics_of(pod)?;
             Some(
                 text.lines()
                     .filter(|l| {
