@@ -75,10 +75,26 @@ pub const FUNCTIONS_BUCKET: &str = "sluice-functions";
 /// ([`crate::ModuleDigest::object_key`]).
 pub const MODULES_BUCKET: &str = "sluice-modules";
 /// Object store of components precompiled by runtimes, keyed
-/// `<engine>.sha256-<hex>` (`<engine>`: the hash of what makes compiled
-/// code compatible), so a new runtime deserializes what another compiled.
+/// [`artifact_key`], so a new runtime deserializes what another compiled.
 /// Only runtimes write it: they run what it holds.
 pub const ARTIFACTS_BUCKET: &str = "sluice-artifacts";
+
+/// The key of `digest`'s component, compiled by an engine whose
+/// compatibility hash is `engine`, in [`ARTIFACTS_BUCKET`]:
+/// `<engine>.<64 hex digits>`, so a runtime never fetches code another
+/// engine built.
+pub fn artifact_key(engine: &str, digest: &crate::ModuleDigest) -> String {
+    format!("{engine}.{digest}")
+}
+
+/// The component an [`artifact_key`] holds compiled, whatever the engine;
+/// `None` for any other name.
+pub fn artifact_digest(key: &str) -> Option<crate::ModuleDigest> {
+    let (engine, digest) = key.split_once('.')?;
+    (!engine.is_empty() && !engine.contains('.'))
+        .then(|| digest.parse().ok())
+        .flatten()
+}
 
 /// The subject a record of the results bucket is written on: a record can
 /// be published without waiting for the store's answer.
@@ -340,6 +356,24 @@ impl From<FunctionRef> for String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_artifact_key_names_its_component_for_any_engine() {
+        let digest = crate::ModuleDigest::of(b"component");
+        let key = artifact_key("00ff00ff00ff00ff", &digest);
+        assert_eq!(key, format!("00ff00ff00ff00ff.{}", digest.as_str()));
+        assert_eq!(artifact_digest(&key), Some(digest.clone()));
+        for other in [
+            String::new(),
+            digest.to_string(),
+            format!(".{digest}"),
+            format!("a.b.{digest}"),
+            format!("engine.sha256-{digest}"),
+            format!("engine.{}", &digest.as_str()[1..]),
+        ] {
+            assert_eq!(artifact_digest(&other), None, "{other:?}");
+        }
+    }
     use super::*;
 
     #[test]

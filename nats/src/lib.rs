@@ -1,13 +1,15 @@
 //! Sluice on NATS, for every part that talks to it (gateway, runtime,
 //! operator): connecting, the JetStream layout of streams, buckets and
 //! consumers ([`layout`]), filling the registry and module store
-//! ([`publish`]), following the registry ([`registry`]), the reply to a
+//! ([`publish`]), following the registry ([`registry`]) and the
+//! components runtimes compiled ([`artifacts`]), the reply to a
 //! synchronous invocation ([`reply`]), dead letters ([`dead_letter`]) and
 //! queue depth ([`depth`]), publishing through a cluster's failover
 //! ([`failover`]), the credentials and TLS of a connection
 //! ([`security`]), and waiting for a server that is not there yet
 //! ([`patience`]). It links neither wasmtime nor an HTTP server.
 
+pub mod artifacts;
 pub mod dead_letter;
 pub mod depth;
 pub mod failover;

@@ -8,7 +8,8 @@
 //! (`ModuleReady`) and the function is registered with its queue
 //! (`QueueReady`). Whether it runs above zero replicas (`Active`, the
 //! autoscaler's) is not part of it: a function at zero is Ready, as in
-//! Knative.
+//! Knative. A new pool function's `Ready` also waits, bounded, for the
+//! warm pool to compile its component ahead ([`crate::compiled`]).
 
 use sluice_api::Condition;
 
@@ -52,6 +53,9 @@ pub enum Reason {
     InvalidSpec,
     /// `QueueReady` while the module does not resolve.
     WaitingForModule,
+    /// `Ready=False` while the warm pool compiles the component ahead
+    /// ([`crate::compiled`]): in progress, not a fault.
+    CompilingAhead,
     /// NATS refused or did not answer a registration.
     NatsUnavailable,
     /// Another Function, created earlier, owns the custom path.
@@ -85,6 +89,7 @@ impl Reason {
             Self::Registered => "Registered",
             Self::InvalidSpec => "InvalidSpec",
             Self::WaitingForModule => "WaitingForModule",
+            Self::CompilingAhead => "CompilingAhead",
             Self::NatsUnavailable => "NatsUnavailable",
             Self::PathConflict => sluice_api::PATH_CONFLICT,
             Self::TriggerSubjectOutOfScope => sluice_api::TRIGGER_SUBJECT_OUT_OF_SCOPE,
@@ -96,6 +101,14 @@ impl Reason {
             Self::PoolNotManaged => "PoolNotManaged",
             Self::Module(reason) | Self::ApiKeys(reason) => reason,
         }
+    }
+}
+
+impl Reason {
+    /// Whether it names work under way that ends by itself, not something
+    /// for a person to fix: reported as a Normal Event, not a Warning.
+    pub fn in_progress(self) -> bool {
+        matches!(self, Self::CompilingAhead)
     }
 }
 
@@ -220,6 +233,7 @@ mod tests {
             (Reason::Registered, "Registered"),
             (Reason::InvalidSpec, "InvalidSpec"),
             (Reason::WaitingForModule, "WaitingForModule"),
+            (Reason::CompilingAhead, "CompilingAhead"),
             (Reason::NatsUnavailable, "NatsUnavailable"),
             (Reason::PathConflict, "PathConflict"),
             (Reason::TriggerSubjectOutOfScope, "TriggerSubjectOutOfScope"),

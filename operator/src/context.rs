@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
 use sluice_api::ByteSize;
 use sluice_api::names::FunctionRef;
 use sluice_nats::Layout;
@@ -36,6 +38,10 @@ pub struct Settings {
     pub scope: crate::scope::WatchScope,
     /// Deleting unreferenced modules (`--module-gc-after`).
     pub module_gc: crate::module_gc::ModuleGc,
+    /// How long a new pool Function's `Ready` waits for the warm pool to
+    /// compile its component ahead (`--compile-ahead-wait`,
+    /// [`crate::compiled`]); zero never waits.
+    pub compile_ahead_wait: Duration,
 }
 
 /// What every reconcile shares.
@@ -53,6 +59,26 @@ pub struct Context {
     pub jetstream_storage_bound: Option<u64>,
     /// What the controller registered, for the autoscaler.
     pub registered: Registrations,
+    /// The runtime pool's Deployment (`--pool-deployment`), followed for
+    /// as long as the operator runs: the autoscaler sizes it, and a new
+    /// pool Function's `Ready` waits for its compile only while it has a
+    /// ready runtime.
+    pub pool: Option<Store<Deployment>>,
+    /// The components runtimes have compiled ahead ([`crate::compiled`]).
+    pub compiled: crate::compiled::CompiledAhead,
+}
+
+impl Context {
+    /// Whether the runtime pool has a ready runtime; `false` when the
+    /// operator does not follow the pool.
+    pub fn pool_ready(&self) -> bool {
+        let (Some(pool), Some(target)) = (&self.pool, &self.settings.autoscaling.pool) else {
+            return false;
+        };
+        pool.get(&ObjectRef::new(&target.name).within(&target.namespace))
+            .and_then(|d| d.status.as_ref()?.ready_replicas)
+            .is_some_and(|ready| ready > 0)
+    }
 }
 
 /// Functions whose registry entry the controller has written (their

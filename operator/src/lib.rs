@@ -14,6 +14,7 @@
 
 pub mod api_keys;
 pub mod autoscaler;
+pub mod compiled;
 pub mod conditions;
 pub mod context;
 pub mod controller;
@@ -130,6 +131,15 @@ pub async fn run(
             return Ok(());
         }
     };
+    // Followed by standbys too (one object): the leader's first reconciles
+    // read it.
+    let (pool, _pool_watch) = match &config.settings.autoscaling.pool {
+        Some(target) => {
+            let (store, watch) = reflectors::pool(&client, target);
+            (Some(store), Some(watch))
+        }
+        None => (None, None),
+    };
     // A standby replica is healthy and ready: it is waiting its turn.
     admin.set_ready(true);
     let ctx = Arc::new(context::Context {
@@ -149,6 +159,8 @@ pub async fn run(
         nats,
         jetstream_storage_bound: config.jetstream_storage_bound,
         registered: context::Registrations::default(),
+        pool,
+        compiled: compiled::CompiledAhead::new(config.settings.compile_ahead_wait),
     });
     let result = match &config.leader_election {
         None => {
@@ -179,6 +191,7 @@ pub async fn lead(
         controller::run(ctx.clone(), watched, shutdown.clone()),
         autoscaler::run(ctx.clone(), stores, shutdown.clone()),
         module_gc::run(ctx.clone(), shutdown.clone()),
+        compiled::follow(ctx.clone(), shutdown.clone()),
         storage::run(
             ctx.layout.js.clone(),
             ctx.jetstream_storage_bound,

@@ -158,6 +158,13 @@ struct Args {
     /// entry (replaced, or its Function deleted) before it is deleted.
     #[arg(long, env = "SLUICE_MODULE_GC_AFTER", default_value_t = sluice_api::Duration(sluice_operator::module_gc::DEFAULT_AFTER))]
     module_gc_after: sluice_api::Duration,
+    /// How long a new pool Function's Ready waits, while the pool has a
+    /// ready runtime, for a pool runtime to compile its component ahead
+    /// (seen in sluice-artifacts), so that its first request does not wait
+    /// for the compile; 0s never waits. Give it 0s when the pool runtimes
+    /// run with --precompile-registered=false or --shared-artifacts=false.
+    #[arg(long, env = "SLUICE_COMPILE_AHEAD_WAIT", default_value_t = sluice_api::Duration(sluice_operator::compiled::DEFAULT_WAIT))]
+    compile_ahead_wait: sluice_api::Duration,
     /// The largest limits.memory the runtimes take (their
     /// --max-instance-memory): a Function asking for more is Ready=False.
     /// Default: not checked by the operator (the runtimes still refuse it).
@@ -282,6 +289,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
             scope: sluice_operator::scope::WatchScope::new(args.watch_namespace),
             module_gc: sluice_operator::module_gc::ModuleGc::new(args.module_gc_after.0),
+            compile_ahead_wait: args.compile_ahead_wait.0,
             trigger_scope: args
                 .trigger_subject_prefix
                 .as_deref()

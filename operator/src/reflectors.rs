@@ -4,6 +4,9 @@
 //! trigger streams are these [`Feeds`]) and the autoscaler reads the same
 //! [`Stores`], so the API server serves each kind one watch, not two.
 //!
+//! The runtime pool's Deployment ([`pool`]) is followed apart, for as long
+//! as the operator runs.
+//!
 //! With `--watch-namespace`, one of each per namespace: a store holds what
 //! one watch lists, so watches of several namespaces cannot share one.
 
@@ -11,10 +14,12 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use sluice_api::Function;
 
+use crate::context::PoolTarget;
 use crate::resources::MANAGED_BY;
 use crate::scope::WatchScope;
 
@@ -77,4 +82,46 @@ pub fn per_scope(client: &Client, scope: &WatchScope) -> Vec<(Stores, Feeds)> {
             )
         })
         .collect()
+}
+
+/// Watches `api` into a store, driven by a task that ends with the
+/// returned guard.
+fn follow<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDrop)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    (reader, AbortOnDrop(task.abort_handle()))
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The runtime pool's Deployment, alone in its store, followed until the
+/// returned guard is dropped.
+pub fn pool(client: &Client, target: &PoolTarget) -> (Store<Deployment>, AbortOnDrop) {
+    follow(
+        Api::<Deployment>::namespaced(client.clone(), &target.namespace),
+        watcher::Config::default()
+            .fields(&format!("metadata.name={}", target.name))
+            .any_semantic(),
+    )
 }

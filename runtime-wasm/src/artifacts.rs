@@ -43,10 +43,10 @@ impl Runtime {
     }
 
     /// The name of the artifact of `digest` in the shared bucket
-    /// (`sluice-artifacts`): `<engine>.sha256-<hex>`, so a runtime never
-    /// fetches code another engine built.
+    /// (`sluice-artifacts`): [`sluice_api::names::artifact_key`] with this
+    /// engine's hash.
     pub fn artifact_key(&self, digest: &ModuleDigest) -> String {
-        format!("{}.{digest}", self.engine_key())
+        sluice_api::names::artifact_key(&self.engine_key(), digest)
     }
 
     /// `wasm` (whose digest is `digest`) compiled for this engine and

@@ -38,9 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::Store;
 use sluice_api::Function;
 use sluice_api::autoscale::{History, Observation};
 use sluice_api::names::{FunctionRef, LOAD_SUBJECTS};
@@ -90,62 +88,20 @@ struct Autoscaler {
     epoch: Instant,
 }
 
-/// Watches `api` into a store, driven by a task that ends with the
-/// returned guard.
-fn follow<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDrop)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-    let task = tokio::spawn(stream.for_each(|_| async {}));
-    (reader, AbortOnDrop(task.abort_handle()))
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs the autoscaler until `shutdown` resolves, reading Functions and
 /// dedicated Deployments from the controller's `stores` (one per watched
-/// namespace) and watching only the pool's Deployment itself.
+/// namespace) and the pool's Deployment from the context's.
 pub async fn run(
     ctx: Arc<Context>,
     stores: Vec<Stores>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let config = ctx.settings.autoscaling.clone();
-    let client = ctx.client.clone();
     let (functions, deployments): (Vec<_>, Vec<_>) = stores
         .into_iter()
         .map(|stores| (stores.functions, stores.deployments))
         .unzip();
-    let (pool, _pool_task) = match &config.pool {
-        Some(pool) => {
-            let (store, task) = follow(
-                Api::<Deployment>::namespaced(client.clone(), &pool.namespace),
-                watcher::Config::default()
-                    .fields(&format!("metadata.name={}", pool.name))
-                    .any_semantic(),
-            );
-            (Some(store), Some(task))
-        }
-        None => (None, None),
-    };
+    let pool = ctx.pool.clone();
     tokio::pin!(shutdown);
     let ready = async {
         for store in &functions {
@@ -190,7 +146,7 @@ pub async fn run(
         autoscaler.config.interval,
         readings_tx,
     ));
-    let _reader = AbortOnDrop(reader.abort_handle());
+    let _reader = crate::reflectors::AbortOnDrop(reader.abort_handle());
     let ctx = autoscaler.ctx.clone();
     loop {
         tokio::select! {

@@ -26,7 +26,7 @@ pub(super) async fn report(
     let mut events = Vec::new();
     if changed {
         events.push(Event {
-            type_: if ready.status == Status::True {
+            type_: if ready.status == Status::True || ready.reason.in_progress() {
                 EventType::Normal
             } else {
                 EventType::Warning

@@ -1,6 +1,8 @@
 //! What the controller watches and how a change maps to the Functions to
 //! reconcile: Functions (by generation and finalizers), the ConfigMaps and
-//! Secrets they name, and the Deployments they own (spec changes only).
+//! Secrets they name, the Deployments they own (spec changes only), and
+//! the components runtimes compile ahead (for the Functions waiting for
+//! theirs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +16,11 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
-use sluice_api::{Function, FunctionSpec, Placement};
+use sluice_api::{Function, FunctionSpec, ModuleDigest, Placement};
+use tokio::sync::broadcast;
 
 use super::{RECONCILE_CONCURRENCY, error_policy, reconcile};
+use crate::conditions;
 use crate::context::Context;
 use crate::reflectors::{Feeds, Stores};
 
@@ -96,8 +100,10 @@ async fn run_in(
         .names()
         .map(str::to_owned)
         .collect();
+    let compiled = waiting_for(ctx.compiled.subscribe(), reader.clone());
     let controller = Controller::for_stream(stream, reader)
         .owns_stream(spec_changes(watched.feeds.deployments))
+        .reconcile_on(compiled)
         .watches_stream(config_maps, move |config_map| {
             // The Functions whose module is in this ConfigMap.
             naming(&store, &config_map, |spec, name| {
@@ -177,6 +183,40 @@ fn spec_hash(deployment: &Deployment) -> u64 {
     .unwrap_or_default()
     .hash(&mut hasher);
     hasher.finish()
+}
+
+/// The Functions of `store` not Ready with the component of each digest
+/// announced compiled: those whose `Ready` waits for the pool's compile
+/// ahead ([`crate::compiled`]).
+fn waiting_for(
+    news: broadcast::Receiver<ModuleDigest>,
+    store: reflector::Store<Function>,
+) -> impl futures::Stream<Item = ObjectRef<Function>> + Send + 'static {
+    let digests = futures::stream::unfold(news, |mut news| async move {
+        loop {
+            match news.recv().await {
+                Ok(digest) => return Some((digest, news)),
+                // The waiting ones look again by themselves meanwhile.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    digests.flat_map(move |digest| {
+        let wanted = format!("sha256:{digest}");
+        let waiting: Vec<_> = store
+            .state()
+            .into_iter()
+            .filter(|f| {
+                f.status.as_ref().is_some_and(|s| {
+                    s.module_digest.as_deref() == Some(wanted.as_str())
+                        && !conditions::is_ready(&s.conditions)
+                })
+            })
+            .map(|f| ObjectRef::from_obj(&*f))
+            .collect();
+        futures::stream::iter(waiting)
+    })
 }
 
 /// The Functions in `object`'s namespace whose spec names it.

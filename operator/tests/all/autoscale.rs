@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_testing::NatsCluster;
 
 use crate::support::{
-    Sluice, component, eventually, http_get, http_get_within, http_post, post_async, settled,
+    Sluice, component, eventually, http_get_within, http_post, metrics, post_async, settled,
 };
 
 /// A dedicated function of the `misbehave` component, whose `/sleep/<ms>`
@@ -26,14 +26,6 @@ spec:
   scaling: {scaling}
 "
     )
-}
-
-/// The operator's metrics text.
-fn metrics(operator: &crate::support::Process) -> String {
-    let admin = operator.admin.expect("the operator's admin address");
-    http_get(admin, "/metrics")
-        .map(|(_, body)| body)
-        .unwrap_or_default()
 }
 
 /// Applies `surge` (at most 5 replicas, 10 queued per replica, quick to

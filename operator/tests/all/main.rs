@@ -6,6 +6,7 @@
 mod auth;
 mod autoscale;
 mod chart;
+mod compile_ahead;
 mod crd;
 mod fetches;
 mod images;

@@ -399,6 +399,15 @@ impl Sluice {
 
 pub use sluice_testing::http::{get as http_get, get_within as http_get_within, post as http_post};
 
+/// The `/metrics` text of `process` (an operator or a runtime started
+/// with an admin address); empty when it does not answer.
+pub fn metrics(process: &Process) -> String {
+    let admin = process.admin.expect("an admin address");
+    http_get(admin, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
 /// Waits until `GET path` answers `status` with a body containing `text`.
 pub fn wait_answer(addr: SocketAddr, path: &str, status: u16, text: &str) -> String {
     eventually(
