@@ -404,6 +404,26 @@ fn example(name: &str) -> String {
         .replace("namespace: default", &format!("namespace: {FUNCTIONS}"))
 }
 
+/// The reasons of the Events about Function `name` in [`FUNCTIONS`].
+fn ready_reasons(name: &str) -> Vec<String> {
+    let events: serde_json::Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        FUNCTIONS,
+        "-o",
+        "json",
+    ]))
+    .unwrap_or_default();
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["kind"] == "Function" && e["regarding"]["name"] == name)
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn wait_ready(name: &str) {
     wait_ready_in(FUNCTIONS, name);
 }
@@ -736,9 +756,11 @@ spec:
 /// A function the running pool has never served: its first request after
 /// Ready against its warm latency. `echo`'s component the pool already
 /// holds (for `secured-echo`); `misbehave`'s it compiles ahead as the
-/// Function is registered, so a request right after Ready may take the
-/// compile's bytes. Then the case of a function registered a while before
-/// its first call: a component new to the pool, its compile ahead ended.
+/// Function is registered, and the Function is Ready once that compile is
+/// stored (`CompilingAhead` until then), so the request right after Ready
+/// finds it compiled. Then the case of a function registered a while
+/// before its first call: a component new to the pool, its compile ahead
+/// ended.
 fn a_function_at_zero_in_the_warm_pool() {
     for (component_name, path) in [("echo", "/"), ("misbehave", "/status/200")] {
         let name = format!("{component_name}-pool");
@@ -747,7 +769,14 @@ fn a_function_at_zero_in_the_warm_pool() {
             "module.wasm",
             &component(component_name),
         );
+        let started = Instant::now();
         pool_function(&name);
+        let took = started.elapsed();
+        println!(
+            "NODE-TIMING {component_name} at zero in the warm pool, kubectl apply to Ready (waited for the compile ahead: {}): {} ms",
+            ready_reasons(&name).iter().any(|r| r == "CompilingAhead"),
+            took.as_millis()
+        );
         first_request_in_the_warm_pool(
             &format!(
                 "{component_name} at zero in the warm pool, first request sent as the Function is Ready"
