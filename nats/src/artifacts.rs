@@ -4,10 +4,10 @@
 //! one stored after it. The operator follows it to report a pool
 //! Function Ready once the warm pool has compiled its component ahead.
 
-use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::{self, context, object_store, object_store::ObjectStore};
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use sluice_api::ModuleDigest;
-use sluice_api::names::artifact_digest;
+use sluice_api::names::{ARTIFACTS_BUCKET, artifact_digest};
 
 /// Why the compiled components could not be followed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,8 @@ pub enum CompiledError {
     Listing(#[source] object_store::ListerError),
     #[error("cannot read the precompiled components' bucket: {0}")]
     Read(#[source] object_store::WatcherError),
+    #[error("cannot read the precompiled components' bucket's size: {0}")]
+    Info(#[source] context::GetStreamError),
 }
 
 /// The digests `bucket` holds compiled now, and a stream of each one
@@ -60,4 +62,21 @@ pub async fn compiled(
         }
     });
     Ok((listed, stored))
+}
+
+/// Bytes the bucket can still take before it refuses new artifacts (its
+/// stream discards new messages when full); `None` when it has no bound.
+///
+/// # Errors
+/// [`CompiledError::Info`] when the bucket's stream cannot be read.
+pub async fn room(js: &jetstream::Context) -> Result<Option<u64>, CompiledError> {
+    let info = js
+        .get_stream(format!("OBJ_{ARTIFACTS_BUCKET}"))
+        .await
+        .map_err(CompiledError::Info)?
+        .cached_info()
+        .clone();
+    Ok(u64::try_from(info.config.max_bytes)
+        .ok()
+        .map(|max| max.saturating_sub(info.state.bytes)))
 }

@@ -8,7 +8,7 @@ use kube::ResourceExt as _;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use sluice_api::names::FunctionRef;
-use sluice_api::{ByteSize, ClaimOrder, Function, FunctionSpec, ModuleDigest, Placement};
+use sluice_api::{ByteSize, ClaimOrder, Function, FunctionSpec, Placement};
 
 use super::events::report;
 use super::placement::ensure_placement;
@@ -100,12 +100,13 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
     let current = function.status.clone().unwrap_or_default();
     let mut ready = conditions::ready(&outcome.module, &outcome.queue);
     if ready.status == Status::True
-        && let Some(digest) = &outcome.digest
+        && let (Ok(reference), Some(digest)) = (&reference, &outcome.digest)
         && let Some(left) = ctx.compiled.ready_waits(
+            reference,
             digest,
             function.spec.placement == Placement::Pool,
             ctx.pool_ready(),
-            was_ready_with(&current, digest),
+            conditions::is_ready(&current.conditions),
         )
     {
         ready = Observed::new(
@@ -113,8 +114,8 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
             Status::False,
             Reason::CompilingAhead,
             format!(
-                "the runtime pool is compiling its component ahead of its first invocation (a request now waits for the rest of the compile); Ready once a pool runtime has stored it, or in {} at most (--compile-ahead-wait)",
-                humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
+                "the runtime pool is compiling its component ahead of its first invocation (a request now waits for the rest of the compile); Ready once a pool runtime has stored it, or after {} at most (--compile-ahead-wait)",
+                humantime::format_duration(ctx.settings.compile_ahead_wait)
             ),
         );
         outcome.requeue = outcome.requeue.min(left).min(COMPILE_RECHECK);
@@ -169,16 +170,6 @@ pub(super) async fn apply(function: &Function, ctx: &Context) -> Result<Action, 
 /// is looked at again even if no announcement of its component comes (one
 /// missed, or the pool gone to zero meanwhile).
 const COMPILE_RECHECK: Duration = Duration::from_secs(5);
-
-/// Whether `status` says the Function is Ready with the component `digest`.
-fn was_ready_with(status: &sluice_api::FunctionStatus, digest: &ModuleDigest) -> bool {
-    conditions::is_ready(&status.conditions)
-        && status
-            .module_digest
-            .as_deref()
-            .and_then(|d| d.strip_prefix("sha256:"))
-            == Some(digest.as_str())
-}
 
 /// Why `spec` cannot run on runtimes that take at most `max` of
 /// `limits.memory`, if it cannot.

@@ -16,11 +16,11 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
-use sluice_api::{Function, FunctionSpec, ModuleDigest, Placement};
+use sluice_api::names::FunctionRef;
+use sluice_api::{Function, FunctionSpec, Placement};
 use tokio::sync::broadcast;
 
 use super::{RECONCILE_CONCURRENCY, error_policy, reconcile};
-use crate::conditions;
 use crate::context::Context;
 use crate::reflectors::{Feeds, Stores};
 
@@ -39,6 +39,11 @@ pub async fn run(
 ) {
     use futures::FutureExt as _;
     let shutdown = shutdown.shared();
+    // Whether the pool has a ready runtime decides whether a new Function's
+    // Ready waits for its compile: known before the first reconcile.
+    if let Some(pool) = &ctx.pool {
+        let _ = pool.wait_until_ready().await;
+    }
     let client = ctx.client.clone();
     let scope = ctx.settings.scope.clone();
     let controllers = watched
@@ -185,35 +190,28 @@ fn spec_hash(deployment: &Deployment) -> u64 {
     hasher.finish()
 }
 
-/// The Functions of `store` not Ready with the component of each digest
-/// announced compiled: those whose `Ready` waits for the pool's compile
-/// ahead ([`crate::compiled`]).
+/// The Functions of `store` that waited for a component just stored
+/// compiled ([`crate::compiled`]); those of other namespaces are other
+/// controllers'.
 fn waiting_for(
-    news: broadcast::Receiver<ModuleDigest>,
+    news: broadcast::Receiver<Vec<FunctionRef>>,
     store: reflector::Store<Function>,
 ) -> impl futures::Stream<Item = ObjectRef<Function>> + Send + 'static {
-    let digests = futures::stream::unfold(news, |mut news| async move {
+    let announced = futures::stream::unfold(news, |mut news| async move {
         loop {
             match news.recv().await {
-                Ok(digest) => return Some((digest, news)),
+                Ok(functions) => return Some((functions, news)),
                 // The waiting ones look again by themselves meanwhile.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
-    digests.flat_map(move |digest| {
-        let wanted = format!("sha256:{digest}");
-        let waiting: Vec<_> = store
-            .state()
+    announced.flat_map(move |functions| {
+        let waiting: Vec<_> = functions
             .into_iter()
-            .filter(|f| {
-                f.status.as_ref().is_some_and(|s| {
-                    s.module_digest.as_deref() == Some(wanted.as_str())
-                        && !conditions::is_ready(&s.conditions)
-                })
-            })
-            .map(|f| ObjectRef::from_obj(&*f))
+            .map(|f| ObjectRef::new(&f.name).within(&f.namespace))
+            .filter(|f| store.get(f).is_some())
             .collect();
         futures::stream::iter(waiting)
     })

