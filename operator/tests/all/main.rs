@@ -11,7 +11,6 @@ mod crd;
 mod fetches;
 mod images;
 mod lifecycle;
-mod logs;
 mod module;
 mod module_gc;
 mod monitoring;

@@ -1,7 +1,7 @@
 //! Schedule triggers end to end: two NATS-mode gateways both run a
 //! function's every-second schedule while it has no replica; each tick is
-//! queued once, and the queued ticks wake the function (the harness plays
-//! the kubelet), which runs them.
+//! queued once. (That the queued ticks wake the function, which runs
+//! them, is shown on the real node: `operator/tests/node`.)
 
 use std::time::Duration;
 
@@ -41,11 +41,10 @@ fn stored_invocations(sluice: &Sluice) -> u64 {
 }
 
 #[test]
-fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_once() {
+fn two_gateways_queue_each_tick_of_a_schedule_once_while_the_function_is_at_zero() {
     let sluice = Sluice::start();
     let (_one, gateway) = sluice.gateway_named("gateway-1");
     let (_two, _) = sluice.gateway_named("gateway-2");
-    let kubelet = sluice.kubelet(Duration::ZERO);
     sluice.config_map(
         "default",
         "misbehave-wasm",
@@ -55,9 +54,18 @@ fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_
     let _operator = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
     sluice.apply(&ticking("{}"));
     sluice.wait_ready("default", "ticking", "True", "Ready");
+    // Nothing plays the kubelet: the Deployment's pods never run, and
+    // what is queued stays queued.
     eventually("at zero", Duration::from_secs(60), || {
-        (kubelet.replica_history("default", "ticking-runtime").last() == Some(&0)
-            && kubelet.alive("default", "ticking-runtime") == 0)
+        (sluice.cluster.kubectl_ok(&[
+            "get",
+            "deployment",
+            "ticking-runtime",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]) == "0")
             .then_some(())
     });
     assert_eq!(stored_invocations(&sluice), 0, "nothing queued yet");
@@ -66,11 +74,9 @@ fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_
         "{ schedule: [ { name: every-second, cron: \"* * * * * *\", timeZone: Europe/Paris, path: /sleep/1 } ] }",
     ));
     let function = FunctionRef::new("default", "ticking").unwrap();
-    let tick_state = |tick: Timestamp| {
+    let queued = |tick: Timestamp| {
         let id = tick_invocation_id(&function, "every-second", tick);
-        let (status, body) = http_get(gateway, &format!("/invocations/{id}"))?;
-        let record: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (status == 200).then(|| record["state"].as_str().unwrap_or_default().to_owned())
+        http_get(gateway, &format!("/invocations/{id}")).is_some_and(|(status, _)| status == 200)
     };
     let seconds_since_start = |to: Timestamp| {
         let mut tick = Timestamp::from_second(from.as_second()).unwrap();
@@ -79,20 +85,13 @@ fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_
             (tick <= to).then_some(tick)
         })
     };
-    // The ticks wake the function, which runs them.
-    eventually("three ticks run", Duration::from_secs(120), || {
-        let succeeded = seconds_since_start(Timestamp::now())
-            .filter(|&t| tick_state(t).as_deref() == Some("succeeded"))
-            .count();
-        (succeeded >= 3).then_some(())
+    eventually("three ticks queued", Duration::from_secs(60), || {
+        (seconds_since_start(Timestamp::now())
+            .filter(|&t| queued(t))
+            .count()
+            >= 3)
+            .then_some(())
     });
-    assert!(
-        kubelet
-            .replica_history("default", "ticking-runtime")
-            .iter()
-            .any(|&replicas| replicas > 0),
-        "the function was woken"
-    );
     // With the schedule gone, every stored message is a distinct tick:
     // each of the two gateways fired each tick, one was kept.
     sluice.apply(&ticking("{}"));
@@ -101,7 +100,7 @@ fn a_schedule_fires_at_zero_wakes_the_function_and_two_gateways_queue_each_tick_
         Duration::from_secs(60),
         || {
             let ticks = seconds_since_start(Timestamp::now())
-                .filter(|&t| tick_state(t).is_some())
+                .filter(|&t| queued(t))
                 .count() as u64;
             let stored = stored_invocations(&sluice);
             (ticks >= 3 && stored == ticks).then_some((ticks, stored))

@@ -577,6 +577,7 @@ fn a_release_lives_its_whole_life_on_a_real_node() {
     a_pod_reaches_the_gateway_by_its_dns_name(&hello);
     a_function_at_zero_in_the_warm_pool();
     a_dedicated_function_wakes_from_zero_surges_to_max_and_returns_to_zero();
+    a_schedule_wakes_a_dedicated_function_at_zero();
     no_permission_violations("before the faults");
     faults_lose_no_accepted_invocation(&echo);
     upgrade_keeps_serving(&hello);
@@ -804,8 +805,9 @@ fn a_function_compiled_ahead_in_the_warm_pool() {
 }
 
 /// Pool Function `name` running echo's component with a custom section
-/// holding `mark` (so a digest no runtime has compiled), applied, Ready,
-/// and compiled ahead by the pool, its artifact stored.
+/// holding `mark` (so a digest no runtime has compiled), applied, Ready
+/// (its artifact stored: `Ready` waits for it), and compiled ahead by the
+/// pool.
 fn pool_function_compiled_ahead(name: &str, mark: &str) {
     let mut wasm = std::fs::read(component("echo")).expect("the echo component");
     let section = b"sluice-node-test";
@@ -834,8 +836,6 @@ fn pool_function_compiled_ahead(name: &str, mark: &str) {
                 .then_some(())
         },
     );
-    // The artifact's upload follows the compile's end by milliseconds.
-    thread::sleep(Duration::from_secs(1));
 }
 
 /// A public pool Function `name` whose component is key `module.wasm` of
@@ -1214,6 +1214,8 @@ spec:
     // probe may not pass in that time: runtimes take work from NATS, not
     // from a Service, so Running is what serves.
     let ids = post_async("/async/fn/e2e/surge/sleep/1000", 200);
+    // One that writes a line, to read after its pod is gone.
+    let said = post_async("/async/fn/e2e/surge/say/before-zero", 1);
     eventually("surge at maxReplicas", Duration::from_secs(120), || {
         let (spec, _) = deployment_replicas(FUNCTIONS, "surge-runtime");
         let running = pods(FUNCTIONS, Some("sluice.dev/function=surge"))
@@ -1225,11 +1227,84 @@ spec:
     report("200 async at zero to 3 running replicas", started);
     all_succeeded(&ids);
     report("200 async at zero, all succeeded", started);
+    assert_eq!(settled(&said[0]), "succeeded");
     eventually("the surge back at zero", Duration::from_secs(120), || {
         let (spec, _) = deployment_replicas(FUNCTIONS, "surge-runtime");
         let running = pods(FUNCTIONS, Some("sluice.dev/function=surge")).len();
         (spec == 0 && running == 0).then_some(())
     });
+    logs_outlive_the_pod(&said[0]);
+}
+
+/// A dedicated Function at zero with a schedule of every second: both
+/// gateways fire each tick (queued once, by the tick's id), the queued
+/// ticks wake its Deployment from zero, and its pod runs them.
+fn a_schedule_wakes_a_dedicated_function_at_zero() {
+    let ticking = |triggers: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1
+kind: Function
+metadata: {{ name: ticking, namespace: {FUNCTIONS} }}
+spec:
+  auth: {{ public: true }}
+  module: {{ configMap: {{ name: misbehave-wasm, key: misbehave.wasm }} }}
+  placement: dedicated
+  scaling: {{ scaleDownDelay: 0s, scaleToZeroAfter: 2s }}
+  triggers: {triggers}
+"
+        )
+    };
+    apply(&ticking("{}"));
+    wait_ready("ticking");
+    eventually("ticking at zero", Duration::from_secs(120), || {
+        let (spec, _) = deployment_replicas(FUNCTIONS, "ticking-runtime");
+        let running = pods(FUNCTIONS, Some("sluice.dev/function=ticking")).len();
+        (spec == 0 && running == 0).then_some(())
+    });
+    let from = jiff::Timestamp::now();
+    let started = Instant::now();
+    apply(&ticking(
+        "{ schedule: [ { name: every-second, cron: \"* * * * * *\", path: /status/200 } ] }",
+    ));
+    let function = sluice_api::names::FunctionRef::new(FUNCTIONS, "ticking").expect("a name");
+    let gateway = gateway();
+    eventually("three ticks run", Duration::from_secs(120), || {
+        let mut tick = jiff::Timestamp::from_second(from.as_second()).ok()?;
+        let now = jiff::Timestamp::now();
+        let mut succeeded = 0;
+        while tick <= now {
+            let id = sluice_api::schedule::tick_invocation_id(&function, "every-second", tick);
+            let (status, body) = get(gateway, &format!("/invocations/{id}"))?;
+            let record: Value = serde_json::from_str(&body).unwrap_or_default();
+            if status == 200 && record["state"] == "succeeded" {
+                succeeded += 1;
+            }
+            tick += jiff::SignedDuration::from_secs(1);
+        }
+        (succeeded >= 3).then_some(())
+    });
+    report("a schedule at zero: applied to three ticks run", started);
+    kubectl(&["delete", "function", "ticking", "-n", FUNCTIONS]);
+}
+
+/// What invocation `id` of `surge` wrote (`before-zero` on stdout) is
+/// served by id and by function after every pod of `surge` is gone: logs
+/// are kept in NATS, not in the pod.
+fn logs_outlive_the_pod(id: &str) {
+    let gateway = gateway();
+    let (status, body) = get(gateway, &format!("/invocations/{id}/logs")).expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    let logs: Value = serde_json::from_str(&body).expect("JSON");
+    let line = &logs["attempts"][0]["lines"][0];
+    assert_eq!(
+        (line["line"].as_str(), line["stream"].as_str()),
+        (Some("before-zero"), Some("stdout")),
+        "{logs}"
+    );
+    let (status, body) =
+        get(gateway, &format!("/logs/{FUNCTIONS}/surge?since=10m")).expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("before-zero"), "{body}");
 }
 
 /// The NATS pod, a runtime pod and the operator's pod are deleted while
