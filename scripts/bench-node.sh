@@ -5,7 +5,10 @@
 # defaults to every pod Ready, `kubectl apply` of a ConfigMap Function to
 # Ready and to its first 200 (the pool at zero, so its first pod starts),
 # a function at zero in the warm pool once the pool has compiled it ahead
-# (its first request beside its warm p50), and the removal (Functions
+# (its first request beside its warm p50), a component new to the warm
+# pool as a user meets it (`kubectl apply`, wait for Ready, its first
+# request at once: Ready waits for the pool's compile ahead), and the
+# removal (Functions
 # deleted, `helm uninstall --wait`). The wakes from zero (pool, dedicated)
 # are timed by the node test itself, five each run.
 #

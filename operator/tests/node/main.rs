@@ -643,6 +643,29 @@ fn bench_install_and_first_requests() {
         );
         sample("the same function warm, p50 of 20", warm);
 
+        // What a user does: kubectl apply, kubectl wait, curl, with a
+        // component new to the warm pool (misbehave's, its own each round).
+        config_map(
+            "fresh-wasm",
+            "module.wasm",
+            &marked("misbehave", "fresh", &format!("bench round {round}")),
+        );
+        let applied = Instant::now();
+        pool_function("fresh");
+        sample(
+            "a new component in the warm pool: kubectl apply to Ready",
+            applied.elapsed(),
+        );
+        let first = first_200_timed(&format!("/fn/{FUNCTIONS}/fresh/status/200"), "");
+        sample(
+            "the same: its first request, sent as it is Ready",
+            first.since_first_try,
+        );
+        sample(
+            "the same: kubectl apply to its first 200",
+            applied.elapsed(),
+        );
+
         let removed = Instant::now();
         kubectl(&[
             "delete",
@@ -809,18 +832,11 @@ fn a_function_compiled_ahead_in_the_warm_pool() {
 /// (its artifact stored: `Ready` waits for it), and compiled ahead by the
 /// pool.
 fn pool_function_compiled_ahead(name: &str, mark: &str) {
-    let mut wasm = std::fs::read(component("echo")).expect("the echo component");
-    let section = b"sluice-node-test";
-    // A custom section: id 0, its size, then its name and bytes (each
-    // size a one-byte LEB128 here).
-    wasm.push(0);
-    wasm.push((1 + section.len() + mark.len()) as u8);
-    wasm.push(section.len() as u8);
-    wasm.extend_from_slice(section);
-    wasm.extend_from_slice(mark.as_bytes());
-    let file = cluster().dir().join(format!("{name}.wasm"));
-    std::fs::write(&file, &wasm).expect("write the component");
-    config_map(&format!("{name}-wasm"), "module.wasm", &file);
+    config_map(
+        &format!("{name}-wasm"),
+        "module.wasm",
+        &marked("echo", name, mark),
+    );
     let before = pool_compiles_ahead();
     pool_function(name);
     eventually(
@@ -836,6 +852,24 @@ fn pool_function_compiled_ahead(name: &str, mark: &str) {
                 .then_some(())
         },
     );
+}
+
+/// Component `component_name` with a custom section holding `mark`, so a
+/// digest no runtime has compiled, written as `<name>.wasm` in the
+/// cluster's folder.
+fn marked(component_name: &str, name: &str, mark: &str) -> std::path::PathBuf {
+    let mut wasm = std::fs::read(component(component_name)).expect("the component");
+    let section = b"sluice-node-test";
+    // A custom section: id 0, its size, then its name and bytes (each
+    // size a one-byte LEB128 here).
+    wasm.push(0);
+    wasm.push((1 + section.len() + mark.len()) as u8);
+    wasm.push(section.len() as u8);
+    wasm.extend_from_slice(section);
+    wasm.extend_from_slice(mark.as_bytes());
+    let file = cluster().dir().join(format!("{name}.wasm"));
+    std::fs::write(&file, &wasm).expect("write the component");
+    file
 }
 
 /// A public pool Function `name` whose component is key `module.wasm` of
