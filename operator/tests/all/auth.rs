@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_api::auth::token_digest;
 use sluice_api::names::FunctionRef;
 
-use crate::support::{Sluice, component, eventually, example};
+use crate::support::{Sluice, eventually, example};
 use sluice_testing::http::get_with;
 
 const FIRST: &str = "first-key-0123456789abcdef0123456789abcdef";
@@ -51,7 +51,7 @@ fn api_keys_come_from_a_secret_hashed_and_followed() {
     let _operator = sluice.operator("op-1", 15, &[]);
     let (_gateway, gateway) = sluice.gateway();
     let _runtime = sluice.runtime();
-    sluice.config_map("default", "echo-wasm", "echo.wasm", &component("echo"));
+    sluice.component_config_map("echo");
 
     // No Secret yet: registered closed, and the Function says why.
     sluice.apply(&example("secured-echo"));

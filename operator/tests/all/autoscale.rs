@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_testing::NatsCluster;
 
 use crate::support::{
-    Sluice, component, eventually, http_get_within, http_post, metrics, post_async, settled,
+    Sluice, eventually, http_get_within, http_post, metrics, post_async, settled,
 };
 
 /// A dedicated function of the `misbehave` component, whose `/sleep/<ms>`
@@ -32,12 +32,7 @@ spec:
 /// scale down) and waits until, created with one warm replica and idle
 /// for `scaleToZeroAfter`, it is at zero; its Deployment's name.
 fn surge_at_zero(sluice: &Sluice, kubelet: &sluice_testing::Kubelet) -> &'static str {
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
+    sluice.component_config_map("misbehave");
     sluice.apply(&sleeper(
         "surge",
         "{ maxReplicas: 5, targetQueueDepth: 10, scaleDownDelay: 2s, scaleToZeroAfter: 3s }",
@@ -187,12 +182,7 @@ fn woken_at_zero(
     kubelet: &sluice_testing::Kubelet,
     extra: &[&str],
 ) -> crate::support::Process {
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
+    sluice.component_config_map("misbehave");
     {
         let _first = sluice.operator("op-1", 15, &[&["--leader-elect", "false"], extra].concat());
         sluice.apply(&sleeper(
@@ -248,12 +238,7 @@ fn a_first_invocation_at_zero_scales_up_without_waiting_for_a_tick() {
 /// here, so what is queued stays queued: the returned stand-in kubelet
 /// only records the pool's scales.
 fn pool_at_zero(sluice: &Sluice) -> sluice_testing::Kubelet {
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
+    sluice.component_config_map("misbehave");
     sluice.apply(
         "apiVersion: apps/v1
 kind: Deployment

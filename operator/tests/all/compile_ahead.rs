@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Sluice, component, eventually, metrics};
+use crate::support::{Sluice, eventually, metrics};
 
 const POOL: &str = "sluice-runtime-pool";
 const POOL_NAMESPACE: &str = "sluice-system";
@@ -82,13 +82,8 @@ spec:
 #[test]
 fn a_pool_function_is_ready_once_the_warm_pool_has_compiled_its_component_ahead() {
     let sluice = Sluice::start_secure();
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
-    sluice.config_map("default", "echo-wasm", "echo.wasm", &component("echo"));
+    sluice.component_config_map("misbehave");
+    sluice.component_config_map("echo");
     sluice.apply(&format!(
         "apiVersion: apps/v1
 kind: Deployment

@@ -14,7 +14,7 @@ fn a_configmap_function_becomes_ready_is_served_and_follows_its_changes() {
     let (_gateway, gateway) = sluice.gateway();
     let _runtime = sluice.runtime();
 
-    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
+    sluice.component_config_map("hello");
     sluice.apply(&example("hello"));
     sluice.cluster.kubectl_ok(&[
         "wait",
@@ -150,12 +150,7 @@ fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything()
     let sluice = Sluice::start();
     let _operator = sluice.operator("op-1", 15, &[]);
     let (_gateway, gateway) = sluice.gateway();
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
+    sluice.component_config_map("misbehave");
     sluice.apply(&example("misbehave"));
     sluice.wait_ready("default", "misbehave", "True", "Ready");
 
@@ -255,7 +250,7 @@ fn a_dedicated_function_owns_its_deployment_and_deleting_it_removes_everything()
 fn a_deployment_the_function_does_not_own_is_neither_taken_over_nor_deleted() {
     let sluice = Sluice::start();
     let _operator = sluice.operator("op-1", 15, &[]);
-    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
+    sluice.component_config_map("hello");
     sluice.cluster.kubectl_ok(&[
         "create",
         "deployment",

@@ -18,8 +18,7 @@ use sluice_testing::prometheus::{Prometheus, promtool};
 use sluice_testing::{SLUICE_NAMESPACE, repo_root};
 
 use crate::support::{
-    Sluice, component, eventually, example, http_get, http_get_within, http_post, post_async,
-    settled,
+    Sluice, eventually, example, http_get, http_get_within, http_post, post_async, settled,
 };
 
 fn monitoring_file(name: &str) -> PathBuf {
@@ -302,13 +301,8 @@ fn every_panel_query_and_alert_expression_answers_from_a_real_run() {
     // Components loaded on their first invocation, so that "Cold starts/s"
     // has a series: compiled ahead, they would be held already.
     let runtime = sluice.runtime_with(&["--precompile-registered=false"]);
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
-    sluice.config_map("default", "echo-wasm", "echo.wasm", &component("echo"));
+    sluice.component_config_map("misbehave");
+    sluice.component_config_map("echo");
     sluice.apply(FLAKY);
     sluice.apply(SCALED);
     // Its key Secret missing: not Ready (a reconcile failure with its

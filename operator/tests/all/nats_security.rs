@@ -2,7 +2,7 @@
 //! TLS with client certificates and gives each part only the permissions
 //! of `charts/sluice/files/nats-permissions.conf`.
 
-use crate::support::{Sluice, component, example, http_post, wait_answer};
+use crate::support::{Sluice, example, http_post, wait_answer};
 
 #[test]
 fn with_credentials_tls_and_the_documented_permissions_a_function_is_served_and_removed() {
@@ -11,7 +11,7 @@ fn with_credentials_tls_and_the_documented_permissions_a_function_is_served_and_
     let (gateway_process, gateway) = sluice.gateway();
     let runtime = sluice.runtime();
 
-    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
+    sluice.component_config_map("hello");
     sluice.apply(&example("hello"));
     let ready = (0..600).any(|_| {
         let ready = sluice

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{OPERATOR_NAMESPACE, Sluice, component, eventually, example, wait_answer};
+use crate::support::{OPERATOR_NAMESPACE, Sluice, eventually, example, wait_answer};
 
 fn lease_holder(sluice: &Sluice) -> Option<String> {
     let output = sluice.cluster.kubectl_with(
@@ -28,8 +28,8 @@ fn a_killed_operator_converges_on_restart_and_cleans_up_what_was_deleted_meanwhi
     let mut first = sluice.operator("op-1", 3, &[]);
     let (_gateway, gateway) = sluice.gateway();
     let _runtime = sluice.runtime();
-    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
-    sluice.config_map("default", "echo-wasm", "echo.wasm", &component("echo"));
+    sluice.component_config_map("hello");
+    sluice.component_config_map("echo");
     sluice.apply(&example("hello"));
     sluice.wait_ready("default", "hello", "True", "Ready");
     wait_answer(gateway, "/fn/default/hello/", 200, "Hello from Sluice!");
@@ -65,7 +65,7 @@ fn two_operators_elect_one_leader_and_a_standby_takes_over_when_it_dies() {
     let leader = eventually("a leader", Duration::from_secs(60), || {
         lease_holder(&sluice)
     });
-    sluice.config_map("default", "hello-wasm", "hello.wasm", &component("hello"));
+    sluice.component_config_map("hello");
     sluice.apply(&example("hello"));
     sluice.wait_ready("default", "hello", "True", "Ready");
     let (dead, standby) = if leader == "op-a" {
@@ -81,7 +81,7 @@ fn two_operators_elect_one_leader_and_a_standby_takes_over_when_it_dies() {
 
     dead.kill();
     let killed = Instant::now();
-    sluice.config_map("default", "echo-wasm", "echo.wasm", &component("echo"));
+    sluice.component_config_map("echo");
     sluice.apply(&example("echo"));
     sluice.wait_ready("default", "echo", "True", "Ready");
     eprintln!(

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use sluice_api::names::{FunctionRef, INVOCATION_STREAM};
 use sluice_api::schedule::tick_invocation_id;
 
-use crate::support::{Sluice, component, eventually, http_get};
+use crate::support::{Sluice, eventually, http_get};
 
 fn ticking(schedule: &str) -> String {
     format!(
@@ -45,12 +45,7 @@ fn two_gateways_queue_each_tick_of_a_schedule_once_while_the_function_is_at_zero
     let sluice = Sluice::start();
     let (_one, gateway) = sluice.gateway_named("gateway-1");
     let (_two, _) = sluice.gateway_named("gateway-2");
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
+    sluice.component_config_map("misbehave");
     let _operator = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
     sluice.apply(&ticking("{}"));
     sluice.wait_ready("default", "ticking", "True", "Ready");
@@ -113,12 +108,7 @@ fn two_gateways_queue_each_tick_of_a_schedule_once_while_the_function_is_at_zero
 fn a_spec_the_schema_admits_but_the_operator_refuses_leaves_the_function_not_ready() {
     let sluice = Sluice::start();
     let _operator = sluice.operator("op-1", 15, &["--leader-elect", "false"]);
-    sluice.config_map(
-        "default",
-        "misbehave-wasm",
-        "misbehave.wasm",
-        &component("misbehave"),
-    );
+    sluice.component_config_map("misbehave");
     // Five fields of the right shape, but no minute 61.
     sluice.apply(&ticking("{ schedule: [ { cron: \"61 * * * *\" } ] }"));
     let message = sluice.wait_ready("default", "ticking", "False", "InvalidSpec");

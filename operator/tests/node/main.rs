@@ -650,7 +650,7 @@ fn bench_install_and_first_requests() {
             "module.wasm",
             &marked("misbehave", "fresh", &format!("bench round {round}")),
         );
-        let applied = Instant::now();
+        let (applied, applied_at) = (Instant::now(), jiff::Timestamp::now());
         pool_function("fresh");
         sample(
             "a new component in the warm pool: kubectl apply to Ready",
@@ -665,6 +665,7 @@ fn bench_install_and_first_requests() {
             "the same: kubectl apply to its first 200",
             applied.elapsed(),
         );
+        compile_wait_breakdown("fresh", applied_at);
 
         let removed = Instant::now();
         kubectl(&[
@@ -852,6 +853,61 @@ fn pool_function_compiled_ahead(name: &str, mark: &str) {
                 .then_some(())
         },
     );
+}
+
+/// Where pool Function `name`'s wait for Ready went, in ms after
+/// `applied`: the pool pods' compile ahead of its component and its store
+/// (their log lines' times) and the Function's Events (their
+/// `eventTime`s), as `NODE-BENCH-BREAKDOWN` lines.
+fn compile_wait_breakdown(name: &str, applied: jiff::Timestamp) {
+    let after = |time: &str| -> String {
+        time.parse::<jiff::Timestamp>().map_or_else(
+            |_| format!("? ({time})"),
+            |t| {
+                format!(
+                    "{:.0}",
+                    (t - applied)
+                        .total(jiff::Unit::Millisecond)
+                        .unwrap_or(f64::NAN)
+                )
+            },
+        )
+    };
+    let digest = kubectl(&[
+        "get",
+        "function",
+        name,
+        "-n",
+        FUNCTIONS,
+        "-o",
+        "jsonpath={.status.moduleDigest}",
+    ]);
+    let digest = digest.trim().trim_start_matches("sha256:");
+    for pod in pods(NAMESPACE, Some(POOL)) {
+        let pod = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let logs = cluster().kubectl_with(&["logs", pod, "-n", NAMESPACE], "");
+        for line in String::from_utf8_lossy(&logs.stdout)
+            .lines()
+            .filter(|l| !digest.is_empty() && l.contains(digest))
+        {
+            let line: Value = serde_json::from_str(line).unwrap_or_default();
+            println!(
+                "NODE-BENCH-BREAKDOWN {pod}: {} at +{} ms",
+                line["fields"]["message"].as_str().unwrap_or_default(),
+                after(line["timestamp"].as_str().unwrap_or_default())
+            );
+        }
+    }
+    let events = json(&["get", "events.events.k8s.io", "-n", FUNCTIONS]);
+    for event in events["items"].as_array().into_iter().flatten() {
+        if event["regarding"]["kind"] == "Function" && event["regarding"]["name"] == name {
+            println!(
+                "NODE-BENCH-BREAKDOWN Event {} at +{} ms",
+                event["reason"].as_str().unwrap_or_default(),
+                after(event["eventTime"].as_str().unwrap_or_default())
+            );
+        }
+    }
 }
 
 /// Component `component_name` with a custom section holding `mark`, so a

@@ -294,6 +294,17 @@ impl Sluice {
         process
     }
 
+    /// Example component `name` in ConfigMap `default/<name>-wasm`, key
+    /// `<name>.wasm`, as the tests' Functions name it.
+    pub fn component_config_map(&self, name: &str) {
+        self.config_map(
+            "default",
+            &format!("{name}-wasm"),
+            &format!("{name}.wasm"),
+            &component(name),
+        );
+    }
+
     /// `kubectl create configmap NAME --from-file=KEY=PATH` in `namespace`.
     pub fn config_map(&self, namespace: &str, name: &str, key: &str, file: &Path) {
         let from = format!("--from-file={key}={}", file.display());
