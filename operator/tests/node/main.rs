@@ -428,22 +428,25 @@ fn wait_ready(name: &str) {
     wait_ready_in(FUNCTIONS, name);
 }
 
+/// Waits as a user does, `kubectl wait --for=condition=Ready` (a watch,
+/// not a poll, so the time is the status's), for at most 120 s.
 fn wait_ready_in(namespace: &str, name: &str) {
-    eventually(
-        &format!("Function {namespace}/{name} Ready"),
-        Duration::from_secs(120),
-        || {
-            let status = kubectl(&[
-                "get",
-                "function",
-                name,
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            (status.trim() == "True").then_some(())
-        },
+    let waited = cluster().kubectl_with(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("functions.sluice.dev/{name}"),
+            "-n",
+            namespace,
+            "--timeout=120s",
+        ],
+        "",
+    );
+    assert!(
+        waited.status.success(),
+        "Function {namespace}/{name} Ready: {}\n{}",
+        String::from_utf8_lossy(&waited.stderr),
+        diagnostics()
     );
 }
 
