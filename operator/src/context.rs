@@ -69,13 +69,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// The pool's Deployment, if the operator follows a pool and it
+    /// exists.
+    pub fn pool_deployment(&self) -> Option<std::sync::Arc<Deployment>> {
+        let target = self.settings.autoscaling.pool.as_ref()?;
+        self.pool
+            .as_ref()?
+            .get(&ObjectRef::new(&target.name).within(&target.namespace))
+    }
+
     /// Whether the runtime pool has a ready runtime; `false` when the
     /// operator does not follow the pool.
     pub fn pool_ready(&self) -> bool {
-        let (Some(pool), Some(target)) = (&self.pool, &self.settings.autoscaling.pool) else {
-            return false;
-        };
-        pool.get(&ObjectRef::new(&target.name).within(&target.namespace))
+        self.pool_deployment()
             .and_then(|d| d.status.as_ref()?.ready_replicas)
             .is_some_and(|ready| ready > 0)
     }

@@ -72,7 +72,6 @@ struct Autoscaler {
     /// One store per watched namespace (or one for the cluster).
     functions: Vec<Store<Function>>,
     deployments: Vec<Store<Deployment>>,
-    pool: Option<Store<Deployment>>,
     tracked: HashMap<FunctionRef, Tracked>,
     observed: HashMap<FunctionRef, Observation>,
     waker: Waker,
@@ -101,7 +100,6 @@ pub async fn run(
         .into_iter()
         .map(|stores| (stores.functions, stores.deployments))
         .unzip();
-    let pool = ctx.pool.clone();
     tokio::pin!(shutdown);
     let ready = async {
         for store in &functions {
@@ -110,7 +108,7 @@ pub async fn run(
         for store in &deployments {
             let _ = store.wait_until_ready().await;
         }
-        if let Some(pool) = &pool {
+        if let Some(pool) = &ctx.pool {
             let _ = pool.wait_until_ready().await;
         }
     };
@@ -124,7 +122,6 @@ pub async fn run(
         config,
         functions,
         deployments,
-        pool,
         tracked: HashMap::new(),
         observed: HashMap::new(),
         pool_written: None,

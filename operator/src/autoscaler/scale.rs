@@ -224,7 +224,7 @@ impl Autoscaler {
             .config
             .pool
             .clone()
-            .map(|target| (target, self.pool_deployment()));
+            .map(|target| (target, self.ctx.pool_deployment()));
         let (running, scaled) = match pool {
             Some((target, Some(deployment))) => {
                 let current = spec_replicas(&deployment);
@@ -283,7 +283,7 @@ impl Autoscaler {
     /// pool; a pool above zero serves a new function without a wake. The
     /// next reading that shows it takes over ([`Self::watch_if_idle`]).
     pub(super) async fn watch_registered(&mut self, registered: Vec<FunctionRef>) {
-        if !self.read || self.pool_deployment().map(|d| spec_replicas(&d)) != Some(0) {
+        if !self.read || self.ctx.pool_deployment().map(|d| spec_replicas(&d)) != Some(0) {
             return;
         }
         for reference in registered {
@@ -300,14 +300,6 @@ impl Autoscaler {
                 tracing::warn!(function = %reference, error = %e, "cannot watch for a first invocation");
             }
         }
-    }
-
-    /// The pool's Deployment, if there is a pool and it exists.
-    fn pool_deployment(&self) -> Option<Arc<Deployment>> {
-        let target = self.config.pool.as_ref()?;
-        self.pool
-            .as_ref()?
-            .get(&ObjectRef::new(&target.name).within(&target.namespace))
     }
 
     /// Holds a subscription on an unpinned function's invocations while its
