@@ -71,7 +71,7 @@ pub async fn compiled(
 /// [`CompiledError::Info`] when the bucket's stream cannot be read.
 pub async fn room(js: &jetstream::Context) -> Result<Option<u64>, CompiledError> {
     let info = js
-        .get_stream(format!("OBJ_{ARTIFACTS_BUCKET}"))
+        .get_stream(crate::layout::object_store_stream(ARTIFACTS_BUCKET))
         .await
         .map_err(CompiledError::Info)?
         .cached_info()

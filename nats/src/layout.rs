@@ -447,6 +447,12 @@ struct Wanted {
     logs: stream::Config,
 }
 
+/// The stream that holds object store `bucket`, as NATS names it
+/// (`OBJ_<bucket>`).
+pub fn object_store_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
 fn bytes(size: ByteSize) -> i64 {
     i64::try_from(size.0).unwrap_or(i64::MAX)
 }
@@ -503,7 +509,7 @@ impl Wanted {
                 ..common.clone()
             },
             modules: stream::Config {
-                name: format!("OBJ_{MODULES_BUCKET}"),
+                name: object_store_stream(MODULES_BUCKET),
                 subjects: vec![
                     format!("$O.{MODULES_BUCKET}.C.>"),
                     format!("$O.{MODULES_BUCKET}.M.>"),
@@ -512,7 +518,7 @@ impl Wanted {
                 ..common.clone()
             },
             artifacts: stream::Config {
-                name: format!("OBJ_{ARTIFACTS_BUCKET}"),
+                name: object_store_stream(ARTIFACTS_BUCKET),
                 subjects: vec![
                     format!("$O.{ARTIFACTS_BUCKET}.C.>"),
                     format!("$O.{ARTIFACTS_BUCKET}.M.>"),

@@ -135,22 +135,24 @@ impl CompiledAhead {
             .retain(|_, wait| now.duration_since(wait.since) < forget_after);
         let compiled =
             (!state.broken && !state.full).then(|| state.listed && state.digests.contains(digest));
-        let mut waiting = Waiting {
+        let since = state.waiting.get(digest).map_or(now, |wait| wait.since);
+        let left = compile_wait(Waiting {
             pool_function,
             pool_ready,
             compiled,
             was_ready,
-            waited: Duration::ZERO,
+            waited: now.duration_since(since),
             bound: self.bound,
-        };
-        compile_wait(waiting)?;
-        let wait = state.waiting.entry(digest.clone()).or_insert(Wait {
-            since: now,
-            functions: BTreeSet::new(),
-        });
-        waiting.waited = now.duration_since(wait.since);
-        let left = compile_wait(waiting)?;
-        wait.functions.insert(function.clone());
+        })?;
+        state
+            .waiting
+            .entry(digest.clone())
+            .or_insert(Wait {
+                since,
+                functions: BTreeSet::new(),
+            })
+            .functions
+            .insert(function.clone());
         Some(left)
     }
 

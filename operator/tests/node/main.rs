@@ -886,20 +886,18 @@ fn compile_wait_breakdown(name: &str, applied: jiff::Timestamp) {
         "jsonpath={.status.moduleDigest}",
     ]);
     let digest = digest.trim().trim_start_matches("sha256:");
-    for pod in pods(NAMESPACE, Some(POOL)) {
-        let pod = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let logs = cluster().kubectl_with(&["logs", pod, "-n", NAMESPACE], "");
-        for line in String::from_utf8_lossy(&logs.stdout)
-            .lines()
-            .filter(|l| !digest.is_empty() && l.contains(digest))
-        {
-            let line: Value = serde_json::from_str(line).unwrap_or_default();
-            println!(
-                "NODE-BENCH-BREAKDOWN {pod}: {} at +{} ms",
-                line["fields"]["message"].as_str().unwrap_or_default(),
-                after(line["timestamp"].as_str().unwrap_or_default())
-            );
-        }
+    let lines = if digest.is_empty() {
+        Vec::new()
+    } else {
+        pool_log_lines(digest)
+    };
+    for (pod, line) in lines {
+        let line: Value = serde_json::from_str(&line).unwrap_or_default();
+        println!(
+            "NODE-BENCH-BREAKDOWN {pod}: {} at +{} ms",
+            line["fields"]["message"].as_str().unwrap_or_default(),
+            after(line["timestamp"].as_str().unwrap_or_default())
+        );
     }
     let events = json(&["get", "events.events.k8s.io", "-n", FUNCTIONS]);
     for event in events["items"].as_array().into_iter().flatten() {
@@ -966,16 +964,25 @@ fn first_request_in_the_warm_pool(what: &str, name: &str, path: &str) {
 /// `NODE-TIMING` lines: when its worker started and where its component
 /// came from.
 fn pool_log(function: &str) {
+    for (pod, line) in pool_log_lines(&format!("{FUNCTIONS}/{function}\"")) {
+        println!("NODE-BREAKDOWN {pod} log: {line}");
+    }
+}
+
+/// The pool pods' log lines that contain `text`, each with its pod's name.
+fn pool_log_lines(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
     for pod in pods(NAMESPACE, Some(POOL)) {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let logs = cluster().kubectl_with(&["logs", name, "-n", NAMESPACE], "");
-        for line in String::from_utf8_lossy(&logs.stdout)
-            .lines()
-            .filter(|l| l.contains(&format!("{FUNCTIONS}/{function}\"")))
-        {
-            println!("NODE-BREAKDOWN {name} log: {line}");
-        }
+        found.extend(
+            String::from_utf8_lossy(&logs.stdout)
+                .lines()
+                .filter(|l| l.contains(text))
+                .map(|l| (name.to_owned(), l.to_owned())),
+        );
     }
+    found
 }
 
 /// Each running pool pod's compiles ahead: (started, under way), by pod.
